@@ -1,0 +1,60 @@
+/*
+ * Constants of the godwit stream format, version 1. docs/format.md is the
+ * specification; this header only names its numbers for C code (the
+ * library, the analyzer, tests). Nothing here allocates or has state.
+ */
+#ifndef GODWIT_FORMAT_H
+#define GODWIT_FORMAT_H
+
+#include <stdint.h>
+
+#define GW_STREAM_MAGIC          "\x89GODWIT\n" /* 8 bytes, no NUL on the wire */
+#define GW_STREAM_MAGIC_LEN      8
+#define GW_FORMAT_VERSION        1u
+#define GW_STREAM_HEADER_SIZE    16u
+#define GW_RECORD_HEADER_SIZE    24u
+
+#define GW_PAGE_SIZE             4096u
+#define GW_NAME_MAX              255u   /* names: 1..255 bytes of 0x21-0x7e */
+#define GW_MAX_RAM_BLOCKS        256u
+#define GW_MAX_SECTIONS          4096u
+#define GW_PAGES_MAX             1024u  /* pages in one RAM_PAGES record */
+
+/* Per-record-type bounds on the payload length. */
+#define GW_CONFIG_MAX            (2ull << 20)
+#define GW_SECTION_RECORD_MAX    (64ull << 20)
+#define GW_PAGES_DESC_SIZE(n)    (16ull + 8ull * (n))
+#define GW_PAGES_RECORD_MAX      (GW_PAGES_DESC_SIZE(GW_PAGES_MAX) + \
+				  (uint64_t)GW_PAGE_SIZE * GW_PAGES_MAX)
+#define GW_VMDESC_MAX            (16ull << 20)
+#define GW_RECORD_MAX_UNKNOWN    (256ull << 20)
+
+enum gw_record_type {
+	GW_REC_CONFIG        = 0x0001,
+	GW_REC_SECTION_START = 0x0002,
+	GW_REC_SECTION_PART  = 0x0003,
+	GW_REC_SECTION_END   = 0x0004,
+	GW_REC_SECTION_FULL  = 0x0005,
+	GW_REC_RAM_PAGES     = 0x0006,
+	GW_REC_VMDESC        = 0x0007,
+	GW_REC_EOF           = 0x0008,
+};
+
+/* Record header flags. */
+#define GW_RECF_SKIPPABLE  0x0001u /* a reader that does not know the type may skip it */
+#define GW_RECF_DATA_CRC   0x0002u /* RAM_PAGES: data_crc covers the page data */
+#define GW_RECF_KNOWN      (GW_RECF_SKIPPABLE | GW_RECF_DATA_CRC)
+
+/* Flags in the low bits of a RAM_PAGES entry (the rest is the page offset). */
+#define GW_PAGE_ZERO       0x001u
+#define GW_PAGE_FLAGS_MASK ((uint64_t)GW_PAGE_SIZE - 1)
+
+/* CONFIG section table flags. */
+#define GW_SECF_PROGRESSIVE 0x1u
+
+#define GW_GPA_NONE        UINT64_MAX /* RAM block not mapped at a guest address */
+
+/* Name of a record type for messages ("SECTION_FULL"), "unknown" if none. */
+const char *gw_record_type_name(uint16_t type);
+
+#endif

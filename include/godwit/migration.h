@@ -1,0 +1,149 @@
+/*
+ * The migration object: what a VMM registers with libgodwit so the library
+ * can save and load its guest. One object per VMM instance (or per test
+ * "machine"); it holds no reference to any global state, so a source and a
+ * destination can live in one process.
+ *
+ * The VMM registers, normally once at start-up:
+ *   - its RAM blocks (memfd-backed host mappings),
+ *   - its device sections (name, instance, version range, callbacks or a
+ *     declarative State description),
+ *   - a pause/resume pair the migration engine calls around switchover.
+ * Then it hands the object to the save side (gw_save_*) or the load side
+ * (gw_load) of <godwit/stream.h>.
+ *
+ * Ownership: strings and the section/RAM descriptions passed in are
+ * copied, except struct gw_vmstate tables, which are borrowed (they are
+ * static const in practice). Host memory, memfds and callback opaques are
+ * borrowed and must outlive the object.
+ *
+ * Threads: registration is not thread-safe and must be finished before a
+ * save or load starts; during one, the object belongs to the thread
+ * running it.
+ */
+#ifndef GODWIT_MIGRATION_H
+#define GODWIT_MIGRATION_H
+
+#include <stdint.h>
+
+#include <godwit/error.h>
+#include <godwit/format.h>
+#include <godwit/payload.h>
+#include <godwit/vmstate.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct gw_migration;
+
+/* What the CONFIG record says about the machine (docs/format.md). */
+struct gw_machine {
+	const char *vmm_name;    /* information, e.g. "godwit-vmm" */
+	const char *vmm_version; /* information, e.g. "0.1.0" */
+	const char *machine;     /* must match on load, e.g. "godwit-x86" */
+	uint32_t nr_vcpus;       /* must match on load, >= 1 */
+};
+
+int gw_migration_new(const struct gw_machine *machine, struct gw_migration **out,
+		     struct gw_error *err);
+void gw_migration_free(struct gw_migration *m);
+
+/*
+ * A RAM block: guest memory the VMM mapped MAP_SHARED from a memfd.
+ * Blocks are numbered in registration order from 0 (the block id of
+ * gw_save_pages()). Rejected with -EINVAL: a bad or duplicate name, a NULL
+ * or unaligned host address, a size that is zero or not a multiple of
+ * GW_PAGE_SIZE, an unaligned fd offset or gpa, a gpa range overlapping
+ * another block's, more than GW_MAX_RAM_BLOCKS blocks.
+ */
+struct gw_ram {
+	const char *name;   /* 1..GW_NAME_MAX bytes of 0x21-0x7e, e.g. "pc.ram" */
+	void *host;         /* page-aligned mapping of the block */
+	uint64_t size;      /* bytes, a non-zero multiple of GW_PAGE_SIZE */
+	int fd;             /* the memfd behind host, or -1 if the memory has none */
+	uint64_t fd_offset; /* where host starts in the memfd, page-aligned */
+	uint64_t gpa;       /* guest-physical address, or GW_GPA_NONE; information */
+};
+
+int gw_migration_add_ram(struct gw_migration *m, const struct gw_ram *ram,
+			 struct gw_error *err);
+
+/* Phases of a progressive section: which record the data goes in. */
+enum gw_phase {
+	GW_PHASE_START = 1, /* migration begins, the guest runs */
+	GW_PHASE_PART,      /* each iteration, the guest runs */
+	GW_PHASE_END,       /* switchover, the guest is paused */
+};
+
+/*
+ * A device section. Exactly one of the three ways to save it is set:
+ *
+ *  - vmstate: the library saves and loads the State struct at opaque
+ *    and describes it in VMDESC. Preferred.
+ *  - save + load: one-shot, opaque data written by hand. Called with the
+ *    guest paused; save fills out, load reads in (version is the one in
+ *    the stream, already checked to be in [min_version, version]).
+ *  - save_live + load_live: progressive (SECTION_START/PART/END): for
+ *    state too big to save during downtime.
+ *
+ * Callbacks return 0 or -errno and may fill err; the library adds the
+ * section's name and instance to the message. A load callback must read
+ * exactly the data that was saved; leftovers are an error.
+ *
+ * (name, instance) must be unique. Rejected with -EINVAL: a bad name,
+ * version 0, min_version outside 1..version, not exactly one way to save,
+ * an invalid vmstate table (field outside state_size, size not a multiple
+ * of the element size, duplicate or bad field name, since > version),
+ * more than GW_MAX_SECTIONS sections.
+ */
+struct gw_section {
+	const char *name;     /* 1..GW_NAME_MAX bytes of 0x21-0x7e, e.g. "uart" */
+	uint32_t instance;    /* tells apart devices of the same kind, e.g. 0 */
+	uint32_t version;     /* what this VMM saves, >= 1 */
+	uint32_t min_version; /* the oldest version this VMM loads, 1..version */
+	uint32_t flags;       /* GW_SECTION_* */
+
+	const struct gw_vmstate *vmstate;
+
+	int (*save)(void *opaque, struct gw_wbuf *out, struct gw_error *err);
+	int (*load)(void *opaque, struct gw_rbuf *in, uint32_t version,
+		    struct gw_error *err);
+
+	int (*save_live)(void *opaque, enum gw_phase phase, struct gw_wbuf *out,
+			 struct gw_error *err);
+	int (*load_live)(void *opaque, enum gw_phase phase, struct gw_rbuf *in,
+			 uint32_t version, struct gw_error *err);
+
+	void *opaque;
+};
+
+/*
+ * The section may be missing from a stream being loaded (a device this VMM
+ * version added, which older sources do not have); it then keeps the
+ * state it had. Without this flag a missing section fails the load.
+ */
+#define GW_SECTION_OPTIONAL 0x1u
+
+int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
+			     struct gw_error *err);
+
+/*
+ * How the migration engine stops and restarts the guest around
+ * switchover. pause returns once no vCPU runs and devices are quiescent;
+ * both are called from the migration thread. Both must be set; setting
+ * again replaces the pair.
+ */
+struct gw_vm_ops {
+	int (*pause)(void *opaque, struct gw_error *err);
+	int (*resume)(void *opaque, struct gw_error *err);
+};
+
+int gw_migration_set_vm_ops(struct gw_migration *m, const struct gw_vm_ops *ops,
+			    void *opaque, struct gw_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

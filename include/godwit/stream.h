@@ -1,0 +1,76 @@
+/*
+ * Saving and loading a guest as a godwit stream (docs/format.md) over a
+ * gw_writer / gw_reader. These are the building blocks of the migration
+ * engine, snapshots, and tests; they decide nothing about when to send
+ * which page.
+ *
+ * Source side, in this order:
+ *
+ *     gw_save_begin()       header, CONFIG, SECTION_START of progressive sections
+ *     gw_save_iterate()     SECTION_PART of progressive sections  } any number,
+ *     gw_save_pages()       a RAM_PAGES batch                     } interleaved
+ *     gw_save_devices()     SECTION_END / SECTION_FULL of every section (guest paused)
+ *     gw_save_pages()       more pages may follow (background snapshot)
+ *     gw_save_finish()      VMDESC, EOF, flush
+ *
+ * Calls out of this order fail with -EINVAL; gw_save_begin() may always
+ * start a new stream (a retried migration). A failed call leaves the
+ * stream unusable: start again with a new writer.
+ *
+ * Destination side: gw_load() reads a whole stream into the registered RAM
+ * blocks and sections. It checks the stream header and the CONFIG record
+ * against the registration before it writes any guest memory or calls any
+ * load callback, so a stream for a different machine fails with the guest
+ * untouched. On any failure the guest is half-loaded and must not be
+ * resumed.
+ *
+ * Errors: -errno and a message naming the record offset, section or RAM
+ * block; the codes are listed in docs/format.md.
+ */
+#ifndef GODWIT_STREAM_H
+#define GODWIT_STREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <godwit/error.h>
+#include <godwit/io.h>
+#include <godwit/migration.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+
+/*
+ * Send n (1..GW_PAGES_MAX) pages of RAM block `block` (registration
+ * order). entries[i] is the byte offset of a page in the block, ORed with
+ * GW_PAGE_ZERO if the page is known to be zero (then no data is sent).
+ * Page data is written straight from the block's host memory.
+ *
+ * GW_SAVE_DATA_CRC also checksums the page data; set it only when the
+ * pages cannot change during the call (guest paused, pages
+ * write-protected), or the destination sees a mismatch (docs/format.md,
+ * "What the CRCs protect here").
+ */
+#define GW_SAVE_DATA_CRC 0x1u
+
+int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+		  const uint64_t *entries, uint32_t n, unsigned flags,
+		  struct gw_error *err);
+
+int gw_save_devices(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+int gw_save_finish(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+
+int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err);
+
+/* True if the GW_PAGE_SIZE bytes at page are all zero. */
+bool gw_page_is_zero(const void *page);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

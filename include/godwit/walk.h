@@ -1,0 +1,108 @@
+/*
+ * Walking a godwit stream without device code or a migration object: the
+ * analyzer's view. The walker checks the stream header, then returns one
+ * record at a time with its offset, type, length and CRC verdict, the
+ * parsed CONFIG, section identities and section data, and VMDESC, and
+ * discards page data (checking its CRC when the record carries one).
+ *
+ * A record whose header CRC fails ends the walk (its length cannot be
+ * trusted, so nothing after it can be found); a record whose payload CRC
+ * fails is returned with crc = GW_CRC_BAD and the walk goes on.
+ *
+ * Ownership: the walker borrows the reader. Pointers it returns stay valid
+ * until the next gw_walker_next() (record data) or gw_walker_free()
+ * (config). Threads: one thread at a time.
+ */
+#ifndef GODWIT_WALK_H
+#define GODWIT_WALK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <godwit/error.h>
+#include <godwit/format.h>
+#include <godwit/io.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The CONFIG record, parsed (also what gw_load() checks). */
+struct gw_config_ram {
+	char name[GW_NAME_MAX + 1];
+	uint64_t size;
+	uint64_t gpa;
+};
+
+struct gw_config_section {
+	char name[GW_NAME_MAX + 1];
+	uint32_t instance;
+	uint32_t version;
+	uint32_t flags; /* GW_SECF_* */
+};
+
+struct gw_config {
+	uint32_t page_size;
+	uint32_t nr_vcpus;
+	char vmm_name[GW_NAME_MAX + 1];
+	char vmm_version[GW_NAME_MAX + 1];
+	char machine[GW_NAME_MAX + 1];
+	uint32_t nr_ram;
+	struct gw_config_ram *ram;
+	uint32_t nr_sections;
+	struct gw_config_section *sections;
+};
+
+enum gw_crc_verdict {
+	GW_CRC_OK,        /* the whole payload is covered and matches */
+	GW_CRC_DESC_ONLY, /* RAM_PAGES: the descriptor matches; page data is not covered */
+	GW_CRC_BAD,       /* a covered part does not match */
+};
+
+struct gw_record_info {
+	uint64_t offset; /* stream offset of the record header */
+	uint16_t type;   /* enum gw_record_type, or unknown */
+	uint16_t flags;  /* GW_RECF_* */
+	uint64_t length; /* payload bytes */
+	enum gw_crc_verdict crc;
+
+	/* SECTION_*: identity (name is NULL if the id is not in the CONFIG table). */
+	uint32_t section_id;
+	const char *name;
+	uint32_t instance;
+	uint32_t version;
+
+	/* RAM_PAGES */
+	uint32_t block_id;
+	uint32_t nr_pages;
+	uint32_t nr_zero;
+};
+
+struct gw_walker;
+
+/* Reads and checks the stream header. */
+int gw_walker_new(struct gw_reader *r, struct gw_walker **out, struct gw_error *err);
+void gw_walker_free(struct gw_walker *wk);
+
+/*
+ * The next record: 1 with *info filled, 0 once the EOF record has been
+ * returned, or -errno (truncation, a header that fails its CRC, a payload
+ * that is malformed although its CRC matches).
+ */
+int gw_walker_next(struct gw_walker *wk, struct gw_record_info *info,
+		   struct gw_error *err);
+
+/* The CONFIG of the stream, NULL before the CONFIG record has been walked. */
+const struct gw_config *gw_walker_config(const struct gw_walker *wk);
+
+/*
+ * The data of the current record: a section record's data after its
+ * sub-header, VMDESC's JSON text; NULL with *len = 0 for other types.
+ */
+const void *gw_walker_data(const struct gw_walker *wk, size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,234 @@
+/*
+ * What the files of libgodwit share and nobody outside the library sees:
+ * the layout of the migration object and the functions one concept file
+ * offers another. The migration engine and the other library concepts
+ * (precopy, snapshots, mapped-ram) build on these.
+ */
+#ifndef GW_LIB_INTERNAL_H
+#define GW_LIB_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include <godwit/error.h>
+#include <godwit/format.h>
+#include <godwit/io.h>
+#include <godwit/migration.h>
+#include <godwit/payload.h>
+#include <godwit/vmstate.h>
+#include <godwit/walk.h>
+
+#define GW_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Little-endian integers on the wire, whatever the host. */
+static inline void gw_le16(unsigned char *p, uint16_t v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+}
+
+static inline void gw_le32(unsigned char *p, uint32_t v)
+{
+	gw_le16(p, v);
+	gw_le16(p + 2, v >> 16);
+}
+
+static inline void gw_le64(unsigned char *p, uint64_t v)
+{
+	gw_le32(p, v);
+	gw_le32(p + 4, v >> 32);
+}
+
+static inline uint16_t gw_get_le16(const unsigned char *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static inline uint32_t gw_get_le32(const unsigned char *p)
+{
+	return gw_get_le16(p) | (uint32_t)gw_get_le16(p + 2) << 16;
+}
+
+static inline uint64_t gw_get_le64(const unsigned char *p)
+{
+	return gw_get_le32(p) | (uint64_t)gw_get_le32(p + 4) << 32;
+}
+
+/* error.c: strerror() without its static buffer. */
+const char *gw_strerror(int code);
+
+/*
+ * payload.c. The library builds these on its own stack around a callback:
+ * a wbuf grows up to limit bytes; an rbuf reads a record already in memory.
+ */
+struct gw_wbuf {
+	unsigned char *data;
+	size_t len;
+	size_t cap;
+	size_t limit;
+	int error;
+};
+
+struct gw_rbuf {
+	const unsigned char *data;
+	size_t len;
+	size_t pos;
+	int error;
+};
+
+void gw_wbuf_init(struct gw_wbuf *b, size_t limit);
+void gw_wbuf_reset(struct gw_wbuf *b); /* empty it, keep the memory */
+void gw_wbuf_release(struct gw_wbuf *b);
+void gw_rbuf_init(struct gw_rbuf *b, const void *data, size_t len);
+
+/* names.c: the name rules of docs/format.md. */
+bool gw_name_ok(const char *s, size_t len);
+int gw_check_name(const char *what, const char *name, struct gw_error *err);
+int gw_check_text(const char *what, const char *text, struct gw_error *err);
+int gw_put_str(struct gw_wbuf *b, const char *s);
+/* Read a str into out; -EBADMSG (sticky in b) if it breaks the rules. */
+int gw_get_str(struct gw_rbuf *b, char out[GW_NAME_MAX + 1], bool is_name);
+
+/* migration.c: the object. */
+struct gw_ram_block {
+	char name[GW_NAME_MAX + 1];
+	unsigned char *host;
+	uint64_t size;
+	int fd;
+	uint64_t fd_offset;
+	uint64_t gpa;
+};
+
+struct gw_section_reg {
+	struct gw_section s; /* as registered, but s.name is NULL: use name */
+	char name[GW_NAME_MAX + 1];
+};
+
+enum gw_save_state {
+	GW_SAVE_IDLE,         /* no stream, or the last one finished or failed */
+	GW_SAVE_LIVE,         /* begun: iterate and pages allowed */
+	GW_SAVE_DEVICES_DONE, /* device state written: pages and finish allowed */
+};
+
+struct gw_migration {
+	char vmm_name[GW_NAME_MAX + 1];
+	char vmm_version[GW_NAME_MAX + 1];
+	char machine[GW_NAME_MAX + 1];
+	uint32_t nr_vcpus;
+
+	struct gw_ram_block *ram;
+	uint32_t nr_ram;
+	struct gw_section_reg *sections;
+	uint32_t nr_sections;
+
+	struct gw_vm_ops vm_ops;
+	void *vm_opaque;
+
+	enum gw_save_state save_state;
+};
+
+/* section.c */
+bool gw_section_progressive(const struct gw_section *s);
+int gw_section_check(const struct gw_section *s, struct gw_error *err);
+
+/* The sub-header of section records (docs/format.md, "Section records"). */
+struct gw_section_hdr {
+	uint32_t id;
+	uint32_t instance; /* START/FULL only */
+	uint32_t version;  /* START/FULL only */
+	char name[GW_NAME_MAX + 1]; /* START/FULL only */
+};
+
+bool gw_section_type(uint16_t type);
+int gw_section_put_hdr(struct gw_wbuf *b, uint16_t type, uint32_t id,
+		       const struct gw_section_reg *sec);
+int gw_section_get_hdr(struct gw_rbuf *b, uint16_t type, struct gw_section_hdr *h);
+/* Run the section's save/load callback for a record of this type. */
+int gw_section_save(const struct gw_section_reg *sec, uint16_t type,
+		    struct gw_wbuf *out, struct gw_error *err);
+int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t version,
+		    struct gw_rbuf *in, struct gw_error *err);
+
+/* vmstate.c */
+int gw_vmstate_check(const struct gw_vmstate *vs, uint32_t version, struct gw_error *err);
+void gw_vmstate_save(const struct gw_vmstate *vs, const void *state, struct gw_wbuf *out);
+int gw_vmstate_load(const struct gw_vmstate *vs, void *state, uint32_t version,
+		    struct gw_rbuf *in, struct gw_error *err);
+/* The VMDESC JSON text of m's sections. */
+int gw_vmdesc_build(const struct gw_migration *m, struct gw_wbuf *out, struct gw_error *err);
+
+/* config.c */
+int gw_config_put(const struct gw_migration *m, struct gw_wbuf *out);
+int gw_config_parse(const void *p, size_t len, struct gw_config *cfg, struct gw_error *err);
+void gw_config_release(struct gw_config *cfg);
+/*
+ * Check that m can take a stream of configuration cfg, and map the
+ * stream's block and section ids to m's: ram_map[stream id] = index in
+ * m->ram, sec_map likewise (arrays of cfg->nr_ram / cfg->nr_sections).
+ */
+int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg,
+		    uint32_t *ram_map, uint32_t *sec_map, struct gw_error *err);
+
+/* ram.c */
+int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
+		 struct gw_error *err);
+
+/* stream.c: framing (stream header, record headers, bounds). */
+struct gw_rec_hdr {
+	uint64_t offset; /* of the record header in the stream */
+	uint16_t type;
+	uint16_t flags;
+	uint64_t length;
+	uint32_t payload_crc;
+};
+
+uint64_t gw_record_max(uint16_t type);
+int gw_stream_put_header(struct gw_writer *w, struct gw_error *err);
+int gw_stream_get_header(struct gw_reader *r, struct gw_error *err);
+/* A record whose payload is iov; payload_crc is the CRC of its covered part. */
+int gw_record_writev(struct gw_writer *w, uint16_t type, uint16_t flags,
+		     uint32_t payload_crc, const struct iovec *iov, int iovcnt,
+		     struct gw_error *err);
+/* A record whose payload is covered whole by the CRC. */
+int gw_record_write(struct gw_writer *w, uint16_t type, uint16_t flags,
+		    const void *p, size_t len, struct gw_error *err);
+/* Read and check a record header: CRC, reserved bits, bound of the type. */
+int gw_record_read_header(struct gw_reader *r, struct gw_rec_hdr *h, struct gw_error *err);
+/* Read the whole payload into *buf (grown as needed; *cap is its size). */
+int gw_record_read_payload(struct gw_reader *r, const struct gw_rec_hdr *h,
+			   unsigned char **buf, size_t *cap, struct gw_error *err);
+/* Read and discard len bytes of the payload of h, returning their CRC in *crc. */
+int gw_record_drain(struct gw_reader *r, const struct gw_rec_hdr *h, uint64_t len,
+		    uint32_t *crc, struct gw_error *err);
+/* -EBADMSG with a message unless computed == h->payload_crc. */
+int gw_record_check_crc(const struct gw_rec_hdr *h, uint32_t computed, struct gw_error *err);
+
+/* ram.c: RAM_PAGES records. */
+struct gw_pages {
+	uint32_t block_id;
+	uint32_t nr_pages;
+	uint32_t data_crc;
+	uint32_t reserved;
+	uint32_t nr_data; /* entries without GW_PAGE_ZERO */
+	uint64_t entries[GW_PAGES_MAX];
+};
+
+/*
+ * Read a RAM_PAGES descriptor (head and entries) into p, checking only
+ * what is needed to know its size; *crc is the CRC32C of its bytes, for
+ * the caller to compare before it trusts anything in p.
+ */
+int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h,
+		       struct gw_pages *p, uint32_t *crc, struct gw_error *err);
+/* Check a descriptor whose CRC matched, as far as no RAM block is needed:
+ * flags, order of the entries, length of the record. Sets p->nr_data. */
+int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p,
+			struct gw_error *err);
+/* Receive the record's pages into block b (descriptor already read and checked). */
+int gw_pages_load(struct gw_ram_block *b, struct gw_reader *r, const struct gw_rec_hdr *h,
+		  const struct gw_pages *p, struct gw_error *err);
+
+#endif

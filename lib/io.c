@@ -1,0 +1,394 @@
+/*
+ * Buffered byte I/O over a file descriptor, with zero-copy paths for
+ * page data. Both directions share one idea: the internal buffer is just
+ * one more iovec of the same system call. A writer sends its buffered
+ * bytes and the caller's large pieces in one writev(); a reader fills the
+ * caller's pieces and reads ahead into its buffer in one readv().
+ */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <godwit/io.h>
+
+#include "internal.h"
+
+/* Big enough that small records cost no system call of their own, small
+ * enough to stay in L2. */
+#define IO_BUF_SIZE (256u << 10)
+/* Pieces at least this big are sent from the caller's memory, not copied. */
+#define IO_COPY_MAX (32u << 10)
+/* iovecs per system call; IOV_MAX is 1024 on Linux. */
+#define IO_BATCH 256
+
+struct gw_writer {
+	int fd;
+	bool is_socket; /* send with MSG_NOSIGNAL: a dead peer is an error, not a signal */
+	int error;
+	uint64_t offset;
+	size_t used;
+	unsigned char *buf;
+};
+
+struct gw_reader {
+	int fd;
+	int error;
+	uint64_t offset;
+	size_t start; /* buffered bytes are buf[start..end) */
+	size_t end;
+	unsigned char *buf;
+};
+
+/* A position in an iovec array, with an optional piece in front (the buffer). */
+struct iov_cursor {
+	const unsigned char *head;
+	size_t head_len;
+	const struct iovec *iov;
+	int iovcnt;
+	int i;
+	size_t off;
+};
+
+/* Put up to max pieces starting at the cursor into v; returns how many,
+ * and their byte count in *bytes. */
+static int cursor_fill(const struct iov_cursor *c, struct iovec *v, int max, size_t *bytes)
+{
+	int k = 0;
+
+	*bytes = 0;
+	if (c->head_len) {
+		v[k++] = (struct iovec){ (void *)c->head, c->head_len };
+		*bytes += c->head_len;
+	}
+	for (int i = c->i; i < c->iovcnt && k < max; i++) {
+		size_t off = i == c->i ? c->off : 0;
+
+		if (c->iov[i].iov_len == off)
+			continue;
+		v[k++] = (struct iovec){ (char *)c->iov[i].iov_base + off,
+					 c->iov[i].iov_len - off };
+		*bytes += c->iov[i].iov_len - off;
+	}
+	return k;
+}
+
+static void cursor_advance(struct iov_cursor *c, size_t n)
+{
+	size_t take = n < c->head_len ? n : c->head_len;
+
+	c->head += take;
+	c->head_len -= take;
+	n -= take;
+	while (n && c->i < c->iovcnt) {
+		size_t left = c->iov[c->i].iov_len - c->off;
+
+		if (n < left) {
+			c->off += n;
+			return;
+		}
+		n -= left;
+		c->i++;
+		c->off = 0;
+	}
+	/* Skip empty iovecs so cursor_done() sees the end. */
+	while (c->i < c->iovcnt && c->iov[c->i].iov_len == c->off) {
+		c->i++;
+		c->off = 0;
+	}
+}
+
+static bool cursor_done(const struct iov_cursor *c)
+{
+	return c->head_len == 0 && c->i >= c->iovcnt;
+}
+
+static size_t iov_total(const struct iovec *iov, int iovcnt)
+{
+	size_t total = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	return total;
+}
+
+/* Wait until fd is ready after EAGAIN on a non-blocking fd. */
+static int wait_fd(int fd, short events)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+
+	while (poll(&p, 1, -1) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
+int gw_writer_new(int fd, struct gw_writer **out, struct gw_error *err)
+{
+	struct gw_writer *w;
+	struct stat st;
+
+	if (fd < 0)
+		return gw_error_set(err, -EBADF, "stream writer: invalid fd %d", fd);
+	if (fstat(fd, &st) < 0)
+		return gw_error_set(err, -errno, "stream writer: fstat of fd %d: %s",
+				    fd, gw_strerror(errno));
+	w = calloc(1, sizeof(*w));
+	if (w)
+		w->buf = malloc(IO_BUF_SIZE);
+	if (!w || !w->buf) {
+		free(w);
+		return gw_error_set(err, -ENOMEM, "stream writer: out of memory");
+	}
+	w->fd = fd;
+	w->is_socket = S_ISSOCK(st.st_mode);
+	*out = w;
+	return 0;
+}
+
+void gw_writer_free(struct gw_writer *w)
+{
+	if (!w)
+		return;
+	free(w->buf);
+	free(w);
+}
+
+static int writer_failed(struct gw_writer *w, struct gw_error *err)
+{
+	return gw_error_set(err, w->error,
+			    "stream writer already failed (%s); bytes after offset %llu were lost",
+			    gw_strerror(w->error), (unsigned long long)w->offset);
+}
+
+static ssize_t write_iov(struct gw_writer *w, const struct iovec *v, int n)
+{
+	if (w->is_socket) {
+		struct msghdr msg = { .msg_iov = (struct iovec *)v, .msg_iovlen = n };
+
+		return sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+	}
+	return writev(w->fd, v, n);
+}
+
+/*
+ * Write the buffered bytes, then iov, completely. The stream offset of the
+ * first byte of the buffer is w->offset - w->used - iov total.
+ */
+static int writer_send(struct gw_writer *w, const struct iovec *iov, int iovcnt,
+		       struct gw_error *err)
+{
+	struct iov_cursor c = { w->buf, w->used, iov, iovcnt, 0, 0 };
+	uint64_t at = w->offset - w->used - iov_total(iov, iovcnt);
+
+	cursor_advance(&c, 0);
+	while (!cursor_done(&c)) {
+		struct iovec v[IO_BATCH];
+		size_t bytes;
+		int k = cursor_fill(&c, v, IO_BATCH, &bytes);
+		ssize_t n = write_iov(w, v, k);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int ret = wait_fd(w->fd, POLLOUT);
+
+			if (ret == 0)
+				continue;
+			errno = -ret;
+		}
+		if (n <= 0) {
+			w->error = n < 0 ? -errno : -EIO;
+			return gw_error_set(err, w->error,
+					    "write to stream failed at offset %llu: %s",
+					    (unsigned long long)at, gw_strerror(w->error));
+		}
+		cursor_advance(&c, n);
+		at += n;
+	}
+	w->used = 0;
+	return 0;
+}
+
+int gw_writer_writev(struct gw_writer *w, const struct iovec *iov, int iovcnt,
+		     struct gw_error *err)
+{
+	size_t total = iov_total(iov, iovcnt);
+
+	if (w->error)
+		return writer_failed(w, err);
+	if (total < IO_COPY_MAX && total <= IO_BUF_SIZE - w->used) {
+		for (int i = 0; i < iovcnt; i++) {
+			if (iov[i].iov_len)
+				memcpy(w->buf + w->used, iov[i].iov_base, iov[i].iov_len);
+			w->used += iov[i].iov_len;
+		}
+		w->offset += total;
+		return 0;
+	}
+	w->offset += total;
+	return writer_send(w, iov, iovcnt, err);
+}
+
+int gw_writer_write(struct gw_writer *w, const void *buf, size_t len, struct gw_error *err)
+{
+	struct iovec v = { (void *)buf, len };
+
+	return gw_writer_writev(w, &v, 1, err);
+}
+
+int gw_writer_flush(struct gw_writer *w, struct gw_error *err)
+{
+	if (w->error)
+		return writer_failed(w, err);
+	return writer_send(w, NULL, 0, err);
+}
+
+uint64_t gw_writer_offset(const struct gw_writer *w)
+{
+	return w->offset;
+}
+
+int gw_reader_new(int fd, struct gw_reader **out, struct gw_error *err)
+{
+	struct gw_reader *r;
+
+	if (fd < 0)
+		return gw_error_set(err, -EBADF, "stream reader: invalid fd %d", fd);
+	r = calloc(1, sizeof(*r));
+	if (r)
+		r->buf = malloc(IO_BUF_SIZE);
+	if (!r || !r->buf) {
+		free(r);
+		return gw_error_set(err, -ENOMEM, "stream reader: out of memory");
+	}
+	r->fd = fd;
+	*out = r;
+	return 0;
+}
+
+void gw_reader_free(struct gw_reader *r)
+{
+	if (!r)
+		return;
+	free(r->buf);
+	free(r);
+}
+
+static int reader_failed(struct gw_reader *r, struct gw_error *err)
+{
+	return gw_error_set(err, r->error, "stream reader already failed (%s) at offset %llu",
+			    gw_strerror(r->error), (unsigned long long)r->offset);
+}
+
+/* Copy buffered bytes into the cursor's pieces. */
+static void reader_drain(struct gw_reader *r, struct iov_cursor *c)
+{
+	while (r->start < r->end && !cursor_done(c)) {
+		const struct iovec *v = &c->iov[c->i];
+		size_t n = v->iov_len - c->off;
+
+		if (n > r->end - r->start)
+			n = r->end - r->start;
+		memcpy((char *)v->iov_base + c->off, r->buf + r->start, n);
+		r->start += n;
+		cursor_advance(c, n);
+	}
+}
+
+int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
+		    struct gw_error *err)
+{
+	struct iov_cursor c = { NULL, 0, iov, iovcnt, 0, 0 };
+	size_t total = iov_total(iov, iovcnt);
+	size_t got = r->end - r->start;
+
+	if (r->error)
+		return reader_failed(r, err);
+	cursor_advance(&c, 0);
+	reader_drain(r, &c);
+	got -= r->end - r->start;
+	while (!cursor_done(&c)) {
+		struct iovec v[IO_BATCH + 1];
+		size_t want;
+		int k = cursor_fill(&c, v, IO_BATCH, &want);
+		ssize_t n;
+
+		/* The buffer is empty here: read ahead into it in the same call. */
+		v[k++] = (struct iovec){ r->buf, IO_BUF_SIZE };
+		n = readv(r->fd, v, k);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int ret = wait_fd(r->fd, POLLIN);
+
+			if (ret == 0)
+				continue;
+			errno = -ret;
+		}
+		if (n < 0) {
+			r->error = -errno;
+			return gw_error_set(err, r->error, "read from stream failed at offset %llu: %s",
+					    (unsigned long long)(r->offset + got),
+					    gw_strerror(r->error));
+		}
+		if (n == 0) {
+			r->error = -EPIPE;
+			return gw_error_set(err, -EPIPE,
+					    "truncated stream at offset %llu (need %zu more bytes)",
+					    (unsigned long long)(r->offset + got), total - got);
+		}
+		if ((size_t)n > want) {
+			r->start = 0;
+			r->end = n - want;
+			n = want;
+		}
+		cursor_advance(&c, n);
+		got += n;
+	}
+	r->offset += total;
+	return 0;
+}
+
+int gw_reader_read(struct gw_reader *r, void *buf, size_t len, struct gw_error *err)
+{
+	struct iovec v = { buf, len };
+
+	return gw_reader_readv(r, &v, 1, err);
+}
+
+int gw_reader_skip(struct gw_reader *r, uint64_t len, struct gw_error *err)
+{
+	unsigned char scratch[4096];
+
+	while (len) {
+		size_t n = len < sizeof(scratch) ? len : sizeof(scratch);
+		int ret;
+
+		/* Buffered bytes can be dropped without copying. */
+		if (r->start < r->end && !r->error) {
+			n = r->end - r->start;
+			if (n > len)
+				n = len;
+			r->start += n;
+			r->offset += n;
+			len -= n;
+			continue;
+		}
+		ret = gw_reader_read(r, scratch, n, err);
+		if (ret < 0)
+			return ret;
+		len -= n;
+	}
+	return 0;
+}
+
+uint64_t gw_reader_offset(const struct gw_reader *r)
+{
+	return r->offset;
+}

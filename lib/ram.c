@@ -1,0 +1,317 @@
+/*
+ * Guest RAM: registration of RAM blocks and the RAM_PAGES record.
+ *
+ * Page data never passes through a buffer of ours. The sender writes the
+ * record header and descriptor from its stack and the pages straight from
+ * guest memory in one writev(); the receiver reads the descriptor, checks
+ * its CRC, and only then lets readv() put page data straight into the
+ * destination pages the descriptor names.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include <godwit/stream.h>
+
+#include "crc32c.h"
+#include "internal.h"
+
+#define PAGE_MASK ((uint64_t)GW_PAGE_SIZE - 1)
+
+bool gw_page_is_zero(const void *page)
+{
+	const unsigned char *p = page;
+
+	/* Compare the page with itself shifted by one byte: a vectorized memcmp
+	 * instead of a hand-written loop. */
+	return p[0] == 0 && memcmp(p, p + 1, GW_PAGE_SIZE - 1) == 0;
+}
+
+int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
+		 struct gw_error *err)
+{
+	int ret;
+
+	if (!ram)
+		return gw_error_set(err, -EINVAL, "RAM block: no description");
+	ret = gw_check_name("RAM block", ram->name, err);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < m->nr_ram; i++)
+		if (strcmp(m->ram[i].name, ram->name) == 0)
+			return gw_error_set(err, -EINVAL, "RAM block '%s' is already registered",
+					    ram->name);
+	if (m->nr_ram >= GW_MAX_RAM_BLOCKS)
+		return gw_error_set(err, -EINVAL, "RAM block '%s': more than %u blocks",
+				    ram->name, GW_MAX_RAM_BLOCKS);
+	if (!ram->host || ((uintptr_t)ram->host & PAGE_MASK))
+		return gw_error_set(err, -EINVAL,
+				    "RAM block '%s': host address %p is not page-aligned",
+				    ram->name, ram->host);
+	if (ram->size == 0 || (ram->size & PAGE_MASK))
+		return gw_error_set(err, -EINVAL,
+				    "RAM block '%s': size %llu is not a non-zero multiple of %u",
+				    ram->name, (unsigned long long)ram->size, GW_PAGE_SIZE);
+	if (ram->fd < -1)
+		return gw_error_set(err, -EINVAL, "RAM block '%s': invalid fd %d (use -1 for none)",
+				    ram->name, ram->fd);
+	if (ram->fd_offset & PAGE_MASK)
+		return gw_error_set(err, -EINVAL, "RAM block '%s': fd offset 0x%llx is not page-aligned",
+				    ram->name, (unsigned long long)ram->fd_offset);
+	if (ram->gpa == GW_GPA_NONE)
+		return 0;
+	if ((ram->gpa & PAGE_MASK) || ram->gpa + ram->size < ram->gpa)
+		return gw_error_set(err, -EINVAL,
+				    "RAM block '%s': guest address 0x%llx is unaligned or the block wraps",
+				    ram->name, (unsigned long long)ram->gpa);
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		const struct gw_ram_block *b = &m->ram[i];
+
+		if (b->gpa != GW_GPA_NONE && ram->gpa < b->gpa + b->size &&
+		    b->gpa < ram->gpa + ram->size)
+			return gw_error_set(err, -EINVAL,
+					    "RAM block '%s' at 0x%llx-0x%llx overlaps RAM block '%s' at 0x%llx-0x%llx",
+					    ram->name, (unsigned long long)ram->gpa,
+					    (unsigned long long)(ram->gpa + ram->size - 1), b->name,
+					    (unsigned long long)b->gpa,
+					    (unsigned long long)(b->gpa + b->size - 1));
+	}
+	return 0;
+}
+
+/*
+ * iovecs for the data pages of a batch, one per run of contiguous pages, so
+ * a batch of neighbouring pages is one piece for the kernel. Entries are
+ * increasing (checked by the callers). Returns the number of iovecs.
+ */
+static int data_iov(unsigned char *host, const uint64_t *entries, uint32_t n,
+		    struct iovec *iov)
+{
+	int k = 0;
+
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t off = entries[i] & ~PAGE_MASK;
+
+		if (entries[i] & GW_PAGE_ZERO)
+			continue;
+		if (k && (unsigned char *)iov[k - 1].iov_base + iov[k - 1].iov_len == host + off) {
+			iov[k - 1].iov_len += GW_PAGE_SIZE;
+			continue;
+		}
+		iov[k++] = (struct iovec){ host + off, GW_PAGE_SIZE };
+	}
+	return k;
+}
+
+static uint32_t iov_crc(const struct iovec *iov, int k)
+{
+	uint32_t crc = 0;
+
+	for (int i = 0; i < k; i++)
+		crc = gw_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
+	return crc;
+}
+
+/* Entry checks shared by both sides: flags known, offsets increasing. */
+static int check_entries(const uint64_t *entries, uint32_t n, uint32_t *nr_data,
+			 int code, const char *where, struct gw_error *err)
+{
+	*nr_data = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t flags = entries[i] & PAGE_MASK;
+
+		if (flags & ~(uint64_t)GW_PAGE_ZERO)
+			return gw_error_set(err, code, "%s: entry %u has unknown page flags 0x%llx",
+					    where, i, (unsigned long long)flags);
+		if (i && (entries[i] & ~PAGE_MASK) <= (entries[i - 1] & ~PAGE_MASK))
+			return gw_error_set(err, code,
+					    "%s: entry %u (offset 0x%llx) does not follow entry %u (offset 0x%llx) in increasing order",
+					    where, i, (unsigned long long)(entries[i] & ~PAGE_MASK), i - 1,
+					    (unsigned long long)(entries[i - 1] & ~PAGE_MASK));
+		if (!(flags & GW_PAGE_ZERO))
+			(*nr_data)++;
+	}
+	return 0;
+}
+
+int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+		  const uint64_t *entries, uint32_t n, unsigned flags,
+		  struct gw_error *err)
+{
+	unsigned char desc[GW_PAGES_DESC_SIZE(GW_PAGES_MAX)];
+	struct iovec iov[1 + GW_PAGES_MAX];
+	const struct gw_ram_block *b;
+	uint32_t nr_data, data_crc = 0;
+	int k, ret;
+
+	if (m->save_state == GW_SAVE_IDLE)
+		return gw_error_set(err, -EINVAL, "gw_save_pages: no stream begun (call gw_save_begin first)");
+	if (block >= m->nr_ram)
+		return gw_error_set(err, -EINVAL, "gw_save_pages: no RAM block %u (%u registered)",
+				    block, m->nr_ram);
+	b = &m->ram[block];
+	if (n == 0 || n > GW_PAGES_MAX)
+		return gw_error_set(err, -EINVAL, "gw_save_pages: RAM block '%s': %u pages, not 1..%u",
+				    b->name, n, GW_PAGES_MAX);
+	if (flags & ~GW_SAVE_DATA_CRC)
+		return gw_error_set(err, -EINVAL, "gw_save_pages: unknown flags 0x%x", flags);
+	ret = check_entries(entries, n, &nr_data, -EINVAL, "gw_save_pages", err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "RAM block '%s': ", b->name);
+	if ((entries[n - 1] & ~PAGE_MASK) >= b->size)
+		return gw_error_set(err, -EINVAL,
+				    "gw_save_pages: RAM block '%s': page offset 0x%llx is beyond its size 0x%llx",
+				    b->name, (unsigned long long)(entries[n - 1] & ~PAGE_MASK),
+				    (unsigned long long)b->size);
+
+	k = data_iov(b->host, entries, n, iov + 1);
+	if (flags & GW_SAVE_DATA_CRC)
+		data_crc = iov_crc(iov + 1, k);
+	gw_le32(desc, block);
+	gw_le32(desc + 4, n);
+	gw_le32(desc + 8, data_crc);
+	gw_le32(desc + 12, 0);
+	for (uint32_t i = 0; i < n; i++)
+		gw_le64(desc + 16 + 8 * i, entries[i]);
+	iov[0] = (struct iovec){ desc, GW_PAGES_DESC_SIZE(n) };
+	ret = gw_record_writev(w, GW_REC_RAM_PAGES,
+			       flags & GW_SAVE_DATA_CRC ? GW_RECF_DATA_CRC : 0,
+			       gw_crc32c(0, desc, GW_PAGES_DESC_SIZE(n)), iov, k + 1, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "RAM block '%s': ", b->name);
+	return 0;
+}
+
+int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h,
+		       struct gw_pages *p, uint32_t *crc, struct gw_error *err)
+{
+	unsigned char head[16];
+	unsigned char *raw = (unsigned char *)p->entries;
+	int ret;
+
+	if (h->length < GW_PAGES_DESC_SIZE(1))
+		return gw_error_set(err, -EBADMSG,
+				    "RAM_PAGES record at offset %llu: %llu bytes is too short for a descriptor",
+				    (unsigned long long)h->offset, (unsigned long long)h->length);
+	ret = gw_reader_read(r, head, sizeof(head), err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "RAM_PAGES record at offset %llu: ",
+				       (unsigned long long)h->offset);
+	p->block_id = gw_get_le32(head);
+	p->nr_pages = gw_get_le32(head + 4);
+	p->data_crc = gw_get_le32(head + 8);
+	p->reserved = gw_get_le32(head + 12);
+	/* The count sizes the next read, so it is checked before the CRC can be. */
+	if (p->nr_pages == 0 || p->nr_pages > GW_PAGES_MAX ||
+	    GW_PAGES_DESC_SIZE(p->nr_pages) > h->length)
+		return gw_error_set(err, -EBADMSG,
+				    "RAM_PAGES record at offset %llu: corrupted or malformed descriptor (%u pages in a %llu-byte record, at most %u pages)",
+				    (unsigned long long)h->offset, p->nr_pages,
+				    (unsigned long long)h->length, GW_PAGES_MAX);
+	ret = gw_reader_read(r, raw, 8ull * p->nr_pages, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "RAM_PAGES record at offset %llu: ",
+				       (unsigned long long)h->offset);
+	*crc = gw_crc32c(gw_crc32c(0, head, sizeof(head)), raw, 8ull * p->nr_pages);
+	/* Decode in place: every entry decodes into its own 8 bytes. */
+	for (uint32_t i = 0; i < p->nr_pages; i++)
+		p->entries[i] = gw_get_le64(raw + 8 * i);
+	return 0;
+}
+
+int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p,
+			struct gw_error *err)
+{
+	char where[64];
+	uint64_t want;
+	int ret;
+
+	snprintf(where, sizeof(where), "RAM_PAGES record at offset %llu",
+		 (unsigned long long)h->offset);
+	if (p->reserved != 0)
+		return gw_error_set(err, -EBADMSG, "%s: reserved field is 0x%x, not zero",
+				    where, p->reserved);
+	if (!(h->flags & GW_RECF_DATA_CRC) && p->data_crc != 0)
+		return gw_error_set(err, -EBADMSG, "%s: data CRC set without the DATA_CRC flag", where);
+	ret = check_entries(p->entries, p->nr_pages, &p->nr_data, -EBADMSG, where, err);
+	if (ret < 0)
+		return ret;
+	want = GW_PAGES_DESC_SIZE(p->nr_pages) + (uint64_t)GW_PAGE_SIZE * p->nr_data;
+	if (h->length != want)
+		return gw_error_set(err, -EBADMSG,
+				    "%s: length %llu does not match its %u pages (%u with data): expected %llu",
+				    where, (unsigned long long)h->length, p->nr_pages, p->nr_data,
+				    (unsigned long long)want);
+	return 0;
+}
+
+/*
+ * Make [off, off+len) of b read as zeroes. Punching a hole in the memfd
+ * frees the memory and never faults a page in; memory without an fd (or
+ * a file system that cannot punch 4 KiB holes, like hugetlbfs) is
+ * cleared only where it is not zero already, so untouched memory stays
+ * untouched.
+ */
+static int zero_range(struct gw_ram_block *b, uint64_t off, uint64_t len, struct gw_error *err)
+{
+	if (b->fd >= 0) {
+		if (fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)(b->fd_offset + off), (off_t)len) == 0)
+			return 0;
+		if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+			return gw_error_set(err, -errno,
+					    "RAM block '%s': cannot zero 0x%llx+0x%llx (punching a hole in fd %d): %s",
+					    b->name, (unsigned long long)off, (unsigned long long)len,
+					    b->fd, gw_strerror(errno));
+	}
+	for (uint64_t o = off; o < off + len; o += GW_PAGE_SIZE)
+		if (!gw_page_is_zero(b->host + o))
+			memset(b->host + o, 0, GW_PAGE_SIZE);
+	return 0;
+}
+
+int gw_pages_load(struct gw_ram_block *b, struct gw_reader *r, const struct gw_rec_hdr *h,
+		  const struct gw_pages *p, struct gw_error *err)
+{
+	struct iovec iov[GW_PAGES_MAX];
+	uint64_t run_off = 0, run_len = 0;
+	int k, ret;
+
+	/* Offsets are increasing, so the last one bounds them all. */
+	if ((p->entries[p->nr_pages - 1] & ~PAGE_MASK) >= b->size)
+		return gw_error_set(err, -EBADMSG,
+				    "RAM_PAGES record at offset %llu: page offset 0x%llx is beyond the 0x%llx bytes of RAM block '%s'",
+				    (unsigned long long)h->offset,
+				    (unsigned long long)(p->entries[p->nr_pages - 1] & ~PAGE_MASK),
+				    (unsigned long long)b->size, b->name);
+	k = data_iov(b->host, p->entries, p->nr_pages, iov);
+	ret = gw_reader_readv(r, iov, k, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "RAM_PAGES record at offset %llu, RAM block '%s': ",
+				       (unsigned long long)h->offset, b->name);
+	if (h->flags & GW_RECF_DATA_CRC) {
+		uint32_t crc = iov_crc(iov, k);
+
+		if (crc != p->data_crc)
+			return gw_error_set(err, -EBADMSG,
+					    "corrupted page data in RAM_PAGES record at offset %llu, RAM block '%s' (data CRC 0x%08x, computed 0x%08x)",
+					    (unsigned long long)h->offset, b->name, p->data_crc, crc);
+	}
+	for (uint32_t i = 0; i < p->nr_pages; i++) {
+		uint64_t off = p->entries[i] & ~PAGE_MASK;
+
+		if (!(p->entries[i] & GW_PAGE_ZERO))
+			continue;
+		if (run_len && run_off + run_len == off) {
+			run_len += GW_PAGE_SIZE;
+			continue;
+		}
+		if (run_len && (ret = zero_range(b, run_off, run_len, err)) < 0)
+			return ret;
+		run_off = off;
+		run_len = GW_PAGE_SIZE;
+	}
+	return run_len ? zero_range(b, run_off, run_len, err) : 0;
+}

@@ -1,0 +1,139 @@
+/*
+ * Device sections: what makes a registration valid, the sub-header of
+ * section records, and calling a section's callbacks with the checks that
+ * keep a device from writing too much or reading what is not there.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+bool gw_section_progressive(const struct gw_section *s)
+{
+	return s->save_live != NULL;
+}
+
+bool gw_section_type(uint16_t type)
+{
+	return type == GW_REC_SECTION_START || type == GW_REC_SECTION_PART ||
+	       type == GW_REC_SECTION_END || type == GW_REC_SECTION_FULL;
+}
+
+static int check_ways(const struct gw_section *s, struct gw_error *err)
+{
+	int ways = (s->vmstate != NULL) + (s->save || s->load) + (s->save_live || s->load_live);
+
+	if (ways != 1)
+		return gw_error_set(err, -EINVAL,
+				    "set exactly one of vmstate, save/load or save_live/load_live (%d set)",
+				    ways);
+	if ((s->save || s->load) && !(s->save && s->load))
+		return gw_error_set(err, -EINVAL, "save and load must be set together");
+	if ((s->save_live || s->load_live) && !(s->save_live && s->load_live))
+		return gw_error_set(err, -EINVAL, "save_live and load_live must be set together");
+	return 0;
+}
+
+int gw_section_check(const struct gw_section *s, struct gw_error *err)
+{
+	int ret;
+
+	if (!s)
+		return gw_error_set(err, -EINVAL, "section: no description");
+	ret = gw_check_name("section", s->name, err);
+	if (ret < 0)
+		return ret;
+	if (s->version == 0 || s->min_version == 0 || s->min_version > s->version)
+		ret = gw_error_set(err, -EINVAL,
+				   "version %u and min_version %u: versions start at 1 and min_version must not exceed version",
+				   s->version, s->min_version);
+	else if (s->flags & ~GW_SECTION_OPTIONAL)
+		ret = gw_error_set(err, -EINVAL, "unknown flags 0x%x", s->flags);
+	else
+		ret = check_ways(s, err);
+	if (ret == 0 && s->vmstate)
+		ret = gw_vmstate_check(s->vmstate, s->version, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "section '%s' instance %u: ", s->name, s->instance);
+	return 0;
+}
+
+int gw_section_put_hdr(struct gw_wbuf *b, uint16_t type, uint32_t id,
+		       const struct gw_section_reg *sec)
+{
+	gw_put_u32(b, id);
+	if (type == GW_REC_SECTION_START || type == GW_REC_SECTION_FULL) {
+		gw_put_u32(b, sec->s.instance);
+		gw_put_u32(b, sec->s.version);
+		gw_put_str(b, sec->name);
+	}
+	return b->error;
+}
+
+int gw_section_get_hdr(struct gw_rbuf *b, uint16_t type, struct gw_section_hdr *h)
+{
+	memset(h, 0, sizeof(*h));
+	gw_get_u32(b, &h->id);
+	if (type == GW_REC_SECTION_START || type == GW_REC_SECTION_FULL) {
+		gw_get_u32(b, &h->instance);
+		gw_get_u32(b, &h->version);
+		gw_get_str(b, h->name, true);
+	}
+	return b->error;
+}
+
+static enum gw_phase phase_of(uint16_t type)
+{
+	return type == GW_REC_SECTION_START ? GW_PHASE_START :
+	       type == GW_REC_SECTION_PART ? GW_PHASE_PART : GW_PHASE_END;
+}
+
+int gw_section_save(const struct gw_section_reg *sec, uint16_t type,
+		    struct gw_wbuf *out, struct gw_error *err)
+{
+	const struct gw_section *s = &sec->s;
+	int ret = 0;
+
+	gw_error_clear(err);
+	if (type != GW_REC_SECTION_FULL)
+		ret = s->save_live(s->opaque, phase_of(type), out, err);
+	else if (s->vmstate)
+		gw_vmstate_save(s->vmstate, s->opaque, out);
+	else
+		ret = s->save(s->opaque, out, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "save callback failed: ");
+	if (out->error == -EMSGSIZE)
+		return gw_error_set(err, -EMSGSIZE,
+				    "state does not fit one record (%llu bytes at most)",
+				    (unsigned long long)GW_SECTION_RECORD_MAX);
+	if (out->error < 0)
+		return gw_error_set(err, out->error, "out of memory for the section's state");
+	return 0;
+}
+
+int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t version,
+		    struct gw_rbuf *in, struct gw_error *err)
+{
+	const struct gw_section *s = &sec->s;
+	int ret;
+
+	gw_error_clear(err);
+	if (type != GW_REC_SECTION_FULL)
+		ret = s->load_live(s->opaque, phase_of(type), in, version, err);
+	else if (s->vmstate)
+		ret = gw_vmstate_load(s->vmstate, s->opaque, version, in, err);
+	else
+		ret = s->load(s->opaque, in, version, err);
+	if (in->error < 0)
+		return gw_error_set(err, -EBADMSG,
+				    "the loader read past the end of the %zu bytes of data (version %u)",
+				    in->len, version);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "load callback failed: ");
+	if (in->pos != in->len)
+		return gw_error_set(err, -EBADMSG,
+				    "%zu of %zu bytes of data left unread (version %u)",
+				    in->len - in->pos, in->len, version);
+	return 0;
+}

@@ -1,0 +1,227 @@
+"""Shared helpers for godwit's end-to-end tests.
+
+Tests start real godwit-vmm processes running real KVM guests and drive
+them over QMP, exactly as a user's tooling would. Python standard library
+only. Environment: GODWIT_BUILD is the meson build directory (default
+"build" beside the source tree).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.abspath(os.environ.get("GODWIT_BUILD", os.path.join(SRC, "build")))
+VMM = os.path.join(BUILD, "vmm", "godwit-vmm")
+CLI = os.path.join(BUILD, "tools", "godwit")
+DIRTIER = os.path.join(BUILD, "guests", "dirtier.elf")
+IDLE = os.path.join(BUILD, "guests", "idle.elf")
+BOOTDIRTIER = os.path.join(BUILD, "guests", "bootdirtier.bin")
+
+SKIP = 77  # meson's "skipped" exit code
+
+
+def main():
+    """Run the calling module's unittest cases; skip the file without KVM."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("SKIP: /dev/kvm is missing or not accessible; KVM tests need it")
+        sys.exit(SKIP)
+    unittest.main(verbosity=2)
+
+
+def wait_until(pred, timeout=10.0, what="condition", interval=0.02):
+    """Poll pred() until it returns a true value; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class QmpError(Exception):
+    def __init__(self, cls, desc):
+        super().__init__(f"{cls}: {desc}")
+        self.cls = cls
+        self.desc = desc
+
+
+class Qmp:
+    """A minimal QMP client: greeting, negotiation, commands, events."""
+
+    def __init__(self, path, timeout=30.0, negotiate=True):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.events = []
+        self.next_id = 0
+        self.greeting = self.recv()
+        if negotiate:
+            self.cmd("qmp_capabilities")
+
+    def close(self):
+        self.sock.close()
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def recv(self):
+        """Next message from the server (event or reply), as a dict."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("QMP connection closed by godwit-vmm")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def execute(self, name, args=None):
+        """Send a command and return the raw reply (events are queued)."""
+        self.next_id += 1
+        msg = {"execute": name, "id": self.next_id}
+        if args is not None:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            m = self.recv()
+            if "event" in m:
+                self.events.append(m)
+                continue
+            return m
+
+    def cmd(self, name, **args):
+        """Run a command; return its "return" value or raise QmpError."""
+        r = self.execute(name, {k.replace("_", "-"): v for k, v in args.items()} or None)
+        if "error" in r:
+            raise QmpError(r["error"]["class"], r["error"]["desc"])
+        return r["return"]
+
+    def wait_event(self, name, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, e in enumerate(self.events):
+                if e["event"] == name:
+                    return self.events.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {name} event within {timeout}s")
+            self.sock.settimeout(left)
+            try:
+                m = self.recv()
+            except socket.timeout:
+                continue
+            finally:
+                self.sock.settimeout(30.0)
+            if "event" in m:
+                self.events.append(m)
+
+
+class Vmm:
+    """One godwit-vmm process with a QMP socket and a serial log file."""
+
+    def __init__(self, kernel=None, bootsector=None, memory="64M", vcpus=1, append=None,
+                 paused=False, extra=(), qmp=True):
+        self.dir = tempfile.mkdtemp(prefix="gw-e2e-")
+        self.sock = os.path.join(self.dir, "qmp.sock")
+        self.serial = os.path.join(self.dir, "serial.log")
+        self.stderr_path = os.path.join(self.dir, "stderr.log")
+        argv = [VMM, "--memory", str(memory), "--vcpus", str(vcpus),
+                "--serial", "file:" + self.serial]
+        if kernel:
+            argv += ["--kernel", kernel]
+        if bootsector:
+            argv += ["--bootsector", bootsector]
+        if append:
+            argv += ["--append", append]
+        if paused:
+            argv += ["--paused"]
+        if qmp:
+            argv += ["--qmp", "unix:" + self.sock]
+        argv += list(extra)
+        self.argv = argv
+        self.stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr)
+        self.qmp = None
+        if qmp:
+            wait_until(lambda: os.path.exists(self.sock) or self.proc.poll() is not None,
+                       10, "the QMP socket")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"godwit-vmm exited with {self.proc.returncode}: "
+                                     f"{self.stderr_text()}")
+            self.qmp = Qmp(self.sock)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stderr_text(self):
+        self.stderr.flush()
+        with open(self.stderr_path) as f:
+            return f.read()
+
+    def serial_text(self):
+        try:
+            with open(self.serial, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def connect(self, negotiate=True):
+        return Qmp(self.sock, negotiate=negotiate)
+
+    def wait(self, timeout=20.0):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"godwit-vmm did not exit within {timeout}s")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.qmp:
+            self.qmp.close()
+        self.stderr.close()
+
+    def guest(self):
+        return self.qmp.cmd("x-godwit-query-guest")
+
+    def passes(self):
+        return [v["pass"] for v in self.guest()["vcpus"]]
+
+    def wait_passes(self, n, timeout=30.0):
+        """Wait until every vCPU has completed at least n more passes."""
+        start = self.passes()
+        wait_until(lambda: all(p >= s + n for p, s in zip(self.passes(), start)),
+                   timeout, f"{n} more guest passes on every vCPU")
+
+    def ram_hash(self):
+        return self.qmp.cmd("x-godwit-ram-hash")["hash"]
+
+    def ram_mapping(self, block="ram-low"):
+        """Host address of a RAM block in this process, from /proc/PID/maps."""
+        with open(f"/proc/{self.proc.pid}/maps") as f:
+            for line in f:
+                if re.search(rf"memfd:{block}\b", line):
+                    return int(line.split("-")[0], 16)
+        raise AssertionError(f"no mapping of {block} in godwit-vmm")
+
+    def poke(self, gpa, data, block="ram-low"):
+        """Write guest RAM from outside the VMM, as a hardware fault would."""
+        with open(f"/proc/{self.proc.pid}/mem", "r+b", buffering=0) as f:
+            f.seek(self.ram_mapping(block) + gpa)
+            f.write(data)

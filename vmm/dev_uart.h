@@ -1,0 +1,43 @@
+/*
+ * A 16550A UART, as COM1 (ports 0x3f8-0x3ff, IRQ 4).
+ *
+ * Output goes straight to the host fd from the vCPU thread that wrote the
+ * byte (unbuffered: a guest's last words before a crash must not be lost).
+ * Input arrives from the main loop through uart_receive().
+ */
+#ifndef GW_VMM_DEV_UART_H
+#define GW_VMM_DEV_UART_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct io_bus;
+struct kvm;
+
+#define UART_COM1_BASE 0x3f8
+#define UART_COM1_IRQ 4
+#define UART_FIFO_SIZE 16
+
+/* Everything guest-visible: this struct is what a migration saves. */
+struct uart_state {
+	uint8_t rbr_fifo[UART_FIFO_SIZE];
+	uint8_t rx_head, rx_count;
+	uint8_t ier, iir, fcr, lcr, mcr, lsr, msr, scr, dll, dlm;
+	uint8_t thr_irq_pending; /* THR-empty interrupt not yet acknowledged */
+};
+
+struct uart {
+	struct uart_state st;
+	pthread_mutex_t lock;
+	struct kvm *kvm;
+	int out_fd; /* -1: output discarded */
+	int irq_level;
+};
+
+int uart_init(struct uart *u, struct kvm *kvm, struct io_bus *pio, int out_fd);
+void uart_destroy(struct uart *u);
+/* Queue bytes typed by the host user; drops what does not fit the FIFO. */
+void uart_receive(struct uart *u, const uint8_t *buf, size_t len);
+
+#endif

@@ -1,0 +1,279 @@
+/*
+ * godwit-vmm: a small KVM virtual machine monitor, the reference user of
+ * libgodwit. This file turns the command line into a machine and runs the
+ * main loop until quit, a signal or the guest asks to exit.
+ */
+#include "boot.h"
+#include "gw_version.h"
+#include "loop.h"
+#include "machine.h"
+#include "qmp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+struct options {
+	uint64_t memory;
+	unsigned vcpus;
+	const char *kernel;
+	const char *bootsector;
+	const char *append;
+	const char *serial;
+	const char *qmp;
+	bool paused;
+	bool debug;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: godwit-vmm (--kernel FILE.elf | --bootsector FILE) [options]\n"
+		"\n"
+		"  -m, --memory SIZE      guest RAM, e.g. 256M or 2G (plain number: MiB;\n"
+		"                         default 128M, at most 16G, a multiple of 2M)\n"
+		"  -c, --vcpus N          number of vCPUs (default 1, at most %d)\n"
+		"  -k, --kernel FILE      64-bit ELF guest, started in long mode\n"
+		"  -b, --bootsector FILE  512-byte PC boot sector, started in real mode\n"
+		"  -a, --append STRING    parameters for the guest (key=value ...)\n"
+		"  -s, --serial WHERE     COM1: stdio (default), file:PATH or none\n"
+		"  -q, --qmp unix:PATH    QMP control socket\n"
+		"  -S, --paused           start with the vCPUs stopped (QMP 'cont' runs them)\n"
+		"  -d, --debug            log unclaimed port and MMIO accesses\n"
+		"  -h, --help             this text\n"
+		"  -V, --version          print the version\n"
+		"\n"
+		"Exit status: the guest's requested status; 1 if its self-check failed;\n"
+		"3 if a vCPU stopped on a fatal error; 2 for a usage or set-up error.\n",
+		GW_MAX_VCPUS);
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 0);
+	if (errno || end == s || *s == '-')
+		return -EINVAL;
+	unsigned shift = 20; /* as QEMU's -m: a bare number is MiB */
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 'b': case 'B': shift = 0; end++; break;
+	case '\0': break;
+	default: return -EINVAL;
+	}
+	if (*end || v > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static int parse_options(int argc, char **argv, struct options *o)
+{
+	static const struct option longopts[] = {
+		{"memory", required_argument, NULL, 'm'},
+		{"vcpus", required_argument, NULL, 'c'},
+		{"kernel", required_argument, NULL, 'k'},
+		{"bootsector", required_argument, NULL, 'b'},
+		{"append", required_argument, NULL, 'a'},
+		{"serial", required_argument, NULL, 's'},
+		{"qmp", required_argument, NULL, 'q'},
+		{"paused", no_argument, NULL, 'S'},
+		{"debug", no_argument, NULL, 'd'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{0},
+	};
+	*o = (struct options){.memory = 128ull << 20, .vcpus = 1, .serial = "stdio"};
+	int c;
+	while ((c = getopt_long(argc, argv, "m:c:k:b:a:s:q:SdhV", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'm':
+			if (parse_size(optarg, &o->memory)) {
+				fprintf(stderr, "godwit-vmm: --memory %s: not a size\n", optarg);
+				return -1;
+			}
+			break;
+		case 'c': {
+			char *end;
+			unsigned long n = strtoul(optarg, &end, 10);
+			if (*end || !n || n > GW_MAX_VCPUS) {
+				fprintf(stderr, "godwit-vmm: --vcpus %s: must be 1 to %d\n", optarg,
+					GW_MAX_VCPUS);
+				return -1;
+			}
+			o->vcpus = (unsigned)n;
+			break;
+		}
+		case 'k': o->kernel = optarg; break;
+		case 'b': o->bootsector = optarg; break;
+		case 'a': o->append = optarg; break;
+		case 's': o->serial = optarg; break;
+		case 'q': o->qmp = optarg; break;
+		case 'S': o->paused = true; break;
+		case 'd': o->debug = true; break;
+		case 'h': usage(stdout); exit(0);
+		case 'V': printf("godwit-vmm %s\n", GW_VERSION); exit(0);
+		default: usage(stderr); return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "godwit-vmm: unexpected argument '%s'\n", argv[optind]);
+		return -1;
+	}
+	if (!o->kernel == !o->bootsector) {
+		fprintf(stderr, "godwit-vmm: give exactly one of --kernel and --bootsector\n");
+		usage(stderr);
+		return -1;
+	}
+	if (o->qmp && strncmp(o->qmp, "unix:", 5)) {
+		fprintf(stderr, "godwit-vmm: --qmp %s: only unix:PATH is supported\n", o->qmp);
+		return -1;
+	}
+	return 0;
+}
+
+/* Where COM1's output goes; -1 discards it. */
+static int open_serial(const char *spec, bool *input)
+{
+	*input = false;
+	if (!strcmp(spec, "none"))
+		return -1;
+	if (!strcmp(spec, "stdio")) {
+		*input = true;
+		return STDOUT_FILENO;
+	}
+	if (!strncmp(spec, "file:", 5)) {
+		int fd = open(spec + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+		if (fd < 0)
+			fprintf(stderr, "godwit-vmm: --serial %s: %s\n", spec, strerror(errno));
+		return fd < 0 ? -2 : fd;
+	}
+	fprintf(stderr, "godwit-vmm: --serial %s: expected stdio, file:PATH or none\n", spec);
+	return -2;
+}
+
+static void on_stdin(void *opaque, uint32_t events)
+{
+	struct vmm *vm = opaque;
+	uint8_t buf[64];
+	ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+	if (n > 0) {
+		uart_receive(&vm->uart, buf, (size_t)n);
+		return;
+	}
+	if (n == 0 || (events & (EPOLLHUP | EPOLLERR)) || (errno != EAGAIN && errno != EINTR))
+		loop_del_fd(vm->loop, STDIN_FILENO); /* EOF: the guest just gets no input */
+}
+
+static int sigfd = -1;
+
+static void on_signal(void *opaque, uint32_t events)
+{
+	struct vmm *vm = opaque;
+	struct signalfd_siginfo si;
+	(void)events;
+	while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+		vmm_quit(vm, "host-signal");
+}
+
+/* Signals are read from a signalfd on the main loop: block them before
+ * any thread exists so that every thread inherits the mask. */
+static int setup_signals(struct vmm *vm)
+{
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (pthread_sigmask(SIG_BLOCK, &set, NULL))
+		return -1;
+	sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (sigfd < 0)
+		return -1;
+	return loop_add_fd(vm->loop, sigfd, EPOLLIN, on_signal, vm);
+}
+
+static int build_machine(struct vmm *vm, const struct options *o, int serial_fd, char *err,
+			 size_t errlen)
+{
+	int ret = kvm_create(&vm->kvm, err, errlen);
+	if (!ret)
+		ret = guest_ram_create(&vm->ram, o->memory, err, errlen);
+	if (!ret)
+		ret = kvm_map_ram(&vm->kvm, &vm->ram, err, errlen);
+	if (ret)
+		return ret;
+	io_bus_init(&vm->pio, "pio", o->debug);
+	io_bus_init(&vm->mmio, "mmio", o->debug);
+	if (uart_init(&vm->uart, &vm->kvm, &vm->pio, serial_fd) ||
+	    testdev_init(&vm->testdev, &vm->pio, vmm_on_guest_exit, vm)) {
+		snprintf(err, errlen, "device set-up failed");
+		return -EINVAL;
+	}
+	ret = vcpus_create(&vm->vcpus, &vm->kvm, o->vcpus, &vm->pio, &vm->mmio,
+			   vmm_on_vcpu_fatal, vm, err, errlen);
+	if (ret)
+		return ret;
+	if (o->kernel)
+		return boot_elf(&vm->ram, &vm->vcpus, o->kernel, o->append, err, errlen);
+	return boot_sector(&vm->ram, &vm->vcpus, o->bootsector, err, errlen);
+}
+
+int main(int argc, char **argv)
+{
+	struct options o;
+	if (parse_options(argc, argv, &o))
+		return 2;
+
+	static struct vmm vm;
+	char err[512] = "";
+	bool serial_input;
+	int serial_fd = open_serial(o.serial, &serial_input);
+	if (serial_fd == -2)
+		return 2;
+	if (loop_new(&vm.loop) || setup_signals(&vm)) {
+		fprintf(stderr, "godwit-vmm: cannot set up the main loop: %s\n", strerror(errno));
+		return 2;
+	}
+	int ret = build_machine(&vm, &o, serial_fd, err, sizeof(err));
+	if (!ret && o.qmp)
+		ret = qmp_server_start(&vm, vm.loop, o.qmp + 5, &vm.qmp, err, sizeof(err));
+	if (!ret && vm.qmp)
+		ret = qmp_machine_register(vm.qmp) ? -EINVAL : 0;
+	if (!ret && serial_input)
+		loop_add_fd(vm.loop, STDIN_FILENO, EPOLLIN, on_stdin, &vm);
+	vm.state = o.paused ? VMM_PAUSED : VMM_RUNNING;
+	if (!ret)
+		ret = vcpus_start(&vm.vcpus, o.paused, err, sizeof(err));
+	if (ret) {
+		fprintf(stderr, "godwit-vmm: %s\n", err[0] ? err : strerror(-ret));
+		return 2;
+	}
+
+	ret = loop_run(vm.loop);
+	if (ret)
+		fprintf(stderr, "godwit-vmm: main loop: %s\n", strerror(-ret));
+
+	vcpus_destroy(&vm.vcpus);
+	vm.state = VMM_SHUTDOWN;
+	int status = vmm_exit_status(&vm);
+	qmp_server_free(vm.qmp);
+	uart_destroy(&vm.uart);
+	testdev_destroy(&vm.testdev);
+	guest_ram_destroy(&vm.ram);
+	kvm_destroy(&vm.kvm);
+	loop_free(vm.loop);
+	if (serial_fd > STDERR_FILENO)
+		close(serial_fd);
+	return status;
+}

@@ -1,0 +1,909 @@
+/*
+ * QMP server. Wire behaviour follows QEMU (monitor/qmp.c, qapi/qmp-dispatch.c)
+ * closely enough that QEMU's own clients cannot tell the difference: the
+ * same error classes and texts, replies before the events they cause, one
+ * JSON object per "\r\n"-terminated line.
+ *
+ * Input framing. A client may send half a message or ten in one write, so
+ * something has to find where a message ends before jansson parses it.
+ * jansson's JSON_DISABLE_EOF_CHECK does not do that on its own: a buffer
+ * ending in "tr" (the start of true), "-", or half a UTF-8 sequence is
+ * reported as invalid rather than incomplete, so a message split at the
+ * wrong byte would be refused. The framer below therefore only counts
+ * brackets outside strings, as QEMU's json-streamer does, and hands each
+ * complete value to jansson, which does all the parsing and all the error
+ * reporting for what it parses. The framer itself rejects only what can
+ * never become valid JSON (a control byte inside a string, a non-ASCII or
+ * control byte outside one), and bounds size and depth, so hostile input
+ * costs a bounded amount of memory and one error reply per message.
+ */
+#include "qmp.h"
+
+#include "gw_version.h"
+#include "loop.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* One message may not exceed this many bytes; QEMU allows more, but no
+ * godwit command takes more than a few hundred bytes of arguments. */
+#define QMP_MAX_MESSAGE (1u << 20)
+/* Deeper than any real request, and well below jansson's own recursion
+ * limit (2048) so jansson is never the one to hit it. */
+#define QMP_MAX_NESTING 1024
+/* Output a client has not read yet; past this it is not reading at all and
+ * would otherwise grow the VMM's memory without bound. */
+#define QMP_MAX_OUTPUT (16u << 20)
+#define QMP_READ_CHUNK 65536
+/* How long qmp_server_free() waits for a client to take its last replies
+ * (the reply to "quit" above all) before closing it anyway. */
+#define QMP_FINAL_FLUSH_MS 1000
+
+struct buf {
+	char *data;
+	size_t len, cap;
+};
+
+enum frame_kind {
+	FRAME_IDLE,      /* between messages: whitespace is skipped */
+	FRAME_NESTED,    /* inside an object or array; ends at depth 0 */
+	FRAME_STRING,    /* a top-level string (answered "must be an object") */
+	FRAME_BARE,      /* a top-level number or word; ends at a delimiter */
+	FRAME_SKIP_LINE, /* after a stray byte: drop input up to the next '\n' */
+};
+
+struct framer {
+	enum frame_kind kind;
+	size_t depth;
+	bool in_string, escape;
+	/* Already answered as too large or too deep: keep following the
+	 * value's structure so the next message starts in the right place,
+	 * but store nothing. */
+	bool discard;
+};
+
+struct qmp_client {
+	struct qmp_server *srv;
+	int fd;
+	bool negotiated;
+	bool eof;       /* peer closed its side: close once replies are sent */
+	bool dead;      /* unwatched; freed by server_leave() */
+	uint32_t armed; /* epoll interest currently registered */
+	struct framer fr;
+	struct buf msg; /* the message being framed */
+	struct buf out; /* unsent output, from out_off */
+	size_t out_off;
+	struct qmp_client *next;
+};
+
+struct cmd_table {
+	const struct qmp_command *cmds;
+	size_t n;
+};
+
+struct qmp_server {
+	struct vmm *vm;
+	struct loop *loop;
+	int fd;
+	char *path;
+	bool accept_paused;
+	struct qmp_client *clients;
+	struct cmd_table *tables;
+	size_t nr_tables;
+	/* Depth of server entry points on the stack. Clients die in the
+	 * middle of things (a send fails while an event is broadcast from a
+	 * command handler); they are freed only when nothing is using them. */
+	unsigned busy;
+	char rbuf[QMP_READ_CHUNK];
+};
+
+static const char *const error_class_names[] = {
+	[QMP_ERR_GENERIC] = "GenericError",
+	[QMP_ERR_COMMAND_NOT_FOUND] = "CommandNotFound",
+	[QMP_ERR_DEVICE_NOT_ACTIVE] = "DeviceNotActive",
+};
+
+int qmp_fail(struct qmp_error *err, enum qmp_error_class cls, const char *fmt, ...)
+{
+	va_list ap;
+	err->cls = cls;
+	va_start(ap, fmt);
+	vsnprintf(err->desc, sizeof(err->desc), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+int qmp_return(json_t *value, json_t **ret, struct qmp_error *err)
+{
+	if (!value)
+		return qmp_fail(err, QMP_ERR_GENERIC, "out of memory");
+	*ret = value;
+	return 0;
+}
+
+static const char *const arg_type_names[] = {
+	[QMP_ARG_INT] = "integer",
+	[QMP_ARG_STR] = "string",
+	[QMP_ARG_BOOL] = "boolean",
+	[QMP_ARG_NUMBER] = "number",
+	[QMP_ARG_OBJECT] = "object",
+	[QMP_ARG_ARRAY] = "array",
+};
+
+static bool arg_type_ok(enum qmp_arg_type type, json_t *v)
+{
+	switch (type) {
+	case QMP_ARG_INT:
+		return json_is_integer(v);
+	case QMP_ARG_STR:
+		return json_is_string(v);
+	case QMP_ARG_BOOL:
+		return json_is_boolean(v);
+	case QMP_ARG_NUMBER:
+		return json_is_number(v);
+	case QMP_ARG_OBJECT:
+		return json_is_object(v);
+	case QMP_ARG_ARRAY:
+		return json_is_array(v);
+	}
+	return false;
+}
+
+int qmp_check_args(json_t *args, const struct qmp_arg *spec, size_t n, struct qmp_error *err)
+{
+	/* QEMU's input visitor order: members in declaration order (missing,
+	 * then wrongly typed), and only then members nobody asked for. */
+	for (size_t i = 0; i < n; i++) {
+		json_t *v = json_object_get(args, spec[i].name);
+		if (!v) {
+			if (spec[i].required)
+				return qmp_fail(err, QMP_ERR_GENERIC, "Parameter '%s' is missing",
+						spec[i].name);
+			continue;
+		}
+		if (!arg_type_ok(spec[i].type, v))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Invalid parameter type for '%s', expected: %s",
+					spec[i].name, arg_type_names[spec[i].type]);
+	}
+	const char *key;
+	json_t *v;
+	json_object_foreach(args, key, v) {
+		size_t i = 0;
+		while (i < n && strcmp(spec[i].name, key))
+			i++;
+		if (i == n)
+			return qmp_fail(err, QMP_ERR_GENERIC, "Parameter '%s' is unexpected", key);
+	}
+	return 0;
+}
+
+json_t *qmp_version(void)
+{
+	unsigned major = 0, minor = 0, micro = 0;
+	sscanf(GW_VERSION, "%u.%u.%u", &major, &minor, &micro);
+	return json_pack("{s:{s:I,s:I,s:I},s:s}", "qemu", "major", (json_int_t)major,
+			 "minor", (json_int_t)minor, "micro", (json_int_t)micro,
+			 "package", "godwit " GW_VERSION);
+}
+
+/* ---- buffers ------------------------------------------------------------ */
+
+static int buf_append(struct buf *b, const void *p, size_t n)
+{
+	if (b->cap - b->len < n) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap - b->len < n)
+			cap *= 2;
+		char *d = realloc(b->data, cap);
+		if (!d)
+			return -ENOMEM;
+		b->data = d;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+/* Empty the buffer; give memory back when a burst made it large, so an
+ * idle client costs little. */
+static void buf_reset(struct buf *b)
+{
+	b->len = 0;
+	if (b->cap > QMP_READ_CHUNK) {
+		free(b->data);
+		b->data = NULL;
+		b->cap = 0;
+	}
+}
+
+/* ---- client lifetime ---------------------------------------------------- */
+
+static void client_kill(struct qmp_client *c)
+{
+	if (c->dead)
+		return;
+	c->dead = true;
+	loop_del_fd(c->srv->loop, c->fd);
+}
+
+static void client_free(struct qmp_client *c)
+{
+	close(c->fd);
+	free(c->msg.data);
+	free(c->out.data);
+	free(c);
+}
+
+static void server_enter(struct qmp_server *s)
+{
+	s->busy++;
+}
+
+static void server_leave(struct qmp_server *s)
+{
+	if (--s->busy)
+		return;
+	bool freed = false;
+	struct qmp_client **pp = &s->clients;
+	while (*pp) {
+		struct qmp_client *c = *pp;
+		if (c->dead) {
+			*pp = c->next;
+			client_free(c);
+			freed = true;
+		} else {
+			pp = &c->next;
+		}
+	}
+	/* accept() ran out of descriptors earlier; one may be free now. */
+	if (freed && s->accept_paused && loop_mod_fd(s->loop, s->fd, EPOLLIN) == 0)
+		s->accept_paused = false;
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+/* Interest follows state: input until the peer's EOF, output while some
+ * is pending. */
+static void client_watch(struct qmp_client *c)
+{
+	uint32_t ev = (c->eof ? 0 : EPOLLIN) | (c->out.len > c->out_off ? EPOLLOUT : 0);
+	if (c->dead || ev == c->armed)
+		return;
+	if (loop_mod_fd(c->srv->loop, c->fd, ev) < 0) {
+		client_kill(c);
+		return;
+	}
+	c->armed = ev;
+}
+
+static void client_flush(struct qmp_client *c)
+{
+	while (!c->dead && c->out_off < c->out.len) {
+		ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (n < 0) {
+			client_kill(c); /* EPIPE, ECONNRESET: the client is gone */
+			return;
+		}
+		c->out_off += (size_t)n;
+	}
+	if (c->dead)
+		return;
+	size_t pending = c->out.len - c->out_off;
+	if (pending == 0) {
+		buf_reset(&c->out);
+		c->out_off = 0;
+		if (c->eof) {
+			client_kill(c);
+			return;
+		}
+	} else if (c->out_off > pending) {
+		memmove(c->out.data, c->out.data + c->out_off, pending);
+		c->out.len = pending;
+		c->out_off = 0;
+	}
+	if (pending > QMP_MAX_OUTPUT) {
+		fprintf(stderr, "godwit-vmm: qmp: dropping a client that stopped reading "
+				"(%zu bytes of replies and events pending)\n", pending);
+		client_kill(c);
+		return;
+	}
+	client_watch(c);
+}
+
+static void client_send_text(struct qmp_client *c, const char *text, size_t len)
+{
+	if (c->dead)
+		return;
+	if (buf_append(&c->out, text, len) < 0 || buf_append(&c->out, "\r\n", 2) < 0) {
+		client_kill(c);
+		return;
+	}
+	client_flush(c);
+}
+
+/* Steals msg; NULL (jansson out of memory) costs the client its session
+ * rather than leaving it waiting forever for a reply. */
+static void client_send(struct qmp_client *c, json_t *msg)
+{
+	char *text = msg ? json_dumps(msg, JSON_ENSURE_ASCII) : NULL;
+	json_decref(msg);
+	if (!text) {
+		client_kill(c);
+		return;
+	}
+	client_send_text(c, text, strlen(text));
+	free(text);
+}
+
+/* A description is echoed client input (a command name, a member name),
+ * possibly cut by the fixed-size buffer in the middle of a UTF-8
+ * sequence, which jansson refuses as a string. */
+static json_t *desc_string(const char *desc)
+{
+	json_t *s = json_string(desc);
+	if (s)
+		return s;
+	char safe[sizeof(((struct qmp_error *)0)->desc)];
+	size_t i;
+	for (i = 0; desc[i] && i < sizeof(safe) - 1; i++)
+		safe[i] = (unsigned char)desc[i] < 0x80 ? desc[i] : '?';
+	safe[i] = '\0';
+	return json_string(safe);
+}
+
+static void reply_error(struct qmp_client *c, json_t *id, const struct qmp_error *err)
+{
+	json_t *rsp = json_pack("{s:{s:s,s:o}}", "error", "class", error_class_names[err->cls],
+				"desc", desc_string(err->desc));
+	if (rsp && id)
+		json_object_set(rsp, "id", id);
+	client_send(c, rsp);
+}
+
+static void reply_return(struct qmp_client *c, json_t *id, json_t *ret)
+{
+	json_t *rsp = json_pack("{s:o}", "return", ret ? ret : json_object());
+	if (rsp && id)
+		json_object_set(rsp, "id", id);
+	client_send(c, rsp);
+}
+
+static void reply_parse_error(struct qmp_client *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void reply_parse_error(struct qmp_client *c, const char *fmt, ...)
+{
+	struct qmp_error err = {.cls = QMP_ERR_GENERIC};
+	int n = snprintf(err.desc, sizeof(err.desc), "JSON parse error, ");
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err.desc + n, sizeof(err.desc) - (size_t)n, fmt, ap);
+	va_end(ap);
+	reply_error(c, NULL, &err);
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static const struct qmp_command *find_command(struct qmp_server *s, const char *name)
+{
+	for (size_t t = 0; t < s->nr_tables; t++)
+		for (size_t i = 0; i < s->tables[t].n; i++)
+			if (!strcmp(s->tables[t].cmds[i].name, name))
+				return &s->tables[t].cmds[i];
+	return NULL;
+}
+
+int qmp_register(struct qmp_server *s, const struct qmp_command *cmds, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(cmds[i].name, "qmp_capabilities") || find_command(s, cmds[i].name))
+			return -EEXIST;
+	struct cmd_table *t = realloc(s->tables, (s->nr_tables + 1) * sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	s->tables = t;
+	s->tables[s->nr_tables++] = (struct cmd_table){cmds, n};
+	return 0;
+}
+
+/* qmp_capabilities is the one command that changes the session, so it
+ * lives here rather than in a table. godwit offers no capabilities (no
+ * out-of-band execution), so "enable" may only be empty. */
+static int qmp_capabilities(struct qmp_client *c, json_t *args, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {{"enable", QMP_ARG_ARRAY, false}};
+
+	if (c->negotiated)
+		return qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
+				"Capabilities negotiation is already complete, command ignored");
+	if (qmp_check_args(args, spec, 1, err))
+		return -1;
+	size_t i;
+	json_t *cap;
+	json_array_foreach(json_object_get(args, "enable"), i, cap) {
+		if (!json_is_string(cap))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Invalid parameter type for 'enable[%zu]', expected: string", i);
+		return qmp_fail(err, QMP_ERR_GENERIC, "Capability %s not available",
+				json_string_value(cap));
+	}
+	c->negotiated = true;
+	return 0;
+}
+
+/* The checks and texts of QEMU's qmp_dispatch_check_obj(). */
+static int check_request(json_t *req, struct qmp_error *err)
+{
+	if (!json_is_object(req))
+		return qmp_fail(err, QMP_ERR_GENERIC, "QMP input must be a JSON object");
+	const char *key;
+	json_t *v;
+	json_object_foreach(req, key, v) {
+		if (!strcmp(key, "execute")) {
+			if (!json_is_string(v))
+				return qmp_fail(err, QMP_ERR_GENERIC,
+						"QMP input member 'execute' must be a string");
+		} else if (!strcmp(key, "arguments")) {
+			if (!json_is_object(v))
+				return qmp_fail(err, QMP_ERR_GENERIC,
+						"QMP input member 'arguments' must be an object");
+		} else if (strcmp(key, "id")) {
+			return qmp_fail(err, QMP_ERR_GENERIC, "QMP input member '%s' is unexpected",
+					key);
+		}
+	}
+	if (!json_object_get(req, "execute"))
+		return qmp_fail(err, QMP_ERR_GENERIC, "QMP input lacks member 'execute'");
+	return 0;
+}
+
+static int execute(struct qmp_client *c, json_t *req, json_t **ret, struct qmp_error *err)
+{
+	if (check_request(req, err))
+		return -1;
+	const char *name = json_string_value(json_object_get(req, "execute"));
+	json_t *args = json_object_get(req, "arguments");
+	json_t *empty = NULL;
+	if (!args) {
+		args = empty = json_object();
+		if (!args)
+			return qmp_fail(err, QMP_ERR_GENERIC, "out of memory");
+	}
+	int rc;
+	if (!strcmp(name, "qmp_capabilities")) {
+		rc = qmp_capabilities(c, args, err);
+	} else if (!c->negotiated) {
+		rc = qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
+			      "Expecting capabilities negotiation with 'qmp_capabilities'");
+	} else {
+		const struct qmp_command *cmd = find_command(c->srv, name);
+		rc = cmd ? cmd->fn(c->srv->vm, args, ret, err)
+			 : qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
+				    "The command %s has not been found", name);
+	}
+	json_decref(empty);
+	return rc;
+}
+
+static void dispatch(struct qmp_client *c, const char *text, size_t len)
+{
+	json_error_t jerr;
+	json_t *req = json_loadb(text, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+	if (!req) {
+		reply_parse_error(c, "%s", jerr.text);
+		return;
+	}
+	/* QEMU echoes the id even when the rest of the request is wrong. */
+	json_t *id = json_is_object(req) ? json_object_get(req, "id") : NULL;
+	struct qmp_error err;
+	json_t *ret = NULL;
+	if (execute(c, req, &ret, &err) == 0)
+		reply_return(c, id, ret);
+	else
+		reply_error(c, id, &err);
+	json_decref(req);
+}
+
+/* ---- input framing ------------------------------------------------------ */
+
+static bool is_space(unsigned char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
+
+/* Outside strings JSON is printable ASCII; anything else ends the message. */
+static bool is_json_outside_string(unsigned char ch)
+{
+	return is_space(ch) || (ch > 0x20 && ch < 0x7f);
+}
+
+static void frame_reset(struct qmp_client *c)
+{
+	c->fr = (struct framer){.kind = FRAME_IDLE};
+	buf_reset(&c->msg);
+}
+
+static void frame_complete(struct qmp_client *c)
+{
+	if (!c->fr.discard)
+		dispatch(c, c->msg.data, c->msg.len);
+	frame_reset(c);
+}
+
+/* A byte that no amount of further input can make valid. Where the
+ * message really ends is unknown, so resynchronise at the next line: every
+ * client we know of sends one message per line. */
+static void frame_stray(struct qmp_client *c, unsigned char ch)
+{
+	if (!c->fr.discard)
+		reply_parse_error(c, "stray byte 0x%02x%s", ch,
+				  c->fr.in_string ? " in string" : "");
+	frame_reset(c);
+	c->fr.kind = ch == '\n' ? FRAME_IDLE : FRAME_SKIP_LINE;
+}
+
+static void frame_start(struct qmp_client *c, unsigned char ch)
+{
+	c->fr = (struct framer){.kind = FRAME_BARE};
+	if (ch == '{' || ch == '[') {
+		c->fr.kind = FRAME_NESTED;
+		c->fr.depth = 1;
+	} else if (ch == '"') {
+		c->fr.kind = FRAME_STRING;
+		c->fr.in_string = true;
+	}
+}
+
+/* Feed one byte; returns true when the byte must be fed again because it
+ * ended a bare token and also starts what follows. */
+static bool frame_byte(struct qmp_client *c, unsigned char ch)
+{
+	struct framer *f = &c->fr;
+
+	switch (f->kind) {
+	case FRAME_SKIP_LINE:
+		if (ch == '\n')
+			f->kind = FRAME_IDLE;
+		return false;
+	case FRAME_IDLE:
+		if (is_space(ch))
+			return false;
+		if (!is_json_outside_string(ch)) {
+			frame_stray(c, ch);
+			return false;
+		}
+		frame_start(c, ch);
+		break;
+	case FRAME_BARE:
+		if (is_space(ch) || ch == '{' || ch == '[' || ch == '"') {
+			frame_complete(c);
+			return true;
+		}
+		if (!is_json_outside_string(ch)) {
+			frame_stray(c, ch);
+			return false;
+		}
+		break;
+	case FRAME_STRING:
+	case FRAME_NESTED:
+		if (f->in_string) {
+			if (f->escape) {
+				f->escape = false;
+			} else if (ch == '\\') {
+				f->escape = true;
+			} else if (ch == '"') {
+				f->in_string = false;
+			} else if (ch < 0x20) {
+				frame_stray(c, ch);
+				return false;
+			}
+		} else if (ch == '"') {
+			f->in_string = true;
+		} else if (ch == '{' || ch == '[') {
+			if (++f->depth > QMP_MAX_NESTING && !f->discard) {
+				reply_parse_error(c, "nesting deeper than %d levels",
+						  QMP_MAX_NESTING);
+				f->discard = true;
+			}
+		} else if (ch == '}' || ch == ']') {
+			f->depth--;
+		} else if (!is_json_outside_string(ch)) {
+			frame_stray(c, ch);
+			return false;
+		}
+		break;
+	}
+
+	if (!f->discard) {
+		if (c->msg.len >= QMP_MAX_MESSAGE) {
+			reply_parse_error(c, "message longer than %u bytes", QMP_MAX_MESSAGE);
+			f->discard = true;
+			buf_reset(&c->msg);
+		} else if (buf_append(&c->msg, &ch, 1) < 0) {
+			client_kill(c);
+			return false;
+		}
+	}
+	if ((f->kind == FRAME_STRING && !f->in_string) ||
+	    (f->kind == FRAME_NESTED && f->depth == 0))
+		frame_complete(c);
+	return false;
+}
+
+static void client_input(struct qmp_client *c, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n && !c->dead; i++)
+		if (frame_byte(c, (unsigned char)p[i]))
+			i--;
+}
+
+/* ---- events from the loop ----------------------------------------------- */
+
+static void client_read(struct qmp_client *c)
+{
+	struct qmp_server *s = c->srv;
+	ssize_t n = recv(c->fd, s->rbuf, sizeof(s->rbuf), MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			client_kill(c);
+		return;
+	}
+	if (n == 0) {
+		/* Half-closed: "echo '...' | socat - UNIX:sock" still expects
+		 * its replies, so stop reading but keep sending. */
+		c->eof = true;
+		client_flush(c);
+		return;
+	}
+	client_input(c, s->rbuf, (size_t)n);
+}
+
+static void client_event(void *opaque, uint32_t events)
+{
+	struct qmp_client *c = opaque;
+	struct qmp_server *s = c->srv;
+
+	server_enter(s);
+	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+		client_flush(c);
+	if (!c->dead && !c->eof && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+		client_read(c);
+	server_leave(s);
+}
+
+static void client_new(struct qmp_server *s, int fd)
+{
+	struct qmp_client *c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->srv = s;
+	c->fd = fd;
+	c->armed = EPOLLIN;
+	if (loop_add_fd(s->loop, fd, EPOLLIN, client_event, c) < 0) {
+		client_free(c);
+		return;
+	}
+	c->next = s->clients;
+	s->clients = c;
+	client_send(c, json_pack("{s:{s:o,s:[]}}", "QMP", "version", qmp_version(),
+				 "capabilities"));
+}
+
+static void accept_event(void *opaque, uint32_t events)
+{
+	struct qmp_server *s = opaque;
+	(void)events;
+
+	server_enter(s);
+	for (;;) {
+		/* Blocking socket, non-blocking calls (MSG_DONTWAIT): the
+		 * final flush in qmp_server_free() can then simply block. */
+		int fd = accept4(s->fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0) {
+			client_new(s, fd);
+			continue;
+		}
+		if (errno == EINTR || errno == ECONNABORTED)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			/* Out of descriptors or memory: the pending connection
+			 * would wake us forever. Wait until a client leaves. */
+			fprintf(stderr, "godwit-vmm: qmp: accept: %s\n", strerror(errno));
+			if (loop_mod_fd(s->loop, s->fd, 0) == 0)
+				s->accept_paused = true;
+		}
+		break;
+	}
+	server_leave(s);
+}
+
+void qmp_emit_event(struct qmp_server *s, const char *name, json_t *data)
+{
+	if (!s) {
+		json_decref(data);
+		return;
+	}
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	/* QEMU's member order: timestamp, event, data. */
+	json_t *ev = json_pack("{s:{s:I,s:I},s:s}", "timestamp",
+			       "seconds", (json_int_t)ts.tv_sec,
+			       "microseconds", (json_int_t)(ts.tv_nsec / 1000), "event", name);
+	if (ev && data)
+		json_object_set(ev, "data", data);
+	json_decref(data);
+	char *text = ev ? json_dumps(ev, JSON_ENSURE_ASCII) : NULL;
+	json_decref(ev);
+	if (!text) {
+		fprintf(stderr, "godwit-vmm: qmp: out of memory, event %s lost\n", name);
+		return;
+	}
+	server_enter(s);
+	size_t len = strlen(text);
+	for (struct qmp_client *c = s->clients; c; c = c->next)
+		if (c->negotiated)
+			client_send_text(c, text, len);
+	server_leave(s);
+	free(text);
+}
+
+/* ---- the listening socket ----------------------------------------------- */
+
+/* A socket file left by a VMM that crashed is removed; a live one (someone
+ * accepts on it) or a file that is not a socket is an error, not ours to
+ * delete. */
+static int remove_stale_socket(const struct sockaddr_un *addr, char *errmsg, size_t errlen)
+{
+	struct stat st;
+	if (lstat(addr->sun_path, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(errmsg, errlen, "%s exists and is not a socket", addr->sun_path);
+		return -EEXIST;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int live = connect(fd, (const struct sockaddr *)addr, sizeof(*addr)) == 0;
+	close(fd);
+	if (live) {
+		snprintf(errmsg, errlen, "%s is in use by another process", addr->sun_path);
+		return -EADDRINUSE;
+	}
+	return unlink(addr->sun_path) < 0 ? -errno : 0;
+}
+
+static int listen_unix(const char *path, int *out, char *errmsg, size_t errlen)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof(addr.sun_path)) {
+		snprintf(errmsg, errlen, "QMP socket path is longer than %zu bytes: %s",
+			 sizeof(addr.sun_path) - 1, path);
+		return -ENAMETOOLONG;
+	}
+	strcpy(addr.sun_path, path);
+
+	errmsg[0] = '\0';
+	int rc = remove_stale_socket(&addr, errmsg, errlen);
+	if (rc < 0) {
+		if (!errmsg[0])
+			snprintf(errmsg, errlen, "cannot replace %s: %s", path, strerror(-rc));
+		return rc;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(errmsg, errlen, "socket: %s", strerror(-rc));
+		return rc;
+	}
+	/* The socket controls the whole VM: only our user may connect. The
+	 * mode comes from the umask at bind() time; a chmod() afterwards
+	 * would leave a window where anyone could. Nothing else creates files
+	 * while the VMM starts, so changing the process umask briefly is safe. */
+	mode_t old = umask(0177);
+	rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ? -errno : 0;
+	umask(old);
+	if (rc == 0 && listen(fd, 16) < 0)
+		rc = -errno;
+	if (rc < 0) {
+		snprintf(errmsg, errlen, "cannot listen on %s: %s", path, strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	*out = fd;
+	return 0;
+}
+
+int qmp_server_start(struct vmm *vm, struct loop *loop, const char *path,
+		     struct qmp_server **out, char *errmsg, size_t errlen)
+{
+	struct qmp_server *s = calloc(1, sizeof(*s));
+	if (!s) {
+		snprintf(errmsg, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	s->vm = vm;
+	s->loop = loop;
+	s->path = strdup(path);
+	if (!s->path) {
+		free(s);
+		snprintf(errmsg, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	int rc = listen_unix(path, &s->fd, errmsg, errlen);
+	if (rc < 0) {
+		free(s->path);
+		free(s);
+		return rc;
+	}
+	rc = loop_add_fd(loop, s->fd, EPOLLIN, accept_event, s);
+	if (rc < 0) {
+		snprintf(errmsg, errlen, "cannot watch %s: %s", path, strerror(-rc));
+		close(s->fd);
+		unlink(path);
+		free(s->path);
+		free(s);
+		return rc;
+	}
+	*out = s;
+	return 0;
+}
+
+/* Best effort, bounded: the replies that led here ("quit") should reach
+ * their clients, but a client that does not read must not hold up exit. */
+static void final_flush(struct qmp_client *c)
+{
+	struct timeval tv = {.tv_sec = QMP_FINAL_FLUSH_MS / 1000,
+			     .tv_usec = (QMP_FINAL_FLUSH_MS % 1000) * 1000};
+	if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return;
+	while (c->out_off < c->out.len) {
+		ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off,
+				 MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		c->out_off += (size_t)n;
+	}
+}
+
+void qmp_server_free(struct qmp_server *s)
+{
+	if (!s)
+		return;
+	while (s->clients) {
+		struct qmp_client *c = s->clients;
+		s->clients = c->next;
+		if (!c->dead) {
+			loop_del_fd(s->loop, c->fd);
+			final_flush(c);
+		}
+		client_free(c);
+	}
+	loop_del_fd(s->loop, s->fd);
+	close(s->fd);
+	unlink(s->path);
+	free(s->path);
+	free(s->tables);
+	free(s);
+}
