@@ -14,11 +14,15 @@ static int fail(char *errmsg, size_t errlen, const char *what)
 	return err;
 }
 
-size_t cpu_state_size(struct kvm *kvm)
+int cpu_state_check_host(struct kvm *kvm, char *errmsg, size_t errlen)
 {
 	int n = ioctl(kvm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
-	size_t xsave = n > (int)sizeof(struct kvm_xsave) ? (size_t)n : sizeof(struct kvm_xsave);
-	return sizeof(struct cpu_state) + xsave;
+	if (n > (int)sizeof(struct kvm_xsave)) {
+		snprintf(errmsg, errlen, "host XSAVE area is %d bytes; migration supports %zu", n,
+			 sizeof(struct kvm_xsave));
+		return -ENOTSUP;
+	}
+	return 0;
 }
 
 /*
@@ -67,10 +71,7 @@ int cpu_state_save(struct kvm *kvm, int fd, const struct msr_list *msrs, struct 
 	if (ioctl(fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
 		return fail(errmsg, errlen, "KVM_GET_DEBUGREGS");
 
-	s->xsave_size = (uint32_t)(cpu_state_size(kvm) - sizeof(*s));
-	unsigned long req = s->xsave_size > sizeof(struct kvm_xsave) ? KVM_GET_XSAVE2
-								     : KVM_GET_XSAVE;
-	if (ioctl(fd, req, s->xsave) < 0)
+	if (ioctl(fd, KVM_GET_XSAVE, &s->xsave) < 0)
 		return fail(errmsg, errlen, "KVM_GET_XSAVE");
 
 	struct kvm_msrs *m = calloc(1, sizeof(*m) + msrs->nr * sizeof(struct kvm_msr_entry));
@@ -104,7 +105,7 @@ int cpu_state_load(struct kvm *kvm, int fd, const struct cpu_state *s, char *err
 		return fail(errmsg, errlen, "KVM_SET_REGS");
 	if (ioctl(fd, KVM_SET_XCRS, &s->xcrs) < 0)
 		return fail(errmsg, errlen, "KVM_SET_XCRS");
-	if (ioctl(fd, KVM_SET_XSAVE, s->xsave) < 0)
+	if (ioctl(fd, KVM_SET_XSAVE, &s->xsave) < 0)
 		return fail(errmsg, errlen, "KVM_SET_XSAVE");
 
 	struct kvm_msrs *m = calloc(1, sizeof(*m) + s->nr_msrs * sizeof(struct kvm_msr_entry));

@@ -30,8 +30,7 @@ struct cpu_state {
 	struct kvm_debugregs debugregs;
 	uint32_t nr_msrs;
 	struct kvm_msr_entry msrs[CPU_STATE_MAX_MSRS];
-	uint32_t xsave_size; /* bytes used in xsave */
-	uint8_t xsave[];     /* KVM_GET_XSAVE2 area, cpu_state_size() tells how big */
+	struct kvm_xsave xsave;
 };
 
 struct vm_state {
@@ -48,8 +47,9 @@ struct msr_list {
 int msr_list_probe(struct kvm *kvm, int vcpu_fd, struct msr_list *out, char *errmsg,
 		   size_t errlen);
 
-/* Bytes to allocate for a struct cpu_state on this host. */
-size_t cpu_state_size(struct kvm *kvm);
+/* -ENOTSUP if this host's XSAVE area is larger than struct kvm_xsave
+ * (AMX tile data), which the state format does not carry yet. */
+int cpu_state_check_host(struct kvm *kvm, char *errmsg, size_t errlen);
 
 /* The vCPU must be paused (parked after an EINTR from KVM_RUN). */
 int cpu_state_save(struct kvm *kvm, int vcpu_fd, const struct msr_list *msrs,

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -34,6 +35,14 @@ static int add_block(struct guest_ram *ram, const char *name, uint64_t gpa, uint
 		return err;
 	}
 	b->host = p;
+	b->vmm_dirty = calloc((size / 4096 + 63) / 64, sizeof(uint64_t));
+	if (!b->vmm_dirty) {
+		munmap(p, size);
+		close(b->memfd);
+		b->memfd = -1;
+		snprintf(errmsg, errlen, "guest RAM block '%s': out of memory", name);
+		return -ENOMEM;
+	}
 	ram->nr_blocks++;
 	ram->size += size;
 	return 0;
@@ -63,6 +72,7 @@ void guest_ram_destroy(struct guest_ram *ram)
 		struct ram_block *b = &ram->blocks[i];
 		munmap(b->host, b->size);
 		close(b->memfd);
+		free(b->vmm_dirty);
 	}
 	memset(ram, 0, sizeof(*ram));
 }
@@ -95,7 +105,23 @@ int guest_ram_write(struct guest_ram *ram, uint64_t gpa, const void *buf, uint64
 	if (!b)
 		return -EFAULT;
 	memcpy(b->host + (gpa - b->gpa), buf, len);
+	if (!len)
+		return 0;
+	/* Marked after the copy: a sync that takes the bit before the copy
+	 * ends would let the next round miss the rest of the write. */
+	uint64_t first = (gpa - b->gpa) / 4096, last = (gpa - b->gpa + len - 1) / 4096;
+	for (uint64_t pg = first; pg <= last; pg++)
+		__atomic_fetch_or(&b->vmm_dirty[pg / 64], 1ull << (pg % 64), __ATOMIC_RELEASE);
 	return 0;
+}
+
+void guest_ram_take_vmm_dirty(struct guest_ram *ram, unsigned b, uint64_t *bitmap)
+{
+	const struct ram_block *blk = &ram->blocks[b];
+	uint64_t words = (blk->size / 4096 + 63) / 64;
+	for (uint64_t i = 0; i < words; i++)
+		if (__atomic_load_n(&blk->vmm_dirty[i], __ATOMIC_RELAXED))
+			bitmap[i] |= __atomic_exchange_n(&blk->vmm_dirty[i], 0, __ATOMIC_ACQUIRE);
 }
 
 int guest_ram_read(const struct guest_ram *ram, uint64_t gpa, void *buf, uint64_t len)

@@ -24,6 +24,9 @@ struct ram_block {
 	uint64_t size;
 	int memfd;
 	uint8_t *host;
+	/* Pages written by the VMM (guest_ram_write), one bit per page, set
+	 * atomically; the dirty tracker takes and clears them at each sync. */
+	uint64_t *vmm_dirty;
 };
 
 struct guest_ram {
@@ -49,6 +52,10 @@ const void *guest_ram_ptr(const struct guest_ram *ram, uint64_t gpa, uint64_t le
  * page the migration will not resend. Returns -EFAULT outside RAM.
  */
 int guest_ram_write(struct guest_ram *ram, uint64_t gpa, const void *buf, uint64_t len);
+
+/* Take (and clear) the VMM-written bits of block b, ORing them into
+ * bitmap. Safe against concurrent guest_ram_write(). */
+void guest_ram_take_vmm_dirty(struct guest_ram *ram, unsigned b, uint64_t *bitmap);
 
 /* Copy out; -EFAULT if any byte is outside RAM. */
 int guest_ram_read(const struct guest_ram *ram, uint64_t gpa, void *buf, uint64_t len);

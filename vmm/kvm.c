@@ -72,6 +72,18 @@ int kvm_create(struct kvm *kvm, char *errmsg, size_t errlen)
 		ret = fail(errmsg, errlen, "KVM_CREATE_IRQCHIP");
 		goto out;
 	}
+	/* Manual protect: reading the log does not re-protect pages, we
+	 * clear exactly what we are about to send (KVM_CLEAR_DIRTY_LOG), in
+	 * chunks, instead of write-protecting a whole slot per round.
+	 * Initially-set: turning logging on costs nothing up front. */
+	struct kvm_enable_cap cap = {
+		.cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+		.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET,
+	};
+	if (ioctl(kvm->vm_fd, KVM_ENABLE_CAP, &cap) < 0) {
+		ret = fail(errmsg, errlen, "enabling KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2");
+		goto out;
+	}
 	ret = fetch_cpuid(kvm, errmsg, errlen);
 out:
 	if (ret)
@@ -90,20 +102,33 @@ void kvm_destroy(struct kvm *kvm)
 	kvm->vm_fd = kvm->sys_fd = -1;
 }
 
-int kvm_map_ram(struct kvm *kvm, const struct guest_ram *ram, char *errmsg, size_t errlen)
+static int set_slots(struct kvm *kvm, const struct guest_ram *ram, uint32_t flags)
 {
 	for (unsigned i = 0; i < ram->nr_blocks; i++) {
 		const struct ram_block *b = &ram->blocks[i];
 		struct kvm_userspace_memory_region region = {
 			.slot = i,
+			.flags = flags,
 			.guest_phys_addr = b->gpa,
 			.memory_size = b->size,
 			.userspace_addr = (uintptr_t)b->host,
 		};
 		if (ioctl(kvm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-			return fail(errmsg, errlen, "KVM_SET_USER_MEMORY_REGION");
+			return -errno;
 	}
 	return 0;
+}
+
+int kvm_map_ram(struct kvm *kvm, const struct guest_ram *ram, char *errmsg, size_t errlen)
+{
+	if (set_slots(kvm, ram, 0) < 0)
+		return fail(errmsg, errlen, "KVM_SET_USER_MEMORY_REGION");
+	return 0;
+}
+
+int kvm_set_dirty_logging(struct kvm *kvm, const struct guest_ram *ram, int on)
+{
+	return set_slots(kvm, ram, on ? KVM_MEM_LOG_DIRTY_PAGES : 0);
 }
 
 int kvm_irq_line(struct kvm *kvm, unsigned irq, int level)

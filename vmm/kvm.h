@@ -25,6 +25,9 @@ void kvm_destroy(struct kvm *kvm);
 /* One memory slot per RAM block, slot id = block index. */
 int kvm_map_ram(struct kvm *kvm, const struct guest_ram *ram, char *errmsg, size_t errlen);
 
+/* Turn KVM dirty logging on or off for every RAM slot. */
+int kvm_set_dirty_logging(struct kvm *kvm, const struct guest_ram *ram, int on);
+
 /* Level-triggered ISA interrupt line (in-kernel PIC/IOAPIC). */
 int kvm_irq_line(struct kvm *kvm, unsigned irq, int level);
 

@@ -16,43 +16,129 @@ const char *vmm_runstate_name(enum vmm_runstate s)
 		return "paused";
 	case VMM_SHUTDOWN:
 		return "shutdown";
+	case VMM_INMIGRATE:
+		return "inmigrate";
+	case VMM_FINISH_MIGRATE:
+		return "finish-migrate";
+	case VMM_POSTMIGRATE:
+		return "postmigrate";
 	}
 	return "unknown";
 }
 
 enum vmm_runstate vmm_runstate(struct vmm *vm)
 {
-	return vm->state;
+	pthread_mutex_lock(&vm->run_lock);
+	enum vmm_runstate s = VMM_RUNNING;
+	if (vm->shut_down)
+		s = VMM_SHUTDOWN;
+	else if (vm->incoming)
+		s = VMM_INMIGRATE;
+	else if (vm->mig_paused)
+		s = VMM_FINISH_MIGRATE;
+	else if (vm->user_paused)
+		s = vm->postmigrate ? VMM_POSTMIGRATE : VMM_PAUSED;
+	pthread_mutex_unlock(&vm->run_lock);
+	return s;
 }
 
-static void emit(struct vmm *vm, const char *event, json_t *data)
+static void emit_main(void *opaque)
 {
+	struct vmm *vm = *(struct vmm **)opaque;
+	const char *name = (const char *)opaque + sizeof(vm);
 	if (vm->qmp)
-		qmp_emit_event(vm->qmp, event, data);
-	else
-		json_decref(data);
+		qmp_emit_event(vm->qmp, name, NULL);
+	free(opaque);
+}
+
+/* Events go out from the main loop whichever thread changed the state,
+ * in the order the changes happened (loop_call is FIFO). */
+static void emit_later(struct vmm *vm, const char *name)
+{
+	size_t len = strlen(name) + 1;
+	char *msg = malloc(sizeof(vm) + len);
+	if (!msg)
+		return;
+	memcpy(msg, &vm, sizeof(vm));
+	memcpy(msg + sizeof(vm), name, len);
+	if (loop_call(vm->loop, emit_main, msg) < 0)
+		free(msg);
+}
+
+/* Make the vCPUs do what the flags say; run_lock held. */
+static void apply_locked(struct vmm *vm)
+{
+	bool run = !vm->user_paused && !vm->mig_paused && !vm->incoming && !vm->fatal &&
+		   !vm->shut_down;
+	if (run && vm->vcpus_paused) {
+		vcpus_resume(&vm->vcpus);
+		vm->vcpus_paused = false;
+		emit_later(vm, "RESUME");
+	} else if (!run && !vm->vcpus_paused) {
+		vcpus_pause(&vm->vcpus);
+		vm->vcpus_paused = true;
+		emit_later(vm, "STOP");
+	}
 }
 
 int vmm_stop(struct vmm *vm)
 {
-	if (vm->state != VMM_RUNNING)
-		return 0;
-	vcpus_pause(&vm->vcpus);
-	vm->state = VMM_PAUSED;
-	emit(vm, "STOP", NULL);
+	pthread_mutex_lock(&vm->run_lock);
+	vm->user_paused = true;
+	apply_locked(vm);
+	pthread_mutex_unlock(&vm->run_lock);
 	return 0;
 }
 
 int vmm_cont(struct vmm *vm)
 {
-	if (vm->state == VMM_SHUTDOWN || vm->fatal)
-		return -ESHUTDOWN;
-	if (vm->state != VMM_PAUSED)
-		return 0;
-	vcpus_resume(&vm->vcpus);
-	vm->state = VMM_RUNNING;
-	emit(vm, "RESUME", NULL);
-	return 0;
+	int ret = 0;
+	pthread_mutex_lock(&vm->run_lock);
+	if (vm->shut_down || vm->fatal)
+		ret = -ESHUTDOWN;
+	else if (vm->mig_paused || vm->incoming)
+		ret = -EBUSY;
+	if (!ret) {
+		vm->user_paused = false;
+		vm->postmigrate = false;
+		apply_locked(vm);
+	}
+	pthread_mutex_unlock(&vm->run_lock);
+	return ret;
+}
+
+void vmm_mig_pause(struct vmm *vm)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	vm->mig_paused = true;
+	apply_locked(vm);
+	pthread_mutex_unlock(&vm->run_lock);
+}
+
+void vmm_mig_resume(struct vmm *vm)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	vm->mig_paused = false;
+	apply_locked(vm);
+	pthread_mutex_unlock(&vm->run_lock);
+}
+
+void vmm_set_incoming(struct vmm *vm, bool incoming)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	vm->incoming = incoming;
+	apply_locked(vm);
+	pthread_mutex_unlock(&vm->run_lock);
+}
+
+void vmm_set_postmigrate(struct vmm *vm)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	vm->user_paused = true;
+	vm->postmigrate = true;
+	vm->mig_paused = false;
+	apply_locked(vm);
+	pthread_mutex_unlock(&vm->run_lock);
 }
 
 void vmm_quit(struct vmm *vm, const char *reason)
@@ -61,7 +147,9 @@ void vmm_quit(struct vmm *vm, const char *reason)
 		return;
 	vm->quitting = true;
 	bool guest = !strncmp(reason, "guest-", 6);
-	emit(vm, "SHUTDOWN", json_pack("{s:b, s:s}", "guest", guest, "reason", reason));
+	if (vm->qmp)
+		qmp_emit_event(vm->qmp, "SHUTDOWN",
+			       json_pack("{s:b, s:s}", "guest", guest, "reason", reason));
 	loop_stop(vm->loop);
 }
 
@@ -144,7 +232,9 @@ void vmm_on_guest_exit(void *opaque, int status)
 static void vcpu_fatal_main(void *opaque)
 {
 	struct vmm *vm = opaque;
+	pthread_mutex_lock(&vm->run_lock);
 	vm->fatal = true;
+	pthread_mutex_unlock(&vm->run_lock);
 	vmm_quit(vm, "guest-panic");
 }
 

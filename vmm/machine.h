@@ -5,6 +5,7 @@
 #ifndef GW_VMM_MACHINE_H
 #define GW_VMM_MACHINE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -26,10 +27,32 @@ struct vmm {
 	struct testdev testdev;
 	struct qmp_server *qmp;
 
-	enum vmm_runstate state;
+	/*
+	 * Who wants the vCPUs stopped. They run only when nobody does; the
+	 * run state QMP reports is derived from these, so it cannot disagree
+	 * with what the vCPUs do. Changed from the main thread (QMP) and from
+	 * migration threads, hence the lock.
+	 */
+	pthread_mutex_t run_lock;
+	bool user_paused; /* stop, --paused, and after a completed outgoing migration */
+	bool mig_paused;  /* the migration engine's switchover */
+	bool incoming;    /* waiting for / loading an incoming stream */
+	bool postmigrate; /* an outgoing migration completed */
+	bool vcpus_paused;
+	bool shut_down;
+
 	bool quitting;
 	bool fatal; /* a vCPU stopped for good */
+	struct vm_migration *mig;
 };
+
+/* For the migration glue, from any thread: hold or release the guest for
+ * a switchover, and enter or leave the incoming state. */
+void vmm_mig_pause(struct vmm *vm);
+void vmm_mig_resume(struct vmm *vm);
+void vmm_set_incoming(struct vmm *vm, bool incoming);
+/* An outgoing migration completed: stay paused, as "postmigrate". */
+void vmm_set_postmigrate(struct vmm *vm);
 
 /* Exit status of the process: a failed self-check or a dead vCPU is a
  * failure whatever the guest asked for. */

@@ -27,6 +27,7 @@ struct options {
 	const char *append;
 	const char *serial;
 	const char *qmp;
+	const char *incoming;
 	bool paused;
 	bool debug;
 };
@@ -44,6 +45,9 @@ static void usage(FILE *f)
 		"  -a, --append STRING    parameters for the guest (key=value ...)\n"
 		"  -s, --serial WHERE     COM1: stdio (default), file:PATH or none\n"
 		"  -q, --qmp unix:PATH    QMP control socket\n"
+		"  -i, --incoming URI     wait for an incoming migration: tcp:HOST:PORT,\n"
+		"                         unix:PATH, fd:N, exec:CMD, file:PATH, or defer\n"
+		"                         (then QMP migrate-incoming gives the URI)\n"
 		"  -S, --paused           start with the vCPUs stopped (QMP 'cont' runs them)\n"
 		"  -d, --debug            log unclaimed port and MMIO accesses\n"
 		"  -h, --help             this text\n"
@@ -86,6 +90,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"append", required_argument, NULL, 'a'},
 		{"serial", required_argument, NULL, 's'},
 		{"qmp", required_argument, NULL, 'q'},
+		{"incoming", required_argument, NULL, 'i'},
 		{"paused", no_argument, NULL, 'S'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -94,7 +99,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 	};
 	*o = (struct options){.memory = 128ull << 20, .vcpus = 1, .serial = "stdio"};
 	int c;
-	while ((c = getopt_long(argc, argv, "m:c:k:b:a:s:q:SdhV", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:c:k:b:a:s:q:i:SdhV", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			if (parse_size(optarg, &o->memory)) {
@@ -118,6 +123,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case 'a': o->append = optarg; break;
 		case 's': o->serial = optarg; break;
 		case 'q': o->qmp = optarg; break;
+		case 'i': o->incoming = optarg; break;
 		case 'S': o->paused = true; break;
 		case 'd': o->debug = true; break;
 		case 'h': usage(stdout); exit(0);
@@ -252,9 +258,13 @@ int main(int argc, char **argv)
 		ret = qmp_machine_register(vm.qmp) ? -EINVAL : 0;
 	if (!ret && serial_input)
 		loop_add_fd(vm.loop, STDIN_FILENO, EPOLLIN, on_stdin, &vm);
-	vm.state = o.paused ? VMM_PAUSED : VMM_RUNNING;
+	pthread_mutex_init(&vm.run_lock, NULL);
+	vm.user_paused = o.paused;
+	vm.incoming = o.incoming != NULL;
+	vm.vcpus_paused = vm.user_paused || vm.incoming;
 	if (!ret)
-		ret = vcpus_start(&vm.vcpus, o.paused, err, sizeof(err));
+		ret = vcpus_start(&vm.vcpus, vm.vcpus_paused, err, sizeof(err));
+
 	if (ret) {
 		fprintf(stderr, "godwit-vmm: %s\n", err[0] ? err : strerror(-ret));
 		return 2;
@@ -264,8 +274,10 @@ int main(int argc, char **argv)
 	if (ret)
 		fprintf(stderr, "godwit-vmm: main loop: %s\n", strerror(-ret));
 
+	pthread_mutex_lock(&vm.run_lock);
+	vm.shut_down = true;
+	pthread_mutex_unlock(&vm.run_lock);
 	vcpus_destroy(&vm.vcpus);
-	vm.state = VMM_SHUTDOWN;
 	int status = vmm_exit_status(&vm);
 	qmp_server_free(vm.qmp);
 	uart_destroy(&vm.uart);

@@ -113,12 +113,29 @@ static const char *const error_class_names[] = {
 	[QMP_ERR_DEVICE_NOT_ACTIVE] = "DeviceNotActive",
 };
 
+/* Descriptions echo client input (a command name, a member name) and may
+ * not fit; cut at a character boundary, since jansson refuses to send a
+ * string that ends in half a UTF-8 sequence. */
+static void set_desc(struct qmp_error *err, size_t at, const char *fmt, va_list ap)
+{
+	size_t room = sizeof(err->desc) - at;
+	int n = vsnprintf(err->desc + at, room, fmt, ap);
+	if (n < 0 || (size_t)n < room)
+		return;
+	size_t end = sizeof(err->desc) - 1;
+	while (end > at && ((unsigned char)err->desc[end - 1] & 0xc0) == 0x80)
+		end--;
+	if (end > at && (unsigned char)err->desc[end - 1] >= 0xc0)
+		end--;
+	err->desc[end] = '\0';
+}
+
 int qmp_fail(struct qmp_error *err, enum qmp_error_class cls, const char *fmt, ...)
 {
 	va_list ap;
 	err->cls = cls;
 	va_start(ap, fmt);
-	vsnprintf(err->desc, sizeof(err->desc), fmt, ap);
+	set_desc(err, 0, fmt, ap);
 	va_end(ap);
 	return -1;
 }
@@ -352,26 +369,10 @@ static void client_send(struct qmp_client *c, json_t *msg)
 	free(text);
 }
 
-/* A description is echoed client input (a command name, a member name),
- * possibly cut by the fixed-size buffer in the middle of a UTF-8
- * sequence, which jansson refuses as a string. */
-static json_t *desc_string(const char *desc)
-{
-	json_t *s = json_string(desc);
-	if (s)
-		return s;
-	char safe[sizeof(((struct qmp_error *)0)->desc)];
-	size_t i;
-	for (i = 0; desc[i] && i < sizeof(safe) - 1; i++)
-		safe[i] = (unsigned char)desc[i] < 0x80 ? desc[i] : '?';
-	safe[i] = '\0';
-	return json_string(safe);
-}
-
 static void reply_error(struct qmp_client *c, json_t *id, const struct qmp_error *err)
 {
-	json_t *rsp = json_pack("{s:{s:s,s:o}}", "error", "class", error_class_names[err->cls],
-				"desc", desc_string(err->desc));
+	json_t *rsp = json_pack("{s:{s:s,s:s}}", "error", "class", error_class_names[err->cls],
+				"desc", err->desc);
 	if (rsp && id)
 		json_object_set(rsp, "id", id);
 	client_send(c, rsp);
@@ -390,11 +391,12 @@ static void reply_parse_error(struct qmp_client *c, const char *fmt, ...)
 
 static void reply_parse_error(struct qmp_client *c, const char *fmt, ...)
 {
+	static const char prefix[] = "JSON parse error, ";
 	struct qmp_error err = {.cls = QMP_ERR_GENERIC};
-	int n = snprintf(err.desc, sizeof(err.desc), "JSON parse error, ");
+	memcpy(err.desc, prefix, sizeof(prefix));
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(err.desc + n, sizeof(err.desc) - (size_t)n, fmt, ap);
+	set_desc(&err, sizeof(prefix) - 1, fmt, ap);
 	va_end(ap);
 	reply_error(c, NULL, &err);
 }
@@ -604,15 +606,15 @@ static bool frame_byte(struct qmp_client *c, unsigned char ch)
 	case FRAME_STRING:
 	case FRAME_NESTED:
 		if (f->in_string) {
-			if (f->escape) {
+			if (ch < 0x20) { /* not even after a backslash */
+				frame_stray(c, ch);
+				return false;
+			} else if (f->escape) {
 				f->escape = false;
 			} else if (ch == '\\') {
 				f->escape = true;
 			} else if (ch == '"') {
 				f->in_string = false;
-			} else if (ch < 0x20) {
-				frame_stray(c, ch);
-				return false;
 			}
 		} else if (ch == '"') {
 			f->in_string = true;

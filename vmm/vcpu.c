@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SIG_KICK SIGUSR1
@@ -118,11 +119,22 @@ static void handle_io(struct vcpu *v)
 			      is_write);
 }
 
-/* Park while a pause is requested. Returns false when the thread must exit. */
+#define THROTTLE_PERIOD_NS 10000000ull
+
+/* Park while a pause is requested, or sleep off a throttle kick. Returns
+ * false when the thread must exit. immediate_exit only changes under the
+ * lock, so a pause requested while we sleep is never lost. */
 static bool park(struct vcpu *v)
 {
 	struct vcpu_set *set = v->set;
 	pthread_mutex_lock(&set->lock);
+	if (!set->pause_req && set->throttle_pct && !set->quit) {
+		uint64_t ns = THROTTLE_PERIOD_NS * set->throttle_pct / (100 - set->throttle_pct);
+		pthread_mutex_unlock(&set->lock);
+		struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+		nanosleep(&ts, NULL);
+		pthread_mutex_lock(&set->lock);
+	}
 	if (set->pause_req && !set->quit) {
 		set->parked++;
 		pthread_cond_broadcast(&set->cond);
@@ -130,9 +142,51 @@ static bool park(struct vcpu *v)
 			pthread_cond_wait(&set->cond, &set->lock);
 		set->parked--;
 	}
+	if (!set->pause_req)
+		v->run->immediate_exit = 0;
 	bool go_on = !set->quit;
 	pthread_mutex_unlock(&set->lock);
 	return go_on;
+}
+
+static void *throttle_thread(void *arg)
+{
+	struct vcpu_set *set = arg;
+	pthread_setname_np(pthread_self(), "vcpu-throttle");
+	pthread_mutex_lock(&set->lock);
+	while (set->throttle_pct && !set->quit) {
+		if (!set->pause_req)
+			for (unsigned i = 0; i < set->nr_threads; i++) {
+				struct vcpu *v = &set->vcpus[i];
+				v->run->immediate_exit = 1;
+				if (!v->dead)
+					pthread_kill(v->thread, SIG_KICK);
+			}
+		pthread_mutex_unlock(&set->lock);
+		struct timespec ts = {0, (long)THROTTLE_PERIOD_NS};
+		nanosleep(&ts, NULL);
+		pthread_mutex_lock(&set->lock);
+	}
+	pthread_mutex_unlock(&set->lock);
+	return NULL;
+}
+
+void vcpus_set_throttle(struct vcpu_set *set, unsigned percent)
+{
+	if (percent > 99)
+		percent = 99;
+	pthread_mutex_lock(&set->lock);
+	bool join = !percent && set->throttle_thread_live;
+	pthread_t old = set->throttle_thread;
+	set->throttle_pct = percent;
+	if (percent && !set->throttle_thread_live)
+		set->throttle_thread_live =
+			!pthread_create(&set->throttle_thread, NULL, throttle_thread, set);
+	if (join)
+		set->throttle_thread_live = false;
+	pthread_mutex_unlock(&set->lock);
+	if (join)
+		pthread_join(old, NULL);
 }
 
 static void *vcpu_thread(void *arg)
@@ -263,6 +317,7 @@ void vcpus_resume(struct vcpu_set *set)
 
 void vcpus_destroy(struct vcpu_set *set)
 {
+	vcpus_set_throttle(set, 0);
 	if (set->started) {
 		pthread_mutex_lock(&set->lock);
 		set->quit = true;

@@ -52,6 +52,13 @@ struct vcpu_set {
 	bool quit;      /* threads must exit */
 	unsigned parked;
 	unsigned tids_known;
+
+	/* Auto-converge: every THROTTLE_PERIOD the throttle thread kicks
+	 * each vCPU out of KVM_RUN and it sleeps for its share of the
+	 * period, so the guest runs (100 - throttle_pct)% of the time. */
+	unsigned throttle_pct;
+	bool throttle_thread_live;
+	pthread_t throttle_thread;
 };
 
 int vcpus_create(struct vcpu_set *set, struct kvm *kvm, unsigned nr, struct io_bus *pio,
@@ -62,6 +69,9 @@ int vcpus_start(struct vcpu_set *set, bool paused, char *errmsg, size_t errlen);
 /* Returns when every vCPU is out of KVM_RUN and parked. */
 void vcpus_pause(struct vcpu_set *set);
 void vcpus_resume(struct vcpu_set *set);
+/* Slow every vCPU down to (100 - percent)% of wall time; 0 = full speed.
+ * Thread-safe. */
+void vcpus_set_throttle(struct vcpu_set *set, unsigned percent);
 /* Stop and join all threads, close the fds. */
 void vcpus_destroy(struct vcpu_set *set);
 

@@ -19,6 +19,9 @@ enum vmm_runstate {
 	VMM_RUNNING,
 	VMM_PAUSED,
 	VMM_SHUTDOWN,
+	VMM_INMIGRATE,      /* destination: waiting for or loading a stream */
+	VMM_FINISH_MIGRATE, /* source: paused by the migration for switchover */
+	VMM_POSTMIGRATE,    /* source: the guest now runs elsewhere */
 };
 
 const char *vmm_runstate_name(enum vmm_runstate s);
@@ -27,7 +30,8 @@ enum vmm_runstate vmm_runstate(struct vmm *vm);
 /* Pause every vCPU (returns once all are out of KVM_RUN) and emit STOP.
  * Already paused: no-op. */
 int vmm_stop(struct vmm *vm);
-/* Resume every vCPU and emit RESUME. Already running: no-op. */
+/* Resume every vCPU and emit RESUME. Already running: no-op. -EBUSY
+ * while a migration holds the guest paused or it is half-loaded. */
 int vmm_cont(struct vmm *vm);
 /* Begin an orderly shutdown: emit SHUTDOWN with the given reason
  * ("host-qmp-quit", "host-signal", "guest-shutdown") and leave the main

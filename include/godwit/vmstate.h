@@ -84,8 +84,9 @@ const char *gw_field_type_name(enum gw_field_type type);
  * stream's VMDESC document, the way an analyzer without device code does.
  * On success *json_out is a malloc'ed JSON object text, field name ->
  * value: integers as JSON numbers (u64 above 2^63-1 as a "0x..." string),
- * bool as true/false, bytes and arrays of bytes as a hex string, other
- * arrays as JSON arrays. Fails with -ENOENT if the section is not
+ * bool as true/false, bytes (and types this library does not know) as a
+ * hex string, fields of more than one element as JSON arrays. Free the
+ * text with free(). Fails with -ENOENT if the section is not
  * described, -ENOTSUP if its data is opaque, -EBADMSG if the document is
  * malformed or the data does not match it.
  */

@@ -1,0 +1,27 @@
+/*
+ * libgodwit: live migration and snapshots of virtual machines, independent
+ * of any hypervisor. Include this for everything, or the one header of the
+ * concept you use:
+ *
+ *   error.h      struct gw_error and the 0 / -errno convention
+ *   migration.h  the migration object: RAM blocks, sections, pause/resume
+ *   payload.h    what a device's save/load callbacks write and read
+ *   vmstate.h    declarative device state (fields) and VMDESC decoding
+ *   io.h         buffered, zero-copy byte I/O over a file descriptor
+ *   stream.h     saving and loading a guest as a godwit stream
+ *   walk.h       walking a stream without device code (the analyzer)
+ *   format.h     the numbers of the stream format (docs/format.md)
+ */
+#ifndef GODWIT_GODWIT_H
+#define GODWIT_GODWIT_H
+
+#include <godwit/error.h>
+#include <godwit/format.h>
+#include <godwit/io.h>
+#include <godwit/migration.h>
+#include <godwit/payload.h>
+#include <godwit/stream.h>
+#include <godwit/vmstate.h>
+#include <godwit/walk.h>
+
+#endif

@@ -1,0 +1,915 @@
+/*
+ * Transports: a migration URI becomes a connected fd (source) or a
+ * listener that yields one (destination). All the rest of the library
+ * sees of a transport is struct gw_channel, so the stream code is the same
+ * over TCP, a unix socket, a pipe to ssh or a file.
+ *
+ * Every fd made here is close-on-exec (a VMM that spawns helpers must not
+ * leak a migration socket into them) and above stdio (see above_stdio()).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <netinet/in.h>
+
+#include <godwit/channel.h>
+
+#include "internal.h"
+
+#define TRANSPORTS "tcp:, unix:, fd:, exec:, file:"
+
+/* Big enough for a pipe to keep up with a socket (measured: the default
+ * 64 KiB costs a context switch per 64 KiB); unprivileged processes may
+ * set up to /proc/sys/fs/pipe-max-size, 1 MiB by default. */
+#define EXEC_PIPE_SIZE (1 << 20)
+
+extern char **environ;
+
+enum uri_kind { URI_TCP, URI_UNIX, URI_FD, URI_EXEC, URI_FILE };
+
+/* A parsed URI. Strings point into the URI, except the tcp host and port,
+ * which are copied out to drop the brackets and the ':'. */
+struct uri {
+	enum uri_kind kind;
+	char host[NI_MAXHOST]; /* tcp: "" means every address (listen only) */
+	char port[6];          /* tcp: decimal */
+	const char *path;      /* unix, file */
+	const char *cmd;       /* exec */
+	int fd;                /* fd */
+};
+
+struct gw_listener {
+	int fd;                    /* non-blocking listening socket, or -1 */
+	struct gw_channel ready;   /* exec, file, connected fd:N: the channel... */
+	bool has_ready;            /* ...until the first accept takes it */
+	bool owns_path;            /* unix: unlink address + 5 when freed... */
+	dev_t dev;                 /* ...if it is still the socket we bound */
+	ino_t ino;
+	char desc[sizeof(((struct gw_channel *)0)->desc)]; /* of accepted channels */
+	char address[];            /* a URI */
+};
+
+/* --- URIs ---------------------------------------------------------------- */
+
+/* Decimal digits only, no sign or spaces, at most max. */
+static bool parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+	unsigned long v = 0;
+
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return false;
+		v = v * 10 + (unsigned long)(*s - '0');
+		if (v > max)
+			return false;
+	}
+	*out = v;
+	return true;
+}
+
+static int parse_tcp(const char *uri, const char *rest, bool listening, struct uri *u,
+		     struct gw_error *err)
+{
+	const char *host = rest, *host_end, *port;
+	unsigned long n;
+
+	if (*rest == '[') {
+		host = rest + 1;
+		host_end = strchr(host, ']');
+		if (!host_end)
+			return gw_error_set(err, -EINVAL, "%s: missing ']' after the IPv6 address", uri);
+		if (host_end[1] == '\0')
+			return gw_error_set(err, -EINVAL, "%s: missing port", uri);
+		if (host_end[1] != ':')
+			return gw_error_set(err, -EINVAL, "%s: expected ':' and a port after ']'", uri);
+		port = host_end + 2;
+	} else {
+		host_end = strrchr(rest, ':');
+		if (!host_end)
+			return gw_error_set(err, -EINVAL, "%s: missing port", uri);
+		if (memchr(rest, ':', (size_t)(host_end - rest)))
+			return gw_error_set(err, -EINVAL,
+					    "%s: an IPv6 address must be in brackets, as in tcp:[::1]:4444",
+					    uri);
+		port = host_end + 1;
+	}
+	if (host_end == host && !listening)
+		return gw_error_set(err, -EINVAL, "%s: missing host", uri);
+	if ((size_t)(host_end - host) >= sizeof(u->host))
+		return gw_error_set(err, -EINVAL, "%s: host name too long", uri);
+	if (!*port)
+		return gw_error_set(err, -EINVAL, "%s: missing port", uri);
+	if (!parse_uint(port, 65535, &n))
+		return gw_error_set(err, -EINVAL, "%s: port '%s' is not a number from %d to 65535",
+				    uri, port, listening ? 0 : 1);
+	if (n == 0 && !listening)
+		return gw_error_set(err, -EINVAL, "%s: cannot connect to port 0", uri);
+	memcpy(u->host, host, (size_t)(host_end - host));
+	u->host[host_end - host] = '\0';
+	snprintf(u->port, sizeof(u->port), "%lu", n);
+	return 0;
+}
+
+static int parse_uri(const char *uri, bool listening, struct uri *u, struct gw_error *err)
+{
+	static const struct {
+		const char *prefix;
+		enum uri_kind kind;
+	} transports[] = {
+		{ "tcp:", URI_TCP }, { "unix:", URI_UNIX }, { "fd:", URI_FD },
+		{ "exec:", URI_EXEC }, { "file:", URI_FILE },
+	};
+	const char *colon = strchr(uri, ':');
+	const char *rest = NULL;
+	unsigned long n;
+
+	memset(u, 0, sizeof(*u));
+	for (size_t i = 0; i < GW_ARRAY_SIZE(transports); i++) {
+		size_t len = strlen(transports[i].prefix);
+
+		if (!strncmp(uri, transports[i].prefix, len)) {
+			u->kind = transports[i].kind;
+			rest = uri + len;
+			break;
+		}
+	}
+	if (!rest && !colon)
+		return gw_error_set(err, -EINVAL, "'%s': no transport (expected %s)", uri, TRANSPORTS);
+	if (!rest)
+		return gw_error_set(err, -EINVAL, "unknown transport '%.*s' in '%s' (expected %s)",
+				    (int)(colon - uri), uri, uri, TRANSPORTS);
+
+	switch (u->kind) {
+	case URI_TCP:
+		return parse_tcp(uri, rest, listening, u, err);
+	case URI_UNIX:
+		if (!*rest)
+			return gw_error_set(err, -EINVAL, "%s: missing socket path", uri);
+		if (strlen(rest) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+			return gw_error_set(err, -ENAMETOOLONG,
+					    "%s: path is %zu bytes, a unix socket address holds at most %zu",
+					    uri, strlen(rest),
+					    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+		u->path = rest;
+		return 0;
+	case URI_FD:
+		if (!parse_uint(rest, INT_MAX, &n))
+			return gw_error_set(err, -EINVAL, "%s: '%s' is not a file descriptor number",
+					    uri, rest);
+		u->fd = (int)n;
+		return 0;
+	case URI_EXEC:
+		if (!*rest)
+			return gw_error_set(err, -EINVAL, "%s: missing command", uri);
+		u->cmd = rest;
+		return 0;
+	case URI_FILE:
+		if (!*rest)
+			return gw_error_set(err, -EINVAL, "%s: missing file name", uri);
+		u->path = rest;
+		return 0;
+	}
+	return gw_error_set(err, -EINVAL, "%s: unhandled transport", uri);
+}
+
+/* --- fds ----------------------------------------------------------------- */
+
+/*
+ * Move fd off 0, 1 and 2, where it lands when the program started with
+ * stdio closed: a library fd there would be written to by the program's
+ * printf(), and a zeroed gw_channel (fd 0) could not be told from an open
+ * one. Closes fd; returns the new one, or -1 with errno.
+ */
+static int above_stdio(int fd)
+{
+	int moved, saved;
+
+	if (fd < 0 || fd > STDERR_FILENO)
+		return fd;
+	moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return moved;
+}
+
+static int set_nonblock(int fd, bool on)
+{
+	int flags = fcntl(fd, F_GETFL);
+
+	if (flags < 0)
+		return -errno;
+	flags = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK;
+	return fcntl(fd, F_SETFL, flags) < 0 ? -errno : 0;
+}
+
+static void close_fd(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+}
+
+static void channel_init(struct gw_channel *ch, int fd, bool is_socket, pid_t child,
+			 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void channel_init(struct gw_channel *ch, int fd, bool is_socket, pid_t child,
+			 const char *fmt, ...)
+{
+	va_list ap;
+
+	ch->fd = fd;
+	ch->bidirectional = is_socket;
+	ch->is_socket = is_socket;
+	ch->child = child;
+	va_start(ap, fmt);
+	vsnprintf(ch->desc, sizeof(ch->desc), fmt, ap);
+	va_end(ap);
+}
+
+static struct gw_listener *listener_new(const char *address)
+{
+	size_t len = strlen(address) + 1;
+	struct gw_listener *l = calloc(1, sizeof(*l) + len);
+
+	if (!l)
+		return NULL;
+	l->fd = -1;
+	memcpy(l->address, address, len);
+	return l;
+}
+
+/* --- sockets ------------------------------------------------------------- */
+
+/* "127.0.0.1:4444" or "[::1]:4444". */
+static void format_sockaddr(const struct sockaddr *sa, socklen_t len, char *buf, size_t size)
+{
+	char host[NI_MAXHOST], port[NI_MAXSERV];
+
+	if (getnameinfo(sa, len, host, sizeof(host), port, sizeof(port),
+			NI_NUMERICHOST | NI_NUMERICSERV)) {
+		snprintf(buf, size, "(address family %d)", sa->sa_family);
+		return;
+	}
+	snprintf(buf, size, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+}
+
+static int stream_socket(int family, int flags)
+{
+	return above_stdio(socket(family, SOCK_STREAM | SOCK_CLOEXEC | flags, 0));
+}
+
+/* A blocking connect, which a signal must not turn into a failure. */
+static int connect_fd(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+	socklen_t elen = sizeof(int);
+	int e;
+
+	if (connect(fd, sa, len) == 0)
+		return 0;
+	if (errno != EINTR)
+		return -errno;
+	/* The kernel goes on connecting in the background; wait for the outcome. */
+	while (poll(&p, 1, -1) < 0)
+		if (errno != EINTR)
+			return -errno;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
+		return -errno;
+	return -e;
+}
+
+static int resolve(const char *uri, const struct uri *u, bool listening, struct addrinfo **res,
+		   struct gw_error *err)
+{
+	struct addrinfo hints = {
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = AI_NUMERICSERV | (listening ? AI_PASSIVE : 0),
+	};
+	int ret = getaddrinfo(*u->host ? u->host : NULL, u->port, &hints, res);
+
+	if (ret == 0)
+		return 0;
+	if (ret == EAI_SYSTEM)
+		return gw_error_set(err, -errno, "%s: cannot resolve '%s': %s", uri, u->host,
+				    gw_strerror(errno));
+	return gw_error_set(err, ret == EAI_MEMORY ? -ENOMEM : -EHOSTUNREACH,
+			    "%s: cannot resolve '%s': %s", uri, u->host, gai_strerror(ret));
+}
+
+static int tcp_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
+		       struct gw_error *err)
+{
+	char tried[GW_ERROR_MSG_MAX] = "", addr[NI_MAXHOST + NI_MAXSERV + 4];
+	struct addrinfo *res, *ai;
+	size_t used = 0;
+	int fd = -1, ret;
+
+	ret = resolve(uri, u, false, &res, err);
+	if (ret < 0)
+		return ret;
+	ret = -EHOSTUNREACH;
+	/* A name may have several addresses (::1 and 127.0.0.1): the first
+	 * that answers wins, and a failure lists what each one said. */
+	for (ai = res; ai; ai = ai->ai_next) {
+		format_sockaddr(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr));
+		fd = stream_socket(ai->ai_family, 0);
+		ret = fd < 0 ? -errno : connect_fd(fd, ai->ai_addr, ai->ai_addrlen);
+		if (ret == 0)
+			break;
+		close_fd(fd);
+		fd = -1;
+		if (used < sizeof(tried))
+			used += (size_t)snprintf(tried + used, sizeof(tried) - used, "%s%s: %s",
+						 used ? "; " : "", addr, gw_strerror(ret));
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return gw_error_set(err, ret, "%s: cannot connect to %s", uri, tried);
+	channel_init(ch, fd, true, 0, "tcp %s", addr);
+	return 0;
+}
+
+static int listen_on(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	int one = 1;
+
+	/* A destination restarted on the same port must not wait for the
+	 * previous run's connections to leave TIME_WAIT. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		return -errno;
+	if (bind(fd, sa, len) < 0)
+		return -errno;
+	/* Room for several channels of one migration connecting at once. */
+	return listen(fd, SOMAXCONN) < 0 ? -errno : 0;
+}
+
+static int tcp_listen(const char *uri, const struct uri *u, struct gw_listener **out,
+		      struct gw_error *err)
+{
+	char addr[NI_MAXHOST + NI_MAXSERV + 8] = "", uri_addr[sizeof(addr) + 4];
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	struct addrinfo *res, *ai = NULL;
+	struct gw_listener *l;
+	int fd = -1, ret, zero = 0;
+
+	ret = resolve(uri, u, true, &res, err);
+	if (ret < 0)
+		return ret;
+	ret = -EADDRNOTAVAIL;
+	/*
+	 * "tcp::PORT" means every address. glibc lists 0.0.0.0 before ::, but
+	 * one IPv6 socket that also accepts IPv4 (V6ONLY off) serves both, so
+	 * the IPv6 wildcard goes first; a kernel without IPv6 falls back.
+	 */
+	for (int pass = *u->host ? 1 : 0; pass < 2 && fd < 0; pass++) {
+		for (ai = res; ai; ai = ai->ai_next) {
+			if (pass == 0 && ai->ai_family != AF_INET6)
+				continue;
+			fd = stream_socket(ai->ai_family, SOCK_NONBLOCK);
+			ret = fd < 0 ? -errno : 0;
+			if (ret == 0 && pass == 0)
+				ret = setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero,
+						 sizeof(zero)) < 0 ? -errno : 0;
+			if (ret == 0)
+				ret = listen_on(fd, ai->ai_addr, ai->ai_addrlen);
+			if (ret == 0)
+				break;
+			close_fd(fd);
+			fd = -1;
+			format_sockaddr(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr));
+		}
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return gw_error_set(err, ret, "%s: cannot listen on %s: %s", uri, addr,
+				    gw_strerror(ret));
+	/* Port 0 picked a port: the address to give the source is the real one. */
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+		ret = -errno;
+		close(fd);
+		return gw_error_set(err, ret, "%s: getsockname: %s", uri, gw_strerror(ret));
+	}
+	format_sockaddr((struct sockaddr *)&ss, len, addr, sizeof(addr));
+	snprintf(uri_addr, sizeof(uri_addr), "tcp:%s", addr);
+	l = listener_new(uri_addr);
+	if (!l) {
+		close(fd);
+		return gw_error_set(err, -ENOMEM, "%s: out of memory", uri);
+	}
+	l->fd = fd;
+	snprintf(l->desc, sizeof(l->desc), "tcp %s", addr);
+	*out = l;
+	return 0;
+}
+
+static void unix_sockaddr(const char *path, struct sockaddr_un *sun)
+{
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	/* parse_uri() checked that it fits. */
+	memcpy(sun->sun_path, path, strlen(path) + 1);
+}
+
+static int unix_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
+			struct gw_error *err)
+{
+	struct sockaddr_un sun;
+	int fd, ret;
+
+	unix_sockaddr(u->path, &sun);
+	fd = stream_socket(AF_UNIX, 0);
+	if (fd < 0)
+		return gw_error_set(err, -errno, "%s: socket: %s", uri, gw_strerror(errno));
+	ret = connect_fd(fd, (struct sockaddr *)&sun, sizeof(sun));
+	if (ret < 0) {
+		close(fd);
+		return gw_error_set(err, ret, "%s: cannot connect: %s", uri, gw_strerror(ret));
+	}
+	channel_init(ch, fd, true, 0, "unix %s", u->path);
+	return 0;
+}
+
+static int unix_listen(const char *uri, const struct uri *u, struct gw_listener **out,
+		       struct gw_error *err)
+{
+	struct sockaddr_un sun;
+	struct gw_listener *l;
+	struct stat st;
+	int fd, ret;
+
+	/* A socket file outlives its process: one left by a crashed
+	 * destination is replaced, anything else is not ours to delete. */
+	if (lstat(u->path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return gw_error_set(err, -EEXIST, "%s: '%s' exists and is not a socket",
+					    uri, u->path);
+		if (unlink(u->path) < 0)
+			return gw_error_set(err, -errno, "%s: cannot remove the old socket: %s",
+					    uri, gw_strerror(errno));
+	}
+	unix_sockaddr(u->path, &sun);
+	fd = stream_socket(AF_UNIX, SOCK_NONBLOCK);
+	if (fd < 0)
+		return gw_error_set(err, -errno, "%s: socket: %s", uri, gw_strerror(errno));
+	ret = listen_on(fd, (struct sockaddr *)&sun, sizeof(sun));
+	if (ret == 0)
+		ret = lstat(u->path, &st) < 0 ? -errno : 0;
+	if (ret < 0) {
+		close(fd);
+		return gw_error_set(err, ret, "%s: cannot listen: %s", uri, gw_strerror(ret));
+	}
+	l = listener_new(uri);
+	if (!l) {
+		close(fd);
+		unlink(u->path);
+		return gw_error_set(err, -ENOMEM, "%s: out of memory", uri);
+	}
+	l->fd = fd;
+	l->owns_path = true;
+	l->dev = st.st_dev;
+	l->ino = st.st_ino;
+	snprintf(l->desc, sizeof(l->desc), "unix %s", u->path);
+	*out = l;
+	return 0;
+}
+
+/* --- fd:N ---------------------------------------------------------------- */
+
+/*
+ * Our own copy of the caller's fd N, so closing the channel leaves N to
+ * its owner. *listening tells whether it is a listening socket.
+ */
+static int fd_take(const char *uri, int n, int *out, bool *is_socket, bool *listening,
+		   struct gw_error *err)
+{
+	struct stat st;
+	socklen_t len = sizeof(int);
+	int fd, acc = 0;
+
+	if (fcntl(n, F_GETFD) < 0)
+		return gw_error_set(err, -errno, "%s: fd %d is not open", uri, n);
+	if (fstat(n, &st) < 0)
+		return gw_error_set(err, -errno, "%s: fstat: %s", uri, gw_strerror(errno));
+	*is_socket = S_ISSOCK(st.st_mode);
+	if (*is_socket && getsockopt(n, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0)
+		return gw_error_set(err, -errno, "%s: getsockopt: %s", uri, gw_strerror(errno));
+	*listening = acc != 0;
+	fd = fcntl(n, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+	if (fd < 0)
+		return gw_error_set(err, -errno, "%s: cannot duplicate fd %d: %s", uri, n,
+				    gw_strerror(errno));
+	*out = fd;
+	return 0;
+}
+
+/*
+ * A channel fd is blocking, a listening one is not. O_NONBLOCK belongs to
+ * the open file, which N shares: fine, the caller gave the file to the
+ * migration. Closes fd on failure.
+ */
+static int fd_set_blocking(const char *uri, int fd, bool blocking, struct gw_error *err)
+{
+	int ret = set_nonblock(fd, !blocking);
+
+	if (ret < 0) {
+		close(fd);
+		return gw_error_set(err, ret, "%s: cannot make it %sblocking: %s", uri,
+				    blocking ? "" : "non-", gw_strerror(ret));
+	}
+	return 0;
+}
+
+static int fd_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
+		      struct gw_error *err)
+{
+	bool is_socket, listening;
+	int fd, ret;
+
+	ret = fd_take(uri, u->fd, &fd, &is_socket, &listening, err);
+	if (ret < 0)
+		return ret;
+	if (listening) {
+		close(fd);
+		return gw_error_set(err, -EINVAL,
+				    "%s: fd %d is a listening socket; the source needs a connected one",
+				    uri, u->fd);
+	}
+	ret = fd_set_blocking(uri, fd, true, err);
+	if (ret < 0)
+		return ret;
+	channel_init(ch, fd, is_socket, 0, "fd %d", u->fd);
+	return 0;
+}
+
+static int fd_listen(const char *uri, const struct uri *u, struct gw_listener **out,
+		     struct gw_error *err)
+{
+	struct gw_listener *l;
+	bool is_socket, listening;
+	int fd, ret;
+
+	ret = fd_take(uri, u->fd, &fd, &is_socket, &listening, err);
+	if (ret < 0)
+		return ret;
+	ret = fd_set_blocking(uri, fd, !listening, err);
+	if (ret < 0)
+		return ret;
+	l = listener_new(uri);
+	if (!l) {
+		close(fd);
+		return gw_error_set(err, -ENOMEM, "%s: out of memory", uri);
+	}
+	snprintf(l->desc, sizeof(l->desc), "fd %d", u->fd);
+	if (listening) {
+		l->fd = fd;
+	} else {
+		channel_init(&l->ready, fd, is_socket, 0, "fd %d", u->fd);
+		l->has_ready = true;
+	}
+	*out = l;
+	return 0;
+}
+
+/* --- exec: --------------------------------------------------------------- */
+
+/*
+ * Run /bin/sh -c cmd with child_fd as its fd target (0 or 1). posix_spawn
+ * because it does not copy the page tables of a VMM that maps gigabytes.
+ * The child gets:
+ *  - its own process group, so gw_channel_abort() kills all of
+ *    `cat | ssh host ...`: any of them holding the pipe keeps a blocked
+ *    writer blocked;
+ *  - SIGPIPE back to the default and no blocked signals, whatever the
+ *    calling thread had: a program that must ignore SIGPIPE (see the
+ *    header) would otherwise pass that on to cat and ssh.
+ * Our end of the pipe is close-on-exec, so only the child's end reaches it.
+ */
+static int spawn_shell(const char *uri, const char *cmd, int child_fd, int target, pid_t *pid,
+		       struct gw_error *err)
+{
+	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
+	posix_spawn_file_actions_t actions;
+	posix_spawnattr_t attr;
+	sigset_t none, pipe_only;
+	int ret;
+
+	sigemptyset(&none);
+	sigemptyset(&pipe_only);
+	sigaddset(&pipe_only, SIGPIPE);
+	posix_spawn_file_actions_init(&actions);
+	posix_spawnattr_init(&attr);
+	/* dup2 clears close-on-exec on target (POSIX, also when child_fd ==
+	 * target, which above_stdio() rules out anyway). */
+	ret = posix_spawn_file_actions_adddup2(&actions, child_fd, target);
+	if (ret == 0)
+		ret = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
+						      POSIX_SPAWN_SETSIGMASK |
+						      POSIX_SPAWN_SETSIGDEF);
+	if (ret == 0)
+		ret = posix_spawnattr_setpgroup(&attr, 0);
+	if (ret == 0)
+		ret = posix_spawnattr_setsigmask(&attr, &none);
+	if (ret == 0)
+		ret = posix_spawnattr_setsigdefault(&attr, &pipe_only);
+	if (ret == 0)
+		ret = posix_spawn(pid, "/bin/sh", &actions, &attr, argv, environ);
+	posix_spawnattr_destroy(&attr);
+	posix_spawn_file_actions_destroy(&actions);
+	if (ret)
+		return gw_error_set(err, -ret, "%s: cannot start /bin/sh: %s", uri,
+				    gw_strerror(ret));
+	return 0;
+}
+
+/* A pipe to (to_child) or from the command; *fd is our end. */
+static int exec_spawn(const char *uri, const char *cmd, bool to_child, int *fd, pid_t *pid,
+		      struct gw_error *err)
+{
+	int p[2], ours, theirs, ret;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return gw_error_set(err, -errno, "%s: pipe: %s", uri, gw_strerror(errno));
+	ours = above_stdio(p[to_child ? 1 : 0]);
+	theirs = above_stdio(p[to_child ? 0 : 1]);
+	if (ours < 0 || theirs < 0) {
+		ret = -errno;
+		close_fd(ours);
+		close_fd(theirs);
+		return gw_error_set(err, ret, "%s: pipe: %s", uri, gw_strerror(ret));
+	}
+	/* A failure leaves the default size: slower, not wrong. */
+	(void)fcntl(ours, F_SETPIPE_SZ, EXEC_PIPE_SIZE);
+	ret = spawn_shell(uri, cmd, theirs, to_child ? STDIN_FILENO : STDOUT_FILENO, pid, err);
+	close(theirs);
+	if (ret < 0) {
+		close(ours);
+		return ret;
+	}
+	*fd = ours;
+	return 0;
+}
+
+static int exec_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
+			struct gw_error *err)
+{
+	pid_t pid;
+	int fd, ret = exec_spawn(uri, u->cmd, true, &fd, &pid, err);
+
+	if (ret < 0)
+		return ret;
+	channel_init(ch, fd, false, pid, "exec '%s'", u->cmd);
+	return 0;
+}
+
+static int exec_listen(const char *uri, const struct uri *u, struct gw_listener **out,
+		       struct gw_error *err)
+{
+	struct gw_listener *l = listener_new(uri);
+	pid_t pid;
+	int fd, ret;
+
+	if (!l)
+		return gw_error_set(err, -ENOMEM, "%s: out of memory", uri);
+	ret = exec_spawn(uri, u->cmd, false, &fd, &pid, err);
+	if (ret < 0) {
+		free(l);
+		return ret;
+	}
+	channel_init(&l->ready, fd, false, pid, "exec '%s'", u->cmd);
+	l->has_ready = true;
+	*out = l;
+	return 0;
+}
+
+/* --- file: --------------------------------------------------------------- */
+
+static int file_open(const char *uri, const char *path, bool writing, int *out,
+		     struct gw_error *err)
+{
+	int flags = writing ? O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC : O_RDONLY | O_CLOEXEC;
+	struct stat st;
+	int fd;
+
+	do
+		fd = open(path, flags, 0600);
+	while (fd < 0 && errno == EINTR);
+	fd = above_stdio(fd);
+	if (fd < 0)
+		return gw_error_set(err, -errno, "%s: cannot open '%s' for %s: %s", uri, path,
+				    writing ? "writing" : "reading", gw_strerror(errno));
+	/* Reading opens a directory fine and fails only at the first read. */
+	if (!writing && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+		close(fd);
+		return gw_error_set(err, -EISDIR, "%s: '%s' is a directory", uri, path);
+	}
+	*out = fd;
+	return 0;
+}
+
+static int file_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
+			struct gw_error *err)
+{
+	int fd, ret = file_open(uri, u->path, true, &fd, err);
+
+	if (ret < 0)
+		return ret;
+	channel_init(ch, fd, false, 0, "file %s", u->path);
+	return 0;
+}
+
+static int file_listen(const char *uri, const struct uri *u, struct gw_listener **out,
+		       struct gw_error *err)
+{
+	struct gw_listener *l;
+	int fd, ret = file_open(uri, u->path, false, &fd, err);
+
+	if (ret < 0)
+		return ret;
+	l = listener_new(uri);
+	if (!l) {
+		close(fd);
+		return gw_error_set(err, -ENOMEM, "%s: out of memory", uri);
+	}
+	channel_init(&l->ready, fd, false, 0, "file %s", u->path);
+	l->has_ready = true;
+	*out = l;
+	return 0;
+}
+
+/* --- the API ------------------------------------------------------------- */
+
+int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error *err)
+{
+	struct uri u;
+	int ret = parse_uri(uri, false, &u, err);
+
+	if (ret < 0)
+		return ret;
+	switch (u.kind) {
+	case URI_TCP:
+		return tcp_connect(uri, &u, out, err);
+	case URI_UNIX:
+		return unix_connect(uri, &u, out, err);
+	case URI_FD:
+		return fd_connect(uri, &u, out, err);
+	case URI_EXEC:
+		return exec_connect(uri, &u, out, err);
+	case URI_FILE:
+		return file_connect(uri, &u, out, err);
+	}
+	return gw_error_set(err, -EINVAL, "%s: unhandled transport", uri);
+}
+
+/* Channel fds are never 0..2 (above_stdio), so a zeroed channel has none. */
+static bool channel_has_fd(const struct gw_channel *ch)
+{
+	return ch->fd > STDERR_FILENO;
+}
+
+int gw_channel_close(struct gw_channel *ch, struct gw_error *err)
+{
+	int ret = 0, status;
+	pid_t pid;
+
+	if (channel_has_fd(ch)) {
+		/* EINTR from close() still closed the fd on Linux. */
+		if (close(ch->fd) < 0 && errno != EINTR)
+			ret = gw_error_set(err, -errno, "%s: close: %s", ch->desc,
+					   gw_strerror(errno));
+		ch->fd = -1;
+	}
+	if (ch->child <= 0)
+		return ret;
+	pid = ch->child;
+	ch->child = 0;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return gw_error_set(err, -errno, "%s: cannot wait for the command: %s",
+					    ch->desc, gw_strerror(errno));
+	if (WIFSIGNALED(status))
+		return gw_error_set(err, -EIO, "%s was killed by signal %d (%s)", ch->desc,
+				    WTERMSIG(status), sigabbrev_np(WTERMSIG(status)) ?: "?");
+	if (WEXITSTATUS(status) == 127)
+		return gw_error_set(err, -EIO, "%s exited with status 127 (command not found?)",
+				    ch->desc);
+	if (WEXITSTATUS(status) != 0)
+		return gw_error_set(err, -EIO, "%s exited with status %d", ch->desc,
+				    WEXITSTATUS(status));
+	return ret;
+}
+
+void gw_channel_abort(struct gw_channel *ch)
+{
+	/* shutdown() wakes a thread blocked in send/recv on the socket, where
+	 * close() would not (and would free the fd number for reuse under it). */
+	if (ch->is_socket && channel_has_fd(ch))
+		shutdown(ch->fd, SHUT_RDWR);
+	/* The whole process group (see spawn_shell): a dead reader makes the
+	 * writer's write() fail with EPIPE, a dead writer gives EOF. */
+	if (ch->child > 0)
+		kill(-ch->child, SIGKILL);
+}
+
+int gw_channel_listen(const char *uri, struct gw_listener **out, struct gw_error *err)
+{
+	struct uri u;
+	int ret = parse_uri(uri, true, &u, err);
+
+	if (ret < 0)
+		return ret;
+	switch (u.kind) {
+	case URI_TCP:
+		return tcp_listen(uri, &u, out, err);
+	case URI_UNIX:
+		return unix_listen(uri, &u, out, err);
+	case URI_FD:
+		return fd_listen(uri, &u, out, err);
+	case URI_EXEC:
+		return exec_listen(uri, &u, out, err);
+	case URI_FILE:
+		return file_listen(uri, &u, out, err);
+	}
+	return gw_error_set(err, -EINVAL, "%s: unhandled transport", uri);
+}
+
+int gw_listener_fd(const struct gw_listener *l)
+{
+	return l->fd;
+}
+
+int gw_listener_accept(struct gw_listener *l, struct gw_channel *out, struct gw_error *err)
+{
+	struct sockaddr_storage ss;
+	char peer[NI_MAXHOST + NI_MAXSERV + 4];
+	socklen_t len;
+	int fd;
+
+	if (l->has_ready) {
+		*out = l->ready;
+		l->has_ready = false;
+		return 0;
+	}
+	if (l->fd < 0)
+		return gw_error_set(err, -EINVAL, "%s: the channel was already accepted",
+				    l->address);
+	do {
+		len = sizeof(ss);
+		fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC);
+		/* A connection reset before we got to it: maybe another waits. */
+	} while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
+	if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		return gw_error_set(err, -EAGAIN, "%s: no connection waiting", l->address);
+	fd = above_stdio(fd);
+	if (fd < 0)
+		return gw_error_set(err, -errno, "%s: accept: %s", l->address, gw_strerror(errno));
+	/* accept4() does not pass the listener's O_NONBLOCK on: fd is blocking. */
+	if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+		format_sockaddr((struct sockaddr *)&ss, len, peer, sizeof(peer));
+		channel_init(out, fd, true, 0, "tcp %s", peer);
+	} else {
+		channel_init(out, fd, true, 0, "%s", l->desc);
+	}
+	return 0;
+}
+
+const char *gw_listener_address(const struct gw_listener *l)
+{
+	return l->address;
+}
+
+void gw_listener_free(struct gw_listener *l)
+{
+	struct stat st;
+
+	if (!l)
+		return;
+	close_fd(l->fd);
+	/* Only if it is still the socket we bound: a newer destination may
+	 * have replaced it, and its socket is not ours to delete. */
+	if (l->owns_path && lstat(l->address + strlen("unix:"), &st) == 0 &&
+	    st.st_dev == l->dev && st.st_ino == l->ino)
+		unlink(l->address + strlen("unix:"));
+	/* A command nobody will read from is stopped, not waited for. */
+	if (l->has_ready) {
+		gw_channel_abort(&l->ready);
+		gw_channel_close(&l->ready, NULL);
+	}
+	free(l);
+}

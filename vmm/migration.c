@@ -1,0 +1,891 @@
+#include "migration.h"
+#include "cpu_state.h"
+#include "dirty_kvm.h"
+#include "gw_version.h"
+#include "loop.h"
+#include "machine.h"
+#include "qmp.h"
+
+#include <errno.h>
+#include <godwit/channel.h>
+#include <godwit/migration.h>
+#include <godwit/precopy.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+enum role { ROLE_NONE, ROLE_OUTGOING, ROLE_INCOMING };
+
+struct vm_migration {
+	struct vmm *vm;
+	struct gw_migration *m;
+	struct dirty_kvm dirty;
+	struct msr_list msrs;
+
+	/* vCPU and VM state as of the switchover pause (source) or as loaded
+	 * (destination): the vmstate-described sections point here. */
+	struct cpu_state cpus[GW_MAX_VCPUS];
+	struct vm_state kvm_vm;
+
+	struct gw_precopy_params params;
+	bool cap_events, cap_auto_converge, cap_verify_hash;
+
+	/* Everything below is shared with migration threads. */
+	pthread_mutex_t lock;
+	enum role role;
+	enum gw_mig_status status;   /* VMM-level status, final word on the outcome */
+	char error[GW_ERROR_MSG_MAX];
+	bool cancel;
+
+	/* outgoing */
+	char *uri;
+	pthread_t connect_thread;
+	bool connect_thread_live;
+	struct gw_channel out_ch;
+	struct gw_precopy *out;
+	struct gw_precopy_stats last; /* kept after the engine is freed */
+	bool have_last;
+
+	/* incoming */
+	struct gw_listener *listener;
+	struct gw_channel in_ch;
+	struct gw_incoming *in;
+	struct gw_incoming_stats in_last;
+	char dest_hash[33];
+};
+
+/* ---- sections ------------------------------------------------------ */
+
+#define CPU_REG(r) GW_FIELD(U64, struct cpu_state, regs.r)
+#define CPU_BLOB(f) GW_FIELD(BYTES, struct cpu_state, f)
+
+static const struct gw_field cpu_fields[] = {
+	CPU_REG(rax), CPU_REG(rbx), CPU_REG(rcx), CPU_REG(rdx),
+	CPU_REG(rsi), CPU_REG(rdi), CPU_REG(rsp), CPU_REG(rbp),
+	CPU_REG(r8), CPU_REG(r9), CPU_REG(r10), CPU_REG(r11),
+	CPU_REG(r12), CPU_REG(r13), CPU_REG(r14), CPU_REG(r15),
+	CPU_REG(rip), CPU_REG(rflags),
+	GW_FIELD(U64, struct cpu_state, sregs.cr0),
+	GW_FIELD(U64, struct cpu_state, sregs.cr3),
+	GW_FIELD(U64, struct cpu_state, sregs.cr4),
+	GW_FIELD(U64, struct cpu_state, sregs.efer),
+	CPU_BLOB(sregs),
+	CPU_BLOB(xcrs),
+	CPU_BLOB(lapic),
+	CPU_BLOB(events),
+	GW_FIELD(U32, struct cpu_state, mp.mp_state),
+	CPU_BLOB(debugregs),
+	GW_FIELD(U32, struct cpu_state, nr_msrs),
+	CPU_BLOB(msrs),
+	CPU_BLOB(xsave),
+};
+static const struct gw_vmstate cpu_vmstate = GW_VMSTATE(struct cpu_state, cpu_fields);
+
+static const struct gw_field kvm_vm_fields[] = {
+	GW_FIELD(U64, struct vm_state, clock.clock),
+	GW_FIELD(BYTES, struct vm_state, pic_master),
+	GW_FIELD(BYTES, struct vm_state, pic_slave),
+	GW_FIELD(BYTES, struct vm_state, ioapic),
+};
+static const struct gw_vmstate kvm_vm_vmstate = GW_VMSTATE(struct vm_state, kvm_vm_fields);
+
+static const struct gw_field uart_fields[] = {
+	GW_FIELD(BYTES, struct uart_state, rbr_fifo),
+	GW_FIELD(U8, struct uart_state, rx_head),
+	GW_FIELD(U8, struct uart_state, rx_count),
+	GW_FIELD(U8, struct uart_state, ier),
+	GW_FIELD(U8, struct uart_state, iir),
+	GW_FIELD(U8, struct uart_state, fcr),
+	GW_FIELD(U8, struct uart_state, lcr),
+	GW_FIELD(U8, struct uart_state, mcr),
+	GW_FIELD(U8, struct uart_state, lsr),
+	GW_FIELD(U8, struct uart_state, msr),
+	GW_FIELD(U8, struct uart_state, scr),
+	GW_FIELD(U8, struct uart_state, dll),
+	GW_FIELD(U8, struct uart_state, dlm),
+	GW_FIELD(U8, struct uart_state, thr_irq_pending),
+};
+static const struct gw_vmstate uart_vmstate = GW_VMSTATE(struct uart_state, uart_fields);
+
+static const struct gw_field testdev_fields[] = {
+	GW_FIELD(U8, struct testdev_state, ready),
+	GW_FIELD(U8, struct testdev_state, check_failed),
+	GW_FIELD(U8, struct testdev_state, exit_requested),
+	GW_FIELD(U8, struct testdev_state, exit_status),
+	GW_FIELD(U32, struct testdev_state, first_bad_page),
+	GW_FIELD(U64, struct testdev_state, check_ok),
+	GW_FIELD(U64, struct testdev_state, passes),
+	GW_FIELD(U64, struct testdev_state, pages_per_pass),
+};
+static const struct gw_vmstate testdev_vmstate = GW_VMSTATE(struct testdev_state, testdev_fields);
+
+/* ---- vm ops: pause/resume around the switchover ----------------------- */
+
+/* Capture every vCPU and the VM-wide KVM state once the vCPUs are out of
+ * KVM_RUN, so the sections save a consistent instant. */
+static int capture_state(struct vm_migration *mig, struct gw_error *err)
+{
+	struct vmm *vm = mig->vm;
+	char msg[256];
+	for (unsigned i = 0; i < vm->vcpus.nr; i++)
+		if (cpu_state_save(&vm->kvm, vm->vcpus.vcpus[i].fd, &mig->msrs, &mig->cpus[i], msg,
+				   sizeof(msg)))
+			return gw_error_set(err, -EIO, "saving vCPU %u: %s", i, msg);
+	if (vm_state_save(&vm->kvm, &mig->kvm_vm, msg, sizeof(msg)))
+		return gw_error_set(err, -EIO, "saving VM state: %s", msg);
+	return 0;
+}
+
+static int apply_state(struct vm_migration *mig, struct gw_error *err)
+{
+	struct vmm *vm = mig->vm;
+	char msg[256];
+	if (vm_state_load(&vm->kvm, &mig->kvm_vm, msg, sizeof(msg)))
+		return gw_error_set(err, -EIO, "restoring VM state: %s", msg);
+	for (unsigned i = 0; i < vm->vcpus.nr; i++)
+		if (cpu_state_load(&vm->kvm, vm->vcpus.vcpus[i].fd, &mig->cpus[i], msg, sizeof(msg)))
+			return gw_error_set(err, -EIO, "restoring vCPU %u: %s", i, msg);
+	return 0;
+}
+
+static int op_pause(void *opaque, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	vmm_mig_pause(mig->vm);
+	if (mig->role == ROLE_OUTGOING)
+		return capture_state(mig, err);
+	return 0;
+}
+
+static int op_resume(void *opaque, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	struct vmm *vm = mig->vm;
+	if (mig->role == ROLE_INCOMING) {
+		int ret = apply_state(mig, err);
+		if (ret)
+			return ret;
+		if (mig->cap_verify_hash) {
+			char hash[33];
+			ret = guest_ram_hash(&vm->ram, hash);
+			if (ret)
+				return gw_error_set(err, ret, "hashing loaded RAM: %s", strerror(-ret));
+			pthread_mutex_lock(&mig->lock);
+			memcpy(mig->dest_hash, hash, sizeof(hash));
+			pthread_mutex_unlock(&mig->lock);
+		}
+		vmm_set_incoming(vm, false);
+		return 0;
+	}
+	/* Source after a failure or a cancel: the guest goes on here, with
+	 * the state it never lost. */
+	vmm_mig_resume(vm);
+	return 0;
+}
+
+static const struct gw_vm_ops vm_ops = {.pause = op_pause, .resume = op_resume};
+
+/* ---- events and completion, on the main loop ------------------------ */
+
+struct status_msg {
+	struct vm_migration *mig;
+	enum gw_mig_status status;
+	uint64_t pass;
+	bool is_pass;
+};
+
+static bool final_status(enum gw_mig_status s)
+{
+	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED;
+}
+
+static void emit_status(struct vm_migration *mig, enum gw_mig_status s)
+{
+	if (mig->cap_events && mig->vm->qmp)
+		qmp_emit_event(mig->vm->qmp, "MIGRATION",
+			       json_pack("{s:s}", "status", gw_mig_status_name(s)));
+}
+
+/* An outgoing migration reached its end: collect the engine, close the
+ * channel and decide what the guest does next. */
+static void finish_outgoing(struct vm_migration *mig)
+{
+	struct gw_error err = {0};
+	if (mig->connect_thread_live) {
+		pthread_join(mig->connect_thread, NULL);
+		mig->connect_thread_live = false;
+	}
+	pthread_mutex_lock(&mig->lock);
+	struct gw_precopy *out = mig->out;
+	mig->out = NULL;
+	pthread_mutex_unlock(&mig->lock);
+	if (out) {
+		struct gw_precopy_stats st;
+		gw_precopy_stats(out, &st);
+		gw_precopy_free(out);
+		pthread_mutex_lock(&mig->lock);
+		mig->last = st;
+		mig->have_last = true;
+		mig->status = st.status;
+		if (st.status == GW_MIG_FAILED)
+			snprintf(mig->error, sizeof(mig->error), "%s", st.error);
+		pthread_mutex_unlock(&mig->lock);
+	}
+	int ret = gw_channel_close(&mig->out_ch, &err);
+	pthread_mutex_lock(&mig->lock);
+	enum gw_mig_status s = mig->status;
+	if (ret < 0 && s == GW_MIG_COMPLETED) {
+		/* exec: the command failed, so the stream did not arrive */
+		s = mig->status = GW_MIG_FAILED;
+		snprintf(mig->error, sizeof(mig->error), "%s", err.msg);
+		if (mig->have_last)
+			mig->last.status = s;
+	}
+	mig->role = ROLE_NONE;
+	pthread_mutex_unlock(&mig->lock);
+
+	if (s == GW_MIG_COMPLETED)
+		vmm_set_postmigrate(mig->vm);
+	else
+		vmm_mig_resume(mig->vm);
+	if (s == GW_MIG_FAILED)
+		fprintf(stderr, "godwit-vmm: migration failed: %s\n", mig->error);
+}
+
+static void finish_incoming(struct vm_migration *mig)
+{
+	struct gw_incoming *in = mig->in;
+	mig->in = NULL;
+	if (in) {
+		struct gw_incoming_stats st;
+		gw_incoming_stats(in, &st);
+		gw_incoming_free(in);
+		pthread_mutex_lock(&mig->lock);
+		mig->in_last = st;
+		mig->status = st.status;
+		snprintf(mig->error, sizeof(mig->error), "%s", st.error);
+		pthread_mutex_unlock(&mig->lock);
+	}
+	gw_channel_close(&mig->in_ch, NULL);
+	if (mig->status != GW_MIG_COMPLETED)
+		fprintf(stderr,
+			"godwit-vmm: incoming migration failed, the guest stays stopped: %s\n",
+			mig->error);
+}
+
+static void status_main(void *opaque)
+{
+	struct status_msg *msg = opaque;
+	struct vm_migration *mig = msg->mig;
+	if (msg->is_pass) {
+		if (mig->cap_events && mig->vm->qmp)
+			qmp_emit_event(mig->vm->qmp, "MIGRATION_PASS",
+				       json_pack("{s:I}", "pass", (json_int_t)msg->pass));
+	} else if (final_status(msg->status)) {
+		if (mig->role == ROLE_INCOMING)
+			finish_incoming(mig);
+		else
+			finish_outgoing(mig);
+		emit_status(mig, mig->status);
+	} else {
+		emit_status(mig, msg->status);
+	}
+	free(msg);
+}
+
+static void post_status(struct vm_migration *mig, enum gw_mig_status s, bool is_pass,
+			uint64_t pass)
+{
+	struct status_msg *msg = malloc(sizeof(*msg));
+	if (!msg)
+		return;
+	*msg = (struct status_msg){mig, s, pass, is_pass};
+	if (loop_call(mig->vm->loop, status_main, msg) < 0)
+		free(msg);
+}
+
+static void cb_status(void *opaque, enum gw_mig_status s)
+{
+	struct vm_migration *mig = opaque;
+	if (!final_status(s)) {
+		pthread_mutex_lock(&mig->lock);
+		mig->status = s;
+		pthread_mutex_unlock(&mig->lock);
+	}
+	post_status(mig, s, false, 0);
+}
+
+static void cb_pass(void *opaque, uint64_t pass)
+{
+	post_status(opaque, GW_MIG_ACTIVE, true, pass);
+}
+
+static int cb_throttle(void *opaque, uint32_t percent, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	(void)err;
+	vcpus_set_throttle(&mig->vm->vcpus, percent);
+	return 0;
+}
+
+/* ---- outgoing ------------------------------------------------------- */
+
+/* Connecting may block (a TCP handshake, spawning ssh), so it runs here
+ * rather than on the main loop; so does handing over to the engine. */
+static void *connect_thread(void *opaque)
+{
+	struct vm_migration *mig = opaque;
+	struct gw_error err = {0};
+	struct gw_channel ch;
+	int ret = gw_channel_connect(mig->uri, &ch, &err);
+	pthread_mutex_lock(&mig->lock);
+	if (!ret && mig->cancel) {
+		pthread_mutex_unlock(&mig->lock);
+		gw_channel_close(&ch, NULL);
+		pthread_mutex_lock(&mig->lock);
+		mig->status = GW_MIG_CANCELLED;
+		pthread_mutex_unlock(&mig->lock);
+		post_status(mig, GW_MIG_CANCELLED, false, 0);
+		return NULL;
+	}
+	if (ret) {
+		mig->status = GW_MIG_FAILED;
+		snprintf(mig->error, sizeof(mig->error), "%s", err.msg);
+		pthread_mutex_unlock(&mig->lock);
+		post_status(mig, GW_MIG_FAILED, false, 0);
+		return NULL;
+	}
+	mig->out_ch = ch;
+	struct gw_precopy_params p = mig->params;
+	p.auto_converge = mig->cap_auto_converge;
+	p.return_path = ch.bidirectional;
+	pthread_mutex_unlock(&mig->lock);
+
+	const struct gw_precopy_callbacks cb = {
+		.status = cb_status, .pass = cb_pass, .throttle = cb_throttle, .opaque = mig,
+	};
+	struct gw_precopy *out;
+	ret = gw_precopy_start(mig->m, ch.fd, &p, &cb, &out, &err);
+	pthread_mutex_lock(&mig->lock);
+	if (ret) {
+		mig->status = GW_MIG_FAILED;
+		snprintf(mig->error, sizeof(mig->error), "%s", err.msg);
+	} else {
+		mig->out = out;
+		if (mig->cancel)
+			gw_precopy_cancel(out);
+	}
+	pthread_mutex_unlock(&mig->lock);
+	if (ret)
+		post_status(mig, GW_MIG_FAILED, false, 0);
+	return NULL;
+}
+
+static bool busy(struct vm_migration *mig)
+{
+	return mig->role != ROLE_NONE || mig->connect_thread_live;
+}
+
+static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {
+		{"uri", QMP_ARG_STR, true},
+		{"detach", QMP_ARG_BOOL, false},
+		{"resume", QMP_ARG_BOOL, false},
+	};
+	struct vm_migration *mig = vm->mig;
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	if (json_is_true(json_object_get(args, "resume")))
+		return qmp_fail(err, QMP_ERR_GENERIC, "resume of a paused migration is not supported");
+	enum vmm_runstate rs = vmm_runstate(vm);
+	if (busy(mig) || rs == VMM_INMIGRATE)
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"There's a migration process in progress");
+	if (rs == VMM_POSTMIGRATE)
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"the guest already migrated away; 'cont' it first to migrate it again");
+	if (rs == VMM_SHUTDOWN || vm->fatal)
+		return qmp_fail(err, QMP_ERR_GENERIC, "the guest has stopped for good");
+
+	pthread_mutex_lock(&mig->lock);
+	free(mig->uri);
+	mig->uri = strdup(json_string_value(json_object_get(args, "uri")));
+	mig->role = ROLE_OUTGOING;
+	mig->status = GW_MIG_SETUP;
+	mig->error[0] = '\0';
+	mig->cancel = false;
+	mig->have_last = false;
+	mig->out_ch = (struct gw_channel){.fd = -1};
+	pthread_mutex_unlock(&mig->lock);
+	if (!mig->uri || pthread_create(&mig->connect_thread, NULL, connect_thread, mig)) {
+		mig->role = ROLE_NONE;
+		return qmp_fail(err, QMP_ERR_GENERIC, "cannot start the migration thread");
+	}
+	mig->connect_thread_live = true;
+	return 0;
+}
+
+static int cmd_migrate_cancel(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	struct vm_migration *mig = vm->mig;
+	(void)ret;
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	pthread_mutex_lock(&mig->lock);
+	if (mig->role == ROLE_OUTGOING) {
+		mig->cancel = true;
+		if (mig->out)
+			gw_precopy_cancel(mig->out);
+		/* A pipe does not unblock on its own: kill the command. */
+		if (mig->out_ch.child)
+			gw_channel_abort(&mig->out_ch);
+	}
+	pthread_mutex_unlock(&mig->lock);
+	return 0;
+}
+
+/* ---- incoming ------------------------------------------------------- */
+
+static void cb_in_status(void *opaque, enum gw_mig_status s)
+{
+	cb_status(opaque, s);
+}
+
+static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char *errmsg,
+			  size_t errlen)
+{
+	struct gw_error err = {0};
+	mig->in_ch = *ch;
+	const struct gw_incoming_callbacks cb = {.status = cb_in_status, .opaque = mig};
+	int ret = gw_incoming_start(mig->m, ch->fd, ch->bidirectional, &cb, &mig->in, &err);
+	if (ret) {
+		snprintf(errmsg, errlen, "%s", err.msg);
+		gw_channel_close(&mig->in_ch, NULL);
+		return ret;
+	}
+	pthread_mutex_lock(&mig->lock);
+	mig->status = GW_MIG_ACTIVE;
+	pthread_mutex_unlock(&mig->lock);
+	emit_status(mig, GW_MIG_ACTIVE);
+	return 0;
+}
+
+static void on_incoming_connection(void *opaque, uint32_t events)
+{
+	struct vm_migration *mig = opaque;
+	struct gw_error err = {0};
+	struct gw_channel ch;
+	(void)events;
+	int ret = gw_listener_accept(mig->listener, &ch, &err);
+	if (ret == -EAGAIN)
+		return;
+	loop_del_fd(mig->vm->loop, gw_listener_fd(mig->listener));
+	gw_listener_free(mig->listener);
+	mig->listener = NULL;
+	char msg[GW_ERROR_MSG_MAX];
+	if (ret)
+		snprintf(msg, sizeof(msg), "%s", err.msg);
+	if (ret || start_incoming(mig, &ch, msg, sizeof(msg))) {
+		pthread_mutex_lock(&mig->lock);
+		mig->status = GW_MIG_FAILED;
+		snprintf(mig->error, sizeof(mig->error), "%s", msg);
+		pthread_mutex_unlock(&mig->lock);
+		fprintf(stderr, "godwit-vmm: incoming migration: %s\n", msg);
+		emit_status(mig, GW_MIG_FAILED);
+	}
+}
+
+int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	struct gw_error err = {0};
+	int ret = gw_channel_listen(uri, &mig->listener, &err);
+	if (ret) {
+		snprintf(errmsg, errlen, "--incoming %s: %s", uri, err.msg);
+		return ret;
+	}
+	mig->role = ROLE_INCOMING;
+	mig->status = GW_MIG_SETUP;
+	vmm_set_incoming(vm, true);
+	int fd = gw_listener_fd(mig->listener);
+	if (fd >= 0)
+		return loop_add_fd(vm->loop, fd, EPOLLIN, on_incoming_connection, mig);
+	on_incoming_connection(mig, 0);
+	return 0;
+}
+
+static int cmd_migrate_incoming(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {{"uri", QMP_ARG_STR, true}};
+	struct vm_migration *mig = vm->mig;
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	if (vmm_runstate(vm) != VMM_INMIGRATE)
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"'-incoming' was not specified on the command line");
+	if (mig->listener || mig->in || mig->status != GW_MIG_NONE)
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"The incoming migration has already been started");
+	char msg[GW_ERROR_MSG_MAX];
+	if (migration_listen(vm, json_string_value(json_object_get(args, "uri")), msg,
+			     sizeof(msg)))
+		return qmp_fail(err, QMP_ERR_GENERIC, "%s", msg);
+	return 0;
+}
+
+/* ---- query-migrate and parameters ------------------------------------ */
+
+static json_t *ram_stats(const struct gw_precopy_stats *st)
+{
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}",
+			 "transferred", (json_int_t)st->transferred,
+			 "remaining", (json_int_t)st->remaining,
+			 "total", (json_int_t)st->total,
+			 "duplicate", (json_int_t)st->duplicate,
+			 "normal", (json_int_t)st->normal,
+			 "normal-bytes", (json_int_t)st->normal_bytes,
+			 "dirty-pages-rate", (json_int_t)st->dirty_pages_rate,
+			 "mbps", st->mbps,
+			 "dirty-sync-count", (json_int_t)st->dirty_sync_count,
+			 "page-size", (json_int_t)st->page_size);
+}
+
+static json_t *outgoing_info(struct vm_migration *mig)
+{
+	struct gw_precopy_stats st;
+	bool have = true;
+	if (mig->out)
+		gw_precopy_stats(mig->out, &st);
+	else if (mig->have_last)
+		st = mig->last;
+	else
+		have = false;
+	json_t *r = json_pack("{s:s}", "status", gw_mig_status_name(mig->status));
+	if (!have) {
+		if (mig->status == GW_MIG_FAILED)
+			json_object_set_new(r, "error-desc", json_string(mig->error));
+		return r;
+	}
+	json_object_set_new(r, "total-time", json_integer((json_int_t)st.total_time_ms));
+	json_object_set_new(r, "setup-time", json_integer((json_int_t)st.setup_time_ms));
+	if (mig->status == GW_MIG_COMPLETED)
+		json_object_set_new(r, "downtime", json_integer((json_int_t)st.downtime_ms));
+	else
+		json_object_set_new(r, "expected-downtime",
+				    json_integer((json_int_t)st.expected_downtime_ms));
+	json_object_set_new(r, "ram", ram_stats(&st));
+	if (mig->cap_auto_converge)
+		json_object_set_new(r, "cpu-throttle-percentage",
+				    json_integer(st.throttle_percent));
+	if (st.blocked[0] && !final_status(mig->status))
+		json_object_set_new(r, "x-godwit-blocked", json_string(st.blocked));
+	if (mig->status == GW_MIG_FAILED)
+		json_object_set_new(r, "error-desc", json_string(mig->error));
+	return r;
+}
+
+static json_t *incoming_info(struct vm_migration *mig)
+{
+	struct gw_incoming_stats st = mig->in_last;
+	if (mig->in)
+		gw_incoming_stats(mig->in, &st);
+	json_t *r = json_pack("{s:s,s:I,s:I}", "status", gw_mig_status_name(mig->status),
+			      "total-time", (json_int_t)st.total_time_ms,
+			      "x-godwit-received", (json_int_t)st.received);
+	if (mig->status == GW_MIG_FAILED)
+		json_object_set_new(r, "error-desc", json_string(mig->error));
+	if (mig->dest_hash[0])
+		json_object_set_new(r, "x-godwit-ram-hash", json_string(mig->dest_hash));
+	if (mig->listener)
+		json_object_set_new(r, "x-godwit-listening",
+				    json_string(gw_listener_address(mig->listener)));
+	return r;
+}
+
+static int cmd_query_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	struct vm_migration *mig = vm->mig;
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	pthread_mutex_lock(&mig->lock);
+	json_t *r;
+	if (mig->status == GW_MIG_NONE && !mig->listener)
+		r = json_object(); /* QEMU: nothing before the first migration */
+	else if (mig->listener || mig->in || mig->in_last.status != GW_MIG_NONE ||
+		 mig->role == ROLE_INCOMING)
+		r = incoming_info(mig);
+	else
+		r = outgoing_info(mig);
+	pthread_mutex_unlock(&mig->lock);
+	return qmp_return(r, ret, err);
+}
+
+static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {
+		{"downtime-limit", QMP_ARG_INT, false},
+		{"max-bandwidth", QMP_ARG_INT, false},
+		{"cpu-throttle-initial", QMP_ARG_INT, false},
+		{"cpu-throttle-increment", QMP_ARG_INT, false},
+		{"max-cpu-throttle", QMP_ARG_INT, false},
+	};
+	struct vm_migration *mig = vm->mig;
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	struct gw_precopy_params p = mig->params;
+	json_t *v;
+	if ((v = json_object_get(args, "downtime-limit"))) {
+		json_int_t n = json_integer_value(v);
+		if (n < 0 || n > 2000000)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'downtime_limit' expects an integer in the range of 0 to 2000000 milliseconds");
+		p.downtime_limit_ms = (uint64_t)n;
+	}
+	if ((v = json_object_get(args, "max-bandwidth"))) {
+		if (json_integer_value(v) < 0)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'max_bandwidth' expects a non-negative number of bytes per second");
+		p.max_bandwidth = (uint64_t)json_integer_value(v);
+	}
+	struct {
+		const char *name;
+		uint32_t *field;
+		json_int_t lo, hi;
+	} pct[] = {
+		{"cpu-throttle-initial", &p.throttle_initial, 1, 99},
+		{"cpu-throttle-increment", &p.throttle_increment, 1, 99},
+		{"max-cpu-throttle", &p.throttle_max, 1, 99},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(pct); i++) {
+		if (!(v = json_object_get(args, pct[i].name)))
+			continue;
+		json_int_t n = json_integer_value(v);
+		if (n < pct[i].lo || n > pct[i].hi)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter '%s' expects an integer in the range of 1 to 99",
+					pct[i].name);
+		*pct[i].field = (uint32_t)n;
+	}
+	pthread_mutex_lock(&mig->lock);
+	mig->params = p;
+	if (mig->out) {
+		p.auto_converge = mig->cap_auto_converge;
+		p.return_path = mig->out_ch.bidirectional;
+		gw_precopy_set_params(mig->out, &p);
+	}
+	pthread_mutex_unlock(&mig->lock);
+	return 0;
+}
+
+static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	struct vm_migration *mig = vm->mig;
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	const struct gw_precopy_params *p = &mig->params;
+	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I}",
+				    "downtime-limit", (json_int_t)p->downtime_limit_ms,
+				    "max-bandwidth", (json_int_t)p->max_bandwidth,
+				    "cpu-throttle-initial", (json_int_t)p->throttle_initial,
+				    "cpu-throttle-increment", (json_int_t)p->throttle_increment,
+				    "max-cpu-throttle", (json_int_t)p->throttle_max),
+			  ret, err);
+}
+
+struct capability {
+	const char *name;
+	size_t offset; /* of the bool in struct vm_migration */
+};
+
+static const struct capability capabilities[] = {
+	{"events", offsetof(struct vm_migration, cap_events)},
+	{"auto-converge", offsetof(struct vm_migration, cap_auto_converge)},
+	/* destination: hash guest RAM as loaded, before the guest runs, and
+	 * report it in query-migrate (for tests; costs downtime) */
+	{"x-godwit-verify-hash", offsetof(struct vm_migration, cap_verify_hash)},
+};
+
+static bool *cap_field(struct vm_migration *mig, const struct capability *c)
+{
+	return (bool *)((char *)mig + c->offset);
+}
+
+static int cmd_set_capabilities(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {{"capabilities", QMP_ARG_ARRAY, true}};
+	struct vm_migration *mig = vm->mig;
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	if (busy(mig) && mig->role == ROLE_OUTGOING)
+		return qmp_fail(err, QMP_ERR_GENERIC, "There's a migration process in progress");
+	json_t *list = json_object_get(args, "capabilities"), *item;
+	size_t i;
+	bool want[ARRAY_SIZE(capabilities)];
+	for (size_t c = 0; c < ARRAY_SIZE(capabilities); c++)
+		want[c] = *cap_field(mig, &capabilities[c]);
+	json_array_foreach(list, i, item) {
+		static const struct qmp_arg item_spec[] = {
+			{"capability", QMP_ARG_STR, true},
+			{"state", QMP_ARG_BOOL, true},
+		};
+		if (!json_is_object(item))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Invalid parameter type for 'capabilities[%zu]', expected: object",
+					i);
+		if (qmp_check_args(item, item_spec, ARRAY_SIZE(item_spec), err))
+			return -1;
+		const char *name = json_string_value(json_object_get(item, "capability"));
+		size_t c = 0;
+		while (c < ARRAY_SIZE(capabilities) && strcmp(capabilities[c].name, name))
+			c++;
+		if (c == ARRAY_SIZE(capabilities))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'capability' does not accept value '%s'", name);
+		want[c] = json_is_true(json_object_get(item, "state"));
+	}
+	for (size_t c = 0; c < ARRAY_SIZE(capabilities); c++)
+		*cap_field(mig, &capabilities[c]) = want[c];
+	return 0;
+}
+
+static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret,
+				  struct qmp_error *err)
+{
+	struct vm_migration *mig = vm->mig;
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	json_t *list = json_array();
+	for (size_t c = 0; c < ARRAY_SIZE(capabilities); c++)
+		json_array_append_new(list, json_pack("{s:s,s:b}", "capability",
+						      capabilities[c].name, "state",
+						      *cap_field(mig, &capabilities[c])));
+	return qmp_return(list, ret, err);
+}
+
+static const struct qmp_command migration_commands[] = {
+	{"migrate", cmd_migrate},
+	{"migrate-cancel", cmd_migrate_cancel},
+	{"migrate-incoming", cmd_migrate_incoming},
+	{"query-migrate", cmd_query_migrate},
+	{"migrate-set-parameters", cmd_set_parameters},
+	{"query-migrate-parameters", cmd_query_parameters},
+	{"migrate-set-capabilities", cmd_set_capabilities},
+	{"query-migrate-capabilities", cmd_query_capabilities},
+};
+
+/* ---- set-up ----------------------------------------------------------- */
+
+static int add_sections(struct vm_migration *mig, struct gw_error *err)
+{
+	struct vmm *vm = mig->vm;
+	for (unsigned i = 0; i < vm->vcpus.nr; i++) {
+		const struct gw_section cpu = {
+			.name = "cpu", .instance = i, .version = 1, .min_version = 1,
+			.vmstate = &cpu_vmstate, .opaque = &mig->cpus[i],
+		};
+		int ret = gw_migration_add_section(mig->m, &cpu, err);
+		if (ret)
+			return ret;
+	}
+	const struct gw_section sections[] = {
+		{.name = "kvm-vm", .version = 1, .min_version = 1, .vmstate = &kvm_vm_vmstate,
+		 .opaque = &mig->kvm_vm},
+		{.name = "uart", .version = 1, .min_version = 1, .vmstate = &uart_vmstate,
+		 .opaque = &vm->uart.st},
+		{.name = "testdev", .version = 1, .min_version = 1, .vmstate = &testdev_vmstate,
+		 .opaque = &vm->testdev.st},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(sections); i++) {
+		int ret = gw_migration_add_section(mig->m, &sections[i], err);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = calloc(1, sizeof(*mig));
+	if (!mig)
+		return -ENOMEM;
+	vm->mig = mig;
+	mig->vm = vm;
+	pthread_mutex_init(&mig->lock, NULL);
+	gw_precopy_params_default(&mig->params);
+	mig->in_ch.fd = mig->out_ch.fd = -1;
+
+	int ret = cpu_state_check_host(&vm->kvm, errmsg, errlen);
+	if (!ret)
+		ret = msr_list_probe(&vm->kvm, vm->vcpus.vcpus[0].fd, &mig->msrs, errmsg, errlen);
+	if (!ret)
+		ret = dirty_kvm_init(&mig->dirty, &vm->kvm, &vm->ram);
+	if (ret)
+		return ret;
+
+	struct gw_error err = {0};
+	const struct gw_machine machine = {
+		.vmm_name = "godwit-vmm", .vmm_version = GW_VERSION, .machine = "godwit-x86",
+		.nr_vcpus = vm->vcpus.nr,
+	};
+	ret = gw_migration_new(&machine, &mig->m, &err);
+	for (unsigned i = 0; !ret && i < vm->ram.nr_blocks; i++) {
+		const struct ram_block *b = &vm->ram.blocks[i];
+		const struct gw_ram r = {
+			.name = b->name, .host = b->host, .size = b->size, .fd = b->memfd,
+			.fd_offset = 0, .gpa = b->gpa,
+		};
+		ret = gw_migration_add_ram(mig->m, &r, &err);
+	}
+	if (!ret)
+		ret = add_sections(mig, &err);
+	if (!ret)
+		ret = gw_migration_set_vm_ops(mig->m, &vm_ops, mig, &err);
+	if (!ret)
+		ret = gw_migration_set_dirty_ops(mig->m, &dirty_kvm_ops, &mig->dirty, &err);
+	if (!ret && vm->qmp)
+		ret = qmp_register(vm->qmp, migration_commands, ARRAY_SIZE(migration_commands));
+	if (ret)
+		snprintf(errmsg, errlen, "setting up migration: %s",
+			 err.msg[0] ? err.msg : strerror(-ret));
+	return ret;
+}
+
+void migration_destroy(struct vmm *vm)
+{
+	struct vm_migration *mig = vm->mig;
+	if (!mig)
+		return;
+	pthread_mutex_lock(&mig->lock);
+	mig->cancel = true;
+	if (mig->out)
+		gw_precopy_cancel(mig->out);
+	if (mig->out_ch.child)
+		gw_channel_abort(&mig->out_ch);
+	if (mig->in)
+		gw_incoming_cancel(mig->in);
+	pthread_mutex_unlock(&mig->lock);
+	if (mig->connect_thread_live)
+		pthread_join(mig->connect_thread, NULL);
+	if (mig->out)
+		gw_precopy_free(mig->out);
+	gw_channel_close(&mig->out_ch, NULL);
+	if (mig->in)
+		gw_incoming_free(mig->in);
+	gw_channel_close(&mig->in_ch, NULL);
+	if (mig->listener)
+		gw_listener_free(mig->listener);
+	gw_migration_free(mig->m);
+	dirty_kvm_destroy(&mig->dirty);
+	free(mig->uri);
+	pthread_mutex_destroy(&mig->lock);
+	free(mig);
+	vm->mig = NULL;
+}
