@@ -13,8 +13,9 @@
 /* Beyond this many bad pages a vCPU only counts them: a wholly corrupt
  * range would otherwise flood a console where every byte is a VM exit. */
 #define MAX_REPORTED_FAILURES 8
-/* vCPU 0 prints a pass line at most once per this many pages written, so
- * that the short passes of hot mode do not become console traffic. */
+/* After pass 1, vCPU 0 prints a pass line at most once per this many pages
+ * written, so that the short passes of hot mode do not become console
+ * traffic. */
 #define PAGES_PER_LINE 4096
 /* Random mode keeps one uint32 per page at the start of each share. */
 #define TABLE_ENTRIES_PER_PAGE (GW_PAGE_SIZE / sizeof(uint32_t))
@@ -230,7 +231,7 @@ static void run(struct share *sh)
 		gw_testdev(GW_TD_PASS, (uint32_t)pass);
 		since_line += sh->per_pass;
 		if (sh->cpu == 0 && opt.verbose &&
-		    (since_line >= PAGES_PER_LINE || pass == opt.passes)) {
+		    (pass == 1 || since_line >= PAGES_PER_LINE || pass == opt.passes)) {
 			gw_printf("dirtier: pass %lu done, %lu bad pages\n",
 				  pass, __atomic_load_n(&bad_pages, __ATOMIC_RELAXED));
 			since_line = 0;

@@ -24,6 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <net/if.h>
 #include <netinet/in.h>
 
 #include <godwit/channel.h>
@@ -32,9 +33,14 @@
 
 #define TRANSPORTS "tcp:, unix:, fd:, exec:, file:"
 
-/* Big enough for a pipe to keep up with a socket (measured: the default
- * 64 KiB costs a context switch per 64 KiB); unprivileged processes may
- * set up to /proc/sys/fs/pipe-max-size, 1 MiB by default. */
+/* A numeric host: an IPv6 address with a scope ("fe80::1%eth0"). */
+#define HOST_MAX (INET6_ADDRSTRLEN + IF_NAMESIZE)
+/* "[HOST]:PORT" */
+#define ADDR_MAX (HOST_MAX + 8)
+
+/* `exec:cat > /dev/null` moves about 2.2 GB/s through a 1 MiB pipe and
+ * 1.6 GB/s through the default 64 KiB one. 1 MiB is also the default
+ * /proc/sys/fs/pipe-max-size, the most an unprivileged process may ask. */
 #define EXEC_PIPE_SIZE (1 << 20)
 
 extern char **environ;
@@ -56,7 +62,7 @@ struct gw_listener {
 	int fd;                    /* non-blocking listening socket, or -1 */
 	struct gw_channel ready;   /* exec, file, connected fd:N: the channel... */
 	bool has_ready;            /* ...until the first accept takes it */
-	bool owns_path;            /* unix: unlink address + 5 when freed... */
+	bool owns_path;            /* unix: unlink the path when freed... */
 	dev_t dev;                 /* ...if it is still the socket we bound */
 	ino_t ino;
 	char desc[sizeof(((struct gw_channel *)0)->desc)]; /* of accepted channels */
@@ -259,7 +265,7 @@ static struct gw_listener *listener_new(const char *address)
 /* "127.0.0.1:4444" or "[::1]:4444". */
 static void format_sockaddr(const struct sockaddr *sa, socklen_t len, char *buf, size_t size)
 {
-	char host[NI_MAXHOST], port[NI_MAXSERV];
+	char host[HOST_MAX], port[8];
 
 	if (getnameinfo(sa, len, host, sizeof(host), port, sizeof(port),
 			NI_NUMERICHOST | NI_NUMERICSERV)) {
@@ -269,6 +275,12 @@ static void format_sockaddr(const struct sockaddr *sa, socklen_t len, char *buf,
 	snprintf(buf, size, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
 }
 
+/*
+ * Buffer sizes are left to the kernel: SO_SNDBUF/SO_RCVBUF of 1 to 16 MiB
+ * measured no faster over loopback than the defaults (1 GiB in 256 KiB
+ * writev()s), and a fixed SO_RCVBUF turns off receive autotuning, which
+ * a long-distance link needs.
+ */
 static int stream_socket(int family, int flags)
 {
 	return above_stdio(socket(family, SOCK_STREAM | SOCK_CLOEXEC | flags, 0));
@@ -315,7 +327,7 @@ static int resolve(const char *uri, const struct uri *u, bool listening, struct 
 static int tcp_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
 		       struct gw_error *err)
 {
-	char tried[GW_ERROR_MSG_MAX] = "", addr[NI_MAXHOST + NI_MAXSERV + 4];
+	char tried[GW_ERROR_MSG_MAX] = "", addr[ADDR_MAX];
 	struct addrinfo *res, *ai;
 	size_t used = 0;
 	int fd = -1, ret;
@@ -362,7 +374,7 @@ static int listen_on(int fd, const struct sockaddr *sa, socklen_t len)
 static int tcp_listen(const char *uri, const struct uri *u, struct gw_listener **out,
 		      struct gw_error *err)
 {
-	char addr[NI_MAXHOST + NI_MAXSERV + 8] = "", uri_addr[sizeof(addr) + 4];
+	char addr[ADDR_MAX] = "", uri_addr[ADDR_MAX + 4];
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	struct addrinfo *res, *ai = NULL;
@@ -615,8 +627,7 @@ static int spawn_shell(const char *uri, const char *cmd, int child_fd, int targe
 	sigaddset(&pipe_only, SIGPIPE);
 	posix_spawn_file_actions_init(&actions);
 	posix_spawnattr_init(&attr);
-	/* dup2 clears close-on-exec on target (POSIX, also when child_fd ==
-	 * target, which above_stdio() rules out anyway). */
+	/* The copy dup2 makes is not close-on-exec: only it reaches the shell. */
 	ret = posix_spawn_file_actions_adddup2(&actions, child_fd, target);
 	if (ret == 0)
 		ret = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
@@ -857,7 +868,7 @@ int gw_listener_fd(const struct gw_listener *l)
 int gw_listener_accept(struct gw_listener *l, struct gw_channel *out, struct gw_error *err)
 {
 	struct sockaddr_storage ss;
-	char peer[NI_MAXHOST + NI_MAXSERV + 4];
+	char peer[ADDR_MAX];
 	socklen_t len;
 	int fd;
 
@@ -906,9 +917,11 @@ void gw_listener_free(struct gw_listener *l)
 	if (l->owns_path && lstat(l->address + strlen("unix:"), &st) == 0 &&
 	    st.st_dev == l->dev && st.st_ino == l->ino)
 		unlink(l->address + strlen("unix:"));
-	/* A command nobody will read from is stopped, not waited for. */
 	if (l->has_ready) {
-		gw_channel_abort(&l->ready);
+		/* A command nobody will read from is stopped, not waited for.
+		 * (Not a shutdown(): an fd:N socket is also the caller's.) */
+		if (l->ready.child > 0)
+			gw_channel_abort(&l->ready);
 		gw_channel_close(&l->ready, NULL);
 	}
 	free(l);

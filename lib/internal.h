@@ -18,6 +18,7 @@
 #include <godwit/io.h>
 #include <godwit/migration.h>
 #include <godwit/payload.h>
+#include <godwit/precopy.h>
 #include <godwit/vmstate.h>
 #include <godwit/walk.h>
 
@@ -61,6 +62,12 @@ static inline uint64_t gw_get_le64(const unsigned char *p)
 const char *gw_strerror(int code);
 
 /*
+ * io.c: add every byte r reads from its fd to *counter, atomically, so
+ * another thread can follow a load that runs in one call (gw_load).
+ */
+void gw_reader_count_into(struct gw_reader *r, uint64_t *counter);
+
+/*
  * payload.c. The library builds these on its own stack around a callback:
  * a wbuf grows up to limit bytes; an rbuf reads a record already in memory.
  */
@@ -85,7 +92,6 @@ void gw_wbuf_release(struct gw_wbuf *b);
 void gw_rbuf_init(struct gw_rbuf *b, const void *data, size_t len);
 
 /* names.c: the name rules of docs/format.md. */
-bool gw_name_ok(const char *s, size_t len);
 int gw_check_name(const char *what, const char *name, struct gw_error *err);
 int gw_check_text(const char *what, const char *text, struct gw_error *err);
 int gw_put_str(struct gw_wbuf *b, const char *s);
@@ -127,6 +133,9 @@ struct gw_migration {
 	struct gw_vm_ops vm_ops;
 	void *vm_opaque;
 
+	struct gw_dirty_ops dirty_ops; /* sync is NULL until set */
+	void *dirty_opaque;
+
 	enum gw_save_state save_state;
 };
 
@@ -142,7 +151,6 @@ struct gw_section_hdr {
 	char name[GW_NAME_MAX + 1]; /* START/FULL only */
 };
 
-bool gw_section_type(uint16_t type);
 int gw_section_put_hdr(struct gw_wbuf *b, uint16_t type, uint32_t id,
 		       const struct gw_section_reg *sec);
 int gw_section_get_hdr(struct gw_rbuf *b, uint16_t type, struct gw_section_hdr *h);

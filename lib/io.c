@@ -43,6 +43,7 @@ struct gw_reader {
 	size_t start; /* buffered bytes are buf[start..end) */
 	size_t end;
 	unsigned char *buf;
+	uint64_t *counter; /* gw_reader_count_into(), or NULL */
 };
 
 /* A position in an iovec array, with an optional piece in front (the buffer). */
@@ -190,8 +191,7 @@ static int writer_send(struct gw_writer *w, const struct iovec *iov, int iovcnt,
 	while (!cursor_done(&c)) {
 		struct iovec v[IO_BATCH];
 		size_t bytes;
-		int k = cursor_fill(&c, v, IO_BATCH, &bytes);
-		ssize_t n = write_iov(w, v, k);
+		ssize_t n = write_iov(w, v, cursor_fill(&c, v, IO_BATCH, &bytes));
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -306,20 +306,26 @@ int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
 {
 	struct iov_cursor c = { NULL, 0, iov, iovcnt, 0, 0 };
 	size_t total = iov_total(iov, iovcnt);
-	size_t got = r->end - r->start;
+	size_t got = 0;
 
 	if (r->error)
 		return reader_failed(r, err);
 	cursor_advance(&c, 0);
-	reader_drain(r, &c);
-	got -= r->end - r->start;
-	while (!cursor_done(&c)) {
+	for (;;) {
 		struct iovec v[IO_BATCH + 1];
+		size_t buffered = r->end - r->start;
 		size_t want;
-		int k = cursor_fill(&c, v, IO_BATCH, &want);
 		ssize_t n;
+		int k;
 
+		/* Read-ahead from an earlier call, or from the last round when the
+		 * pieces did not fit one system call. */
+		reader_drain(r, &c);
+		got += buffered - (r->end - r->start);
+		if (cursor_done(&c))
+			break;
 		/* The buffer is empty here: read ahead into it in the same call. */
+		k = cursor_fill(&c, v, IO_BATCH, &want);
 		v[k++] = (struct iovec){ r->buf, IO_BUF_SIZE };
 		n = readv(r->fd, v, k);
 		if (n < 0 && errno == EINTR)
@@ -343,6 +349,8 @@ int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
 					    "truncated stream at offset %llu (need %zu more bytes)",
 					    (unsigned long long)(r->offset + got), total - got);
 		}
+		if (r->counter)
+			__atomic_fetch_add(r->counter, (uint64_t)n, __ATOMIC_RELAXED);
 		if ((size_t)n > want) {
 			r->start = 0;
 			r->end = n - want;
@@ -391,4 +399,9 @@ int gw_reader_skip(struct gw_reader *r, uint64_t len, struct gw_error *err)
 uint64_t gw_reader_offset(const struct gw_reader *r)
 {
 	return r->offset;
+}
+
+void gw_reader_count_into(struct gw_reader *r, uint64_t *counter)
+{
+	r->counter = counter;
 }

@@ -11,6 +11,17 @@
 
 #include "internal.h"
 
+/*
+ * Room for element n of an array of n elements: capacity doubles at each
+ * power of two, so registering thousands of sections stays linear.
+ */
+static void *grow(void *array, uint32_t n, size_t size)
+{
+	if (n & (n - 1))
+		return array; /* not a power of two: there is room */
+	return realloc(array, (n ? 2 * (size_t)n : 1) * size);
+}
+
 int gw_migration_new(const struct gw_machine *machine, struct gw_migration **out,
 		     struct gw_error *err)
 {
@@ -57,7 +68,7 @@ int gw_migration_add_ram(struct gw_migration *m, const struct gw_ram *ram,
 	ret = gw_ram_check(m, ram, err);
 	if (ret < 0)
 		return ret;
-	b = realloc(m->ram, (m->nr_ram + 1) * sizeof(*b));
+	b = grow(m->ram, m->nr_ram, sizeof(*b));
 	if (!b)
 		return gw_error_set(err, -ENOMEM, "RAM block '%s': out of memory", ram->name);
 	m->ram = b;
@@ -90,7 +101,7 @@ int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
 		return gw_error_set(err, -EINVAL,
 				    "section '%s' instance %u: more than %u sections",
 				    s->name, s->instance, GW_MAX_SECTIONS);
-	sec = realloc(m->sections, (m->nr_sections + 1) * sizeof(*sec));
+	sec = grow(m->sections, m->nr_sections, sizeof(*sec));
 	if (!sec)
 		return gw_error_set(err, -ENOMEM, "section '%s': out of memory", s->name);
 	m->sections = sec;

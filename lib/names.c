@@ -18,7 +18,7 @@ static bool text_ok(const char *s, size_t len, char lowest)
 	return len <= GW_NAME_MAX;
 }
 
-bool gw_name_ok(const char *s, size_t len)
+static bool name_ok(const char *s, size_t len)
 {
 	return len >= 1 && text_ok(s, len, 0x21);
 }
@@ -27,7 +27,7 @@ int gw_check_name(const char *what, const char *name, struct gw_error *err)
 {
 	if (!name)
 		return gw_error_set(err, -EINVAL, "%s has no name", what);
-	if (!gw_name_ok(name, strnlen(name, GW_NAME_MAX + 1)))
+	if (!name_ok(name, strnlen(name, GW_NAME_MAX + 1)))
 		return gw_error_set(err, -EINVAL,
 				    "%s name '%.64s' is invalid: it must be 1 to %u printable ASCII characters without spaces",
 				    what, name, GW_NAME_MAX);
@@ -60,7 +60,7 @@ int gw_get_str(struct gw_rbuf *b, char out[GW_NAME_MAX + 1], bool is_name)
 	gw_get_u8(b, &len);
 	gw_get_bytes(b, out, len);
 	out[b->error ? 0 : len] = '\0';
-	if (!b->error && !(is_name ? gw_name_ok(out, len) : text_ok(out, len, 0x20)))
+	if (!b->error && !(is_name ? name_ok(out, len) : text_ok(out, len, 0x20)))
 		b->error = -EBADMSG;
 	return b->error;
 }

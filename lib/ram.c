@@ -249,10 +249,10 @@ int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p,
 
 /*
  * Make [off, off+len) of b read as zeroes. Punching a hole in the memfd
- * frees the memory and never faults a page in; memory without an fd (or
- * a file system that cannot punch 4 KiB holes, like hugetlbfs) is
- * cleared only where it is not zero already, so untouched memory stays
- * untouched.
+ * frees the memory and faults nothing in. Memory without an fd is cleared
+ * only where it is not zero already: reading untouched anonymous memory
+ * maps the shared zero page, writing it would allocate. (A file system
+ * that cannot punch 4 KiB holes, like hugetlbfs, takes that path too.)
  */
 static int zero_range(struct gw_ram_block *b, uint64_t off, uint64_t len, struct gw_error *err)
 {

@@ -13,12 +13,6 @@ bool gw_section_progressive(const struct gw_section *s)
 	return s->save_live != NULL;
 }
 
-bool gw_section_type(uint16_t type)
-{
-	return type == GW_REC_SECTION_START || type == GW_REC_SECTION_PART ||
-	       type == GW_REC_SECTION_END || type == GW_REC_SECTION_FULL;
-}
-
 static int check_ways(const struct gw_section *s, struct gw_error *err)
 {
 	int ways = (s->vmstate != NULL) + (s->save || s->load) + (s->save_live || s->load_live);

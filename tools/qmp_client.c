@@ -24,7 +24,6 @@
 
 struct qmp_client {
 	int fd;
-	json_t *greeting;
 	json_t *events; /* array, oldest first */
 	json_int_t last_id;
 	char *in;
@@ -47,11 +46,6 @@ static int fail(struct qmp_client *c, int rc, const char *fmt, ...)
 const char *qmp_client_error(struct qmp_client *c)
 {
 	return c->err;
-}
-
-json_t *qmp_client_greeting(struct qmp_client *c)
-{
-	return c->greeting;
 }
 
 static int64_t now_ms(void)
@@ -301,11 +295,10 @@ static int handshake(struct qmp_client *c, const char *path)
 		snprintf(why, sizeof(why), "%s", c->err);
 		return fail(c, rc, "%s: no QMP greeting: %s", path, why);
 	}
-	if (!json_is_object(json_object_get(m, "QMP"))) {
-		json_decref(m);
+	bool greeting = json_is_object(json_object_get(m, "QMP"));
+	json_decref(m);
+	if (!greeting)
 		return fail(c, -EPROTO, "%s is not a QMP server (unexpected greeting)", path);
-	}
-	c->greeting = m;
 	json_t *ret;
 	rc = qmp_client_execute(c, "qmp_capabilities", NULL, &ret);
 	if (rc < 0) {
@@ -345,7 +338,6 @@ void qmp_client_close(struct qmp_client *c)
 		return;
 	if (c->fd >= 0)
 		close(c->fd);
-	json_decref(c->greeting);
 	json_decref(c->events);
 	free(c->in);
 	free(c);

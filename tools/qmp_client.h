@@ -28,9 +28,6 @@ struct qmp_client;
 int qmp_client_open(const char *path, struct qmp_client **out, char *errmsg, size_t errlen);
 void qmp_client_close(struct qmp_client *c);
 
-/* The server's greeting ({"QMP": {...}}); borrowed, valid until close. */
-json_t *qmp_client_greeting(struct qmp_client *c);
-
 /*
  * Run one command: name with args (stolen; NULL for none), tagged with a
  * fresh "id" that the reply must echo. On success *ret is the "return"

@@ -52,9 +52,16 @@ static void emit_main(void *opaque)
 }
 
 /* Events go out from the main loop whichever thread changed the state,
- * in the order the changes happened (loop_call is FIFO). */
+ * in the order the changes happened (loop_call is FIFO). On the main
+ * thread itself they go out at once, so that, as with QEMU, STOP reaches
+ * a client before the reply to its "stop". */
 static void emit_later(struct vmm *vm, const char *name)
 {
+	if (pthread_equal(pthread_self(), vm->main_thread)) {
+		if (vm->qmp)
+			qmp_emit_event(vm->qmp, name, NULL);
+		return;
+	}
 	size_t len = strlen(name) + 1;
 	char *msg = malloc(sizeof(vm) + len);
 	if (!msg)

@@ -41,6 +41,7 @@ struct vmm {
 	bool vcpus_paused;
 	bool shut_down;
 
+	pthread_t main_thread; /* runs the loop; events are emitted from it */
 	bool quitting;
 	bool fatal; /* a vCPU stopped for good */
 	struct vm_migration *mig;

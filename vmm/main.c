@@ -259,6 +259,7 @@ int main(int argc, char **argv)
 	if (!ret && serial_input)
 		loop_add_fd(vm.loop, STDIN_FILENO, EPOLLIN, on_stdin, &vm);
 	pthread_mutex_init(&vm.run_lock, NULL);
+	vm.main_thread = pthread_self();
 	vm.user_paused = o.paused;
 	vm.incoming = o.incoming != NULL;
 	vm.vcpus_paused = vm.user_paused || vm.incoming;
@@ -267,6 +268,7 @@ int main(int argc, char **argv)
 
 	if (ret) {
 		fprintf(stderr, "godwit-vmm: %s\n", err[0] ? err : strerror(-ret));
+		qmp_server_free(vm.qmp); /* removes the socket file */
 		return 2;
 	}
 

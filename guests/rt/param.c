@@ -127,7 +127,7 @@ uint64_t gw_param_u64(const struct gw_guest_config *cfg, const char *key, uint64
 	if (!val)
 		return def;
 	if (!parse_u64(val, len, &v))
-		gw_fatal("guest: %s=%.*s is not a number (examples: 4096, 0x1000, 64M)\n",
+		gw_fatal("guest: %s=%.*s: expected a number below 2^64 such as 4096, 0x1000 or 64M\n",
 			 key, (int)len, val);
 	return v;
 }

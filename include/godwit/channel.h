@@ -5,7 +5,9 @@
  *   unix:PATH       a unix stream socket
  *   fd:N            an fd the process already has (inherited or passed)
  *   exec:CMD        /bin/sh -c CMD; the stream goes to its stdin (source)
- *                   or comes from its stdout (destination): ssh, cat > f
+ *                   or comes from its stdout (destination): ssh, cat > f.
+ *                   It runs in its own process group, with SIGPIPE at its
+ *                   default and no signal blocked.
  *   file:PATH       a regular file (save a stopped guest, load it back)
  *
  * The source connects (gw_channel_connect); the destination listens
@@ -48,7 +50,8 @@ int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error 
 int gw_channel_close(struct gw_channel *ch, struct gw_error *err);
 
 /* Make blocked I/O on the channel fail now (shutdown a socket, SIGKILL an
- * exec child). From any thread; the channel must still be closed. */
+ * exec child and its process group). From any thread; the channel must
+ * still be closed. Nothing can wake I/O on an fd:N pipe or a file. */
 void gw_channel_abort(struct gw_channel *ch);
 
 struct gw_listener;
@@ -56,8 +59,9 @@ struct gw_listener;
 /*
  * Destination side. tcp/unix: bind and listen (non-blocking); TCP port 0
  * picks a free port (see gw_listener_address). fd:N: N is either a
- * listening socket or an already connected stream. exec: spawns the
- * command with a pipe from its stdout. file: opens the file for reading.
+ * listening socket or an already connected stream (dup'ed, as for the
+ * source: N stays the caller's). exec: spawns the command with a pipe
+ * from its stdout. file: opens the file for reading.
  */
 int gw_channel_listen(const char *uri, struct gw_listener **out, struct gw_error *err);
 

@@ -61,7 +61,8 @@ struct gw_ram {
 	const char *name;   /* 1..GW_NAME_MAX bytes of 0x21-0x7e, e.g. "pc.ram" */
 	void *host;         /* page-aligned mapping of the block */
 	uint64_t size;      /* bytes, a non-zero multiple of GW_PAGE_SIZE */
-	int fd;             /* the memfd behind host, or -1 if the memory has none */
+	int fd;             /* the memfd host maps MAP_SHARED, or -1 if the memory has
+			     * none; loading zero pages punches holes in it */
 	uint64_t fd_offset; /* where host starts in the memfd, page-aligned */
 	uint64_t gpa;       /* guest-physical address, or GW_GPA_NONE; information */
 };

@@ -130,7 +130,8 @@ class Vmm:
     """One godwit-vmm process with a QMP socket and a serial log file."""
 
     def __init__(self, kernel=None, bootsector=None, memory="64M", vcpus=1, append=None,
-                 paused=False, extra=(), qmp=True):
+                 paused=False, extra=(), qmp=True, pass_fds=()):
+        self.memory, self.vcpus = memory, vcpus
         self.dir = tempfile.mkdtemp(prefix="gw-e2e-")
         self.sock = os.path.join(self.dir, "qmp.sock")
         self.serial = os.path.join(self.dir, "serial.log")
@@ -151,7 +152,8 @@ class Vmm:
         self.argv = argv
         self.stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self.stderr)
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                     pass_fds=pass_fds)
         self.qmp = None
         if qmp:
             wait_until(lambda: os.path.exists(self.sock) or self.proc.poll() is not None,
@@ -225,3 +227,50 @@ class Vmm:
         with open(f"/proc/{self.proc.pid}/mem", "r+b", buffering=0) as f:
             f.seek(self.ram_mapping(block) + gpa)
             f.write(data)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_migration(vm, statuses=("completed", "failed", "cancelled"), timeout=60.0):
+    """Poll query-migrate until its status is one of statuses; return it."""
+    return wait_until(lambda: (lambda r: r if r.get("status") in statuses else None)(
+        vm.qmp.cmd("query-migrate")), timeout, f"migration status in {statuses}")
+
+
+def dirtier(memory="64M", vcpus=2, append="end=32M", **kw):
+    return Vmm(kernel=DIRTIER, memory=memory, vcpus=vcpus, append=append, **kw)
+
+
+def destination(src, uri, extra=(), **kw):
+    """A godwit-vmm shaped like src, waiting for a migration on uri, with
+    the loaded RAM hashed before its guest runs."""
+    vm = Vmm(kernel=kw.pop("kernel", DIRTIER), memory=kw.pop("memory", src.memory),
+             vcpus=kw.pop("vcpus", src.vcpus), extra=["--incoming", uri] + list(extra), **kw)
+    vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+        {"capability": "x-godwit-verify-hash", "state": True},
+        {"capability": "events", "state": True}])
+    return vm
+
+
+def migrate_and_check(test, src, dst, uri, timeout=120.0):
+    """Migrate src to dst over uri and prove nothing was lost: both sides
+    completed, the destination's RAM as loaded equals the source's RAM at
+    the switchover (the source stays paused there), and the guest goes on
+    passing its self-check on the destination."""
+    src.qmp.cmd("migrate", uri=uri)
+    r = wait_migration(src, timeout=timeout)
+    test.assertEqual(r["status"], "completed", r)
+    test.assertEqual(src.qmp.cmd("query-status")["status"], "postmigrate")
+    d = wait_migration(dst, timeout=timeout)
+    test.assertEqual(d["status"], "completed", d)
+    test.assertEqual(d["x-godwit-ram-hash"], src.ram_hash(),
+                     "destination RAM differs from the source's at switchover")
+    dst.wait_passes(2)
+    test.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+    test.assertEqual(dst.qmp.cmd("query-status")["status"], "running")
+    return r

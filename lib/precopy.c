@@ -1,0 +1,732 @@
+/*
+ * The pre-copy engine (<godwit/precopy.h>): one thread per outgoing
+ * migration that decides which pages to send when.
+ *
+ * A round is: sync the dirty bitmap of every block, keep only pages the
+ * kernel holds (populated.h), decide whether the rest fits the downtime
+ * limit, and if not, send it while the guest runs. The first round's
+ * bitmap is all ones, so it sends every populated page; later rounds send
+ * what the guest wrote meanwhile. When the rest fits, the guest is paused
+ * and the last sync, the last pages, device state and EOF follow.
+ *
+ * The rules, in one place (docs/format.md, "Live migration", says the same
+ * for users):
+ *
+ *  - Switch over after a sync when remaining / bandwidth <= downtime
+ *    limit. remaining is the bytes of the dirty populated pages;
+ *    bandwidth is how fast the last round that sent anything drained
+ *    dirty pages (page bytes per second, zero pages included: draining
+ *    them is what the downtime is spent on), or max-bandwidth if that is
+ *    lower. Before the first round there is no measure, and nothing but
+ *    an empty dirty set switches over. Above the limit the engine keeps
+ *    going forever: only the caller (a higher limit or bandwidth, or a
+ *    cancel) ends a migration that does not converge.
+ *  - Auto-converge: a period (sync to sync) is "hot" when the guest
+ *    dirtied more than 50% of the bytes sent in it (QEMU's rule). While
+ *    the engine does not switch over, the second hot period in a row
+ *    throttles the vCPUs to throttle-initial, and every hot period after
+ *    that adds throttle-increment, up to throttle-max. A cool period
+ *    stops the climb but keeps the throttle; switchover, failure and
+ *    cancel remove it.
+ *  - max-bandwidth limits every byte sent while the guest runs (a token
+ *    bucket, ratelimit.h); the final pass with the guest paused runs at
+ *    full speed, since every millisecond of it is downtime.
+ *  - A round that sent fewer than SMALL_ROUND pages is followed by a
+ *    short sleep, so a nearly idle guest does not make the engine spin.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <godwit/precopy.h>
+#include <godwit/stream.h>
+
+#include "bitmap.h"
+#include "cancel.h"
+#include "clock.h"
+#include "internal.h"
+#include "populated.h"
+#include "ratelimit.h"
+#include "return_path.h"
+
+#define PAGE ((uint64_t)GW_PAGE_SIZE)
+/* How long the source waits for the destination's report after EOF:
+ * the destination only has to resume its vCPUs, so this is generous. */
+#define REPORT_TIMEOUT_MS 30000
+/* A write failed: how long to look for a report that says why. */
+#define EXPLAIN_TIMEOUT_MS 1000
+#define SMALL_ROUND 64
+#define IDLE_NS (5 * 1000000ull)
+/* Longest sleep between two looks at max-bandwidth and cancel. */
+#define RATE_SLICE_NS (10 * 1000000ull)
+#define HOT_PERCENT 50
+
+struct gw_precopy {
+	struct gw_migration *m;
+	struct gw_precopy_callbacks cb;
+	struct gw_cancel cancel;
+	bool return_path;
+	pthread_t thread;
+	uint64_t start_ns;
+
+	pthread_mutex_t lock; /* params and stats */
+	struct gw_precopy_params params;
+	struct gw_precopy_stats stats;
+
+	/* The migration thread's own. */
+	struct gw_writer *w;
+	uint64_t **dirty;       /* per RAM block: pages still to send */
+	uint64_t pending;       /* bits set in dirty */
+	bool dirty_started;
+	bool paused;            /* this engine paused the guest */
+	uint64_t pause_ns;
+	uint32_t throttle;      /* percent now applied */
+	uint32_t hot_periods;   /* hot periods in a row */
+	bool hot;               /* the last period was hot */
+	uint64_t pass;          /* syncs so far */
+	uint64_t sync_ns;       /* time and stream offset of the last sync */
+	uint64_t sync_xfer;
+	uint64_t dirty_rate;    /* pages per second, last period */
+	uint64_t bandwidth;     /* page bytes per second drained, 0 = not measured */
+	uint64_t round_pages;   /* pages the last round sent */
+	struct gw_ratelimit rl;
+};
+
+const char *gw_mig_status_name(enum gw_mig_status s)
+{
+	switch (s) {
+	case GW_MIG_NONE:       return "none";
+	case GW_MIG_SETUP:      return "setup";
+	case GW_MIG_ACTIVE:     return "active";
+	case GW_MIG_DEVICE:     return "device";
+	case GW_MIG_COMPLETED:  return "completed";
+	case GW_MIG_FAILED:     return "failed";
+	case GW_MIG_CANCELLING: return "cancelling";
+	case GW_MIG_CANCELLED:  return "cancelled";
+	}
+	return "unknown";
+}
+
+void gw_precopy_params_default(struct gw_precopy_params *p)
+{
+	*p = (struct gw_precopy_params){
+		.downtime_limit_ms = 300,
+		.max_bandwidth = 128ull << 20, /* QEMU's MAX_THROTTLE */
+		.throttle_initial = 20,
+		.throttle_increment = 10,
+		.throttle_max = 99,
+		.return_path = true,
+	};
+}
+
+/* Throttle settings out of range are brought into it (QEMU's ranges). */
+static void clamp_params(struct gw_precopy_params *p)
+{
+	if (p->throttle_max < 1 || p->throttle_max > 99)
+		p->throttle_max = p->throttle_max < 1 ? 1 : 99;
+	if (p->throttle_initial < 1 || p->throttle_initial > p->throttle_max)
+		p->throttle_initial = p->throttle_initial < 1 ? 1 : p->throttle_max;
+	if (p->throttle_increment < 1 || p->throttle_increment > 99)
+		p->throttle_increment = p->throttle_increment < 1 ? 1 : 99;
+}
+
+static bool final_status(enum gw_mig_status s)
+{
+	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED;
+}
+
+/* A non-final status; a cancel in progress keeps CANCELLING. */
+static void set_status(struct gw_precopy *p, enum gw_mig_status s)
+{
+	bool cancelling;
+
+	pthread_mutex_lock(&p->lock);
+	cancelling = p->stats.status == GW_MIG_CANCELLING;
+	if (!cancelling)
+		p->stats.status = s;
+	pthread_mutex_unlock(&p->lock);
+	if (!cancelling && p->cb.status)
+		p->cb.status(p->cb.opaque, s);
+}
+
+static void get_params(struct gw_precopy *p, struct gw_precopy_params *out)
+{
+	pthread_mutex_lock(&p->lock);
+	*out = p->params;
+	pthread_mutex_unlock(&p->lock);
+}
+
+static uint64_t max_bandwidth(struct gw_precopy *p)
+{
+	uint64_t bw;
+
+	pthread_mutex_lock(&p->lock);
+	bw = p->params.max_bandwidth;
+	pthread_mutex_unlock(&p->lock);
+	return bw;
+}
+
+static void publish_transferred(struct gw_precopy *p)
+{
+	pthread_mutex_lock(&p->lock);
+	p->stats.transferred = gw_writer_offset(p->w);
+	p->stats.remaining = p->pending * PAGE;
+	pthread_mutex_unlock(&p->lock);
+}
+
+static int cancelled(struct gw_error *err)
+{
+	return gw_error_set(err, -ECANCELED, "cancelled");
+}
+
+/*
+ * Read the destination's report. At the end of the stream "running" is
+ * success; before it, the only report that makes sense is a failure.
+ */
+static int read_report(struct gw_precopy *p, int timeout_ms, bool at_end, struct gw_error *err)
+{
+	struct gw_report r;
+	int ret = gw_report_recv(&p->cancel, timeout_ms, &r, err);
+
+	if (ret < 0)
+		return ret;
+	if (r.status == GW_REPORT_FAILED)
+		return gw_error_set(err, r.code, "the destination failed: %s", r.msg);
+	if (!at_end)
+		return gw_error_set(err, -EPROTO,
+				    "return path: the destination reports its guest running before the stream ended");
+	return 0;
+}
+
+/* Between batches: stop for a cancel, or for a destination that gave up. */
+static int stop_point(struct gw_precopy *p, struct gw_error *err)
+{
+	int ready;
+
+	if (gw_cancel_requested(&p->cancel))
+		return cancelled(err);
+	if (!p->return_path)
+		return 0;
+	ready = gw_cancel_poll(&p->cancel, POLLIN, 0);
+	if (ready == -ECANCELED)
+		return cancelled(err);
+	if (ready < 0)
+		return gw_error_set(err, ready, "return path: poll: %s", gw_strerror(ready));
+	return ready ? read_report(p, EXPLAIN_TIMEOUT_MS, false, err) : 0;
+}
+
+static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error *err)
+{
+	int ret;
+
+	if (percent == p->throttle)
+		return 0;
+	ret = p->cb.throttle(p->cb.opaque, percent, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "auto-converge: cannot throttle the vCPUs to %u%%: ",
+				       percent);
+	p->throttle = percent;
+	pthread_mutex_lock(&p->lock);
+	p->stats.throttle_percent = percent;
+	pthread_mutex_unlock(&p->lock);
+	return 0;
+}
+
+/* Spend bytes from the bandwidth budget and wait until it allows more. */
+static int limit_bandwidth(struct gw_precopy *p, uint64_t bytes, struct gw_error *err)
+{
+	gw_ratelimit_spend(&p->rl, bytes);
+	for (;;) {
+		uint64_t delay = gw_ratelimit_delay_ns(&p->rl, max_bandwidth(p), gw_now_ns());
+
+		if (!delay)
+			return 0;
+		/* In slices, so a raised limit takes effect at once. */
+		if (gw_cancel_sleep(&p->cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) < 0)
+			return cancelled(err);
+	}
+}
+
+static int send_batch(struct gw_precopy *p, uint32_t block, const uint64_t *entries,
+		      uint32_t n, uint32_t zero, bool final, struct gw_error *err)
+{
+	uint64_t before = gw_writer_offset(p->w);
+	int ret;
+
+	/* The guest is paused in the final pass: its pages can be checksummed. */
+	ret = gw_save_pages(p->m, p->w, block, entries, n, final ? GW_SAVE_DATA_CRC : 0, err);
+	if (ret < 0)
+		return ret;
+	p->pending -= n;
+	p->round_pages += n;
+	pthread_mutex_lock(&p->lock);
+	p->stats.transferred = gw_writer_offset(p->w);
+	p->stats.remaining = p->pending * PAGE;
+	p->stats.duplicate += zero;
+	p->stats.normal += n - zero;
+	p->stats.normal_bytes += (n - zero) * PAGE;
+	pthread_mutex_unlock(&p->lock);
+	if (!final) {
+		ret = limit_bandwidth(p, gw_writer_offset(p->w) - before, err);
+		if (ret < 0)
+			return ret;
+	}
+	return stop_point(p, err);
+}
+
+/* Pages per batch: at most a full bucket of the bandwidth limit, so a
+ * slow limit is kept smoothly rather than in 4 MiB bursts. */
+static uint32_t batch_pages(struct gw_precopy *p, bool final)
+{
+	uint64_t burst = final ? UINT64_MAX : gw_ratelimit_burst(max_bandwidth(p)) / PAGE;
+
+	return burst >= GW_PAGES_MAX ? GW_PAGES_MAX : burst ? (uint32_t)burst : 1;
+}
+
+/* Send and clear the dirty pages of one block; zero pages go as a flag. */
+static int send_block(struct gw_precopy *p, uint32_t block, bool final, struct gw_error *err)
+{
+	const struct gw_ram_block *b = &p->m->ram[block];
+	uint64_t pages = b->size / PAGE;
+	uint64_t *bm = p->dirty[block];
+	uint64_t entries[GW_PAGES_MAX];
+	uint32_t n = 0, zero = 0, max = batch_pages(p, final);
+	uint64_t i = gw_bitmap_next_set(bm, pages, 0);
+
+	while (i < pages) {
+		bool is_zero = gw_page_is_zero(b->host + i * PAGE);
+		int ret;
+
+		entries[n++] = i * PAGE | (is_zero ? GW_PAGE_ZERO : 0);
+		zero += is_zero;
+		gw_bitmap_clear(bm, i, 1);
+		i = gw_bitmap_next_set(bm, pages, i + 1);
+		if (n < max && i < pages)
+			continue;
+		ret = send_batch(p, block, entries, n, zero, final, err);
+		if (ret < 0)
+			return ret;
+		n = zero = 0;
+		max = batch_pages(p, final);
+	}
+	return 0;
+}
+
+static int send_round(struct gw_precopy *p, bool final, struct gw_error *err)
+{
+	uint64_t t0 = gw_now_ns(), x0 = gw_writer_offset(p->w), dt;
+
+	p->round_pages = 0;
+	for (uint32_t i = 0; i < p->m->nr_ram; i++) {
+		int ret = send_block(p, i, final, err);
+
+		if (ret < 0)
+			return ret;
+	}
+	if (!p->round_pages)
+		return 0;
+	dt = gw_now_ns() - t0;
+	dt = dt ? dt : 1;
+	p->bandwidth = (uint64_t)((double)(p->round_pages * PAGE) * 1e9 / (double)dt);
+	pthread_mutex_lock(&p->lock);
+	p->stats.mbps = (double)(gw_writer_offset(p->w) - x0) * 8e3 / (double)dt;
+	pthread_mutex_unlock(&p->lock);
+	return 0;
+}
+
+/* Collect what the guest dirtied, keep the populated pages, measure. */
+static int sync_all(struct gw_precopy *p, struct gw_error *err)
+{
+	const struct gw_migration *m = p->m;
+	uint64_t before = p->pending, pending = 0, now, xfer;
+
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		const struct gw_ram_block *b = &m->ram[i];
+		uint64_t pages = b->size / PAGE;
+		int ret = m->dirty_ops.sync(m->dirty_opaque, i, p->dirty[i], err);
+
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "dirty-page sync of RAM block '%s': ", b->name);
+		gw_bitmap_trim(p->dirty[i], pages);
+		ret = gw_populated_filter(b, p->dirty[i], err);
+		if (ret < 0)
+			return ret;
+		pending += gw_bitmap_count(p->dirty[i], pages);
+	}
+	now = gw_now_ns();
+	xfer = gw_writer_offset(p->w);
+	p->pending = pending;
+	/* The first sync only re-arms tracking under the all-ones first round. */
+	if (++p->pass > 1) {
+		uint64_t fresh = pending > before ? pending - before : 0;
+		uint64_t dt = now - p->sync_ns ? now - p->sync_ns : 1;
+
+		p->dirty_rate = (uint64_t)((double)fresh * 1e9 / (double)dt);
+		p->hot = fresh * PAGE * 100 > (xfer - p->sync_xfer) * HOT_PERCENT;
+	}
+	p->sync_ns = now;
+	p->sync_xfer = xfer;
+	pthread_mutex_lock(&p->lock);
+	p->stats.dirty_sync_count = p->pass;
+	p->stats.dirty_pages_rate = p->dirty_rate;
+	p->stats.remaining = pending * PAGE;
+	pthread_mutex_unlock(&p->lock);
+	if (p->cb.pass)
+		p->cb.pass(p->cb.opaque, p->pass);
+	return 0;
+}
+
+/* After a sync: does the rest fit the downtime limit? Fills blocked if not. */
+static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
+{
+	uint64_t remaining = p->pending * PAGE;
+	uint64_t bw = p->bandwidth;
+	uint64_t expected = 0;
+	char blocked[sizeof(p->stats.blocked)] = "";
+
+	if (pp->max_bandwidth && (!bw || pp->max_bandwidth < bw))
+		bw = pp->max_bandwidth;
+	if (remaining && bw)
+		expected = (uint64_t)((double)remaining * 1000 / (double)bw);
+	if (remaining && !bw)
+		snprintf(blocked, sizeof(blocked),
+			 "first pass: %llu MiB of guest RAM to send before the downtime can be estimated",
+			 (unsigned long long)(remaining >> 20));
+	else if (expected > pp->downtime_limit_ms)
+		snprintf(blocked, sizeof(blocked),
+			 "expected downtime %llu ms > limit %llu ms: guest dirties %.1f MB/s, link %.1f MB/s%s",
+			 (unsigned long long)expected, (unsigned long long)pp->downtime_limit_ms,
+			 (double)(p->dirty_rate * PAGE) / 1e6, (double)bw / 1e6,
+			 p->throttle ? " (vCPUs throttled)" : "");
+	pthread_mutex_lock(&p->lock);
+	p->stats.expected_downtime_ms = expected;
+	memcpy(p->stats.blocked, blocked, sizeof(blocked));
+	pthread_mutex_unlock(&p->lock);
+	return !blocked[0];
+}
+
+/* Auto-converge, after a round that did not switch over (rules above). */
+static int converge(struct gw_precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
+{
+	uint32_t next = p->throttle;
+
+	if (!pp->auto_converge || !p->cb.throttle)
+		next = 0;
+	else if (!p->hot)
+		p->hot_periods = 0;
+	else if (++p->hot_periods >= 2 || p->throttle) {
+		next = p->throttle ? p->throttle + pp->throttle_increment : pp->throttle_initial;
+		if (next > pp->throttle_max)
+			next = pp->throttle_max;
+	}
+	return set_throttle(p, next, err);
+}
+
+static int setup(struct gw_precopy *p, struct gw_error *err)
+{
+	struct gw_migration *m = p->m;
+	uint64_t now;
+	int ret;
+
+	if (m->dirty_ops.start) {
+		ret = m->dirty_ops.start(m->dirty_opaque, err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "setup: cannot start dirty-page tracking: ");
+	}
+	p->dirty_started = true;
+	ret = stop_point(p, err);
+	if (ret == 0)
+		ret = gw_writer_new(p->cancel.fd, &p->w, err);
+	if (ret == 0)
+		ret = gw_save_begin(m, p->w, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "setup: ");
+	/* Round one sends every page that is there; the syncs say what changed since. */
+	for (uint32_t i = 0; i < m->nr_ram; i++)
+		gw_bitmap_fill(p->dirty[i], m->ram[i].size / PAGE);
+	now = gw_now_ns();
+	gw_ratelimit_init(&p->rl, now);
+	p->sync_ns = now;
+	publish_transferred(p);
+	pthread_mutex_lock(&p->lock);
+	p->stats.setup_time_ms = (now - p->start_ns) / 1000000;
+	pthread_mutex_unlock(&p->lock);
+	return 0;
+}
+
+static int iterate(struct gw_precopy *p, struct gw_error *err)
+{
+	for (;;) {
+		struct gw_precopy_params pp;
+		int ret;
+
+		get_params(p, &pp);
+		ret = stop_point(p, err);
+		if (ret == 0)
+			ret = sync_all(p, err);
+		if (ret == 0 && fits(p, &pp))
+			return 0;
+		if (ret == 0)
+			ret = converge(p, &pp, err);
+		if (ret == 0)
+			ret = gw_save_iterate(p->m, p->w, err);
+		if (ret == 0)
+			ret = send_round(p, false, err);
+		if (ret == 0 && p->round_pages < SMALL_ROUND && gw_cancel_sleep(&p->cancel, IDLE_NS) < 0)
+			ret = cancelled(err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "round %llu: ", (unsigned long long)p->pass);
+	}
+}
+
+static int switchover(struct gw_precopy *p, struct gw_error *err)
+{
+	struct gw_migration *m = p->m;
+	int ret;
+
+	/* Set first: a pause that fails half-way is undone too. */
+	p->paused = true;
+	p->pause_ns = gw_now_ns();
+	ret = m->vm_ops.pause(m->vm_opaque, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "switchover: cannot pause the guest: ");
+	set_status(p, GW_MIG_DEVICE);
+	ret = stop_point(p, err);
+	if (ret == 0)
+		ret = set_throttle(p, 0, err);
+	if (ret == 0)
+		ret = sync_all(p, err);
+	if (ret == 0)
+		ret = send_round(p, true, err);
+	if (ret == 0)
+		ret = gw_save_devices(m, p->w, err);
+	if (ret == 0)
+		ret = gw_save_finish(m, p->w, err);
+	publish_transferred(p);
+	if (ret == 0 && p->return_path)
+		ret = read_report(p, REPORT_TIMEOUT_MS, true, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "switchover: ");
+	pthread_mutex_lock(&p->lock);
+	p->stats.downtime_ms = (gw_now_ns() - p->pause_ns) / 1000000;
+	pthread_mutex_unlock(&p->lock);
+	return 0;
+}
+
+/*
+ * A write failed because the destination hung up: it may have said why
+ * on the return path first. Its reason replaces "broken pipe".
+ */
+static void explain(struct gw_precopy *p, int ret, struct gw_error *err)
+{
+	struct gw_report r;
+
+	if (!p->return_path || (ret != -EPIPE && ret != -ECONNRESET))
+		return;
+	if (gw_report_recv(&p->cancel, EXPLAIN_TIMEOUT_MS, &r, NULL) == 0 &&
+	    r.status == GW_REPORT_FAILED)
+		gw_error_set(err, r.code, "the destination failed: %s", r.msg);
+}
+
+static int migrate(struct gw_precopy *p, struct gw_error *err)
+{
+	int ret;
+
+	set_status(p, GW_MIG_SETUP);
+	ret = setup(p, err);
+	if (ret == 0) {
+		set_status(p, GW_MIG_ACTIVE);
+		ret = iterate(p, err);
+	}
+	if (ret == 0)
+		ret = switchover(p, err);
+	if (ret < 0 && !gw_cancel_requested(&p->cancel))
+		explain(p, ret, err);
+	return ret;
+}
+
+/* Add "; what" to the message in err. */
+static void append(struct gw_error *err, const char *what, const struct gw_error *more)
+{
+	char msg[2 * GW_ERROR_MSG_MAX + 128];
+
+	snprintf(msg, sizeof(msg), "%s; %s: %s", err->msg, what, more->msg);
+	gw_error_set(err, err->code, "%s", msg);
+}
+
+/* Undo what the engine did to the source, then report the outcome. */
+static void finish(struct gw_precopy *p, int ret, struct gw_error *err)
+{
+	struct gw_migration *m = p->m;
+	enum gw_mig_status outcome = GW_MIG_COMPLETED;
+	struct gw_error e2 = { 0 };
+
+	if (ret < 0) {
+		outcome = gw_cancel_requested(&p->cancel) ? GW_MIG_CANCELLED : GW_MIG_FAILED;
+		/* The destination must not wait for more: end the stream for it. */
+		gw_cancel_shutdown(&p->cancel);
+		/* A guest that cannot run again is a failure, even of a cancel. */
+		if (p->paused && m->vm_ops.resume(m->vm_opaque, &e2) < 0) {
+			append(err, "and the source guest cannot be resumed", &e2);
+			outcome = GW_MIG_FAILED;
+		}
+	}
+	if (p->throttle && set_throttle(p, 0, &e2) < 0) {
+		append(err, "and the vCPU throttle cannot be removed", &e2);
+		if (outcome == GW_MIG_CANCELLED)
+			outcome = GW_MIG_FAILED;
+	}
+	if (p->dirty_started && m->dirty_ops.stop)
+		m->dirty_ops.stop(m->dirty_opaque);
+	gw_writer_free(p->w);
+	p->w = NULL;
+
+	pthread_mutex_lock(&p->lock);
+	p->stats.status = outcome;
+	p->stats.total_time_ms = (gw_now_ns() - p->start_ns) / 1000000;
+	if (outcome == GW_MIG_FAILED)
+		snprintf(p->stats.error, sizeof(p->stats.error), "%s",
+			 err->msg[0] ? err->msg : gw_strerror(ret));
+	pthread_mutex_unlock(&p->lock);
+	if (p->cb.status) {
+		if (outcome == GW_MIG_CANCELLED)
+			p->cb.status(p->cb.opaque, GW_MIG_CANCELLING);
+		p->cb.status(p->cb.opaque, outcome);
+	}
+}
+
+static void *precopy_thread(void *opaque)
+{
+	struct gw_precopy *p = opaque;
+	struct gw_error err = { 0 };
+
+	finish(p, migrate(p, &err), &err);
+	return NULL;
+}
+
+static void precopy_release(struct gw_precopy *p)
+{
+	for (uint32_t i = 0; i < p->m->nr_ram; i++)
+		free(p->dirty[i]);
+	free(p->dirty);
+	free(p);
+}
+
+int gw_precopy_start(struct gw_migration *m, int fd, const struct gw_precopy_params *params,
+		     const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
+		     struct gw_error *err)
+{
+	struct gw_precopy *p;
+	int ret;
+
+	if (!m || !out || fd < 0)
+		return gw_error_set(err, -EINVAL, "pre-copy: no migration object, fd or result pointer");
+	if (!m->vm_ops.pause)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
+	if (!m->dirty_ops.sync)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: the VMM has not set dirty-page tracking (gw_migration_set_dirty_ops)");
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return gw_error_set(err, -ENOMEM, "pre-copy: out of memory");
+	p->m = m;
+	if (params)
+		p->params = *params;
+	else
+		gw_precopy_params_default(&p->params);
+	clamp_params(&p->params);
+	if (cb)
+		p->cb = *cb;
+	if (p->params.auto_converge && !p->cb.throttle) {
+		free(p);
+		return gw_error_set(err, -EINVAL, "pre-copy: auto-converge needs a throttle callback");
+	}
+	p->return_path = p->params.return_path;
+	p->dirty = calloc(m->nr_ram + 1, sizeof(*p->dirty));
+	if (!p->dirty) {
+		free(p);
+		return gw_error_set(err, -ENOMEM, "pre-copy: out of memory");
+	}
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		p->dirty[i] = calloc(gw_bitmap_words(m->ram[i].size / PAGE), sizeof(uint64_t));
+		if (!p->dirty[i]) {
+			precopy_release(p);
+			return gw_error_set(err, -ENOMEM, "pre-copy: out of memory for the dirty bitmaps");
+		}
+		p->stats.total += m->ram[i].size;
+	}
+	ret = gw_cancel_init(&p->cancel, fd, err);
+	if (ret < 0) {
+		precopy_release(p);
+		return gw_error_prefix(err, ret, "pre-copy: ");
+	}
+	pthread_mutex_init(&p->lock, NULL);
+	p->stats.status = GW_MIG_SETUP;
+	p->stats.page_size = PAGE;
+	p->start_ns = gw_now_ns();
+	ret = pthread_create(&p->thread, NULL, precopy_thread, p);
+	if (ret) {
+		pthread_mutex_destroy(&p->lock);
+		gw_cancel_fini(&p->cancel);
+		precopy_release(p);
+		return gw_error_set(err, -ret, "pre-copy: cannot start the migration thread: %s",
+				    gw_strerror(ret));
+	}
+	*out = p;
+	return 0;
+}
+
+void gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params)
+{
+	pthread_mutex_lock(&p->lock);
+	p->params = *params;
+	clamp_params(&p->params);
+	pthread_mutex_unlock(&p->lock);
+}
+
+void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
+{
+	pthread_mutex_lock(&p->lock);
+	*out = p->stats;
+	if (!final_status(out->status))
+		out->total_time_ms = (gw_now_ns() - p->start_ns) / 1000000;
+	pthread_mutex_unlock(&p->lock);
+}
+
+void gw_precopy_cancel(struct gw_precopy *p)
+{
+	bool running;
+
+	pthread_mutex_lock(&p->lock);
+	running = !final_status(p->stats.status);
+	if (running)
+		p->stats.status = GW_MIG_CANCELLING;
+	pthread_mutex_unlock(&p->lock);
+	if (running)
+		gw_cancel_request(&p->cancel);
+}
+
+bool gw_precopy_done(struct gw_precopy *p)
+{
+	bool done;
+
+	pthread_mutex_lock(&p->lock);
+	done = final_status(p->stats.status);
+	pthread_mutex_unlock(&p->lock);
+	return done;
+}
+
+void gw_precopy_free(struct gw_precopy *p)
+{
+	if (!p)
+		return;
+	gw_precopy_cancel(p);
+	pthread_join(p->thread, NULL);
+	pthread_mutex_destroy(&p->lock);
+	gw_cancel_fini(&p->cancel);
+	precopy_release(p);
+}

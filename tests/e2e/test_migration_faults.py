@@ -1,0 +1,177 @@
+"""Migrations that go wrong: corrupted, truncated and mismatched streams,
+connections cut at many points, peers killed mid-stream.
+
+In every case the source guest must keep running as if nothing happened,
+and the destination must never run a half-loaded guest.
+"""
+import os
+import shutil
+import signal
+import socket
+import threading
+import unittest
+
+import gwtest
+from gwtest import Vmm, destination, dirtier, free_port, wait_migration, wait_until
+
+
+def assert_source_unharmed(test, src):
+    test.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+    src.wait_passes(1)
+    test.assertFalse(src.guest()["check-failed"], src.serial_text())
+
+
+def assert_destination_refused(test, dst, *words):
+    d = wait_migration(dst, timeout=60)
+    test.assertEqual(d["status"], "failed", d)
+    test.assertEqual(dst.qmp.cmd("query-status")["status"], "inmigrate")
+    test.assertFalse(dst.guest()["ready"], "a half-loaded guest ran")
+    with test.assertRaises(gwtest.QmpError):
+        dst.qmp.cmd("cont")
+    for w in words:
+        test.assertIn(w.lower(), d["error-desc"].lower(), d)
+    return d
+
+
+class SavedStream(unittest.TestCase):
+    """Damage a saved stream file in many ways; every load must refuse it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.src = dirtier(memory="32M", append="end=16M")
+        cls.src.wait_passes(1)
+        cls.src.qmp.cmd("stop")
+        cls.path = os.path.join(cls.src.dir, "guest.gw")
+        cls.src.qmp.cmd("migrate", uri="file:" + cls.path)
+        r = wait_migration(cls.src)
+        assert r["status"] == "completed", r
+        with open(cls.path, "rb") as f:
+            cls.data = f.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.src.__exit__(None, None, None)
+
+    def load(self, data, **kw):
+        path = os.path.join(self.src.dir, "damaged.gw")
+        with open(path, "wb") as f:
+            f.write(data)
+        return destination(self.src, "file:" + path, **kw)
+
+    def test_intact_stream_loads(self):
+        with self.load(self.data) as dst:
+            d = wait_migration(dst)
+            self.assertEqual(d["status"], "completed", d)
+            self.assertEqual(d["x-godwit-ram-hash"], self.src.ram_hash())
+
+    def test_flipped_byte_anywhere(self):
+        n = len(self.data)
+        offsets = sorted({0, 9, 16, 20, 30, 41, 60, 100, 200, 1000, 5000, n // 7, n // 3,
+                          n // 2, 2 * n // 3, n - 4096, n - 500, n - 100, n - 30, n - 1})
+        for off in offsets:
+            with self.subTest(offset=off):
+                data = bytearray(self.data)
+                data[off] ^= 0x20
+                with self.load(bytes(data)) as dst:
+                    assert_destination_refused(self, dst)
+
+    def test_truncated_anywhere(self):
+        n = len(self.data)
+        for cut in sorted({0, 8, 16, 17, 40, 100, 4096, n // 5, n // 2, n - 4096, n - 24,
+                           n - 1}):
+            with self.subTest(cut=cut), self.load(self.data[:cut]) as dst:
+                assert_destination_refused(self, dst)
+
+    def test_wrong_ram_size(self):
+        with self.load(self.data, memory="64M") as dst:
+            assert_destination_refused(self, dst, "ram-low")
+
+    def test_wrong_vcpu_count(self):
+        with self.load(self.data, vcpus=3) as dst:
+            assert_destination_refused(self, dst, "vcpu")
+
+    def test_not_a_stream(self):
+        with self.load(b"GET / HTTP/1.1\r\n\r\n" + bytes(4096)) as dst:
+            assert_destination_refused(self, dst, "not a godwit stream")
+
+
+class CutProxy:
+    """Forward a TCP connection, closing both sides after `limit` bytes."""
+
+    def __init__(self, target_port, limit):
+        self.limit = limit
+        self.target = target_port
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        conn, _ = self.lsock.accept()
+        out = socket.create_connection(("127.0.0.1", self.target))
+        sent = 0
+        try:
+            while sent < self.limit:
+                chunk = conn.recv(min(65536, self.limit - sent))
+                if not chunk:
+                    break
+                out.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+        for s in (conn, out):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self.lsock.close()
+
+
+class CutConnection(unittest.TestCase):
+    def test_cut_at_many_points(self):
+        with dirtier(memory="32M", append="end=16M") as src:
+            src.wait_passes(1)
+            for limit in (0, 10, 16, 100, 1000, 50000, 1 << 20, 5 << 20, 12 << 20):
+                with self.subTest(limit=limit):
+                    port = free_port()
+                    with destination(src, f"tcp:127.0.0.1:{port}") as dst:
+                        proxy = CutProxy(port, limit)
+                        src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
+                        r = wait_migration(src)
+                        self.assertEqual(r["status"], "failed", r)
+                        self.assertTrue(r.get("error-desc"), r)
+                        assert_source_unharmed(self, src)
+                        assert_destination_refused(self, dst)
+
+    def test_destination_killed_mid_stream(self):
+        with dirtier() as src:
+            src.wait_passes(1)
+            port = free_port()
+            with destination(src, f"tcp:127.0.0.1:{port}") as dst:
+                src.qmp.cmd("migrate-set-parameters", max_bandwidth=8 << 20)
+                src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+                wait_until(lambda: src.qmp.cmd("query-migrate")["status"] == "active", 20,
+                           "an active migration")
+                dst.proc.send_signal(signal.SIGKILL)
+                r = wait_migration(src)
+                self.assertEqual(r["status"], "failed", r)
+                assert_source_unharmed(self, src)
+
+    def test_source_killed_mid_stream(self):
+        with dirtier() as src:
+            src.wait_passes(1)
+            port = free_port()
+            with destination(src, f"tcp:127.0.0.1:{port}") as dst:
+                src.qmp.cmd("migrate-set-parameters", max_bandwidth=8 << 20)
+                src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+                wait_until(lambda: dst.qmp.cmd("query-migrate")["status"] == "active", 20,
+                           "the destination to receive")
+                src.proc.send_signal(signal.SIGKILL)
+                assert_destination_refused(self, dst)
+
+
+if __name__ == "__main__":
+    gwtest.main()

@@ -1,0 +1,249 @@
+/*
+ * RAM pages: what gw_save_pages() refuses, zero pages on the destination
+ * (a hole punched in the memfd, or cleared memory without one), and a
+ * large machine's RAM moved through a socket by two threads, page data
+ * going straight from source memory to destination memory.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "testvm.h"
+
+static const struct gw_machine mc = { "godwit-test", "1", "ram-test", 1 };
+
+struct machine {
+	struct gw_migration *m;
+	unsigned char *host;
+	uint64_t size;
+	int fd;
+};
+
+static void machine_init(struct machine *mm, uint64_t size, bool with_fd)
+{
+	struct gw_error err = { 0 };
+	struct gw_ram ram;
+
+	mm->size = size;
+	mm->fd = -1;
+	if (with_fd) {
+		mm->fd = memfd_create("ram", MFD_CLOEXEC);
+		CHECK(mm->fd >= 0 && ftruncate(mm->fd, size) == 0);
+		mm->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, mm->fd, 0);
+	} else {
+		mm->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
+	CHECK(mm->host != MAP_FAILED);
+	ram = (struct gw_ram){ "ram", mm->host, size, mm->fd, 0, 0 };
+	CHECK_OK(gw_migration_new(&mc, &mm->m, &err), &err);
+	CHECK_OK(gw_migration_add_ram(mm->m, &ram, &err), &err);
+}
+
+static void machine_free(struct machine *mm)
+{
+	gw_migration_free(mm->m);
+	munmap(mm->host, mm->size);
+	if (mm->fd >= 0)
+		close(mm->fd);
+}
+
+static void test_is_zero(void)
+{
+	static unsigned char page[GW_PAGE_SIZE] __attribute__((aligned(64)));
+
+	CHECK(gw_page_is_zero(page));
+	page[GW_PAGE_SIZE - 1] = 1;
+	CHECK(!gw_page_is_zero(page));
+	page[GW_PAGE_SIZE - 1] = 0;
+	page[0] = 0x80;
+	CHECK(!gw_page_is_zero(page));
+	page[0] = 0;
+	page[2048] = 3;
+	CHECK(!gw_page_is_zero(page));
+}
+
+static void test_save_refuses(void)
+{
+	struct machine mm;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	uint64_t e[GW_PAGES_MAX + 1];
+	int fd = test_memfd(NULL, 0);
+
+	machine_init(&mm, 16 * GW_PAGE_SIZE, true);
+	for (uint32_t i = 0; i <= GW_PAGES_MAX; i++)
+		e[i] = (uint64_t)i * GW_PAGE_SIZE;
+	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, e, 1, 0, &err), -EINVAL, &err,
+		  "no stream begun (call gw_save_begin first)");
+	CHECK_OK(gw_save_begin(mm.m, w, &err), &err);
+	uint64_t before = gw_writer_offset(w);
+	CHECK_ERR(gw_save_pages(mm.m, w, 1, e, 1, 0, &err), -EINVAL, &err,
+		  "no RAM block 1 (1 registered)");
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, e, 0, 0, &err), -EINVAL, &err,
+		  "RAM block 'ram': 0 pages, not 1..1024");
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, e, GW_PAGES_MAX + 1, 0, &err), -EINVAL, &err,
+		  "1025 pages");
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, e, 1, 0x8, &err), -EINVAL, &err, "unknown flags 0x8");
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, e, 17, 0, &err), -EINVAL, &err,
+		  "page offset 0x10000 is beyond its size 0x10000");
+	uint64_t unordered[] = { 2 * GW_PAGE_SIZE, GW_PAGE_SIZE };
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, unordered, 2, 0, &err), -EINVAL, &err,
+		  "RAM block 'ram': gw_save_pages: entry 1 (offset 0x1000) does not follow entry 0 (offset 0x2000)");
+	uint64_t twice[] = { GW_PAGE_SIZE, GW_PAGE_SIZE | GW_PAGE_ZERO };
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, twice, 2, 0, &err), -EINVAL, &err, "increasing order");
+	uint64_t flagged[] = { GW_PAGE_SIZE | 0x2 };
+	CHECK_ERR(gw_save_pages(mm.m, w, 0, flagged, 1, 0, &err), -EINVAL, &err,
+		  "entry 0 has unknown page flags 0x2");
+	/* Nothing refused reached the stream. */
+	CHECK(gw_writer_offset(w) == before);
+	CHECK_OK(gw_save_pages(mm.m, w, 0, e, 16, 0, &err), &err);
+	gw_writer_free(w);
+	close(fd);
+	machine_free(&mm);
+}
+
+static uint64_t allocated(int fd)
+{
+	struct stat st;
+
+	CHECK(fstat(fd, &st) == 0);
+	return (uint64_t)st.st_blocks * 512;
+}
+
+/* ZERO entries clear destination pages without writing data: a hole with a memfd. */
+static void test_zero_pages(bool with_fd)
+{
+	struct machine src, dst;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	struct test_buf s;
+	uint64_t e[8];
+	int fd = test_memfd(NULL, 0);
+
+	machine_init(&src, 8 * GW_PAGE_SIZE, true);
+	machine_init(&dst, 8 * GW_PAGE_SIZE, with_fd);
+	memset(dst.host, 0x77, 8 * GW_PAGE_SIZE);
+	memset(src.host, 0x11, 8 * GW_PAGE_SIZE);
+	for (int i = 0; i < 8; i++)
+		e[i] = (uint64_t)i * GW_PAGE_SIZE | (i == 0 || i == 3 ? 0 : GW_PAGE_ZERO);
+	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
+	CHECK_OK(gw_save_begin(src.m, w, &err), &err);
+	CHECK_OK(gw_save_pages(src.m, w, 0, e, 8, 0, &err), &err);
+	CHECK_OK(gw_save_devices(src.m, w, &err), &err);
+	CHECK_OK(gw_save_finish(src.m, w, &err), &err);
+	gw_writer_free(w);
+	test_slurp(fd, &s);
+	if (with_fd)
+		CHECK(allocated(dst.fd) == 8 * GW_PAGE_SIZE);
+	CHECK_OK(test_load(dst.m, s.p, s.len, &err), &err);
+	/* The zero pages are holes now: the memory went back to the system. (Check
+	 * before reading them: a read fault on a shared memfd hole allocates.) */
+	if (with_fd)
+		CHECK(allocated(dst.fd) == 2 * GW_PAGE_SIZE);
+	for (int i = 0; i < 8; i++) {
+		if (i == 0 || i == 3)
+			CHECK(memcmp(dst.host + i * GW_PAGE_SIZE, src.host, GW_PAGE_SIZE) == 0);
+		else
+			CHECK(gw_page_is_zero(dst.host + i * GW_PAGE_SIZE));
+	}
+	free(s.p);
+	close(fd);
+	machine_free(&src);
+	machine_free(&dst);
+}
+
+/* A big RAM block through a socket, saver and loader in two threads. */
+struct big {
+	struct machine *mm;
+	int fd;
+	unsigned flags;
+	int ret;
+	struct gw_error err;
+};
+
+static void *big_save(void *arg)
+{
+	struct big *b = arg;
+	uint64_t pages = b->mm->size / GW_PAGE_SIZE;
+	uint64_t *e = malloc(GW_PAGES_MAX * sizeof(*e));
+	struct gw_writer *w;
+
+	CHECK_OK(gw_writer_new(b->fd, &w, &b->err), &b->err);
+	CHECK_OK(gw_save_begin(b->mm->m, w, &b->err), &b->err);
+	/* Even pages first, then odd ones: batches of non-contiguous pages. */
+	for (int pass = 0; pass < 2; pass++) {
+		uint32_t n = 0;
+
+		for (uint64_t p = pass; p < pages; p += 2) {
+			uint64_t off = p * GW_PAGE_SIZE;
+
+			e[n++] = off | (gw_page_is_zero(b->mm->host + off) ? GW_PAGE_ZERO : 0);
+			if (n == GW_PAGES_MAX || p + 2 >= pages) {
+				CHECK_OK(gw_save_pages(b->mm->m, w, 0, e, n, b->flags, &b->err), &b->err);
+				n = 0;
+			}
+		}
+	}
+	CHECK_OK(gw_save_devices(b->mm->m, w, &b->err), &b->err);
+	CHECK_OK(gw_save_finish(b->mm->m, w, &b->err), &b->err);
+	gw_writer_free(w);
+	free(e);
+	return NULL;
+}
+
+static void test_big(unsigned flags)
+{
+	const uint64_t size = 64ull << 20;
+	struct machine src, dst;
+	struct big b = { &src, -1, flags, 0, { 0 } };
+	struct gw_error err = { 0 };
+	struct gw_reader *r;
+	struct timespec t0, t1;
+	pthread_t th;
+	int sv[2];
+
+	machine_init(&src, size, true);
+	machine_init(&dst, size, true);
+	for (uint64_t off = 0; off < size; off += GW_PAGE_SIZE)
+		if ((off / GW_PAGE_SIZE) % 5 != 2)
+			for (unsigned i = 0; i < GW_PAGE_SIZE; i += 512)
+				memcpy(src.host + off + i, &(uint64_t){ off * 31 + i }, 8);
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+	b.fd = sv[1];
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	CHECK(pthread_create(&th, NULL, big_save, &b) == 0);
+	CHECK_OK(gw_reader_new(sv[0], &r, &err), &err);
+	CHECK_OK(gw_load(dst.m, r, &err), &err);
+	CHECK(pthread_join(th, NULL) == 0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	CHECK(memcmp(src.host, dst.host, size) == 0);
+	printf("ram: 64 MiB through a unix socket%s in %.0f ms\n",
+	       flags & GW_SAVE_DATA_CRC ? " with DATA_CRC" : "",
+	       (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+	gw_reader_free(r);
+	close(sv[0]);
+	close(sv[1]);
+	machine_free(&src);
+	machine_free(&dst);
+}
+
+int main(void)
+{
+	test_is_zero();
+	test_save_refuses();
+	test_zero_pages(true);
+	test_zero_pages(false);
+	test_big(0);
+	test_big(GW_SAVE_DATA_CRC);
+	printf("ram: all tests passed\n");
+	return 0;
+}
