@@ -3,13 +3,15 @@
 #   make demo    boot a guest and live-migrate it (release build)
 #   make check   build with ASan/UBSan and run every test
 #   make build   just the release build
+#   make bench   godwit against QEMU and the machine's limits (QUICK=1: < 5 min)
+#   make fuzz    run the stream-reader fuzzer (clang, libFuzzer; FUZZ_SECONDS=60)
 
 DEPS := meson ninja-build pkg-config gcc libc6-dev python3 libjansson-dev \
         libxxhash-dev
 BUILD := build-release
 TESTBUILD := build
 
-.PHONY: all build deps check demo clean
+.PHONY: all build deps check demo bench fuzz clean
 
 all: build
 
@@ -32,5 +34,28 @@ check: deps $(TESTBUILD)/build.ninja
 demo: build
 	./scripts/demo $(BUILD)
 
+# Writes docs/benchmarks.md, its plots and bench/results/<date>.jsonl.
+BENCH_DEPS := qemu-system-x86 gnuplot-nox iproute2
+
+bench:
+	@./scripts/install-deps $(BENCH_DEPS)
+	$(MAKE) build
+	GW_BENCH_COMMAND="make bench$(if $(QUICK), QUICK=1)" \
+		python3 bench/run.py --build $(BUILD) $(if $(QUICK),--quick)
+
+FUZZBUILD := build-fuzz
+FUZZ_SECONDS ?= 60
+
+$(FUZZBUILD)/build.ninja:
+	CC=clang meson setup $(FUZZBUILD) --buildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false
+
+# The fuzzer works on a copy so the checked-in seed corpus stays small.
+fuzz:
+	@./scripts/install-deps $(DEPS) clang
+	$(MAKE) $(FUZZBUILD)/build.ninja
+	ninja -C $(FUZZBUILD) tests/fuzz/fuzz_stream
+	mkdir -p $(FUZZBUILD)/corpus && cp tests/fuzz/corpus/* $(FUZZBUILD)/corpus/
+	$(FUZZBUILD)/tests/fuzz/fuzz_stream -max_total_time=$(FUZZ_SECONDS) $(FUZZBUILD)/corpus
+
 clean:
-	rm -rf $(BUILD) $(TESTBUILD)
+	rm -rf $(BUILD) $(TESTBUILD) $(FUZZBUILD)

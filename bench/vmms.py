@@ -71,8 +71,12 @@ class Vm:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         self.qmp = None
-        self._connect()
-        self.vcpu_tids = [c["thread-id"] for c in self.qmp.cmd("query-cpus-fast")]
+        try:
+            self._connect()
+            self.vcpu_tids = [c["thread-id"] for c in self.qmp.cmd("query-cpus-fast")]
+        except BaseException:
+            self.close()  # nobody else holds this process yet
+            raise
 
     def _connect(self, timeout=20.0):
         deadline = time.monotonic() + timeout
@@ -83,7 +87,16 @@ class Vm:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} ({self.name}): no QMP socket after {timeout}s")
             time.sleep(0.01)
-        self.qmp = Qmp(self.qmp_path)
+        # The socket file appears at bind(), a moment before listen().
+        while True:
+            try:
+                self.qmp = Qmp(self.qmp_path)
+                return
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.kind} ({self.name}): QMP refuses connections: "
+                                       f"{self.log_tail()}")
+                time.sleep(0.01)
 
     def log_tail(self, n=400):
         self.log.flush()
@@ -134,7 +147,7 @@ class Vm:
             except Exception:
                 pass
         try:
-            self.proc.wait(5)
+            self.proc.wait(5 if self.qmp else 0)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

@@ -218,25 +218,35 @@ int gw_record_check_crc(const struct gw_rec_hdr *h, uint32_t computed, struct gw
 struct gw_pages {
 	uint32_t block_id;
 	uint32_t nr_pages;
-	uint32_t data_crc;
-	uint32_t reserved;
+	uint32_t reserved[2];
 	uint32_t nr_data; /* entries without GW_PAGE_ZERO */
 	uint64_t entries[GW_PAGES_MAX];
+	uint64_t hashes[GW_PAGES_MAX];
 };
 
+/* The page hash of docs/format.md: XXH3-64, seed 0, of one page. */
+uint64_t gw_page_hash(const void *page);
+
 /*
- * Read a RAM_PAGES descriptor (head and entries) into p, checking only
- * what is needed to know its size; *crc is the CRC32C of its bytes, for
- * the caller to compare before it trusts anything in p.
+ * Read a RAM_PAGES descriptor (head, entries, page hashes) into p, checking
+ * only what is needed to know its size; *crc is the CRC32C of its bytes,
+ * for the caller to compare before it trusts anything in p.
  */
 int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h,
 		       struct gw_pages *p, uint32_t *crc, struct gw_error *err);
 /* Check a descriptor whose CRC matched, as far as no RAM block is needed:
- * flags, order of the entries, length of the record. Sets p->nr_data. */
+ * reserved fields, flags, order of the entries, hashes of zero pages,
+ * length of the record. Sets p->nr_data. */
 int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p,
 			struct gw_error *err);
-/* Receive the record's pages into block b (descriptor already read and checked). */
-int gw_pages_load(struct gw_ram_block *b, struct gw_reader *r, const struct gw_rec_hdr *h,
-		  const struct gw_pages *p, struct gw_error *err);
+/*
+ * Receive the record's pages into block `block` of m (descriptor already
+ * read and checked) and verify each against its hash: a mismatch fails at
+ * once under DATA_CRC, and otherwise marks the page in torn (torn.h).
+ */
+struct gw_torn;
+int gw_pages_load(struct gw_migration *m, uint32_t block, struct gw_torn *torn,
+		  struct gw_reader *r, const struct gw_rec_hdr *h, const struct gw_pages *p,
+		  struct gw_error *err);
 
 #endif

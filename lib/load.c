@@ -3,7 +3,8 @@
  * and sections. The CONFIG record is checked against the registration
  * before anything is written, section records are checked for order
  * against the CONFIG table, and the stream must end with every section
- * complete, so a load that returns 0 has loaded everything.
+ * complete and no page torn, so a load that returns 0 has loaded
+ * everything, and every page as it was sent.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "crc32c.h"
 #include "internal.h"
+#include "torn.h"
 
 enum section_progress {
 	SEC_NOTHING, /* no record yet */
@@ -30,6 +32,7 @@ struct load {
 	unsigned char *buf;           /* payload of the current record */
 	size_t cap;
 	struct gw_pages *pages;
+	struct gw_torn torn;
 };
 
 static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
@@ -69,7 +72,7 @@ static int load_config(struct load *l, struct gw_error *err)
 	ret = gw_config_match(l->m, &l->cfg, l->ram_map, l->sec_map, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "the stream does not fit this VMM: ");
-	return 0;
+	return gw_torn_init(&l->torn, l->m, err);
 }
 
 /* Is a record of this type for this section allowed now? Then record that it came. */
@@ -168,13 +171,18 @@ static int load_pages(struct load *l, const struct gw_rec_hdr *h, struct gw_erro
 		return gw_error_set(err, -EBADMSG,
 				    "RAM_PAGES record at offset %llu: block id %u is not in the CONFIG table (%u blocks)",
 				    (unsigned long long)h->offset, l->pages->block_id, l->cfg.nr_ram);
-	return gw_pages_load(&l->m->ram[l->ram_map[l->pages->block_id]], l->r, h, l->pages, err);
+	return gw_pages_load(l->m, l->ram_map[l->pages->block_id], &l->torn, l->r, h, l->pages,
+			     err);
 }
 
-/* At EOF: every section of the stream must have arrived whole. */
+/* At EOF: every page and every section of the stream must have arrived whole. */
 static int check_complete(const struct load *l, const struct gw_rec_hdr *h,
 			  struct gw_error *err)
 {
+	int ret = gw_torn_check(&l->torn, h->offset, err);
+
+	if (ret < 0)
+		return ret;
 	for (uint32_t i = 0; i < l->cfg.nr_sections; i++) {
 		const struct gw_config_section *cs = &l->cfg.sections[i];
 
@@ -240,6 +248,7 @@ int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err)
 		ret = load_config(&l, err);
 	while (ret == 0 && !eof)
 		ret = load_record(&l, &eof, err);
+	gw_torn_release(&l.torn);
 	gw_config_release(&l.cfg);
 	free(l.ram_map);
 	free(l.sec_map);

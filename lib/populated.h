@@ -18,7 +18,9 @@
  * holes in b's memfd. Memory without an fd is all populated. Pages in
  * swap count as populated (SEEK_DATA sees them; mincore() would not).
  * Cost: two lseek() per data extent that a run of set bits meets, so a
- * sparse round in a big populated block costs nearly nothing.
+ * sparse round in a big populated block costs nearly nothing. The lseek()
+ * moves the fd's file offset: RAM memfds are used through their mapping,
+ * and nobody may rely on that offset.
  */
 int gw_populated_filter(const struct gw_ram_block *b, uint64_t *bm, struct gw_error *err);
 

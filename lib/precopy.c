@@ -256,7 +256,8 @@ static int send_batch(struct gw_precopy *p, uint32_t block, const uint64_t *entr
 	uint64_t before = gw_writer_offset(p->w);
 	int ret;
 
-	/* The guest is paused in the final pass: its pages can be checksummed. */
+	/* In the final pass the guest is paused and its pages cannot change:
+	 * a page that does not match its hash there is damage, not a tear. */
 	ret = gw_save_pages(p->m, p->w, block, entries, n, final ? GW_SAVE_DATA_CRC : 0, err);
 	if (ret < 0)
 		return ret;

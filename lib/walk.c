@@ -24,6 +24,8 @@ struct gw_walker {
 	size_t data_len;
 	char name[GW_NAME_MAX + 1]; /* of the current START/FULL record */
 	struct gw_pages pages;
+	uint64_t hashes[GW_PAGES_MAX]; /* computed from the page data read */
+	unsigned char page[GW_PAGE_SIZE];
 };
 
 int gw_walker_new(struct gw_reader *r, struct gw_walker **out, struct gw_error *err)
@@ -64,6 +66,33 @@ const void *gw_walker_data(const struct gw_walker *wk, size_t *len)
 	return wk->data;
 }
 
+static void set_bad(struct gw_record_info *info, uint32_t stored, uint32_t computed)
+{
+	info->crc = GW_CRC_BAD;
+	info->crc_stored = stored;
+	info->crc_computed = computed;
+}
+
+/* Read the page data of a checked descriptor, hashing each page. */
+static int hash_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
+		      struct gw_record_info *info, struct gw_error *err)
+{
+	for (uint32_t i = 0; i < wk->pages.nr_pages; i++) {
+		int ret;
+
+		wk->hashes[i] = 0;
+		if (wk->pages.entries[i] & GW_PAGE_ZERO)
+			continue;
+		ret = gw_reader_read(wk->r, wk->page, GW_PAGE_SIZE, err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "RAM_PAGES record at offset %llu: ",
+					       (unsigned long long)h->offset);
+		wk->hashes[i] = gw_page_hash(wk->page);
+		info->nr_mismatch += wk->hashes[i] != wk->pages.hashes[i];
+	}
+	return 0;
+}
+
 static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
 		      struct gw_record_info *info, struct gw_error *err)
 {
@@ -74,7 +103,7 @@ static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
 	ret = gw_pages_read_desc(wk->r, h, &wk->pages, &crc, err);
 	if (ret == -EBADMSG || (ret == 0 && crc != h->payload_crc)) {
 		/* A descriptor we cannot trust: skip the record by its (trusted) length. */
-		info->crc = GW_CRC_BAD;
+		set_bad(info, h->payload_crc, ret == 0 ? crc : 0);
 		return gw_record_drain(wk->r, h, h->length - (gw_reader_offset(wk->r) - body),
 				       &crc, err);
 	}
@@ -85,13 +114,16 @@ static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
 	info->block_id = wk->pages.block_id;
 	info->nr_pages = wk->pages.nr_pages;
 	info->nr_zero = wk->pages.nr_pages - wk->pages.nr_data;
-	ret = gw_record_drain(wk->r, h, h->length - (gw_reader_offset(wk->r) - body), &crc, err);
+	info->entries = wk->pages.entries;
+	info->hashes_stored = wk->pages.hashes;
+	info->hashes_computed = wk->hashes;
+	ret = hash_pages(wk, h, info, err);
 	if (ret < 0)
 		return ret;
-	if (!(h->flags & GW_RECF_DATA_CRC))
-		info->crc = GW_CRC_DESC_ONLY;
-	else if (crc != wk->pages.data_crc)
-		info->crc = GW_CRC_BAD;
+	/* Without DATA_CRC a mismatch may be a page the guest tore while it
+	 * was sent, which a later copy replaces: not bad by itself. */
+	if (info->nr_mismatch)
+		info->crc = h->flags & GW_RECF_DATA_CRC ? GW_CRC_BAD : GW_CRC_DESC_ONLY;
 	return 0;
 }
 
@@ -157,14 +189,16 @@ int gw_walker_next(struct gw_walker *wk, struct gw_record_info *info, struct gw_
 		ret = gw_record_drain(wk->r, &h, h.length, &crc, err);
 		if (ret < 0)
 			return ret;
-		info->crc = crc == h.payload_crc ? GW_CRC_OK : GW_CRC_BAD;
+		if (crc != h.payload_crc)
+			set_bad(info, h.payload_crc, crc);
 		return 1;
 	}
 	ret = gw_record_read_payload(wk->r, &h, &wk->buf, &wk->cap, err);
 	if (ret < 0)
 		return ret;
-	if (gw_crc32c(0, wk->buf, h.length) != h.payload_crc)
-		info->crc = GW_CRC_BAD;
+	crc = gw_crc32c(0, wk->buf, h.length);
+	if (crc != h.payload_crc)
+		set_bad(info, h.payload_crc, crc);
 	switch (h.type) {
 	case GW_REC_CONFIG:
 		if (info->crc == GW_CRC_OK && !wk->have_cfg) {

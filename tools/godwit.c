@@ -1,14 +1,19 @@
 /*
- * godwit: the command line for a running godwit-vmm, over its QMP socket.
+ * godwit: the command line for a running godwit-vmm (or QEMU), over its
+ * QMP socket, and for the streams they write.
  *
  *   godwit [--socket PATH] [--json] COMMAND [ARGS]
  *
- * Exit status: 0 done, 1 the command failed (no VMM, QMP error), 2 the
- * command line was wrong. Results go to stdout, diagnostics to stderr, so
+ * Exit status: 0 done, 1 the command failed (no VMM, QMP error, a
+ * migration that did not complete, a damaged stream), 2 the command line
+ * was wrong. Results go to stdout, diagnostics to stderr, so
  * `godwit --json status | jq` works and so does `if godwit stop; then`.
+ *
+ * This file is the command table and the command line; the commands that
+ * are more than one QMP call live in their own files (cli.h).
  */
+#include "cli.h"
 #include "gw_version.h"
-#include "qmp_client.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -19,36 +24,14 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { EXIT_USAGE = 2 };
-
-struct opts {
-	const char *socket;
-	bool json; /* print QMP values as JSON, for scripts */
-	bool tty;  /* stdout is a terminal: output may be laid out for people */
-};
-
-struct command {
-	const char *name;
-	const char *args; /* positional arguments, for usage lines */
-	int nargs;
-	const char *summary;
-	const char *help;
-	/* Refuse bad arguments before connecting; NULL: nothing to check. */
-	int (*check)(char **argv);
-	int (*run)(struct qmp_client *c, const struct command *cmd, const struct opts *o,
-		   char **argv);
-};
-
-/* Values for people on a terminal are indented; anything else, and
- * everything under --json, is one line per value. */
-static void print_json(const struct opts *o, json_t *v)
+void print_json(const struct opts *o, json_t *v)
 {
 	size_t flags = JSON_ENCODE_ANY | (o->tty && !o->json ? JSON_INDENT(2) : JSON_COMPACT);
 	json_dumpf(v, stdout, flags);
 	putchar('\n');
 }
 
-static int command_failed(struct qmp_client *c)
+int command_failed(struct qmp_client *c)
 {
 	fprintf(stderr, "godwit: %s\n", qmp_client_error(c));
 	return EXIT_FAILURE;
@@ -70,8 +53,8 @@ static int run_status(struct qmp_client *c, const struct command *cmd, const str
 	return EXIT_SUCCESS;
 }
 
-/* stop, cont, quit: the command's name is the QMP command, and success
- * has nothing to say (except {} to a script that asked for JSON). */
+/* stop, cont, quit, migrate-cancel: the command's name is the QMP command,
+ * and success has nothing to say (except {} to a script that asked for JSON). */
 static int run_plain(struct qmp_client *c, const struct command *cmd, const struct opts *o,
 		     char **argv)
 {
@@ -162,27 +145,113 @@ static int run_events(struct qmp_client *c, const struct command *cmd, const str
 }
 
 static const struct command commands[] = {
-	{"status", "", 0, "show whether the guest is running or paused",
+	{"status", "", 0, 0, 0, "show whether the guest is running or paused",
 	 "Print the run state of the guest: running, paused or shutdown\n"
 	 "(QMP query-status). With --json, print the whole query-status reply.\n",
-	 NULL, run_status},
-	{"stop", "", 0, "pause the guest",
-	 "Pause every vCPU (QMP stop). Pausing a paused guest does nothing.\n", NULL, run_plain},
-	{"cont", "", 0, "resume the guest",
-	 "Resume every vCPU (QMP cont). Resuming a running guest does nothing.\n", NULL, run_plain},
-	{"quit", "", 0, "stop godwit-vmm",
-	 "Shut godwit-vmm down (QMP quit). It answers, then exits.\n", NULL, run_plain},
-	{"qmp", " JSON", 1, "send one raw QMP request and print the reply",
+	 NULL, run_status, NULL},
+	{"stop", "", 0, 0, 0, "pause the guest",
+	 "Pause every vCPU (QMP stop). Pausing a paused guest does nothing.\n",
+	 NULL, run_plain, NULL},
+	{"cont", "", 0, 0, 0, "resume the guest",
+	 "Resume every vCPU (QMP cont). Resuming a running guest does nothing.\n",
+	 NULL, run_plain, NULL},
+	{"quit", "", 0, 0, 0, "stop godwit-vmm",
+	 "Shut godwit-vmm down (QMP quit). It answers, then exits.\n", NULL, run_plain, NULL},
+	{"qmp", " JSON", 1, 1, 0, "send one raw QMP request and print the reply",
 	 "Send JSON, a QMP request such as '{\"execute\": \"query-version\"}', exactly\n"
 	 "as given, and print the \"return\" value of the reply. With --json, print\n"
 	 "the whole reply as one line. An error reply prints its class and\n"
 	 "description on stderr and exits with status 1.\n",
-	 check_qmp, run_qmp},
-	{"events", "", 0, "print QMP events until interrupted",
+	 check_qmp, run_qmp, NULL},
+	{"events", "", 0, 0, 0, "print QMP events until interrupted",
 	 "Print each QMP event as it arrives, one line each: seconds.microseconds,\n"
 	 "name and data. With --json, print each event object as one line. Ends\n"
 	 "when interrupted or when godwit-vmm exits.\n",
-	 NULL, run_events},
+	 NULL, run_events, NULL},
+	{"migrate", " [--wait] URI", 1, 1, OPT_WAIT, "migrate the guest to URI",
+	 "Start migrating the guest to URI (QMP migrate): tcp:HOST:PORT, unix:PATH,\n"
+	 "fd:N, exec:COMMAND or file:PATH, as seen from godwit-vmm. The destination\n"
+	 "must already be waiting (godwit-vmm --incoming URI).\n"
+	 "\n"
+	 "Without --wait, return once the migration has started.\n"
+	 "\n"
+	 "  -w, --wait   follow the migration to its end (query-migrate every 0.1 s).\n"
+	 "               On a terminal one line shows a progress bar (the share of\n"
+	 "               guest RAM not dirty), bytes sent and left, throughput, the\n"
+	 "               guest's dirty rate, the expected downtime, the round, the\n"
+	 "               status, and why the migration does not switch over yet.\n"
+	 "               Otherwise the same figures go out as plain lines, at most\n"
+	 "               one per second and one per round. At the end a summary:\n"
+	 "               status, total time, downtime, bytes, rounds, average\n"
+	 "               throughput, pages, and the error if any.\n"
+	 "               Ctrl-C cancels the migration (QMP migrate-cancel) and waits\n"
+	 "               for it to end; a second Ctrl-C stops waiting.\n"
+	 "      --json   print only the final query-migrate reply, as JSON.\n"
+	 "\n"
+	 "Exit status with --wait: 0 only if the migration completed.\n",
+	 NULL, run_migrate, NULL},
+	{"migrate-cancel", "", 0, 0, 0, "cancel the migration in progress",
+	 "Cancel the outgoing migration (QMP migrate-cancel). The guest goes on\n"
+	 "running here. Returns at once; 'godwit migrate-status' shows when the\n"
+	 "migration has ended (status cancelled).\n",
+	 NULL, run_plain, NULL},
+	{"migrate-status", "", 0, 0, 0, "show the state of the migration",
+	 "Print the state of the current or last migration (QMP query-migrate):\n"
+	 "one progress line while it runs, a summary once it has ended, 'no\n"
+	 "migration' before the first. With --json, print the query-migrate reply.\n",
+	 NULL, run_migrate_status, NULL},
+	{"migrate-set", " [KEY=VALUE...]", 0, -1, 0, "set migration parameters",
+	 "Set migration parameters (QMP migrate-set-parameters), all in one\n"
+	 "request: either all are set or none. Without arguments, print them\n"
+	 "(query-migrate-parameters). godwit-vmm has:\n"
+	 "\n"
+	 "  downtime-limit=MS            longest pause of the guest at switchover\n"
+	 "  max-bandwidth=BYTES          bytes per second; K, M, G, T suffixes are\n"
+	 "                               powers of 1024 (max-bandwidth=1G); 0 = none\n"
+	 "  cpu-throttle-initial=PCT     auto-converge: the first throttle step\n"
+	 "  cpu-throttle-increment=PCT   auto-converge: added each slow round\n"
+	 "  max-cpu-throttle=PCT         auto-converge: the most it throttles\n"
+	 "\n"
+	 "Other names are passed on as given (QEMU has more): integers as numbers,\n"
+	 "on/off as booleans, anything else as a string.\n",
+	 check_set_parameters, run_migrate_set, NULL},
+	{"migrate-cap", " [NAME=on|off...]", 0, -1, 0, "set migration capabilities",
+	 "Turn migration capabilities on or off (QMP migrate-set-capabilities),\n"
+	 "all in one request. Without arguments, print them\n"
+	 "(query-migrate-capabilities). godwit-vmm has events (MIGRATION events),\n"
+	 "auto-converge (throttle the guest when it dirties memory faster than it\n"
+	 "is sent) and x-godwit-verify-hash (destination: hash the loaded RAM).\n",
+	 check_set_capabilities, run_migrate_cap, NULL},
+	{"analyze", " [--records] [--no-decode] FILE|-", 1, 1, OPT_RECORDS | OPT_NO_DECODE,
+	 "check and describe a godwit stream (no VMM needed)",
+	 "Walk a godwit stream, as written by 'migrate file:PATH' or sent over any\n"
+	 "transport, from FILE or from standard input (-), e.g.\n"
+	 "  ssh host cat guest.gw | godwit analyze -\n"
+	 "It reads front to back without seeking and keeps no page data.\n"
+	 "\n"
+	 "Prints the format version; the CONFIG record (VMM, machine, vCPUs, RAM\n"
+	 "blocks, sections and their versions); every record with its offset,\n"
+	 "type, flags, length and check, its section or its RAM block and page\n"
+	 "counts; totals per RAM block (zero, normal, re-sent, unique and torn\n"
+	 "pages) and per section; and each section's device state, decoded field\n"
+	 "by field with the stream's own description (VMDESC) - no device code\n"
+	 "is needed.\n"
+	 "\n"
+	 "The check of a record: ok; BAD, with the stored and computed CRC or\n"
+	 "page hash; torn: pages that do not match their hash, sent while the\n"
+	 "guest wrote them - harmless when a later copy of each page arrives\n"
+	 "intact, damage when none does.\n"
+	 "\n"
+	 "      --records    one line per record; by default consecutive RAM_PAGES\n"
+	 "                   records of one block are shown as one line\n"
+	 "      --no-decode  show the description of the device state, not its values\n"
+	 "      --json       one JSON document with all of the above\n"
+	 "\n"
+	 "Exit status: 0 the stream is intact through its EOF record; 1 a CRC\n"
+	 "or the last copy of a page does not match, the stream is truncated\n"
+	 "(the offset is given) or malformed, or FILE cannot be read; 2 a wrong\n"
+	 "command line.\n",
+	 NULL, NULL, run_analyze},
 };
 
 #define NR_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -195,22 +264,32 @@ static const char options_help[] =
 	"  -h, --help         show this help\n"
 	"  -V, --version      show the version\n";
 
+static const struct {
+	unsigned opt;
+	const char *name;
+} command_options[] = {
+	{OPT_WAIT, "--wait"},
+	{OPT_RECORDS, "--records"},
+	{OPT_NO_DECODE, "--no-decode"},
+};
+
 static void global_help(FILE *f)
 {
 	fprintf(f, "usage: godwit [--socket PATH] [--json] COMMAND [ARGS]\n\n"
-		   "Control a running godwit-vmm through its QMP socket.\n\ncommands:\n");
-	for (size_t i = 0; i < NR_COMMANDS; i++) {
-		char name[32];
-		snprintf(name, sizeof(name), "%s%s", commands[i].name, commands[i].args);
-		fprintf(f, "  %-16s %s\n", name, commands[i].summary);
-	}
+		   "Control a running godwit-vmm through its QMP socket, and analyze\n"
+		   "migration streams.\n\ncommands:\n");
+	for (size_t i = 0; i < NR_COMMANDS; i++)
+		fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].summary);
 	fprintf(f, "\n%s\nRun 'godwit COMMAND --help' for more about one command.\n", options_help);
 }
 
 static void command_help(const struct command *cmd)
 {
-	printf("usage: godwit [--socket PATH] [--json] %s%s\n\n%s\n%s", cmd->name, cmd->args,
-	       cmd->help, options_help);
+	if (cmd->run_local)
+		printf("usage: godwit [--json] %s%s\n\n%s", cmd->name, cmd->args, cmd->help);
+	else
+		printf("usage: godwit [--socket PATH] [--json] %s%s\n\n%s\n%s", cmd->name,
+		       cmd->args, cmd->help, options_help);
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -236,6 +315,8 @@ static const struct command *find_command(const char *name)
 
 static int run(const struct command *cmd, const struct opts *o, char **argv)
 {
+	if (cmd->run_local)
+		return cmd->run_local(o, argv);
 	const char *path = o->socket ? o->socket : getenv("GODWIT_SOCKET");
 	if (!path || !*path)
 		return usage_error("no QMP socket: use --socket PATH or set GODWIT_SOCKET");
@@ -265,6 +346,9 @@ int main(int argc, char **argv)
 		{"json", no_argument, NULL, 'j'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
+		{"wait", no_argument, NULL, 'w'},
+		{"records", no_argument, NULL, 'r'},
+		{"no-decode", no_argument, NULL, 'n'},
 		{0},
 	};
 	struct opts o = {.tty = isatty(STDOUT_FILENO)};
@@ -274,7 +358,7 @@ int main(int argc, char **argv)
 	/* Options may come before or after the command (GNU getopt moves
 	 * them first), so `godwit status --json` works as well. */
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, "s:hV", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "s:hVw", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 's':
 			o.socket = optarg;
@@ -287,6 +371,15 @@ int main(int argc, char **argv)
 			break;
 		case 'V':
 			version = true;
+			break;
+		case 'w':
+			o.given |= OPT_WAIT;
+			break;
+		case 'r':
+			o.given |= OPT_RECORDS;
+			break;
+		case 'n':
+			o.given |= OPT_NO_DECODE;
 			break;
 		default:
 			if (optopt == 's')
@@ -313,10 +406,14 @@ int main(int argc, char **argv)
 		command_help(cmd);
 		return EXIT_SUCCESS;
 	}
+	for (size_t i = 0; i < sizeof(command_options) / sizeof(command_options[0]); i++)
+		if ((o.given & command_options[i].opt) && !(cmd->options & command_options[i].opt))
+			return usage_error("%s does not take %s", cmd->name, command_options[i].name);
 	int nargs = argc - optind - 1;
-	if (nargs != cmd->nargs) {
+	if (nargs < cmd->min_args || (cmd->max_args >= 0 && nargs > cmd->max_args)) {
 		fprintf(stderr, "godwit: %s takes %s\nusage: godwit %s%s\n", cmd->name,
-			cmd->nargs ? "one argument" : "no arguments", cmd->name, cmd->args);
+			cmd->max_args == 0 ? "no arguments" : "one argument",
+			cmd->name, cmd->args);
 		return EXIT_USAGE;
 	}
 	if (cmd->check && cmd->check(argv + optind + 1) < 0)

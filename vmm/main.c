@@ -7,6 +7,7 @@
 #include "gw_version.h"
 #include "loop.h"
 #include "machine.h"
+#include "migration.h"
 #include "qmp.h"
 
 #include <errno.h>
@@ -35,7 +36,7 @@ struct options {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: godwit-vmm (--kernel FILE.elf | --bootsector FILE) [options]\n"
+		"usage: godwit-vmm (--kernel FILE.elf | --bootsector FILE | --incoming URI) [options]\n"
 		"\n"
 		"  -m, --memory SIZE      guest RAM, e.g. 256M or 2G (plain number: MiB;\n"
 		"                         default 128M, at most 16G, a multiple of 2M)\n"
@@ -45,7 +46,8 @@ static void usage(FILE *f)
 		"  -a, --append STRING    parameters for the guest (key=value ...)\n"
 		"  -s, --serial WHERE     COM1: stdio (default), file:PATH or none\n"
 		"  -q, --qmp unix:PATH    QMP control socket\n"
-		"  -i, --incoming URI     wait for an incoming migration: tcp:HOST:PORT,\n"
+		"  -i, --incoming URI     wait for an incoming migration instead of booting:\n"
+		"                         tcp:HOST:PORT,\n"
 		"                         unix:PATH, fd:N, exec:CMD, file:PATH, or defer\n"
 		"                         (then QMP migrate-incoming gives the URI)\n"
 		"  -S, --paused           start with the vCPUs stopped (QMP 'cont' runs them)\n"
@@ -135,8 +137,12 @@ static int parse_options(int argc, char **argv, struct options *o)
 		fprintf(stderr, "godwit-vmm: unexpected argument '%s'\n", argv[optind]);
 		return -1;
 	}
-	if (!o->kernel == !o->bootsector) {
-		fprintf(stderr, "godwit-vmm: give exactly one of --kernel and --bootsector\n");
+	if (o->kernel && o->bootsector) {
+		fprintf(stderr, "godwit-vmm: give only one of --kernel and --bootsector\n");
+		return -1;
+	}
+	if (!o->kernel && !o->bootsector && !o->incoming) {
+		fprintf(stderr, "godwit-vmm: give --kernel, --bootsector or --incoming\n");
 		usage(stderr);
 		return -1;
 	}
@@ -230,6 +236,10 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 			   vmm_on_vcpu_fatal, vm, err, errlen);
 	if (ret)
 		return ret;
+	/* An incoming guest arrives whole: booting would leave pages the
+	 * source never had, which the stream would not overwrite. */
+	if (o->incoming)
+		return 0;
 	if (o->kernel)
 		return boot_elf(&vm->ram, &vm->vcpus, o->kernel, o->append, err, errlen);
 	return boot_sector(&vm->ram, &vm->vcpus, o->bootsector, err, errlen);
@@ -264,7 +274,11 @@ int main(int argc, char **argv)
 	vm.incoming = o.incoming != NULL;
 	vm.vcpus_paused = vm.user_paused || vm.incoming;
 	if (!ret)
+		ret = migration_init(&vm, err, sizeof(err));
+	if (!ret)
 		ret = vcpus_start(&vm.vcpus, vm.vcpus_paused, err, sizeof(err));
+	if (!ret && o.incoming && strcmp(o.incoming, "defer"))
+		ret = migration_listen(&vm, o.incoming, err, sizeof(err));
 
 	if (ret) {
 		fprintf(stderr, "godwit-vmm: %s\n", err[0] ? err : strerror(-ret));
@@ -276,6 +290,7 @@ int main(int argc, char **argv)
 	if (ret)
 		fprintf(stderr, "godwit-vmm: main loop: %s\n", strerror(-ret));
 
+	migration_destroy(&vm);
 	pthread_mutex_lock(&vm.run_lock);
 	vm.shut_down = true;
 	pthread_mutex_unlock(&vm.run_lock);

@@ -35,7 +35,8 @@ struct vm_migration {
 
 	/* Everything below is shared with migration threads. */
 	pthread_mutex_t lock;
-	enum role role;
+	enum role role;  /* what runs now */
+	enum role shown; /* what query-migrate reports: the latest migration */
 	enum gw_mig_status status;   /* VMM-level status, final word on the outcome */
 	char error[GW_ERROR_MSG_MAX];
 	bool cancel;
@@ -270,6 +271,7 @@ static void finish_incoming(struct vm_migration *mig)
 		pthread_mutex_unlock(&mig->lock);
 	}
 	gw_channel_close(&mig->in_ch, NULL);
+	mig->role = ROLE_NONE;
 	if (mig->status != GW_MIG_COMPLETED)
 		fprintf(stderr,
 			"godwit-vmm: incoming migration failed, the guest stays stopped: %s\n",
@@ -285,7 +287,7 @@ static void status_main(void *opaque)
 			qmp_emit_event(mig->vm->qmp, "MIGRATION_PASS",
 				       json_pack("{s:I}", "pass", (json_int_t)msg->pass));
 	} else if (final_status(msg->status)) {
-		if (mig->role == ROLE_INCOMING)
+		if (mig->shown == ROLE_INCOMING)
 			finish_incoming(mig);
 		else
 			finish_outgoing(mig);
@@ -415,7 +417,7 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 	pthread_mutex_lock(&mig->lock);
 	free(mig->uri);
 	mig->uri = strdup(json_string_value(json_object_get(args, "uri")));
-	mig->role = ROLE_OUTGOING;
+	mig->role = mig->shown = ROLE_OUTGOING;
 	mig->status = GW_MIG_SETUP;
 	mig->error[0] = '\0';
 	mig->cancel = false;
@@ -506,10 +508,12 @@ int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errle
 	struct gw_error err = {0};
 	int ret = gw_channel_listen(uri, &mig->listener, &err);
 	if (ret) {
-		snprintf(errmsg, errlen, "--incoming %s: %s", uri, err.msg);
+		/* Precisions bound the output so a long URI cannot push the
+		 * library's reason out of the message. */
+		snprintf(errmsg, errlen, "--incoming %.160s: %.300s", uri, err.msg);
 		return ret;
 	}
-	mig->role = ROLE_INCOMING;
+	mig->role = mig->shown = ROLE_INCOMING;
 	mig->status = GW_MIG_SETUP;
 	vmm_set_incoming(vm, true);
 	int fd = gw_listener_fd(mig->listener);
@@ -615,10 +619,9 @@ static int cmd_query_migrate(struct vmm *vm, json_t *args, json_t **ret, struct 
 		return -1;
 	pthread_mutex_lock(&mig->lock);
 	json_t *r;
-	if (mig->status == GW_MIG_NONE && !mig->listener)
+	if (mig->shown == ROLE_NONE)
 		r = json_object(); /* QEMU: nothing before the first migration */
-	else if (mig->listener || mig->in || mig->in_last.status != GW_MIG_NONE ||
-		 mig->role == ROLE_INCOMING)
+	else if (mig->shown == ROLE_INCOMING)
 		r = incoming_info(mig);
 	else
 		r = outgoing_info(mig);

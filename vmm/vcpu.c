@@ -131,8 +131,15 @@ static bool park(struct vcpu *v)
 	if (!set->pause_req && set->throttle_pct && !set->quit) {
 		uint64_t ns = THROTTLE_PERIOD_NS * set->throttle_pct / (100 - set->throttle_pct);
 		pthread_mutex_unlock(&set->lock);
-		struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-		nanosleep(&ts, NULL);
+		/* To an absolute deadline: the kicks that keep arriving while we
+		 * sleep interrupt the sleep but must not shorten it. */
+		struct timespec until;
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		ns += (uint64_t)until.tv_nsec;
+		until.tv_sec += (time_t)(ns / 1000000000ull);
+		until.tv_nsec = (long)(ns % 1000000000ull);
+		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+			;
 		pthread_mutex_lock(&set->lock);
 	}
 	if (set->pause_req && !set->quit) {

@@ -23,7 +23,8 @@
 /* Per-record-type bounds on the payload length. */
 #define GW_CONFIG_MAX            (2ull << 20)
 #define GW_SECTION_RECORD_MAX    (64ull << 20)
-#define GW_PAGES_DESC_SIZE(n)    (16ull + 8ull * (n))
+/* RAM_PAGES descriptor: 16-byte head, then an entry and a page hash per page. */
+#define GW_PAGES_DESC_SIZE(n)    (16ull + 16ull * (n))
 #define GW_PAGES_RECORD_MAX      (GW_PAGES_DESC_SIZE(GW_PAGES_MAX) + \
 				  (uint64_t)GW_PAGE_SIZE * GW_PAGES_MAX)
 #define GW_VMDESC_MAX            (16ull << 20)
@@ -42,7 +43,9 @@ enum gw_record_type {
 
 /* Record header flags. */
 #define GW_RECF_SKIPPABLE  0x0001u /* a reader that does not know the type may skip it */
-#define GW_RECF_DATA_CRC   0x0002u /* RAM_PAGES: data_crc covers the page data */
+/* RAM_PAGES: the pages could not change while sent, so a page that does
+ * not match its hash is corrupted, not torn (docs/format.md). */
+#define GW_RECF_DATA_CRC   0x0002u
 #define GW_RECF_KNOWN      (GW_RECF_SKIPPABLE | GW_RECF_DATA_CRC)
 
 /* Flags in the low bits of a RAM_PAGES entry (the rest is the page offset). */

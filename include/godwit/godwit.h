@@ -11,15 +11,19 @@
  *   stream.h     saving and loading a guest as a godwit stream
  *   walk.h       walking a stream without device code (the analyzer)
  *   format.h     the numbers of the stream format (docs/format.md)
+ *   precopy.h    live migration: the pre-copy engine and the destination
+ *   dirty.h      the manual dirty-page tracker (programs that mark their writes)
  */
 #ifndef GODWIT_GODWIT_H
 #define GODWIT_GODWIT_H
 
+#include <godwit/dirty.h>
 #include <godwit/error.h>
 #include <godwit/format.h>
 #include <godwit/io.h>
 #include <godwit/migration.h>
 #include <godwit/payload.h>
+#include <godwit/precopy.h>
 #include <godwit/stream.h>
 #include <godwit/vmstate.h>
 #include <godwit/walk.h>

@@ -47,6 +47,8 @@ extern "C" {
  *   returning: a write that lands after sync returns must appear in the
  *   next sync. The engine reads the pages only after sync returns.
  * stop: end tracking (also after failures and cancels).
+ * Only sync is required; start and stop may be NULL (a tracker that is
+ * always on, like the manual one of <godwit/dirty.h>).
  */
 struct gw_dirty_ops {
 	int (*start)(void *opaque, struct gw_error *err);
@@ -78,10 +80,12 @@ struct gw_precopy_params {
 	uint32_t throttle_initial;  /* percent, first throttle step (QEMU: 20) */
 	uint32_t throttle_increment;/* percent added per non-converging round (QEMU: 10) */
 	uint32_t throttle_max;      /* percent ceiling (QEMU: 99) */
-	bool return_path;           /* fd is bidirectional: wait for the destination's report */
+	bool return_path;           /* fd is bidirectional: wait for the destination's report
+				       (read by gw_precopy_start only) */
 };
 
-/* Defaults as QEMU's, return path on. */
+/* Defaults as QEMU's (max_bandwidth 128 MiB/s), return path on. Throttle
+ * values outside QEMU's ranges (1..99) are clamped into them. */
 void gw_precopy_params_default(struct gw_precopy_params *p);
 
 /* What query-migrate reports; fields named after QEMU's. */
@@ -158,6 +162,11 @@ struct gw_incoming;
  * Load a stream from fd in a thread; on success call gw_vm_ops.resume and
  * (with return_path) tell the source. On failure the guest is not
  * resumed: it is half-loaded and must never run.
+ *
+ * The status is ACTIVE from the return of gw_incoming_start (no callback
+ * for it); callbacks report the changes after that. A failed destination
+ * with a return path keeps reading and discarding the stream after
+ * reporting FAILED, until the source hangs up or gw_incoming_free().
  */
 int gw_incoming_start(struct gw_migration *m, int fd, bool return_path,
 		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,

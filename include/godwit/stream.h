@@ -48,12 +48,16 @@ int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error
  * Send n (1..GW_PAGES_MAX) pages of RAM block `block` (registration
  * order). entries[i] is the byte offset of a page in the block, ORed with
  * GW_PAGE_ZERO if the page is known to be zero (then no data is sent).
- * Page data is written straight from the block's host memory.
+ * Page data is written straight from the block's host memory, each page
+ * with its page hash, computed just before the write.
  *
- * GW_SAVE_DATA_CRC also checksums the page data; set it only when the
- * pages cannot change during the call (guest paused, pages
- * write-protected), or the destination sees a mismatch (docs/format.md,
- * "What the CRCs protect here").
+ * GW_SAVE_DATA_CRC says the pages cannot change during the call (guest
+ * paused, pages write-protected): the destination then fails at once on a
+ * page that does not match its hash. Without it, the guest may write the
+ * pages while they are sent, and the caller must send again every page
+ * written after its dirty state was cleared (as a pre-copy round does):
+ * the destination fails at EOF on a mismatched page that was never sent
+ * again (docs/format.md, "What the checksums protect here").
  */
 #define GW_SAVE_DATA_CRC 0x1u
 

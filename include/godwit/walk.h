@@ -3,7 +3,7 @@
  * analyzer's view. The walker checks the stream header, then returns one
  * record at a time with its offset, type, length and CRC verdict, the
  * parsed CONFIG, section identities and section data, and VMDESC, and
- * discards page data (checking its CRC when the record carries one).
+ * discards page data after checking each page against its page hash.
  *
  * A record whose header CRC fails ends the walk (its length cannot be
  * trusted, so nothing after it can be found); a record whose payload CRC
@@ -55,7 +55,13 @@ struct gw_config {
 
 enum gw_crc_verdict {
 	GW_CRC_OK,        /* the whole payload is covered and matches */
-	GW_CRC_DESC_ONLY, /* RAM_PAGES: the descriptor matches; page data is not covered */
+	/*
+	 * RAM_PAGES without DATA_CRC: the descriptor matches, but nr_mismatch
+	 * pages do not match their page hash. Each is torn (the guest wrote it
+	 * while it was sent, and a later copy replaces it) or damaged; only a
+	 * later copy of the page, or none, tells (docs/format.md).
+	 */
+	GW_CRC_DESC_ONLY,
 	GW_CRC_BAD,       /* a covered part does not match */
 };
 
@@ -65,6 +71,15 @@ struct gw_record_info {
 	uint16_t flags;  /* GW_RECF_* */
 	uint64_t length; /* payload bytes */
 	enum gw_crc_verdict crc;
+	/*
+	 * GW_CRC_BAD: the CRC the record carries for the part that failed (the
+	 * payload; for RAM_PAGES the descriptor) and the CRC of the bytes as
+	 * read. crc_computed is 0 when the part could not be delimited (a page
+	 * count that does not fit). Both are 0 for a RAM_PAGES record whose
+	 * descriptor matches: its pages are checked by their hashes below.
+	 */
+	uint32_t crc_stored;
+	uint32_t crc_computed;
 
 	/* SECTION_*: identity (name is NULL if the id is not in the CONFIG table). */
 	uint32_t section_id;
@@ -76,6 +91,12 @@ struct gw_record_info {
 	uint32_t block_id;
 	uint32_t nr_pages;
 	uint32_t nr_zero;
+	const uint64_t *entries; /* page offset | GW_PAGE_* flags; NULL if the descriptor is bad */
+	/* Per entry, the page hash the record carries and the one of the data
+	 * as read (0 for ZERO entries); NULL if the descriptor is bad. */
+	const uint64_t *hashes_stored;
+	const uint64_t *hashes_computed;
+	uint32_t nr_mismatch; /* pages whose data does not match their hash */
 };
 
 struct gw_walker;

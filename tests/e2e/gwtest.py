@@ -251,9 +251,13 @@ def destination(src, uri, extra=(), **kw):
     the loaded RAM hashed before its guest runs."""
     vm = Vmm(kernel=kw.pop("kernel", DIRTIER), memory=kw.pop("memory", src.memory),
              vcpus=kw.pop("vcpus", src.vcpus), extra=["--incoming", uri] + list(extra), **kw)
-    vm.qmp.cmd("migrate-set-capabilities", capabilities=[
-        {"capability": "x-godwit-verify-hash", "state": True},
-        {"capability": "events", "state": True}])
+    try:
+        vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": "x-godwit-verify-hash", "state": True},
+            {"capability": "events", "state": True}])
+    except BaseException:
+        vm.kill()
+        raise
     return vm
 
 

@@ -214,7 +214,7 @@ class QmpRobustness(unittest.TestCase):
             self.expect(c, {"execute": "query-status", member: 1}, "GenericError",
                         f"QMP input member '{member}' is unexpected")
         for name in ("no-such-command", "", "query_status", "QUERY-STATUS", "stop ",
-                     "\u00e9\u00e8", "x" * 400, "a\nb", "migrate", "human-monitor-command"):
+                     "\u00e9\u00e8", "x" * 400, "a\nb", "x-no-such-command", "human-monitor-command"):
             self.expect(c, {"execute": name}, "CommandNotFound",
                         f"The command {name} has not been found")
         # Every JSON type is a valid id and comes back unchanged.

@@ -2,9 +2,9 @@
  * libFuzzer target for the stream reader: gw_load() into a small test
  * machine and the walker, on arbitrary bytes. Each input is read twice:
  * as it is, which exercises framing and CRC rejection, and "resealed"
- * with every CRC recomputed, so mutations reach the parsers behind the
- * checksums (CONFIG, section records, page descriptors, device loaders)
- * instead of all dying at the first CRC.
+ * with every CRC and page hash recomputed, so mutations reach the parsers
+ * behind the checksums (CONFIG, section records, page descriptors, device
+ * loaders) instead of all dying at the first CRC or page hash.
  *
  * Seeds: tests/fuzz/corpus (written by `test_corpus --write`).
  */
@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "check.h"
 #include "lib/crc32c.h"
@@ -37,7 +38,28 @@ static void put_le32(unsigned char *p, uint32_t v)
 		p[i] = v >> (8 * i);
 }
 
-/* Recompute every CRC of the records that fit, as an honest writer would. */
+static void put_le64(unsigned char *p, uint64_t v)
+{
+	put_le32(p, v);
+	put_le32(p + 4, v >> 32);
+}
+
+/* The page hash of every data page of a RAM_PAGES payload that has one.
+ * Hashes of ZERO entries stay as mutated, for the check that they are 0. */
+static void reseal_page_hashes(unsigned char *payload, uint64_t pages, uint64_t len)
+{
+	uint64_t data = GW_PAGES_DESC_SIZE(pages);
+
+	for (uint64_t i = 0; i < pages && data + GW_PAGE_SIZE <= len; i++) {
+		if (get_le(payload + 16 + 8 * i, 8) & GW_PAGE_ZERO)
+			continue;
+		put_le64(payload + 16 + 8 * pages + 8 * i, XXH3_64bits(payload + data, GW_PAGE_SIZE));
+		data += GW_PAGE_SIZE;
+	}
+}
+
+/* Recompute every CRC and page hash of the records that fit, as an honest
+ * writer would. */
 static void reseal(unsigned char *p, size_t n)
 {
 	size_t off = GW_STREAM_HEADER_SIZE;
@@ -53,8 +75,7 @@ static void reseal(unsigned char *p, size_t n)
 
 			if (pages <= GW_PAGES_MAX && GW_PAGES_DESC_SIZE(pages) <= len) {
 				covered = GW_PAGES_DESC_SIZE(pages);
-				if (get_le(h + 2, 2) & GW_RECF_DATA_CRC)
-					put_le32(payload + 8, gw_crc32c(0, payload + covered, len - covered));
+				reseal_page_hashes(payload, pages, len);
 			}
 		}
 		put_le32(h + 16, gw_crc32c(0, payload, covered));

@@ -34,6 +34,24 @@ static void write_file(const char *dir, const char *name, const void *p, size_t 
 	CHECK(f && fwrite(p, 1, len, f) == len && fclose(f) == 0);
 }
 
+/* Stream offset of the first record of type in s. */
+static size_t first_record(const struct test_buf *s, uint16_t type)
+{
+	size_t off = GW_STREAM_HEADER_SIZE;
+
+	for (;;) {
+		uint16_t t;
+		uint64_t len;
+
+		CHECK(off + GW_RECORD_HEADER_SIZE <= s->len);
+		memcpy(&t, s->p + off, 2);
+		memcpy(&len, s->p + off + 8, 8);
+		if (t == type)
+			return off;
+		off += GW_RECORD_HEADER_SIZE + len;
+	}
+}
+
 static void write_seeds(const char *dir)
 {
 	struct test_vm_opts v3 = corpus_machine;
@@ -45,6 +63,15 @@ static void write_seeds(const char *dir)
 	test_save(&vm, 0, &s);
 	write_file(dir, "ok-stream", s.p, s.len);
 	write_file(dir, "bad-truncated", s.p, s.len / 2);
+	/* The last byte of the first RAM_PAGES record is page data. Sent while
+	 * the guest ran and never sent again, it fails at EOF. */
+	size_t pages = first_record(&s, GW_REC_RAM_PAGES);
+	uint64_t len;
+
+	memcpy(&len, s.p + pages + 8, 8);
+	s.p[pages + GW_RECORD_HEADER_SIZE + len - 1] ^= 0x20;
+	write_file(dir, "bad-page-hash", s.p, s.len);
+	s.p[pages + GW_RECORD_HEADER_SIZE + len - 1] ^= 0x20;
 	s.p[GW_STREAM_HEADER_SIZE + 9] ^= 0x10; /* CONFIG length: header CRC */
 	write_file(dir, "bad-header-crc", s.p, s.len);
 	free(s.p);

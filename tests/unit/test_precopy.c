@@ -58,7 +58,7 @@ struct shape {
 };
 
 static const struct shape big = { 512, 64, 256, true };
-static const struct shape tiny = { 16, 4, 8, true };
+static const struct shape tiny = { 16, 4, 4, true };
 
 struct guest {
 	struct gw_migration *m;
@@ -83,7 +83,7 @@ struct guest {
 	unsigned resume_sleep_ms;
 
 	/* Hooks of individual tests. */
-	bool hot_page;        /* every sync reports page 0 of block 0 dirty */
+	bool hot_data;        /* every sync reports all data pages dirty */
 	bool block_start;     /* dirty start waits for release_start */
 	bool in_start, release_start;
 	int close_on_pause;   /* fd to shut down when the guest pauses, or -1 */
@@ -212,8 +212,14 @@ static int dirty_sync(void *opaque, uint32_t block, uint64_t *bitmap, struct gw_
 	struct guest *g = opaque;
 	int ret = gw_dirty_manual_ops.sync(g->dirty, block, bitmap, err);
 
-	if (block == 0 && __atomic_load_n(&g->hot_page, __ATOMIC_ACQUIRE))
-		bitmap[0] |= 1;
+	/*
+	 * A guest that rewrites these pages all the time, whatever the
+	 * scheduler does to the writer thread: every round has at least this
+	 * much to send, so whether it converges depends on the link only.
+	 */
+	if (block == 0 && g->hot_data)
+		for (uint64_t i = 0; i < g->shape.data_pages; i++)
+			bitmap[16 * i / 64] |= 1ull << (16 * i % 64);
 	return ret;
 }
 
@@ -616,7 +622,11 @@ static bool at_least_3_syncs(struct mig *t)
 
 /*
  * A link too slow for the guest: it never switches over on its own and
- * says why; a faster link (set while it runs) lets it complete.
+ * says why; a faster link (set while it runs) lets it complete. The 16
+ * always-dirty pages take 250 ms at 256 KiB/s, against a 10 ms limit.
+ * They also make every period hot (the guest dirties at least 16 pages
+ * while the engine sends at most 16 + 8), so auto-converge steps
+ * deterministically.
  */
 static void test_blocked_then_faster(bool auto_converge)
 {
@@ -624,7 +634,7 @@ static void test_blocked_then_faster(bool auto_converge)
 	struct mig t;
 
 	mig_init(&t, &tiny, true);
-	t.src.hot_page = true;
+	t.src.hot_data = true;
 	t.params.max_bandwidth = 256 << 10;
 	t.params.downtime_limit_ms = 10;
 	t.params.auto_converge = auto_converge;
@@ -645,14 +655,14 @@ static void test_blocked_then_faster(bool auto_converge)
 	if (!strstr(st.blocked, "expected downtime") || !strstr(st.blocked, "> limit 10 ms"))
 		FAIL("blocked: \"%s\"", st.blocked);
 	if (auto_converge) {
-		/* Every round is hot here: 20 after the second, then +10 up to 50. */
+		/* Every period is hot: 20 after the second, then +10 up to 50. */
 		pthread_mutex_lock(&t.src.lock);
 		CHECK(t.src.nr_throttles >= 1 && t.src.throttles[0] == 20);
 		for (unsigned i = 1; i < t.src.nr_throttles; i++)
 			CHECK(t.src.throttles[i] == (t.src.throttles[i - 1] + 10 > 50 ? 50 :
 						     t.src.throttles[i - 1] + 10));
 		pthread_mutex_unlock(&t.src.lock);
-		CHECK(st.throttle_percent == t.src.throttles[t.src.nr_throttles - 1]);
+		CHECK(st.throttle_percent >= 20 && st.throttle_percent <= 50);
 	} else {
 		CHECK(t.src.nr_throttles == 0 && st.throttle_percent == 0);
 	}
@@ -738,7 +748,7 @@ static void test_cancel_blocked_write(void)
 	start_source(&t);
 	wait_until(source_active, &t, "the first pages");
 	sleep_ms(100);
-	gw_precopy_cancel(&*t.out);
+	gw_precopy_cancel(t.out);
 	wait_until(source_done, &t, "the cancel");
 	check_cancelled(&t);
 	CHECK(t.src.pauses == 0);
@@ -750,7 +760,7 @@ static void test_cancel_blocked_round(void)
 	struct mig t;
 
 	mig_init(&t, &tiny, true);
-	t.src.hot_page = true;
+	t.src.hot_data = true;
 	t.params.max_bandwidth = 256 << 10;
 	t.params.downtime_limit_ms = 10;
 	start_destination(&t, t.fds[1]);
@@ -822,7 +832,9 @@ static void *dying_peer(void *opaque)
 	return NULL;
 }
 
-static void check_failed(struct mig *t, const char *want)
+/* Failed, with a message that has want and, if given, one of want2a / want2b. */
+static void check_failed(struct mig *t, const char *want, const char *want2a,
+			 const char *want2b)
 {
 	struct gw_precopy_stats st;
 
@@ -830,8 +842,10 @@ static void check_failed(struct mig *t, const char *want)
 	printf("failed: %s\n", st.error);
 	if (st.status != GW_MIG_FAILED)
 		FAIL("status %s, expected failed", gw_mig_status_name(st.status));
-	if (!strstr(st.error, want))
-		FAIL("error \"%s\" lacks \"%s\"", st.error, want);
+	if (!strstr(st.error, want) ||
+	    (want2a && !strstr(st.error, want2a) && !strstr(st.error, want2b)))
+		FAIL("error \"%s\" lacks \"%s\" (and %s)", st.error, want,
+		     want2a ? want2a : "");
 	CHECK(guest_running(&t->src));
 	CHECK(t->src.dirty_stops == 1);
 	pthread_mutex_lock(&t->src.lock);
@@ -849,7 +863,9 @@ static void test_peer_dies(void)
 	start_source(&t);
 	wait_until(source_done, &t, "the failure");
 	pthread_join(peer, NULL);
-	check_failed(&t, "write to stream failed");
+	/* The engine finds out in a write, or polling for a report between two. */
+	check_failed(&t, "round 1: ", "write to stream failed",
+		     "closed the connection without reporting");
 	mig_free(&t);
 }
 
@@ -863,7 +879,8 @@ static void test_peer_dies_at_switchover(void)
 	start_destination(&t, t.fds[1]);
 	start_source(&t);
 	wait_until(both_done, &t, "the failure");
-	check_failed(&t, "switchover: ");
+	check_failed(&t, "switchover: ", "write to stream failed",
+		     "closed the connection without reporting");
 	CHECK(t.src.pauses == 1 && t.src.resumes == 1);
 	CHECK(t.dst.resumes == 0);
 	mig_free(&t);
@@ -974,26 +991,17 @@ static void test_corrupted(uint16_t target, bool paused)
 		FAIL("destination %s: %s", gw_mig_status_name(in.status), in.error);
 	CHECK(t.dst.resumes == 0);
 	/* The source learns the destination's reason and keeps its guest. */
-	check_failed(&t, "the destination failed: ");
+	check_failed(&t, "the destination failed: ", NULL, NULL);
 	CHECK(strstr(st.error, in.error));
 	if (paused)
 		CHECK(t.src.pauses == 1 && t.src.resumes == 1);
-	gw_incoming_free(t.in);
-	t.in = NULL;
-	gw_precopy_free(t.out);
-	t.out = NULL;
+	/* Both ends hang up: the relay sees the end of both directions. */
 	shutdown(t.fds[0], SHUT_RDWR);
+	shutdown(pair[1], SHUT_RDWR);
 	pthread_join(r.thread, NULL);
 	close(pair[0]);
 	close(pair[1]);
-	t.out = NULL;
-	{
-		/* mig_free without the engines, already gone. */
-		close(t.fds[0]);
-		close(t.fds[1]);
-		guest_free(&t.src);
-		guest_free(&t.dst);
-	}
+	mig_free(&t);
 }
 
 static void test_incoming_cancel(void)

@@ -1,8 +1,9 @@
 /*
  * RAM pages: what gw_save_pages() refuses, zero pages on the destination
- * (a hole punched in the memfd, or cleared memory without one), and a
- * large machine's RAM moved through a socket by two threads, page data
- * going straight from source memory to destination memory.
+ * (a hole punched in the memfd, or cleared memory without one), pages that
+ * do not match their hash (torn while sent, or damaged), and a large
+ * machine's RAM moved through a socket by two threads, page data going
+ * straight from source memory to destination memory.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "lib/torn.h"
 #include "testvm.h"
 
 static const struct gw_machine mc = { "godwit-test", "1", "ram-test", 1 };
@@ -161,6 +163,200 @@ static void test_zero_pages(bool with_fd)
 	machine_free(&dst);
 }
 
+/* The page hash on the wire is the one docs/format.md gives for this page. */
+static void test_page_hash(void)
+{
+	struct machine mm;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	struct test_buf s;
+	uint64_t e[2] = { 0, GW_PAGE_SIZE | GW_PAGE_ZERO }, at, hash[2];
+	int fd = test_memfd(NULL, 0);
+
+	machine_init(&mm, 2 * GW_PAGE_SIZE, true);
+	for (unsigned i = 0; i < GW_PAGE_SIZE; i++)
+		mm.host[i] = (unsigned char)i;
+	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
+	CHECK_OK(gw_save_begin(mm.m, w, &err), &err);
+	at = gw_writer_offset(w);
+	CHECK_OK(gw_save_pages(mm.m, w, 0, e, 2, 0, &err), &err);
+	CHECK_OK(gw_writer_flush(w, &err), &err);
+	gw_writer_free(w);
+	test_slurp(fd, &s);
+	memcpy(hash, s.p + at + GW_RECORD_HEADER_SIZE + 16 + 2 * 8, sizeof(hash));
+	CHECK(hash[0] == 0xEB4B7C3707879151ull && hash[1] == 0);
+	free(s.p);
+	close(fd);
+	machine_free(&mm);
+}
+
+/*
+ * Torn pages. A stream is built record by record; tear() then rewrites the
+ * data of one page in a record already written, which is what the receiver
+ * sees when the guest writes a page between its hash and its copy into the
+ * socket (or when the transport damages it).
+ */
+struct torn_stream {
+	struct machine src;
+	struct gw_writer *w;
+	int fd;
+	struct test_buf s;
+};
+
+static void torn_begin(struct torn_stream *t, uint64_t pages)
+{
+	struct gw_error err = { 0 };
+
+	machine_init(&t->src, pages * GW_PAGE_SIZE, true);
+	for (uint64_t i = 0; i < pages; i++)
+		memset(t->src.host + i * GW_PAGE_SIZE, 0x10 + i % 128, GW_PAGE_SIZE);
+	t->fd = test_memfd(NULL, 0);
+	CHECK_OK(gw_writer_new(t->fd, &t->w, &err), &err);
+	CHECK_OK(gw_save_begin(t->src.m, t->w, &err), &err);
+}
+
+/* Pages [first, first + n) in one record; returns its stream offset. */
+static uint64_t torn_send(struct torn_stream *t, uint64_t first, uint32_t n, unsigned flags)
+{
+	struct gw_error err = { 0 };
+	uint64_t e[GW_PAGES_MAX], at = gw_writer_offset(t->w);
+
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t off = (first + i) * GW_PAGE_SIZE;
+
+		e[i] = off | (gw_page_is_zero(t->src.host + off) ? GW_PAGE_ZERO : 0);
+	}
+	CHECK_OK(gw_save_pages(t->src.m, t->w, 0, e, n, flags, &err), &err);
+	return at;
+}
+
+static void torn_end(struct torn_stream *t)
+{
+	struct gw_error err = { 0 };
+
+	CHECK_OK(gw_save_devices(t->src.m, t->w, &err), &err);
+	CHECK_OK(gw_save_finish(t->src.m, t->w, &err), &err);
+	gw_writer_free(t->w);
+	test_slurp(t->fd, &t->s);
+	close(t->fd);
+}
+
+/* The data of page i of the record at rec (n pages, all with data) arrives as p. */
+static void tear(struct torn_stream *t, uint64_t rec, uint32_t n, uint32_t i, const void *p)
+{
+	memcpy(t->s.p + rec + GW_RECORD_HEADER_SIZE + GW_PAGES_DESC_SIZE(n) +
+	       (uint64_t)i * GW_PAGE_SIZE, p, GW_PAGE_SIZE);
+}
+
+static void torn_free(struct torn_stream *t)
+{
+	free(t->s.p);
+	machine_free(&t->src);
+}
+
+static int torn_load(struct torn_stream *t, struct machine *dst, size_t len, struct gw_error *err)
+{
+	machine_init(dst, t->src.size, true);
+	return test_load(dst->m, t->s.p, len, err);
+}
+
+static void test_torn_pages(void)
+{
+	unsigned char guest_wrote[GW_PAGE_SIZE];
+	struct gw_error err = { 0 };
+	struct torn_stream t;
+	struct machine dst;
+	char want[160];
+	uint64_t r1, r2, r3;
+
+	memset(guest_wrote, 0xb3, sizeof(guest_wrote)); /* unlike any page of torn_begin() */
+
+	/* The guest writes page 3 while it is sent: the data that arrives is the
+	 * new one, the hash the old one. The page is dirty, so the final pass
+	 * sends it again with the guest paused, and that copy wins. */
+	torn_begin(&t, 8);
+	r1 = torn_send(&t, 0, 8, 0);
+	memcpy(t.src.host + 3 * GW_PAGE_SIZE, guest_wrote, GW_PAGE_SIZE);
+	torn_send(&t, 3, 1, GW_SAVE_DATA_CRC);
+	torn_end(&t);
+	tear(&t, r1, 8, 3, guest_wrote);
+	CHECK_OK(torn_load(&t, &dst, t.s.len, &err), &err);
+	CHECK(memcmp(dst.host, t.src.host, t.src.size) == 0);
+	machine_free(&dst);
+	torn_free(&t);
+
+	/* Damaged and never sent again: refused at EOF, naming page and record. */
+	torn_begin(&t, 8);
+	r1 = torn_send(&t, 0, 8, 0);
+	torn_end(&t);
+	tear(&t, r1, 8, 3, guest_wrote);
+	snprintf(want, sizeof(want),
+		 "page 0x3000 of RAM block 'ram' arrived damaged (checksum mismatch in the RAM_PAGES record at stream offset %llu) and was never sent again",
+		 (unsigned long long)r1);
+	CHECK_ERR(torn_load(&t, &dst, t.s.len, &err), -EBADMSG, &err, want);
+	CHECK(!strstr(err.msg, "in all"));
+	machine_free(&dst);
+	torn_free(&t);
+
+	/* Only the last copy counts: torn, whole again, torn again in r3. Two
+	 * pages end torn; the message names the earlier damage. */
+	torn_begin(&t, 8);
+	r1 = torn_send(&t, 0, 8, 0);
+	r2 = torn_send(&t, 2, 4, 0);
+	r3 = torn_send(&t, 5, 1, 0);
+	torn_end(&t);
+	tear(&t, r1, 8, 3, guest_wrote);
+	tear(&t, r1, 8, 5, guest_wrote);
+	tear(&t, r2, 4, 0, guest_wrote);
+	tear(&t, r3, 1, 0, guest_wrote);
+	snprintf(want, sizeof(want), "page 0x2000 of RAM block 'ram' arrived damaged (checksum mismatch in the RAM_PAGES record at stream offset %llu)",
+		 (unsigned long long)r2);
+	CHECK_ERR(torn_load(&t, &dst, t.s.len, &err), -EBADMSG, &err, want, "(2 pages in all)");
+	machine_free(&dst);
+	torn_free(&t);
+
+	/* A torn page that the guest then zeroes is sent as ZERO: whole. */
+	torn_begin(&t, 8);
+	r1 = torn_send(&t, 0, 8, 0);
+	memset(t.src.host + 3 * GW_PAGE_SIZE, 0, GW_PAGE_SIZE);
+	torn_send(&t, 3, 1, 0);
+	torn_end(&t);
+	tear(&t, r1, 8, 3, guest_wrote);
+	CHECK_OK(torn_load(&t, &dst, t.s.len, &err), &err);
+	CHECK(memcmp(dst.host, t.src.host, t.src.size) == 0);
+	machine_free(&dst);
+	torn_free(&t);
+
+	/* With DATA_CRC the pages could not change while sent: a mismatch fails
+	 * at that record, before anything after it is read. */
+	torn_begin(&t, 8);
+	r1 = torn_send(&t, 0, 8, GW_SAVE_DATA_CRC);
+	r2 = torn_send(&t, 5, 1, 0);
+	torn_end(&t);
+	tear(&t, r1, 8, 5, guest_wrote);
+	snprintf(want, sizeof(want), "RAM_PAGES record at offset %llu, RAM block 'ram': page 0x5000 is corrupted (page hash 0x",
+		 (unsigned long long)r1);
+	CHECK_ERR(torn_load(&t, &dst, r2, &err), -EBADMSG, &err, want,
+		  "the record's pages could not change while sent");
+	machine_free(&dst);
+	torn_free(&t);
+
+	/* More pages torn at once than there are notes: every page is still
+	 * tracked, and one torn without a note is named without its record.
+	 * The first GW_TORN_NOTES pages have notes, and settle. */
+	torn_begin(&t, 2 * GW_TORN_NOTES);
+	r1 = torn_send(&t, 0, 2 * GW_TORN_NOTES, 0);
+	torn_send(&t, 0, GW_TORN_NOTES, 0);
+	torn_end(&t);
+	for (uint32_t i = 0; i < 2 * GW_TORN_NOTES; i++)
+		tear(&t, r1, 2 * GW_TORN_NOTES, i, guest_wrote);
+	snprintf(want, sizeof(want), "page 0x%x of RAM block 'ram' arrived damaged (checksum mismatch in a RAM_PAGES record before the EOF at stream offset %llu)",
+		 GW_TORN_NOTES * GW_PAGE_SIZE, (unsigned long long)(t.s.len - GW_RECORD_HEADER_SIZE));
+	CHECK_ERR(torn_load(&t, &dst, t.s.len, &err), -EBADMSG, &err, want, "(256 pages in all)");
+	machine_free(&dst);
+	torn_free(&t);
+}
+
 /* A big RAM block through a socket, saver and loader in two threads. */
 struct big {
 	struct machine *mm;
@@ -242,6 +438,8 @@ int main(void)
 	test_save_refuses();
 	test_zero_pages(true);
 	test_zero_pages(false);
+	test_page_hash();
+	test_torn_pages();
 	test_big(0);
 	test_big(GW_SAVE_DATA_CRC);
 	printf("ram: all tests passed\n");

@@ -89,7 +89,7 @@ static void test_decode(void)
 	struct test_buf s;
 	char *vmdesc, *out, expect[1024];
 	unsigned char *data;
-	size_t vlen, len;
+	size_t vlen = 0, len = 0;
 	const struct uart_state *u;
 
 	test_vm_init(&src, NULL);

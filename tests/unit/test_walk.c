@@ -18,9 +18,24 @@ struct walked {
 	struct gw_record_info info[64];
 	char names[64][GW_NAME_MAX + 1];
 	size_t n;
+	bool hashes_agree[64]; /* RAM_PAGES: nr_mismatch is what the hash arrays say */
 	int ret; /* of the call that ended the walk */
 	struct gw_error err;
 };
+
+/* Zero pages have hash 0, and nr_mismatch counts the pages whose hashes differ. */
+static bool hashes_agree(const struct gw_record_info *in)
+{
+	uint32_t differ = 0;
+
+	for (uint32_t k = 0; k < in->nr_pages; k++) {
+		if ((in->entries[k] & GW_PAGE_ZERO) &&
+		    (in->hashes_stored[k] != 0 || in->hashes_computed[k] != 0))
+			return false;
+		differ += in->hashes_stored[k] != in->hashes_computed[k];
+	}
+	return differ == in->nr_mismatch;
+}
 
 static void walk(const struct test_buf *s, struct walked *out, bool check_config)
 {
@@ -33,8 +48,13 @@ static void walk(const struct test_buf *s, struct walked *out, bool check_config
 	CHECK_OK(gw_walker_new(r, &wk, &out->err), &out->err);
 	CHECK(gw_walker_config(wk) == NULL);
 	while ((out->ret = gw_walker_next(wk, &out->info[out->n], &out->err)) == 1) {
-		if (out->info[out->n].name)
-			strcpy(out->names[out->n], out->info[out->n].name);
+		const struct gw_record_info *in = &out->info[out->n];
+
+		if (in->name)
+			strcpy(out->names[out->n], in->name);
+		/* The arrays are the walker's, valid until the next record. */
+		if (in->type == GW_REC_RAM_PAGES && in->entries)
+			out->hashes_agree[out->n] = hashes_agree(in);
 		CHECK(++out->n < 64);
 	}
 	if (check_config) {
@@ -86,10 +106,11 @@ static void test_layout(unsigned flags)
 		CHECK(in->offset == offset);
 		CHECK(strcmp(w.names[i], names[i]) == 0);
 		offset += GW_RECORD_HEADER_SIZE + in->length;
-		if (in->type == GW_REC_RAM_PAGES)
-			CHECK(in->crc == (flags & SAVE_DATA_CRC ? GW_CRC_OK : GW_CRC_DESC_ONLY));
-		else
-			CHECK(in->crc == GW_CRC_OK);
+		CHECK(in->crc == GW_CRC_OK);
+		if (in->type != GW_REC_RAM_PAGES)
+			continue;
+		/* Every page matches its hash, whether the guest could change it or not. */
+		CHECK(in->nr_mismatch == 0 && w.hashes_agree[i]);
 	}
 	CHECK(offset == s.len);
 	/* RAM: block 0 pages 0-3, block 1 pages 0-3, block 0 pages 4-7; every third page zero. */
@@ -103,7 +124,7 @@ static void test_layout(unsigned flags)
 	test_vm_free(&vm);
 }
 
-static void test_corruption(void)
+static void test_corruption(unsigned flags)
 {
 	struct test_vm vm;
 	struct test_buf s;
@@ -112,13 +133,17 @@ static void test_corruption(void)
 
 	test_vm_init(&vm, NULL);
 	test_vm_fill(&vm, 4);
-	test_save(&vm, SAVE_DATA_CRC, &s);
+	test_save(&vm, flags, &s);
 	walk(&s, &clean, false);
 
-	/* Section data, page data and a page descriptor: reported, the walk goes on. */
+	/* Section data, page data and a page descriptor: reported, the walk goes on.
+	 * Page data that fails its hash is bad only if it could not change while
+	 * sent (DATA_CRC); otherwise it may be torn, and a later copy decides. */
 	const size_t victims[] = { 10, 2, 4 };
 	for (size_t v = 0; v < 3; v++) {
 		const struct gw_record_info *in = &clean.info[victims[v]];
+		enum gw_crc_verdict bad = v == 1 && !(flags & SAVE_DATA_CRC) ? GW_CRC_DESC_ONLY :
+					  GW_CRC_BAD;
 
 		off = in->offset + GW_RECORD_HEADER_SIZE + (v == 2 ? 20 : in->length - 1);
 		s.p[off] ^= 0x40;
@@ -126,7 +151,11 @@ static void test_corruption(void)
 		s.p[off] ^= 0x40;
 		CHECK(w.ret == 0 && w.n == clean.n);
 		for (size_t i = 0; i < w.n; i++)
-			CHECK(w.info[i].crc == (i == victims[v] ? GW_CRC_BAD : GW_CRC_OK));
+			CHECK(w.info[i].crc == (i == victims[v] ? bad : GW_CRC_OK));
+		/* The last page of the record is the one hit. */
+		if (v == 1)
+			CHECK(w.info[2].nr_mismatch == 1 && w.hashes_agree[2] &&
+			      w.info[2].crc_stored == 0 && w.info[2].crc_computed == 0);
 	}
 
 	/* A corrupted CONFIG is reported and not parsed. */
@@ -205,7 +234,8 @@ int main(void)
 {
 	test_layout(0);
 	test_layout(SAVE_DATA_CRC);
-	test_corruption();
+	test_corruption(0);
+	test_corruption(SAVE_DATA_CRC);
 	test_unknown();
 	printf("walk: all tests passed\n");
 	return 0;

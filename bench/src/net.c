@@ -5,9 +5,10 @@
  * reads into one buffer and discards it: the cost of placing pages in
  * destination memory is measured separately (gw-bench-fault).
  *
- *   gw-bench-net --serve   tcp:HOST:PORT|unix:PATH [--streams N]
+ *   gw-bench-net --serve   tcp:HOST:PORT|unix:PATH [--streams N] [--rtt]
  *   gw-bench-net --connect tcp:HOST:PORT|unix:PATH [--streams N]
  *                [--seconds S] [--region SIZE]
+ *   gw-bench-net --connect ADDR --rtt N    (median of N one-byte round trips)
  *
  * The two sides are separate processes (as two VMMs are), and may run
  * in different network namespaces. The client prints the JSON line; a
@@ -19,6 +20,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <arpa/inet.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -122,7 +124,20 @@ static void *serve_stream(void *arg)
 	return NULL;
 }
 
-static int serve(const struct addr *a, int streams)
+/* --rtt: echo every byte back until the client closes. */
+static void *echo_stream(void *arg)
+{
+	int fd = (int)(intptr_t)arg;
+	char b[64];
+	ssize_t n;
+	while ((n = read(fd, b, sizeof(b))) > 0)
+		if (full_write(fd, b, (size_t)n))
+			break;
+	close(fd);
+	return NULL;
+}
+
+static int serve(const struct addr *a, int streams, bool echo)
 {
 	int ls = socket(a->family, SOCK_STREAM, 0);
 	if (ls < 0)
@@ -138,7 +153,8 @@ static int serve(const struct addr *a, int streams)
 		int fd = accept(ls, NULL, NULL);
 		if (fd < 0)
 			die("accept: %s", strerror(errno));
-		if (pthread_create(&th[i], NULL, serve_stream, (void *)(intptr_t)fd))
+		if (pthread_create(&th[i], NULL, echo ? echo_stream : serve_stream,
+				   (void *)(intptr_t)fd))
 			die("pthread_create failed");
 	}
 	for (int i = 0; i < streams; i++)
@@ -252,18 +268,50 @@ static int client(const struct addr *a, int streams, double seconds, uint64_t re
 	return 0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static int rtt_client(const struct addr *a, int rounds)
+{
+	int fd = connect_retry(a);
+	int one = 1;
+	if (a->family == AF_INET)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	double *us = calloc((size_t)rounds, sizeof(*us));
+	if (!us)
+		die("out of memory");
+	char b = 'x';
+	for (int i = 0; i < rounds; i++) {
+		double t = now_s();
+		if (full_write(fd, &b, 1) || full_read(fd, &b, 1))
+			die("round trip %d failed", i);
+		us[i] = (now_s() - t) * 1e6;
+	}
+	close(fd);
+	qsort(us, (size_t)rounds, sizeof(*us), cmp_double);
+	printf("{\"limit\":\"%s-rtt\",\"rounds\":%d,\"median_us\":%.1f,\"min_us\":%.1f}\n",
+	       a->kind, rounds, us[rounds / 2], us[0]);
+	free(us);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *serve_uri = NULL, *connect_uri = NULL;
 	int streams = 1;
 	double seconds = 2.0;
 	uint64_t region = 1ull << 30;
+	int rtt = 0;
 	static const struct option opts[] = {
 		{"serve", required_argument, NULL, 'S'},
 		{"connect", required_argument, NULL, 'C'},
 		{"streams", required_argument, NULL, 'n'},
 		{"seconds", required_argument, NULL, 't'},
 		{"region", required_argument, NULL, 'r'},
+		{"rtt", optional_argument, NULL, 'R'},
 		{0},
 	};
 	int c;
@@ -274,6 +322,7 @@ int main(int argc, char **argv)
 		case 'n': streams = atoi(optarg); break;
 		case 't': seconds = atof(optarg); break;
 		case 'r': region = parse_size(optarg); break;
+		case 'R': rtt = optarg ? atoi(optarg) : 1; break;
 		default: return 2;
 		}
 	}
@@ -282,5 +331,7 @@ int main(int argc, char **argv)
 		    "[--streams 1..%d] [--seconds S] [--region SIZE]", MAX_STREAMS);
 	struct addr a;
 	parse_addr(serve_uri ? serve_uri : connect_uri, &a);
-	return serve_uri ? serve(&a, streams) : client(&a, streams, seconds, region);
+	if (serve_uri)
+		return serve(&a, streams, rtt > 0);
+	return rtt > 0 ? rtt_client(&a, rtt) : client(&a, streams, seconds, region);
 }

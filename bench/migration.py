@@ -1,0 +1,345 @@
+"""Live migrations of the boot-sector guest, measured and verified.
+
+The same code runs every row of every table, for QEMU and for godwit-vmm:
+only the process command lines differ (vmms.py).
+
+A guest is booted once per chain and then migrated again and again: each
+migration goes from the process running the guest to a fresh destination
+process, which runs it from then on. Booting costs QEMU's firmware ~15 s
+under the emulation here; a chain pays it once instead of once per run,
+and a guest that arrives intact after many hops is a check in itself.
+
+What one migration measures, all on this host's CLOCK_REALTIME:
+
+  total      `migrate` sent -> the later of the source's MIGRATION
+             "completed" event and the guest running on the destination
+             (its RESUME; for a paused guest, the destination's
+             "completed")
+  downtime   the source's STOP event -> the destination's RESUME event:
+             what the guest sees, whatever either VMM reports about itself
+  bytes      query-migrate ram.transferred on the source at the end
+  rounds     ram.dirty-sync-count (dirty bitmap syncs, as each VMM counts)
+  CPU        utime+stime of each process over the migration, minus its
+             vCPU threads (the guest spins all the time on both VMMs)
+
+A run counts only if the destination holds the guest's memory as it was:
+the destination is stopped, [1 MiB, END) is saved with pmemsave, and every
+page's first byte must agree with the number of passes the guest reported
+on COM1 (check_pages). For godwit the RAM hashes of both sides must also
+agree. A run that fails a check is FAILED, never a time.
+"""
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+from qmp import QmpError, event_time
+from vmms import BOOTSECTOR_START, Vm, write_bootsector
+
+MIB = 1 << 20
+PAGE = 4096
+FINAL = ("completed", "failed", "cancelled")
+DOWNTIME_LIMIT_MS = 300
+UNLIMITED = 100 * 10**9  # bytes/s: "no limit" spelled the same for both VMMs
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    end: int                # the boot sector's END: it dirties [1 MiB, END)
+    paused: bool = False    # `stop` the guest before migrating it
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one VMM is configured for a row of a table."""
+    name: str
+    vmm: str                           # "godwit" or "qemu"
+    max_bandwidth: int | None = UNLIMITED  # bytes/s; None: the VMM's default
+    multifd: int = 0                   # channels; 0: one stream
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    rate_bps: float = 0     # 0: the loopback device, no wire
+    rtt_ms: float = 0
+
+    @property
+    def local(self):
+        return self.rate_bps == 0
+
+
+class Unavailable(Exception):
+    """The VMM cannot do what the row asks (no such command, capability or
+    parameter): the row says so instead of showing a time."""
+
+
+def check_pages(path, end, passes):
+    """The guest increments the first byte of every page of [1 MiB, END)
+    in order, pass after pass, and writes 'B' after each pass. After
+    `passes` 'B's, somewhere in the next pass, the pages before its
+    position hold passes+1 and the rest hold passes (mod 256); either part
+    may be empty. A page that arrived stale, or not at all, breaks that
+    picture. Returns None, or what is wrong."""
+    with open(path, "rb") as f:
+        data = f.read()
+    firsts = data[::PAGE]
+    npages = (end - BOOTSECTOR_START) // PAGE
+    if len(firsts) != npages:
+        return f"pmemsave gave {len(data)} bytes, expected {npages} pages"
+    ahead, behind = (passes + 1) & 0xFF, passes & 0xFF
+    k = len(firsts) - len(firsts.lstrip(bytes([ahead])))
+    for i in range(k, len(firsts)):
+        if firsts[i] != behind:
+            addr = BOOTSECTOR_START + i * PAGE
+            return (f"page 0x{addr:x} holds {firsts[i]}, expected {behind} "
+                    f"(the guest reported {passes} passes; {k} pages already at {ahead})")
+    return None
+
+
+class Chain:
+    """One guest on one VMM kind, hopping from process to process.
+
+    hosts: the two-namespace setup (netns.Hosts) or None, in which case
+    every process runs in the current namespace and only local links work.
+    """
+
+    def __init__(self, vmm, memory_mib, end, tools, hosts):
+        self.vmm, self.memory_mib, self.end = vmm, memory_mib, end
+        self.tools, self.hosts = tools, hosts
+        self.workdir = tempfile.mkdtemp(prefix=f"gw-bench-{vmm}-")
+        self.image = os.path.join(self.workdir, "guest.img")
+        write_bootsector(tools.bootsector, self.image, end)
+        self.live = None        # the Vm running the guest
+        self.side = 0           # which namespace it is in
+        self.retired_passes = 0  # passes made by processes already gone
+        self.hops = 0
+        self.started = 0        # processes started: each gets its own files
+        self.caps = {}          # capabilities the live process has on
+        self.default_bandwidth = None
+
+    def close(self):
+        if self.live:
+            self.live.close()
+            self.live = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _ns(self, side):
+        return self.hosts.ns[side] if self.hosts else None
+
+    def _start(self, name, side, incoming):
+        return Vm(self.vmm, self.tools, self.workdir, name, self.image, self.memory_mib,
+                  incoming=incoming, netns=self._ns(side))
+
+    def _boot(self):
+        if self.vmm == "godwit" and not self.tools.godwit_vmm_ok:
+            raise Unavailable(self.tools.godwit_vmm_why)
+        self.started += 1
+        self.live = self._start(f"vm{self.started}", 0, incoming=False)
+        self.side, self.retired_passes, self.hops, self.caps = 0, 0, 0, {}
+        # The first pass takes the page faults of the whole range.
+        self.live.wait_passes(2, timeout=120)
+        try:
+            params = self.live.qmp.cmd("query-migrate-parameters")
+            self.default_bandwidth = params.get("max-bandwidth")
+        except QmpError:
+            self.default_bandwidth = None
+
+    def _reset(self):
+        if self.live:
+            self.live.close()
+            self.live = None
+
+    def passes(self, *vms):
+        return self.retired_passes + sum(vm.passes() for vm in vms)
+
+    def _set_caps(self, vm, want, current):
+        """Turn on `want`, turn off what `current` has on and `want` does
+        not (a source that failed a migration keeps its settings)."""
+        changes = {c: True for c in want if not current.get(c)}
+        changes.update({c: False for c, on in current.items() if on and c not in want})
+        if changes:
+            vm.qmp.cmd("migrate-set-capabilities", {"capabilities": [
+                {"capability": c, "state": s} for c, s in changes.items()]})
+            current.update(changes)
+
+    def migrate(self, variant, link, paused, auto_converge, converge_timeout, sample):
+        """One hop. Returns a result dict whose "status" is "ok",
+        "failed" or "timeout"; raises Unavailable."""
+        if not self.live:
+            self._boot()
+        src = self.live
+        to_side = self.side if link.local else 1 - self.side
+        if not link.local:
+            self.hosts.set_link(link.rate_bps, link.rtt_ms)
+        host = "127.0.0.1" if link.local else self.hosts.addr[to_side]
+        res = {"hop": self.hops}
+
+        # Steady state first (the previous hop paused the guest), then how
+        # fast this VMM lets the guest dirty memory.
+        src.wait_passes(src.passes() + 2)
+        t_a, p_a = time.monotonic(), src.passes()
+        src.wait_passes(p_a + 2)
+        res["guest_passes_per_s"] = (src.passes() - p_a) / (time.monotonic() - t_a)
+        res["guest_dirty_pages_per_s"] = \
+            res["guest_passes_per_s"] * (self.end - BOOTSECTOR_START) // PAGE
+
+        self.started += 1
+        dst = self._start(f"vm{self.started}", to_side, incoming=True)
+        dst_caps = {}
+        try:
+            ok = self._hop(src, dst, dst_caps, variant, host, paused, auto_converge,
+                           converge_timeout, sample, res)
+        except BaseException:
+            dst.close()
+            if src.proc.poll() is not None:
+                self._reset()
+            elif paused:
+                try:
+                    src.qmp.cmd("cont")
+                except (QmpError, OSError):
+                    self._reset()
+            raise
+        if ok:
+            # The guest lives on the destination from now on.
+            self.retired_passes += src.passes()
+            src.close()
+            # What was set on it as a destination stays set as a source.
+            self.live, self.side, self.caps = dst, to_side, dst_caps
+            self.hops += 1
+            dst.qmp.cmd("cont")
+        else:
+            dst.close()
+            if res.get("broken"):
+                # The guest's memory is wrong somewhere: start afresh.
+                self._reset()
+            elif src.proc.poll() is not None:
+                self._reset()
+            elif paused:
+                src.qmp.cmd("cont")
+        res.pop("broken", None)
+        return res
+
+    def _hop(self, src, dst, dst_caps, variant, host, paused, auto_converge, timeout, sample,
+             res):
+        caps = ["events"] + (["multifd"] if variant.multifd else [])
+        params = {"multifd-channels": variant.multifd} if variant.multifd else {}
+        src_params = dict(params, **{"downtime-limit": DOWNTIME_LIMIT_MS})
+        bw = variant.max_bandwidth
+        if bw is None:
+            bw = self.default_bandwidth
+        if bw is not None:
+            src_params["max-bandwidth"] = bw
+        try:
+            self._set_caps(dst, caps + (["x-godwit-verify-hash"] if self.vmm == "godwit"
+                                        else []), dst_caps)
+            if params:
+                dst.qmp.cmd("migrate-set-parameters", params)
+            self._set_caps(src, caps + (["auto-converge"] if auto_converge else []),
+                           self.caps)
+            src.qmp.cmd("migrate-set-parameters", src_params)
+            uri = f"tcp:{host}:{self.tools.next_port()}"
+            dst.qmp.cmd("migrate-incoming", {"uri": uri})
+        except QmpError as e:
+            raise Unavailable(f"{self.vmm}: {e.desc or e.cls}") from e
+
+        if paused:
+            src.qmp.cmd("stop")
+        src.qmp.events.clear()
+        cpu0 = {"src": src.cpu(), "dst": dst.cpu()}
+        passes0 = src.passes()
+        t0 = time.time()
+        try:
+            src.qmp.cmd("migrate", {"uri": uri})
+        except QmpError as e:
+            raise Unavailable(f"{self.vmm}: migrate: {e.desc}") from e
+
+        # Poll the source as a management tool would; one run per row
+        # keeps the samples for the "bytes over time" plot.
+        samples = []
+        deadline = time.monotonic() + timeout
+        while True:
+            info = src.qmp.cmd("query-migrate")
+            ram = info.get("ram", {})
+            if sample:
+                samples.append([round(time.time() - t0, 4), ram.get("transferred", 0),
+                                ram.get("dirty-sync-count", 0), ram.get("remaining", 0)])
+            if info.get("status") in FINAL:
+                break
+            if time.monotonic() > deadline:
+                src.qmp.cmd("migrate-cancel")
+                src.qmp.wait_event("MIGRATION", lambda e: e["data"]["status"] in FINAL,
+                                   timeout=30)
+                res["status"] = "timeout"
+                res["error"] = (f"did not converge in {timeout:.0f} s: "
+                                f"{ram.get('dirty-sync-count', '?')} rounds, "
+                                f"{ram.get('remaining', 0) / MIB:.0f} MiB still dirty")
+                return False
+            time.sleep(0.01)
+        if samples:
+            res["samples"] = samples
+        if info["status"] != "completed":
+            res["status"] = "failed"
+            res["error"] = f"migration {info['status']}: {info.get('error-desc', '?')}"
+            return False
+
+        src_done = src.qmp.wait_event("MIGRATION",
+                                      lambda e: e["data"]["status"] == "completed", timeout=10)
+        if paused:
+            # The guest was not running: it does not resume anywhere.
+            dst_ev = dst.qmp.wait_event("MIGRATION", lambda e: e["data"]["status"] in FINAL,
+                                        timeout=30)
+            if not dst_ev or dst_ev["data"]["status"] != "completed":
+                res["status"] = "failed"
+                res["error"] = "the destination did not complete the incoming migration"
+                return False
+        else:
+            dst_ev = dst.qmp.wait_event("RESUME", timeout=30)
+            stop_ev = src.qmp.find_event("STOP")
+            if not dst_ev or not stop_ev:
+                res["status"] = "failed"
+                res["error"] = ("the guest never resumed on the destination: "
+                                + dst.log_tail() if not dst_ev else "no STOP event on the source")
+                return False
+            res["downtime_ms"] = (event_time(dst_ev) - event_time(stop_ev)) * 1e3
+            res["stop_at_ms"] = (event_time(stop_ev) - t0) * 1e3
+        t_end = max(event_time(dst_ev), event_time(src_done) if src_done else time.time())
+        res["total_ms"] = (t_end - t0) * 1e3
+        cpu1 = {"src": src.cpu(), "dst": dst.cpu()}
+        for side in ("src", "dst"):
+            (p0, v0), (p1, v1) = cpu0[side], cpu1[side]
+            res[f"cpu_{side}_s"] = round((p1 - p0) - (v1 - v0), 3)
+        ram = info.get("ram", {})
+        res["transferred"] = ram.get("transferred")
+        res["rounds"] = ram.get("dirty-sync-count")
+        res["vmm_downtime_ms"] = info.get("downtime")
+        res["vmm_total_ms"] = info.get("total-time")
+        res["guest_passes_during"] = src.passes() - passes0
+        return self._verify(src, dst, res)
+
+    def _verify(self, src, dst, res):
+        dst.qmp.cmd("stop")
+        dump = os.path.join(self.workdir, "dst.mem")
+        dst.qmp.cmd("pmemsave", {"val": BOOTSECTOR_START, "size": self.end - BOOTSECTOR_START,
+                                 "filename": dump})
+        # Both VMMs write the file before pmemsave returns. The 'B's of
+        # every process that ran the guest are the passes it completed.
+        passes = self.passes(src, dst)
+        problem = check_pages(dump, self.end, passes)
+        os.unlink(dump)
+        if not problem and self.vmm == "godwit":
+            src_hash = src.qmp.cmd("x-godwit-ram-hash")["hash"]
+            dst_hash = dst.qmp.cmd("query-migrate").get("x-godwit-ram-hash")
+            if src_hash != dst_hash:
+                problem = f"RAM hash: source {src_hash}, destination {dst_hash}"
+            res["ram_hash"] = src_hash
+        res["guest_passes"] = passes
+        if problem:
+            res["status"] = "failed"
+            res["error"] = "memory check: " + problem
+            res["broken"] = True
+            return False
+        res["status"] = "ok"
+        return True

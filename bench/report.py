@@ -1,0 +1,534 @@
+#!/usr/bin/env python3
+"""docs/benchmarks.md and its plots, from one results file.
+
+    bench/report.py bench/results/<date>.jsonl [--docs docs]   regenerate
+    bench/report.py --compare OLD.jsonl NEW.jsonl                 compare two runs
+
+run.py calls write() at the end of a run. Everything here reads only the
+JSONL file, so any past run can be redrawn, and two runs compared; but
+only figures from one file are ever put side by side in a table, since
+figures from different runs are not comparable.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MIB = 1 << 20
+TOUCHED = 100 * MIB   # what the dirtying and paused guests write (run.py)
+MAIN = ("godwit", "qemu")   # the variants the ratio columns compare
+VARIANT_MULTIFD = {"godwit-multifd2": 2, "qemu-multifd2": 2}
+COLOR = {"godwit": "#1b7837", "godwit-multifd2": "#7fbf7b", "qemu": "#762a83",
+         "qemu-multifd2": "#c2a5cf", "qemu-default-bw": "#e08214"}
+VARIANT_LABEL = {
+    "godwit": "godwit", "qemu": "QEMU",
+    "qemu-default-bw": "QEMU, default max-bandwidth",
+    "godwit-multifd2": "godwit, 2 channels", "qemu-multifd2": "QEMU, multifd 2 channels",
+}
+WORKLOAD_TEXT = {
+    "idle": "rewrites a 64-page (256 KiB) working set and never touches the rest of its RAM",
+    "dirtying": "rewrites 100 MiB, one byte per page, as fast as it runs",
+    "paused": "wrote 100 MiB and was stopped (`stop`) before the migration",
+}
+LINK_TEXT = {
+    "local": "loopback TCP inside one network namespace",
+    "1gbit-1ms": "1 Gbit/s, 1 ms round trip, between two network namespaces",
+    "10gbit-0.2ms": "10 Gbit/s, 0.2 ms round trip, between two network namespaces",
+}
+
+
+def load(path):
+    recs = [json.loads(line) for line in open(path) if line.strip()]
+    by_type = {}
+    for r in recs:
+        by_type.setdefault(r["type"], []).append(r)
+    machine = (by_type.get("machine") or [{}])[0]
+    end = (by_type.get("end") or [{}])[0]
+    return machine, by_type.get("limit", []), by_type.get("run", []), end
+
+
+# ---- numbers ---------------------------------------------------------------
+
+def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def limit_values(records):
+    """name -> {field: median over the repetitions}."""
+    grouped = {}
+    for r in records:
+        grouped.setdefault(r["name"], []).append(r)
+    out = {}
+    for name, recs in grouped.items():
+        out[name] = {k: statistics.median(r[k] for r in recs)
+                     for k, v in recs[0].items() if isinstance(v, (int, float))
+                     and not isinstance(v, bool)}
+    return out
+
+
+def limit_summary(records):
+    lv = limit_values(records)
+    parts = []
+    for name in ("memcpy", "tcp-1", "tcp-2", "unix-1"):
+        if name in lv:
+            parts.append(f"{name} {lv[name]['gbps']:.2f} GB/s")
+    if "disk-1" in lv:
+        parts.append(f"disk write {lv['disk-1']['write_gbps']:.2f} / read "
+                     f"{lv['disk-1']['read_gbps']:.2f} GB/s")
+    if "fault" in lv:
+        parts.append(f"memfd first touch {lv['fault']['memfd_first_touch_us']:.2f} us/page")
+    for name, v in lv.items():
+        if name.endswith("-tcp-1"):
+            parts.append(f"{name} {v['gbps']:.3f} GB/s")
+    return parts
+
+
+def bound(lv, r, variant):
+    """The machine limit that bounds a row (one of its runs: r), as
+    (label, GB/s), or None."""
+    streams = max(1, VARIANT_MULTIFD.get(variant, 0))
+    name = f"tcp-{streams}" if r["link"] == "local" else f"{r['link']}-tcp-{streams}"
+    if r["workload"] == "idle":
+        if "memcpy" not in lv:
+            return None
+        return "reading all guest RAM at memcpy speed", lv["memcpy"]["gbps"]
+    if name not in lv:
+        return None
+    where = "loopback TCP" if r["link"] == "local" else f"the {r['link']} link, TCP"
+    return f"{where}, {streams} stream{'s' if streams > 1 else ''}", lv[name]["gbps"]
+
+
+
+class Row:
+    """All runs of one variant in one scenario."""
+
+    def __init__(self, runs):
+        self.runs = runs
+        self.ok = [r for r in runs if r["status"] == "ok"]
+        self.bad = [r for r in runs if r["status"] != "ok"]
+
+    def s(self, key, scale=1.0):
+        return stats([r[key] * scale for r in self.ok if r.get(key) is not None])
+
+    def throughput(self):
+        """GB/s: bytes sent over the whole migration time."""
+        return stats([r["transferred"] / (r["total_ms"] / 1e3) / 1e9 for r in self.ok])
+
+    def status(self):
+        """None when every run is a figure; else what to print instead."""
+        if not self.bad:
+            return None
+        kinds = {r["status"] for r in self.bad}
+        first = self.bad[0]
+        word = {"unavailable": "unavailable", "timeout": "did not converge",
+                "failed": "FAILED", "error": "ERROR"}
+        label = " / ".join(sorted(word.get(k, k) for k in kinds))
+        return f"{label} ({len(self.bad)} of {len(self.runs)}): {first.get('error', '')}"
+
+
+def fmt(st, digits=0):
+    if not st:
+        return "–"
+    med, lo, hi = st
+    f = f"{{:.{digits}f}}"
+    if f.format(lo) == f.format(hi):
+        return f.format(med)
+    return f"{f.format(med)} ({f.format(lo)}–{f.format(hi)})"
+
+
+def ratio(a, b, digits=2):
+    if not a or not b or not b[0]:
+        return "–"
+    return f"{a[0] / b[0]:.{digits}f}×"
+
+
+def group(runs):
+    """scenario -> variant -> Row, in the order the runs were made."""
+    out = {}
+    for r in runs:
+        out.setdefault(r["scenario"], {}).setdefault(r["variant"], []).append(r)
+    return {s: {v: Row(rs) for v, rs in vs.items()} for s, vs in out.items()}
+
+
+# ---- plots -----------------------------------------------------------------
+
+def gnuplot(script, cwd):
+    subprocess.run(["gnuplot"], input=script, text=True, check=True, cwd=cwd,
+                   capture_output=True)
+
+
+def plot_summary(groups, docs, tmp):
+    """Total time and downtime per scenario, godwit beside QEMU; a panel
+    with no figure at all (e.g. only paused guests: no downtime) is left
+    out. Returns the file name, or None when there is nothing to draw."""
+    panels = [(key, label) for key, label in (("total_ms", "total time (ms, log)"),
+                                              ("downtime_ms", "guest-visible downtime (ms, log)"))
+              if any(rows[v].s(key) for rows in groups.values() for v in MAIN if v in rows)]
+    if not panels:
+        return None
+    data = os.path.join(tmp, "summary.dat")
+    with open(data, "w") as f:
+        for scen, rows in groups.items():
+            cols = [scen]
+            for key, _ in panels:
+                for v in MAIN:
+                    st = rows[v].s(key) if v in rows else None
+                    cols += [f"{x:.3f}" for x in st] if st else ["?", "?", "?"]
+            f.write(" ".join(cols) + "\n")
+    plots = []
+    for i, (_, label) in enumerate(panels):
+        c = 2 + 6 * i  # three columns (median, min, max) per VMM
+        plots.append(f'set ylabel "{label}"\n'
+                     f'plot "{data}" using {c}:{c + 1}:{c + 2}:xtic(1) title "godwit" '
+                     f'lc rgb "{COLOR["godwit"]}", "" using {c + 3}:{c + 4}:{c + 5} '
+                     f'title "QEMU" lc rgb "{COLOR["qemu"]}"')
+    out = os.path.join(docs, "bench-summary.png")
+    n = len(groups)
+    title = "godwit against QEMU 7.2, same guest, same host (median, bars: min–max)"
+    if not any(rows.get("godwit") and rows["godwit"].ok for rows in groups.values()):
+        title += "\\ngodwit: no figures in this run (see the tables)"
+    newline = "\n"
+    gnuplot(f"""
+set terminal pngcairo size {max(900, 110 * n + 200)},{400 * len(panels)} font "sans,10"
+set output "{out}"
+set datafile missing "?"
+set style data histogram
+set style histogram errorbars gap 2 lw 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set logscale y
+set grid ytics
+set key top left
+set xtics rotate by -30 scale 0 noenhanced
+set xrange [-0.6:{n - 0.4}]
+set yrange [1:*]
+set multiplot layout {len(panels)},1 title "{title}"
+{newline.join(plots)}
+unset multiplot
+""", tmp)
+    return os.path.basename(out)
+
+
+def rounds_of(samples):
+    """MiB sent in each round, from the ~10 ms query-migrate samples:
+    what `transferred` grew by from the first sample that showed
+    dirty-sync-count n to the first that showed more. The last sample is
+    the completed migration: what arrived since the one before it (the
+    stop-and-copy round, and the tail of the round before) goes to the
+    final count."""
+    *running, last = samples
+    first = {}
+    for t, sent, sync, _ in running:
+        first.setdefault(sync, sent)
+    first.setdefault(last[2], running[-1][1] if running else 0)
+    syncs = sorted(first)
+    ends = [first[s] for s in syncs[1:]] + [last[1]]
+    return [(s, (e - first[s]) / MIB) for s, e in zip(syncs, ends)]
+
+
+def plot_progress(scen, rows, docs, tmp):
+    """Bytes over time, and bytes per round, for the sampled run of each
+    variant of one scenario."""
+    series = []
+    max_rounds = 0
+    for v, row in rows.items():
+        sampled = [r for r in row.ok if r.get("samples")]
+        if not sampled:
+            continue
+        s = sampled[0]["samples"]
+        d1 = os.path.join(tmp, f"{scen}-{v}.time")
+        d2 = os.path.join(tmp, f"{scen}-{v}.rounds")
+        with open(d1, "w") as f:
+            for t, sent, sync, _ in s:
+                f.write(f"{t * 1e3:.1f} {sent / MIB:.3f} {sync}\n")
+        with open(d2, "w") as f:
+            for sync, mib in rounds_of(s):
+                f.write(f"{sync} {mib:.3f}\n")
+        series.append((v, d1, d2, sampled[0].get("stop_at_ms")))
+        max_rounds = max(max_rounds, s[-1][2])
+    if not series:
+        return None
+    out = os.path.join(docs, f"bench-progress-{scen}.png")
+    style = 'lc rgb "{c}" title "{t}"'
+    p1 = ", ".join(f'"{d1}" using 1:2 with linespoints pt 7 ps 0.4 '
+                   + style.format(c=COLOR.get(v, "black"), t=VARIANT_LABEL.get(v, v))
+                   for v, d1, _, _ in series)
+    p2 = ", ".join(f'"{d2}" using 1:2 with linespoints pt 7 ps 0.8 '
+                   + style.format(c=COLOR.get(v, "black"), t=VARIANT_LABEL.get(v, v))
+                   for v, _, d2, _ in series)
+    # Where each guest stopped on its source (the downtime starts).
+    stops = "\n".join(f'set arrow from {at:.1f}, graph 0 to {at:.1f}, graph 1 nohead dt 2 '
+                       f'lc rgb "{COLOR.get(v, "black")}"'
+                       for v, _, _, at in series if at is not None)
+    gnuplot(f"""
+set terminal pngcairo size 900,700 font "sans,10"
+set output "{out}"
+set grid
+set key top left noenhanced
+set multiplot layout 2,1 title "{scen}: query-migrate every 10 ms, one run of each" noenhanced
+set xlabel "time since migrate (ms); dashed: the guest stops on the source"
+set ylabel "ram.transferred (MiB)"
+{stops}
+plot {p1}
+unset arrow
+set xlabel "dirty-sync-count during which it was sent"
+set ylabel "MiB sent in that round"
+set xtics {1 if max_rounds <= 20 else 5}
+set yrange [0:*]
+plot {p2}
+unset multiplot
+""", tmp)
+    return os.path.basename(out)
+
+
+# ---- the document ------------------------------------------------------------
+
+def limits_table(lv):
+    rows = []
+
+    def add(label, value, bounds):
+        rows.append(f"| {label} | {value} | {bounds} |")
+
+    if "memcpy" in lv:
+        add(f"memcpy, {lv['memcpy']['buffer_bytes'] / MIB:.0f} MiB buffers",
+            f"{lv['memcpy']['gbps']:.2f} GB/s",
+            "any copy of guest RAM; reading all of it (idle scenarios)")
+    for kind, what in (("tcp", "loopback TCP"), ("unix", "unix socket")):
+        for n in (1, 2):
+            if f"{kind}-{n}" in lv:
+                add(f"{what}, {n} stream{'s' if n > 1 else ''} (writev 256 KiB)",
+                    f"{lv[f'{kind}-{n}']['gbps']:.2f} GB/s",
+                    "local migrations" + (" with 2 channels" if n > 1 else "")
+                    if kind == "tcp" else "unix: migrations, local update")
+    if "tcp-rtt" in lv:
+        add("loopback TCP round trip", f"{lv['tcp-rtt']['median_us']:.0f} µs", "–")
+    for n in (1, 4):
+        if f"disk-{n}" in lv:
+            d = lv[f"disk-{n}"]
+            add(f"O_DIRECT 1 MiB blocks, {n} thread{'s' if n > 1 else ''}, write / read",
+                f"{d['write_gbps']:.2f} / {d['read_gbps']:.2f} GB/s",
+                "snapshot files (build directory's disk)")
+    if "fault" in lv:
+        f = lv["fault"]
+        us = f["memfd_first_touch_us"]
+        add("memfd first touch", f"{us:.2f} µs/page ({4096 / us / 1e3:.2f} GB/s)",
+            "a destination filling fresh RAM page by page")
+        add("memfd after fallocate: fallocate + touch",
+            f"{f['memfd_fallocate_us']:.2f} + {f['memfd_after_fallocate_touch_us']:.2f} µs/page",
+            "populating ahead of the data")
+        add("memfd MADV_POPULATE_WRITE: populate + touch",
+            f"{f['memfd_populate_write_us']:.2f} + {f['memfd_after_populate_touch_us']:.2f} µs/page",
+            "populating in bulk")
+        add("anonymous memory first touch", f"{f['anon_first_touch_us']:.2f} µs/page",
+            "QEMU's destination RAM")
+    for name, v in lv.items():
+        if name.endswith("-tcp-1") or name.endswith("-tcp-2"):
+            link, n = name.rsplit("-tcp-", 1)
+            add(f"{link} link, TCP, {n} stream{'s' if n != '1' else ''}",
+                f"{v['gbps']:.3f} GB/s", f"migrations over {link}")
+        elif name.endswith("-rtt") and name != "tcp-rtt":
+            add(f"{name[:-4]} link, TCP round trip", f"{v['median_us']:.0f} µs", "–")
+    return ["| limit | measured | what it bounds |", "|---|---|---|", *rows]
+
+
+def scenario_section(scen, rows, lv, progress_png):
+    any_run = next(iter(rows.values())).runs[0]
+    mem_gib = any_run["memory_mib"] / 1024
+    lines = [f"### {scen}", ""]
+    params = (f"downtime-limit 300 ms; max-bandwidth unlimited (100 GB/s) unless the row says "
+              f"otherwise; auto-converge {'on (both VMMs)' if any_run['auto_converge'] else 'off'}")
+    lines.append(f"{mem_gib:g} GiB guest that {WORKLOAD_TEXT[any_run['workload']]}; "
+                 f"{LINK_TEXT[any_run['link']]}; {params}.")
+    lines.append("")
+    b = bound(lv, any_run, "qemu")
+    if b:
+        label, gbps = b
+        if any_run["workload"] == "idle":
+            floor = any_run["memory_mib"] * MIB / (gbps * 1e9) * 1e3
+            lines.append(f"Bound: {label} ({gbps:.2f} GB/s) takes {floor:.0f} ms for "
+                         f"{mem_gib:g} GiB: a VMM that reads untouched memory cannot beat "
+                         f"that; one that asks the kernel where the data is does not pay it.")
+        else:
+            floor = TOUCHED / (gbps * 1e9) * 1e3
+            lines.append(f"Bound: {label}, {gbps:.3f} GB/s: the 100 MiB the guest wrote "
+                         f"take at least {floor:.0f} ms to cross it.")
+        lines.append("")
+    head = ("| variant | runs ok | total ms | downtime ms | sent MiB | rounds | "
+            "CPU src s | CPU dst s | GB/s sent | of bound | guest pages/s |")
+    lines += [head, "|" + "---|" * 11]
+    for v, row in rows.items():
+        label = VARIANT_LABEL.get(v, v)
+        st = row.status()
+        if not row.ok:
+            lines.append(f"| {label} | 0/{len(row.runs)} | {st} |" + " |" * 8)
+            continue
+        tp = row.throughput()
+        vb = bound(lv, row.runs[0], v)
+        if vb and any_run["workload"] != "idle" and tp:
+            of = f"{tp[0] / vb[1] * 100:.0f}%"
+        elif vb and tp:
+            floor_ms = any_run["memory_mib"] * MIB / (vb[1] * 1e9) * 1e3
+            of = f"{row.s('total_ms')[0] / floor_ms:.2f}× the scan"
+        else:
+            of = "–"
+        lines.append(
+            f"| {label} | {len(row.ok)}/{len(row.runs)} | {fmt(row.s('total_ms'))} | "
+            f"{fmt(row.s('downtime_ms'))} | {fmt(row.s('transferred', 1 / MIB))} | "
+            f"{fmt(row.s('rounds'))} | {fmt(row.s('cpu_src_s'), 2)} | "
+            f"{fmt(row.s('cpu_dst_s'), 2)} | {fmt(tp, 3)} | {of} | "
+            f"{fmt(row.s('guest_dirty_pages_per_s'))} |")
+        if st:
+            lines.append(f"| ↳ {label} | {st} |" + " |" * 9)
+    g, q = rows.get("godwit"), rows.get("qemu")
+    if g and q and g.ok and q.ok:
+        lines += ["", "godwit / QEMU (medians): total "
+                  f"{ratio(g.s('total_ms'), q.s('total_ms'))}, downtime "
+                  f"{ratio(g.s('downtime_ms'), q.s('downtime_ms'))}, bytes "
+                  f"{ratio(g.s('transferred'), q.s('transferred'))}, source CPU "
+                  f"{ratio(g.s('cpu_src_s'), q.s('cpu_src_s'))}, destination CPU "
+                  f"{ratio(g.s('cpu_dst_s'), q.s('cpu_dst_s'))}."]
+    if progress_png:
+        lines += ["", f"![bytes over time and per round, {scen}]({progress_png})"]
+    lines.append("")
+    return lines
+
+
+def summary_table(groups, lv):
+    lines = ["| scenario | godwit total ms | QEMU total ms | godwit/QEMU | "
+             "godwit downtime ms | QEMU downtime ms | godwit/QEMU | bound | "
+             "godwit vs bound | QEMU vs bound |", "|" + "---|" * 10]
+    for scen, rows in groups.items():
+        cells = [scen]
+        g, q = rows.get("godwit"), rows.get("qemu")
+        for key in ("total_ms", "downtime_ms"):
+            gs = g.s(key) if g and g.ok else None
+            qs = q.s(key) if q and q.ok else None
+            cells += [fmt(gs) if gs else short_status(g), fmt(qs) if qs else short_status(q),
+                      ratio(gs, qs)]
+        any_run = next(iter(rows.values())).runs[0]
+        b = bound(lv, any_run, "qemu")
+        cells.append(f"{b[0]}: {b[1]:.3f} GB/s" if b else "–")
+        for row in (g, q):
+            cells.append(vs_bound(row, any_run, b))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def short_status(row):
+    if row is None:
+        return "–"
+    if row.ok:
+        return "–"
+    return {"unavailable": "unavailable", "timeout": "no convergence", "failed": "FAILED",
+            "error": "ERROR"}.get(row.bad[0]["status"], row.bad[0]["status"])
+
+
+def vs_bound(row, any_run, b):
+    if not row or not row.ok or not b:
+        return "–"
+    if any_run["workload"] == "idle":
+        floor_ms = any_run["memory_mib"] * MIB / (b[1] * 1e9) * 1e3
+        return f"{row.s('total_ms')[0] / floor_ms:.2f}× the scan time"
+    return f"{row.throughput()[0] / b[1] * 100:.0f}% of it"
+
+
+def drawn(plot, *args):
+    """A plot that gnuplot refuses costs the page that picture, not the
+    figures: say why on stderr and go on."""
+    try:
+        return plot(*args)
+    except subprocess.CalledProcessError as e:
+        print(f"report: gnuplot failed for {plot.__name__}: {e.stderr.strip()[-300:]}",
+              file=sys.stderr)
+        return None
+
+
+def write(results_path, docs):
+    machine, limit_recs, runs, end = load(results_path)
+    lv = limit_values(limit_recs)
+    groups = group(runs)
+    os.makedirs(docs, exist_ok=True)
+    # Plots of scenarios this run did not have would outlive their page.
+    for name in os.listdir(docs):
+        if name.startswith("bench-progress-") and name.endswith(".png"):
+            os.unlink(os.path.join(docs, name))
+    with tempfile.TemporaryDirectory(prefix="gw-bench-plot-") as tmp:
+        summary_png = drawn(plot_summary, groups, docs, tmp) if groups else None
+        progress = {s: drawn(plot_progress, s, rows, docs, tmp) for s, rows in groups.items()}
+
+    rel = os.path.relpath(results_path, os.path.dirname(os.path.abspath(docs)))
+    out = ["# Benchmarks", "",
+           "<!-- Generated by bench/run.py (bench/report.py); edit bench/method.md "
+           "or the generator, not this file. -->", "",
+           "godwit-vmm against QEMU on the same guest, and both against the limits of the "
+           "machine they ran on, all measured in one run. Figures from different runs "
+           "(or machines) are not comparable; ratios within this page are.", "",
+           "## This run", "",
+           f"- command: `{machine.get('command', '?')}`",
+           f"- {machine.get('plan_note', '')}",
+           f"- date: {machine.get('date', '?')}, took {end.get('elapsed_s', '?')} s",
+           f"- CPU: {machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs; "
+           f"RAM {machine.get('memory_gib', '?')} GiB; kernel {machine.get('kernel', '?')}",
+           f"- {machine.get('qemu', '?')}; {machine.get('gcc', '?')}",
+           f"- godwit: {machine.get('godwit_commit', '?')}",
+           f"- load average (1 min) at the start {machine.get('loadavg_start', 0):.2f}, "
+           f"at the end {end.get('loadavg_end', 0):.2f}: other work on the machine "
+           "slows both VMMs alike, but makes the spread wider",
+           f"- raw results: [`{rel}`](../{rel})", ""]
+    out += ["## The machine's limits", "", *limits_table(lv), ""]
+    out += ["## Summary", "",
+            "Median of the runs, (min–max). *godwit/QEMU* below 1 means godwit is faster. "
+            "*vs bound*: for data-bound scenarios the share of the link's measured TCP "
+            "throughput the migration achieved (bytes sent / total time); for idle guests "
+            "the total time over the time it takes to read all guest RAM once.", "",
+            *summary_table(groups, lv), ""]
+    if summary_png:
+        out += [f"![total time and downtime per scenario]({summary_png})", ""]
+    out += ["## Scenarios", ""]
+    for scen, rows in groups.items():
+        out += scenario_section(scen, rows, lv, progress.get(scen))
+    with open(os.path.join(HERE, "method.md")) as f:
+        out += [f.read().rstrip(), ""]
+    with open(os.path.join(docs, "benchmarks.md"), "w") as f:
+        f.write("\n".join(out))
+
+
+def compare(old_path, new_path):
+    """Median total time and downtime of every row present in both runs.
+    The machines, or their load, may differ: compare ratios (godwit/QEMU
+    of each run) before absolute figures."""
+    old, new = group(load(old_path)[2]), group(load(new_path)[2])
+    print(f"| scenario | variant | total ms old → new | downtime ms old → new |")
+    print("|---|---|---|---|")
+    for scen, rows in new.items():
+        for v, row in rows.items():
+            o = old.get(scen, {}).get(v)
+            if not o:
+                continue
+            print(f"| {scen} | {v} | {fmt(o.s('total_ms'))} → {fmt(row.s('total_ms'))} | "
+                  f"{fmt(o.s('downtime_ms'))} → {fmt(row.s('downtime_ms'))} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Regenerate docs/benchmarks.md or compare runs.")
+    ap.add_argument("results", nargs="?", help="a bench/results/*.jsonl file")
+    ap.add_argument("--docs", default=os.path.join(os.path.dirname(HERE), "docs"))
+    ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"))
+    args = ap.parse_args()
+    if args.compare:
+        compare(*args.compare)
+    elif args.results:
+        write(args.results, args.docs)
+    else:
+        ap.error("give a results file, or --compare OLD NEW")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

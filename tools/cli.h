@@ -1,0 +1,71 @@
+/*
+ * What the subcommands of the godwit CLI share: the parsed command line,
+ * the command table entry, and the conventions every command follows.
+ *
+ * Conventions: results go to stdout, diagnostics to stderr; a command
+ * returns its exit status (EXIT_SUCCESS, EXIT_FAILURE, EXIT_USAGE); with
+ * --json, stdout carries JSON and nothing else.
+ */
+#ifndef GW_TOOLS_CLI_H
+#define GW_TOOLS_CLI_H
+
+#include "qmp_client.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+enum { EXIT_USAGE = 2 };
+
+/* Options only some commands take; a command lists the ones it accepts. */
+enum {
+	OPT_WAIT = 1u << 0,      /* migrate: follow the migration to its end */
+	OPT_RECORDS = 1u << 1,   /* analyze: one line per record, no runs */
+	OPT_NO_DECODE = 1u << 2, /* analyze: do not decode device state */
+};
+
+struct opts {
+	const char *socket;
+	bool json; /* print QMP values as JSON, for scripts */
+	bool tty;  /* stdout is a terminal: output may be laid out for people */
+	unsigned given; /* OPT_* on the command line */
+};
+
+struct command {
+	const char *name;
+	const char *args; /* positional arguments, for usage lines */
+	int min_args, max_args; /* max_args < 0: no limit */
+	unsigned options; /* OPT_* the command accepts */
+	const char *summary;
+	const char *help;
+	/* Refuse bad arguments before connecting; NULL: nothing to check.
+	 * Returns 0, or -1 after saying what is wrong. */
+	int (*check)(char **argv);
+	/* argv is the positional arguments, NULL-terminated. */
+	int (*run)(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		   char **argv);
+	/* Commands that need no VMM (analyze) set this instead of run. */
+	int (*run_local)(const struct opts *o, char **argv);
+};
+
+/* Print a JSON value on stdout: indented for people on a terminal,
+ * one line otherwise and always under --json. */
+void print_json(const struct opts *o, json_t *v);
+/* Say why the last QMP call failed; returns EXIT_FAILURE. */
+int command_failed(struct qmp_client *c);
+
+/* migrate.c */
+int check_set_parameters(char **argv);
+int check_set_capabilities(char **argv);
+int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		char **argv);
+int run_migrate_status(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		       char **argv);
+int run_migrate_set(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		    char **argv);
+int run_migrate_cap(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		    char **argv);
+
+/* analyze.c */
+int run_analyze(const struct opts *o, char **argv);
+
+#endif

@@ -1,0 +1,315 @@
+/*
+ * The migration commands: start a migration and follow it to its end,
+ * look at it, and set its parameters and capabilities. Everything here is
+ * QMP that QEMU speaks too (migrate, query-migrate, migrate-cancel,
+ * migrate-set-parameters, migrate-set-capabilities and their queries),
+ * so the commands drive either VMM.
+ *
+ * Following is polling: query-migrate every POLL_MS. It needs no
+ * "events" capability, so it works whoever set the VMM up, and a poll
+ * shows the figures an event would not carry anyway.
+ */
+#include "cli.h"
+#include "progress.h"
+#include "units.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define POLL_MS 100
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+/*
+ * Ctrl-C while following cancels the migration and still waits for its
+ * end, so the user learns where the guest is. The handler is one-shot: a
+ * second Ctrl-C ends godwit at once (the cancel is already on its way).
+ * Without SA_RESTART the sleep between polls ends early, so the cancel
+ * goes out at once.
+ */
+static void catch_sigint(void)
+{
+	struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESETHAND};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+}
+
+static int cancel(struct qmp_client *c)
+{
+	json_t *ret;
+	if (qmp_client_execute(c, "migrate-cancel", NULL, &ret) < 0)
+		return -1;
+	json_decref(ret);
+	return 0;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
+	nanosleep(&ts, NULL); /* an interruption just polls sooner */
+}
+
+/* Poll query-migrate until the status is final; *final gets that reply. */
+static int follow(struct qmp_client *c, const struct opts *o, json_t **final)
+{
+	struct progress p;
+	bool cancelled = false;
+	progress_init(&p, o->tty);
+	catch_sigint();
+	for (;;) {
+		json_t *info;
+		if (qmp_client_execute(c, "query-migrate", NULL, &info) < 0) {
+			progress_end(&p);
+			return command_failed(c);
+		}
+		const char *status = json_string_value(json_object_get(info, "status"));
+		if (!status) {
+			progress_end(&p);
+			json_decref(info);
+			fprintf(stderr, "godwit: the VMM reports no migration (query-migrate has no status)\n");
+			return EXIT_FAILURE;
+		}
+		if (migration_status_final(status)) {
+			progress_end(&p);
+			*final = info;
+			return EXIT_SUCCESS;
+		}
+		if (!o->json)
+			progress_update(&p, info);
+		json_decref(info);
+		if (interrupted && !cancelled) {
+			progress_end(&p);
+			fprintf(stderr, "godwit: interrupted: cancelling the migration "
+					"(Ctrl-C again to stop waiting for it)\n");
+			if (cancel(c) < 0)
+				return command_failed(c);
+			cancelled = true;
+			continue;
+		}
+		sleep_ms(POLL_MS);
+	}
+}
+
+int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		char **argv)
+{
+	(void)cmd;
+	json_t *ret;
+	if (qmp_client_execute(c, "migrate", json_pack("{s:s}", "uri", argv[0]), &ret) < 0)
+		return command_failed(c);
+	if (!(o->given & OPT_WAIT)) {
+		if (o->json)
+			print_json(o, ret);
+		json_decref(ret);
+		return EXIT_SUCCESS;
+	}
+	json_decref(ret);
+
+	json_t *info = NULL;
+	int status = follow(c, o, &info);
+	if (status != EXIT_SUCCESS)
+		return status;
+	if (o->json)
+		print_json(o, info);
+	else
+		migration_print_summary(stdout, info);
+	const char *s = json_string_value(json_object_get(info, "status"));
+	if (strcmp(s, "completed") != 0) {
+		const char *desc = json_string_value(json_object_get(info, "error-desc"));
+		fprintf(stderr, "godwit: migration %s%s%s\n", s, desc ? ": " : "", desc ? desc : "");
+		status = EXIT_FAILURE;
+	}
+	json_decref(info);
+	return status;
+}
+
+int run_migrate_status(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		       char **argv)
+{
+	(void)cmd;
+	(void)argv;
+	json_t *info;
+	if (qmp_client_execute(c, "query-migrate", NULL, &info) < 0)
+		return command_failed(c);
+	const char *status = json_string_value(json_object_get(info, "status"));
+	if (o->json)
+		print_json(o, info);
+	else if (!status)
+		printf("no migration\n");
+	else if (migration_status_final(status))
+		migration_print_summary(stdout, info);
+	else
+		migration_print_line(stdout, info);
+	json_decref(info);
+	return EXIT_SUCCESS;
+}
+
+/* ---- parameters ------------------------------------------------------- */
+
+/* Parameters that are byte counts (or bytes per second) take K/M/G/T. */
+static bool is_size_parameter(const char *key)
+{
+	static const char *const names[] = {
+		"max-bandwidth", "max-postcopy-bandwidth", "avail-switchover-bandwidth",
+		"xbzrle-cache-size",
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcmp(key, names[i]))
+			return true;
+	return false;
+}
+
+/* KEY=VALUE: *value points after the '='; NULL if arg has no KEY=. */
+static char *split_setting(char *arg, char **value)
+{
+	char *eq = strchr(arg, '=');
+	if (!eq || eq == arg)
+		return NULL;
+	*eq = '\0';
+	*value = eq + 1;
+	return arg;
+}
+
+/*
+ * A parameter's JSON value: a size for the byte-count parameters, else an
+ * integer, on/off, or a string (QEMU has string parameters, tls-creds).
+ * A wrong type is the VMM's to refuse, with the parameter's name.
+ */
+static json_t *parameter_value(const char *key, const char *text)
+{
+	uint64_t size;
+	if (is_size_parameter(key))
+		return parse_size(text, &size) < 0 ? NULL : json_integer((json_int_t)size);
+	char *end;
+	errno = 0;
+	long long n = strtoll(text, &end, 10);
+	if (*text && !*end && !errno)
+		return json_integer(n);
+	if (!strcmp(text, "on") || !strcmp(text, "off"))
+		return json_boolean(!strcmp(text, "on"));
+	return json_string(text);
+}
+
+int check_set_parameters(char **argv)
+{
+	for (; *argv; argv++) {
+		char *copy = strdup(*argv), *value = NULL;
+		char *key = copy ? split_setting(copy, &value) : NULL;
+		json_t *v = key ? parameter_value(key, value) : NULL;
+		if (!key)
+			fprintf(stderr, "godwit: migrate-set: '%s' is not KEY=VALUE\n", *argv);
+		else if (!v)
+			fprintf(stderr, "godwit: migrate-set: %s takes a number of bytes with an "
+					"optional K, M, G or T suffix, not '%s'\n", key, value);
+		json_decref(v);
+		free(copy);
+		if (!v)
+			return -1;
+	}
+	return 0;
+}
+
+static void print_parameters(const struct opts *o, json_t *params)
+{
+	if (o->json) {
+		print_json(o, params);
+		return;
+	}
+	const char *key;
+	json_t *v;
+	json_object_foreach(params, key, v) {
+		char text[UNITS_BUF];
+		printf("%-28s ", key);
+		json_dumpf(v, stdout, JSON_ENCODE_ANY | JSON_COMPACT);
+		if (is_size_parameter(key) && json_is_integer(v) && json_integer_value(v) > 0)
+			printf(" (%s%s)", fmt_bytes(text, (uint64_t)json_integer_value(v)),
+			       strstr(key, "bandwidth") ? "/s" : "");
+		putchar('\n');
+	}
+}
+
+int run_migrate_set(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		    char **argv)
+{
+	(void)cmd;
+	json_t *ret;
+	if (!*argv) {
+		if (qmp_client_execute(c, "query-migrate-parameters", NULL, &ret) < 0)
+			return command_failed(c);
+		print_parameters(o, ret);
+		json_decref(ret);
+		return EXIT_SUCCESS;
+	}
+	json_t *args = json_object();
+	for (; *argv; argv++) {
+		char *value = NULL, *key = split_setting(*argv, &value); /* checked already */
+		json_object_set_new(args, key, parameter_value(key, value));
+	}
+	if (qmp_client_execute(c, "migrate-set-parameters", args, &ret) < 0)
+		return command_failed(c);
+	if (o->json)
+		print_json(o, ret);
+	json_decref(ret);
+	return EXIT_SUCCESS;
+}
+
+/* ---- capabilities ------------------------------------------------------ */
+
+int check_set_capabilities(char **argv)
+{
+	for (; *argv; argv++) {
+		const char *eq = strchr(*argv, '=');
+		if (!eq || eq == *argv || (strcmp(eq + 1, "on") && strcmp(eq + 1, "off"))) {
+			fprintf(stderr, "godwit: migrate-cap: '%s' is not NAME=on or NAME=off\n",
+				*argv);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int run_migrate_cap(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		    char **argv)
+{
+	(void)cmd;
+	json_t *ret;
+	if (!*argv) {
+		if (qmp_client_execute(c, "query-migrate-capabilities", NULL, &ret) < 0)
+			return command_failed(c);
+		if (o->json) {
+			print_json(o, ret);
+		} else {
+			size_t i;
+			json_t *cap;
+			json_array_foreach(ret, i, cap) {
+				const char *name = json_string_value(json_object_get(cap, "capability"));
+				printf("%-28s %s\n", name ? name : "?",
+				       json_is_true(json_object_get(cap, "state")) ? "on" : "off");
+			}
+		}
+		json_decref(ret);
+		return EXIT_SUCCESS;
+	}
+	json_t *list = json_array();
+	for (; *argv; argv++) {
+		char *value = NULL, *name = split_setting(*argv, &value); /* checked already */
+		json_array_append_new(list, json_pack("{s:s,s:b}", "capability", name, "state",
+						      !strcmp(value, "on")));
+	}
+	if (qmp_client_execute(c, "migrate-set-capabilities",
+			       json_pack("{s:o}", "capabilities", list), &ret) < 0)
+		return command_failed(c);
+	if (o->json)
+		print_json(o, ret);
+	json_decref(ret);
+	return EXIT_SUCCESS;
+}
