@@ -12,15 +12,24 @@
  * The rules, in one place (docs/format.md, "Live migration", says the same
  * for users):
  *
- *  - Switch over after a sync when remaining / bandwidth <= downtime
- *    limit. remaining is the bytes of the dirty populated pages;
+ *  - Switch over only after a sync where remaining / bandwidth <=
+ *    downtime limit. remaining is the bytes of the dirty populated pages;
  *    bandwidth is how fast the last round that sent anything drained
  *    dirty pages (page bytes per second, zero pages included: draining
  *    them is what the downtime is spent on), or max-bandwidth if that is
  *    lower. Before the first round there is no measure, and nothing but
- *    an empty dirty set switches over. Above the limit the engine keeps
- *    going forever: only the caller (a higher limit or bandwidth, or a
- *    cancel) ends a migration that does not converge.
+ *    an empty dirty set switches over (max-bandwidth alone is no measure:
+ *    "unlimited" would make any first pass look free). Above the limit
+ *    the engine keeps going forever: only the caller (a higher limit or
+ *    bandwidth, or a cancel) ends a migration that does not converge.
+ *  - Within the limit, the engine does not stop the guest at once while
+ *    another round still pays: it keeps sending rounds as long as each
+ *    sync finds at most 3/4 of the pages the previous one found, and the
+ *    rest would take more than SETTLE_NS to send, for at most
+ *    SETTLE_ROUNDS rounds. Each such round is shorter than the one before
+ *    (the set shrinks geometrically), so they cost little total time and
+ *    take the downtime down to what the guest dirties in one short round
+ *    instead of whatever the limit allows. QEMU stops at the limit.
  *  - Auto-converge: a period (sync to sync) is "hot" when the guest
  *    dirtied more than 50% of the bytes sent in it (QEMU's rule). While
  *    the engine does not switch over, the second hot period in a row
@@ -63,6 +72,9 @@
 /* Longest sleep between two looks at max-bandwidth and cancel. */
 #define RATE_SLICE_NS (10 * 1000000ull)
 #define HOT_PERCENT 50
+/* The settle rule (above): a rest this quick to send is not worth a round. */
+#define SETTLE_NS (1000000ull)
+#define SETTLE_ROUNDS 8
 
 struct gw_precopy {
 	struct gw_migration *m;
@@ -80,6 +92,9 @@ struct gw_precopy {
 	struct gw_writer *w;
 	uint64_t **dirty;       /* per RAM block: pages still to send */
 	uint64_t pending;       /* bits set in dirty */
+	uint64_t synced;        /* pending found by the last sync */
+	uint64_t synced_before; /* ... and by the one before it */
+	uint32_t settle_rounds; /* rounds sent within the limit */
 	bool dirty_started;
 	bool paused;            /* this engine paused the guest */
 	uint64_t pause_ns;
@@ -360,6 +375,8 @@ static int sync_all(struct gw_precopy *p, struct gw_error *err)
 	now = gw_now_ns();
 	xfer = gw_writer_offset(p->w);
 	p->pending = pending;
+	p->synced_before = p->synced;
+	p->synced = pending;
 	/* The first sync only re-arms tracking under the all-ones first round. */
 	if (++p->pass > 1) {
 		uint64_t fresh = pending > before ? pending - before : 0;
@@ -388,7 +405,7 @@ static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
 	uint64_t expected = 0;
 	char blocked[sizeof(p->stats.blocked)] = "";
 
-	if (pp->max_bandwidth && (!bw || pp->max_bandwidth < bw))
+	if (bw && pp->max_bandwidth && pp->max_bandwidth < bw)
 		bw = pp->max_bandwidth;
 	if (remaining && bw)
 		expected = (uint64_t)((double)remaining * 1000 / (double)bw);
@@ -407,6 +424,24 @@ static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
 	memcpy(p->stats.blocked, blocked, sizeof(blocked));
 	pthread_mutex_unlock(&p->lock);
 	return !blocked[0];
+}
+
+/* Within the limit: is one more round still worth it? (rules above) */
+static bool settled(struct gw_precopy *p, const struct gw_precopy_params *pp)
+{
+	uint64_t bw = p->bandwidth;
+	double rest_ns;
+
+	if (bw && pp->max_bandwidth && pp->max_bandwidth < bw)
+		bw = pp->max_bandwidth;
+	if (!p->pending || !bw)
+		return true;
+	rest_ns = (double)(p->pending * PAGE) * 1e9 / (double)bw;
+	if (rest_ns <= (double)SETTLE_NS || p->settle_rounds >= SETTLE_ROUNDS ||
+	    p->synced * 4 > p->synced_before * 3)
+		return true;
+	p->settle_rounds++;
+	return false;
 }
 
 /* Auto-converge, after a round that did not switch over (rules above). */
@@ -468,10 +503,12 @@ static int iterate(struct gw_precopy *p, struct gw_error *err)
 		ret = stop_point(p, err);
 		if (ret == 0)
 			ret = sync_all(p, err);
-		if (ret == 0 && fits(p, &pp))
-			return 0;
-		if (ret == 0)
+		if (ret == 0 && fits(p, &pp)) {
+			if (settled(p, &pp))
+				return 0;
+		} else if (ret == 0) {
 			ret = converge(p, &pp, err);
+		}
 		if (ret == 0)
 			ret = gw_save_iterate(p->m, p->w, err);
 		if (ret == 0)

@@ -84,6 +84,8 @@ struct guest {
 
 	/* Hooks of individual tests. */
 	bool hot_data;        /* every sync reports all data pages dirty */
+	bool shrink;          /* sync k >= 2 reports data pages 0 .. 512 >> (k - 1) */
+	unsigned syncs;       /* syncs of block 0 */
 	bool block_start;     /* dirty start waits for release_start */
 	bool in_start, release_start;
 	int close_on_pause;   /* fd to shut down when the guest pauses, or -1 */
@@ -219,6 +221,10 @@ static int dirty_sync(void *opaque, uint32_t block, uint64_t *bitmap, struct gw_
 	 */
 	if (block == 0 && g->hot_data)
 		for (uint64_t i = 0; i < g->shape.data_pages; i++)
+			bitmap[16 * i / 64] |= 1ull << (16 * i % 64);
+	/* A dirty set that halves every period, down to nothing. */
+	if (block == 0 && ++g->syncs >= 2 && g->shrink)
+		for (uint64_t i = 0; g->syncs < 12 && i < 512u >> (g->syncs - 1); i++)
 			bitmap[16 * i / 64] |= 1ull << (16 * i % 64);
 	return ret;
 }
@@ -676,6 +682,41 @@ static void test_blocked_then_faster(bool auto_converge)
 	mig_free(&t);
 }
 
+/*
+ * When the rest fits the limit, the engine keeps sending rounds while the
+ * dirty set shrinks by a quarter or more and the rest takes over 1 ms, and
+ * stops the guest as soon as it does not. The link is capped at 64 MiB/s,
+ * where 1 ms is 16 pages, so the syncs are exactly: all populated pages,
+ * 256, 128, 64, 32, 16 (quick enough: pause), and the final sync. A set
+ * that does not shrink switches over at the first sync that fits, and
+ * "unlimited" max-bandwidth never lets the first sync (no measure yet)
+ * switch over with all of RAM still to send.
+ */
+static void test_settle(bool shrinking)
+{
+	static const struct shape quiet = { 512, 64, 4, false };
+	struct gw_precopy_stats st;
+	struct mig t;
+
+	mig_init(&t, &quiet, true);
+	if (shrinking) {
+		t.src.shrink = true;
+		t.params.max_bandwidth = 64 << 20;
+	} else {
+		t.src.hot_data = true;
+		t.params.max_bandwidth = 100000000000ull;
+	}
+	start_destination(&t, t.fds[1]);
+	start_source(&t);
+	wait_until(both_done, &t, "the migration to end");
+	check_completed(&t);
+	gw_precopy_stats(t.out, &st);
+	printf("%s dirty set: %llu syncs\n", shrinking ? "shrinking" : "constant",
+	       (unsigned long long)st.dirty_sync_count);
+	CHECK(st.dirty_sync_count == (shrinking ? 7 : 3));
+	mig_free(&t);
+}
+
 static bool in_start(struct mig *t)
 {
 	bool r;
@@ -1061,6 +1102,8 @@ int main(void)
 	test_complete(false);
 	test_blocked_then_faster(false);
 	test_blocked_then_faster(true);
+	test_settle(true);
+	test_settle(false);
 	test_cancel_setup();
 	test_cancel_blocked_write();
 	test_cancel_blocked_round();
