@@ -6,6 +6,7 @@
  * straight from source memory to destination memory.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,6 +358,54 @@ static void test_torn_pages(void)
 	torn_free(&t);
 }
 
+/*
+ * Records of fresh pages, of pages loaded before and of both, pages zeroed
+ * and written again, into a block with a writable and with a read-only fd
+ * (zero pages cannot be punched out of that one): every way must end with
+ * the source's bytes.
+ */
+static void test_load_paths(void)
+{
+	struct gw_error err = { 0 };
+	struct torn_stream t;
+	struct machine dst;
+
+	torn_begin(&t, 300);
+	torn_send(&t, 0, 100, 0);     /* fresh */
+	torn_send(&t, 50, 100, 0);    /* half loaded, half fresh */
+	torn_send(&t, 10, 20, 0);     /* loaded */
+	memset(t.src.host + 12 * GW_PAGE_SIZE, 0, GW_PAGE_SIZE);
+	torn_send(&t, 12, 1, 0);      /* zero: punched out */
+	memset(t.src.host + 12 * GW_PAGE_SIZE, 0x77, GW_PAGE_SIZE);
+	torn_send(&t, 11, 3, GW_SAVE_DATA_CRC); /* written again after the hole */
+	torn_send(&t, 150, 150, GW_SAVE_DATA_CRC);
+	torn_end(&t);
+	for (int rdonly = 0; rdonly < 2; rdonly++) {
+		struct gw_ram ram;
+		char path[64];
+
+		machine_init(&dst, t.src.size, true);
+		if (rdonly) {
+			/* The same memory, registered with a read-only fd. */
+			gw_migration_free(dst.m);
+			int ro;
+
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", dst.fd);
+			ro = open(path, O_RDONLY | O_CLOEXEC);
+			CHECK(ro >= 0);
+			close(dst.fd);
+			dst.fd = ro;
+			ram = (struct gw_ram){ "ram", dst.host, dst.size, dst.fd, 0, 0 };
+			CHECK_OK(gw_migration_new(&mc, &dst.m, &err), &err);
+			CHECK_OK(gw_migration_add_ram(dst.m, &ram, &err), &err);
+		}
+		CHECK_OK(test_load(dst.m, t.s.p, t.s.len, &err), &err);
+		CHECK(memcmp(t.src.host, dst.host, t.src.size) == 0);
+		machine_free(&dst);
+	}
+	torn_free(&t);
+}
+
 /* A big RAM block through a socket, saver and loader in two threads. */
 struct big {
 	struct machine *mm;
@@ -440,6 +489,7 @@ int main(void)
 	test_zero_pages(false);
 	test_page_hash();
 	test_torn_pages();
+	test_load_paths();
 	test_big(0);
 	test_big(GW_SAVE_DATA_CRC);
 	printf("ram: all tests passed\n");
