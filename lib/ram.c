@@ -8,7 +8,7 @@
  * straight into the destination pages the descriptor names, and hashes
  * them there while they are still in the cache.
  *
- * Tried and measured (docs/benchmarks.md, "Notes"): writing pages the
+ * Tried and measured (bench/profile.md): writing pages the
  * destination does not have yet into the memfd with pwrite() from a small
  * buffer instead. It skips zeroing and the page fault, and loaded a
  * paused 100 MiB guest in ~75 ms instead of ~110 ms here, but leaves the
