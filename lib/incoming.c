@@ -37,6 +37,7 @@ struct gw_incoming {
 
 	pthread_mutex_t lock; /* stats */
 	struct gw_incoming_stats stats;
+	bool finished;          /* the final status callback has returned */
 };
 
 static bool final_status(enum gw_mig_status s)
@@ -115,6 +116,9 @@ static void *incoming_thread(void *opaque)
 			in->cb.status(in->cb.opaque, GW_MIG_CANCELLING);
 		in->cb.status(in->cb.opaque, outcome);
 	}
+	pthread_mutex_lock(&in->lock);
+	in->finished = true;
+	pthread_mutex_unlock(&in->lock);
 	if (outcome == GW_MIG_FAILED && in->return_path)
 		drain(in);
 	return NULL;
@@ -187,7 +191,7 @@ bool gw_incoming_done(struct gw_incoming *in)
 	bool done;
 
 	pthread_mutex_lock(&in->lock);
-	done = final_status(in->stats.status);
+	done = in->finished;
 	pthread_mutex_unlock(&in->lock);
 	return done;
 }

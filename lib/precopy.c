@@ -87,6 +87,7 @@ struct gw_precopy {
 	pthread_mutex_t lock; /* params and stats */
 	struct gw_precopy_params params;
 	struct gw_precopy_stats stats;
+	bool finished;          /* the final status callback has returned */
 
 	/* The migration thread's own. */
 	struct gw_writer *w;
@@ -634,6 +635,9 @@ static void finish(struct gw_precopy *p, int ret, struct gw_error *err)
 			p->cb.status(p->cb.opaque, GW_MIG_CANCELLING);
 		p->cb.status(p->cb.opaque, outcome);
 	}
+	pthread_mutex_lock(&p->lock);
+	p->finished = true;
+	pthread_mutex_unlock(&p->lock);
 }
 
 static void *precopy_thread(void *opaque)
@@ -755,7 +759,7 @@ bool gw_precopy_done(struct gw_precopy *p)
 	bool done;
 
 	pthread_mutex_lock(&p->lock);
-	done = final_status(p->stats.status);
+	done = p->finished;
 	pthread_mutex_unlock(&p->lock);
 	return done;
 }

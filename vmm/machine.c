@@ -138,6 +138,24 @@ void vmm_set_incoming(struct vmm *vm, bool incoming)
 	pthread_mutex_unlock(&vm->run_lock);
 }
 
+void vmm_finish_incoming(struct vmm *vm, bool run)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	if (!run)
+		vm->user_paused = true;
+	vm->incoming = false;
+	apply_locked(vm);
+	pthread_mutex_unlock(&vm->run_lock);
+}
+
+bool vmm_user_paused(struct vmm *vm)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	bool paused = vm->user_paused;
+	pthread_mutex_unlock(&vm->run_lock);
+	return paused;
+}
+
 void vmm_set_postmigrate(struct vmm *vm)
 {
 	pthread_mutex_lock(&vm->run_lock);

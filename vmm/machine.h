@@ -52,6 +52,11 @@ struct vmm {
 void vmm_mig_pause(struct vmm *vm);
 void vmm_mig_resume(struct vmm *vm);
 void vmm_set_incoming(struct vmm *vm, bool incoming);
+/* The incoming migration has loaded: the guest runs unless it was paused
+ * on the source (run == false) or here (--paused, stop). */
+void vmm_finish_incoming(struct vmm *vm, bool run);
+/* Did the user (stop, --paused) pause the guest, whoever else holds it? */
+bool vmm_user_paused(struct vmm *vm);
 /* An outgoing migration completed: stay paused, as "postmigrate". */
 void vmm_set_postmigrate(struct vmm *vm);
 

@@ -19,6 +19,13 @@
 
 enum role { ROLE_NONE, ROLE_OUTGOING, ROLE_INCOMING };
 
+/* Whether the guest ran on the source before the migration paused it, so
+ * that a guest paused by `stop` arrives paused (QEMU's global state does
+ * the same). */
+struct run_state {
+	uint8_t running;
+};
+
 struct vm_migration {
 	struct vmm *vm;
 	struct gw_migration *m;
@@ -29,6 +36,7 @@ struct vm_migration {
 	 * (destination): the vmstate-described sections point here. */
 	struct cpu_state cpus[GW_MAX_VCPUS];
 	struct vm_state kvm_vm;
+	struct run_state run;
 
 	struct gw_precopy_params params;
 	bool cap_events, cap_auto_converge, cap_verify_hash;
@@ -123,6 +131,12 @@ static const struct gw_field testdev_fields[] = {
 };
 static const struct gw_vmstate testdev_vmstate = GW_VMSTATE(struct testdev_state, testdev_fields);
 
+static const struct gw_field run_state_fields[] = {
+	GW_FIELD(U8, struct run_state, running),
+};
+
+static const struct gw_vmstate run_state_vmstate = GW_VMSTATE(struct run_state, run_state_fields);
+
 /* ---- vm ops: pause/resume around the switchover ----------------------- */
 
 /* Capture every vCPU and the VM-wide KVM state once the vCPUs are out of
@@ -137,6 +151,7 @@ static int capture_state(struct vm_migration *mig, struct gw_error *err)
 			return gw_error_set(err, -EIO, "saving vCPU %u: %s", i, msg);
 	if (vm_state_save(&vm->kvm, &mig->kvm_vm, msg, sizeof(msg)))
 		return gw_error_set(err, -EIO, "saving VM state: %s", msg);
+	mig->run.running = !vmm_user_paused(vm);
 	return 0;
 }
 
@@ -178,7 +193,7 @@ static int op_resume(void *opaque, struct gw_error *err)
 			memcpy(mig->dest_hash, hash, sizeof(hash));
 			pthread_mutex_unlock(&mig->lock);
 		}
-		vmm_set_incoming(vm, false);
+		vmm_finish_incoming(vm, mig->run.running);
 		return 0;
 	}
 	/* Source after a failure or a cancel: the guest goes on here, with
@@ -776,6 +791,8 @@ static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret,
 static const struct qmp_command migration_commands[] = {
 	{"migrate", cmd_migrate},
 	{"migrate-cancel", cmd_migrate_cancel},
+	/* QEMU spells it with an underscore; libvirt sends that. */
+	{"migrate_cancel", cmd_migrate_cancel},
 	{"migrate-incoming", cmd_migrate_incoming},
 	{"query-migrate", cmd_query_migrate},
 	{"migrate-set-parameters", cmd_set_parameters},
@@ -805,6 +822,8 @@ static int add_sections(struct vm_migration *mig, struct gw_error *err)
 		 .opaque = &vm->uart.st},
 		{.name = "testdev", .version = 1, .min_version = 1, .vmstate = &testdev_vmstate,
 		 .opaque = &vm->testdev.st},
+		{.name = "run-state", .version = 1, .min_version = 1, .vmstate = &run_state_vmstate,
+		 .opaque = &mig->run},
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(sections); i++) {
 		int ret = gw_migration_add_section(mig->m, &sections[i], err);

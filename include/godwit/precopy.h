@@ -139,7 +139,8 @@ void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out);
  * running. Unblocks a blocked send by shutting down a socket fd; for a
  * pipe the caller makes I/O fail (e.g. kills the process at the other end). */
 void gw_precopy_cancel(struct gw_precopy *p);
-/* True once the status is final (completed, failed or cancelled). */
+/* True once the status is final (completed, failed or cancelled) and the
+ * status callback for it has returned. */
 bool gw_precopy_done(struct gw_precopy *p);
 /* Cancel if still running, join the thread, free. */
 void gw_precopy_free(struct gw_precopy *p);
@@ -173,6 +174,7 @@ int gw_incoming_start(struct gw_migration *m, int fd, bool return_path,
 		      struct gw_error *err);
 void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out);
 void gw_incoming_cancel(struct gw_incoming *in);
+/* As gw_precopy_done(). */
 bool gw_incoming_done(struct gw_incoming *in);
 void gw_incoming_free(struct gw_incoming *in);
 

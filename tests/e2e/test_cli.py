@@ -256,7 +256,7 @@ class Analyze(unittest.TestCase):
                          ("godwit-vmm", "godwit-x86", 2))
         self.assertEqual([(b["name"], b["size"]) for b in cfg["ram"]], [("ram-low", 64 << 20)])
         sections = {(s["name"], s["instance"]): s for s in doc["sections"]}
-        self.assertEqual(set(sections), {("cpu", 0), ("cpu", 1), ("kvm-vm", 0), ("uart", 0),
+        self.assertEqual(set(sections), {("cpu", 0), ("cpu", 1), ("kvm-vm", 0), ("uart", 0), ("run-state", 0),
                                          ("testdev", 0)})
         self.assertTrue(all(s["records"]["full"] == 1 for s in sections.values()))
         self.assertIn("regs.rip", sections["cpu", 0]["fields"])
@@ -268,7 +268,7 @@ class Analyze(unittest.TestCase):
         self.assertEqual(testdev["pages_per_pass"][:2], per_pass)
         self.assertEqual(testdev["passes"][:2], [v["pass"] for v in self.guest["vcpus"]])
         self.assertEqual([s["name"] for s in doc["vmdesc"]["sections"]],
-                         ["cpu", "cpu", "kvm-vm", "uart", "testdev"])
+                         ["cpu", "cpu", "kvm-vm", "uart", "testdev", "run-state"])
 
         # The guest wrote pages-per-pass pages on each vCPU inside [start, 32M);
         # the rest of its 64 MiB it never touched, and it was stopped: no page

@@ -65,6 +65,13 @@ class Transports(unittest.TestCase):
                 d = wait_migration(dst)
                 self.assertEqual(d["status"], "completed", d)
                 self.assertEqual(d["x-godwit-ram-hash"], src.ram_hash())
+                # The guest was stopped when it was saved: it arrives
+                # stopped, as with QEMU, and runs on `cont`.
+                self.assertEqual(dst.qmp.cmd("query-status")["status"], "paused")
+                passes = dst.passes()
+                time.sleep(0.3)
+                self.assertEqual(dst.passes(), passes)
+                dst.qmp.cmd("cont")
                 dst.wait_passes(2)
                 self.assertFalse(dst.guest()["check-failed"])
 
