@@ -398,16 +398,25 @@ static int sync_all(struct gw_precopy *p, struct gw_error *err)
 	return 0;
 }
 
+/* Bytes per second the rest can be expected to drain at (rules above);
+ * 0 before the first measure. */
+static uint64_t drain_bandwidth(const struct gw_precopy *p, const struct gw_precopy_params *pp)
+{
+	uint64_t bw = p->bandwidth;
+
+	if (bw && pp->max_bandwidth && pp->max_bandwidth < bw)
+		bw = pp->max_bandwidth;
+	return bw;
+}
+
 /* After a sync: does the rest fit the downtime limit? Fills blocked if not. */
 static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
 {
 	uint64_t remaining = p->pending * PAGE;
-	uint64_t bw = p->bandwidth;
+	uint64_t bw = drain_bandwidth(p, pp);
 	uint64_t expected = 0;
 	char blocked[sizeof(p->stats.blocked)] = "";
 
-	if (bw && pp->max_bandwidth && pp->max_bandwidth < bw)
-		bw = pp->max_bandwidth;
 	if (remaining && bw)
 		expected = (uint64_t)((double)remaining * 1000 / (double)bw);
 	if (remaining && !bw)
@@ -430,11 +439,9 @@ static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
 /* Within the limit: is one more round still worth it? (rules above) */
 static bool settled(struct gw_precopy *p, const struct gw_precopy_params *pp)
 {
-	uint64_t bw = p->bandwidth;
+	uint64_t bw = drain_bandwidth(p, pp);
 	double rest_ns;
 
-	if (bw && pp->max_bandwidth && pp->max_bandwidth < bw)
-		bw = pp->max_bandwidth;
 	if (!p->pending || !bw)
 		return true;
 	rest_ns = (double)(p->pending * PAGE) * 1e9 / (double)bw;
