@@ -10,6 +10,7 @@ import os
 import subprocess
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = ("memcpy", "net", "disk", "fault", "wire")
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", "-pthread"]
 
@@ -90,8 +91,12 @@ class Limits:
                                   1, 0, "1M", ns, ns, rtt=1000))
         size = "512M" if self.quick else "1G"
         for threads in (1, 4):
-            self._add(f"disk-{threads}", _json([self.p["disk"], "--dir", build_dir,
-                                                "--size", size, "--threads", str(threads)]))
+            rec = _json([self.p["disk"], "--dir", build_dir, "--size", size,
+                         "--threads", str(threads)])
+            # Results are kept in the repository: name the disk by where it
+            # is in the checkout, not by this machine's paths.
+            rec["dir"] = os.path.relpath(build_dir, REPO)
+            self._add(f"disk-{threads}", rec)
         self._add("fault", _json([self.p["fault"], "--size", self.region]))
 
     def link(self, hosts, link):

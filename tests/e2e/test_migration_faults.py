@@ -4,6 +4,7 @@ connections cut at many points, peers killed mid-stream.
 In every case the source guest must keep running as if nothing happened,
 and the destination must never run a half-loaded guest.
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -153,6 +154,19 @@ class SavedStream(unittest.TestCase):
             assert_destination_refused(self, dst, "not a godwit stream")
 
 
+@contextlib.contextmanager
+def slow_migration():
+    """A dirtying guest being migrated at 8 MiB/s to a fresh destination
+    over TCP: slow enough to be caught mid-stream."""
+    with dirtier() as src:
+        src.wait_passes(1)
+        port = free_port()
+        with destination(src, f"tcp:127.0.0.1:{port}") as dst:
+            src.qmp.cmd("migrate-set-parameters", max_bandwidth=8 << 20)
+            src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+            yield src, dst
+
+
 class CutProxy:
     """Forward a TCP connection, closing both sides after `limit` bytes."""
 
@@ -205,30 +219,20 @@ class CutConnection(unittest.TestCase):
                         assert_destination_refused(self, dst)
 
     def test_destination_killed_mid_stream(self):
-        with dirtier() as src:
-            src.wait_passes(1)
-            port = free_port()
-            with destination(src, f"tcp:127.0.0.1:{port}") as dst:
-                src.qmp.cmd("migrate-set-parameters", max_bandwidth=8 << 20)
-                src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
-                wait_until(lambda: src.qmp.cmd("query-migrate")["status"] == "active", 20,
-                           "an active migration")
-                dst.proc.send_signal(signal.SIGKILL)
-                r = wait_migration(src)
-                self.assertEqual(r["status"], "failed", r)
-                assert_source_unharmed(self, src)
+        with slow_migration() as (src, dst):
+            wait_until(lambda: src.qmp.cmd("query-migrate")["status"] == "active", 20,
+                       "an active migration")
+            dst.proc.send_signal(signal.SIGKILL)
+            r = wait_migration(src)
+            self.assertEqual(r["status"], "failed", r)
+            assert_source_unharmed(self, src)
 
     def test_source_killed_mid_stream(self):
-        with dirtier() as src:
-            src.wait_passes(1)
-            port = free_port()
-            with destination(src, f"tcp:127.0.0.1:{port}") as dst:
-                src.qmp.cmd("migrate-set-parameters", max_bandwidth=8 << 20)
-                src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
-                wait_until(lambda: dst.qmp.cmd("query-migrate")["status"] == "active", 20,
-                           "the destination to receive")
-                src.proc.send_signal(signal.SIGKILL)
-                assert_destination_refused(self, dst)
+        with slow_migration() as (src, dst):
+            wait_until(lambda: dst.qmp.cmd("query-migrate")["status"] == "active", 20,
+                       "the destination to receive")
+            src.proc.send_signal(signal.SIGKILL)
+            assert_destination_refused(self, dst)
 
 
 if __name__ == "__main__":
