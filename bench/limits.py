@@ -15,13 +15,13 @@ PROGRAMS = ("memcpy", "net", "disk", "fault", "wire")
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", "-pthread"]
 
 
-def build(build_dir):
+def build(build_dir, names=PROGRAMS):
     """Compile the probes when their sources are newer; returns name -> path."""
     out_dir = os.path.join(build_dir, "bench")
     os.makedirs(out_dir, exist_ok=True)
     common = os.path.join(SRC, "common.h")
     paths = {}
-    for name in PROGRAMS:
+    for name in names:
         src = os.path.join(SRC, name + ".c")
         exe = os.path.join(out_dir, "gw-bench-" + name)
         newest = max(os.path.getmtime(src), os.path.getmtime(common))

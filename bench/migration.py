@@ -29,6 +29,16 @@ on COM1 (check_pages). The check is the same for both VMMs. godwit's
 x-godwit-verify-hash (the tests' whole-RAM hash comparison) stays off here:
 the destination hashes all of its RAM before it resumes, which would be
 counted as downtime. A run that fails a check is FAILED, never a time.
+
+Failures: a hop that goes wrong in any way the VMMs can cause -- an error
+reply, a command the VMM does not have, a migration that neither
+converges nor can be cancelled, a VMM that dies or stops answering --
+raises VmmError (qmp.py). The hop kills every process of the chain on its
+way out, so the next hop boots the guest afresh, and run.py records the
+run as FAILED with the reason and goes on. Only set-up refusals of what a
+row asks for (a capability or parameter the VMM does not accept) make
+the row *unavailable* instead: those are features still to come, not
+failures.
 """
 import os
 import shutil
@@ -36,7 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from qmp import QmpError, event_time
+from qmp import QmpError, VmmError, event_time
 from vmms import BOOTSECTOR_START, Vm, write_bootsector
 
 MIB = 1 << 20
@@ -74,8 +84,20 @@ class Link:
 
 
 class Unavailable(Exception):
-    """The VMM cannot do what the row asks (no such command, capability or
-    parameter): the row says so instead of showing a time."""
+    """The VMM does not accept a capability or parameter the row asks for
+    (e.g. multifd): the row says so instead of showing a time."""
+
+
+class CancelFailed(VmmError):
+    """A migration that did not converge in time could not be cancelled:
+    the scenario fails (and is not repeated: it would fail again, after
+    the same wait)."""
+
+
+def _status(ev):
+    """The status of a MIGRATION event; None if it has none."""
+    data = ev.get("data")
+    return data.get("status") if isinstance(data, dict) else None
 
 
 def check_pages(path, end, passes):
@@ -108,9 +130,12 @@ class Chain:
     every process runs in the current namespace and only local links work.
     """
 
-    def __init__(self, vmm, memory_mib, end, tools, hosts):
+    def __init__(self, vmm, memory_mib, end, tools, hosts, refuse=None):
         self.vmm, self.memory_mib, self.end = vmm, memory_mib, end
         self.tools, self.hosts = tools, hosts
+        # variant name -> commands its hops treat as absent from the VMM
+        # (run.py --refuse): for proving that a failure fails one scenario.
+        self.refuse = refuse or {}
         self.workdir = tempfile.mkdtemp(prefix=f"gw-bench-{vmm}-")
         self.image = os.path.join(self.workdir, "guest.img")
         write_bootsector(tools.bootsector, self.image, end)
@@ -127,6 +152,13 @@ class Chain:
             self.live.close()
             self.live = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def abandon(self):
+        """After a failure: kill the process running the guest, whatever
+        state it is in; the next hop boots afresh."""
+        if self.live:
+            self.live.kill()
+            self.live = None
 
     def _ns(self, side):
         return self.hosts.ns[side] if self.hosts else None
@@ -145,7 +177,8 @@ class Chain:
         self.live.wait_passes(2, timeout=120)
         try:
             params = self.live.qmp.cmd("query-migrate-parameters")
-            self.default_bandwidth = params.get("max-bandwidth")
+            self.default_bandwidth = (params.get("max-bandwidth")
+                                      if isinstance(params, dict) else None)
         except QmpError:
             self.default_bandwidth = None
 
@@ -169,7 +202,18 @@ class Chain:
 
     def migrate(self, variant, link, paused, auto_converge, converge_timeout, sample):
         """One hop. Returns a result dict whose "status" is "ok",
-        "failed" or "timeout"; raises Unavailable."""
+        "failed" or "timeout"; raises Unavailable, or VmmError (or OSError)
+        after killing every process of the chain."""
+        try:
+            return self._migrate(variant, link, paused, auto_converge, converge_timeout,
+                                 sample)
+        except Unavailable:
+            raise  # refused at set-up: the guest's process is as it was
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _migrate(self, variant, link, paused, auto_converge, converge_timeout, sample):
         if not self.live:
             self._boot()
         src = self.live
@@ -191,36 +235,39 @@ class Chain:
         self.started += 1
         dst = self._start(f"vm{self.started}", to_side, incoming=True)
         dst_caps = {}
+        refused = set(self.refuse.get(variant.name, ()))
+        src.qmp.refuse = dst.qmp.refuse = refused
         try:
             ok = self._hop(src, dst, dst_caps, variant, host, paused, auto_converge,
                            converge_timeout, sample, res)
-        except BaseException:
-            dst.close()
-            if src.proc.poll() is not None:
-                self._reset()
-            elif paused:
-                try:
-                    src.qmp.cmd("cont")
-                except (QmpError, OSError):
+            if ok:
+                # The guest lives on the destination from now on.
+                self.retired_passes += src.passes()
+                src.close()
+                # What was set on it as a destination stays set as a source.
+                self.live, self.side, self.caps = dst, to_side, dst_caps
+                self.hops += 1
+                dst.qmp.cmd("cont")
+            else:
+                dst.close()
+                if res.get("broken"):
+                    # The guest's memory is wrong somewhere, or it is on a
+                    # destination that failed: start afresh.
                     self._reset()
-            raise
-        if ok:
-            # The guest lives on the destination from now on.
-            self.retired_passes += src.passes()
-            src.close()
-            # What was set on it as a destination stays set as a source.
-            self.live, self.side, self.caps = dst, to_side, dst_caps
-            self.hops += 1
-            dst.qmp.cmd("cont")
-        else:
+                elif src.proc.poll() is not None:
+                    self._reset()
+                elif paused:
+                    src.qmp.cmd("cont")
+        except Unavailable:
             dst.close()
-            if res.get("broken"):
-                # The guest's memory is wrong somewhere: start afresh.
-                self._reset()
-            elif src.proc.poll() is not None:
-                self._reset()
-            elif paused:
-                src.qmp.cmd("cont")
+            raise
+        except BaseException:
+            # Whatever state either process is in, neither is used again.
+            dst.kill()
+            raise
+        finally:
+            if self.live and self.live.qmp:
+                self.live.qmp.refuse = set()
         res.pop("broken", None)
         return res
 
@@ -241,10 +288,12 @@ class Chain:
             self._set_caps(src, caps + (["auto-converge"] if auto_converge else []),
                            self.caps)
             src.qmp.cmd("migrate-set-parameters", src_params)
-            uri = f"tcp:{host}:{self.tools.next_port()}"
-            dst.qmp.cmd("migrate-incoming", {"uri": uri})
         except QmpError as e:
+            if e.cls == "CommandNotFound":
+                raise  # not a feature to come: this VMM cannot be driven
             raise Unavailable(f"{self.vmm}: {e.desc or e.cls}") from e
+        uri = f"tcp:{host}:{self.tools.next_port()}"
+        dst.qmp.cmd("migrate-incoming", {"uri": uri})
 
         if paused:
             src.qmp.cmd("stop")
@@ -252,57 +301,72 @@ class Chain:
         cpu0 = {"src": src.cpu(), "dst": dst.cpu()}
         passes0 = src.passes()
         t0 = time.time()
-        try:
-            src.qmp.cmd("migrate", {"uri": uri})
-        except QmpError as e:
-            raise Unavailable(f"{self.vmm}: migrate: {e.desc}") from e
+        src.qmp.cmd("migrate", {"uri": uri})
 
         # Poll the source as a management tool would; one run per row
         # keeps the samples for the "bytes over time" plot.
         samples = []
         deadline = time.monotonic() + timeout
+        cancelled = None  # why, once migrate-cancel was sent
         while True:
             info = src.qmp.cmd("query-migrate")
-            ram = info.get("ram", {})
+            if not isinstance(info, dict):
+                raise VmmError(f"{src.qmp.who}: query-migrate returned {str(info)[:200]}")
+            ram = info.get("ram") or {}
             if sample:
                 samples.append([round(time.time() - t0, 4), ram.get("transferred", 0),
                                 ram.get("dirty-sync-count", 0), ram.get("remaining", 0)])
-            if info.get("status") in FINAL:
+            status = info.get("status")
+            if status in FINAL:
                 break
-            if time.monotonic() > deadline:
-                src.qmp.cmd("migrate-cancel")
-                src.qmp.wait_event("MIGRATION", lambda e: e["data"]["status"] in FINAL,
-                                   timeout=30)
-                res["status"] = "timeout"
-                res["error"] = (f"did not converge in {timeout:.0f} s: "
-                                f"{ram.get('dirty-sync-count', '?')} rounds, "
-                                f"{ram.get('remaining', 0) / MIB:.0f} MiB still dirty")
-                return False
+            now = time.monotonic()
+            if cancelled is None and now > deadline:
+                cancelled = (f"did not converge in {timeout:.0f} s ({status}): "
+                             f"{ram.get('dirty-sync-count', '?')} rounds, "
+                             f"{(ram.get('remaining') or 0) / MIB:.0f} MiB still dirty")
+                try:
+                    src.qmp.cmd("migrate-cancel")
+                except VmmError as e:
+                    raise CancelFailed(f"{cancelled}; cancelling it failed: {e}") from e
+                cancel_deadline = now + 30
+            elif cancelled and now > cancel_deadline:
+                raise CancelFailed(f"{cancelled}; 30 s after migrate-cancel the source's "
+                                   f"migration is still '{status}'")
             time.sleep(0.01)
+        if cancelled and status != "completed":
+            # (One that completed just as it was cancelled is measured.)
+            res["status"] = "timeout"
+            res["error"] = cancelled + ("" if status == "cancelled" else
+                                        f"; it ended '{status}': {info.get('error-desc', '?')}")
+            return False
         if samples:
             res["samples"] = samples
-        if info["status"] != "completed":
+        if status != "completed":
             res["status"] = "failed"
-            res["error"] = f"migration {info['status']}: {info.get('error-desc', '?')}"
+            res["error"] = f"migration {status}: {info.get('error-desc', '?')}"
             return False
 
-        src_done = src.qmp.wait_event("MIGRATION",
-                                      lambda e: e["data"]["status"] == "completed", timeout=10)
+        src_done = src.qmp.wait_event("MIGRATION", lambda e: _status(e) == "completed",
+                                      timeout=10)
         if paused:
             # The guest was not running: it does not resume anywhere.
-            dst_ev = dst.qmp.wait_event("MIGRATION", lambda e: e["data"]["status"] in FINAL,
+            dst_ev = dst.qmp.wait_event("MIGRATION", lambda e: _status(e) in FINAL,
                                         timeout=30)
-            if not dst_ev or dst_ev["data"]["status"] != "completed":
+            if not dst_ev or _status(dst_ev) != "completed":
                 res["status"] = "failed"
-                res["error"] = "the destination did not complete the incoming migration"
+                res["error"] = ("the destination did not complete the incoming migration"
+                                + (f" ({_status(dst_ev)})" if dst_ev else " within 30 s")
+                                + (f": {dst.log_tail()}" if dst.log_tail() else ""))
+                res["broken"] = True  # the source has handed the guest over
                 return False
         else:
             dst_ev = dst.qmp.wait_event("RESUME", timeout=30)
             stop_ev = src.qmp.find_event("STOP")
             if not dst_ev or not stop_ev:
                 res["status"] = "failed"
-                res["error"] = ("the guest never resumed on the destination: "
-                                + dst.log_tail() if not dst_ev else "no STOP event on the source")
+                res["error"] = (f"the guest never resumed on the destination: {dst.log_tail()}"
+                                if not dst_ev else "no STOP event on the source")
+                res["broken"] = True
                 return False
             res["downtime_ms"] = (event_time(dst_ev) - event_time(stop_ev)) * 1e3
             res["stop_at_ms"] = (event_time(stop_ev) - t0) * 1e3
@@ -312,7 +376,10 @@ class Chain:
         for side in ("src", "dst"):
             (p0, v0), (p1, v1) = cpu0[side], cpu1[side]
             res[f"cpu_{side}_s"] = round((p1 - p0) - (v1 - v0), 3)
-        ram = info.get("ram", {})
+        ram = info.get("ram") or {}
+        if not isinstance(ram.get("transferred"), (int, float)):
+            raise VmmError(f"{src.qmp.who}: the completed migration's query-migrate has no "
+                           f"ram.transferred: {str(info)[:200]}")
         res["transferred"] = ram.get("transferred")
         res["rounds"] = ram.get("dirty-sync-count")
         res["vmm_downtime_ms"] = info.get("downtime")

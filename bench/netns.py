@@ -20,6 +20,10 @@ import os
 import subprocess
 
 
+class LinkError(RuntimeError):
+    """The shaped link cannot be set: the scenario that needs it fails."""
+
+
 def _ip(*args):
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
@@ -71,8 +75,15 @@ class Hosts:
 
     def set_link(self, rate_bps, rtt_ms):
         """Shape both directions: rate, and half the round trip each way."""
-        self.wire.stdin.write(f"{int(rate_bps)} {int(rtt_ms * 1000 / 2)}\n")
-        self.wire.stdin.flush()
-        if self.wire.stdout.readline().strip() != "ok":
-            raise RuntimeError("gw-bench-wire did not accept the link settings")
+        if self.wire is None or self.wire.poll() is not None:
+            raise LinkError(f"gw-bench-wire is not running (status "
+                            f"{self.wire.returncode if self.wire else None})")
+        try:
+            self.wire.stdin.write(f"{int(rate_bps)} {int(rtt_ms * 1000 / 2)}\n")
+            self.wire.stdin.flush()
+            answer = self.wire.stdout.readline().strip()
+        except OSError as e:
+            raise LinkError(f"gw-bench-wire: {e}") from e
+        if answer != "ok":
+            raise LinkError(f"gw-bench-wire did not accept the link settings ({answer!r})")
         self.shape = (rate_bps, rtt_ms)

@@ -34,6 +34,9 @@ WORKLOAD_TEXT = {
     "dirtying": "rewrites 100 MiB, one byte per page, as fast as it runs",
     "paused": "wrote 100 MiB and was stopped (`stop`) before the migration",
 }
+WORD = {"unavailable": "unavailable", "timeout": "did not converge", "failed": "FAILED",
+        "error": "ERROR"}
+NOTES_ANCHOR = "#runs-without-a-figure"
 LINK_TEXT = {
     "local": "loopback TCP inside one network namespace",
     "1gbit-1ms": "1 Gbit/s, 1 ms round trip, between two network namespaces",
@@ -121,16 +124,30 @@ class Row:
         """GB/s: bytes sent over the whole migration time."""
         return stats([r["transferred"] / (r["total_ms"] / 1e3) / 1e9 for r in self.ok])
 
-    def status(self):
-        """None when every run is a figure; else what to print instead."""
+    def reasons(self):
+        """The runs without a figure, grouped: [(status, error, [run numbers])],
+        in the order they happened."""
+        out = {}
+        for r in self.bad:
+            key = (r["status"], r.get("error") or "(no reason recorded)")
+            out.setdefault(key, []).append(r.get("rep", 0) + 1)
+        return [(st, err, reps) for (st, err), reps in out.items()]
+
+    def status(self, limit=300):
+        """None when every run is a figure; else what to print instead:
+        every distinct reason, with how many runs it stopped."""
         if not self.bad:
             return None
-        kinds = {r["status"] for r in self.bad}
-        first = self.bad[0]
-        word = {"unavailable": "unavailable", "timeout": "did not converge",
-                "failed": "FAILED", "error": "ERROR"}
-        label = " / ".join(sorted(word.get(k, k) for k in kinds))
-        return f"{label} ({len(self.bad)} of {len(self.runs)}): {first.get('error', '')}"
+        return "; ".join(f"{WORD.get(st, st)} ({len(reps)} of {len(self.runs)}): "
+                         f"{cell(err, limit)}" for st, err, reps in self.reasons())
+
+
+def cell(text, limit=None):
+    """Text that cannot break a Markdown table: one line, no bare '|'."""
+    t = " ".join(str(text).split()).replace("|", "\\|")
+    if limit and len(t) > limit:
+        t = t[:limit - 1].rstrip("\\") + "…"
+    return t
 
 
 def fmt(st, digits=0):
@@ -400,7 +417,46 @@ def scenario_section(scen, rows, lv, progress_png):
     return lines
 
 
-def summary_table(groups, lv):
+def notes(groups):
+    """(scenario, variant) -> note number, for every row with a run that
+    gave no figure, in page order."""
+    out = {}
+    for scen, rows in groups.items():
+        for v, row in rows.items():
+            if row.bad:
+                out[(scen, v)] = len(out) + 1
+    return out
+
+
+def notes_section(groups, numbers):
+    """Every run without a figure and why, numbered as the summary table
+    refers to them."""
+    if not numbers:
+        return []
+    lines = ["### Runs without a figure", "",
+             "Every run of this page that gave no figure, and why (the summary refers to "
+             "these by number; the scenario tables below repeat them; the results file "
+             "has the full text).", ""]
+    for (scen, v), n in numbers.items():
+        row = groups[scen][v]
+        reasons = [f"**{WORD.get(st, st)}**, run{'s' if len(reps) > 1 else ''} "
+                   f"{', '.join(map(str, reps))} of {len(row.runs)}: {cell(err, 1000)}"
+                   for st, err, reps in row.reasons()]
+        where = f"{n}. `{scen}`, {VARIANT_LABEL.get(v, v)}:"
+        if len(reasons) == 1:
+            lines.append(f"{where} {reasons[0]}")
+        else:
+            lines += [where, *(f"    - {r}" for r in reasons)]
+    lines.append("")
+    return lines
+
+
+def note_ref(n):
+    return f"[[{n}]]({NOTES_ANCHOR})"
+
+
+def summary_table(groups, lv, numbers=None):
+    numbers = numbers or {}
     lines = ["| scenario | godwit total ms | QEMU total ms | godwit/QEMU | "
              "godwit downtime ms | QEMU downtime ms | godwit/QEMU | bound | "
              "godwit vs bound | QEMU vs bound |", "|" + "---|" * 10]
@@ -410,8 +466,16 @@ def summary_table(groups, lv):
         for key in ("total_ms", "downtime_ms"):
             gs = g.s(key) if g and g.ok else None
             qs = q.s(key) if q and q.ok else None
-            cells += [fmt(gs) if gs else short_status(g), fmt(qs) if qs else short_status(q),
-                      ratio(gs, qs)]
+            pair = []
+            for v, row, st in (("godwit", g, gs), ("qemu", q, qs)):
+                text = fmt(st) if st else short_status(row)
+                n = numbers.get((scen, v))
+                if n and key == "total_ms":
+                    if row.ok:  # figures from some runs: say how many did not give one
+                        text += f", {len(row.bad)} of {len(row.runs)} {short_status(row, True)}"
+                    text += " " + note_ref(n)
+                pair.append(text)
+            cells += [*pair, ratio(gs, qs)]
         any_run = next(iter(rows.values())).runs[0]
         b = bound(lv, any_run, "qemu")
         cells.append(f"{b[0]}: {b[1]:.3f} GB/s" if b else "–")
@@ -421,13 +485,14 @@ def summary_table(groups, lv):
     return lines
 
 
-def short_status(row):
-    if row is None:
+def short_status(row, bad=False):
+    """What a summary cell says for a row without figures (or, with bad,
+    for the runs of a row that gave none)."""
+    if row is None or (row.ok and not bad) or not row.bad:
         return "–"
-    if row.ok:
-        return "–"
-    return {"unavailable": "unavailable", "timeout": "no convergence", "failed": "FAILED",
-            "error": "ERROR"}.get(row.bad[0]["status"], row.bad[0]["status"])
+    words = {"unavailable": "unavailable", "timeout": "no convergence", "failed": "FAILED",
+             "error": "ERROR"}
+    return " / ".join(sorted({words.get(r["status"], r["status"]) for r in row.bad}))
 
 
 def vs_bound(row, any_run, b):
@@ -463,6 +528,7 @@ def write(results_path, docs):
         summary_png = drawn(plot_summary, groups, docs, tmp) if groups else None
         progress = {s: drawn(plot_progress, s, rows, docs, tmp) for s, rows in groups.items()}
 
+    numbers = notes(groups)
     rel = os.path.relpath(results_path, os.path.dirname(os.path.abspath(docs)))
     out = ["# Benchmarks", "",
            "<!-- Generated by bench/run.py (bench/report.py); edit bench/method.md, "
@@ -481,16 +547,29 @@ def write(results_path, docs):
            f"- load average (1 min) at the start {machine.get('loadavg_start', 0):.2f}, "
            f"at the end {end.get('loadavg_end', 0):.2f}: other work on the machine "
            "slows both VMMs alike, but makes the spread wider",
-           f"- raw results: [`{rel}`](../{rel})", ""]
+           f"- raw results: [`{rel}`](../{rel})"]
+    if machine.get("refuse"):
+        out.append("- **commands refused on purpose** (`--refuse` / `GW_BENCH_REFUSE`, to "
+                   "show that a failing scenario does not stop the run): " +
+                   "; ".join(f"{v}: {', '.join(c)}" for v, c in sorted(machine["refuse"].items()))
+                   + ". The rows these make fail are not figures of the VMM.")
+    if end.get("aborted"):
+        out.append(f"- **the run stopped early** (a failure of the harness, not of a VMM): "
+                   f"{cell(end['aborted'], 600)}")
+    elif not end:
+        out.append("- **the run did not finish**: this page shows what it measured before "
+                   "it stopped")
+    out.append("")
     out += ["## The machine's limits", "", *limits_table(lv), ""]
     out += ["## Summary", "",
             "Median of the runs, (min–max). *godwit/QEMU* below 1 means godwit is faster. "
             "*vs bound*: for data-bound scenarios the share of the link's measured TCP "
             "throughput the migration achieved (bytes sent / total time); for idle guests "
             "the total time over the time it takes to read all guest RAM once.", "",
-            *summary_table(groups, lv), ""]
+            *summary_table(groups, lv, numbers), ""]
     if summary_png:
         out += [f"![total time and downtime per scenario]({summary_png})", ""]
+    out += notes_section(groups, numbers)
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))

@@ -3,11 +3,25 @@
 limits, in one command.
 
     bench/run.py [--quick] [--build build-release] [--reps N] [--only TEXT]
+                 [--refuse VARIANT:COMMAND ...]
+    bench/run.py --selftest [--build DIR]
 
 measures the machine's limits (bench/src/), migrates the same boot-sector
 guest with QEMU and with godwit-vmm (migration.py), appends every figure
 to bench/results/<date>.jsonl and regenerates docs/benchmarks.md with
 its plots (report.py). `make bench` and `make bench QUICK=1` run it.
+
+A scenario run that fails (a QMP error, a command the VMM does not have,
+a migration that can be neither finished nor cancelled, a VMM that dies
+or stops answering) is recorded as FAILED with the reason, its processes
+are killed, and the run goes on. Only a bug of the harness stops the
+run; every record made before it is already in the results file.
+
+--refuse VARIANT:COMMAND (or GW_BENCH_REFUSE="VARIANT:COMMAND,...") makes
+the QMP driver of that variant's hops treat COMMAND as one the VMM does
+not have, exactly as if query-commands had not listed it: the way to see
+a failure handled without a broken VMM. --selftest does that on a short
+QEMU-only run in a temporary directory and checks the outcome.
 
 Python standard library only. Needs root (KVM, network namespaces).
 """
@@ -18,21 +32,31 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import limits  # noqa: E402
 import report  # noqa: E402
-from migration import MIB, Chain, Link, Unavailable, Variant, Workload  # noqa: E402
-from netns import Hosts  # noqa: E402
+import vmms  # noqa: E402
+from migration import MIB, CancelFailed, Chain, Link, Unavailable, Variant, Workload  # noqa: E402
+from netns import Hosts, LinkError  # noqa: E402
+from qmp import VmmError  # noqa: E402
 from vmms import BOOTSECTOR_START  # noqa: E402
+
+# What may go wrong in one scenario without stopping the run: the VMMs
+# (VmmError: error replies, missing commands, deaths, timeouts), the link,
+# and the operating system (starting processes, files).
+SCENARIO_FAILURES = (VmmError, LinkError, OSError)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,10 +203,32 @@ class Results:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
 
 
-def run_rows(rows, reps, tools, hosts, results, timeout, log):
+def parse_refusals(specs):
+    """["qemu:migrate-cancel", ...] -> {"qemu": ["migrate-cancel"]}."""
+    out = {}
+    for spec in specs:
+        for item in filter(None, (x.strip() for x in spec.split(","))):
+            variant, sep, command = item.partition(":")
+            if not sep or not command or variant not in VARIANTS:
+                raise ValueError(f"--refuse {item!r}: expected VARIANT:COMMAND with VARIANT "
+                                 f"one of {', '.join(VARIANTS)}")
+            cmds = out.setdefault(variant, [])
+            if command.replace("_", "-") not in cmds:
+                cmds.append(command.replace("_", "-"))
+    return out
+
+
+def run_rows(rows, reps, tools, hosts, results, timeout, log, refuse=None, observe=None):
     """Every row `reps` times. Rows sharing a guest (VMM, size, END) share
     a chain; repetitions go round-robin over the rows of a chain so slow
-    drifts of the machine spread over all of them."""
+    drifts of the machine spread over all of them.
+
+    timeout: seconds, or a function of the row. refuse: variant -> commands
+    its hops treat as absent (parse_refusals). observe(record, chain), if
+    given, is called after every record (the self-test looks at the
+    processes then)."""
+    timeout_of = timeout if callable(timeout) else (lambda row: timeout)
+    refuse = {v: set(c) for v, c in (refuse or {}).items()}
     chains = {}
     for row in rows:
         wl = WORKLOADS[row.workload]
@@ -193,7 +239,7 @@ def run_rows(rows, reps, tools, hosts, results, timeout, log):
     skip = {}  # (variant, auto_converge) -> why it cannot run anywhere
     for key in order:
         vmm, mem, end = key
-        chain = Chain(vmm, mem, end, tools, hosts)
+        chain = Chain(vmm, mem, end, tools, hosts, refuse)
         done = {}  # row -> reason to stop repeating it
         try:
             for rep in range(reps):
@@ -211,20 +257,27 @@ def run_rows(rows, reps, tools, hosts, results, timeout, log):
                     t = time.monotonic()
                     try:
                         res = chain.migrate(variant, LINKS[row.link], WORKLOADS[row.workload].paused,
-                                            row.auto_converge, timeout, sample=(rep == 0))
+                                            row.auto_converge, timeout_of(row), sample=(rep == 0))
                     except Unavailable as e:
                         skip[(row.variant, row.auto_converge)] = str(e)
                         res = {"status": "unavailable", "error": str(e)}
-                    except (RuntimeError, OSError) as e:
-                        # A VMM died or never came up: say so, start afresh.
-                        res = {"status": "error", "error": str(e)}
-                        chain.close()
-                        chain = Chain(vmm, mem, end, tools, hosts)
+                    except SCENARIO_FAILURES as e:
+                        # The chain has killed its processes: the next run
+                        # boots the guest afresh.
+                        res = {"status": "failed", "error": str(e) or type(e).__name__,
+                               "failure": type(e).__name__}
+                        if isinstance(e, CancelFailed):
+                            # It would fail again, after the same wait.
+                            done[row] = res["error"]
                     if res["status"] == "timeout":
                         done[row] = res["error"]
-                    results.add({**base, **res})
+                    res["wall_s"] = round(time.monotonic() - t, 2)
+                    rec = {**base, **res}
+                    results.add(rec)
                     log(f"  {row.scenario:28} {row.variant:16} run {rep + 1}: "
-                        f"{summary(res)} ({time.monotonic() - t:.1f} s)")
+                        f"{summary(res)} ({res['wall_s']:.1f} s)")
+                    if observe:
+                        observe(rec, chain)
         finally:
             chain.close()
 
@@ -235,6 +288,17 @@ def summary(res):
     down = f", downtime {res['downtime_ms']:.0f} ms" if "downtime_ms" in res else ""
     return (f"total {res['total_ms']:.0f} ms{down}, {res['transferred'] / MIB:.0f} MiB, "
             f"{res['rounds']} rounds")
+
+
+def record_abort(results, started, exc):
+    """A failure of the harness itself stops the run, but not before the
+    results file says so (every record before it is already there)."""
+    what = "".join(traceback.format_exception_only(type(exc), exc)).strip() \
+        or type(exc).__name__
+    results.add({"type": "end", "elapsed_s": round(time.monotonic() - started, 1),
+                 "loadavg_end": os.getloadavg()[0], "aborted": what})
+    print(f"bench/run.py stopped: {what}\nthe results so far are in {results.path}; "
+          f"bench/report.py {results.path} --docs DIR draws them", file=sys.stderr)
 
 
 def main():
@@ -249,11 +313,26 @@ def main():
     ap.add_argument("--no-links", action="store_true", help="skip the namespace link rows")
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--refuse", action="append", metavar="VARIANT:COMMAND",
+                    default=[os.environ["GW_BENCH_REFUSE"]] if os.environ.get("GW_BENCH_REFUSE")
+                    else [],
+                    help="make VARIANT's hops treat COMMAND as absent from the VMM, as if "
+                         "query-commands had not listed it (repeatable; also "
+                         "GW_BENCH_REFUSE=VARIANT:COMMAND,...): a forced failure")
+    ap.add_argument("--selftest", action="store_true",
+                    help="check, on a short QEMU-only run in a temporary directory, that a "
+                         "refused command fails its scenario and the run goes on")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/run.py needs root: /dev/kvm and network namespaces")
     # SIGTERM unwinds like ^C, so namespaces and VMMs are always cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        refuse = parse_refusals(args.refuse)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.selftest:
+        sys.exit(selftest(os.path.abspath(args.build)))
 
     build_dir = os.path.abspath(args.build)
     reps = args.reps or (3 if args.quick else 5)
@@ -276,38 +355,172 @@ def main():
     machine.update(command=os.environ.get("GW_BENCH_COMMAND") or " ".join(sys.argv),
                    quick=args.quick, reps=reps, plan_note=note,
                    downtime_limit_ms=300, timeout_s=args.timeout)
+    if refuse:
+        machine["refuse"] = refuse
     results.add(machine)
     log(note)
     log(f"{len(rows)} rows x {reps} runs; results in {results.path}")
+    if refuse:
+        log("refusing on purpose: " + "; ".join(f"{v}: {', '.join(c)}"
+                                                for v, c in refuse.items()))
 
-    with contextlib.ExitStack() as stack:
-        try:
-            hosts = stack.enter_context(Hosts(progs["wire"]))
-        except RuntimeError as e:
-            # Without namespaces only the local rows can run; say so.
-            log(f"{e}: running the local rows only")
-            hosts = None
-            for r in rows:
-                if r.link != "local":
-                    results.add({"type": "run", "rep": 0, "scenario": r.scenario, **asdict(r),
-                                 "vmm": VARIANTS[r.variant].vmm, "status": "error",
-                                 "auto_converge": r.auto_converge, "error": str(e)})
-            rows = [r for r in rows if r.link == "local"]
-        log("measuring the machine's limits")
-        probe = limits.Limits(progs, tools, args.quick)
-        for _ in range(1 if args.quick else 3):
-            probe.machine(build_dir, ns=hosts.ns[0] if hosts else None)
-        for name in sorted({r.link for r in rows if r.link != "local"}):
-            probe.link(hosts, LINKS[name])
-        for rec in probe.records:
-            results.add({"type": "limit", **rec})
-        log("limits: " + ", ".join(report.limit_summary(probe.records)))
-        run_rows(rows, reps, tools, hosts, results, args.timeout, log)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                hosts = stack.enter_context(Hosts(progs["wire"]))
+            except RuntimeError as e:
+                # Without namespaces only the local rows can run; say so.
+                log(f"{e}: running the local rows only")
+                hosts = None
+                for r in rows:
+                    if r.link != "local":
+                        results.add({"type": "run", "rep": 0, "scenario": r.scenario,
+                                     **asdict(r), "vmm": VARIANTS[r.variant].vmm,
+                                     "status": "error", "auto_converge": r.auto_converge,
+                                     "error": str(e)})
+                rows = [r for r in rows if r.link == "local"]
+            log("measuring the machine's limits")
+            probe = limits.Limits(progs, tools, args.quick)
+            for _ in range(1 if args.quick else 3):
+                probe.machine(build_dir, ns=hosts.ns[0] if hosts else None)
+            for name in sorted({r.link for r in rows if r.link != "local"}):
+                probe.link(hosts, LINKS[name])
+            for rec in probe.records:
+                results.add({"type": "limit", **rec})
+            log("limits: " + ", ".join(report.limit_summary(probe.records)))
+            run_rows(rows, reps, tools, hosts, results, args.timeout, log, refuse)
+    except BaseException as e:
+        record_abort(results, started, e)
+        raise
 
     results.add({"type": "end", "elapsed_s": round(time.monotonic() - started, 1),
                  "loadavg_end": os.getloadavg()[0]})
     report.write(results.path, args.docs)
     log(f"wrote {os.path.join(args.docs, 'benchmarks.md')} and its plots")
+
+
+# ---- the self-test -----------------------------------------------------------
+
+# What the self-test refuses: the command whose absence stopped the first
+# full run (QEMU 7.2 spells it migrate_cancel), for the plain QEMU variant.
+SELFTEST_REFUSE = {"qemu": ["migrate-cancel"]}
+
+
+def selftest(build_dir):
+    """A short run through run_rows, QEMU only, with SELFTEST_REFUSE in
+    force, into a temporary results file and page. The rows share one
+    guest (one chain), in this order:
+
+      1. local dirtying, qemu, cancelled at once (timeout 0): migrate-cancel
+         is refused -> FAILED naming QEMU, its version and the command; no
+         process of the chain is left.
+      2. local dirtying, qemu-default-bw, cancelled at once: the guest is
+         booted afresh; the cancel goes out as QEMU spells it and works ->
+         "did not converge", and the source keeps the guest.
+      3. local paused, qemu: completes and passes the memory check on the
+         same guest (the refusal is still in force, the command unused).
+      4. the same over the 10 Gbit/s link, across the two namespaces (when
+         they can be made): the namespaces still work after the failure.
+
+    Then: every VMM process has exited, the namespaces are gone, and the
+    page drawn from the results names the failure and its reason.
+    Returns the exit status."""
+    started = time.monotonic()
+
+    def log(msg):
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
+
+    tools = Tools(build_dir)
+    tmp = tempfile.mkdtemp(prefix="gw-bench-selftest-")
+    results = Results(os.path.join(tmp, "results", "selftest.jsonl"))
+    machine = describe_machine(tools)
+    machine.update(command="bench/run.py --selftest", quick=True, reps=1,
+                   plan_note="self-test: QEMU only, one run per row, a refused command",
+                   downtime_limit_ms=300, timeout_s=60, refuse=SELFTEST_REFUSE)
+    results.add(machine)
+    log(f"self-test in {tmp}; refusing {SELFTEST_REFUSE}")
+    rows = [Row(1024, "dirtying", "local", "qemu"),
+            Row(1024, "dirtying", "local", "qemu-default-bw"),
+            Row(1024, "paused", "local", "qemu")]
+    link_row = Row(1024, "paused", "10gbit-0.2ms", "qemu")
+    checks = []
+
+    def check(ok, what):
+        checks.append((bool(ok), what))
+        log(f"{'ok  ' if ok else 'FAIL'} {what}")
+
+    seen = {}
+
+    def observe(rec, chain):
+        alive = [p.pid for p in vmms.STARTED if p.poll() is None]
+        live = chain.live
+        seen[(rec["scenario"], rec["variant"])] = {
+            "status": rec["status"], "error": rec.get("error", ""),
+            "alive": alive, "live": live.proc.pid if live else None,
+            "cancel": live.qmp.spelling("migrate-cancel") if live and live.qmp else None}
+
+    hosts = None
+    with contextlib.ExitStack() as stack:
+        try:
+            progs = limits.build(build_dir, names=("wire",))
+            hosts = stack.enter_context(Hosts(progs["wire"]))
+            rows.append(link_row)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            log(f"no namespaces ({e}): the link row is left out")
+        try:
+            run_rows(rows, 1, tools, hosts, results,
+                     lambda row: 0 if row.workload == "dirtying" else 60, log,
+                     SELFTEST_REFUSE, observe)
+        except BaseException as e:
+            record_abort(results, started, e)
+            raise
+        ns = list(hosts.ns) if hosts else []
+    results.add({"type": "end", "elapsed_s": round(time.monotonic() - started, 1),
+                 "loadavg_end": os.getloadavg()[0]})
+
+    r1 = seen.get(("local-1G-dirtying", "qemu"), {})
+    check(r1.get("status") == "failed", f"1: the refused command fails the run "
+          f"(status {r1.get('status')!r})")
+    reason = r1.get("error", "")
+    check("'migrate-cancel'" in reason and "CommandNotFound" in reason
+          and re.search(r"QEMU (\d+\.\d+\.\d+|\(version unknown\))", reason),
+          f"1: the reason names QEMU, its version and the command: {reason!r}")
+    check(r1.get("alive") == [] and r1.get("live") is None,
+          f"1: no VMM process is left after the failure (alive: {r1.get('alive')})")
+    r2 = seen.get(("local-1G-dirtying", "qemu-default-bw"), {})
+    check(r2.get("status") == "timeout" and "did not converge" in r2.get("error", ""),
+          f"2: the run goes on; a real cancel works (status {r2.get('status')!r}: "
+          f"{r2.get('error', '')!r})")
+    check(r2.get("live") is not None, "2: after the cancel the source keeps the guest")
+    check(r2.get("cancel") in ("migrate-cancel", "migrate_cancel"),
+          f"2: migrate-cancel goes out as {r2.get('cancel')!r} to this QEMU")
+    r3 = seen.get(("local-1G-paused", "qemu"), {})
+    check(r3.get("status") == "ok", f"3: the next scenario gives a figure "
+          f"(status {r3.get('status')!r} {r3.get('error', '')})")
+    if hosts:
+        r4 = seen.get((link_row.scenario, "qemu"), {})
+        check(r4.get("status") == "ok", f"4: a migration across the namespaces works after "
+              f"the failure (status {r4.get('status')!r} {r4.get('error', '')})")
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                              text=True).stdout
+        check(not any(n in left for n in ns), "the namespaces are gone")
+    alive = [p.pid for p in vmms.STARTED if p.poll() is None]
+    check(not alive, f"every VMM process started ({len(vmms.STARTED)}) has exited "
+          f"(alive: {alive})")
+    docs = os.path.join(tmp, "docs")
+    report.write(results.path, docs)
+    with open(os.path.join(docs, "benchmarks.md")) as f:
+        page = f.read()
+    check("**FAILED**" in page and "has no QMP command 'migrate-cancel'" in page
+          and "Runs without a figure" in page and "refused on purpose" in page,
+          "the page names the failure, its reason and the refusal")
+    failed = [what for ok, what in checks if not ok]
+    log(f"self-test {'PASSED' if not failed else 'FAILED'}: {len(checks) - len(failed)} of "
+        f"{len(checks)} checks; results and page in {tmp}")
+    if not failed:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log("(removed: they are kept only when a check fails)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import struct
 import subprocess
 import time
 
-from qmp import Qmp
+from qmp import Qmp, VmmError
 
 # guests/abi.h
 BOOTSECTOR_END_OFFSET = 0x1B0
@@ -19,6 +19,11 @@ BOOTSECTOR_START = 0x100000
 PASS_CHAR = b"B"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+VMM_LABEL = {"qemu": "QEMU", "godwit": "godwit-vmm"}
+
+# Every VMM process the harness started, so a self-test can check that none
+# outlived its scenario (run.py --selftest).
+STARTED = []
 
 
 def write_bootsector(src, dst, end):
@@ -68,38 +73,53 @@ class Vm:
             argv = ["ip", "netns", "exec", netns] + argv
         self.argv = argv
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
         self.qmp = None
         try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
+                                         stderr=subprocess.STDOUT)
+        except OSError as e:
+            self.log.close()
+            raise VmmError(f"cannot start {self.label} ({argv[0]}): {e}") from e
+        STARTED.append(self.proc)
+        try:
             self._connect()
-            self.vcpu_tids = [c["thread-id"] for c in self.qmp.cmd("query-cpus-fast")]
+            cpus = self.qmp.cmd("query-cpus-fast")
+            try:
+                self.vcpu_tids = [c["thread-id"] for c in cpus]
+            except (KeyError, TypeError):
+                raise VmmError(f"{self.qmp.who}: query-cpus-fast gave no thread-ids: "
+                               f"{str(cpus)[:200]}") from None
         except BaseException:
-            self.close()  # nobody else holds this process yet
+            self.kill()  # nobody else holds this process yet
             raise
+
+    @property
+    def label(self):
+        return VMM_LABEL.get(self.kind, self.kind)
 
     def _connect(self, timeout=20.0):
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.qmp_path):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} ({self.name}) exited with status "
-                                   f"{self.proc.returncode}: {self.log_tail()}")
+                raise VmmError(f"{self.label} ({self.name}) exited with status "
+                               f"{self.proc.returncode}: {self.log_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.kind} ({self.name}): no QMP socket after {timeout}s")
+                raise VmmError(f"{self.label} ({self.name}): no QMP socket after {timeout}s")
             time.sleep(0.01)
         # The socket file appears at bind(), a moment before listen().
         while True:
             try:
-                self.qmp = Qmp(self.qmp_path)
+                self.qmp = Qmp(self.qmp_path, vmm=self.label, name=self.name)
                 return
             except ConnectionRefusedError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.kind} ({self.name}): QMP refuses connections: "
-                                       f"{self.log_tail()}")
+                    raise VmmError(f"{self.label} ({self.name}): QMP refuses connections: "
+                                   f"{self.log_tail()}") from None
                 time.sleep(0.01)
 
     def log_tail(self, n=400):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         try:
             with open(self.log_path, errors="replace") as f:
                 return f.read()[-n:].strip()
@@ -121,10 +141,11 @@ class Vm:
             if p >= n:
                 return p
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} ({self.name}) exited: {self.log_tail()}")
+                raise VmmError(f"{self.label} ({self.name}) exited with status "
+                               f"{self.proc.returncode}: {self.log_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.kind} ({self.name}): guest made {p} passes "
-                                   f"in {timeout}s, expected {n}")
+                raise VmmError(f"{self.label} ({self.name}): guest made {p} passes "
+                               f"in {timeout}s, expected {n}")
             time.sleep(0.005)
 
     def cpu(self):
@@ -133,24 +154,38 @@ class Vm:
         into the process), so process - vCPU is what the VMM itself spent:
         migration threads, main loop, everything but running the guest."""
         pid = self.proc.pid
-        total = _proc_cpu_seconds(f"/proc/{pid}/stat")
-        vcpu = sum(_proc_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
-                   for tid in self.vcpu_tids)
+        try:
+            total = _proc_cpu_seconds(f"/proc/{pid}/stat")
+            vcpu = sum(_proc_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
+                       for tid in self.vcpu_tids)
+        except (OSError, ValueError, IndexError) as e:
+            raise VmmError(f"{self.label} ({self.name}): no CPU figures in /proc "
+                           f"(exited? status {self.proc.poll()}): {e}") from e
         return total, vcpu
+
+    def kill(self):
+        """For a process in an unknown state (a failed scenario): SIGKILL,
+        no questions asked. Never leaves a process behind."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.qmp:
+            self.qmp.close()
+            self.qmp = None
+        if not self.log.closed:
+            self.log.close()
 
     def close(self):
         """Quit politely, then for good; never leaves a process behind."""
         if self.proc.poll() is None and self.qmp:
             try:
                 self.qmp.sock.settimeout(5)
+                self.qmp.refuse = set()
                 self.qmp.cmd("quit")
-            except Exception:
+            except (VmmError, OSError):
                 pass
         try:
             self.proc.wait(5 if self.qmp else 0)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.qmp:
-            self.qmp.close()
-        self.log.close()
+            pass
+        self.kill()
