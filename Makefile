@@ -4,7 +4,7 @@
 #   make check   build with ASan/UBSan and run every test
 #   make build   just the release build
 #   make bench   godwit against QEMU and the machine's limits (QUICK=1: < 5 min)
-#   make fuzz    run the stream-reader fuzzer (clang, libFuzzer; FUZZ_SECONDS=60)
+#   make fuzz    run the stream and load fuzzers (clang, libFuzzer; FUZZ_SECONDS=60 each)
 
 DEPS := meson ninja-build pkg-config gcc libc6-dev python3 libjansson-dev \
         libxxhash-dev
@@ -49,13 +49,20 @@ FUZZ_SECONDS ?= 60
 $(FUZZBUILD)/build.ninja:
 	CC=clang meson setup $(FUZZBUILD) --buildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false
 
-# The fuzzer works on a copy so the checked-in seed corpus stays small.
+# Each fuzzer works on a copy so the checked-in seed corpora stay small:
+# fuzz_stream on tests/fuzz/corpus, fuzz_load (the destination path with
+# godwit-vmm's sections) on tests/fuzz/corpus-load. A crash leaves its
+# input as $(FUZZBUILD)/crash-*.
 fuzz:
 	@./scripts/install-deps $(DEPS) clang
 	$(MAKE) $(FUZZBUILD)/build.ninja
-	ninja -C $(FUZZBUILD) tests/fuzz/fuzz_stream
+	ninja -C $(FUZZBUILD) tests/fuzz/fuzz_stream tests/fuzz/fuzz_load
 	mkdir -p $(FUZZBUILD)/corpus && cp tests/fuzz/corpus/* $(FUZZBUILD)/corpus/
-	$(FUZZBUILD)/tests/fuzz/fuzz_stream -max_total_time=$(FUZZ_SECONDS) $(FUZZBUILD)/corpus
+	mkdir -p $(FUZZBUILD)/corpus-load && cp tests/fuzz/corpus-load/* $(FUZZBUILD)/corpus-load/
+	$(FUZZBUILD)/tests/fuzz/fuzz_stream -max_total_time=$(FUZZ_SECONDS) \
+		-artifact_prefix=$(FUZZBUILD)/ $(FUZZBUILD)/corpus
+	$(FUZZBUILD)/tests/fuzz/fuzz_load -max_total_time=$(FUZZ_SECONDS) \
+		-artifact_prefix=$(FUZZBUILD)/ $(FUZZBUILD)/corpus-load
 
 clean:
 	rm -rf $(BUILD) $(TESTBUILD) $(FUZZBUILD)

@@ -31,7 +31,7 @@ void gw_cancel_fini(struct gw_cancel *c)
 	close(c->efd);
 }
 
-void gw_cancel_request(struct gw_cancel *c)
+void gw_cancel_wake(struct gw_cancel *c)
 {
 	uint64_t one = 1;
 	ssize_t n;
@@ -40,6 +40,11 @@ void gw_cancel_request(struct gw_cancel *c)
 	/* It fails only with EAGAIN, when the counter is non-zero: already awake. */
 	n = write(c->efd, &one, sizeof(one));
 	(void)n;
+}
+
+void gw_cancel_request(struct gw_cancel *c)
+{
+	gw_cancel_wake(c);
 	gw_cancel_shutdown(c);
 }
 

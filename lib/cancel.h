@@ -28,6 +28,10 @@ void gw_cancel_fini(struct gw_cancel *c);
 
 /* From any thread: flag, wake, shut the socket down. Idempotent. */
 void gw_cancel_request(struct gw_cancel *c);
+/* The same without the shutdown, for an engine that still has something
+ * to say to its peer after it stops (a destination's FAILED report). Its
+ * I/O must then be bound to the eventfd (gw_reader_bind) to wake. */
+void gw_cancel_wake(struct gw_cancel *c);
 bool gw_cancel_requested(struct gw_cancel *c);
 
 /* Shut a socket fd down both ways, so the peer stops waiting for us;

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,6 +30,7 @@
 
 #include <godwit/channel.h>
 
+#include "clock.h"
 #include "internal.h"
 
 #define TRANSPORTS "tcp:, unix:, fd:, exec:, file:"
@@ -42,6 +44,21 @@
  * 1.6 GB/s through the default 64 KiB one. 1 MiB is also the default
  * /proc/sys/fs/pipe-max-size, the most an unprivileged process may ask. */
 #define EXEC_PIPE_SIZE (1 << 20)
+
+/*
+ * Two waits have nothing to poll: a FIFO with no reader yet (a blocking
+ * open() would sleep until one comes, out of a cancel's reach, and the
+ * reader's own open() waits for us, so nothing tells a non-blocking opener
+ * that one arrived) and a unix listener whose backlog is full (a
+ * non-blocking connect fails with EAGAIN, and nothing signals room). Both
+ * try again this often: the peer waits at most this long for us, and 100
+ * tries a second cost nothing.
+ */
+#define RETRY_MS 10
+
+/* After SIGKILL a process is gone within microseconds, unless it sleeps
+ * uninterruptibly in the kernel (a hung NFS server): not worth waiting for. */
+#define KILL_WAIT_MS 1000
 
 extern char **environ;
 
@@ -231,18 +248,61 @@ static void close_fd(int fd)
 		close(fd);
 }
 
-static void channel_init(struct gw_channel *ch, int fd, bool is_socket, pid_t child,
-			 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/*
+ * Wait until fd has one of events, for at most timeout_ms (-1: no limit),
+ * or until cancel_fd is readable: 1 ready, 0 timed out, -ECANCELED, or
+ * -errno. Ready wins over a cancel that came at the same time: a command
+ * that exited on its own has a status worth reporting. poll() skips a
+ * negative fd, so fd -1 makes a cancellable sleep and cancel_fd -1 a
+ * plain wait. A signal does not stretch the wait.
+ */
+static int wait_or_cancel(int fd, short events, int cancel_fd, int timeout_ms)
+{
+	struct pollfd p[2] = {
+		{ .fd = cancel_fd, .events = POLLIN },
+		{ .fd = fd, .events = events },
+	};
+	uint64_t deadline = gw_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000;
+	int n;
 
-static void channel_init(struct gw_channel *ch, int fd, bool is_socket, pid_t child,
-			 const char *fmt, ...)
+	for (;;) {
+		uint64_t now = gw_now_ns();
+		int left = timeout_ms < 0 ? -1 :
+			   now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+
+		n = poll(p, 2, left);
+		if (n >= 0 || errno != EINTR)
+			break;
+	}
+	if (n < 0)
+		return -errno;
+	if (p[1].revents)
+		return 1;
+	if (p[0].revents & POLLNVAL)
+		return -EBADF;
+	return p[0].revents ? -ECANCELED : 0;
+}
+
+/* A cancel that came before we started: nothing is begun. */
+static bool cancelled(int cancel_fd)
+{
+	return wait_or_cancel(-1, 0, cancel_fd, 0) == -ECANCELED;
+}
+
+/* A blocking channel with no command; exec: adds its own. */
+static void channel_init(struct gw_channel *ch, int fd, bool is_socket, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void channel_init(struct gw_channel *ch, int fd, bool is_socket, const char *fmt, ...)
 {
 	va_list ap;
 
 	ch->fd = fd;
+	ch->nonblocking = false;
 	ch->bidirectional = is_socket;
 	ch->is_socket = is_socket;
-	ch->child = child;
+	ch->child = 0;
+	ch->pidfd = -1;
 	va_start(ap, fmt);
 	vsnprintf(ch->desc, sizeof(ch->desc), fmt, ap);
 	va_end(ap);
@@ -286,24 +346,37 @@ static int stream_socket(int family, int flags)
 	return above_stdio(socket(family, SOCK_STREAM | SOCK_CLOEXEC | flags, 0));
 }
 
-/* A blocking connect, which a signal must not turn into a failure. */
-static int connect_fd(int fd, const struct sockaddr *sa, socklen_t len)
+/*
+ * Connect where a cancel can interrupt: the socket is non-blocking until
+ * connected, then blocking like every channel. 0, -ECANCELED, or -errno.
+ */
+static int connect_fd(int fd, const struct sockaddr *sa, socklen_t len, int cancel_fd)
 {
-	struct pollfd p = { .fd = fd, .events = POLLOUT };
 	socklen_t elen = sizeof(int);
-	int e;
+	int e, ret;
 
-	if (connect(fd, sa, len) == 0)
-		return 0;
-	if (errno != EINTR)
-		return -errno;
-	/* The kernel goes on connecting in the background; wait for the outcome. */
-	while (poll(&p, 1, -1) < 0)
-		if (errno != EINTR)
+	while (connect(fd, sa, len) < 0) {
+		if (errno == EAGAIN) {
+			/* unix: the listener's backlog is full (RETRY_MS). */
+			ret = wait_or_cancel(-1, 0, cancel_fd, RETRY_MS);
+			if (ret < 0)
+				return ret;
+			continue;
+		}
+		if (errno != EINPROGRESS)
 			return -errno;
-	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
-		return -errno;
-	return -e;
+		/* TCP: the kernel goes on with the handshake; its SYN retries
+		 * bound the wait (about two minutes by default). */
+		ret = wait_or_cancel(fd, POLLOUT, cancel_fd, -1);
+		if (ret < 0)
+			return ret;
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
+			return -errno;
+		if (e)
+			return -e;
+		break;
+	}
+	return set_nonblock(fd, false);
 }
 
 static int resolve(const char *uri, const struct uri *u, bool listening, struct addrinfo **res,
@@ -324,8 +397,10 @@ static int resolve(const char *uri, const struct uri *u, bool listening, struct 
 			    "%s: cannot resolve '%s': %s", uri, u->host, gai_strerror(ret));
 }
 
-static int tcp_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
-		       struct gw_error *err)
+/* Name resolution cannot be cancelled: getaddrinfo() has no way to stop
+ * it, and the resolver's own timeouts (resolv.conf) bound it. */
+static int tcp_connect(const char *uri, const struct uri *u, int cancel_fd,
+		       struct gw_channel *ch, struct gw_error *err)
 {
 	char tried[GW_ERROR_MSG_MAX] = "", addr[ADDR_MAX];
 	struct addrinfo *res, *ai;
@@ -340,12 +415,17 @@ static int tcp_connect(const char *uri, const struct uri *u, struct gw_channel *
 	 * that answers wins, and a failure lists what each one said. */
 	for (ai = res; ai; ai = ai->ai_next) {
 		format_sockaddr(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr));
-		fd = stream_socket(ai->ai_family, 0);
-		ret = fd < 0 ? -errno : connect_fd(fd, ai->ai_addr, ai->ai_addrlen);
+		fd = stream_socket(ai->ai_family, SOCK_NONBLOCK);
+		ret = fd < 0 ? -errno : connect_fd(fd, ai->ai_addr, ai->ai_addrlen, cancel_fd);
 		if (ret == 0)
 			break;
 		close_fd(fd);
 		fd = -1;
+		if (ret == -ECANCELED) {
+			freeaddrinfo(res);
+			return gw_error_set(err, ret, "%s: cancelled while connecting to %s", uri,
+					    addr);
+		}
 		if (used < sizeof(tried))
 			used += (size_t)snprintf(tried + used, sizeof(tried) - used, "%s%s: %s",
 						 used ? "; " : "", addr, gw_strerror(ret));
@@ -353,7 +433,7 @@ static int tcp_connect(const char *uri, const struct uri *u, struct gw_channel *
 	freeaddrinfo(res);
 	if (fd < 0)
 		return gw_error_set(err, ret, "%s: cannot connect to %s", uri, tried);
-	channel_init(ch, fd, true, 0, "tcp %s", addr);
+	channel_init(ch, fd, true, "tcp %s", addr);
 	return 0;
 }
 
@@ -439,22 +519,26 @@ static void unix_sockaddr(const char *path, struct sockaddr_un *sun)
 	memcpy(sun->sun_path, path, strlen(path) + 1);
 }
 
-static int unix_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
-			struct gw_error *err)
+static int unix_connect(const char *uri, const struct uri *u, int cancel_fd,
+			struct gw_channel *ch, struct gw_error *err)
 {
 	struct sockaddr_un sun;
 	int fd, ret;
 
 	unix_sockaddr(u->path, &sun);
-	fd = stream_socket(AF_UNIX, 0);
+	fd = stream_socket(AF_UNIX, SOCK_NONBLOCK);
 	if (fd < 0)
 		return gw_error_set(err, -errno, "%s: socket: %s", uri, gw_strerror(errno));
-	ret = connect_fd(fd, (struct sockaddr *)&sun, sizeof(sun));
-	if (ret < 0) {
+	ret = connect_fd(fd, (struct sockaddr *)&sun, sizeof(sun), cancel_fd);
+	if (ret < 0)
 		close(fd);
+	if (ret == -ECANCELED)
+		return gw_error_set(err, ret,
+				    "%s: cancelled while waiting for room in the listener's backlog",
+				    uri);
+	if (ret < 0)
 		return gw_error_set(err, ret, "%s: cannot connect: %s", uri, gw_strerror(ret));
-	}
-	channel_init(ch, fd, true, 0, "unix %s", u->path);
+	channel_init(ch, fd, true, "unix %s", u->path);
 	return 0;
 }
 
@@ -566,7 +650,7 @@ static int fd_connect(const char *uri, const struct uri *u, struct gw_channel *c
 	ret = fd_set_blocking(uri, fd, true, err);
 	if (ret < 0)
 		return ret;
-	channel_init(ch, fd, is_socket, 0, "fd %d", u->fd);
+	channel_init(ch, fd, is_socket, "fd %d", u->fd);
 	return 0;
 }
 
@@ -592,7 +676,7 @@ static int fd_listen(const char *uri, const struct uri *u, struct gw_listener **
 	if (listening) {
 		l->fd = fd;
 	} else {
-		channel_init(&l->ready, fd, is_socket, 0, "fd %d", u->fd);
+		channel_init(&l->ready, fd, is_socket, "fd %d", u->fd);
 		l->has_ready = true;
 	}
 	*out = l;
@@ -608,9 +692,10 @@ static int fd_listen(const char *uri, const struct uri *u, struct gw_listener **
  *  - its own process group, so gw_channel_abort() kills all of
  *    `cat | ssh host ...`: any of them holding the pipe keeps a blocked
  *    writer blocked;
- *  - SIGPIPE back to the default and no blocked signals, whatever the
- *    calling thread had: a program that must ignore SIGPIPE (see the
- *    header) would otherwise pass that on to cat and ssh.
+ *  - SIGPIPE and SIGTERM back to the default and no blocked signals,
+ *    whatever the calling thread had: a program that must ignore SIGPIPE
+ *    (see the header) would otherwise pass that on to cat and ssh, and
+ *    gw_channel_end() ends a lingering command with SIGTERM first.
  * Our end of the pipe is close-on-exec, so only the child's end reaches it.
  */
 static int spawn_shell(const char *uri, const char *cmd, int child_fd, int target, pid_t *pid,
@@ -619,12 +704,13 @@ static int spawn_shell(const char *uri, const char *cmd, int child_fd, int targe
 	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
 	posix_spawn_file_actions_t actions;
 	posix_spawnattr_t attr;
-	sigset_t none, pipe_only;
+	sigset_t none, defaults;
 	int ret;
 
 	sigemptyset(&none);
-	sigemptyset(&pipe_only);
-	sigaddset(&pipe_only, SIGPIPE);
+	sigemptyset(&defaults);
+	sigaddset(&defaults, SIGPIPE);
+	sigaddset(&defaults, SIGTERM);
 	posix_spawn_file_actions_init(&actions);
 	posix_spawnattr_init(&attr);
 	/* The copy dup2 makes is not close-on-exec: only it reaches the shell. */
@@ -638,7 +724,7 @@ static int spawn_shell(const char *uri, const char *cmd, int child_fd, int targe
 	if (ret == 0)
 		ret = posix_spawnattr_setsigmask(&attr, &none);
 	if (ret == 0)
-		ret = posix_spawnattr_setsigdefault(&attr, &pipe_only);
+		ret = posix_spawnattr_setsigdefault(&attr, &defaults);
 	if (ret == 0)
 		ret = posix_spawn(pid, "/bin/sh", &actions, &attr, argv, environ);
 	posix_spawnattr_destroy(&attr);
@@ -649,43 +735,58 @@ static int spawn_shell(const char *uri, const char *cmd, int child_fd, int targe
 	return 0;
 }
 
-/* A pipe to (to_child) or from the command; *fd is our end. */
-static int exec_spawn(const char *uri, const char *cmd, bool to_child, int *fd, pid_t *pid,
+/* A process we started and cannot watch: stop it and collect it. A fresh
+ * shell killed with SIGKILL exits at once, so the wait is short. */
+static void kill_and_reap(pid_t pid)
+{
+	kill(-pid, SIGKILL);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+}
+
+/*
+ * The command with a pipe to (to_child) or from it, as ch. Our end is
+ * non-blocking (nobody else has that open file, so the flag is ours to
+ * set): I/O on it waits in poll(), where a cancel can reach it. The
+ * shell's end stays blocking, as programs expect.
+ */
+static int exec_spawn(const char *uri, const char *cmd, bool to_child, struct gw_channel *ch,
 		      struct gw_error *err)
 {
-	int p[2], ours, theirs, ret;
+	int p[2], ours, theirs, pidfd, ret;
+	pid_t pid;
 
 	if (pipe2(p, O_CLOEXEC) < 0)
 		return gw_error_set(err, -errno, "%s: pipe: %s", uri, gw_strerror(errno));
 	ours = above_stdio(p[to_child ? 1 : 0]);
 	theirs = above_stdio(p[to_child ? 0 : 1]);
-	if (ours < 0 || theirs < 0) {
-		ret = -errno;
+	ret = ours < 0 || theirs < 0 ? -errno : set_nonblock(ours, true);
+	if (ret < 0) {
 		close_fd(ours);
 		close_fd(theirs);
 		return gw_error_set(err, ret, "%s: pipe: %s", uri, gw_strerror(ret));
 	}
 	/* A failure leaves the default size: slower, not wrong. */
 	(void)fcntl(ours, F_SETPIPE_SZ, EXEC_PIPE_SIZE);
-	ret = spawn_shell(uri, cmd, theirs, to_child ? STDIN_FILENO : STDOUT_FILENO, pid, err);
+	ret = spawn_shell(uri, cmd, theirs, to_child ? STDIN_FILENO : STDOUT_FILENO, &pid, err);
 	close(theirs);
 	if (ret < 0) {
 		close(ours);
 		return ret;
 	}
-	*fd = ours;
-	return 0;
-}
-
-static int exec_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
-			struct gw_error *err)
-{
-	pid_t pid;
-	int fd, ret = exec_spawn(uri, u->cmd, true, &fd, &pid, err);
-
-	if (ret < 0)
-		return ret;
-	channel_init(ch, fd, false, pid, "exec '%s'", u->cmd);
+	/* Race-free: pid is our unreaped child, so it cannot be reused yet. */
+	pidfd = above_stdio(pidfd_open(pid, 0));
+	if (pidfd < 0) {
+		ret = -errno;
+		close(ours);
+		kill_and_reap(pid);
+		return gw_error_set(err, ret, "%s: cannot watch the command (pidfd_open): %s", uri,
+				    gw_strerror(ret));
+	}
+	channel_init(ch, ours, false, "exec '%s'", cmd);
+	ch->nonblocking = true;
+	ch->child = pid;
+	ch->pidfd = pidfd;
 	return 0;
 }
 
@@ -693,17 +794,15 @@ static int exec_listen(const char *uri, const struct uri *u, struct gw_listener 
 		       struct gw_error *err)
 {
 	struct gw_listener *l = listener_new(uri);
-	pid_t pid;
-	int fd, ret;
+	int ret;
 
 	if (!l)
 		return gw_error_set(err, -ENOMEM, "%s: out of memory", uri);
-	ret = exec_spawn(uri, u->cmd, false, &fd, &pid, err);
+	ret = exec_spawn(uri, u->cmd, false, &l->ready, err);
 	if (ret < 0) {
 		free(l);
 		return ret;
 	}
-	channel_init(&l->ready, fd, false, pid, "exec '%s'", u->cmd);
 	l->has_ready = true;
 	*out = l;
 	return 0;
@@ -711,22 +810,79 @@ static int exec_listen(const char *uri, const struct uri *u, struct gw_listener 
 
 /* --- file: --------------------------------------------------------------- */
 
-static int file_open(const char *uri, const char *path, bool writing, int *out,
-		     struct gw_error *err)
+static int file_open_failed(const char *uri, const char *path, bool writing, int e,
+			    struct gw_error *err)
 {
-	int flags = writing ? O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC : O_RDONLY | O_CLOEXEC;
+	return gw_error_set(err, -e, "%s: cannot open '%s' for %s: %s", uri, path,
+			    writing ? "writing" : "reading", gw_strerror(e));
+}
+
+/*
+ * Open path for writing, created with mode 0600 (it holds guest memory).
+ * O_NONBLOCK makes open() of a FIFO with no reader fail with ENXIO at
+ * once instead of sleeping until one comes; we try again (RETRY_MS) until
+ * one does or cancel_fd is readable. A FIFO stays non-blocking (*fifo):
+ * the open file is ours alone, and a cancel can then wake a writer whose
+ * reader stopped reading. Anything else is made blocking again.
+ * ENXIO also means a socket file or a device with no driver: not retried.
+ * A slow path (NFS) can still hold open() itself: the caller's thread
+ * waits, not its event loop.
+ */
+static int file_open_writing(const char *uri, const char *path, int cancel_fd, int *out,
+			     bool *fifo, struct gw_error *err)
+{
+	struct stat st;
+	int fd, ret;
+
+	for (;;) {
+		int e;
+
+		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK, 0600);
+		if (fd >= 0)
+			break;
+		e = errno;
+		if (e == EINTR)
+			continue;
+		if (e != ENXIO || stat(path, &st) < 0 || !S_ISFIFO(st.st_mode))
+			return file_open_failed(uri, path, true, e, err);
+		ret = wait_or_cancel(-1, 0, cancel_fd, RETRY_MS);
+		if (ret == -ECANCELED)
+			return gw_error_set(err, ret,
+					    "%s: cancelled while waiting for a reader to open the FIFO",
+					    uri);
+		if (ret < 0)
+			return gw_error_set(err, ret, "%s: waiting for a reader of the FIFO: %s",
+					    uri, gw_strerror(ret));
+	}
+	fd = above_stdio(fd);
+	if (fd < 0)
+		return file_open_failed(uri, path, true, errno, err);
+	ret = fstat(fd, &st) < 0 ? -errno : 0;
+	*fifo = ret == 0 && S_ISFIFO(st.st_mode);
+	if (ret == 0 && !*fifo)
+		ret = set_nonblock(fd, false);
+	if (ret < 0) {
+		close(fd);
+		return gw_error_set(err, ret, "%s: cannot make '%s' blocking: %s", uri, path,
+				    gw_strerror(ret));
+	}
+	*out = fd;
+	return 0;
+}
+
+static int file_open_reading(const char *uri, const char *path, int *out, struct gw_error *err)
+{
 	struct stat st;
 	int fd;
 
 	do
-		fd = open(path, flags, 0600);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
 	while (fd < 0 && errno == EINTR);
 	fd = above_stdio(fd);
 	if (fd < 0)
-		return gw_error_set(err, -errno, "%s: cannot open '%s' for %s: %s", uri, path,
-				    writing ? "writing" : "reading", gw_strerror(errno));
+		return file_open_failed(uri, path, false, errno, err);
 	/* Reading opens a directory fine and fails only at the first read. */
-	if (!writing && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+	if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
 		close(fd);
 		return gw_error_set(err, -EISDIR, "%s: '%s' is a directory", uri, path);
 	}
@@ -734,14 +890,16 @@ static int file_open(const char *uri, const char *path, bool writing, int *out,
 	return 0;
 }
 
-static int file_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
-			struct gw_error *err)
+static int file_connect(const char *uri, const struct uri *u, int cancel_fd,
+			struct gw_channel *ch, struct gw_error *err)
 {
-	int fd, ret = file_open(uri, u->path, true, &fd, err);
+	bool fifo = false;
+	int fd = -1, ret = file_open_writing(uri, u->path, cancel_fd, &fd, &fifo, err);
 
 	if (ret < 0)
 		return ret;
-	channel_init(ch, fd, false, 0, "file %s", u->path);
+	channel_init(ch, fd, false, "file %s", u->path);
+	ch->nonblocking = fifo;
 	return 0;
 }
 
@@ -749,7 +907,7 @@ static int file_listen(const char *uri, const struct uri *u, struct gw_listener 
 		       struct gw_error *err)
 {
 	struct gw_listener *l;
-	int fd, ret = file_open(uri, u->path, false, &fd, err);
+	int fd = -1, ret = file_open_reading(uri, u->path, &fd, err);
 
 	if (ret < 0)
 		return ret;
@@ -758,7 +916,7 @@ static int file_listen(const char *uri, const struct uri *u, struct gw_listener 
 		close(fd);
 		return gw_error_set(err, -ENOMEM, "%s: out of memory", uri);
 	}
-	channel_init(&l->ready, fd, false, 0, "file %s", u->path);
+	channel_init(&l->ready, fd, false, "file %s", u->path);
 	l->has_ready = true;
 	*out = l;
 	return 0;
@@ -766,26 +924,34 @@ static int file_listen(const char *uri, const struct uri *u, struct gw_listener 
 
 /* --- the API ------------------------------------------------------------- */
 
-int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error *err)
+int gw_channel_connect_cancellable(const char *uri, int cancel_fd, struct gw_channel *out,
+				   struct gw_error *err)
 {
 	struct uri u;
 	int ret = parse_uri(uri, false, &u, err);
 
 	if (ret < 0)
 		return ret;
+	if (cancelled(cancel_fd))
+		return gw_error_set(err, -ECANCELED, "%s: cancelled before connecting", uri);
 	switch (u.kind) {
 	case URI_TCP:
-		return tcp_connect(uri, &u, out, err);
+		return tcp_connect(uri, &u, cancel_fd, out, err);
 	case URI_UNIX:
-		return unix_connect(uri, &u, out, err);
+		return unix_connect(uri, &u, cancel_fd, out, err);
 	case URI_FD:
 		return fd_connect(uri, &u, out, err);
 	case URI_EXEC:
-		return exec_connect(uri, &u, out, err);
+		return exec_spawn(uri, u.cmd, true, out, err);
 	case URI_FILE:
-		return file_connect(uri, &u, out, err);
+		return file_connect(uri, &u, cancel_fd, out, err);
 	}
 	return gw_error_set(err, -EINVAL, "%s: unhandled transport", uri);
+}
+
+int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error *err)
+{
+	return gw_channel_connect_cancellable(uri, -1, out, err);
 }
 
 /* Channel fds are never 0..2 (above_stdio), so a zeroed channel has none. */
@@ -794,10 +960,9 @@ static bool channel_has_fd(const struct gw_channel *ch)
 	return ch->fd > STDERR_FILENO;
 }
 
-int gw_channel_close(struct gw_channel *ch, struct gw_error *err)
+int gw_channel_close_stream(struct gw_channel *ch, struct gw_error *err)
 {
-	int ret = 0, status;
-	pid_t pid;
+	int ret = 0;
 
 	if (channel_has_fd(ch)) {
 		/* EINTR from close() still closed the fd on Linux. */
@@ -806,14 +971,26 @@ int gw_channel_close(struct gw_channel *ch, struct gw_error *err)
 					   gw_strerror(errno));
 		ch->fd = -1;
 	}
-	if (ch->child <= 0)
-		return ret;
-	pid = ch->child;
+	return ret;
+}
+
+/* Collect the command, which has exited (its pidfd is readable), and
+ * forget it: after this its pid may belong to another process. */
+static int reap(struct gw_channel *ch, int *status)
+{
+	pid_t pid;
+
+	while ((pid = waitpid(ch->child, status, 0)) < 0 && errno == EINTR)
+		;
+	close_fd(ch->pidfd);
 	ch->child = 0;
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR)
-			return gw_error_set(err, -errno, "%s: cannot wait for the command: %s",
-					    ch->desc, gw_strerror(errno));
+	ch->pidfd = -1;
+	return pid < 0 ? -errno : 0;
+}
+
+/* The command's own ending: a failure unless it exited 0. */
+static int exit_status(const struct gw_channel *ch, int status, struct gw_error *err)
+{
 	if (WIFSIGNALED(status))
 		return gw_error_set(err, -EIO, "%s was killed by signal %d (%s)", ch->desc,
 				    WTERMSIG(status), sigabbrev_np(WTERMSIG(status)) ?: "?");
@@ -823,7 +1000,66 @@ int gw_channel_close(struct gw_channel *ch, struct gw_error *err)
 	if (WEXITSTATUS(status) != 0)
 		return gw_error_set(err, -EIO, "%s exited with status %d", ch->desc,
 				    WEXITSTATUS(status));
-	return ret;
+	return 0;
+}
+
+/* Signal the command's process group (spawn_shell) and wait up to ms for
+ * the command to exit. */
+static bool signal_and_wait(const struct gw_channel *ch, int sig, int ms)
+{
+	kill(-ch->child, sig);
+	return wait_or_cancel(ch->pidfd, POLLIN, -1, ms) > 0;
+}
+
+int gw_channel_end(struct gw_channel *ch, int cancel_fd, unsigned grace_ms, struct gw_error *err)
+{
+	int grace = grace_ms > INT_MAX ? INT_MAX : (int)grace_ms;
+	int ret = gw_channel_close_stream(ch, err), status, code;
+	char why[GW_ERROR_MSG_MAX / 2];
+
+	if (ch->child <= 0)
+		return ret;
+	code = wait_or_cancel(ch->pidfd, POLLIN, cancel_fd, grace);
+	if (code > 0) {
+		int st = reap(ch, &status);
+
+		if (st < 0)
+			return gw_error_set(err, st, "%s: cannot wait for the command: %s", ch->desc,
+					    gw_strerror(st));
+		st = exit_status(ch, status, err);
+		return st < 0 ? st : ret;
+	}
+	if (code == 0) {
+		code = -ETIMEDOUT;
+		snprintf(why, sizeof(why), "%s did not exit within %d ms of the end of the stream",
+			 ch->desc, grace);
+	} else if (code == -ECANCELED) {
+		snprintf(why, sizeof(why), "%s: cancelled while waiting for it to exit", ch->desc);
+	} else {
+		snprintf(why, sizeof(why), "%s: cannot wait for it to exit: %s", ch->desc,
+			 gw_strerror(code));
+	}
+	/* From here the stream fails, whatever the command's status: it did
+	 * not finish on its own, so nothing says the stream reached its end.
+	 * How it then ended (reap) adds nothing to that. */
+	if (signal_and_wait(ch, SIGTERM, grace)) {
+		(void)reap(ch, &status);
+		return gw_error_set(err, code, "%s; sent SIGTERM", why);
+	}
+	if (signal_and_wait(ch, SIGKILL, KILL_WAIT_MS)) {
+		(void)reap(ch, &status);
+		return gw_error_set(err, code, "%s; sent SIGTERM, then SIGKILL %d ms later", why,
+				    grace);
+	}
+	return gw_error_set(err, code,
+			    "%s; sent SIGTERM, then SIGKILL %d ms later, and it has not exited "
+			    "%d ms after that (stuck in the kernel?): not waited for",
+			    why, grace, KILL_WAIT_MS);
+}
+
+int gw_channel_close(struct gw_channel *ch, struct gw_error *err)
+{
+	return gw_channel_end(ch, -1, GW_CHANNEL_CLOSE_GRACE_MS, err);
 }
 
 void gw_channel_abort(struct gw_channel *ch)
@@ -893,9 +1129,9 @@ int gw_listener_accept(struct gw_listener *l, struct gw_channel *out, struct gw_
 	/* accept4() does not pass the listener's O_NONBLOCK on: fd is blocking. */
 	if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
 		format_sockaddr((struct sockaddr *)&ss, len, peer, sizeof(peer));
-		channel_init(out, fd, true, 0, "tcp %s", peer);
+		channel_init(out, fd, true, "tcp %s", peer);
 	} else {
-		channel_init(out, fd, true, 0, "%s", l->desc);
+		channel_init(out, fd, true, "%s", l->desc);
 	}
 	return 0;
 }

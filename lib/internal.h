@@ -58,6 +58,13 @@ static inline uint64_t gw_get_le64(const unsigned char *p)
 	return gw_get_le32(p) | (uint64_t)gw_get_le32(p + 4) << 32;
 }
 
+/* A timeout parameter as the engines use it: 0 is the default, and none
+ * is longer than poll() can wait. */
+static inline uint64_t gw_timeout_ms(uint64_t ms, uint64_t dflt)
+{
+	return !ms ? dflt : ms > INT32_MAX ? INT32_MAX : ms;
+}
+
 /* error.c: strerror() without its static buffer. */
 const char *gw_strerror(int code);
 
@@ -66,6 +73,19 @@ const char *gw_strerror(int code);
  * another thread can follow a load that runs in one call (gw_load).
  */
 void gw_reader_count_into(struct gw_reader *r, uint64_t *counter);
+
+/*
+ * io.c, for the engines: bind an object to a cancel eventfd, so that no
+ * wait of it outlasts a cancel (-ECANCELED) or, for a writer, a deadline
+ * on the monotonic clock (-ETIMEDOUT; 0 removes it). See struct io_wait.
+ */
+void gw_writer_bind(struct gw_writer *w, int cancel_fd);
+void gw_writer_set_deadline(struct gw_writer *w, uint64_t deadline_ns);
+void gw_reader_bind(struct gw_reader *r, int cancel_fd);
+/* Bytes the fd has accepted (gw_writer_offset() counts buffered ones too). */
+uint64_t gw_writer_sent(const struct gw_writer *w);
+/* Bytes read from the fd but not consumed yet. */
+size_t gw_reader_buffered(const struct gw_reader *r);
 
 /*
  * payload.c. The library builds these on its own stack around a callback:
@@ -163,8 +183,10 @@ int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t ve
 /* vmstate.c */
 int gw_vmstate_check(const struct gw_vmstate *vs, uint32_t version, struct gw_error *err);
 void gw_vmstate_save(const struct gw_vmstate *vs, const void *state, struct gw_wbuf *out);
-int gw_vmstate_load(const struct gw_vmstate *vs, void *state, uint32_t version,
-		    struct gw_rbuf *in, struct gw_error *err);
+/* Decode a section's data into state (a candidate, not yet the device's),
+ * refusing bools that are not 0/1 and elements outside their field's range. */
+int gw_vmstate_decode(const struct gw_vmstate *vs, void *state, uint32_t version,
+		      struct gw_rbuf *in, struct gw_error *err);
 /* The VMDESC JSON text of m's sections. */
 int gw_vmdesc_build(const struct gw_migration *m, struct gw_wbuf *out, struct gw_error *err);
 
@@ -184,6 +206,13 @@ int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg,
 int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
 		 struct gw_error *err);
 
+/* save.c / load.c: the stream header flags (GW_HDRF_*) written, and
+ * read; gw_load() is gw_load_flags() refusing GW_HDRF_COMMIT. */
+int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
+			struct gw_error *err);
+int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
+		  struct gw_error *err);
+
 /* stream.c: framing (stream header, record headers, bounds). */
 struct gw_rec_hdr {
 	uint64_t offset; /* of the record header in the stream */
@@ -194,8 +223,9 @@ struct gw_rec_hdr {
 };
 
 uint64_t gw_record_max(uint16_t type);
-int gw_stream_put_header(struct gw_writer *w, struct gw_error *err);
-int gw_stream_get_header(struct gw_reader *r, struct gw_error *err);
+int gw_stream_put_header(struct gw_writer *w, uint32_t flags, struct gw_error *err);
+/* Check magic, version and flags (GW_HDRF_*); *flags gets the flags. */
+int gw_stream_get_header(struct gw_reader *r, uint32_t *flags, struct gw_error *err);
 /* A record whose payload is iov; payload_crc is the CRC of its covered part. */
 int gw_record_writev(struct gw_writer *w, uint16_t type, uint16_t flags,
 		     uint32_t payload_crc, const struct iovec *iov, int iovcnt,

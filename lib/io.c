@@ -17,6 +17,7 @@
 
 #include <godwit/io.h>
 
+#include "clock.h"
 #include "internal.h"
 
 /* Big enough that small records cost no system call of their own, small
@@ -27,17 +28,34 @@
 /* iovecs per system call; IOV_MAX is 1024 on Linux. */
 #define IO_BATCH 256
 
+/*
+ * How an object waits for its fd. Unbound, it blocks in the system call
+ * as any program would. Bound to a cancel eventfd (gw_*_bind), it never
+ * sleeps inside read or write: sockets get MSG_DONTWAIT and pipes
+ * RWF_NOWAIT, and the wait is a poll() on the fd and the eventfd, with a
+ * deadline if one is set, so a cancel or a deadline ends any wait — a
+ * peer that stops reading cannot hold the thread.
+ */
+struct io_wait {
+	int cancel_fd;        /* -1: unbound */
+	uint64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none */
+	bool is_socket;
+	bool is_fifo;         /* RWF_NOWAIT until the kernel says it cannot */
+};
+
 struct gw_writer {
 	int fd;
-	bool is_socket; /* send with MSG_NOSIGNAL: a dead peer is an error, not a signal */
+	struct io_wait wait;
 	int error;
 	uint64_t offset;
+	uint64_t sent;  /* bytes the fd accepted */
 	size_t used;
 	unsigned char *buf;
 };
 
 struct gw_reader {
 	int fd;
+	struct io_wait wait;
 	int error;
 	uint64_t offset;
 	size_t start; /* buffered bytes are buf[start..end) */
@@ -83,9 +101,12 @@ static void cursor_advance(struct iov_cursor *c, size_t n)
 {
 	size_t take = n < c->head_len ? n : c->head_len;
 
-	c->head += take;
-	c->head_len -= take;
-	n -= take;
+	/* A reader's cursor has no head: NULL + 0 is undefined too. */
+	if (take) {
+		c->head += take;
+		c->head_len -= take;
+		n -= take;
+	}
 	while (n && c->i < c->iovcnt) {
 		size_t left = c->iov[c->i].iov_len - c->off;
 
@@ -118,27 +139,71 @@ static size_t iov_total(const struct iovec *iov, int iovcnt)
 	return total;
 }
 
-/* Wait until fd is ready after EAGAIN on a non-blocking fd. */
-static int wait_fd(int fd, short events)
+static int wait_init(struct io_wait *wt, int fd, const char *who, struct gw_error *err)
 {
-	struct pollfd p = { .fd = fd, .events = events };
+	struct stat st;
 
-	while (poll(&p, 1, -1) < 0)
-		if (errno != EINTR)
-			return -errno;
+	if (fd < 0)
+		return gw_error_set(err, -EBADF, "stream %s: invalid fd %d", who, fd);
+	if (fstat(fd, &st) < 0)
+		return gw_error_set(err, -errno, "stream %s: fstat of fd %d: %s", who, fd,
+				    gw_strerror(errno));
+	*wt = (struct io_wait){ .cancel_fd = -1, .is_socket = S_ISSOCK(st.st_mode),
+				.is_fifo = S_ISFIFO(st.st_mode) };
 	return 0;
+}
+
+/* Wait until fd is ready after EAGAIN: 0, -ECANCELED, -ETIMEDOUT or -errno. */
+static int wait_fd(const struct io_wait *wt, int fd, short events)
+{
+	struct pollfd p[2] = {
+		{ .fd = fd, .events = events },
+		{ .fd = wt->cancel_fd, .events = POLLIN },
+	};
+
+	for (;;) {
+		int timeout = -1, n;
+
+		if (wt->deadline_ns) {
+			uint64_t now = gw_now_ns();
+
+			if (now >= wt->deadline_ns)
+				return -ETIMEDOUT;
+			timeout = (int)((wt->deadline_ns - now + 999999) / 1000000);
+		}
+		n = poll(p, wt->cancel_fd >= 0 ? 2 : 1, timeout);
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (n > 0 && p[1].revents)
+			return -ECANCELED;
+		if (n > 0)
+			return 0;
+	}
+}
+
+/* Bound objects never block in the call itself (struct io_wait). */
+static bool nowait(const struct io_wait *wt)
+{
+	return wt->cancel_fd >= 0;
+}
+
+/* A pipe or FIFO that refuses RWF_NOWAIT is used blocking from then on. */
+static bool nowait_unsupported(struct io_wait *wt, ssize_t n)
+{
+	if (n >= 0 || errno != EOPNOTSUPP || !wt->is_fifo)
+		return false;
+	wt->is_fifo = false;
+	return true;
 }
 
 int gw_writer_new(int fd, struct gw_writer **out, struct gw_error *err)
 {
+	struct io_wait wt;
 	struct gw_writer *w;
-	struct stat st;
+	int ret = wait_init(&wt, fd, "writer", err);
 
-	if (fd < 0)
-		return gw_error_set(err, -EBADF, "stream writer: invalid fd %d", fd);
-	if (fstat(fd, &st) < 0)
-		return gw_error_set(err, -errno, "stream writer: fstat of fd %d: %s",
-				    fd, gw_strerror(errno));
+	if (ret < 0)
+		return ret;
 	w = calloc(1, sizeof(*w));
 	if (w)
 		w->buf = malloc(IO_BUF_SIZE);
@@ -147,7 +212,7 @@ int gw_writer_new(int fd, struct gw_writer **out, struct gw_error *err)
 		return gw_error_set(err, -ENOMEM, "stream writer: out of memory");
 	}
 	w->fd = fd;
-	w->is_socket = S_ISSOCK(st.st_mode);
+	w->wait = wt;
 	*out = w;
 	return 0;
 }
@@ -167,12 +232,20 @@ static int writer_failed(struct gw_writer *w, struct gw_error *err)
 			    gw_strerror(w->error), (unsigned long long)w->offset);
 }
 
+/* Sockets always get MSG_NOSIGNAL: a dead peer is an error, not a signal. */
 static ssize_t write_iov(struct gw_writer *w, const struct iovec *v, int n)
 {
-	if (w->is_socket) {
+	ssize_t ret;
+
+	if (w->wait.is_socket) {
 		struct msghdr msg = { .msg_iov = (struct iovec *)v, .msg_iovlen = n };
 
-		return sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+		return sendmsg(w->fd, &msg, MSG_NOSIGNAL | (nowait(&w->wait) ? MSG_DONTWAIT : 0));
+	}
+	if (nowait(&w->wait) && w->wait.is_fifo) {
+		ret = pwritev2(w->fd, v, n, -1, RWF_NOWAIT);
+		if (!nowait_unsupported(&w->wait, ret))
+			return ret;
 	}
 	return writev(w->fd, v, n);
 }
@@ -196,7 +269,7 @@ static int writer_send(struct gw_writer *w, const struct iovec *iov, int iovcnt,
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			int ret = wait_fd(w->fd, POLLOUT);
+			int ret = wait_fd(&w->wait, w->fd, POLLOUT);
 
 			if (ret == 0)
 				continue;
@@ -205,11 +278,14 @@ static int writer_send(struct gw_writer *w, const struct iovec *iov, int iovcnt,
 		if (n <= 0) {
 			w->error = n < 0 ? -errno : -EIO;
 			return gw_error_set(err, w->error,
-					    "write to stream failed at offset %llu: %s",
-					    (unsigned long long)at, gw_strerror(w->error));
+					    "write to stream failed at offset %llu (%llu bytes written): %s",
+					    (unsigned long long)at, (unsigned long long)w->sent,
+					    w->error == -ETIMEDOUT ? "no progress before the deadline" :
+					    w->error == -ECANCELED ? "cancelled" : gw_strerror(w->error));
 		}
 		cursor_advance(&c, n);
 		at += n;
+		w->sent += n;
 	}
 	w->used = 0;
 	return 0;
@@ -254,12 +330,29 @@ uint64_t gw_writer_offset(const struct gw_writer *w)
 	return w->offset;
 }
 
+uint64_t gw_writer_sent(const struct gw_writer *w)
+{
+	return w->sent;
+}
+
+void gw_writer_bind(struct gw_writer *w, int cancel_fd)
+{
+	w->wait.cancel_fd = cancel_fd;
+}
+
+void gw_writer_set_deadline(struct gw_writer *w, uint64_t deadline_ns)
+{
+	w->wait.deadline_ns = deadline_ns;
+}
+
 int gw_reader_new(int fd, struct gw_reader **out, struct gw_error *err)
 {
+	struct io_wait wt;
 	struct gw_reader *r;
+	int ret = wait_init(&wt, fd, "reader", err);
 
-	if (fd < 0)
-		return gw_error_set(err, -EBADF, "stream reader: invalid fd %d", fd);
+	if (ret < 0)
+		return ret;
 	r = calloc(1, sizeof(*r));
 	if (r)
 		r->buf = malloc(IO_BUF_SIZE);
@@ -268,6 +361,7 @@ int gw_reader_new(int fd, struct gw_reader **out, struct gw_error *err)
 		return gw_error_set(err, -ENOMEM, "stream reader: out of memory");
 	}
 	r->fd = fd;
+	r->wait = wt;
 	*out = r;
 	return 0;
 }
@@ -301,6 +395,23 @@ static void reader_drain(struct gw_reader *r, struct iov_cursor *c)
 	}
 }
 
+static ssize_t read_iov(struct gw_reader *r, const struct iovec *v, int n)
+{
+	ssize_t ret;
+
+	if (nowait(&r->wait) && r->wait.is_socket) {
+		struct msghdr msg = { .msg_iov = (struct iovec *)v, .msg_iovlen = n };
+
+		return recvmsg(r->fd, &msg, MSG_DONTWAIT);
+	}
+	if (nowait(&r->wait) && r->wait.is_fifo) {
+		ret = preadv2(r->fd, v, n, -1, RWF_NOWAIT);
+		if (!nowait_unsupported(&r->wait, ret))
+			return ret;
+	}
+	return readv(r->fd, v, n);
+}
+
 int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
 		    struct gw_error *err)
 {
@@ -327,11 +438,11 @@ int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
 		/* The buffer is empty here: read ahead into it in the same call. */
 		k = cursor_fill(&c, v, IO_BATCH, &want);
 		v[k++] = (struct iovec){ r->buf, IO_BUF_SIZE };
-		n = readv(r->fd, v, k);
+		n = read_iov(r, v, k);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			int ret = wait_fd(r->fd, POLLIN);
+			int ret = wait_fd(&r->wait, r->fd, POLLIN);
 
 			if (ret == 0)
 				continue;
@@ -404,4 +515,14 @@ uint64_t gw_reader_offset(const struct gw_reader *r)
 void gw_reader_count_into(struct gw_reader *r, uint64_t *counter)
 {
 	r->counter = counter;
+}
+
+void gw_reader_bind(struct gw_reader *r, int cancel_fd)
+{
+	r->wait.cancel_fd = cancel_fd;
+}
+
+size_t gw_reader_buffered(const struct gw_reader *r)
+{
+	return r->end - r->start;
 }

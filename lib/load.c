@@ -239,11 +239,25 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 
 int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err)
 {
+	return gw_load_flags(m, r, NULL, err);
+}
+
+int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
+		  struct gw_error *err)
+{
 	struct load l = { .m = m, .r = r };
 	bool eof = false;
+	uint32_t flags;
 	int ret;
 
-	ret = gw_stream_get_header(r, err);
+	ret = gw_stream_get_header(r, &flags, err);
+	/* Loading a live migration's stream as if it were a file would run the
+	 * guest without the source's GO: only the incoming engine may. */
+	if (ret == 0 && !hdr_flags && (flags & GW_HDRF_COMMIT))
+		ret = gw_error_set(err, -EPROTO,
+				   "this stream is a live migration that needs the switchover handshake; load it with gw_incoming_start()");
+	if (ret == 0 && hdr_flags)
+		*hdr_flags = flags;
 	if (ret == 0)
 		ret = load_config(&l, err);
 	while (ret == 0 && !eof)

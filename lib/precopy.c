@@ -62,9 +62,6 @@
 #include "return_path.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
-/* How long the source waits for the destination's report after EOF:
- * the destination only has to resume its vCPUs, so this is generous. */
-#define REPORT_TIMEOUT_MS 30000
 /* A write failed: how long to look for a report that says why. */
 #define EXPLAIN_TIMEOUT_MS 1000
 #define SMALL_ROUND 64
@@ -88,6 +85,7 @@ struct gw_precopy {
 	struct gw_precopy_params params;
 	struct gw_precopy_stats stats;
 	bool finished;          /* the final status callback has returned */
+	bool committed;         /* about to send GO, or sent it: no cancel from here */
 
 	/* The migration thread's own. */
 	struct gw_writer *w;
@@ -98,6 +96,8 @@ struct gw_precopy {
 	uint32_t settle_rounds; /* rounds sent within the limit */
 	bool dirty_started;
 	bool paused;            /* this engine paused the guest */
+	bool handed_over;       /* GO left whole: only the destination may run the guest */
+	bool dest_failed;       /* ... but it said it will not */
 	uint64_t pause_ns;
 	uint32_t throttle;      /* percent now applied */
 	uint32_t hot_periods;   /* hot periods in a row */
@@ -135,12 +135,21 @@ void gw_precopy_params_default(struct gw_precopy_params *p)
 		.throttle_increment = 10,
 		.throttle_max = 99,
 		.return_path = true,
+		.switchover_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.ready_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.confirm_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
 	};
 }
 
-/* Throttle settings out of range are brought into it (QEMU's ranges). */
+/* Throttle settings out of range are brought into it (QEMU's ranges);
+ * a switchover timeout of 0 is the default. */
 static void clamp_params(struct gw_precopy_params *p)
 {
+	p->switchover_timeout_ms = gw_timeout_ms(p->switchover_timeout_ms,
+						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->ready_timeout_ms = gw_timeout_ms(p->ready_timeout_ms, GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->confirm_timeout_ms = gw_timeout_ms(p->confirm_timeout_ms,
+					      GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
 	if (p->throttle_max < 1 || p->throttle_max > 99)
 		p->throttle_max = p->throttle_max < 1 ? 1 : 99;
 	if (p->throttle_initial < 1 || p->throttle_initial > p->throttle_max)
@@ -188,7 +197,7 @@ static uint64_t max_bandwidth(struct gw_precopy *p)
 static void publish_transferred(struct gw_precopy *p)
 {
 	pthread_mutex_lock(&p->lock);
-	p->stats.transferred = gw_writer_offset(p->w);
+	p->stats.transferred = gw_writer_sent(p->w);
 	p->stats.remaining = p->pending * PAGE;
 	pthread_mutex_unlock(&p->lock);
 }
@@ -199,21 +208,26 @@ static int cancelled(struct gw_error *err)
 }
 
 /*
- * Read the destination's report. At the end of the stream "running" is
- * success; before it, the only report that makes sense is a failure.
+ * Wait for the destination's next message, which must be `want`; a
+ * FAILED report in its place ends the migration with the destination's
+ * reason (and says that its guest will never run).
  */
-static int read_report(struct gw_precopy *p, int timeout_ms, bool at_end, struct gw_error *err)
+static int expect(struct gw_precopy *p, uint64_t timeout_ms, enum gw_report_status want,
+		  const char *what, struct gw_error *err)
 {
 	struct gw_report r;
-	int ret = gw_report_recv(&p->cancel, timeout_ms, &r, err);
+	int ret = gw_report_recv(&p->cancel, (int)timeout_ms, what, &r, err);
 
 	if (ret < 0)
 		return ret;
-	if (r.status == GW_REPORT_FAILED)
+	if (r.status == GW_REPORT_FAILED) {
+		p->dest_failed = true;
 		return gw_error_set(err, r.code, "the destination failed: %s", r.msg);
-	if (!at_end)
+	}
+	if (r.status != want)
 		return gw_error_set(err, -EPROTO,
-				    "return path: the destination reports its guest running before the stream ended");
+				    "return path: the destination sent %s where %s belongs",
+				    gw_report_name(r.status), what);
 	return 0;
 }
 
@@ -231,7 +245,9 @@ static int stop_point(struct gw_precopy *p, struct gw_error *err)
 		return cancelled(err);
 	if (ready < 0)
 		return gw_error_set(err, ready, "return path: poll: %s", gw_strerror(ready));
-	return ready ? read_report(p, EXPLAIN_TIMEOUT_MS, false, err) : 0;
+	/* Before the stream ends, only a failure makes sense. */
+	return ready ? expect(p, EXPLAIN_TIMEOUT_MS, GW_REPORT_FAILED,
+			      "the destination's report", err) : 0;
 }
 
 static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error *err)
@@ -280,7 +296,7 @@ static int send_batch(struct gw_precopy *p, uint32_t block, const uint64_t *entr
 	p->pending -= n;
 	p->round_pages += n;
 	pthread_mutex_lock(&p->lock);
-	p->stats.transferred = gw_writer_offset(p->w);
+	p->stats.transferred = gw_writer_sent(p->w);
 	p->stats.remaining = p->pending * PAGE;
 	p->stats.duplicate += zero;
 	p->stats.normal += n - zero;
@@ -484,8 +500,10 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 	ret = stop_point(p, err);
 	if (ret == 0)
 		ret = gw_writer_new(p->cancel.fd, &p->w, err);
-	if (ret == 0)
-		ret = gw_save_begin(m, p->w, err);
+	if (ret == 0) {
+		gw_writer_bind(p->w, p->cancel.efd);
+		ret = gw_save_begin_flags(m, p->w, p->return_path ? GW_HDRF_COMMIT : 0, err);
+	}
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "setup: ");
 	/* Round one sends every page that is there; the syncs say what changed since. */
@@ -528,11 +546,56 @@ static int iterate(struct gw_precopy *p, struct gw_error *err)
 	}
 }
 
+/* The commit point: from here a cancel is refused, unless one came first. */
+static int commit(struct gw_precopy *p, struct gw_error *err)
+{
+	bool cancelling;
+
+	pthread_mutex_lock(&p->lock);
+	cancelling = p->stats.status == GW_MIG_CANCELLING;
+	p->committed = !cancelling;
+	pthread_mutex_unlock(&p->lock);
+	return cancelling ? cancelled(err) : 0;
+}
+
+/*
+ * The handshake after EOF (docs/format.md, "Switchover handshake"): READY
+ * from the destination, GO from here, RUNNING back. Until GO has left
+ * whole, any failure leaves the guest to the source, which resumes it;
+ * after that only a FAILED report from the destination gives it back.
+ */
+static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp,
+		     struct gw_error *err)
+{
+	const struct gw_report go = { GW_REPORT_GO, 0, "" };
+	uint64_t ready_ns;
+	int ret;
+
+	ret = expect(p, pp->ready_timeout_ms, GW_REPORT_READY,
+		     "the destination's READY (x-godwit-ready-timeout)", err);
+	if (ret == 0)
+		ret = commit(p, err);
+	if (ret == 0)
+		ret = gw_report_send(p->cancel.fd, &go, err);
+	if (ret < 0)
+		return ret;
+	p->handed_over = true;
+	ready_ns = gw_now_ns();
+	ret = expect(p, pp->confirm_timeout_ms, GW_REPORT_RUNNING,
+		     "the destination's RUNNING (x-godwit-confirm-timeout)", err);
+	pthread_mutex_lock(&p->lock);
+	p->stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
+	pthread_mutex_unlock(&p->lock);
+	return ret;
+}
+
 static int switchover(struct gw_precopy *p, struct gw_error *err)
 {
 	struct gw_migration *m = p->m;
+	struct gw_precopy_params pp;
 	int ret;
 
+	get_params(p, &pp);
 	/* Set first: a pause that fails half-way is undone too. */
 	p->paused = true;
 	p->pause_ns = gw_now_ns();
@@ -540,6 +603,9 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: cannot pause the guest: ");
 	set_status(p, GW_MIG_DEVICE);
+	/* A destination that stops reading cannot keep the guest paused
+	 * for longer than this. */
+	gw_writer_set_deadline(p->w, p->pause_ns + pp.switchover_timeout_ms * 1000000);
 	ret = stop_point(p, err);
 	if (ret == 0)
 		ret = set_throttle(p, 0, err);
@@ -552,8 +618,11 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 	if (ret == 0)
 		ret = gw_save_finish(m, p->w, err);
 	publish_transferred(p);
+	if (ret == -ETIMEDOUT)
+		gw_error_prefix(err, ret, "the final pages and device state were not written within x-godwit-switchover-timeout (%llu ms): ",
+				(unsigned long long)pp.switchover_timeout_ms);
 	if (ret == 0 && p->return_path)
-		ret = read_report(p, REPORT_TIMEOUT_MS, true, err);
+		ret = handshake(p, &pp, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: ");
 	pthread_mutex_lock(&p->lock);
@@ -570,10 +639,10 @@ static void explain(struct gw_precopy *p, int ret, struct gw_error *err)
 {
 	struct gw_report r;
 
-	if (!p->return_path || (ret != -EPIPE && ret != -ECONNRESET))
+	if (!p->return_path || p->handed_over || (ret != -EPIPE && ret != -ECONNRESET))
 		return;
-	if (gw_report_recv(&p->cancel, EXPLAIN_TIMEOUT_MS, &r, NULL) == 0 &&
-	    r.status == GW_REPORT_FAILED)
+	if (gw_report_recv(&p->cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
+			   NULL) == 0 && r.status == GW_REPORT_FAILED)
 		gw_error_set(err, r.code, "the destination failed: %s", r.msg);
 }
 
@@ -595,11 +664,11 @@ static int migrate(struct gw_precopy *p, struct gw_error *err)
 }
 
 /* Add "; what" to the message in err. */
-static void append(struct gw_error *err, const char *what, const struct gw_error *more)
+static void append(struct gw_error *err, const char *what, const char *why)
 {
 	char msg[2 * GW_ERROR_MSG_MAX + 128];
 
-	snprintf(msg, sizeof(msg), "%s; %s: %s", err->msg, what, more->msg);
+	snprintf(msg, sizeof(msg), "%s; %s: %s", err->msg, what, why);
 	gw_error_set(err, err->code, "%s", msg);
 }
 
@@ -610,32 +679,46 @@ static void finish(struct gw_precopy *p, int ret, struct gw_error *err)
 	enum gw_mig_status outcome = GW_MIG_COMPLETED;
 	struct gw_error e2 = { 0 };
 
-	if (ret < 0) {
-		outcome = gw_cancel_requested(&p->cancel) ? GW_MIG_CANCELLED : GW_MIG_FAILED;
+	bool unconfirmed = ret < 0 && p->handed_over && !p->dest_failed;
+
+	if (unconfirmed) {
+		/* The destination may run the guest: resuming here could make
+		 * two. Keep the complete copy, paused, and say so. */
+		outcome = GW_MIG_FAILED;
+		append(err, "the source guest stays paused",
+		       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it");
+	} else if (ret < 0) {
+		outcome = gw_cancel_requested(&p->cancel) && !p->handed_over ?
+			  GW_MIG_CANCELLED : GW_MIG_FAILED;
 		/* The destination must not wait for more: end the stream for it. */
 		gw_cancel_shutdown(&p->cancel);
 		/* A guest that cannot run again is a failure, even of a cancel. */
 		if (p->paused && m->vm_ops.resume(m->vm_opaque, &e2) < 0) {
-			append(err, "and the source guest cannot be resumed", &e2);
+			append(err, "and the source guest cannot be resumed", e2.msg);
 			outcome = GW_MIG_FAILED;
 		}
 	}
 	if (p->throttle && set_throttle(p, 0, &e2) < 0) {
-		append(err, "and the vCPU throttle cannot be removed", &e2);
+		append(err, "and the vCPU throttle cannot be removed", e2.msg);
 		if (outcome == GW_MIG_CANCELLED)
 			outcome = GW_MIG_FAILED;
 	}
 	if (p->dirty_started && m->dirty_ops.stop)
 		m->dirty_ops.stop(m->dirty_opaque);
+	if (p->w)
+		publish_transferred(p);
 	gw_writer_free(p->w);
 	p->w = NULL;
 
 	pthread_mutex_lock(&p->lock);
 	p->stats.status = outcome;
+	p->stats.unconfirmed = unconfirmed;
 	p->stats.total_time_ms = (gw_now_ns() - p->start_ns) / 1000000;
-	if (outcome == GW_MIG_FAILED)
+	if (outcome == GW_MIG_FAILED) {
 		snprintf(p->stats.error, sizeof(p->stats.error), "%s",
 			 err->msg[0] ? err->msg : gw_strerror(ret));
+		p->stats.error_code = ret;
+	}
 	pthread_mutex_unlock(&p->lock);
 	if (p->cb.status) {
 		if (outcome == GW_MIG_CANCELLED)
@@ -748,16 +831,24 @@ void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
 	pthread_mutex_unlock(&p->lock);
 }
 
-void gw_precopy_cancel(struct gw_precopy *p)
+bool gw_precopy_cancel(struct gw_precopy *p)
 {
 	bool running;
 
 	pthread_mutex_lock(&p->lock);
-	running = !final_status(p->stats.status);
+	running = !final_status(p->stats.status) && !p->committed;
 	if (running)
 		p->stats.status = GW_MIG_CANCELLING;
 	pthread_mutex_unlock(&p->lock);
 	if (running)
+		gw_cancel_request(&p->cancel);
+	return running;
+}
+
+void gw_precopy_abort(struct gw_precopy *p)
+{
+	/* After GO only the wait for RUNNING is left: end it (unconfirmed). */
+	if (!gw_precopy_cancel(p))
 		gw_cancel_request(&p->cancel);
 }
 
@@ -775,7 +866,7 @@ void gw_precopy_free(struct gw_precopy *p)
 {
 	if (!p)
 		return;
-	gw_precopy_cancel(p);
+	gw_precopy_abort(p);
 	pthread_join(p->thread, NULL);
 	pthread_mutex_destroy(&p->lock);
 	gw_cancel_fini(&p->cancel);

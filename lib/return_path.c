@@ -13,15 +13,27 @@
 #include "internal.h"
 #include "return_path.h"
 
+const char *gw_report_name(enum gw_report_status s)
+{
+	switch (s) {
+	case GW_REPORT_RUNNING: return "RUNNING";
+	case GW_REPORT_FAILED:  return "FAILED";
+	case GW_REPORT_READY:   return "READY";
+	case GW_REPORT_GO:      return "GO";
+	}
+	return "unknown";
+}
+
 size_t gw_report_encode(const struct gw_report *r, unsigned char *buf)
 {
-	size_t n = r->status == GW_REPORT_RUNNING ? 0 : strnlen(r->msg, GW_REPORT_MSG_MAX);
+	bool failed = r->status == GW_REPORT_FAILED;
+	size_t n = failed ? strnlen(r->msg, GW_REPORT_MSG_MAX) : 0;
 
 	memcpy(buf, GW_REPORT_MAGIC, GW_REPORT_MAGIC_LEN);
 	gw_le32(buf + 8, GW_REPORT_VERSION);
 	gw_le32(buf + 12, r->status);
-	/* A failure always has a code, so "failed" cannot read as "running". */
-	gw_le32(buf + 16, r->status == GW_REPORT_RUNNING ? 0 :
+	/* A failure always has a code, so "failed" cannot read as anything else. */
+	gw_le32(buf + 16, !failed ? 0 :
 		r->code < 0 && r->code > -4096 ? (uint32_t)-r->code : EIO);
 	gw_le32(buf + 20, (uint32_t)n);
 	/* The text goes out printable whatever a callback put in it. */
@@ -45,16 +57,18 @@ static int check_head(const unsigned char *h, uint32_t *msg_len, struct gw_error
 	*msg_len = gw_get_le32(h + 20);
 	if (memcmp(h, GW_REPORT_MAGIC, GW_REPORT_MAGIC_LEN) != 0)
 		return gw_error_set(err, -EBADMSG,
-				    "return path: garbage instead of the destination's report (magic %02x %02x %02x %02x %02x %02x %02x %02x)",
+				    "return path: garbage instead of a handshake message (magic %02x %02x %02x %02x %02x %02x %02x %02x)",
 				    h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
 	if (version != GW_REPORT_VERSION)
 		return gw_error_set(err, -EPROTONOSUPPORT,
-				    "return path: report version %u is not supported (this side speaks version %u)",
+				    "return path: handshake version %u is not supported (this side speaks version %u)",
 				    version, GW_REPORT_VERSION);
-	if (status == GW_REPORT_RUNNING ? code != 0 || *msg_len != 0 :
-	    status != GW_REPORT_FAILED || code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX)
+	if (status > GW_REPORT_GO ||
+	    (status == GW_REPORT_FAILED ?
+	     code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
+	     code != 0 || *msg_len != 0))
 		return gw_error_set(err, -EBADMSG,
-				    "return path: malformed report (status %u, code %u, %u bytes of text)",
+				    "return path: malformed message (status %u, code %u, %u bytes of text)",
 				    status, code, *msg_len);
 	return 0;
 }
@@ -106,7 +120,7 @@ int gw_report_send(int fd, const struct gw_report *r, struct gw_error *err)
 			continue;
 		if (n <= 0)
 			return gw_error_set(err, n < 0 ? -errno : -EIO,
-					    "return path: cannot send the report to the source: %s",
+					    "return path: cannot send %s: %s", gw_report_name(r->status),
 					    gw_strerror(n < 0 ? errno : EIO));
 		done += (size_t)n;
 	}
@@ -115,7 +129,7 @@ int gw_report_send(int fd, const struct gw_report *r, struct gw_error *err)
 
 /* Read exactly len bytes before the deadline. */
 static int read_full(struct gw_cancel *c, unsigned char *buf, size_t len, uint64_t deadline,
-		     int timeout_ms, struct gw_error *err)
+		     int timeout_ms, const char *what, struct gw_error *err)
 {
 	size_t done = 0;
 
@@ -126,13 +140,12 @@ static int read_full(struct gw_cancel *c, unsigned char *buf, size_t len, uint64
 		ssize_t n;
 
 		if (ret == -ECANCELED)
-			return gw_error_set(err, ret, "cancelled while waiting for the destination's report");
+			return gw_error_set(err, ret, "cancelled while waiting for %s", what);
 		if (ret < 0)
 			return gw_error_set(err, ret, "return path: poll: %s", gw_strerror(ret));
 		if (ret == 0)
-			return gw_error_set(err, -ETIMEDOUT,
-					    "return path: no report from the destination within %d ms",
-					    timeout_ms);
+			return gw_error_set(err, -ETIMEDOUT, "return path: %s did not arrive within %d ms",
+					    what, timeout_ms);
 		n = read(c->fd, buf + done, len - done);
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
@@ -141,14 +154,15 @@ static int read_full(struct gw_cancel *c, unsigned char *buf, size_t len, uint64
 					    gw_strerror(errno));
 		if (n == 0)
 			return gw_error_set(err, -EPIPE,
-					    "the destination closed the connection without reporting (%s)",
-					    done ? "in the middle of its report" : "it may have crashed or been killed");
+					    "the peer closed the connection instead of sending %s (%s)",
+					    what, done ? "in the middle of the message" :
+					    "it may have crashed, been killed or given up");
 		done += (size_t)n;
 	}
 	return 0;
 }
 
-int gw_report_recv(struct gw_cancel *c, int timeout_ms, struct gw_report *r,
+int gw_report_recv(struct gw_cancel *c, int timeout_ms, const char *what, struct gw_report *r,
 		   struct gw_error *err)
 {
 	unsigned char buf[GW_REPORT_MAX];
@@ -156,11 +170,12 @@ int gw_report_recv(struct gw_cancel *c, int timeout_ms, struct gw_report *r,
 	uint32_t n;
 	int ret;
 
-	ret = read_full(c, buf, GW_REPORT_HEAD_SIZE, deadline, timeout_ms, err);
+	ret = read_full(c, buf, GW_REPORT_HEAD_SIZE, deadline, timeout_ms, what, err);
 	if (ret == 0)
 		ret = check_head(buf, &n, err);
 	if (ret == 0)
-		ret = read_full(c, buf + GW_REPORT_HEAD_SIZE, n + 4, deadline, timeout_ms, err);
+		ret = read_full(c, buf + GW_REPORT_HEAD_SIZE, n + 4, deadline, timeout_ms, what,
+				err);
 	if (ret == 0)
 		ret = gw_report_decode(buf, GW_REPORT_HEAD_SIZE + n + 4, r, err);
 	return ret;

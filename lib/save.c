@@ -65,11 +65,17 @@ static int write_sections(const struct gw_migration *m, struct gw_writer *w, boo
 
 int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
 {
+	return gw_save_begin_flags(m, w, 0, err);
+}
+
+int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
+			struct gw_error *err)
+{
 	struct gw_wbuf b;
 	int ret;
 
 	m->save_state = GW_SAVE_IDLE;
-	ret = gw_stream_put_header(w, err);
+	ret = gw_stream_put_header(w, hdr_flags, err);
 	if (ret < 0)
 		return ret;
 	gw_wbuf_init(&b, GW_CONFIG_MAX);

@@ -1,9 +1,12 @@
 /*
  * Device sections: what makes a registration valid, the sub-header of
  * section records, and calling a section's callbacks with the checks that
- * keep a device from writing too much or reading what is not there.
+ * keep a device from writing too much or reading what is not there. A
+ * vmstate section's loaded state reaches the device only whole and
+ * checked: its ranges and its validate hook run on a scratch copy first.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -25,6 +28,9 @@ static int check_ways(const struct gw_section *s, struct gw_error *err)
 		return gw_error_set(err, -EINVAL, "save and load must be set together");
 	if ((s->save_live || s->load_live) && !(s->save_live && s->load_live))
 		return gw_error_set(err, -EINVAL, "save_live and load_live must be set together");
+	if (s->validate && !s->vmstate)
+		return gw_error_set(err, -EINVAL,
+				    "validate needs a vmstate: a hand-written loader checks its own data");
 	return 0;
 }
 
@@ -106,6 +112,60 @@ int gw_section_save(const struct gw_section_reg *sec, uint16_t type,
 	return 0;
 }
 
+/* What a loader must have done with the data: read all of it and no more. */
+static int check_consumed(const struct gw_rbuf *in, uint32_t version, struct gw_error *err)
+{
+	if (in->error < 0)
+		return gw_error_set(err, -EBADMSG,
+				    "the loader read past the end of the %zu bytes of data (version %u)",
+				    in->len, version);
+	if (in->pos != in->len)
+		return gw_error_set(err, -EBADMSG,
+				    "%zu of %zu bytes of data left unread (version %u)",
+				    in->len - in->pos, in->len, version);
+	return 0;
+}
+
+static int validate(const struct gw_section *s, const void *cand, uint32_t version,
+		    struct gw_error *err)
+{
+	int ret;
+
+	gw_error_clear(err);
+	ret = s->validate(cand, version, err);
+	if (ret >= 0)
+		return 0;
+	/* Same code in err as returned, and a message even if the hook gave none. */
+	return gw_error_prefix(err, ret, "%s", err && err->msg[0] ? "" : "refused by its validator: ");
+}
+
+/*
+ * Decode into a candidate, check it whole, and only then replace the
+ * State: a device never holds a value that was refused, not even for the
+ * time between two fields.
+ */
+static int load_vmstate(const struct gw_section *s, uint32_t version, struct gw_rbuf *in,
+			struct gw_error *err)
+{
+	size_t size = s->vmstate->state_size;
+	void *cand = malloc(size ? size : 1);
+	int ret;
+
+	if (!cand)
+		return gw_error_set(err, -ENOMEM, "out of memory for the %zu-byte candidate state",
+				    size);
+	memcpy(cand, s->opaque, size);
+	ret = gw_vmstate_decode(s->vmstate, cand, version, in, err);
+	if (in->error < 0 || ret == 0)
+		ret = check_consumed(in, version, err);
+	if (ret == 0 && s->validate)
+		ret = validate(s, cand, version, err);
+	if (ret == 0)
+		memcpy(s->opaque, cand, size);
+	free(cand);
+	return ret;
+}
+
 int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t version,
 		    struct gw_rbuf *in, struct gw_error *err)
 {
@@ -113,21 +173,15 @@ int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t ve
 	int ret;
 
 	gw_error_clear(err);
+	if (type == GW_REC_SECTION_FULL && s->vmstate)
+		return load_vmstate(s, version, in, err);
 	if (type != GW_REC_SECTION_FULL)
 		ret = s->load_live(s->opaque, phase_of(type), in, version, err);
-	else if (s->vmstate)
-		ret = gw_vmstate_load(s->vmstate, s->opaque, version, in, err);
 	else
 		ret = s->load(s->opaque, in, version, err);
 	if (in->error < 0)
-		return gw_error_set(err, -EBADMSG,
-				    "the loader read past the end of the %zu bytes of data (version %u)",
-				    in->len, version);
+		return check_consumed(in, version, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "load callback failed: ");
-	if (in->pos != in->len)
-		return gw_error_set(err, -EBADMSG,
-				    "%zu of %zu bytes of data left unread (version %u)",
-				    in->len - in->pos, in->len, version);
-	return 0;
+	return check_consumed(in, version, err);
 }

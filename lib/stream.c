@@ -43,17 +43,17 @@ uint64_t gw_record_max(uint16_t type)
 	return GW_RECORD_MAX_UNKNOWN;
 }
 
-int gw_stream_put_header(struct gw_writer *w, struct gw_error *err)
+int gw_stream_put_header(struct gw_writer *w, uint32_t flags, struct gw_error *err)
 {
 	unsigned char h[GW_STREAM_HEADER_SIZE];
 
 	memcpy(h, GW_STREAM_MAGIC, GW_STREAM_MAGIC_LEN);
 	gw_le32(h + 8, GW_FORMAT_VERSION);
-	gw_le32(h + 12, 0);
+	gw_le32(h + 12, flags);
 	return gw_writer_write(w, h, sizeof(h), err);
 }
 
-int gw_stream_get_header(struct gw_reader *r, struct gw_error *err)
+int gw_stream_get_header(struct gw_reader *r, uint32_t *flags_out, struct gw_error *err)
 {
 	unsigned char h[GW_STREAM_HEADER_SIZE];
 	uint32_t version, flags;
@@ -72,9 +72,10 @@ int gw_stream_get_header(struct gw_reader *r, struct gw_error *err)
 				    "stream format version %u is not supported: this reader supports version %u",
 				    version, GW_FORMAT_VERSION);
 	flags = gw_get_le32(h + 12);
-	if (flags != 0)
+	if (flags & ~GW_HDRF_KNOWN)
 		return gw_error_set(err, -EPROTONOSUPPORT,
 				    "stream header flags 0x%x are not supported by this reader", flags);
+	*flags_out = flags;
 	return 0;
 }
 

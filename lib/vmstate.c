@@ -42,6 +42,66 @@ const char *gw_field_type_name(enum gw_field_type type)
 	return field_types[type].name;
 }
 
+/* The bounds of a range compare as the field's type: signed ones as int64_t. */
+static bool below(enum gw_field_type type, uint64_t a, uint64_t b)
+{
+	return field_types[type].is_signed ? (int64_t)a < (int64_t)b : a < b;
+}
+
+/* Whether v (as loaded: zero-extended, or sign-extended for signed types)
+ * is a value of the element type. */
+static bool representable(enum gw_field_type type, uint64_t v)
+{
+	unsigned bits = 8 * field_types[type].elem;
+
+	if (bits == 64)
+		return true;
+	if (field_types[type].is_signed)
+		return (int64_t)v >= -((int64_t)1 << (bits - 1)) &&
+		       (int64_t)v < ((int64_t)1 << (bits - 1));
+	return v >> bits == 0;
+}
+
+/* A value as an error message shows it: decimal, and hex too when large. */
+static const char *show(enum gw_field_type type, uint64_t v, char buf[48])
+{
+	if (field_types[type].is_signed)
+		snprintf(buf, 48, "%" PRId64, (int64_t)v);
+	else if (v > 0xffff)
+		snprintf(buf, 48, "%" PRIu64 " (0x%" PRIx64 ")", v, v);
+	else
+		snprintf(buf, 48, "%" PRIu64, v);
+	return buf;
+}
+
+static bool overlap(const struct gw_field *a, const struct gw_field *b)
+{
+	return a->offset < b->offset + b->size && b->offset < a->offset + a->size;
+}
+
+static int check_range(const struct gw_vmstate *vs, size_t i, struct gw_error *err)
+{
+	const struct gw_field *f = &vs->fields[i];
+	char lo[48], hi[48];
+
+	if (f->type == GW_FIELD_BOOL || f->type == GW_FIELD_BYTES)
+		return gw_error_set(err, -EINVAL, "field '%s': a range needs an integer type, not %s",
+				    f->name, field_types[f->type].name);
+	if (!representable(f->type, f->min) || !representable(f->type, f->max) ||
+	    below(f->type, f->max, f->min))
+		return gw_error_set(err, -EINVAL, "field '%s': range %s..%s is not one of %s values",
+				    f->name, show(f->type, f->min, lo), show(f->type, f->max, hi),
+				    field_types[f->type].name);
+	/* Bytes loaded twice are checked once: the range would pass a value
+	 * that the other field then replaces. */
+	for (size_t j = 0; j < vs->nr_fields; j++)
+		if (j != i && overlap(f, &vs->fields[j]))
+			return gw_error_set(err, -EINVAL,
+					    "field '%s' has a range but shares bytes with field '%s'",
+					    f->name, vs->fields[j].name);
+	return 0;
+}
+
 static int check_field(const struct gw_vmstate *vs, size_t i, uint32_t version,
 		       struct gw_error *err)
 {
@@ -68,7 +128,7 @@ static int check_field(const struct gw_vmstate *vs, size_t i, uint32_t version,
 		return gw_error_set(err, -EINVAL,
 				    "field '%s' appears in version %u, after the section's version %u",
 				    f->name, f->since, version);
-	return 0;
+	return f->ranged ? check_range(vs, i, err) : 0;
 }
 
 int gw_vmstate_check(const struct gw_vmstate *vs, uint32_t version, struct gw_error *err)
@@ -140,8 +200,36 @@ void gw_vmstate_save(const struct gw_vmstate *vs, const void *state, struct gw_w
 	}
 }
 
-int gw_vmstate_load(const struct gw_vmstate *vs, void *state, uint32_t version,
-		    struct gw_rbuf *in, struct gw_error *err)
+/* Is element n of field f, as read, a value the field may hold? */
+static int check_elem(const struct gw_field *f, size_t n, uint64_t v, struct gw_error *err)
+{
+	char idx[24] = "", val[48], lo[48], hi[48];
+
+	if (f->type == GW_FIELD_BOOL && v > 1)
+		return gw_error_set(err, -EBADMSG,
+				    "field '%s'[%zu]: bool value %llu is neither 0 nor 1",
+				    f->name, n, (unsigned long long)v);
+	if (!f->ranged || (!below(f->type, v, f->min) && !below(f->type, f->max, v)))
+		return 0;
+	if (f->size > field_types[f->type].elem)
+		snprintf(idx, sizeof(idx), "[%zu]", n);
+	return gw_error_set(err, -EBADMSG, "field '%s'%s = %s is outside %s..%s", f->name, idx,
+			    show(f->type, v, val), show(f->type, f->min, lo),
+			    show(f->type, f->max, hi));
+}
+
+/* Sign-extend an element of elem bytes of a signed type, as ranges compare. */
+static uint64_t widen(enum gw_field_type type, uint64_t v, size_t elem)
+{
+	unsigned shift = 64 - 8 * elem;
+
+	if (!field_types[type].is_signed || shift == 0)
+		return v;
+	return (uint64_t)((int64_t)(v << shift) >> shift);
+}
+
+int gw_vmstate_decode(const struct gw_vmstate *vs, void *state, uint32_t version,
+		      struct gw_rbuf *in, struct gw_error *err)
 {
 	for (size_t i = 0; i < vs->nr_fields; i++) {
 		const struct gw_field *f = &vs->fields[i];
@@ -159,6 +247,7 @@ int gw_vmstate_load(const struct gw_vmstate *vs, void *state, uint32_t version,
 			uint16_t u16;
 			uint32_t u32;
 			uint64_t v;
+			int ret;
 
 			switch (elem) {
 			case 1: gw_get_u8(in, &u8); v = u8; break;
@@ -168,31 +257,53 @@ int gw_vmstate_load(const struct gw_vmstate *vs, void *state, uint32_t version,
 			}
 			if (in->error)
 				return in->error;
-			if (f->type == GW_FIELD_BOOL && v > 1)
-				return gw_error_set(err, -EBADMSG,
-						    "field '%s'[%zu]: bool value %llu is neither 0 nor 1",
-						    f->name, o, (unsigned long long)v);
+			ret = check_elem(f, o / elem, widen(f->type, v, elem), err);
+			if (ret < 0)
+				return ret;
 			store_elem(p + o, elem, v);
 		}
 	}
 	return in->error;
 }
 
+/* A bound in VMDESC: a JSON integer, or "0x..." above 2^63-1, as decoded values. */
+static json_t *describe_bound(enum gw_field_type type, uint64_t v)
+{
+	char hex[19];
+
+	if (field_types[type].is_signed)
+		return json_integer((json_int_t)(int64_t)v);
+	if (v <= INT64_MAX)
+		return json_integer((json_int_t)v);
+	snprintf(hex, sizeof(hex), "0x%016" PRIx64, v);
+	return json_string(hex);
+}
+
+static json_t *describe_field(const struct gw_field *f)
+{
+	size_t elem = field_types[f->type].elem;
+	json_t *o = json_pack("{s:s, s:s, s:I, s:I}", "name", f->name,
+			      "type", field_types[f->type].name, "size", (json_int_t)elem,
+			      "count", (json_int_t)(f->size / elem));
+
+	if (o && f->ranged &&
+	    (json_object_set_new(o, "min", describe_bound(f->type, f->min)) < 0 ||
+	     json_object_set_new(o, "max", describe_bound(f->type, f->max)) < 0)) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
 static json_t *describe_fields(const struct gw_vmstate *vs)
 {
 	json_t *fields = json_array();
 
-	for (size_t i = 0; fields && i < vs->nr_fields; i++) {
-		const struct gw_field *f = &vs->fields[i];
-		size_t elem = field_types[f->type].elem;
-
-		if (json_array_append_new(fields, json_pack("{s:s, s:s, s:I, s:I}",
-				"name", f->name, "type", field_types[f->type].name,
-				"size", (json_int_t)elem, "count", (json_int_t)(f->size / elem))) < 0) {
+	for (size_t i = 0; fields && i < vs->nr_fields; i++)
+		if (json_array_append_new(fields, describe_field(&vs->fields[i])) < 0) {
 			json_decref(fields);
 			return NULL;
 		}
-	}
 	return fields;
 }
 

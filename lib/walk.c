@@ -15,6 +15,7 @@
 
 struct gw_walker {
 	struct gw_reader *r;
+	uint32_t stream_flags;
 	struct gw_config cfg;
 	bool have_cfg;
 	bool done;
@@ -37,7 +38,7 @@ int gw_walker_new(struct gw_reader *r, struct gw_walker **out, struct gw_error *
 	if (!wk)
 		return gw_error_set(err, -ENOMEM, "walker: out of memory");
 	wk->r = r;
-	ret = gw_stream_get_header(r, err);
+	ret = gw_stream_get_header(r, &wk->stream_flags, err);
 	if (ret < 0) {
 		free(wk);
 		return ret;
@@ -53,6 +54,11 @@ void gw_walker_free(struct gw_walker *wk)
 	gw_config_release(&wk->cfg);
 	free(wk->buf);
 	free(wk);
+}
+
+uint32_t gw_walker_stream_flags(const struct gw_walker *wk)
+{
+	return wk->stream_flags;
 }
 
 const struct gw_config *gw_walker_config(const struct gw_walker *wk)

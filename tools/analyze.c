@@ -848,8 +848,10 @@ int run_analyze(const struct opts *o, char **argv)
 		free(text);
 		json_decref(head);
 	} else if (ret == 0) {
-		printf("%s: godwit stream, format version %u\n",
-		       strcmp(a.path, "-") ? a.path : "standard input", GW_FORMAT_VERSION);
+		printf("%s: godwit stream, format version %u%s\n",
+		       strcmp(a.path, "-") ? a.path : "standard input", GW_FORMAT_VERSION,
+		       gw_walker_stream_flags(a.wk) & GW_HDRF_COMMIT ?
+		       " (live migration: the source asked for the switchover handshake)" : "");
 	}
 	if (ret < 0) {
 		a.wk = NULL;

@@ -211,6 +211,11 @@ static const struct command commands[] = {
 	 "  cpu-throttle-initial=PCT     auto-converge: the first throttle step\n"
 	 "  cpu-throttle-increment=PCT   auto-converge: added each slow round\n"
 	 "  max-cpu-throttle=PCT         auto-converge: the most it throttles\n"
+	 "  x-godwit-switchover-timeout=MS  source: pause until EOF is written\n"
+	 "  x-godwit-ready-timeout=MS       source: EOF until the destination's READY\n"
+	 "  x-godwit-confirm-timeout=MS     source: GO until RUNNING (then it stays\n"
+	 "                                  paused, unconfirmed)\n"
+	 "  x-godwit-go-timeout=MS          destination: READY until the source's GO\n"
 	 "\n"
 	 "Other names are passed on as given (QEMU has more): integers as numbers,\n"
 	 "on/off as booleans, anything else as a string.\n",

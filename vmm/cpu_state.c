@@ -7,11 +7,32 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+/* An ioctl failed: name it and errno in words. */
 static int fail(char *errmsg, size_t errlen, const char *what)
 {
 	int err = -errno;
 	snprintf(errmsg, errlen, "%s: %s", what, strerror(errno));
 	return err;
+}
+
+/* A KVM_GET/SET_MSRS call that returns how many entries it handled. */
+static int msrs_short(char *errmsg, size_t errlen, const char *what, int n, uint32_t want,
+		      const struct kvm_msr_entry *entries)
+{
+	if (n < 0)
+		return fail(errmsg, errlen, what);
+	/* KVM stops at the first MSR it refuses, so entry n is the culprit. */
+	snprintf(errmsg, errlen, "%s handled %d of %u MSRs (MSR 0x%x refused)", what, n, want,
+		 (uint32_t)n < want ? entries[n].index : 0);
+	return -EINVAL;
+}
+
+static struct kvm_msrs *msrs_alloc(uint32_t n, char *errmsg, size_t errlen)
+{
+	struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
+	if (!m)
+		snprintf(errmsg, errlen, "out of memory for %u MSRs", n);
+	return m;
 }
 
 int cpu_state_check_host(struct kvm *kvm, char *errmsg, size_t errlen)
@@ -74,7 +95,7 @@ int cpu_state_save(struct kvm *kvm, int fd, const struct msr_list *msrs, struct 
 	if (ioctl(fd, KVM_GET_XSAVE, &s->xsave) < 0)
 		return fail(errmsg, errlen, "KVM_GET_XSAVE");
 
-	struct kvm_msrs *m = calloc(1, sizeof(*m) + msrs->nr * sizeof(struct kvm_msr_entry));
+	struct kvm_msrs *m = msrs_alloc(msrs->nr, errmsg, errlen);
 	if (!m)
 		return -ENOMEM;
 	m->nmsrs = msrs->nr;
@@ -82,9 +103,9 @@ int cpu_state_save(struct kvm *kvm, int fd, const struct msr_list *msrs, struct 
 		m->entries[i].index = msrs->index[i];
 	int n = ioctl(fd, KVM_GET_MSRS, m);
 	if (n != (int)msrs->nr) {
-		snprintf(errmsg, errlen, "KVM_GET_MSRS read %d of %u MSRs", n, msrs->nr);
+		int ret = msrs_short(errmsg, errlen, "KVM_GET_MSRS", n, msrs->nr, m->entries);
 		free(m);
-		return -EIO;
+		return ret;
 	}
 	s->nr_msrs = msrs->nr;
 	memcpy(s->msrs, m->entries, msrs->nr * sizeof(struct kvm_msr_entry));
@@ -99,6 +120,14 @@ int cpu_state_load(struct kvm *kvm, int fd, const struct cpu_state *s, char *err
 		   size_t errlen)
 {
 	(void)kvm;
+	/* The loader's range check already refused this; a count past the
+	 * array must never reach the copy below, whoever filled s. Checked
+	 * before the first ioctl, so a refused state changes nothing. */
+	if (s->nr_msrs > CPU_STATE_MAX_MSRS) {
+		snprintf(errmsg, errlen, "nr_msrs %u exceeds the %d MSRs the state holds", s->nr_msrs,
+			 CPU_STATE_MAX_MSRS);
+		return -EINVAL;
+	}
 	if (ioctl(fd, KVM_SET_SREGS, &s->sregs) < 0)
 		return fail(errmsg, errlen, "KVM_SET_SREGS");
 	if (ioctl(fd, KVM_SET_REGS, &s->regs) < 0)
@@ -108,18 +137,17 @@ int cpu_state_load(struct kvm *kvm, int fd, const struct cpu_state *s, char *err
 	if (ioctl(fd, KVM_SET_XSAVE, &s->xsave) < 0)
 		return fail(errmsg, errlen, "KVM_SET_XSAVE");
 
-	struct kvm_msrs *m = calloc(1, sizeof(*m) + s->nr_msrs * sizeof(struct kvm_msr_entry));
+	struct kvm_msrs *m = msrs_alloc(s->nr_msrs, errmsg, errlen);
 	if (!m)
 		return -ENOMEM;
 	m->nmsrs = s->nr_msrs;
 	memcpy(m->entries, s->msrs, s->nr_msrs * sizeof(struct kvm_msr_entry));
 	int n = ioctl(fd, KVM_SET_MSRS, m);
+	int ret = n == (int)s->nr_msrs ? 0 :
+		  msrs_short(errmsg, errlen, "KVM_SET_MSRS", n, s->nr_msrs, m->entries);
 	free(m);
-	if (n != (int)s->nr_msrs) {
-		snprintf(errmsg, errlen, "KVM_SET_MSRS wrote %d of %u MSRs (MSR 0x%x refused)", n,
-			 s->nr_msrs, n >= 0 && (uint32_t)n < s->nr_msrs ? s->msrs[n].index : 0);
-		return -EINVAL;
-	}
+	if (ret)
+		return ret;
 	if (ioctl(fd, KVM_SET_MP_STATE, &s->mp) < 0)
 		return fail(errmsg, errlen, "KVM_SET_MP_STATE");
 	if (ioctl(fd, KVM_SET_LAPIC, &s->lapic) < 0)
@@ -139,10 +167,12 @@ int vm_state_save(struct kvm *kvm, struct vm_state *s, char *errmsg, size_t errl
 	s->pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
 	s->pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
 	s->ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
-	if (ioctl(kvm->vm_fd, KVM_GET_IRQCHIP, &s->pic_master) < 0 ||
-	    ioctl(kvm->vm_fd, KVM_GET_IRQCHIP, &s->pic_slave) < 0 ||
-	    ioctl(kvm->vm_fd, KVM_GET_IRQCHIP, &s->ioapic) < 0)
-		return fail(errmsg, errlen, "KVM_GET_IRQCHIP");
+	if (ioctl(kvm->vm_fd, KVM_GET_IRQCHIP, &s->pic_master) < 0)
+		return fail(errmsg, errlen, "KVM_GET_IRQCHIP (PIC master)");
+	if (ioctl(kvm->vm_fd, KVM_GET_IRQCHIP, &s->pic_slave) < 0)
+		return fail(errmsg, errlen, "KVM_GET_IRQCHIP (PIC slave)");
+	if (ioctl(kvm->vm_fd, KVM_GET_IRQCHIP, &s->ioapic) < 0)
+		return fail(errmsg, errlen, "KVM_GET_IRQCHIP (IOAPIC)");
 	return 0;
 }
 
@@ -153,9 +183,11 @@ int vm_state_load(struct kvm *kvm, const struct vm_state *s, char *errmsg, size_
 	struct kvm_clock_data clock = {.clock = s->clock.clock};
 	if (ioctl(kvm->vm_fd, KVM_SET_CLOCK, &clock) < 0)
 		return fail(errmsg, errlen, "KVM_SET_CLOCK");
-	if (ioctl(kvm->vm_fd, KVM_SET_IRQCHIP, &s->pic_master) < 0 ||
-	    ioctl(kvm->vm_fd, KVM_SET_IRQCHIP, &s->pic_slave) < 0 ||
-	    ioctl(kvm->vm_fd, KVM_SET_IRQCHIP, &s->ioapic) < 0)
-		return fail(errmsg, errlen, "KVM_SET_IRQCHIP");
+	if (ioctl(kvm->vm_fd, KVM_SET_IRQCHIP, &s->pic_master) < 0)
+		return fail(errmsg, errlen, "KVM_SET_IRQCHIP (PIC master)");
+	if (ioctl(kvm->vm_fd, KVM_SET_IRQCHIP, &s->pic_slave) < 0)
+		return fail(errmsg, errlen, "KVM_SET_IRQCHIP (PIC slave)");
+	if (ioctl(kvm->vm_fd, KVM_SET_IRQCHIP, &s->ioapic) < 0)
+		return fail(errmsg, errlen, "KVM_SET_IRQCHIP (IOAPIC)");
 	return 0;
 }

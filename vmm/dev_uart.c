@@ -24,24 +24,26 @@ enum {
 #define IIR_THRI 0x02
 #define IIR_RDI 0x04
 #define IIR_FIFO_ON 0xc0
-#define LSR_DR 0x01
-#define LSR_THRE 0x20
-#define LSR_TEMT 0x40
 #define MCR_LOOP 0x10
 #define FCR_ENABLE 0x01
 #define FCR_CLEAR_RX 0x02
 
-/* Recompute IIR and drive the IRQ line; called with the lock held. */
-static void update_irq(struct uart *u)
+uint8_t uart_iir(const struct uart_state *s)
 {
-	struct uart_state *s = &u->st;
 	uint8_t iir = IIR_NONE;
 	if ((s->ier & IER_RDI) && s->rx_count)
 		iir = IIR_RDI;
 	else if ((s->ier & IER_THRI) && s->thr_irq_pending)
 		iir = IIR_THRI;
-	s->iir = iir | ((s->fcr & FCR_ENABLE) ? IIR_FIFO_ON : 0);
-	int level = !(iir & IIR_NONE);
+	return iir | ((s->fcr & FCR_ENABLE) ? IIR_FIFO_ON : 0);
+}
+
+/* Recompute IIR and drive the IRQ line; called with the lock held. */
+static void update_irq(struct uart *u)
+{
+	struct uart_state *s = &u->st;
+	s->iir = uart_iir(s);
+	int level = !(s->iir & IIR_NONE);
 	if (level != u->irq_level) {
 		u->irq_level = level;
 		kvm_irq_line(u->kvm, UART_COM1_IRQ, level);
@@ -53,7 +55,7 @@ static void emit(struct uart *u, uint8_t c)
 	if (u->st.mcr & MCR_LOOP) {
 		if (u->st.rx_count < UART_FIFO_SIZE) {
 			u->st.rbr_fifo[(u->st.rx_head + u->st.rx_count++) % UART_FIFO_SIZE] = c;
-			u->st.lsr |= LSR_DR;
+			u->st.lsr |= UART_LSR_DR;
 		}
 		return;
 	}
@@ -72,7 +74,7 @@ static uint8_t pop_rx(struct uart_state *s)
 	uint8_t c = s->rbr_fifo[s->rx_head];
 	s->rx_head = (s->rx_head + 1) % UART_FIFO_SIZE;
 	if (!--s->rx_count)
-		s->lsr &= ~LSR_DR;
+		s->lsr &= ~UART_LSR_DR;
 	return c;
 }
 
@@ -88,7 +90,7 @@ static void uart_write(struct uart *u, unsigned reg, uint8_t v)
 		}
 		emit(u, v);
 		/* The byte leaves at once, so THR is empty again right away. */
-		s->lsr |= LSR_THRE | LSR_TEMT;
+		s->lsr |= UART_LSR_THRE | UART_LSR_TEMT;
 		s->thr_irq_pending = 1;
 		break;
 	case REG_IER:
@@ -98,18 +100,18 @@ static void uart_write(struct uart *u, unsigned reg, uint8_t v)
 		}
 		if (!(s->ier & IER_THRI) && (v & IER_THRI))
 			s->thr_irq_pending = 1; /* enabling THRI on an empty THR raises it */
-		s->ier = v & 0x0f;
+		s->ier = v & UART_IER_BITS;
 		break;
 	case REG_IIR_FCR:
 		if (v & FCR_CLEAR_RX)
-			s->rx_count = s->rx_head = 0, s->lsr &= ~LSR_DR;
-		s->fcr = v & 0xc9;
+			s->rx_count = s->rx_head = 0, s->lsr &= ~UART_LSR_DR;
+		s->fcr = v & UART_FCR_BITS;
 		break;
 	case REG_LCR:
 		s->lcr = v;
 		break;
 	case REG_MCR:
-		s->mcr = v & 0x1f;
+		s->mcr = v & UART_MCR_BITS;
 		break;
 	case REG_SCR:
 		s->scr = v;
@@ -175,7 +177,7 @@ int uart_init(struct uart *u, struct kvm *kvm, struct io_bus *pio, int out_fd)
 	u->kvm = kvm;
 	u->out_fd = out_fd;
 	u->st.iir = IIR_NONE;
-	u->st.lsr = LSR_THRE | LSR_TEMT;
+	u->st.lsr = UART_LSR_THRE | UART_LSR_TEMT;
 	u->st.msr = 0xb0; /* DCD, DSR, CTS: a connected terminal */
 	return io_bus_register(pio, UART_COM1_BASE, 8, uart_io, u);
 }
@@ -190,7 +192,7 @@ void uart_receive(struct uart *u, const uint8_t *buf, size_t len)
 	pthread_mutex_lock(&u->lock);
 	for (size_t i = 0; i < len && u->st.rx_count < UART_FIFO_SIZE; i++) {
 		u->st.rbr_fifo[(u->st.rx_head + u->st.rx_count++) % UART_FIFO_SIZE] = buf[i];
-		u->st.lsr |= LSR_DR;
+		u->st.lsr |= UART_LSR_DR;
 	}
 	update_irq(u);
 	pthread_mutex_unlock(&u->lock);

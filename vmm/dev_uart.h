@@ -22,10 +22,27 @@ struct kvm;
 /* Everything guest-visible: this struct is what a migration saves. */
 struct uart_state {
 	uint8_t rbr_fifo[UART_FIFO_SIZE];
-	uint8_t rx_head, rx_count;
+	uint8_t rx_head, rx_count; /* rx_head < UART_FIFO_SIZE, rx_count <= it */
 	uint8_t ier, iir, fcr, lcr, mcr, lsr, msr, scr, dll, dlm;
 	uint8_t thr_irq_pending; /* THR-empty interrupt not yet acknowledged */
 };
+
+/*
+ * The register bits a state can hold: what a guest can set in IER, FCR
+ * and MCR, and what this UART ever reports in LSR (data ready; the
+ * transmitter is always empty, since a byte leaves at once). A loaded
+ * state with other bits set is not one this UART can be in.
+ */
+#define UART_IER_BITS 0x0f
+#define UART_FCR_BITS 0xc9
+#define UART_MCR_BITS 0x1f
+#define UART_LSR_DR 0x01
+#define UART_LSR_THRE 0x20
+#define UART_LSR_TEMT 0x40
+
+/* The IIR that state s implies (the pending interrupt of highest priority
+ * and the FIFO bits): the UART keeps iir equal to it after every access. */
+uint8_t uart_iir(const struct uart_state *s);
 
 struct uart {
 	struct uart_state st;

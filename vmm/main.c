@@ -28,6 +28,7 @@ struct options {
 	const char *append;
 	const char *serial;
 	const char *qmp;
+	struct qmp_address qmp_addr;
 	const char *incoming;
 	bool paused;
 	bool debug;
@@ -45,7 +46,10 @@ static void usage(FILE *f)
 		"  -b, --bootsector FILE  512-byte PC boot sector, started in real mode\n"
 		"  -a, --append STRING    parameters for the guest (key=value ...)\n"
 		"  -s, --serial WHERE     COM1: stdio (default), file:PATH or none\n"
-		"  -q, --qmp unix:PATH    QMP control socket\n"
+		"  -q, --qmp unix:PATH    QMP control socket, mode 0600 (only this user)\n"
+		"      --qmp unix:NAME,abstract=on\n"
+		"                         an abstract socket: no file and no mode, so ANY\n"
+		"                         local user can connect and control the VM\n"
 		"  -i, --incoming URI     wait for an incoming migration instead of booting:\n"
 		"                         tcp:HOST:PORT,\n"
 		"                         unix:PATH, fd:N, exec:CMD, file:PATH, or defer\n"
@@ -56,16 +60,28 @@ static void usage(FILE *f)
 		"  -V, --version          print the version\n"
 		"\n"
 		"Exit status: the guest's requested status; 1 if its self-check failed;\n"
-		"3 if a vCPU stopped on a fatal error; 2 for a usage or set-up error.\n",
+		"3 if a vCPU stopped on a fatal error; 2 for a usage or set-up error;\n"
+		"4 if shutting down took longer than 30 s and was cut short.\n",
 		GW_MAX_VCPUS);
+}
+
+/* Decimal digits up to *end, nothing before them: strtoull() would skip
+ * leading blanks and take a sign, and then ' 64M' would pass where '64M '
+ * does not. */
+static int parse_decimal(const char *s, unsigned long long *v, char **end)
+{
+	if (*s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	*v = strtoull(s, end, 10);
+	return errno ? -errno : 0;
 }
 
 static int parse_size(const char *s, uint64_t *out)
 {
+	unsigned long long v;
 	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 0);
-	if (errno || end == s || *s == '-')
+	if (parse_decimal(s, &v, &end))
 		return -EINVAL;
 	unsigned shift = 20; /* as QEMU's -m: a bare number is MiB */
 	switch (*end) {
@@ -105,16 +121,19 @@ static int parse_options(int argc, char **argv, struct options *o)
 		switch (c) {
 		case 'm':
 			if (parse_size(optarg, &o->memory)) {
-				fprintf(stderr, "godwit-vmm: --memory %s: not a size\n", optarg);
+				fprintf(stderr,
+					"godwit-vmm: --memory '%s': not a size (decimal digits and an "
+					"optional K, M, G or B suffix, no blanks)\n",
+					optarg);
 				return -1;
 			}
 			break;
 		case 'c': {
+			unsigned long long n;
 			char *end;
-			unsigned long n = strtoul(optarg, &end, 10);
-			if (*end || !n || n > GW_MAX_VCPUS) {
-				fprintf(stderr, "godwit-vmm: --vcpus %s: must be 1 to %d\n", optarg,
-					GW_MAX_VCPUS);
+			if (parse_decimal(optarg, &n, &end) || *end || !n || n > GW_MAX_VCPUS) {
+				fprintf(stderr, "godwit-vmm: --vcpus '%s': must be a number from 1 to %d\n",
+					optarg, GW_MAX_VCPUS);
 				return -1;
 			}
 			o->vcpus = (unsigned)n;
@@ -146,8 +165,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 		usage(stderr);
 		return -1;
 	}
-	if (o->qmp && strncmp(o->qmp, "unix:", 5)) {
-		fprintf(stderr, "godwit-vmm: --qmp %s: only unix:PATH is supported\n", o->qmp);
+	char why[512];
+	if (o->qmp && qmp_parse_address(o->qmp, &o->qmp_addr, why, sizeof(why))) {
+		fprintf(stderr, "godwit-vmm: --qmp '%s': %s\n", o->qmp, why);
 		return -1;
 	}
 	return 0;
@@ -215,6 +235,25 @@ static int setup_signals(struct vmm *vm)
 	return loop_add_fd(vm->loop, sigfd, EPOLLIN, on_signal, vm);
 }
 
+/*
+ * Once the main loop has stopped, shutting down is bounded by design
+ * (migration_destroy() says how), but some waits are the kernel's and no
+ * cancel reaches them: open() of a path on a hung NFS server, a vCPU stuck
+ * in an ioctl. SIGTERM must still end the VMM, so past this the process
+ * exits without tidying up; the exit status says so.
+ */
+#define SHUTDOWN_DEADLINE_S 30
+
+static void *shutdown_watchdog(void *opaque)
+{
+	(void)opaque;
+	sleep(SHUTDOWN_DEADLINE_S);
+	static const char msg[] = "godwit-vmm: shutdown did not finish within 30 s; exiting now\n";
+	ssize_t n = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+	(void)n;
+	_exit(4);
+}
+
 static int build_machine(struct vmm *vm, const struct options *o, int serial_fd, char *err,
 			 size_t errlen)
 {
@@ -263,7 +302,7 @@ int main(int argc, char **argv)
 	}
 	int ret = build_machine(&vm, &o, serial_fd, err, sizeof(err));
 	if (!ret && o.qmp)
-		ret = qmp_server_start(&vm, vm.loop, o.qmp + 5, &vm.qmp, err, sizeof(err));
+		ret = qmp_server_start(&vm, vm.loop, &o.qmp_addr, &vm.qmp, err, sizeof(err));
 	if (!ret && vm.qmp)
 		ret = qmp_machine_register(vm.qmp) ? -EINVAL : 0;
 	if (!ret && serial_input)
@@ -290,6 +329,9 @@ int main(int argc, char **argv)
 	if (ret)
 		fprintf(stderr, "godwit-vmm: main loop: %s\n", strerror(-ret));
 
+	pthread_t watchdog;
+	if (pthread_create(&watchdog, NULL, shutdown_watchdog, NULL) == 0)
+		pthread_detach(watchdog);
 	migration_destroy(&vm);
 	pthread_mutex_lock(&vm.run_lock);
 	vm.shut_down = true;

@@ -5,9 +5,12 @@
 #include "loop.h"
 #include "machine.h"
 #include "qmp.h"
+#include "sections.h"
 
 #include <errno.h>
 #include <godwit/channel.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <godwit/migration.h>
 #include <godwit/precopy.h>
 #include <stddef.h>
@@ -19,12 +22,13 @@
 
 enum role { ROLE_NONE, ROLE_OUTGOING, ROLE_INCOMING };
 
-/* Whether the guest ran on the source before the migration paused it, so
- * that a guest paused by `stop` arrives paused (QEMU's global state does
- * the same). */
-struct run_state {
-	uint8_t running;
-};
+/* How long an exec: command may take to exit after the end of its stream
+ * (then SIGTERM), and after SIGTERM (then SIGKILL): long enough for ssh to
+ * push a few MiB still buffered over a slow link. */
+#define EXEC_GRACE_DEFAULT_MS 10000
+/* A destination's command has delivered what we want when it is ended,
+ * so it is killed; this bounds the wait for a process stuck in the kernel. */
+#define EXEC_GRACE_INCOMING_MS 1000
 
 struct vm_migration {
 	struct vmm *vm;
@@ -39,6 +43,7 @@ struct vm_migration {
 	struct run_state run;
 
 	struct gw_precopy_params params;
+	uint64_t go_timeout_ms; /* destination: READY until GO */
 	bool cap_events, cap_auto_converge, cap_verify_hash;
 
 	/* Everything below is shared with migration threads. */
@@ -48,11 +53,17 @@ struct vm_migration {
 	enum gw_mig_status status;   /* VMM-level status, final word on the outcome */
 	char error[GW_ERROR_MSG_MAX];
 	bool cancel;
+	/* Readable once the outgoing migration is cancelled or the VMM quits:
+	 * ends the waits of connecting and of an exec: command's exit. */
+	int cancel_efd;
+	uint64_t exec_grace_ms; /* x-godwit-exec-grace */
 
-	/* outgoing */
+	/* outgoing: one thread connects, runs the engine, ends the channel */
 	char *uri;
-	pthread_t connect_thread;
-	bool connect_thread_live;
+	pthread_t out_thread;
+	bool out_thread_live;
+	pthread_cond_t engine_cond; /* engine_done changed */
+	bool engine_done;
 	struct gw_channel out_ch;
 	struct gw_precopy *out;
 	struct gw_precopy_stats last; /* kept after the engine is freed */
@@ -65,77 +76,6 @@ struct vm_migration {
 	struct gw_incoming_stats in_last;
 	char dest_hash[33];
 };
-
-/* ---- sections ------------------------------------------------------ */
-
-#define CPU_REG(r) GW_FIELD(U64, struct cpu_state, regs.r)
-#define CPU_BLOB(f) GW_FIELD(BYTES, struct cpu_state, f)
-
-static const struct gw_field cpu_fields[] = {
-	CPU_REG(rax), CPU_REG(rbx), CPU_REG(rcx), CPU_REG(rdx),
-	CPU_REG(rsi), CPU_REG(rdi), CPU_REG(rsp), CPU_REG(rbp),
-	CPU_REG(r8), CPU_REG(r9), CPU_REG(r10), CPU_REG(r11),
-	CPU_REG(r12), CPU_REG(r13), CPU_REG(r14), CPU_REG(r15),
-	CPU_REG(rip), CPU_REG(rflags),
-	GW_FIELD(U64, struct cpu_state, sregs.cr0),
-	GW_FIELD(U64, struct cpu_state, sregs.cr3),
-	GW_FIELD(U64, struct cpu_state, sregs.cr4),
-	GW_FIELD(U64, struct cpu_state, sregs.efer),
-	CPU_BLOB(sregs),
-	CPU_BLOB(xcrs),
-	CPU_BLOB(lapic),
-	CPU_BLOB(events),
-	GW_FIELD(U32, struct cpu_state, mp.mp_state),
-	CPU_BLOB(debugregs),
-	GW_FIELD(U32, struct cpu_state, nr_msrs),
-	CPU_BLOB(msrs),
-	CPU_BLOB(xsave),
-};
-static const struct gw_vmstate cpu_vmstate = GW_VMSTATE(struct cpu_state, cpu_fields);
-
-static const struct gw_field kvm_vm_fields[] = {
-	GW_FIELD(U64, struct vm_state, clock.clock),
-	GW_FIELD(BYTES, struct vm_state, pic_master),
-	GW_FIELD(BYTES, struct vm_state, pic_slave),
-	GW_FIELD(BYTES, struct vm_state, ioapic),
-};
-static const struct gw_vmstate kvm_vm_vmstate = GW_VMSTATE(struct vm_state, kvm_vm_fields);
-
-static const struct gw_field uart_fields[] = {
-	GW_FIELD(BYTES, struct uart_state, rbr_fifo),
-	GW_FIELD(U8, struct uart_state, rx_head),
-	GW_FIELD(U8, struct uart_state, rx_count),
-	GW_FIELD(U8, struct uart_state, ier),
-	GW_FIELD(U8, struct uart_state, iir),
-	GW_FIELD(U8, struct uart_state, fcr),
-	GW_FIELD(U8, struct uart_state, lcr),
-	GW_FIELD(U8, struct uart_state, mcr),
-	GW_FIELD(U8, struct uart_state, lsr),
-	GW_FIELD(U8, struct uart_state, msr),
-	GW_FIELD(U8, struct uart_state, scr),
-	GW_FIELD(U8, struct uart_state, dll),
-	GW_FIELD(U8, struct uart_state, dlm),
-	GW_FIELD(U8, struct uart_state, thr_irq_pending),
-};
-static const struct gw_vmstate uart_vmstate = GW_VMSTATE(struct uart_state, uart_fields);
-
-static const struct gw_field testdev_fields[] = {
-	GW_FIELD(U8, struct testdev_state, ready),
-	GW_FIELD(U8, struct testdev_state, check_failed),
-	GW_FIELD(U8, struct testdev_state, exit_requested),
-	GW_FIELD(U8, struct testdev_state, exit_status),
-	GW_FIELD(U32, struct testdev_state, first_bad_page),
-	GW_FIELD(U64, struct testdev_state, check_ok),
-	GW_FIELD(U64, struct testdev_state, passes),
-	GW_FIELD(U64, struct testdev_state, pages_per_pass),
-};
-static const struct gw_vmstate testdev_vmstate = GW_VMSTATE(struct testdev_state, testdev_fields);
-
-static const struct gw_field run_state_fields[] = {
-	GW_FIELD(U8, struct run_state, running),
-};
-
-static const struct gw_vmstate run_state_vmstate = GW_VMSTATE(struct run_state, run_state_fields);
 
 /* ---- vm ops: pause/resume around the switchover ----------------------- */
 
@@ -176,23 +116,30 @@ static int op_pause(void *opaque, struct gw_error *err)
 	return 0;
 }
 
+/* Destination, before READY: everything that can fail happens here, so
+ * that after the source's GO only the vCPUs have to start. */
+static int op_prepare(void *opaque, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	int ret = apply_state(mig, err);
+	if (ret || !mig->cap_verify_hash)
+		return ret;
+	char hash[33];
+	ret = guest_ram_hash(&mig->vm->ram, hash);
+	if (ret)
+		return gw_error_set(err, ret, "hashing loaded RAM: %s", strerror(-ret));
+	pthread_mutex_lock(&mig->lock);
+	memcpy(mig->dest_hash, hash, sizeof(hash));
+	pthread_mutex_unlock(&mig->lock);
+	return 0;
+}
+
 static int op_resume(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
 	struct vmm *vm = mig->vm;
+	(void)err;
 	if (mig->role == ROLE_INCOMING) {
-		int ret = apply_state(mig, err);
-		if (ret)
-			return ret;
-		if (mig->cap_verify_hash) {
-			char hash[33];
-			ret = guest_ram_hash(&vm->ram, hash);
-			if (ret)
-				return gw_error_set(err, ret, "hashing loaded RAM: %s", strerror(-ret));
-			pthread_mutex_lock(&mig->lock);
-			memcpy(mig->dest_hash, hash, sizeof(hash));
-			pthread_mutex_unlock(&mig->lock);
-		}
 		vmm_finish_incoming(vm, mig->run.running);
 		return 0;
 	}
@@ -202,7 +149,9 @@ static int op_resume(void *opaque, struct gw_error *err)
 	return 0;
 }
 
-static const struct gw_vm_ops vm_ops = {.pause = op_pause, .resume = op_resume};
+static const struct gw_vm_ops vm_ops = {
+	.pause = op_pause, .resume = op_resume, .prepare = op_prepare,
+};
 
 /* ---- events and completion, on the main loop ------------------------ */
 
@@ -225,50 +174,39 @@ static void emit_status(struct vm_migration *mig, enum gw_mig_status s)
 			       json_pack("{s:s}", "status", gw_mig_status_name(s)));
 }
 
-/* An outgoing migration reached its end: collect the engine, close the
- * channel and decide what the guest does next. */
+/* An outgoing migration reached its end (its thread has ended the
+ * channel and set the outcome): decide what the guest does next. */
 static void finish_outgoing(struct vm_migration *mig)
 {
-	struct gw_error err = {0};
-	if (mig->connect_thread_live) {
-		pthread_join(mig->connect_thread, NULL);
-		mig->connect_thread_live = false;
+	if (mig->out_thread_live) {
+		pthread_join(mig->out_thread, NULL);
+		mig->out_thread_live = false;
 	}
-	pthread_mutex_lock(&mig->lock);
-	struct gw_precopy *out = mig->out;
-	mig->out = NULL;
-	pthread_mutex_unlock(&mig->lock);
-	if (out) {
-		struct gw_precopy_stats st;
-		gw_precopy_stats(out, &st);
-		gw_precopy_free(out);
-		pthread_mutex_lock(&mig->lock);
-		mig->last = st;
-		mig->have_last = true;
-		mig->status = st.status;
-		if (st.status == GW_MIG_FAILED)
-			snprintf(mig->error, sizeof(mig->error), "%s", st.error);
-		pthread_mutex_unlock(&mig->lock);
-	}
-	int ret = gw_channel_close(&mig->out_ch, &err);
 	pthread_mutex_lock(&mig->lock);
 	enum gw_mig_status s = mig->status;
-	if (ret < 0 && s == GW_MIG_COMPLETED) {
-		/* exec: the command failed, so the stream did not arrive */
-		s = mig->status = GW_MIG_FAILED;
-		snprintf(mig->error, sizeof(mig->error), "%s", err.msg);
-		if (mig->have_last)
-			mig->last.status = s;
-	}
+	bool unconfirmed = mig->have_last && mig->last.unconfirmed;
 	mig->role = ROLE_NONE;
 	pthread_mutex_unlock(&mig->lock);
 
-	if (s == GW_MIG_COMPLETED)
+	/* Unconfirmed: the destination may run the guest, so it stays paused
+	 * here, as after a completed migration; 'cont' is the operator's call. */
+	if (s == GW_MIG_COMPLETED || unconfirmed)
 		vmm_set_postmigrate(mig->vm);
 	else
 		vmm_mig_resume(mig->vm);
 	if (s == GW_MIG_FAILED)
 		fprintf(stderr, "godwit-vmm: migration failed: %s\n", mig->error);
+}
+
+/* The stream is over: a command still running (it has nothing more we
+ * want) is stopped rather than waited for, so the main loop never waits
+ * for a process that lingers. */
+static void end_incoming_channel(struct vm_migration *mig)
+{
+	gw_channel_close_stream(&mig->in_ch, NULL);
+	if (mig->in_ch.child > 0)
+		gw_channel_abort(&mig->in_ch);
+	gw_channel_end(&mig->in_ch, -1, EXEC_GRACE_INCOMING_MS, NULL);
 }
 
 static void finish_incoming(struct vm_migration *mig)
@@ -285,7 +223,7 @@ static void finish_incoming(struct vm_migration *mig)
 		snprintf(mig->error, sizeof(mig->error), "%s", st.error);
 		pthread_mutex_unlock(&mig->lock);
 	}
-	gw_channel_close(&mig->in_ch, NULL);
+	end_incoming_channel(mig);
 	mig->role = ROLE_NONE;
 	if (mig->status != GW_MIG_COMPLETED)
 		fprintf(stderr,
@@ -335,6 +273,21 @@ static void cb_status(void *opaque, enum gw_mig_status s)
 	post_status(mig, s, false, 0);
 }
 
+/* The engine's final status: its outcome is the outgoing thread's to
+ * complete (the channel still has to end), not yet the main loop's. */
+static void cb_out_status(void *opaque, enum gw_mig_status s)
+{
+	struct vm_migration *mig = opaque;
+	if (!final_status(s)) {
+		cb_status(opaque, s);
+		return;
+	}
+	pthread_mutex_lock(&mig->lock);
+	mig->engine_done = true;
+	pthread_cond_signal(&mig->engine_cond);
+	pthread_mutex_unlock(&mig->lock);
+}
+
 static void cb_pass(void *opaque, uint64_t pass)
 {
 	post_status(opaque, GW_MIG_ACTIVE, true, pass);
@@ -350,60 +303,124 @@ static int cb_throttle(void *opaque, uint32_t percent, struct gw_error *err)
 
 /* ---- outgoing ------------------------------------------------------- */
 
-/* Connecting may block (a TCP handshake, spawning ssh), so it runs here
- * rather than on the main loop; so does handing over to the engine. */
-static void *connect_thread(void *opaque)
+/* The end of the outgoing migration in its own thread; how it went is
+ * in mig->status and mig->error for finish_outgoing() on the main loop. */
+static void *outgoing_done(struct vm_migration *mig, enum gw_mig_status s, const char *msg)
+{
+	pthread_mutex_lock(&mig->lock);
+	mig->status = s;
+	/* A long message is cut to what query-migrate carries. */
+	if (s == GW_MIG_FAILED)
+		snprintf(mig->error, sizeof(mig->error), "%.*s", (int)sizeof(mig->error) - 1, msg);
+	if (mig->have_last)
+		mig->last.status = s;
+	pthread_mutex_unlock(&mig->lock);
+	post_status(mig, s, false, 0);
+	return NULL;
+}
+
+/* Run the engine over ch until its final status, then collect it. */
+static int run_engine(struct vm_migration *mig, struct gw_channel *ch, struct gw_precopy_stats *st,
+		      struct gw_error *err)
+{
+	pthread_mutex_lock(&mig->lock);
+	struct gw_precopy_params p = mig->params;
+	p.auto_converge = mig->cap_auto_converge;
+	p.return_path = ch->bidirectional;
+	mig->engine_done = false;
+	pthread_mutex_unlock(&mig->lock);
+
+	const struct gw_precopy_callbacks cb = {
+		.status = cb_out_status, .pass = cb_pass, .throttle = cb_throttle, .opaque = mig,
+	};
+	struct gw_precopy *out;
+	int ret = gw_precopy_start(mig->m, ch->fd, &p, &cb, &out, err);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&mig->lock);
+	mig->out = out;
+	if (mig->cancel)
+		gw_precopy_cancel(out);
+	while (!mig->engine_done)
+		pthread_cond_wait(&mig->engine_cond, &mig->lock);
+	mig->out = NULL;
+	pthread_mutex_unlock(&mig->lock);
+	gw_precopy_stats(out, st);
+	gw_precopy_free(out);
+	pthread_mutex_lock(&mig->lock);
+	mig->last = *st;
+	mig->have_last = true;
+	pthread_mutex_unlock(&mig->lock);
+	return 0;
+}
+
+/*
+ * One outgoing migration, start to end, off the main loop: connecting may
+ * wait (a TCP handshake, a FIFO nobody reads yet), and so may the end of
+ * an exec: command, whose exit status decides whether the stream arrived.
+ * Every one of those waits ends when cancel_efd is written (migrate-cancel,
+ * quit).
+ */
+static void *outgoing_thread(void *opaque)
 {
 	struct vm_migration *mig = opaque;
 	struct gw_error err = {0};
 	struct gw_channel ch;
-	int ret = gw_channel_connect(mig->uri, &ch, &err);
+	int ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
+	if (ret == -ECANCELED)
+		return outgoing_done(mig, GW_MIG_CANCELLED, "");
+	if (ret)
+		return outgoing_done(mig, GW_MIG_FAILED, err.msg);
 	pthread_mutex_lock(&mig->lock);
-	if (!ret && mig->cancel) {
-		pthread_mutex_unlock(&mig->lock);
-		gw_channel_close(&ch, NULL);
-		pthread_mutex_lock(&mig->lock);
-		mig->status = GW_MIG_CANCELLED;
-		pthread_mutex_unlock(&mig->lock);
-		post_status(mig, GW_MIG_CANCELLED, false, 0);
-		return NULL;
-	}
-	if (ret) {
-		mig->status = GW_MIG_FAILED;
-		snprintf(mig->error, sizeof(mig->error), "%s", err.msg);
-		pthread_mutex_unlock(&mig->lock);
-		post_status(mig, GW_MIG_FAILED, false, 0);
-		return NULL;
-	}
 	mig->out_ch = ch;
-	struct gw_precopy_params p = mig->params;
-	p.auto_converge = mig->cap_auto_converge;
-	p.return_path = ch.bidirectional;
+	bool cancelled = mig->cancel;
 	pthread_mutex_unlock(&mig->lock);
 
-	const struct gw_precopy_callbacks cb = {
-		.status = cb_status, .pass = cb_pass, .throttle = cb_throttle, .opaque = mig,
-	};
-	struct gw_precopy *out;
-	ret = gw_precopy_start(mig->m, ch.fd, &p, &cb, &out, &err);
-	pthread_mutex_lock(&mig->lock);
-	if (ret) {
-		mig->status = GW_MIG_FAILED;
-		snprintf(mig->error, sizeof(mig->error), "%s", err.msg);
-	} else {
-		mig->out = out;
-		if (mig->cancel)
-			gw_precopy_cancel(out);
-	}
-	pthread_mutex_unlock(&mig->lock);
+	struct gw_precopy_stats st = {.status = GW_MIG_CANCELLED};
+	if (!cancelled && (ret = run_engine(mig, &ch, &st, &err)))
+		st = (struct gw_precopy_stats){.status = GW_MIG_FAILED, .error_code = ret};
 	if (ret)
-		post_status(mig, GW_MIG_FAILED, false, 0);
-	return NULL;
+		snprintf(st.error, sizeof(st.error), "%s", err.msg);
+
+	/* A command fed a stream that failed is not waited for: it may be
+	 * blocked on a network that is the reason for the failure. */
+	bool is_exec = ch.child > 0;
+	if (st.status != GW_MIG_COMPLETED && is_exec)
+		gw_channel_abort(&ch);
+	struct gw_error end_err = {0};
+	int end = gw_channel_end(&ch, mig->cancel_efd, (unsigned)mig->exec_grace_ms, &end_err);
+	pthread_mutex_lock(&mig->lock);
+	mig->out_ch = (struct gw_channel){.fd = -1};
+	pthread_mutex_unlock(&mig->lock);
+
+	char msg[sizeof(ch.desc) + 2 * GW_ERROR_MSG_MAX + 128];
+	if (st.status == GW_MIG_FAILED) {
+		/* Which channel, and for a command that went away early, why. */
+		bool early_exit = is_exec && st.error_code == -EPIPE && !end;
+		snprintf(msg, sizeof(msg), "%s: %s%s%s%s", ch.desc, st.error,
+			 early_exit ? "; the command exited (status 0) before it read the whole stream" : "",
+			 end ? "; " : "", end ? end_err.msg : "");
+		return outgoing_done(mig, GW_MIG_FAILED, msg);
+	}
+	if (end && st.status == GW_MIG_COMPLETED) {
+		/* exec: the command failed, so the stream did not arrive */
+		snprintf(msg, sizeof(msg), "%s", end_err.msg);
+		return outgoing_done(mig, GW_MIG_FAILED, msg);
+	}
+	return outgoing_done(mig, st.status, "");
 }
 
 static bool busy(struct vm_migration *mig)
 {
-	return mig->role != ROLE_NONE || mig->connect_thread_live;
+	return mig->role != ROLE_NONE || mig->out_thread_live;
+}
+
+/* Make cancel_efd readable (idempotent: an eventfd counter only grows). */
+static void signal_cancel(struct vm_migration *mig)
+{
+	uint64_t one = 1;
+	ssize_t n = write(mig->cancel_efd, &one, sizeof(one));
+	(void)n;
 }
 
 static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
@@ -438,12 +455,16 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 	mig->cancel = false;
 	mig->have_last = false;
 	mig->out_ch = (struct gw_channel){.fd = -1};
+	/* The previous migration's cancel is over: reset the counter. */
+	uint64_t count;
+	while (read(mig->cancel_efd, &count, sizeof(count)) > 0)
+		;
 	pthread_mutex_unlock(&mig->lock);
-	if (!mig->uri || pthread_create(&mig->connect_thread, NULL, connect_thread, mig)) {
+	if (!mig->uri || pthread_create(&mig->out_thread, NULL, outgoing_thread, mig)) {
 		mig->role = ROLE_NONE;
 		return qmp_fail(err, QMP_ERR_GENERIC, "cannot start the migration thread");
 	}
-	mig->connect_thread_live = true;
+	mig->out_thread_live = true;
 	return 0;
 }
 
@@ -454,13 +475,11 @@ static int cmd_migrate_cancel(struct vmm *vm, json_t *args, json_t **ret, struct
 	if (qmp_check_args(args, NULL, 0, err))
 		return -1;
 	pthread_mutex_lock(&mig->lock);
-	if (mig->role == ROLE_OUTGOING) {
+	/* After GO the engine refuses the cancel, and the migration ends
+	 * as it would have without it; the channel's end is not cut short. */
+	if (mig->role == ROLE_OUTGOING && !(mig->out && !gw_precopy_cancel(mig->out))) {
 		mig->cancel = true;
-		if (mig->out)
-			gw_precopy_cancel(mig->out);
-		/* A pipe does not unblock on its own: kill the command. */
-		if (mig->out_ch.child)
-			gw_channel_abort(&mig->out_ch);
+		signal_cancel(mig);
 	}
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
@@ -479,7 +498,10 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 	struct gw_error err = {0};
 	mig->in_ch = *ch;
 	const struct gw_incoming_callbacks cb = {.status = cb_in_status, .opaque = mig};
-	int ret = gw_incoming_start(mig->m, ch->fd, ch->bidirectional, &cb, &mig->in, &err);
+	const struct gw_incoming_params params = {
+		.return_path = ch->bidirectional, .go_timeout_ms = mig->go_timeout_ms,
+	};
+	int ret = gw_incoming_start(mig->m, ch->fd, &params, &cb, &mig->in, &err);
 	if (ret) {
 		snprintf(errmsg, errlen, "%s", err.msg);
 		gw_channel_close(&mig->in_ch, NULL);
@@ -604,6 +626,11 @@ static json_t *outgoing_info(struct vm_migration *mig)
 				    json_integer(st.throttle_percent));
 	if (st.blocked[0] && !final_status(mig->status))
 		json_object_set_new(r, "x-godwit-blocked", json_string(st.blocked));
+	if (st.handshake_us)
+		json_object_set_new(r, "x-godwit-handshake-us",
+				    json_integer((json_int_t)st.handshake_us));
+	if (st.unconfirmed)
+		json_object_set_new(r, "x-godwit-unconfirmed", json_true());
 	if (mig->status == GW_MIG_FAILED)
 		json_object_set_new(r, "error-desc", json_string(mig->error));
 	return r;
@@ -621,6 +648,8 @@ static json_t *incoming_info(struct vm_migration *mig)
 		json_object_set_new(r, "error-desc", json_string(mig->error));
 	if (mig->dest_hash[0])
 		json_object_set_new(r, "x-godwit-ram-hash", json_string(mig->dest_hash));
+	if (st.go_wait_us)
+		json_object_set_new(r, "x-godwit-go-wait-us", json_integer((json_int_t)st.go_wait_us));
 	if (mig->listener)
 		json_object_set_new(r, "x-godwit-listening",
 				    json_string(gw_listener_address(mig->listener)));
@@ -652,12 +681,18 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 		{"cpu-throttle-initial", QMP_ARG_INT, false},
 		{"cpu-throttle-increment", QMP_ARG_INT, false},
 		{"max-cpu-throttle", QMP_ARG_INT, false},
+		{"x-godwit-switchover-timeout", QMP_ARG_INT, false},
+		{"x-godwit-ready-timeout", QMP_ARG_INT, false},
+		{"x-godwit-confirm-timeout", QMP_ARG_INT, false},
+		{"x-godwit-go-timeout", QMP_ARG_INT, false},
+		{"x-godwit-exec-grace", QMP_ARG_INT, false},
 	};
 	struct vm_migration *mig = vm->mig;
 	(void)ret;
 	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
 		return -1;
 	struct gw_precopy_params p = mig->params;
+	uint64_t go_timeout = mig->go_timeout_ms, exec_grace = mig->exec_grace_ms;
 	json_t *v;
 	if ((v = json_object_get(args, "downtime-limit"))) {
 		json_int_t n = json_integer_value(v);
@@ -691,8 +726,32 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 					pct[i].name);
 		*pct[i].field = (uint32_t)n;
 	}
+	/* The switchover's timeouts (docs/qmp.md): an hour is more than any
+	 * link needs and keeps the value inside poll()'s int. */
+	struct {
+		const char *name;
+		uint64_t *field;
+	} ms[] = {
+		{"x-godwit-switchover-timeout", &p.switchover_timeout_ms},
+		{"x-godwit-ready-timeout", &p.ready_timeout_ms},
+		{"x-godwit-confirm-timeout", &p.confirm_timeout_ms},
+		{"x-godwit-go-timeout", &go_timeout},
+		{"x-godwit-exec-grace", &exec_grace},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(ms); i++) {
+		if (!(v = json_object_get(args, ms[i].name)))
+			continue;
+		json_int_t n = json_integer_value(v);
+		if (n < 1 || n > 3600000)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter '%s' expects an integer in the range of 1 to 3600000 milliseconds",
+					ms[i].name);
+		*ms[i].field = (uint64_t)n;
+	}
 	pthread_mutex_lock(&mig->lock);
 	mig->params = p;
+	mig->go_timeout_ms = go_timeout;
+	mig->exec_grace_ms = exec_grace;
 	if (mig->out) {
 		p.auto_converge = mig->cap_auto_converge;
 		p.return_path = mig->out_ch.bidirectional;
@@ -708,12 +767,17 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 	if (qmp_check_args(args, NULL, 0, err))
 		return -1;
 	const struct gw_precopy_params *p = &mig->params;
-	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I}",
+	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
 				    "downtime-limit", (json_int_t)p->downtime_limit_ms,
 				    "max-bandwidth", (json_int_t)p->max_bandwidth,
 				    "cpu-throttle-initial", (json_int_t)p->throttle_initial,
 				    "cpu-throttle-increment", (json_int_t)p->throttle_increment,
-				    "max-cpu-throttle", (json_int_t)p->throttle_max),
+				    "max-cpu-throttle", (json_int_t)p->throttle_max,
+				    "x-godwit-switchover-timeout", (json_int_t)p->switchover_timeout_ms,
+				    "x-godwit-ready-timeout", (json_int_t)p->ready_timeout_ms,
+				    "x-godwit-confirm-timeout", (json_int_t)p->confirm_timeout_ms,
+				    "x-godwit-go-timeout", (json_int_t)mig->go_timeout_ms,
+				    "x-godwit-exec-grace", (json_int_t)mig->exec_grace_ms),
 			  ret, err);
 }
 
@@ -803,36 +867,6 @@ static const struct qmp_command migration_commands[] = {
 
 /* ---- set-up ----------------------------------------------------------- */
 
-static int add_sections(struct vm_migration *mig, struct gw_error *err)
-{
-	struct vmm *vm = mig->vm;
-	for (unsigned i = 0; i < vm->vcpus.nr; i++) {
-		const struct gw_section cpu = {
-			.name = "cpu", .instance = i, .version = 1, .min_version = 1,
-			.vmstate = &cpu_vmstate, .opaque = &mig->cpus[i],
-		};
-		int ret = gw_migration_add_section(mig->m, &cpu, err);
-		if (ret)
-			return ret;
-	}
-	const struct gw_section sections[] = {
-		{.name = "kvm-vm", .version = 1, .min_version = 1, .vmstate = &kvm_vm_vmstate,
-		 .opaque = &mig->kvm_vm},
-		{.name = "uart", .version = 1, .min_version = 1, .vmstate = &uart_vmstate,
-		 .opaque = &vm->uart.st},
-		{.name = "testdev", .version = 1, .min_version = 1, .vmstate = &testdev_vmstate,
-		 .opaque = &vm->testdev.st},
-		{.name = "run-state", .version = 1, .min_version = 1, .vmstate = &run_state_vmstate,
-		 .opaque = &mig->run},
-	};
-	for (size_t i = 0; i < ARRAY_SIZE(sections); i++) {
-		int ret = gw_migration_add_section(mig->m, &sections[i], err);
-		if (ret)
-			return ret;
-	}
-	return 0;
-}
-
 int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = calloc(1, sizeof(*mig));
@@ -841,7 +875,13 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 	vm->mig = mig;
 	mig->vm = vm;
 	pthread_mutex_init(&mig->lock, NULL);
+	pthread_cond_init(&mig->engine_cond, NULL);
+	mig->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (mig->cancel_efd < 0)
+		return -errno;
 	gw_precopy_params_default(&mig->params);
+	mig->go_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS;
+	mig->exec_grace_ms = EXEC_GRACE_DEFAULT_MS;
 	mig->in_ch.fd = mig->out_ch.fd = -1;
 
 	int ret = cpu_state_check_host(&vm->kvm, errmsg, errlen);
@@ -867,7 +907,10 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 		ret = gw_migration_add_ram(mig->m, &r, &err);
 	}
 	if (!ret)
-		ret = add_sections(mig, &err);
+		ret = sections_register(mig->m, &(const struct sections_state){
+			.cpus = mig->cpus, .nr_cpus = vm->vcpus.nr, .kvm_vm = &mig->kvm_vm,
+			.uart = &vm->uart.st, .testdev = &vm->testdev.st, .run = &mig->run,
+		}, &err);
 	if (!ret)
 		ret = gw_migration_set_vm_ops(mig->m, &vm_ops, mig, &err);
 	if (!ret)
@@ -880,6 +923,9 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 	return ret;
 }
 
+/* Every wait below ends promptly: the engines' waits on their cancel
+ * eventfds, the outgoing thread's connect and command waits on cancel_efd,
+ * a command after SIGTERM and SIGKILL within two exec graces. */
 void migration_destroy(struct vmm *vm)
 {
 	struct vm_migration *mig = vm->mig;
@@ -887,26 +933,25 @@ void migration_destroy(struct vmm *vm)
 		return;
 	pthread_mutex_lock(&mig->lock);
 	mig->cancel = true;
+	signal_cancel(mig);
+	/* Even after GO: the VMM exits, so nobody waits for RUNNING. */
 	if (mig->out)
-		gw_precopy_cancel(mig->out);
-	if (mig->out_ch.child)
-		gw_channel_abort(&mig->out_ch);
+		gw_precopy_abort(mig->out);
 	if (mig->in)
 		gw_incoming_cancel(mig->in);
 	pthread_mutex_unlock(&mig->lock);
-	if (mig->connect_thread_live)
-		pthread_join(mig->connect_thread, NULL);
-	if (mig->out)
-		gw_precopy_free(mig->out);
-	gw_channel_close(&mig->out_ch, NULL);
+	if (mig->out_thread_live)
+		pthread_join(mig->out_thread, NULL);
 	if (mig->in)
 		gw_incoming_free(mig->in);
-	gw_channel_close(&mig->in_ch, NULL);
+	end_incoming_channel(mig);
 	if (mig->listener)
 		gw_listener_free(mig->listener);
 	gw_migration_free(mig->m);
 	dirty_kvm_destroy(&mig->dirty);
 	free(mig->uri);
+	close(mig->cancel_efd);
+	pthread_cond_destroy(&mig->engine_cond);
 	pthread_mutex_destroy(&mig->lock);
 	free(mig);
 	vm->mig = NULL;

@@ -95,7 +95,7 @@ struct qmp_server {
 	struct vmm *vm;
 	struct loop *loop;
 	int fd;
-	char *path;
+	struct qmp_address addr;
 	bool accept_paused;
 	struct qmp_client *clients;
 	struct cmd_table *tables;
@@ -770,6 +770,65 @@ void qmp_emit_event(struct qmp_server *s, const char *name, json_t *data)
 
 /* ---- the listening socket ----------------------------------------------- */
 
+/* A spec's trailing option, if it is there: cut it off. */
+static bool strip_suffix(const char *s, size_t *len, const char *suffix)
+{
+	size_t n = strlen(suffix);
+	if (*len < n || memcmp(s + *len - n, suffix, n))
+		return false;
+	*len -= n;
+	return true;
+}
+
+int qmp_parse_address(const char *spec, struct qmp_address *out, char *errmsg, size_t errlen)
+{
+	if (strncmp(spec, "unix:", 5)) {
+		snprintf(errmsg, errlen, "only unix:PATH is supported");
+		return -EINVAL;
+	}
+	/* Only as the last thing: anything else is part of the path, which
+	 * may contain commas. */
+	const char *name = spec + 5;
+	size_t len = strlen(name);
+	out->abstract = strip_suffix(name, &len, ",abstract=on");
+	if (!out->abstract)
+		strip_suffix(name, &len, ",abstract=off");
+	if (out->abstract && len && name[0] == '@') {
+		name++;
+		len--;
+	}
+	if (!len) {
+		snprintf(errmsg, errlen, "missing the %s",
+			 out->abstract ? "abstract socket's name" :
+			 "socket path (an empty one would bind an abstract socket, which any "
+			 "local user can connect to)");
+		return -EINVAL;
+	}
+	if (!out->abstract && name[0] == '@') {
+		snprintf(errmsg, errlen,
+			 "'@' names an abstract socket, which has no file mode: any local user could "
+			 "connect and control the VM. Add ,abstract=on if that is what you want, or "
+			 "write ./%.*s for a file", (int)len, name);
+		return -EINVAL;
+	}
+	if (len >= sizeof(out->path)) {
+		snprintf(errmsg, errlen,
+			 "the socket %s is %zu bytes, a unix socket address holds at most %zu",
+			 out->abstract ? "name" : "path", len, sizeof(out->path) - 1);
+		return -ENAMETOOLONG;
+	}
+	memcpy(out->path, name, len);
+	out->path[len] = '\0';
+	return 0;
+}
+
+/* For messages: the path, or "@NAME" as ss(8) shows an abstract name. */
+static const char *addr_text(const struct qmp_address *a, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s%s", a->abstract ? "@" : "", a->path);
+	return buf;
+}
+
 /* A socket file left by a VMM that crashed is removed; a live one (someone
  * accepts on it) or a file that is not a socket is an error, not ours to
  * delete. */
@@ -794,22 +853,44 @@ static int remove_stale_socket(const struct sockaddr_un *addr, char *errmsg, siz
 	return unlink(addr->sun_path) < 0 ? -errno : 0;
 }
 
-static int listen_unix(const char *path, int *out, char *errmsg, size_t errlen)
+/* Bind the socket file with mode 0600: the socket controls the whole VM,
+ * so only our user may connect. The mode comes from the umask at bind()
+ * time; a chmod() afterwards would leave a window where anyone could.
+ * Nothing else creates files while the VMM starts (no other thread runs
+ * yet), so changing the process umask briefly is safe. */
+static int bind_private(int fd, const struct sockaddr_un *sun)
+{
+	mode_t old = umask(0177);
+	int rc = bind(fd, (const struct sockaddr *)sun, sizeof(*sun)) < 0 ? -errno : 0;
+	umask(old);
+	return rc;
+}
+
+/* An abstract name is not NUL-terminated: its length is the address's. */
+static int bind_abstract(int fd, const char *name)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	size_t len = strlen(name);
+	memcpy(sun.sun_path + 1, name, len);
+	socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len);
+	return bind(fd, (const struct sockaddr *)&sun, alen) < 0 ? -errno : 0;
+}
+
+static int listen_unix(const struct qmp_address *a, int *out, char *errmsg, size_t errlen)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	if (strlen(path) >= sizeof(addr.sun_path)) {
-		snprintf(errmsg, errlen, "QMP socket path is longer than %zu bytes: %s",
-			 sizeof(addr.sun_path) - 1, path);
-		return -ENAMETOOLONG;
-	}
-	strcpy(addr.sun_path, path);
+	char text[sizeof(a->path) + 1];
+	int rc;
 
 	errmsg[0] = '\0';
-	int rc = remove_stale_socket(&addr, errmsg, errlen);
-	if (rc < 0) {
-		if (!errmsg[0])
-			snprintf(errmsg, errlen, "cannot replace %s: %s", path, strerror(-rc));
-		return rc;
+	if (!a->abstract) {
+		strcpy(addr.sun_path, a->path); /* qmp_parse_address() checked the length */
+		rc = remove_stale_socket(&addr, errmsg, errlen);
+		if (rc < 0) {
+			if (!errmsg[0])
+				snprintf(errmsg, errlen, "cannot replace %s: %s", a->path, strerror(-rc));
+			return rc;
+		}
 	}
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
@@ -817,17 +898,12 @@ static int listen_unix(const char *path, int *out, char *errmsg, size_t errlen)
 		snprintf(errmsg, errlen, "socket: %s", strerror(-rc));
 		return rc;
 	}
-	/* The socket controls the whole VM: only our user may connect. The
-	 * mode comes from the umask at bind() time; a chmod() afterwards
-	 * would leave a window where anyone could. Nothing else creates files
-	 * while the VMM starts, so changing the process umask briefly is safe. */
-	mode_t old = umask(0177);
-	rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ? -errno : 0;
-	umask(old);
+	rc = a->abstract ? bind_abstract(fd, a->path) : bind_private(fd, &addr);
 	if (rc == 0 && listen(fd, 16) < 0)
 		rc = -errno;
 	if (rc < 0) {
-		snprintf(errmsg, errlen, "cannot listen on %s: %s", path, strerror(-rc));
+		snprintf(errmsg, errlen, "cannot listen on %s: %s", addr_text(a, text, sizeof(text)),
+			 strerror(-rc));
 		close(fd);
 		return rc;
 	}
@@ -835,7 +911,13 @@ static int listen_unix(const char *path, int *out, char *errmsg, size_t errlen)
 	return 0;
 }
 
-int qmp_server_start(struct vmm *vm, struct loop *loop, const char *path,
+static void remove_socket_file(const struct qmp_address *a)
+{
+	if (!a->abstract)
+		unlink(a->path);
+}
+
+int qmp_server_start(struct vmm *vm, struct loop *loop, const struct qmp_address *addr,
 		     struct qmp_server **out, char *errmsg, size_t errlen)
 {
 	struct qmp_server *s = calloc(1, sizeof(*s));
@@ -845,24 +927,19 @@ int qmp_server_start(struct vmm *vm, struct loop *loop, const char *path,
 	}
 	s->vm = vm;
 	s->loop = loop;
-	s->path = strdup(path);
-	if (!s->path) {
-		free(s);
-		snprintf(errmsg, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	int rc = listen_unix(path, &s->fd, errmsg, errlen);
+	s->addr = *addr;
+	int rc = listen_unix(addr, &s->fd, errmsg, errlen);
 	if (rc < 0) {
-		free(s->path);
 		free(s);
 		return rc;
 	}
 	rc = loop_add_fd(loop, s->fd, EPOLLIN, accept_event, s);
 	if (rc < 0) {
-		snprintf(errmsg, errlen, "cannot watch %s: %s", path, strerror(-rc));
+		char text[sizeof(addr->path) + 1];
+		snprintf(errmsg, errlen, "cannot watch %s: %s", addr_text(addr, text, sizeof(text)),
+			 strerror(-rc));
 		close(s->fd);
-		unlink(path);
-		free(s->path);
+		remove_socket_file(addr);
 		free(s);
 		return rc;
 	}
@@ -904,8 +981,7 @@ void qmp_server_free(struct qmp_server *s)
 	}
 	loop_del_fd(s->loop, s->fd);
 	close(s->fd);
-	unlink(s->path);
-	free(s->path);
+	remove_socket_file(&s->addr);
 	free(s->tables);
 	free(s);
 }

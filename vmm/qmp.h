@@ -1,5 +1,6 @@
 /*
- * QMP control socket: QEMU's JSON protocol on a unix socket (mode 0600).
+ * QMP control socket: QEMU's JSON protocol on a unix socket (mode 0600;
+ * see struct qmp_address).
  * Greeting, qmp_capabilities negotiation, execute/return/error with the
  * client's "id" echoed, asynchronous events with timestamps, several
  * clients at once. Runs on the main-loop thread only.
@@ -14,6 +15,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/un.h>
 
 struct vmm;
 struct loop;
@@ -81,7 +83,28 @@ int qmp_check_args(json_t *args, const struct qmp_arg *spec, size_t n, struct qm
  * godwit's own version. New reference, NULL when out of memory. */
 json_t *qmp_version(void);
 
-int qmp_server_start(struct vmm *vm, struct loop *loop, const char *path,
+/*
+ * Where the server listens, from --qmp:
+ *   unix:PATH               a socket file, mode 0600: only our user can
+ *                           connect (and so control the VM)
+ *   unix:NAME,abstract=on   a name in the abstract namespace ("@NAME" as
+ *                           ss(8) shows it; a leading '@' is dropped). It
+ *                           has no file, hence no mode: any local user in
+ *                           the network namespace can connect. Only when
+ *                           asked for by name.
+ * ",abstract=off" is accepted too (QEMU's spelling). An empty path, and a
+ * path starting with '@' without abstract=on, are refused: the first
+ * would bind an abstract socket, the second looks like one.
+ */
+struct qmp_address {
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* the name, if abstract */
+	bool abstract;
+};
+
+/* Parse spec (the --qmp argument). 0, or -EINVAL with errmsg saying why. */
+int qmp_parse_address(const char *spec, struct qmp_address *out, char *errmsg, size_t errlen);
+
+int qmp_server_start(struct vmm *vm, struct loop *loop, const struct qmp_address *addr,
 		     struct qmp_server **out, char *errmsg, size_t errlen);
 void qmp_server_free(struct qmp_server *s);
 

@@ -31,14 +31,17 @@ static inline void die(const char *fmt, ...)
 	exit(1);
 }
 
-/* "1G", "256M", "64K" or a plain byte count; powers of 1024. */
+/* "1G", "256M", "64K" or a plain byte count; powers of 1024. A digit
+ * first: strtoull() would skip blanks and take a sign. */
 static inline uint64_t parse_size(const char *s)
 {
 	char *end;
+	if (*s < '0' || *s > '9')
+		die("not a size: '%s'", s);
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 0);
 	if (errno || end == s)
-		die("not a size: %s", s);
+		die("not a size: '%s'", s);
 	switch (*end) {
 	case 'k': case 'K': v <<= 10; end++; break;
 	case 'm': case 'M': v <<= 20; end++; break;
@@ -46,7 +49,7 @@ static inline uint64_t parse_size(const char *s)
 	default: break;
 	}
 	if (*end)
-		die("not a size: %s", s);
+		die("not a size: '%s'", s);
 	return v;
 }
 

@@ -41,6 +41,13 @@ enum gw_record_type {
 	GW_REC_EOF           = 0x0008,
 };
 
+/* Stream header flags. */
+/* The source runs the switchover handshake on the return path: a
+ * destination resumes the guest only after the source's GO
+ * (docs/format.md, "Switchover handshake"). */
+#define GW_HDRF_COMMIT     0x1u
+#define GW_HDRF_KNOWN      GW_HDRF_COMMIT
+
 /* Record header flags. */
 #define GW_RECF_SKIPPABLE  0x0001u /* a reader that does not know the type may skip it */
 /* RAM_PAGES: the pages could not change while sent, so a page that does

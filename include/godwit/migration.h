@@ -92,11 +92,22 @@ enum gw_phase {
  * section's name and instance to the message. A load callback must read
  * exactly the data that was saved; leftovers are an error.
  *
+ * validate (vmstate sections only; optional): the checks a field range
+ * cannot express, on the candidate State decoded from the stream, after
+ * every field passed its range and before anything is copied to opaque
+ * (<godwit/vmstate.h>, "Bounds"). It must not keep or change the
+ * candidate. It returns 0 to accept or -errno (normally -EBADMSG) with a
+ * message naming the field, its value and what is accepted; the load
+ * then fails and the State at opaque stays as it was. A hand-written
+ * load callback checks its own data instead: loaded state is hostile
+ * until checked, whichever way it is loaded.
+ *
  * (name, instance) must be unique. Rejected with -EINVAL: a bad name,
  * version 0, min_version outside 1..version, not exactly one way to save,
  * an invalid vmstate table (field outside state_size, size not a multiple
- * of the element size, duplicate or bad field name, since > version),
- * more than GW_MAX_SECTIONS sections.
+ * of the element size, duplicate or bad field name, since > version, a
+ * bad range), validate without vmstate, more than GW_MAX_SECTIONS
+ * sections.
  */
 struct gw_section {
 	const char *name;     /* 1..GW_NAME_MAX bytes of 0x21-0x7e, e.g. "uart" */
@@ -116,6 +127,8 @@ struct gw_section {
 	int (*load_live)(void *opaque, enum gw_phase phase, struct gw_rbuf *in,
 			 uint32_t version, struct gw_error *err);
 
+	int (*validate)(const void *state, uint32_t version, struct gw_error *err);
+
 	void *opaque;
 };
 
@@ -132,12 +145,20 @@ int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
 /*
  * How the migration engine stops and restarts the guest around
  * switchover. pause returns once no vCPU runs and devices are quiescent;
- * both are called from the migration thread. Both must be set; setting
- * again replaces the pair.
+ * all are called from the migration thread. pause and resume must be
+ * set; setting again replaces the ops.
+ *
+ * prepare (destination, optional): the stream has loaded and checked out;
+ * put the loaded state into effect (vCPU registers, in-kernel devices),
+ * doing everything that can fail, without running the guest. It runs
+ * before the destination says READY, while the source still holds the
+ * guest, so a failure here costs nothing; resume then only has to start
+ * the vCPUs, after the source's GO.
  */
 struct gw_vm_ops {
 	int (*pause)(void *opaque, struct gw_error *err);
 	int (*resume)(void *opaque, struct gw_error *err);
+	int (*prepare)(void *opaque, struct gw_error *err);
 };
 
 int gw_migration_set_vm_ops(struct gw_migration *m, const struct gw_vm_ops *ops,

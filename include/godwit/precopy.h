@@ -7,14 +7,22 @@
  * pages straight from guest memory), a switchover decision from the
  * measured bandwidth and dirty rate against the downtime limit, then pause
  * (gw_vm_ops.pause), the last pages, device state, EOF. With a return
- * path it then waits for the destination to report its guest running, so
- * the downtime it reports is the one the guest saw. The source guest stays
- * paused after a completed migration ("postmigrate"); after a failure or a
- * cancel the engine resumes it if it had paused it.
+ * path the switchover ends in a handshake (docs/format.md, "Switchover
+ * handshake"): the destination says READY once everything is loaded and
+ * checked, the source answers GO unless it was cancelled or timed out,
+ * and the destination resumes only on GO and then confirms RUNNING, so
+ * the downtime reported is the one the guest saw and the guest never runs
+ * on both sides. The source guest stays paused after a completed
+ * migration ("postmigrate"); after a failure or a cancel before GO the
+ * engine resumes it if it had paused it. After GO it never resumes it by
+ * itself: if the destination neither confirms nor reports a failure, the
+ * migration fails with stats.unconfirmed set and the guest stays paused
+ * (the one decision left to the operator).
  *
  * Destination: gw_incoming_start() loads a stream in its own thread
  * (gw_load), and only when every byte has arrived and checked out calls
- * gw_vm_ops.resume and reports back over the return path.
+ * gw_vm_ops.prepare, then (after GO, with a handshake) gw_vm_ops.resume,
+ * and reports back over the return path.
  *
  * Threads: the engines call the VMM's callbacks (vm ops, dirty ops,
  * gw_precopy_callbacks) from their own thread. gw_*_stats(),
@@ -80,12 +88,21 @@ struct gw_precopy_params {
 	uint32_t throttle_initial;  /* percent, first throttle step (QEMU: 20) */
 	uint32_t throttle_increment;/* percent added per non-converging round (QEMU: 10) */
 	uint32_t throttle_max;      /* percent ceiling (QEMU: 99) */
-	bool return_path;           /* fd is bidirectional: wait for the destination's report
+	bool return_path;           /* fd is bidirectional: run the switchover handshake
 				       (read by gw_precopy_start only) */
+	/* How long each step of the switchover may take before the source
+	 * gives up and resumes its guest, in ms (0 = the default, 30000): */
+	uint64_t switchover_timeout_ms; /* pause until EOF is written */
+	uint64_t ready_timeout_ms;      /* EOF written until the destination's READY */
+	uint64_t confirm_timeout_ms;    /* GO sent until RUNNING; past it the
+					   guest stays paused (unconfirmed) */
 };
 
-/* Defaults as QEMU's (max_bandwidth 128 MiB/s), return path on. Throttle
- * values outside QEMU's ranges (1..99) are clamped into them. */
+#define GW_SWITCHOVER_TIMEOUT_DEFAULT_MS 30000
+
+/* Defaults as QEMU's (max_bandwidth 128 MiB/s), return path on, the
+ * switchover timeouts at 30 s. Throttle values outside QEMU's ranges
+ * (1..99) are clamped into them. */
 void gw_precopy_params_default(struct gw_precopy_params *p);
 
 /* What query-migrate reports; fields named after QEMU's. */
@@ -108,6 +125,11 @@ struct gw_precopy_stats {
 	uint32_t throttle_percent;    /* current auto-converge throttle */
 	char blocked[256];            /* why it does not switch over yet, "" if nothing */
 	char error[GW_ERROR_MSG_MAX]; /* failure reason (failed only) */
+	int error_code;               /* its negative errno (failed only) */
+	/* Failed after GO without word from the destination: it may run the
+	 * guest, so the source guest stays paused (docs/format.md). */
+	bool unconfirmed;
+	uint64_t handshake_us;        /* READY received until RUNNING received */
 };
 
 struct gw_precopy_callbacks {
@@ -136,20 +158,34 @@ int gw_precopy_start(struct gw_migration *m, int fd, const struct gw_precopy_par
 void gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params);
 void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out);
 /* Ask the migration to stop; it ends CANCELLED with the source guest
- * running. Unblocks a blocked send by shutting down a socket fd; for a
- * pipe the caller makes I/O fail (e.g. kills the process at the other end). */
-void gw_precopy_cancel(struct gw_precopy *p);
+ * running. Every wait of the engine ends at once (sockets and pipes are
+ * written without blocking; a socket is also shut down so the peer
+ * stops). Returns false, and changes nothing, once the source has sent
+ * GO: the guest is the destination's then. */
+bool gw_precopy_cancel(struct gw_precopy *p);
+/* For a VMM that exits: as cancel, and after GO it also ends the wait for
+ * the destination's RUNNING (the migration then fails unconfirmed). */
+void gw_precopy_abort(struct gw_precopy *p);
 /* True once the status is final (completed, failed or cancelled) and the
  * status callback for it has returned. */
 bool gw_precopy_done(struct gw_precopy *p);
-/* Cancel if still running, join the thread, free. */
+/* Cancel if still running, join the thread, free. After GO it ends the
+ * wait for the destination's confirmation (unconfirmed) instead. */
 void gw_precopy_free(struct gw_precopy *p);
 
 struct gw_incoming_stats {
 	enum gw_mig_status status;
 	uint64_t total_time_ms;
 	uint64_t received;       /* bytes read from the fd */
+	uint64_t go_wait_us;     /* READY sent until GO arrived: what the handshake cost */
 	char error[GW_ERROR_MSG_MAX];
+};
+
+struct gw_incoming_params {
+	bool return_path;       /* fd is bidirectional: report back, and take part
+				   in the handshake if the source asks for it */
+	uint64_t go_timeout_ms; /* READY sent until GO; 0 = 30000. Past it the
+				   guest never runs here, and the source is told */
 };
 
 struct gw_incoming_callbacks {
@@ -160,16 +196,18 @@ struct gw_incoming_callbacks {
 struct gw_incoming;
 
 /*
- * Load a stream from fd in a thread; on success call gw_vm_ops.resume and
- * (with return_path) tell the source. On failure the guest is not
- * resumed: it is half-loaded and must never run.
+ * Load a stream from fd in a thread; on success call gw_vm_ops.prepare,
+ * wait for GO if the stream asks for the handshake, call gw_vm_ops.resume
+ * and (with a return path) tell the source. On failure the guest is not
+ * resumed: it is half-loaded or not ours, and must never run. A stream
+ * that asks for the handshake over a channel without a return path fails.
  *
  * The status is ACTIVE from the return of gw_incoming_start (no callback
  * for it); callbacks report the changes after that. A failed destination
  * with a return path keeps reading and discarding the stream after
  * reporting FAILED, until the source hangs up or gw_incoming_free().
  */
-int gw_incoming_start(struct gw_migration *m, int fd, bool return_path,
+int gw_incoming_start(struct gw_migration *m, int fd, const struct gw_incoming_params *params,
 		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
 		      struct gw_error *err);
 void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out);

@@ -26,12 +26,36 @@
  * load of an older version such fields are absent from the data and the
  * member is left as it was, so the device sets its default first.
  *
+ * Bounds: loaded state is hostile until checked. A field that indexes an
+ * array, counts entries or holds an enum-like value declares the values
+ * it may take, inclusive, and a load refuses anything else:
+ *
+ *     GW_FIELD_RANGE(U8, struct uart_state, ier, 0, 0x0f),  // not GW_FIELD(U8, ...)
+ *
+ * min and max apply to every element of an array field; for signed types
+ * they are signed. The range travels in VMDESC ("min", "max").
+ * What a range cannot say (a bit that must be set, two fields that must
+ * agree) goes in the section's validate hook (<godwit/migration.h>).
+ * A load decodes into a scratch copy of the State (a copy of the current
+ * one, so fields absent from an older version keep their values), checks
+ * the range of every field the version carries, runs the hook, and only
+ * then copies the candidate over the State: a refused section leaves the
+ * State as it was. The message names the field, its value and the range:
+ * "field 'ier' = 255 is outside 0..15", and the loader adds the section
+ * and instance.
+ *
+ * Registration refuses a range on a bool or bytes field, min > max, a
+ * bound the type cannot hold, and a ranged field that shares bytes with
+ * another field (the other one's data would be loaded over the checked
+ * value, or the checked value over it).
+ *
  * The tables are read, never written, and must outlive the migration
  * object they are registered with (static const, normally).
  */
 #ifndef GODWIT_VMSTATE_H
 #define GODWIT_VMSTATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +84,9 @@ struct gw_field {
 	size_t offset;  /* offsetof(State, member) */
 	size_t size;    /* sizeof(member): one element, an array, or the byte count */
 	uint32_t since; /* first section version that has the field; 0 = all */
+	bool ranged;    /* a load refuses elements outside min..max */
+	uint64_t min;   /* inclusive; for signed types an int64_t stored as its bits */
+	uint64_t max;
 };
 
 struct gw_vmstate {
@@ -70,8 +97,16 @@ struct gw_vmstate {
 
 #define GW_FIELD_V(type_, State, member, since_)                        \
 	{ #member, GW_FIELD_##type_, offsetof(State, member),           \
-	  sizeof(((State *)0)->member), (since_) }
+	  sizeof(((State *)0)->member), (since_), false, 0, 0 }
 #define GW_FIELD(type_, State, member) GW_FIELD_V(type_, State, member, 0)
+
+/* A field whose every element must lie in min..max (inclusive). */
+#define GW_FIELD_RANGE_V(type_, State, member, min_, max_, since_)     \
+	{ #member, GW_FIELD_##type_, offsetof(State, member),           \
+	  sizeof(((State *)0)->member), (since_), true,                 \
+	  (uint64_t)(min_), (uint64_t)(max_) }
+#define GW_FIELD_RANGE(type_, State, member, min_, max_)               \
+	GW_FIELD_RANGE_V(type_, State, member, min_, max_, 0)
 
 #define GW_VMSTATE(State, fields_)                                      \
 	{ (fields_), sizeof(fields_) / sizeof((fields_)[0]), sizeof(State) }

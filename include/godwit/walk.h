@@ -113,6 +113,9 @@ void gw_walker_free(struct gw_walker *wk);
 int gw_walker_next(struct gw_walker *wk, struct gw_record_info *info,
 		   struct gw_error *err);
 
+/* The flags of the stream header (GW_HDRF_*). */
+uint32_t gw_walker_stream_flags(const struct gw_walker *wk);
+
 /* The CONFIG of the stream, NULL before the CONFIG record has been walked. */
 const struct gw_config *gw_walker_config(const struct gw_walker *wk);
 

@@ -61,7 +61,11 @@ class Qmp:
     def __init__(self, path, timeout=30.0, negotiate=True):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
         self.buf = b""
         self.events = []
         self.next_id = 0
@@ -161,7 +165,14 @@ class Vmm:
             if self.proc.poll() is not None:
                 raise AssertionError(f"godwit-vmm exited with {self.proc.returncode}: "
                                      f"{self.stderr_text()}")
-            self.qmp = Qmp(self.sock)
+            # The file appears at bind(), a moment before listen().
+            self.qmp = wait_until(self._try_connect, 10, "the QMP socket to listen")
+
+    def _try_connect(self):
+        try:
+            return Qmp(self.sock)
+        except ConnectionRefusedError:
+            return None
 
     def __enter__(self):
         return self
@@ -248,13 +259,18 @@ def dirtier(memory="64M", vcpus=2, append="end=32M", **kw):
 
 def destination(src, uri, extra=(), **kw):
     """A godwit-vmm shaped like src, waiting for a migration on uri, with
-    the loaded RAM hashed before its guest runs."""
+    the loaded RAM hashed before its guest runs. A file loads at once, so
+    it is started deferred, to have its capabilities set first."""
+    deferred = uri.startswith("file:")
     vm = Vmm(kernel=kw.pop("kernel", DIRTIER), memory=kw.pop("memory", src.memory),
-             vcpus=kw.pop("vcpus", src.vcpus), extra=["--incoming", uri] + list(extra), **kw)
+             vcpus=kw.pop("vcpus", src.vcpus),
+             extra=["--incoming", "defer" if deferred else uri] + list(extra), **kw)
     try:
         vm.qmp.cmd("migrate-set-capabilities", capabilities=[
             {"capability": "x-godwit-verify-hash", "state": True},
             {"capability": "events", "state": True}])
+        if deferred:
+            vm.qmp.cmd("migrate-incoming", uri=uri)
     except BaseException:
         vm.kill()
         raise

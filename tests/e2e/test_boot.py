@@ -154,6 +154,21 @@ class Shutdown(unittest.TestCase):
                 self.assertEqual(r.returncode, 2, r.stderr)
                 self.assertIn("godwit-vmm", r.stderr)
 
+    def test_numbers_refuse_blanks_on_either_side(self):
+        """strtoull() skips leading blanks: ' 64M' must fail like '64M '."""
+        import subprocess
+        cases = [("--memory", v, "not a size (decimal digits and an optional K, M, G or B "
+                  "suffix, no blanks)")
+                 for v in (" 64M", "64M ", "\t64M", "64 M", "+64M", "-64M", "", "0x40", "64MB")]
+        cases += [("--vcpus", v, "must be a number from 1 to")
+                  for v in (" 2", "2 ", "+2", "-1", "")]
+        for opt, value, why in cases:
+            with self.subTest(option=opt, value=value):
+                r = subprocess.run([gwtest.VMM, "--kernel", gwtest.DIRTIER, opt, value],
+                                   capture_output=True, text=True, timeout=10)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(f"godwit-vmm: {opt} '{value}': {why}", r.stderr)
+
 
 if __name__ == "__main__":
     gwtest.main()

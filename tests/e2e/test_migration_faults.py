@@ -36,9 +36,18 @@ def assert_destination_refused(test, dst, *words):
     test.assertEqual(dst.ram_hash(), ram, "a half-loaded guest ran")
     with test.assertRaises(gwtest.QmpError):
         dst.qmp.cmd("cont")
+    assert_names_the_failure(test, d["error-desc"])
     for w in words:
         test.assertIn(w.lower(), d["error-desc"].lower(), d)
     return d
+
+
+def assert_names_the_failure(test, desc):
+    """An error message says what failed: never empty, never cut off
+    after a prefix ("restoring vCPU 0: "), never a bare errno."""
+    test.assertTrue(desc and desc.strip(), "empty error message")
+    test.assertFalse(desc.rstrip().endswith(":"), f"message ends in a bare prefix: {desc!r}")
+    test.assertGreater(len(desc), 20, f"message too short to say what failed: {desc!r}")
 
 
 def crc32c(data):
@@ -214,7 +223,9 @@ class CutConnection(unittest.TestCase):
                         src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
                         r = wait_migration(src)
                         self.assertEqual(r["status"], "failed", r)
-                        self.assertTrue(r.get("error-desc"), r)
+                        assert_names_the_failure(self, r.get("error-desc"))
+                        # Which channel, and which step or errno.
+                        self.assertIn("tcp 127.0.0.1:", r["error-desc"])
                         assert_source_unharmed(self, src)
                         assert_destination_refused(self, dst)
 
@@ -233,6 +244,39 @@ class CutConnection(unittest.TestCase):
                        "the destination to receive")
             src.proc.send_signal(signal.SIGKILL)
             assert_destination_refused(self, dst)
+
+
+class Messages(unittest.TestCase):
+    """Each way a source fails names the channel, the step and the errno
+    in words; the counters say what really left."""
+
+    CASES = (
+        ("file:/dev/full", ("file /dev/full", "round 1", "No space left on device")),
+        ("exec:true", ("exec 'true'", "Broken pipe",
+                       "the command exited (status 0) before it read the whole stream")),
+        ("exec:exit 3", ("exec 'exit 3'", "exited with status 3")),
+        ("tcp:127.0.0.1:1", ("tcp:127.0.0.1:1", "Connection refused")),
+        ("unix:/nonexistent/gw.sock", ("unix:/nonexistent/gw.sock", "No such file or directory")),
+        ("file:/nonexistent/gw", ("cannot open '/nonexistent/gw' for writing",
+                                  "No such file or directory")),
+        ("tcp:nosuchhost.invalid:4444", ("nosuchhost.invalid",)),
+        ("ftp:host", ("ftp:host",)),
+    )
+
+    def test_source_failures(self):
+        with dirtier(memory="32M", append="end=8M") as src:
+            for uri, words in self.CASES:
+                with self.subTest(uri=uri):
+                    src.qmp.cmd("migrate", uri=uri)
+                    r = wait_migration(src)
+                    self.assertEqual(r["status"], "failed", r)
+                    assert_names_the_failure(self, r["error-desc"])
+                    for w in words:
+                        self.assertIn(w, r["error-desc"])
+                    if uri in ("file:/dev/full", "exec:true"):
+                        # What left, not what was buffered: nothing.
+                        self.assertEqual(r["ram"]["transferred"], 0, r)
+                    assert_source_unharmed(self, src)
 
 
 if __name__ == "__main__":

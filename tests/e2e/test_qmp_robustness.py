@@ -4,7 +4,8 @@ One real godwit-vmm runs the dirtier guest while batches of malformed and
 hostile messages arrive over many connections: truncated and split JSON,
 megabyte strings, 100,000-deep nesting, wrong argument types for every
 command, binary garbage, unknown commands, pipelined floods, connections
-that close mid-message or stop reading. Every error reply is checked for
+that close mid-message or stop reading. (SocketSafety, at the end: who
+can connect at all.) Every error reply is checked for
 QEMU's exact shape and text; after every batch a fresh client must get a
 correct query-status and the guest must still be making progress. At the
 end, quit must answer and the VMM must exit with status 0.
@@ -15,11 +16,13 @@ import json
 import os
 import random
 import socket
+import stat
+import subprocess
 import time
 import unittest
 
 import gwtest
-from gwtest import Qmp, Vmm
+from gwtest import Qmp, Vmm, wait_until
 
 RUNNING = {"running": True, "singlestep": False, "status": "running"}
 MAX_MESSAGE = 1 << 20
@@ -557,6 +560,98 @@ class QmpRobustness(unittest.TestCase):
         # UBSan reports without failing the process.
         self.assertNotIn("runtime error", self.vm.stderr_text())
         print(f"{self.sent} hostile messages", end=" ... ", flush=True)
+
+
+NOBODY = 65534
+
+
+def connect_as_nobody(addr):
+    """Connect to addr as user nobody (we are root): "connected", or the
+    error's name. A forked child, so no program needs to be readable."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(addr)
+            code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return {0: "connected", 13: "PermissionError"}.get(os.waitstatus_to_exitcode(status),
+                                                       "failed")
+
+
+def abstract_listening(name):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect("\0" + name)
+            return True
+        except OSError:
+            return False
+
+
+class SocketSafety(unittest.TestCase):
+    """Whoever can connect controls the VM: the socket file is 0600 and an
+    abstract socket (no file, so no mode) is made only when asked for."""
+
+    def test_socket_file_is_0600_whatever_the_umask(self):
+        old = os.umask(0)
+        try:
+            vm = Vmm(kernel=gwtest.IDLE, memory="32M")
+        finally:
+            os.umask(old)
+        with vm:
+            st = os.lstat(vm.sock)
+            self.assertTrue(stat.S_ISSOCK(st.st_mode), oct(st.st_mode))
+            self.assertEqual(stat.S_IMODE(st.st_mode), 0o600, oct(st.st_mode))
+            self.assertEqual(st.st_uid, os.geteuid())
+            if os.geteuid() == 0:
+                # Open the directory, so only the socket's own mode keeps
+                # another user out.
+                os.chmod(vm.dir, 0o755)
+                self.assertEqual(connect_as_nobody(vm.sock), "PermissionError")
+            self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
+
+    def test_refused_addresses(self):
+        cases = {
+            "unix:": "missing the socket path (an empty one would bind an abstract socket",
+            "unix:@gw-e2e": "'@' names an abstract socket, which has no file mode: any local "
+                            "user could connect and control the VM. Add ,abstract=on",
+            "unix:,abstract=on": "missing the abstract socket's name",
+            "unix:@,abstract=on": "missing the abstract socket's name",
+            "tcp:127.0.0.1:4444": "only unix:PATH is supported",
+            "unix:/tmp/" + "x" * 120: "the socket path is 125 bytes, a unix socket address "
+                                      "holds at most 107",
+        }
+        for spec, why in cases.items():
+            with self.subTest(spec=spec):
+                r = subprocess.run([gwtest.VMM, "--kernel", gwtest.IDLE, "--qmp", spec],
+                                   capture_output=True, text=True, timeout=10)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(f"godwit-vmm: --qmp '{spec}': {why}", r.stderr)
+
+    def test_abstract_when_asked_for(self):
+        name = f"gw-e2e-qmp-{os.getpid()}"
+        with Vmm(kernel=gwtest.IDLE, memory="32M", qmp=False,
+                 extra=["--qmp", f"unix:@{name},abstract=on"]) as vm:
+            wait_until(lambda: abstract_listening(name) or vm.proc.poll() is not None, 10,
+                       "the abstract QMP socket")
+            self.assertIsNone(vm.proc.poll(), vm.stderr_text())
+            q = Qmp("\0" + name, timeout=10.0)
+            self.assertEqual(q.cmd("query-status")["status"], "running")
+            if os.geteuid() == 0:
+                # What docs/qmp.md warns about: no mode protects it.
+                self.assertEqual(connect_as_nobody("\0" + name), "connected")
+            self.assertEqual(q.cmd("quit"), {})
+            q.close()
+            self.assertEqual(vm.wait(), 0, vm.stderr_text())
+            self.assertFalse(os.path.exists(name), "a file made for an abstract socket")
 
 
 if __name__ == "__main__":

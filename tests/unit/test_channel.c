@@ -1,7 +1,9 @@
 /*
  * Transports over real sockets, pipes, processes and files: every URI
- * kind carries 8 MiB intact, and every way of failing says what and where.
- * Source and destination are threads of this process.
+ * kind carries 8 MiB intact, every way of failing says what and where,
+ * and every wait (connecting, a command that lingers) ends when cancelled
+ * or when its grace runs out. Source and destination are threads of this
+ * process.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -12,9 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -65,6 +69,22 @@ static void make_data(void)
 	data_hash = fnv1a(data, DATA_SIZE);
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* After EAGAIN on a non-blocking channel fd, as lib/io.c does. */
+static void wait_ready(int fd, short events)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+
+	CHECK(poll(&p, 1, -1) == 1);
+}
+
 static void write_all(int fd, const unsigned char *p, size_t n)
 {
 	while (n) {
@@ -72,10 +92,27 @@ static void write_all(int fd, const unsigned char *p, size_t n)
 
 		if (w < 0 && errno == EINTR)
 			continue;
+		if (w < 0 && errno == EAGAIN) {
+			wait_ready(fd, POLLOUT);
+			continue;
+		}
 		if (w <= 0)
 			FAIL("write: %s", strerror(errno));
 		p += w;
 		n -= (size_t)w;
+	}
+}
+
+/* One read(), waiting first if the fd is non-blocking and nothing is there. */
+static ssize_t read_some(int fd, void *buf, size_t n)
+{
+	for (;;) {
+		ssize_t r = read(fd, buf, n);
+
+		if (r >= 0 || (errno != EINTR && errno != EAGAIN))
+			return r;
+		if (errno == EAGAIN)
+			wait_ready(fd, POLLIN);
 	}
 }
 
@@ -87,9 +124,7 @@ static void read_all_check(int fd)
 	ssize_t r;
 
 	CHECK(buf);
-	while (got <= DATA_SIZE && (r = read(fd, buf + got, DATA_SIZE + 1 - got)) != 0) {
-		if (r < 0 && errno == EINTR)
-			continue;
+	while (got <= DATA_SIZE && (r = read_some(fd, buf + got, DATA_SIZE + 1 - got)) != 0) {
 		if (r < 0)
 			FAIL("read: %s", strerror(errno));
 		got += (size_t)r;
@@ -104,7 +139,13 @@ static void check_channel_fd(const struct gw_channel *ch)
 {
 	CHECK(ch->fd > 2);
 	CHECK(fcntl(ch->fd, F_GETFD) & FD_CLOEXEC);
-	CHECK(!(fcntl(ch->fd, F_GETFL) & O_NONBLOCK));
+	CHECK(!!(fcntl(ch->fd, F_GETFL) & O_NONBLOCK) == ch->nonblocking);
+	/* Only files nobody else has open: our end of an exec: pipe, a FIFO
+	 * we opened. Never an fd:N, whose open file its owner shares. */
+	if (ch->nonblocking)
+		CHECK(ch->child > 0 || !strncmp(ch->desc, "file ", 5));
+	if (ch->child > 0)
+		CHECK(ch->nonblocking && ch->pidfd > 2);
 	CHECK(ch->desc[0] != '\0');
 }
 
@@ -410,8 +451,8 @@ static void test_exec_status(void)
 	/* The destination side: the output, end of file, then the status. */
 	CHECK_OK(gw_channel_listen("exec:echo hi; exit 3", &l, &err), &err);
 	CHECK_OK(gw_listener_accept(l, &ch, &err), &err);
-	CHECK(read(ch.fd, buf, sizeof(buf)) == 3 && !memcmp(buf, "hi\n", 3));
-	CHECK(read(ch.fd, buf, sizeof(buf)) == 0);
+	CHECK(read_some(ch.fd, buf, sizeof(buf)) == 3 && !memcmp(buf, "hi\n", 3));
+	CHECK(read_some(ch.fd, buf, sizeof(buf)) == 0);
 	CHECK_ERR(gw_channel_close(&ch, &err), -EIO, &err, "exited with status 3");
 	/* Taken once only. */
 	CHECK_ERR(gw_listener_accept(l, &ch, &err), -EINVAL, &err, "already accepted");
@@ -511,16 +552,21 @@ static void *blocked_writer_run(void *p)
 	struct blocked_writer *w = p;
 
 	__atomic_store_n(&w->tid, gettid(), __ATOMIC_SEQ_CST);
-	/* Nobody reads: this fills the pipe or socket buffers, then blocks. */
+	/* Nobody reads: this fills the pipe or socket buffers, then blocks
+	 * (in poll() on a non-blocking fd). */
 	for (;;) {
-		if (write(w->ch->fd, data, DATA_SIZE) < 0 && errno != EINTR) {
-			w->error = errno;
-			return NULL;
+		if (write(w->ch->fd, data, DATA_SIZE) >= 0 || errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			wait_ready(w->ch->fd, POLLOUT);
+			continue;
 		}
+		w->error = errno;
+		return NULL;
 	}
 }
 
-/* Whether thread tid sleeps (in write(): it does nothing else). */
+/* Whether thread tid sleeps (in write() or poll(): it does nothing else). */
 static bool thread_sleeping(pid_t tid)
 {
 	char path[64], buf[256], *p;
@@ -578,13 +624,329 @@ static void test_abort(void)
 	CHECK_OK(gw_channel_listen("exec:sleep 1000", &l, &err), &err);
 	CHECK_OK(gw_listener_accept(l, &ch, &err), &err);
 	gw_channel_abort(&ch);
-	CHECK(read(ch.fd, &c, 1) == 0);
+	CHECK(read_some(ch.fd, &c, 1) == 0);
 	CHECK_ERR(gw_channel_close(&ch, &err), -EIO, &err, "killed by signal 9");
 	gw_listener_free(l);
 
 	/* A listener freed before its command was taken stops the command. */
 	CHECK_OK(gw_channel_listen("exec:sleep 1000", &l, &err), &err);
 	gw_listener_free(l);
+}
+
+/* --- waits that a cancel or a grace ends ---------------------------------- */
+
+/* Elapsed times allow for a slow, loaded test machine: a wait must end
+ * promptly, not within a millisecond. */
+#define PROMPT_MS 2000
+
+struct canceller {
+	int efd;
+	unsigned delay_ms;
+};
+
+static void *canceller_run(void *p)
+{
+	struct canceller *c = p;
+	uint64_t one = 1;
+
+	usleep(c->delay_ms * 1000);
+	CHECK(write(c->efd, &one, sizeof(one)) == sizeof(one));
+	return NULL;
+}
+
+/* An eventfd that becomes readable delay_ms from now (one at a time). */
+static int cancel_later(unsigned delay_ms, pthread_t *t)
+{
+	static struct canceller c;
+
+	c.efd = eventfd(0, EFD_CLOEXEC);
+	c.delay_ms = delay_ms;
+	CHECK(c.efd >= 0);
+	CHECK(pthread_create(t, NULL, canceller_run, &c) == 0);
+	return c.efd;
+}
+
+static void cancel_done(int efd, pthread_t t)
+{
+	CHECK(pthread_join(t, NULL) == 0);
+	close(efd);
+}
+
+/* A cancel already requested: nothing is started, nothing created. */
+static void test_cancelled_before_connecting(void)
+{
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	uint64_t one = 1;
+	char uri[300];
+	int efd = eventfd(0, EFD_CLOEXEC);
+
+	CHECK(efd >= 0 && write(efd, &one, sizeof(one)) == sizeof(one));
+	snprintf(uri, sizeof(uri), "file:%s", tmp_path("never"));
+	CHECK_ERR(gw_channel_connect_cancellable(uri, efd, &ch, &err), -ECANCELED, &err, uri,
+		  "cancelled before connecting");
+	CHECK(access(tmp_path("never"), F_OK) < 0 && errno == ENOENT);
+	CHECK_ERR(gw_channel_connect_cancellable("exec:touch /never", efd, &ch, &err),
+		  -ECANCELED, &err, "cancelled before connecting");
+	close(efd);
+}
+
+static void test_fifo_without_reader(void)
+{
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	char uri[300];
+	uint64_t start;
+	pthread_t t;
+	int efd;
+
+	CHECK(mkfifo(tmp_path("fifo-nobody"), 0600) == 0);
+	snprintf(uri, sizeof(uri), "file:%s", tmp_path("fifo-nobody"));
+	efd = cancel_later(100, &t);
+	start = now_ms();
+	CHECK_ERR(gw_channel_connect_cancellable(uri, efd, &ch, &err), -ECANCELED, &err,
+		  uri, ": cancelled while waiting for a reader to open the FIFO");
+	CHECK(now_ms() - start >= 100 && now_ms() - start < 100 + PROMPT_MS);
+	cancel_done(efd, t);
+}
+
+static void *fifo_reader_run(void *p)
+{
+	int fd;
+
+	usleep(100 * 1000);
+	fd = open(p, O_RDONLY | O_CLOEXEC);
+	CHECK(fd >= 0);
+	read_all_check(fd);
+	close(fd);
+	return NULL;
+}
+
+/* The reader comes after the source started waiting for one. */
+static void test_fifo_reader_arrives(void)
+{
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	char uri[300], path[200];
+	pthread_t reader;
+	int efd;
+
+	snprintf(path, sizeof(path), "%s", tmp_path("fifo-later"));
+	CHECK(mkfifo(path, 0600) == 0);
+	snprintf(uri, sizeof(uri), "file:%s", path);
+	CHECK(pthread_create(&reader, NULL, fifo_reader_run, path) == 0);
+	efd = eventfd(0, EFD_CLOEXEC); /* a cancel that never comes */
+	CHECK(efd >= 0);
+	CHECK_OK(gw_channel_connect_cancellable(uri, efd, &ch, &err), &err);
+	check_channel_fd(&ch);
+	CHECK(ch.nonblocking && !ch.bidirectional);
+	write_all(ch.fd, data, DATA_SIZE);
+	CHECK_OK(gw_channel_close(&ch, &err), &err);
+	CHECK(pthread_join(reader, NULL) == 0);
+	close(efd);
+
+	/* A socket file also fails a non-blocking open() with ENXIO: that is
+	 * an error at once, not a FIFO to wait on. */
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", tmp_path("not-a-fifo"));
+	CHECK(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+	snprintf(uri, sizeof(uri), "file:%s", a.sun_path);
+	CHECK_ERR(gw_channel_connect(uri, &ch, &err), -ENXIO, &err, "for writing",
+		  "No such device or address");
+	close(fd);
+}
+
+/*
+ * A listener whose backlog is full, so the next connect waits: TCP drops
+ * the SYN (the handshake hangs), a unix connect has no room. fds[] gets
+ * the connections that made it; returns how many.
+ */
+static int fill_backlog(int lfd, const struct sockaddr *a, socklen_t len, int *fds, int max)
+{
+	int n;
+
+	for (n = 0; n < max; n++) {
+		struct pollfd p = { .events = POLLOUT };
+		int fd = socket(a->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+		CHECK(fd >= 0);
+		if (connect(fd, a, len) == 0) {
+			fds[n] = fd;
+			continue;
+		}
+		/* unix: no room. TCP: still connecting after 200 ms is a drop. */
+		p.fd = fd;
+		if (errno == EAGAIN || (errno == EINPROGRESS && poll(&p, 1, 200) == 0)) {
+			close(fd);
+			return n;
+		}
+		CHECK(errno == EINPROGRESS);
+		fds[n] = fd;
+	}
+	FAIL("listener fd %d took %d connections with a backlog of 0", lfd, max);
+}
+
+static void test_connect_cancelled(void)
+{
+	struct sockaddr_in in = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_un un = { .sun_family = AF_UNIX };
+	socklen_t len = sizeof(in);
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	char uri[300], addr[64];
+	int tfd, ufd, fds[64], n;
+	uint64_t start;
+	pthread_t t;
+	int efd;
+
+	tfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK(bind(tfd, (struct sockaddr *)&in, sizeof(in)) == 0 && listen(tfd, 0) == 0);
+	CHECK(getsockname(tfd, (struct sockaddr *)&in, &len) == 0);
+	n = fill_backlog(tfd, (struct sockaddr *)&in, sizeof(in), fds, 64);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", ntohs(in.sin_port));
+	snprintf(uri, sizeof(uri), "tcp:%s", addr);
+	efd = cancel_later(100, &t);
+	start = now_ms();
+	CHECK_ERR(gw_channel_connect_cancellable(uri, efd, &ch, &err), -ECANCELED, &err,
+		  uri, "cancelled while connecting to", addr);
+	CHECK(now_ms() - start < 100 + PROMPT_MS);
+	cancel_done(efd, t);
+	while (n--)
+		close(fds[n]);
+	close(tfd);
+
+	snprintf(un.sun_path, sizeof(un.sun_path), "%s", tmp_path("full"));
+	ufd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK(bind(ufd, (struct sockaddr *)&un, sizeof(un)) == 0 && listen(ufd, 0) == 0);
+	n = fill_backlog(ufd, (struct sockaddr *)&un, sizeof(un), fds, 64);
+	snprintf(uri, sizeof(uri), "unix:%s", un.sun_path);
+	efd = cancel_later(100, &t);
+	start = now_ms();
+	CHECK_ERR(gw_channel_connect_cancellable(uri, efd, &ch, &err), -ECANCELED, &err,
+		  uri, "cancelled while waiting for room in the listener's backlog");
+	CHECK(now_ms() - start >= 100 && now_ms() - start < 100 + PROMPT_MS);
+	cancel_done(efd, t);
+	while (n--)
+		close(fds[n]);
+	close(ufd);
+	unlink(un.sun_path);
+}
+
+static void *accept_later_run(void *p)
+{
+	int lfd = *(int *)p, fd;
+
+	usleep(100 * 1000);
+	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	CHECK(fd >= 0);
+	close(fd);
+	return NULL;
+}
+
+/* A unix connect waiting for room gets in once the listener accepts. */
+static void test_unix_backlog_frees(void)
+{
+	struct sockaddr_un un = { .sun_family = AF_UNIX };
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	char uri[300];
+	int lfd, fds[64], n;
+	pthread_t t;
+
+	snprintf(un.sun_path, sizeof(un.sun_path), "%s", tmp_path("frees"));
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK(bind(lfd, (struct sockaddr *)&un, sizeof(un)) == 0 && listen(lfd, 0) == 0);
+	n = fill_backlog(lfd, (struct sockaddr *)&un, sizeof(un), fds, 64);
+	CHECK(n > 0);
+	CHECK(pthread_create(&t, NULL, accept_later_run, &lfd) == 0);
+	snprintf(uri, sizeof(uri), "unix:%s", un.sun_path);
+	CHECK_OK(gw_channel_connect(uri, &ch, &err), &err);
+	check_channel_fd(&ch);
+	CHECK(pthread_join(t, NULL) == 0);
+	CHECK_OK(gw_channel_close(&ch, &err), &err);
+	while (n--)
+		close(fds[n]);
+	close(lfd);
+	unlink(un.sun_path);
+}
+
+/* A command that reads the whole stream and then does not exit. */
+static void test_exec_lingers(void)
+{
+	const char *uri = "exec:cat >/dev/null; sleep 600";
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	uint64_t start;
+
+	CHECK_OK(gw_channel_connect(uri, &ch, &err), &err);
+	check_channel_fd(&ch);
+	write_all(ch.fd, data, DATA_SIZE);
+	start = now_ms();
+	CHECK_ERR(gw_channel_end(&ch, -1, 200, &err), -ETIMEDOUT, &err,
+		  "exec 'cat >/dev/null; sleep 600' did not exit within 200 ms of the end of "
+		  "the stream; sent SIGTERM");
+	CHECK(!strstr(err.msg, "SIGKILL"));
+	CHECK(now_ms() - start >= 200 && now_ms() - start < 200 + PROMPT_MS);
+	/* Reaped and forgotten: ending again does nothing. */
+	CHECK(ch.child == 0 && ch.fd == -1);
+	CHECK_OK(gw_channel_end(&ch, -1, 200, &err), &err);
+}
+
+/* A cancel while waiting for the command: SIGTERM at once, and SIGKILL
+ * after the grace for one that ignores SIGTERM. */
+static void test_exec_cancel_ignoring_term(void)
+{
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	uint64_t start, took;
+	pthread_t t;
+	int efd;
+
+	CHECK_OK(gw_channel_connect("exec:trap '' TERM; sleep 600", &ch, &err), &err);
+	efd = cancel_later(100, &t);
+	start = now_ms();
+	CHECK_ERR(gw_channel_end(&ch, efd, 300, &err), -ECANCELED, &err,
+		  "exec 'trap '' TERM; sleep 600': cancelled while waiting for it to exit; "
+		  "sent SIGTERM, then SIGKILL 300 ms later");
+	took = now_ms() - start;
+	CHECK(took >= 100 + 300 && took < 100 + 300 + PROMPT_MS);
+	CHECK(ch.child == 0);
+	cancel_done(efd, t);
+}
+
+/* The event-loop way: close the stream, wait for the pidfd, collect. */
+static void test_exec_pidfd(void)
+{
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	struct pollfd p;
+	uint64_t start;
+
+	CHECK_OK(gw_channel_connect("exec:cat >/dev/null", &ch, &err), &err);
+	write_all(ch.fd, data, DATA_SIZE);
+	p = (struct pollfd){ .fd = ch.pidfd, .events = POLLIN };
+	CHECK(poll(&p, 1, 0) == 0); /* cat waits for the end of the stream */
+	CHECK_OK(gw_channel_close_stream(&ch, &err), &err);
+	CHECK(ch.fd == -1 && ch.child > 0);
+	CHECK(poll(&p, 1, 10 * 1000) == 1);
+	start = now_ms();
+	CHECK_OK(gw_channel_end(&ch, -1, 0, &err), &err);
+	CHECK(now_ms() - start < PROMPT_MS);
+
+	/* An exit on its own wins over a cancel that is also there. */
+	CHECK_OK(gw_channel_connect("exec:exit 3", &ch, &err), &err);
+	CHECK_OK(gw_channel_close_stream(&ch, &err), &err);
+	p.fd = ch.pidfd;
+	CHECK(poll(&p, 1, 10 * 1000) == 1);
+	int efd = eventfd(1, EFD_CLOEXEC);
+	CHECK_ERR(gw_channel_end(&ch, efd, 0, &err), -EIO, &err, "exec 'exit 3' exited with status 3");
+	close(efd);
+
+	/* A zeroed channel: nothing to end. */
+	memset(&ch, 0, sizeof(ch));
+	CHECK(gw_channel_end(&ch, -1, 0, NULL) == 0);
 }
 
 /* atexit: a failed check exits too. */
@@ -622,6 +984,14 @@ int main(void)
 	test_exec_status();
 	test_file();
 	test_abort();
+	test_cancelled_before_connecting();
+	test_fifo_without_reader();
+	test_fifo_reader_arrives();
+	test_connect_cancelled();
+	test_unix_backlog_frees();
+	test_exec_lingers();
+	test_exec_cancel_ignoring_term();
+	test_exec_pidfd();
 
 	free(data);
 	return 0;

@@ -186,7 +186,7 @@ static void test_dead_peer(void)
 	CHECK_OK(gw_writer_new(sv[0], &w, &err), &err);
 	CHECK_OK(gw_writer_write(w, big, 100, &err), &err); /* only buffered so far */
 	CHECK_ERR(gw_writer_write(w, big, 1 << 20, &err), -EPIPE, &err,
-		  "write to stream failed at offset 0: Broken pipe");
+		  "write to stream failed at offset 0 (0 bytes written): Broken pipe");
 	CHECK_ERR(gw_writer_flush(w, &err), -EPIPE, &err, "stream writer already failed");
 	gw_writer_free(w);
 	close(sv[0]);

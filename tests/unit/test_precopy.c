@@ -529,9 +529,10 @@ static void start_source(struct mig *t)
 static void start_destination(struct mig *t, int fd)
 {
 	struct gw_incoming_callbacks cb = { on_status, &t->dst };
+	struct gw_incoming_params params = { .return_path = t->params.return_path };
 	struct gw_error err = { 0 };
 
-	CHECK_OK(gw_incoming_start(t->dst.m, fd, t->params.return_path, &cb, &t->in, &err), &err);
+	CHECK_OK(gw_incoming_start(t->dst.m, fd, &params, &cb, &t->in, &err), &err);
 }
 
 static void wait_until(bool (*cond)(struct mig *), struct mig *t, const char *what)
@@ -732,7 +733,7 @@ static bool source_active(struct mig *t)
 	struct gw_precopy_stats st;
 
 	gw_precopy_stats(t->out, &st);
-	return st.status == GW_MIG_ACTIVE && st.transferred > 0;
+	return st.status == GW_MIG_ACTIVE && st.dirty_sync_count > 0;
 }
 
 static void check_cancelled(struct mig *t)
@@ -906,7 +907,7 @@ static void test_peer_dies(void)
 	pthread_join(peer, NULL);
 	/* The engine finds out in a write, or polling for a report between two. */
 	check_failed(&t, "round 1: ", "write to stream failed",
-		     "closed the connection without reporting");
+		     "closed the connection instead of sending");
 	mig_free(&t);
 }
 
@@ -921,7 +922,7 @@ static void test_peer_dies_at_switchover(void)
 	start_source(&t);
 	wait_until(both_done, &t, "the failure");
 	check_failed(&t, "switchover: ", "write to stream failed",
-		     "closed the connection without reporting");
+		     "closed the connection instead of sending");
 	CHECK(t.src.pauses == 1 && t.src.resumes == 1);
 	CHECK(t.dst.resumes == 0);
 	mig_free(&t);
@@ -1067,6 +1068,35 @@ static void test_incoming_cancel(void)
 	guest_free(&t.dst);
 }
 
+/*
+ * A source that asks for the handshake over a one-way channel (fd:N of a
+ * pipe on one side, a socket on the other, say): the destination can never
+ * get GO, so it must not resume at EOF; the source gets no READY and runs
+ * its guest again.
+ */
+static void test_handshake_one_way(void)
+{
+	struct gw_precopy_stats st;
+	struct gw_incoming_stats in;
+	struct mig t;
+
+	mig_init(&t, &tiny, false);
+	t.params.return_path = true;
+	t.params.ready_timeout_ms = 200;
+	start_source(&t);
+	t.params.return_path = false;
+	start_destination(&t, t.fds[1]);
+	wait_until(both_done, &t, "the refusal");
+	gw_incoming_stats(t.in, &in);
+	gw_precopy_stats(t.out, &st);
+	printf("one-way handshake: destination: %s; source: %s\n", in.error, st.error);
+	CHECK(in.status == GW_MIG_FAILED && strstr(in.error, "cannot answer it"));
+	CHECK(t.dst.resumes == 0);
+	CHECK(st.status == GW_MIG_FAILED && strstr(st.error, "READY") && !st.unconfirmed);
+	CHECK(t.src.pauses == 1 && t.src.resumes == 1 && guest_running(&t.src));
+	mig_free(&t);
+}
+
 static void test_bad_start(void)
 {
 	const struct gw_machine mach = { "godwit-test", "1", "test-machine", 1 };
@@ -1113,5 +1143,6 @@ int main(void)
 	test_corrupted(GW_REC_CONFIG, false);
 	test_corrupted(GW_REC_EOF, true);
 	test_incoming_cancel();
+	test_handshake_one_way();
 	return 0;
 }

@@ -15,6 +15,7 @@
 
 #include "check.h"
 #include "lib/bitmap.h"
+#include "lib/crc32c.h"
 #include "lib/populated.h"
 #include "lib/ratelimit.h"
 #include "lib/return_path.h"
@@ -263,6 +264,55 @@ static void test_report(void)
 	CHECK(strlen(r.msg) == GW_REPORT_MSG_MAX);
 }
 
+/* Recompute a status-only message's CRC after a field was changed. */
+static void reseal(unsigned char *buf)
+{
+	uint32_t crc = gw_crc32c(0, buf, GW_REPORT_HEAD_SIZE);
+
+	for (int i = 0; i < 4; i++)
+		buf[GW_REPORT_HEAD_SIZE + i] = (unsigned char)(crc >> (8 * i));
+}
+
+/* The handshake's messages: READY and GO carry nothing but their status,
+ * and nothing else decodes as one of them. */
+static void test_handshake_messages(void)
+{
+	static const enum gw_report_status plain[] = { GW_REPORT_RUNNING, GW_REPORT_READY,
+						       GW_REPORT_GO };
+	struct gw_error err = { 0 };
+	unsigned char buf[GW_REPORT_MAX];
+	struct gw_report r;
+	size_t len;
+
+	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
+		/* Code and text on a message that has none are not sent. */
+		struct gw_report m = { plain[i], -EIO, "ignored" };
+
+		len = gw_report_encode(&m, buf);
+		CHECK(len == GW_REPORT_HEAD_SIZE + 4);
+		CHECK_OK(gw_report_decode(buf, len, &r, &err), &err);
+		CHECK(r.status == plain[i] && r.code == 0 && r.msg[0] == '\0');
+		CHECK(strcmp(gw_report_name(plain[i]), "unknown") != 0);
+
+		/* With a code smuggled in (and the CRC made right), refused. */
+		buf[16] = 5;
+		reseal(buf);
+		CHECK_ERR(gw_report_decode(buf, len, &r, &err), -EBADMSG, &err, "malformed");
+	}
+	/* A status this side does not know is refused as soon as the head shows it. */
+	struct gw_report m = { GW_REPORT_GO, 0, "" };
+
+	len = gw_report_encode(&m, buf);
+	buf[12] = 4;
+	reseal(buf);
+	CHECK_ERR(gw_report_decode(buf, len, &r, &err), -EBADMSG, &err, "status 4");
+	/* Version 1 peers had no handshake: refused with both versions named. */
+	len = gw_report_encode(&m, buf);
+	buf[8] = 1;
+	CHECK_ERR(gw_report_decode(buf, len, &r, &err), -EPROTONOSUPPORT, &err,
+		  "handshake version 1 is not supported (this side speaks version 2)");
+}
+
 static void test_ratelimit(void)
 {
 	struct gw_ratelimit rl;
@@ -292,6 +342,7 @@ int main(void)
 	test_populated();
 	test_manual();
 	test_report();
+	test_handshake_messages();
 	test_ratelimit();
 	return 0;
 }

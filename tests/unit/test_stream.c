@@ -195,6 +195,11 @@ static void test_header(void)
 	s.p[12] = 4;
 	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTONOSUPPORT, &err,
 		  "header flags 0x4");
+	/* A live migration's stream (COMMIT) resumes only on the source's GO:
+	 * a plain load must not run it. */
+	s.p[12] = GW_HDRF_COMMIT;
+	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTO, &err,
+		  "needs the switchover handshake");
 	s.p[12] = 0;
 	CHECK_ERR(test_load(dst.m, s.p, 0, &err), -EPIPE, &err,
 		  "stream header", "truncated stream at offset 0");

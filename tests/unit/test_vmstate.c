@@ -1,7 +1,9 @@
 /*
  * Declarative device state: the VMDESC a stream carries describes each
  * section's data exactly, so an analyzer decodes device state from the
- * stream alone; loading refuses values a field cannot hold.
+ * stream alone; loading refuses values a field cannot hold, values
+ * outside a field's declared range and states its section's validate
+ * hook refuses, and then leaves the device's State as it was.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -212,6 +214,292 @@ static void test_bad_bool(void)
 	gw_migration_free(dst);
 }
 
+/*
+ * Bounds: a writer without ranges saves whatever it holds; a reader with
+ * ranges (and maybe a validate hook) must refuse what lies outside them
+ * and leave its State untouched when it does.
+ */
+struct ranged_state {
+	uint8_t head;
+	int16_t delta;
+	uint32_t counts[4];
+	uint64_t big;
+	uint32_t added; /* from version 2 on */
+};
+
+static const struct gw_field plain_fields[] = {
+	GW_FIELD(U8, struct ranged_state, head),
+	GW_FIELD(I16, struct ranged_state, delta),
+	GW_FIELD(U32, struct ranged_state, counts),
+	GW_FIELD(U64, struct ranged_state, big),
+	GW_FIELD_V(U32, struct ranged_state, added, 2),
+};
+
+static const struct gw_field ranged_fields[] = {
+	GW_FIELD_RANGE(U8, struct ranged_state, head, 0, 15),
+	GW_FIELD_RANGE(I16, struct ranged_state, delta, -5, 5),
+	GW_FIELD_RANGE(U32, struct ranged_state, counts, 1, 16),
+	GW_FIELD_RANGE(U64, struct ranged_state, big, 0x8000000000000000ull, UINT64_MAX),
+	GW_FIELD_RANGE_V(U32, struct ranged_state, added, 0, 9, 2),
+};
+
+/* What a writer of version 1 had, before 'added'. */
+static const struct gw_vmstate plain_v1_vs = {
+	plain_fields, sizeof(plain_fields) / sizeof(plain_fields[0]) - 1, sizeof(struct ranged_state),
+};
+static const struct gw_vmstate plain_vs = GW_VMSTATE(struct ranged_state, plain_fields);
+static const struct gw_vmstate ranged_vs = GW_VMSTATE(struct ranged_state, ranged_fields);
+
+static const struct ranged_state good = {
+	.head = 15, .delta = -5, .counts = { 1, 16, 2, 3 }, .big = UINT64_MAX, .added = 9,
+};
+
+static bool same(const struct ranged_state *a, const struct ranged_state *b)
+{
+	return a->head == b->head && a->delta == b->delta && a->big == b->big &&
+	       a->added == b->added && memcmp(a->counts, b->counts, sizeof(a->counts)) == 0;
+}
+
+static unsigned validate_calls;
+
+/* What a range cannot say: head must be odd, and counts[0] <= counts[1]. */
+static int odd_head(const void *state, uint32_t version, struct gw_error *err)
+{
+	const struct ranged_state *s = state;
+
+	(void)version;
+	validate_calls++;
+	if (!(s->head & 1))
+		return gw_error_set(err, -EBADMSG, "field 'head' = %u is even", s->head);
+	if (s->counts[0] > s->counts[1])
+		return -EBADMSG; /* no message: the library must still give one */
+	return 0;
+}
+
+/* Save src as section "ranged" version src_version and load it into *dst
+ * through a section with ranges and the given hook. */
+static int load_ranged(const struct ranged_state *src, uint32_t src_version,
+		       struct ranged_state *dst,
+		       int (*hook)(const void *, uint32_t, struct gw_error *), struct gw_error *err)
+{
+	static const struct gw_machine mc = { "t", "1", "m", 1 };
+	struct ranged_state copy = *src;
+	struct gw_section writer = { .name = "ranged", .version = src_version, .min_version = 1,
+				     .vmstate = src_version == 1 ? &plain_v1_vs : &plain_vs,
+				     .opaque = &copy };
+	struct gw_section reader = { .name = "ranged", .version = 2, .min_version = 1,
+				     .vmstate = &ranged_vs, .validate = hook, .opaque = dst };
+	struct gw_migration *from, *to;
+	struct gw_error e = { 0 };
+	struct gw_writer *w;
+	struct test_buf s;
+	int fd = test_memfd(NULL, 0), ret;
+
+	CHECK_OK(gw_migration_new(&mc, &from, &e), &e);
+	CHECK_OK(gw_migration_new(&mc, &to, &e), &e);
+	CHECK_OK(gw_migration_add_section(from, &writer, &e), &e);
+	CHECK_OK(gw_migration_add_section(to, &reader, &e), &e);
+	CHECK_OK(gw_writer_new(fd, &w, &e), &e);
+	CHECK_OK(gw_save_begin(from, w, &e), &e);
+	CHECK_OK(gw_save_devices(from, w, &e), &e);
+	CHECK_OK(gw_save_finish(from, w, &e), &e);
+	gw_writer_free(w);
+	test_slurp(fd, &s);
+	ret = test_load(to, s.p, s.len, err);
+	free(s.p);
+	close(fd);
+	gw_migration_free(from);
+	gw_migration_free(to);
+	return ret;
+}
+
+/* Load bad into a State holding good: refused with every word of want, State untouched. */
+#define CHECK_REFUSED(bad, hook, ...)                                           \
+	do {                                                                    \
+		struct ranged_state dst_ = good;                                \
+		CHECK_ERR(load_ranged(&(bad), 2, &dst_, (hook), &err), -EBADMSG, &err, \
+			  "section 'ranged' instance 0", __VA_ARGS__);           \
+		CHECK(same(&dst_, &good));                 \
+	} while (0)
+
+static void test_ranges(void)
+{
+	struct gw_error err = { 0 };
+	struct ranged_state dst = { 0 }, bad;
+
+	/* Every bound itself is in range. */
+	CHECK_OK(load_ranged(&good, 2, &dst, NULL, &err), &err);
+	CHECK(same(&dst, &good));
+	bad = good, bad.head = 0, bad.delta = 5, bad.counts[3] = 16, bad.big = 1ull << 63;
+	bad.added = 0;
+	CHECK_OK(load_ranged(&bad, 2, &dst, NULL, &err), &err);
+	CHECK(same(&dst, &bad));
+
+	/* Above and below, unsigned and signed, large values in hex too. */
+	bad = good, bad.head = 16;
+	CHECK_REFUSED(bad, NULL, "field 'head' = 16 is outside 0..15");
+	bad = good, bad.head = 255;
+	CHECK_REFUSED(bad, NULL, "field 'head' = 255 is outside 0..15");
+	bad = good, bad.delta = -6;
+	CHECK_REFUSED(bad, NULL, "field 'delta' = -6 is outside -5..5");
+	bad = good, bad.delta = 6;
+	CHECK_REFUSED(bad, NULL, "field 'delta' = 6 is outside -5..5");
+	bad = good, bad.big = 5;
+	CHECK_REFUSED(bad, NULL, "field 'big' = 5 is outside 9223372036854775808 (0x8000000000000000)"
+		      "..18446744073709551615 (0xffffffffffffffff)");
+	bad = good, bad.added = 0x100000;
+	CHECK_REFUSED(bad, NULL, "field 'added' = 1048576 (0x100000) is outside 0..9");
+
+	/* Each element of an array, named by its index. */
+	bad = good, bad.counts[0] = 0;
+	CHECK_REFUSED(bad, NULL, "field 'counts'[0] = 0 is outside 1..16");
+	bad = good, bad.counts[2] = 17;
+	CHECK_REFUSED(bad, NULL, "field 'counts'[2] = 17 is outside 1..16");
+	bad = good, bad.counts[3] = 0xffffffff;
+	CHECK_REFUSED(bad, NULL, "field 'counts'[3] = 4294967295 (0xffffffff) is outside 1..16");
+}
+
+static void test_validate_hook(void)
+{
+	struct gw_error err = { 0 };
+	struct ranged_state dst = { 0 }, bad;
+
+	validate_calls = 0;
+	CHECK_OK(load_ranged(&good, 2, &dst, odd_head, &err), &err);
+	CHECK(validate_calls == 1 && same(&dst, &good));
+	bad = good, bad.head = 14;
+	CHECK_REFUSED(bad, odd_head, "field 'head' = 14 is even");
+	CHECK(validate_calls == 2);
+	bad = good, bad.counts[0] = 16, bad.counts[1] = 1;
+	CHECK_REFUSED(bad, odd_head, "refused by its validator", "Bad message");
+	/* The ranges come first: the hook never sees a value outside them. */
+	bad = good, bad.head = 14, bad.delta = 9;
+	CHECK_REFUSED(bad, odd_head, "field 'delta' = 9 is outside -5..5");
+	CHECK(validate_calls == 3);
+}
+
+/* A version 1 stream lacks 'added': it keeps the value the State had, the
+ * other fields are still checked, and the hook sees the whole candidate. */
+static void test_old_version(void)
+{
+	struct gw_error err = { 0 };
+	struct ranged_state dst, src = good, bad;
+
+	src.head = 3, src.added = 8;
+	dst = good, dst.added = 7;
+	CHECK_OK(load_ranged(&src, 1, &dst, odd_head, &err), &err);
+	CHECK(dst.head == 3 && dst.added == 7 && dst.big == good.big);
+	bad = good, bad.counts[1] = 100;
+	dst = good;
+	CHECK_ERR(load_ranged(&bad, 1, &dst, NULL, &err), -EBADMSG, &err,
+		  "field 'counts'[1] = 100 is outside 1..16", "SECTION_FULL");
+	CHECK(same(&dst, &good));
+	dst = good, dst.head = 2;
+	src = good, src.head = 1;
+	CHECK_OK(load_ranged(&src, 1, &dst, odd_head, &err), &err);
+	CHECK(dst.head == 1);
+}
+
+/* Ranges travel in VMDESC as min and max, large u64 bounds as hex strings. */
+static void test_ranges_described(void)
+{
+	static const struct gw_machine mc = { "t", "1", "m", 1 };
+	struct ranged_state st = good;
+	struct gw_section sec = { .name = "ranged", .version = 2, .min_version = 1,
+				  .vmstate = &ranged_vs, .opaque = &st };
+	struct gw_migration *m;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	struct test_buf s;
+	char *vmdesc, *out;
+	unsigned char *data;
+	size_t vlen = 0, len = 0;
+	int fd = test_memfd(NULL, 0);
+	json_t *root, *fields;
+
+	CHECK_OK(gw_migration_new(&mc, &m, &err), &err);
+	CHECK_OK(gw_migration_add_section(m, &sec, &err), &err);
+	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
+	CHECK_OK(gw_save_begin(m, w, &err), &err);
+	CHECK_OK(gw_save_devices(m, w, &err), &err);
+	CHECK_OK(gw_save_finish(m, w, &err), &err);
+	gw_writer_free(w);
+	test_slurp(fd, &s);
+	find_in_stream(&s, "ranged", 0, &vmdesc, &vlen, &data, &len);
+	root = json_loadb(vmdesc, vlen, 0, NULL);
+	fields = json_object_get(json_array_get(json_object_get(root, "sections"), 0), "fields");
+	CHECK(json_integer_value(json_object_get(json_array_get(fields, 0), "max")) == 15);
+	CHECK(json_integer_value(json_object_get(json_array_get(fields, 1), "min")) == -5);
+	CHECK(json_integer_value(json_object_get(json_array_get(fields, 2), "min")) == 1);
+	CHECK(json_integer_value(json_object_get(json_array_get(fields, 2), "count")) == 4);
+	CHECK(strcmp(json_string_value(json_object_get(json_array_get(fields, 3), "min")),
+		     "0x8000000000000000") == 0);
+	CHECK(strcmp(json_string_value(json_object_get(json_array_get(fields, 3), "max")),
+		     "0xffffffffffffffff") == 0);
+	json_decref(root);
+	/* An analyzer still decodes the data with the bounds in the description. */
+	CHECK_OK(gw_vmdesc_decode(vmdesc, vlen, "ranged", 0, data, len, &out, &err), &err);
+	CHECK(strstr(out, "\"counts\":[1,16,2,3]"));
+	free(out);
+	free(vmdesc);
+	free(data);
+	free(s.p);
+	close(fd);
+	gw_migration_free(m);
+}
+
+struct two_bytes {
+	uint8_t a, b;
+	bool flag;
+	uint16_t both;
+};
+
+/* A range that cannot work is a bug in the table: refused at registration. */
+static void test_bad_ranges(void)
+{
+	static const struct gw_machine mc = { "t", "1", "m", 1 };
+	static const struct {
+		struct gw_field f;
+		const char *why;
+	} bad[] = {
+		{ GW_FIELD_RANGE(BOOL, struct two_bytes, flag, 0, 1), "a range needs an integer type, not bool" },
+		{ { "raw", GW_FIELD_BYTES, 0, 2, 0, true, 0, 1 }, "a range needs an integer type, not bytes" },
+		{ GW_FIELD_RANGE(U8, struct two_bytes, a, 5, 4), "range 5..4 is not one of u8 values" },
+		{ GW_FIELD_RANGE(U8, struct two_bytes, a, 0, 256), "range 0..256 is not one of u8 values" },
+		{ GW_FIELD_RANGE(I8, struct two_bytes, a, -129, 0), "range -129..0 is not one of i8 values" },
+		{ GW_FIELD_RANGE(I8, struct two_bytes, a, 0, 128), "range 0..128 is not one of i8 values" },
+		{ GW_FIELD_RANGE(U16, struct two_bytes, both, 0, 1), "field 'both' has a range but shares bytes with field 'b'" },
+	};
+	struct two_bytes st = { 0 };
+	struct gw_error err = { 0 };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		/* The U16 one overlaps b only when it is laid over it. */
+		struct gw_field f[2] = { GW_FIELD(U8, struct two_bytes, b), bad[i].f };
+		struct gw_vmstate vs = { f, 2, sizeof(st) };
+		struct gw_section sec = { .name = "bad", .version = 1, .min_version = 1,
+					  .vmstate = &vs, .opaque = &st };
+		struct gw_migration *m;
+
+		if (strcmp(bad[i].f.name, "both") == 0)
+			f[1].offset = offsetof(struct two_bytes, b);
+		CHECK_OK(gw_migration_new(&mc, &m, &err), &err);
+		CHECK_ERR(gw_migration_add_section(m, &sec, &err), -EINVAL, &err,
+			  "section 'bad' instance 0", bad[i].why);
+		gw_migration_free(m);
+	}
+
+	/* A hand-written loader has no candidate for a hook to look at. */
+	struct gw_section hand = { .name = "hand", .version = 1, .min_version = 1,
+				   .save = bool_save, .load = unused_load, .validate = odd_head };
+	struct gw_migration *m;
+
+	CHECK_OK(gw_migration_new(&mc, &m, &err), &err);
+	CHECK_ERR(gw_migration_add_section(m, &hand, &err), -EINVAL, &err,
+		  "validate needs a vmstate");
+	gw_migration_free(m);
+}
+
 int main(void)
 {
 	CHECK(strcmp(gw_field_type_name(GW_FIELD_I64), "i64") == 0);
@@ -219,6 +507,11 @@ int main(void)
 	test_decode();
 	test_decode_unknown_type();
 	test_bad_bool();
+	test_ranges();
+	test_validate_hook();
+	test_old_version();
+	test_ranges_described();
+	test_bad_ranges();
 	printf("vmstate: all tests passed\n");
 	return 0;
 }

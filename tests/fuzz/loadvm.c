@@ -1,0 +1,230 @@
+#include "loadvm.h"
+
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "vmm/kvm.h"
+
+/* The UART raises its interrupt through KVM. Here the line goes nowhere,
+ * but what the device asks for must still be a line and a level. */
+int kvm_irq_line(struct kvm *kvm, unsigned irq, int level)
+{
+	(void)kvm;
+	CHECK(irq == UART_COM1_IRQ && (level == 0 || level == 1));
+	return 0;
+}
+
+static void on_guest_exit(void *opaque, int status)
+{
+	(void)opaque, (void)status;
+}
+
+/* The devices as godwit-vmm's main() creates them. */
+static void init_devices(struct loadvm *vm)
+{
+	static struct kvm no_kvm = { .sys_fd = -1, .vm_fd = -1 };
+
+	io_bus_init(&vm->pio, "pio", false);
+	CHECK(uart_init(&vm->uart, &no_kvm, &vm->pio, -1) == 0);
+	CHECK(testdev_init(&vm->testdev, &vm->pio, on_guest_exit, vm) == 0);
+}
+
+void loadvm_init(struct loadvm *vm)
+{
+	static const struct gw_machine machine = {
+		.vmm_name = "godwit-vmm", .vmm_version = "fuzz", .machine = "godwit-x86",
+		.nr_vcpus = LOADVM_VCPUS,
+	};
+	struct gw_error err = { 0 };
+	char msg[256];
+
+	memset(vm, 0, sizeof(*vm));
+	if (guest_ram_create(&vm->ram, LOADVM_MEMORY, msg, sizeof(msg)))
+		FAIL("%s", msg);
+	init_devices(vm);
+	CHECK_OK(gw_migration_new(&machine, &vm->m, &err), &err);
+	for (unsigned i = 0; i < vm->ram.nr_blocks; i++) {
+		const struct ram_block *b = &vm->ram.blocks[i];
+		const struct gw_ram r = {
+			.name = b->name, .host = b->host, .size = b->size, .fd = b->memfd,
+			.gpa = b->gpa,
+		};
+		CHECK_OK(gw_migration_add_ram(vm->m, &r, &err), &err);
+	}
+	const struct sections_state st = {
+		.cpus = vm->cpus, .nr_cpus = LOADVM_VCPUS, .kvm_vm = &vm->kvm_vm,
+		.uart = &vm->uart.st, .testdev = &vm->testdev.st, .run = &vm->run,
+	};
+	CHECK_OK(sections_register(vm->m, &st, &err), &err);
+}
+
+void loadvm_free(struct loadvm *vm)
+{
+	gw_migration_free(vm->m);
+	uart_destroy(&vm->uart);
+	testdev_destroy(&vm->testdev);
+	guest_ram_destroy(&vm->ram);
+}
+
+void loadvm_reset(struct loadvm *vm)
+{
+	uart_destroy(&vm->uart);
+	testdev_destroy(&vm->testdev);
+	init_devices(vm);
+	memset(vm->cpus, 0, sizeof(vm->cpus));
+	memset(&vm->kvm_vm, 0, sizeof(vm->kvm_vm));
+	memset(&vm->run, 0, sizeof(vm->run));
+	for (unsigned i = 0; i < vm->ram.nr_blocks; i++)
+		CHECK(fallocate(vm->ram.blocks[i].memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				0, (off_t)vm->ram.blocks[i].size) == 0);
+}
+
+static int memfd_of(const void *p, size_t len)
+{
+	int fd = memfd_create("loadvm-stream", MFD_CLOEXEC);
+
+	CHECK(fd >= 0);
+	CHECK(len == 0 || write(fd, p, len) == (ssize_t)len);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	return fd;
+}
+
+static int load_fd(struct loadvm *vm, int fd, struct gw_error *err)
+{
+	struct gw_reader *r;
+	int ret;
+
+	CHECK_OK(gw_reader_new(fd, &r, err), err);
+	ret = gw_load(vm->m, r, err);
+	/* Every refusal says why. */
+	CHECK(ret == 0 || (ret < 0 && err->code == ret && err->msg[0]));
+	gw_reader_free(r);
+	return ret;
+}
+
+int loadvm_load(struct loadvm *vm, const void *p, size_t len, struct gw_error *err)
+{
+	int fd = memfd_of(p, len);
+	int ret = load_fd(vm, fd, err);
+
+	close(fd);
+	return ret;
+}
+
+static uint8_t in8(struct loadvm *vm, uint64_t port)
+{
+	uint8_t v;
+
+	io_bus_access(&vm->pio, 0, port, &v, 1, false);
+	return v;
+}
+
+static void out8(struct loadvm *vm, uint64_t port, uint8_t v)
+{
+	io_bus_access(&vm->pio, 0, port, &v, 1, true);
+}
+
+enum { RBR = 0, IER = 1, FCR = 2, LCR = 3, MCR = 4, LSR = 5 };
+
+/*
+ * What a guest driver does with a UART it finds: read every register as
+ * it is (the FIFO first, at the loaded rx_head), the divisor latch, drain
+ * the FIFO, then send bytes through the loopback and read them back.
+ */
+static void drive_uart(struct loadvm *vm)
+{
+	const uint64_t base = UART_COM1_BASE;
+	uint8_t lcr = in8(vm, base + LCR), wide[8];
+
+	for (unsigned r = 0; r < 8; r++)
+		(void)in8(vm, base + r);
+	io_bus_access(&vm->pio, 0, base, wide, sizeof(wide), false);
+	out8(vm, base + LCR, lcr | 0x80);
+	(void)in8(vm, base + RBR);
+	(void)in8(vm, base + IER);
+	out8(vm, base + LCR, lcr & 0x7f);
+	for (unsigned i = 0; i <= UART_FIFO_SIZE; i++)
+		(void)in8(vm, base + RBR);
+	CHECK(!(in8(vm, base + LSR) & UART_LSR_DR));
+
+	/* Loopback wraps the FIFO around from wherever rx_head was left. */
+	out8(vm, base + MCR, 0x10);
+	out8(vm, base + FCR, 0x01);
+	out8(vm, base + IER, 0x0f);
+	for (unsigned i = 0; i < UART_FIFO_SIZE + 2; i++)
+		out8(vm, base + RBR, (uint8_t)(0xa0 + i));
+	for (unsigned i = 0; i < UART_FIFO_SIZE; i++)
+		CHECK(in8(vm, base + RBR) == (uint8_t)(0xa0 + i));
+	CHECK(!(in8(vm, base + LSR) & UART_LSR_DR));
+	out8(vm, base + MCR, 0);
+	uart_receive(&vm->uart, (const uint8_t *)"fuzz", 4);
+	(void)in8(vm, base + FCR);
+}
+
+/* Report through the test device as the dirtier guest does. */
+static void drive_testdev(struct loadvm *vm)
+{
+	uint32_t id = 0;
+	struct testdev_state st;
+
+	io_bus_access(&vm->pio, 0, GW_TESTDEV_PORT, (uint8_t *)&id, 4, false);
+	CHECK(id == GW_TESTDEV_ID);
+	testdev_snapshot(&vm->testdev, &st);
+	const uint32_t cmds[] = {
+		GW_TESTDEV_CMD(GW_TD_READY, 0),
+		GW_TESTDEV_CMD(GW_TD_PAGES, st.pages_per_pass[0] + 1),
+		GW_TESTDEV_CMD(GW_TD_PASS, st.passes[0] + 1),
+		GW_TESTDEV_CMD(GW_TD_CHECK_OK, 0),
+	};
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		uint32_t v = cmds[i];
+
+		io_bus_access(&vm->pio, 0, GW_TESTDEV_PORT, (uint8_t *)&v, 4, true);
+	}
+}
+
+struct saved_state {
+	struct cpu_state cpus[LOADVM_VCPUS];
+	struct vm_state kvm_vm;
+	struct uart_state uart;
+	struct testdev_state testdev;
+	struct run_state run;
+};
+
+static void snapshot(struct loadvm *vm, struct saved_state *s)
+{
+	memcpy(s->cpus, vm->cpus, sizeof(s->cpus));
+	memcpy(&s->kvm_vm, &vm->kvm_vm, sizeof(s->kvm_vm));
+	memcpy(&s->uart, &vm->uart.st, sizeof(s->uart));
+	memcpy(&s->testdev, &vm->testdev.st, sizeof(s->testdev));
+	memcpy(&s->run, &vm->run, sizeof(s->run));
+}
+
+void loadvm_round_trip(struct loadvm *vm)
+{
+	static struct saved_state before, after;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	int fd = memfd_of(NULL, 0);
+
+	snapshot(vm, &before);
+	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
+	CHECK_OK(gw_save_begin(vm->m, w, &err), &err);
+	CHECK_OK(gw_save_devices(vm->m, w, &err), &err);
+	CHECK_OK(gw_save_finish(vm->m, w, &err), &err);
+	gw_writer_free(w);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	CHECK_OK(load_fd(vm, fd, &err), &err);
+	close(fd);
+	snapshot(vm, &after);
+	CHECK(memcmp(&before, &after, sizeof(before)) == 0);
+}
+
+void loadvm_drive(struct loadvm *vm)
+{
+	drive_uart(vm);
+	drive_testdev(vm);
+}

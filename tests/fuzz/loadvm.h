@@ -1,0 +1,55 @@
+/*
+ * godwit-vmm's destination without KVM, for the load fuzzer and the
+ * replay of its corpus: guest RAM as the VMM lays it out (memfds,
+ * vmm/guest_ram.c), the VMM's own device sections (vmm/sections.c) over
+ * its real UART and test device on a port bus, registered with libgodwit
+ * the way migration_init() registers them.
+ *
+ * After a load the devices are driven through the ports a guest uses, so
+ * a state that got past the checks but should not have shows up as a
+ * device misbehaving: under ASan/UBSan, as a crash. What the devices hold
+ * after that must still save and load again: a check that refuses a
+ * state the device itself reaches would fail real migrations.
+ */
+#ifndef GW_FUZZ_LOADVM_H
+#define GW_FUZZ_LOADVM_H
+
+#include <stddef.h>
+
+#include <godwit/godwit.h>
+
+#include "vmm/guest_ram.h"
+#include "vmm/io_bus.h"
+#include "vmm/sections.h"
+
+/* The machine the corpus streams were saved from:
+ * godwit-vmm --memory 4M --vcpus 1. */
+#define LOADVM_MEMORY (4ull << 20)
+#define LOADVM_VCPUS 1
+
+struct loadvm {
+	struct gw_migration *m;
+	struct guest_ram ram;
+	struct io_bus pio;
+	struct uart uart;
+	struct testdev testdev;
+	/* What vmm/migration.c keeps for the cpu and kvm-vm sections. */
+	struct cpu_state cpus[LOADVM_VCPUS];
+	struct vm_state kvm_vm;
+	struct run_state run;
+};
+
+void loadvm_init(struct loadvm *vm);
+void loadvm_free(struct loadvm *vm);
+/* Devices as at VMM start-up, RAM all holes. */
+void loadvm_reset(struct loadvm *vm);
+/* gw_load() of the len bytes at p; fails the test if a refusal has no message. */
+int loadvm_load(struct loadvm *vm, const void *p, size_t len, struct gw_error *err);
+/* Drive the devices through their ports as a guest would: after any
+ * load, since a load that fails late leaves the sections before in place. */
+void loadvm_drive(struct loadvm *vm);
+/* After a load that succeeded: save every section and load that back; it
+ * must pass the checks and arrive exactly as it left. */
+void loadvm_round_trip(struct loadvm *vm);
+
+#endif
