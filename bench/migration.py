@@ -33,12 +33,12 @@ counted as downtime. A run that fails a check is FAILED, never a time.
 Failures: a hop that goes wrong in any way the VMMs can cause -- an error
 reply, a command the VMM does not have, a migration that neither
 converges nor can be cancelled, a VMM that dies or stops answering --
-raises VmmError (qmp.py). The hop kills every process of the chain on its
-way out, so the next hop boots the guest afresh, and run.py records the
-run as FAILED with the reason and goes on. Only set-up refusals of what a
-row asks for (a capability or parameter the VMM does not accept) make
-the row *unavailable* instead: those are features still to come, not
-failures.
+raises VmmError (tools/qmp.py). The hop kills every process of the chain
+on its way out, so the next hop boots the guest afresh, and run.py
+records the run as FAILED with the reason and goes on. Only set-up
+refusals of what a row asks for (a capability or parameter the VMM does
+not accept) make the row *unavailable* instead: those are features still
+to come, not failures.
 """
 import os
 import shutil
@@ -46,7 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from qmp import QmpError, VmmError, event_time
+from qmp import QmpError, QmpTimeout, VmmError, event_time
 from vmms import BOOTSECTOR_START, Vm, write_bootsector
 
 MIB = 1 << 20
@@ -98,6 +98,16 @@ def _status(ev):
     """The status of a MIGRATION event; None if it has none."""
     data = ev.get("data")
     return data.get("status") if isinstance(data, dict) else None
+
+
+def _event(qmp, name, pred=None, timeout=30.0):
+    """The event, or None if it does not come in time: a missing event is a
+    measurement the run records as failed (or does without), not a VMM
+    failure that ends the hop."""
+    try:
+        return qmp.wait_event(name, pred, timeout)
+    except QmpTimeout:
+        return None
 
 
 def check_pages(path, end, passes):
@@ -346,12 +356,12 @@ class Chain:
             res["error"] = f"migration {status}: {info.get('error-desc', '?')}"
             return False
 
-        src_done = src.qmp.wait_event("MIGRATION", lambda e: _status(e) == "completed",
-                                      timeout=10)
+        src_done = _event(src.qmp, "MIGRATION", lambda e: _status(e) == "completed",
+                          timeout=10)
         if paused:
             # The guest was not running: it does not resume anywhere.
-            dst_ev = dst.qmp.wait_event("MIGRATION", lambda e: _status(e) in FINAL,
-                                        timeout=30)
+            dst_ev = _event(dst.qmp, "MIGRATION", lambda e: _status(e) in FINAL,
+                            timeout=30)
             if not dst_ev or _status(dst_ev) != "completed":
                 res["status"] = "failed"
                 res["error"] = ("the destination did not complete the incoming migration"
@@ -360,7 +370,7 @@ class Chain:
                 res["broken"] = True  # the source has handed the guest over
                 return False
         else:
-            dst_ev = dst.qmp.wait_event("RESUME", timeout=30)
+            dst_ev = _event(dst.qmp, "RESUME", timeout=30)
             stop_ev = src.qmp.find_event("STOP")
             if not dst_ev or not stop_ev:
                 res["status"] = "failed"

@@ -44,6 +44,9 @@ import traceback
 from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The QMP client, shared with the end-to-end tests (tools/qmp.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tools"))
 
 import limits  # noqa: E402
 import report  # noqa: E402

@@ -109,7 +109,7 @@ class Vm:
         # The socket file appears at bind(), a moment before listen().
         while True:
             try:
-                self.qmp = Qmp(self.qmp_path, vmm=self.label, name=self.name)
+                self.qmp = Qmp(self.qmp_path, vmm=self.label, name=self.name, probe=True)
                 return
             except ConnectionRefusedError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:

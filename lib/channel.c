@@ -33,8 +33,6 @@
 #include "clock.h"
 #include "internal.h"
 
-#define TRANSPORTS "tcp:, unix:, fd:, exec:, file:"
-
 /* A numeric host: an IPv6 address with a scope ("fe80::1%eth0"). */
 #define HOST_MAX (INET6_ADDRSTRLEN + IF_NAMESIZE)
 /* "[HOST]:PORT" */
@@ -62,12 +60,32 @@
 
 extern char **environ;
 
-enum uri_kind { URI_TCP, URI_UNIX, URI_FD, URI_EXEC, URI_FILE };
+struct uri;
+
+/*
+ * A transport: the prefix that names it in a URI, how the rest of the URI
+ * is read, how the source connects and how the destination listens. All
+ * of them are in transports[] (at the end, after their functions); a new
+ * one is one more entry there and nowhere else.
+ *
+ * Every function takes the whole URI, for its messages. connect() polls
+ * cancel_fd in every wait (see channel.h); the URI is parsed, and a
+ * cancel that came before the call has been handled, when it runs.
+ */
+struct transport {
+	const char *prefix; /* "tcp:" */
+	int (*parse)(const char *uri, const char *rest, struct uri *u, struct gw_error *err);
+	int (*connect)(const char *uri, const struct uri *u, int cancel_fd, struct gw_channel *ch,
+		       struct gw_error *err);
+	int (*listen)(const char *uri, const struct uri *u, struct gw_listener **out,
+		      struct gw_error *err);
+};
 
 /* A parsed URI. Strings point into the URI, except the tcp host and port,
  * which are copied out to drop the brackets and the ':'. */
 struct uri {
-	enum uri_kind kind;
+	const struct transport *t;
+	bool listening;        /* parsed for gw_channel_listen() */
 	char host[NI_MAXHOST]; /* tcp: "" means every address (listen only) */
 	char port[6];          /* tcp: decimal */
 	const char *path;      /* unix, file */
@@ -106,10 +124,10 @@ static bool parse_uint(const char *s, unsigned long max, unsigned long *out)
 	return true;
 }
 
-static int parse_tcp(const char *uri, const char *rest, bool listening, struct uri *u,
-		     struct gw_error *err)
+static int parse_tcp(const char *uri, const char *rest, struct uri *u, struct gw_error *err)
 {
 	const char *host = rest, *host_end, *port;
+	bool listening = u->listening;
 	unsigned long n;
 
 	if (*rest == '[') {
@@ -149,66 +167,43 @@ static int parse_tcp(const char *uri, const char *rest, bool listening, struct u
 	return 0;
 }
 
-static int parse_uri(const char *uri, bool listening, struct uri *u, struct gw_error *err)
+static int parse_unix(const char *uri, const char *rest, struct uri *u, struct gw_error *err)
 {
-	static const struct {
-		const char *prefix;
-		enum uri_kind kind;
-	} transports[] = {
-		{ "tcp:", URI_TCP }, { "unix:", URI_UNIX }, { "fd:", URI_FD },
-		{ "exec:", URI_EXEC }, { "file:", URI_FILE },
-	};
-	const char *colon = strchr(uri, ':');
-	const char *rest = NULL;
+	if (!*rest)
+		return gw_error_set(err, -EINVAL, "%s: missing socket path", uri);
+	if (strlen(rest) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return gw_error_set(err, -ENAMETOOLONG,
+				    "%s: path is %zu bytes, a unix socket address holds at most %zu",
+				    uri, strlen(rest), sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+	u->path = rest;
+	return 0;
+}
+
+static int parse_fd(const char *uri, const char *rest, struct uri *u, struct gw_error *err)
+{
 	unsigned long n;
 
-	memset(u, 0, sizeof(*u));
-	for (size_t i = 0; i < GW_ARRAY_SIZE(transports); i++) {
-		size_t len = strlen(transports[i].prefix);
+	if (!parse_uint(rest, INT_MAX, &n))
+		return gw_error_set(err, -EINVAL, "%s: '%s' is not a file descriptor number", uri,
+				    rest);
+	u->fd = (int)n;
+	return 0;
+}
 
-		if (!strncmp(uri, transports[i].prefix, len)) {
-			u->kind = transports[i].kind;
-			rest = uri + len;
-			break;
-		}
-	}
-	if (!rest && !colon)
-		return gw_error_set(err, -EINVAL, "'%s': no transport (expected %s)", uri, TRANSPORTS);
-	if (!rest)
-		return gw_error_set(err, -EINVAL, "unknown transport '%.*s' in '%s' (expected %s)",
-				    (int)(colon - uri), uri, uri, TRANSPORTS);
+static int parse_exec(const char *uri, const char *rest, struct uri *u, struct gw_error *err)
+{
+	if (!*rest)
+		return gw_error_set(err, -EINVAL, "%s: missing command", uri);
+	u->cmd = rest;
+	return 0;
+}
 
-	switch (u->kind) {
-	case URI_TCP:
-		return parse_tcp(uri, rest, listening, u, err);
-	case URI_UNIX:
-		if (!*rest)
-			return gw_error_set(err, -EINVAL, "%s: missing socket path", uri);
-		if (strlen(rest) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-			return gw_error_set(err, -ENAMETOOLONG,
-					    "%s: path is %zu bytes, a unix socket address holds at most %zu",
-					    uri, strlen(rest),
-					    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-		u->path = rest;
-		return 0;
-	case URI_FD:
-		if (!parse_uint(rest, INT_MAX, &n))
-			return gw_error_set(err, -EINVAL, "%s: '%s' is not a file descriptor number",
-					    uri, rest);
-		u->fd = (int)n;
-		return 0;
-	case URI_EXEC:
-		if (!*rest)
-			return gw_error_set(err, -EINVAL, "%s: missing command", uri);
-		u->cmd = rest;
-		return 0;
-	case URI_FILE:
-		if (!*rest)
-			return gw_error_set(err, -EINVAL, "%s: missing file name", uri);
-		u->path = rest;
-		return 0;
-	}
-	return gw_error_set(err, -EINVAL, "%s: unhandled transport", uri);
+static int parse_file(const char *uri, const char *rest, struct uri *u, struct gw_error *err)
+{
+	if (!*rest)
+		return gw_error_set(err, -EINVAL, "%s: missing file name", uri);
+	u->path = rest;
+	return 0;
 }
 
 /* --- fds ----------------------------------------------------------------- */
@@ -515,7 +510,7 @@ static void unix_sockaddr(const char *path, struct sockaddr_un *sun)
 {
 	memset(sun, 0, sizeof(*sun));
 	sun->sun_family = AF_UNIX;
-	/* parse_uri() checked that it fits. */
+	/* parse_unix() checked that it fits. */
 	memcpy(sun->sun_path, path, strlen(path) + 1);
 }
 
@@ -632,11 +627,13 @@ static int fd_set_blocking(const char *uri, int fd, bool blocking, struct gw_err
 	return 0;
 }
 
-static int fd_connect(const char *uri, const struct uri *u, struct gw_channel *ch,
-		      struct gw_error *err)
+static int fd_connect(const char *uri, const struct uri *u, int cancel_fd,
+		      struct gw_channel *ch, struct gw_error *err)
 {
-	bool is_socket, listening;
-	int fd, ret;
+	bool is_socket = false, listening = false;
+	int fd = -1, ret;
+
+	(void)cancel_fd; /* the fd is there already: nothing to wait for */
 
 	ret = fd_take(uri, u->fd, &fd, &is_socket, &listening, err);
 	if (ret < 0)
@@ -658,8 +655,8 @@ static int fd_listen(const char *uri, const struct uri *u, struct gw_listener **
 		     struct gw_error *err)
 {
 	struct gw_listener *l;
-	bool is_socket, listening;
-	int fd, ret;
+	bool is_socket = false, listening = false;
+	int fd = -1, ret;
 
 	ret = fd_take(uri, u->fd, &fd, &is_socket, &listening, err);
 	if (ret < 0)
@@ -788,6 +785,13 @@ static int exec_spawn(const char *uri, const char *cmd, bool to_child, struct gw
 	ch->child = pid;
 	ch->pidfd = pidfd;
 	return 0;
+}
+
+static int exec_connect(const char *uri, const struct uri *u, int cancel_fd,
+			struct gw_channel *ch, struct gw_error *err)
+{
+	(void)cancel_fd; /* spawning does not wait for the command */
+	return exec_spawn(uri, u->cmd, true, ch, err);
 }
 
 static int exec_listen(const char *uri, const struct uri *u, struct gw_listener **out,
@@ -922,6 +926,50 @@ static int file_listen(const char *uri, const struct uri *u, struct gw_listener 
 	return 0;
 }
 
+/* --- the table ----------------------------------------------------------- */
+
+static const struct transport transports[] = {
+	{ "tcp:", parse_tcp, tcp_connect, tcp_listen },
+	{ "unix:", parse_unix, unix_connect, unix_listen },
+	{ "fd:", parse_fd, fd_connect, fd_listen },
+	{ "exec:", parse_exec, exec_connect, exec_listen },
+	{ "file:", parse_file, file_connect, file_listen },
+};
+
+/* "tcp:, unix:, ...", for the message that lists what there is. */
+static const char *transport_list(char *buf, size_t size)
+{
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < GW_ARRAY_SIZE(transports) && used < size; i++)
+		used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? ", " : "",
+					 transports[i].prefix);
+	return buf;
+}
+
+static int parse_uri(const char *uri, bool listening, struct uri *u, struct gw_error *err)
+{
+	const char *colon = strchr(uri, ':');
+	char list[64];
+
+	memset(u, 0, sizeof(*u));
+	u->listening = listening;
+	for (size_t i = 0; i < GW_ARRAY_SIZE(transports); i++) {
+		size_t len = strlen(transports[i].prefix);
+
+		if (!strncmp(uri, transports[i].prefix, len)) {
+			u->t = &transports[i];
+			return u->t->parse(uri, uri + len, u, err);
+		}
+	}
+	if (!colon)
+		return gw_error_set(err, -EINVAL, "'%s': no transport (expected %s)", uri,
+				    transport_list(list, sizeof(list)));
+	return gw_error_set(err, -EINVAL, "unknown transport '%.*s' in '%s' (expected %s)",
+			    (int)(colon - uri), uri, uri, transport_list(list, sizeof(list)));
+}
+
 /* --- the API ------------------------------------------------------------- */
 
 int gw_channel_connect_cancellable(const char *uri, int cancel_fd, struct gw_channel *out,
@@ -934,19 +982,7 @@ int gw_channel_connect_cancellable(const char *uri, int cancel_fd, struct gw_cha
 		return ret;
 	if (cancelled(cancel_fd))
 		return gw_error_set(err, -ECANCELED, "%s: cancelled before connecting", uri);
-	switch (u.kind) {
-	case URI_TCP:
-		return tcp_connect(uri, &u, cancel_fd, out, err);
-	case URI_UNIX:
-		return unix_connect(uri, &u, cancel_fd, out, err);
-	case URI_FD:
-		return fd_connect(uri, &u, out, err);
-	case URI_EXEC:
-		return exec_spawn(uri, u.cmd, true, out, err);
-	case URI_FILE:
-		return file_connect(uri, &u, cancel_fd, out, err);
-	}
-	return gw_error_set(err, -EINVAL, "%s: unhandled transport", uri);
+	return u.t->connect(uri, &u, cancel_fd, out, err);
 }
 
 int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error *err)
@@ -1081,19 +1117,7 @@ int gw_channel_listen(const char *uri, struct gw_listener **out, struct gw_error
 
 	if (ret < 0)
 		return ret;
-	switch (u.kind) {
-	case URI_TCP:
-		return tcp_listen(uri, &u, out, err);
-	case URI_UNIX:
-		return unix_listen(uri, &u, out, err);
-	case URI_FD:
-		return fd_listen(uri, &u, out, err);
-	case URI_EXEC:
-		return exec_listen(uri, &u, out, err);
-	case URI_FILE:
-		return file_listen(uri, &u, out, err);
-	}
-	return gw_error_set(err, -EINVAL, "%s: unhandled transport", uri);
+	return u.t->listen(uri, &u, out, err);
 }
 
 int gw_listener_fd(const struct gw_listener *l)

@@ -30,26 +30,23 @@
 #include "cancel.h"
 #include "clock.h"
 #include "internal.h"
+#include "job.h"
 #include "return_path.h"
 
+/* A command that brought the stream has done its part when the stream
+ * ends: it is killed, and this bounds the wait for one stuck in the kernel. */
+#define EXEC_END_GRACE_MS 1000
+
 struct gw_incoming {
+	struct gw_job job;      /* its lock guards stats too */
 	struct gw_migration *m;
 	struct gw_incoming_callbacks cb;
-	struct gw_cancel cancel;
+	struct gw_channel ch;   /* ours */
 	struct gw_incoming_params params;
-	pthread_t thread;
-	uint64_t start_ns;
-	uint64_t received; /* atomic: the reader adds to it */
-
-	pthread_mutex_t lock; /* stats */
+	bool return_path;       /* the channel can answer */
+	uint64_t received;      /* atomic: the reader adds to it */
 	struct gw_incoming_stats stats;
-	bool finished;          /* the final status callback has returned */
 };
-
-static bool final_status(enum gw_mig_status s)
-{
-	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED;
-}
 
 /* Load the whole stream; *commit says whether the source waits for READY. */
 static int load(struct gw_incoming *in, bool *commit, struct gw_error *err)
@@ -58,10 +55,10 @@ static int load(struct gw_incoming *in, bool *commit, struct gw_error *err)
 	uint32_t flags = 0;
 	int ret;
 
-	ret = gw_reader_new(in->cancel.fd, &r, err);
+	ret = gw_reader_new(in->job.cancel.fd, &r, err);
 	if (ret < 0)
 		return ret;
-	gw_reader_bind(r, in->cancel.efd);
+	gw_reader_bind(r, in->job.cancel.efd);
 	gw_reader_count_into(r, &in->received);
 	ret = gw_load_flags(in->m, r, &flags, err);
 	*commit = flags & GW_HDRF_COMMIT;
@@ -82,26 +79,26 @@ static int await_go(struct gw_incoming *in, struct gw_error *err)
 	uint64_t t0;
 	int ret;
 
-	ret = gw_report_send(in->cancel.fd, &ready, err);
+	ret = gw_report_send(in->job.cancel.fd, &ready, err);
 	if (ret < 0)
 		return ret;
 	t0 = gw_now_ns();
-	ret = gw_report_recv(&in->cancel, (int)in->params.go_timeout_ms,
+	ret = gw_report_recv(&in->job.cancel, (int)in->params.go_timeout_ms,
 			     "the source's GO (x-godwit-go-timeout)", &go, err);
 	if (ret < 0)
 		return ret;
 	if (go.status != GW_REPORT_GO)
 		return gw_error_set(err, -EPROTO, "the source sent %s where its GO belongs",
 				    gw_report_name(go.status));
-	pthread_mutex_lock(&in->lock);
+	pthread_mutex_lock(&in->job.lock);
 	in->stats.go_wait_us = (gw_now_ns() - t0) / 1000;
-	pthread_mutex_unlock(&in->lock);
+	pthread_mutex_unlock(&in->job.lock);
 	return 0;
 }
 
 static int cancelled_here(struct gw_incoming *in, struct gw_error *err)
 {
-	if (!gw_cancel_requested(&in->cancel))
+	if (!gw_job_cancelled(&in->job))
 		return 0;
 	return gw_error_set(err, -ECANCELED, "cancelled on the destination");
 }
@@ -113,7 +110,7 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	bool commit = false;
 	int ret = load(in, &commit, err);
 
-	if (ret == 0 && commit && !in->params.return_path)
+	if (ret == 0 && commit && !in->return_path)
 		ret = gw_error_set(err, -EPROTO,
 				   "the source waits for the switchover handshake, but this channel cannot answer it (it is not a socket): the guest will not run here");
 	if (ret == 0)
@@ -134,151 +131,139 @@ static void drain(struct gw_incoming *in)
 {
 	unsigned char buf[64 << 10];
 
-	while (gw_cancel_poll(&in->cancel, POLLIN, -1) > 0) {
-		ssize_t n = read(in->cancel.fd, buf, sizeof(buf));
+	while (gw_cancel_poll(&in->job.cancel, POLLIN, -1) > 0) {
+		ssize_t n = read(in->job.cancel.fd, buf, sizeof(buf));
 
 		if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
 			return;
 	}
 }
 
-static void *incoming_thread(void *opaque)
+static int incoming_run(struct gw_job *j, struct gw_error *err)
 {
-	struct gw_incoming *in = opaque;
-	struct gw_error err = { 0 };
-	struct gw_report report = { GW_REPORT_RUNNING, 0, "" };
-	enum gw_mig_status outcome = GW_MIG_COMPLETED;
-	int ret;
+	return receive(j->engine, err);
+}
 
-	/* Named so that top -H and perf show where a migration's time goes. */
-	pthread_setname_np(pthread_self(), "gw-incoming");
-	ret = receive(in, &err);
+/* Tell the source how it ended, then decide the outcome. */
+static enum gw_mig_status incoming_conclude(struct gw_job *j, int ret, struct gw_error *err)
+{
+	struct gw_incoming *in = j->engine;
+	struct gw_report report = { GW_REPORT_RUNNING, 0, "" };
+
 	if (ret < 0) {
 		report = (struct gw_report){ GW_REPORT_FAILED, ret, "" };
-		snprintf(report.msg, sizeof(report.msg), "%s", err.msg);
-		outcome = gw_cancel_requested(&in->cancel) ? GW_MIG_CANCELLED : GW_MIG_FAILED;
+		snprintf(report.msg, sizeof(report.msg), "%s", err->msg);
 	}
 	/*
 	 * The source is told either way. A RUNNING that cannot be sent leaves
 	 * the source paused (it sent GO and never resumes by itself then); a
 	 * FAILED that cannot be sent likewise, unless it had not sent GO.
 	 */
-	if (in->params.return_path)
-		gw_report_send(in->cancel.fd, &report, NULL);
+	if (in->return_path)
+		gw_report_send(in->job.cancel.fd, &report, NULL);
 	else if (ret < 0)
-		gw_cancel_shutdown(&in->cancel);
-
-	pthread_mutex_lock(&in->lock);
-	in->stats.status = outcome;
-	in->stats.total_time_ms = (gw_now_ns() - in->start_ns) / 1000000;
-	if (outcome == GW_MIG_FAILED)
-		snprintf(in->stats.error, sizeof(in->stats.error), "%s",
-			 err.msg[0] ? err.msg : gw_strerror(ret));
-	pthread_mutex_unlock(&in->lock);
-	if (in->cb.status) {
-		if (outcome == GW_MIG_CANCELLED)
-			in->cb.status(in->cb.opaque, GW_MIG_CANCELLING);
-		in->cb.status(in->cb.opaque, outcome);
-	}
-	pthread_mutex_lock(&in->lock);
-	in->finished = true;
-	pthread_mutex_unlock(&in->lock);
-	if (outcome == GW_MIG_FAILED && in->params.return_path)
-		drain(in);
-	return NULL;
+		gw_cancel_shutdown(&in->job.cancel);
+	if (ret == 0)
+		return GW_MIG_COMPLETED;
+	return gw_job_cancelled(j) ? GW_MIG_CANCELLED : GW_MIG_FAILED;
 }
 
-int gw_incoming_start(struct gw_migration *m, int fd, const struct gw_incoming_params *params,
+/* After the outcome: a failed destination drains its source (see the top),
+ * then the channel ends. */
+static void incoming_after(struct gw_job *j)
+{
+	struct gw_incoming *in = j->engine;
+
+	if (gw_job_status(j, NULL, NULL, NULL, 0) == GW_MIG_FAILED && in->return_path)
+		drain(in);
+	gw_channel_close_stream(&in->ch, NULL);
+	if (in->ch.child > 0)
+		gw_channel_abort(&in->ch);
+	gw_channel_end(&in->ch, -1, EXEC_END_GRACE_MS, NULL);
+}
+
+static const struct gw_job_ops incoming_ops = {
+	.run = incoming_run,
+	.conclude = incoming_conclude,
+	.after = incoming_after,
+};
+
+static void on_status(void *opaque, enum gw_mig_status s)
+{
+	struct gw_incoming *in = opaque;
+
+	if (in->cb.status)
+		in->cb.status(in->cb.opaque, s);
+}
+
+int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
+		      const struct gw_incoming_params *params,
 		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
 		      struct gw_error *err)
 {
 	struct gw_incoming *in;
 	int ret;
 
-	if (!m || !out || fd < 0)
-		return gw_error_set(err, -EINVAL, "incoming migration: no migration object, fd or result pointer");
+	if (!m || !out || !ch)
+		return gw_error_set(err, -EINVAL, "incoming migration: no migration object, channel or result pointer");
 	if (!m->vm_ops.resume)
 		return gw_error_set(err, -EINVAL,
 				    "incoming migration: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
+	for (size_t i = 0; params && i < 8; i++)
+		if (params->reserved[i])
+			return gw_error_set(err, -EINVAL,
+					    "incoming migration: reserved parameter word %zu is set, must be 0",
+					    i);
 	in = calloc(1, sizeof(*in));
 	if (!in)
 		return gw_error_set(err, -ENOMEM, "incoming migration: out of memory");
-	ret = gw_cancel_init(&in->cancel, fd, err);
-	if (ret < 0) {
-		free(in);
-		return gw_error_prefix(err, ret, "incoming migration: ");
-	}
 	in->m = m;
+	in->ch = *ch;
+	in->return_path = ch->bidirectional;
 	if (params)
 		in->params = *params;
 	in->params.go_timeout_ms = gw_timeout_ms(in->params.go_timeout_ms,
 						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
 	if (cb)
 		in->cb = *cb;
-	pthread_mutex_init(&in->lock, NULL);
-	in->stats.status = GW_MIG_ACTIVE;
-	in->start_ns = gw_now_ns();
-	ret = pthread_create(&in->thread, NULL, incoming_thread, in);
-	if (ret) {
-		pthread_mutex_destroy(&in->lock);
-		gw_cancel_fini(&in->cancel);
+	ret = gw_job_start(&in->job, &incoming_ops, in, "gw-incoming", in->ch.fd, GW_MIG_ACTIVE,
+			   on_status, in, err);
+	if (ret < 0) {
 		free(in);
-		return gw_error_set(err, -ret, "incoming migration: cannot start the thread: %s",
-				    gw_strerror(ret));
+		return gw_error_prefix(err, ret, "incoming migration: ");
 	}
+	*ch = (struct gw_channel){ .fd = -1 };
 	*out = in;
 	return 0;
 }
 
 void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 {
-	pthread_mutex_lock(&in->lock);
+	pthread_mutex_lock(&in->job.lock);
 	*out = in->stats;
-	if (!final_status(out->status))
-		out->total_time_ms = (gw_now_ns() - in->start_ns) / 1000000;
-	pthread_mutex_unlock(&in->lock);
+	pthread_mutex_unlock(&in->job.lock);
+	out->status = gw_job_status(&in->job, &out->total_time_ms, NULL, out->error,
+				    sizeof(out->error));
 	out->received = __atomic_load_n(&in->received, __ATOMIC_RELAXED);
 }
 
 void gw_incoming_cancel(struct gw_incoming *in)
 {
-	bool running;
-
-	pthread_mutex_lock(&in->lock);
-	running = !final_status(in->stats.status);
-	if (running)
-		in->stats.status = GW_MIG_CANCELLING;
-	pthread_mutex_unlock(&in->lock);
 	/* No shutdown: the source must still get our FAILED (see the top). */
-	if (running)
-		gw_cancel_wake(&in->cancel);
+	gw_job_cancel(&in->job);
 }
 
 bool gw_incoming_done(struct gw_incoming *in)
 {
-	bool done;
-
-	pthread_mutex_lock(&in->lock);
-	done = in->finished;
-	pthread_mutex_unlock(&in->lock);
-	return done;
+	return gw_job_done(&in->job);
 }
 
 void gw_incoming_free(struct gw_incoming *in)
 {
-	bool failed;
-
 	if (!in)
 		return;
-	gw_incoming_cancel(in);
 	/* A failed destination may still be draining; that ends here too. */
-	pthread_mutex_lock(&in->lock);
-	failed = in->stats.status == GW_MIG_FAILED;
-	pthread_mutex_unlock(&in->lock);
-	if (failed)
-		gw_cancel_wake(&in->cancel);
-	pthread_join(in->thread, NULL);
-	pthread_mutex_destroy(&in->lock);
-	gw_cancel_fini(&in->cancel);
+	gw_job_stop(&in->job);
+	gw_job_join(&in->job);
 	free(in);
 }

@@ -57,7 +57,10 @@
 #include "cancel.h"
 #include "clock.h"
 #include "internal.h"
+#include "job.h"
 #include "populated.h"
+#include "ram_batch.h"
+#include "ram_sink.h"
 #include "ratelimit.h"
 #include "return_path.h"
 
@@ -74,21 +77,18 @@
 #define SETTLE_ROUNDS 8
 
 struct gw_precopy {
+	struct gw_job job;      /* its lock guards params and stats too */
 	struct gw_migration *m;
 	struct gw_precopy_callbacks cb;
-	struct gw_cancel cancel;
+	struct gw_channel ch;   /* ours: closed, and its command ended, before the outcome */
 	bool return_path;
-	pthread_t thread;
-	uint64_t start_ns;
-
-	pthread_mutex_t lock; /* params and stats */
 	struct gw_precopy_params params;
 	struct gw_precopy_stats stats;
-	bool finished;          /* the final status callback has returned */
-	bool committed;         /* about to send GO, or sent it: no cancel from here */
 
 	/* The migration thread's own. */
-	struct gw_writer *w;
+	struct gw_writer *w;    /* the stream: header, sections, EOF */
+	struct gw_stream_sink stream_sink;
+	struct gw_ram_sink *sink; /* where RAM pages go */
 	uint64_t **dirty;       /* per RAM block: pages still to send */
 	uint64_t pending;       /* bits set in dirty */
 	uint64_t synced;        /* pending found by the last sync */
@@ -111,21 +111,6 @@ struct gw_precopy {
 	struct gw_ratelimit rl;
 };
 
-const char *gw_mig_status_name(enum gw_mig_status s)
-{
-	switch (s) {
-	case GW_MIG_NONE:       return "none";
-	case GW_MIG_SETUP:      return "setup";
-	case GW_MIG_ACTIVE:     return "active";
-	case GW_MIG_DEVICE:     return "device";
-	case GW_MIG_COMPLETED:  return "completed";
-	case GW_MIG_FAILED:     return "failed";
-	case GW_MIG_CANCELLING: return "cancelling";
-	case GW_MIG_CANCELLED:  return "cancelled";
-	}
-	return "unknown";
-}
-
 void gw_precopy_params_default(struct gw_precopy_params *p)
 {
 	*p = (struct gw_precopy_params){
@@ -134,10 +119,10 @@ void gw_precopy_params_default(struct gw_precopy_params *p)
 		.throttle_initial = 20,
 		.throttle_increment = 10,
 		.throttle_max = 99,
-		.return_path = true,
 		.switchover_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
 		.ready_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
 		.confirm_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.exec_grace_ms = GW_EXEC_GRACE_DEFAULT_MS,
 	};
 }
 
@@ -150,6 +135,7 @@ static void clamp_params(struct gw_precopy_params *p)
 	p->ready_timeout_ms = gw_timeout_ms(p->ready_timeout_ms, GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
 	p->confirm_timeout_ms = gw_timeout_ms(p->confirm_timeout_ms,
 					      GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->exec_grace_ms = gw_timeout_ms(p->exec_grace_ms, GW_EXEC_GRACE_DEFAULT_MS);
 	if (p->throttle_max < 1 || p->throttle_max > 99)
 		p->throttle_max = p->throttle_max < 1 ? 1 : 99;
 	if (p->throttle_initial < 1 || p->throttle_initial > p->throttle_max)
@@ -158,48 +144,29 @@ static void clamp_params(struct gw_precopy_params *p)
 		p->throttle_increment = p->throttle_increment < 1 ? 1 : 99;
 }
 
-static bool final_status(enum gw_mig_status s)
-{
-	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED;
-}
-
-/* A non-final status; a cancel in progress keeps CANCELLING. */
-static void set_status(struct gw_precopy *p, enum gw_mig_status s)
-{
-	bool cancelling;
-
-	pthread_mutex_lock(&p->lock);
-	cancelling = p->stats.status == GW_MIG_CANCELLING;
-	if (!cancelling)
-		p->stats.status = s;
-	pthread_mutex_unlock(&p->lock);
-	if (!cancelling && p->cb.status)
-		p->cb.status(p->cb.opaque, s);
-}
-
 static void get_params(struct gw_precopy *p, struct gw_precopy_params *out)
 {
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	*out = p->params;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 }
 
 static uint64_t max_bandwidth(struct gw_precopy *p)
 {
 	uint64_t bw;
 
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	bw = p->params.max_bandwidth;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 	return bw;
 }
 
 static void publish_transferred(struct gw_precopy *p)
 {
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	p->stats.transferred = gw_writer_sent(p->w);
 	p->stats.remaining = p->pending * PAGE;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 }
 
 static int cancelled(struct gw_error *err)
@@ -216,7 +183,7 @@ static int expect(struct gw_precopy *p, uint64_t timeout_ms, enum gw_report_stat
 		  const char *what, struct gw_error *err)
 {
 	struct gw_report r;
-	int ret = gw_report_recv(&p->cancel, (int)timeout_ms, what, &r, err);
+	int ret = gw_report_recv(&p->job.cancel, (int)timeout_ms, what, &r, err);
 
 	if (ret < 0)
 		return ret;
@@ -236,11 +203,11 @@ static int stop_point(struct gw_precopy *p, struct gw_error *err)
 {
 	int ready;
 
-	if (gw_cancel_requested(&p->cancel))
+	if (gw_cancel_requested(&p->job.cancel))
 		return cancelled(err);
 	if (!p->return_path)
 		return 0;
-	ready = gw_cancel_poll(&p->cancel, POLLIN, 0);
+	ready = gw_cancel_poll(&p->job.cancel, POLLIN, 0);
 	if (ready == -ECANCELED)
 		return cancelled(err);
 	if (ready < 0)
@@ -261,9 +228,9 @@ static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error 
 		return gw_error_prefix(err, ret, "auto-converge: cannot throttle the vCPUs to %u%%: ",
 				       percent);
 	p->throttle = percent;
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	p->stats.throttle_percent = percent;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 	return 0;
 }
 
@@ -277,31 +244,37 @@ static int limit_bandwidth(struct gw_precopy *p, uint64_t bytes, struct gw_error
 		if (!delay)
 			return 0;
 		/* In slices, so a raised limit takes effect at once. */
-		if (gw_cancel_sleep(&p->cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) < 0)
+		if (gw_cancel_sleep(&p->job.cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) < 0)
 			return cancelled(err);
 	}
 }
 
-static int send_batch(struct gw_precopy *p, uint32_t block, const uint64_t *entries,
-		      uint32_t n, uint32_t zero, bool final, struct gw_error *err)
+/* A batch has left: count it (query-migrate reads these). */
+static void account(struct gw_precopy *p, const struct gw_ram_batch *b)
+{
+	p->pending -= b->n;
+	p->round_pages += b->n;
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.transferred = gw_sink_sent(p->sink);
+	p->stats.remaining = p->pending * PAGE;
+	p->stats.duplicate += b->zero;
+	p->stats.normal += b->n - b->zero;
+	p->stats.normal_bytes += (uint64_t)(b->n - b->zero) * PAGE;
+	pthread_mutex_unlock(&p->job.lock);
+}
+
+static int send_batch(struct gw_precopy *p, const struct gw_ram_batch *b, bool final,
+		      struct gw_error *err)
 {
 	uint64_t before = gw_writer_offset(p->w);
 	int ret;
 
 	/* In the final pass the guest is paused and its pages cannot change:
 	 * a page that does not match its hash there is damage, not a tear. */
-	ret = gw_save_pages(p->m, p->w, block, entries, n, final ? GW_SAVE_DATA_CRC : 0, err);
+	ret = gw_sink_pages(p->sink, b->block, b->entries, b->n, final ? GW_SAVE_DATA_CRC : 0, err);
 	if (ret < 0)
 		return ret;
-	p->pending -= n;
-	p->round_pages += n;
-	pthread_mutex_lock(&p->lock);
-	p->stats.transferred = gw_writer_sent(p->w);
-	p->stats.remaining = p->pending * PAGE;
-	p->stats.duplicate += zero;
-	p->stats.normal += n - zero;
-	p->stats.normal_bytes += (n - zero) * PAGE;
-	pthread_mutex_unlock(&p->lock);
+	account(p, b);
 	if (!final) {
 		ret = limit_bandwidth(p, gw_writer_offset(p->w) - before, err);
 		if (ret < 0)
@@ -319,31 +292,18 @@ static uint32_t batch_pages(struct gw_precopy *p, bool final)
 	return burst >= GW_PAGES_MAX ? GW_PAGES_MAX : burst ? (uint32_t)burst : 1;
 }
 
-/* Send and clear the dirty pages of one block; zero pages go as a flag. */
+/* Send and clear the dirty pages of one block. */
 static int send_block(struct gw_precopy *p, uint32_t block, bool final, struct gw_error *err)
 {
-	const struct gw_ram_block *b = &p->m->ram[block];
-	uint64_t pages = b->size / PAGE;
-	uint64_t *bm = p->dirty[block];
-	uint64_t entries[GW_PAGES_MAX];
-	uint32_t n = 0, zero = 0, max = batch_pages(p, final);
-	uint64_t i = gw_bitmap_next_set(bm, pages, 0);
+	struct gw_ram_batch batch;
+	struct gw_ram_walk walk;
 
-	while (i < pages) {
-		bool is_zero = gw_page_is_zero(b->host + i * PAGE);
-		int ret;
+	gw_ram_walk_init(&walk, &p->m->ram[block], block, p->dirty[block]);
+	while (gw_ram_walk_next(&walk, batch_pages(p, final), &batch)) {
+		int ret = send_batch(p, &batch, final, err);
 
-		entries[n++] = i * PAGE | (is_zero ? GW_PAGE_ZERO : 0);
-		zero += is_zero;
-		gw_bitmap_clear(bm, i, 1);
-		i = gw_bitmap_next_set(bm, pages, i + 1);
-		if (n < max && i < pages)
-			continue;
-		ret = send_batch(p, block, entries, n, zero, final, err);
 		if (ret < 0)
 			return ret;
-		n = zero = 0;
-		max = batch_pages(p, final);
 	}
 	return 0;
 }
@@ -364,9 +324,9 @@ static int send_round(struct gw_precopy *p, bool final, struct gw_error *err)
 	dt = gw_now_ns() - t0;
 	dt = dt ? dt : 1;
 	p->bandwidth = (uint64_t)((double)(p->round_pages * PAGE) * 1e9 / (double)dt);
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	p->stats.mbps = (double)(gw_writer_offset(p->w) - x0) * 8e3 / (double)dt;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 	return 0;
 }
 
@@ -404,11 +364,11 @@ static int sync_all(struct gw_precopy *p, struct gw_error *err)
 	}
 	p->sync_ns = now;
 	p->sync_xfer = xfer;
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	p->stats.dirty_sync_count = p->pass;
 	p->stats.dirty_pages_rate = p->dirty_rate;
 	p->stats.remaining = pending * PAGE;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 	if (p->cb.pass)
 		p->cb.pass(p->cb.opaque, p->pass);
 	return 0;
@@ -445,10 +405,10 @@ static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
 			 (unsigned long long)expected, (unsigned long long)pp->downtime_limit_ms,
 			 (double)(p->dirty_rate * PAGE) / 1e6, (double)bw / 1e6,
 			 p->throttle ? " (vCPUs throttled)" : "");
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	p->stats.expected_downtime_ms = expected;
 	memcpy(p->stats.blocked, blocked, sizeof(blocked));
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 	return !blocked[0];
 }
 
@@ -499,9 +459,11 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 	p->dirty_started = true;
 	ret = stop_point(p, err);
 	if (ret == 0)
-		ret = gw_writer_new(p->cancel.fd, &p->w, err);
+		ret = gw_writer_new(p->job.cancel.fd, &p->w, err);
 	if (ret == 0) {
-		gw_writer_bind(p->w, p->cancel.efd);
+		gw_writer_bind(p->w, p->job.cancel.efd);
+		gw_stream_sink_init(&p->stream_sink, m, p->w);
+		p->sink = &p->stream_sink.sink;
 		ret = gw_save_begin_flags(m, p->w, p->return_path ? GW_HDRF_COMMIT : 0, err);
 	}
 	if (ret < 0)
@@ -513,9 +475,9 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 	gw_ratelimit_init(&p->rl, now);
 	p->sync_ns = now;
 	publish_transferred(p);
-	pthread_mutex_lock(&p->lock);
-	p->stats.setup_time_ms = (now - p->start_ns) / 1000000;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.setup_time_ms = (now - p->job.start_ns) / 1000000;
+	pthread_mutex_unlock(&p->job.lock);
 	return 0;
 }
 
@@ -539,7 +501,7 @@ static int iterate(struct gw_precopy *p, struct gw_error *err)
 			ret = gw_save_iterate(p->m, p->w, err);
 		if (ret == 0)
 			ret = send_round(p, false, err);
-		if (ret == 0 && p->round_pages < SMALL_ROUND && gw_cancel_sleep(&p->cancel, IDLE_NS) < 0)
+		if (ret == 0 && p->round_pages < SMALL_ROUND && gw_cancel_sleep(&p->job.cancel, IDLE_NS) < 0)
 			ret = cancelled(err);
 		if (ret < 0)
 			return gw_error_prefix(err, ret, "round %llu: ", (unsigned long long)p->pass);
@@ -549,13 +511,7 @@ static int iterate(struct gw_precopy *p, struct gw_error *err)
 /* The commit point: from here a cancel is refused, unless one came first. */
 static int commit(struct gw_precopy *p, struct gw_error *err)
 {
-	bool cancelling;
-
-	pthread_mutex_lock(&p->lock);
-	cancelling = p->stats.status == GW_MIG_CANCELLING;
-	p->committed = !cancelling;
-	pthread_mutex_unlock(&p->lock);
-	return cancelling ? cancelled(err) : 0;
+	return gw_job_commit(&p->job) ? 0 : cancelled(err);
 }
 
 /*
@@ -576,16 +532,16 @@ static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp,
 	if (ret == 0)
 		ret = commit(p, err);
 	if (ret == 0)
-		ret = gw_report_send(p->cancel.fd, &go, err);
+		ret = gw_report_send(p->job.cancel.fd, &go, err);
 	if (ret < 0)
 		return ret;
 	p->handed_over = true;
 	ready_ns = gw_now_ns();
 	ret = expect(p, pp->confirm_timeout_ms, GW_REPORT_RUNNING,
 		     "the destination's RUNNING (x-godwit-confirm-timeout)", err);
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	p->stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 	return ret;
 }
 
@@ -602,7 +558,7 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 	ret = m->vm_ops.pause(m->vm_opaque, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: cannot pause the guest: ");
-	set_status(p, GW_MIG_DEVICE);
+	gw_job_set_status(&p->job, GW_MIG_DEVICE);
 	/* A destination that stops reading cannot keep the guest paused
 	 * for longer than this. */
 	gw_writer_set_deadline(p->w, p->pause_ns + pp.switchover_timeout_ms * 1000000);
@@ -625,9 +581,9 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 		ret = handshake(p, &pp, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: ");
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	p->stats.downtime_ms = (gw_now_ns() - p->pause_ns) / 1000000;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
 	return 0;
 }
 
@@ -641,7 +597,7 @@ static void explain(struct gw_precopy *p, int ret, struct gw_error *err)
 
 	if (!p->return_path || p->handed_over || (ret != -EPIPE && ret != -ECONNRESET))
 		return;
-	if (gw_report_recv(&p->cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
+	if (gw_report_recv(&p->job.cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
 			   NULL) == 0 && r.status == GW_REPORT_FAILED)
 		gw_error_set(err, r.code, "the destination failed: %s", r.msg);
 }
@@ -650,37 +606,73 @@ static int migrate(struct gw_precopy *p, struct gw_error *err)
 {
 	int ret;
 
-	set_status(p, GW_MIG_SETUP);
+	gw_job_set_status(&p->job, GW_MIG_SETUP);
 	ret = setup(p, err);
 	if (ret == 0) {
-		set_status(p, GW_MIG_ACTIVE);
+		gw_job_set_status(&p->job, GW_MIG_ACTIVE);
 		ret = iterate(p, err);
 	}
 	if (ret == 0)
 		ret = switchover(p, err);
-	if (ret < 0 && !gw_cancel_requested(&p->cancel))
+	if (ret < 0 && !gw_cancel_requested(&p->job.cancel))
 		explain(p, ret, err);
 	return ret;
 }
 
-/* Add "; what" to the message in err. */
+/* Add "; what: why" to the message in err. */
 static void append(struct gw_error *err, const char *what, const char *why)
 {
 	char msg[2 * GW_ERROR_MSG_MAX + 128];
 
-	snprintf(msg, sizeof(msg), "%s; %s: %s", err->msg, what, why);
+	snprintf(msg, sizeof(msg), "%s; %s%s%s", err->msg, what, why ? ": " : "", why ? why : "");
 	gw_error_set(err, err->code, "%s", msg);
 }
 
-/* Undo what the engine did to the source, then report the outcome. */
-static void finish(struct gw_precopy *p, int ret, struct gw_error *err)
+/*
+ * The stream is over: close the channel and, for exec:, wait for the
+ * command, whose exit says whether a stream that left whole arrived. A
+ * command fed a stream that failed is not waited for: it may be stuck on
+ * the network that is the reason for the failure.
+ */
+static int end_channel(struct gw_precopy *p, int ret, struct gw_error *err)
 {
+	bool is_exec = p->ch.child > 0;
+	struct gw_error e2 = { 0 };
+	int end;
+
+	if (ret < 0 && is_exec)
+		gw_channel_abort(&p->ch);
+	end = gw_channel_end(&p->ch, p->job.cancel.efd, (unsigned)p->params.exec_grace_ms, &e2);
+	if (ret == 0)
+		return end < 0 ? gw_error_set(err, end, "%s", e2.msg) : 0;
+	if (is_exec && ret == -EPIPE && end == 0)
+		append(err, "the command exited (status 0) before it read the whole stream", NULL);
+	else if (end < 0)
+		append(err, e2.msg, NULL);
+	return ret;
+}
+
+/* Undo what the engine did to the source and decide the outcome. */
+static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_error *err)
+{
+	struct gw_precopy *p = j->engine;
 	struct gw_migration *m = p->m;
 	enum gw_mig_status outcome = GW_MIG_COMPLETED;
 	struct gw_error e2 = { 0 };
+	bool unconfirmed;
 
-	bool unconfirmed = ret < 0 && p->handed_over && !p->dest_failed;
-
+	if (p->w)
+		publish_transferred(p);
+	gw_writer_free(p->w);
+	p->w = NULL;
+	if (ret < 0) {
+		gw_error_prefix(err, ret, "%s: ", p->ch.desc);
+		/* The destination must not wait for more: end the stream for it
+		 * (closing our fd would not, if another process shares it). */
+		gw_cancel_shutdown(&j->cancel);
+	}
+	ret = end_channel(p, ret, err);
+	unconfirmed = ret < 0 && p->handed_over && !p->dest_failed;
 	if (unconfirmed) {
 		/* The destination may run the guest: resuming here could make
 		 * two. Keep the complete copy, paused, and say so. */
@@ -688,10 +680,7 @@ static void finish(struct gw_precopy *p, int ret, struct gw_error *err)
 		append(err, "the source guest stays paused",
 		       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it");
 	} else if (ret < 0) {
-		outcome = gw_cancel_requested(&p->cancel) && !p->handed_over ?
-			  GW_MIG_CANCELLED : GW_MIG_FAILED;
-		/* The destination must not wait for more: end the stream for it. */
-		gw_cancel_shutdown(&p->cancel);
+		outcome = gw_job_cancelled(j) && !p->handed_over ? GW_MIG_CANCELLED : GW_MIG_FAILED;
 		/* A guest that cannot run again is a failure, even of a cancel. */
 		if (p->paused && m->vm_ops.resume(m->vm_opaque, &e2) < 0) {
 			append(err, "and the source guest cannot be resumed", e2.msg);
@@ -705,40 +694,28 @@ static void finish(struct gw_precopy *p, int ret, struct gw_error *err)
 	}
 	if (p->dirty_started && m->dirty_ops.stop)
 		m->dirty_ops.stop(m->dirty_opaque);
-	if (p->w)
-		publish_transferred(p);
-	gw_writer_free(p->w);
-	p->w = NULL;
-
-	pthread_mutex_lock(&p->lock);
-	p->stats.status = outcome;
+	pthread_mutex_lock(&j->lock);
 	p->stats.unconfirmed = unconfirmed;
-	p->stats.total_time_ms = (gw_now_ns() - p->start_ns) / 1000000;
-	if (outcome == GW_MIG_FAILED) {
-		snprintf(p->stats.error, sizeof(p->stats.error), "%s",
-			 err->msg[0] ? err->msg : gw_strerror(ret));
-		p->stats.error_code = ret;
-	}
-	pthread_mutex_unlock(&p->lock);
-	if (p->cb.status) {
-		if (outcome == GW_MIG_CANCELLED)
-			p->cb.status(p->cb.opaque, GW_MIG_CANCELLING);
-		p->cb.status(p->cb.opaque, outcome);
-	}
-	pthread_mutex_lock(&p->lock);
-	p->finished = true;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&j->lock);
+	return outcome;
 }
 
-static void *precopy_thread(void *opaque)
+static int precopy_run(struct gw_job *j, struct gw_error *err)
+{
+	return migrate(j->engine, err);
+}
+
+static const struct gw_job_ops precopy_ops = {
+	.run = precopy_run,
+	.conclude = precopy_conclude,
+};
+
+static void on_status(void *opaque, enum gw_mig_status s)
 {
 	struct gw_precopy *p = opaque;
-	struct gw_error err = { 0 };
 
-	/* Named so that top -H and perf show where a migration's time goes. */
-	pthread_setname_np(pthread_self(), "gw-precopy");
-	finish(p, migrate(p, &err), &err);
-	return NULL;
+	if (p->cb.status)
+		p->cb.status(p->cb.opaque, s);
 }
 
 static void precopy_release(struct gw_precopy *p)
@@ -749,21 +726,39 @@ static void precopy_release(struct gw_precopy *p)
 	free(p);
 }
 
-int gw_precopy_start(struct gw_migration *m, int fd, const struct gw_precopy_params *params,
-		     const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
-		     struct gw_error *err)
+/* Reserved words must be zero, so that a later meaning of theirs is never
+ * read into a caller built against this header (export.h). */
+static int check_reserved(const uint64_t *words, size_t n, const char *what,
+			  struct gw_error *err)
+{
+	for (size_t i = 0; i < n; i++)
+		if (words[i])
+			return gw_error_set(err, -EINVAL,
+					    "%s: reserved word %zu is 0x%llx, must be 0 (initialize the struct whole)",
+					    what, i, (unsigned long long)words[i]);
+	return 0;
+}
+
+int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsigned nr_channels,
+		     const struct gw_precopy_params *params, const struct gw_precopy_callbacks *cb,
+		     struct gw_precopy **out, struct gw_error *err)
 {
 	struct gw_precopy *p;
 	int ret;
 
-	if (!m || !out || fd < 0)
-		return gw_error_set(err, -EINVAL, "pre-copy: no migration object, fd or result pointer");
+	if (!m || !out || !channels)
+		return gw_error_set(err, -EINVAL, "pre-copy: no migration object, channel or result pointer");
+	if (nr_channels != 1)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: %u channels given; one stream channel is supported", nr_channels);
 	if (!m->vm_ops.pause)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
 	if (!m->dirty_ops.sync)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set dirty-page tracking (gw_migration_set_dirty_ops)");
+	if (params && (ret = check_reserved(params->reserved, 8, "pre-copy parameters", err)) < 0)
+		return ret;
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return gw_error_set(err, -ENOMEM, "pre-copy: out of memory");
@@ -779,7 +774,9 @@ int gw_precopy_start(struct gw_migration *m, int fd, const struct gw_precopy_par
 		free(p);
 		return gw_error_set(err, -EINVAL, "pre-copy: auto-converge needs a throttle callback");
 	}
-	p->return_path = p->params.return_path;
+	p->ch = channels[0];
+	/* A socket can answer: the handshake runs over it. */
+	p->return_path = p->ch.bidirectional;
 	p->dirty = calloc(m->nr_ram + 1, sizeof(*p->dirty));
 	if (!p->dirty) {
 		free(p);
@@ -793,82 +790,63 @@ int gw_precopy_start(struct gw_migration *m, int fd, const struct gw_precopy_par
 		}
 		p->stats.total += m->ram[i].size;
 	}
-	ret = gw_cancel_init(&p->cancel, fd, err);
+	p->stats.page_size = PAGE;
+	ret = gw_job_start(&p->job, &precopy_ops, p, "gw-precopy", p->ch.fd, GW_MIG_SETUP,
+			   on_status, p, err);
 	if (ret < 0) {
 		precopy_release(p);
 		return gw_error_prefix(err, ret, "pre-copy: ");
 	}
-	pthread_mutex_init(&p->lock, NULL);
-	p->stats.status = GW_MIG_SETUP;
-	p->stats.page_size = PAGE;
-	p->start_ns = gw_now_ns();
-	ret = pthread_create(&p->thread, NULL, precopy_thread, p);
-	if (ret) {
-		pthread_mutex_destroy(&p->lock);
-		gw_cancel_fini(&p->cancel);
-		precopy_release(p);
-		return gw_error_set(err, -ret, "pre-copy: cannot start the migration thread: %s",
-				    gw_strerror(ret));
-	}
+	/* The channel is the engine's now. */
+	*channels = (struct gw_channel){ .fd = -1 };
 	*out = p;
 	return 0;
 }
 
-void gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params)
+int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
+			  struct gw_error *err)
 {
-	pthread_mutex_lock(&p->lock);
+	int ret = check_reserved(params->reserved, 8, "pre-copy parameters", err);
+
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&p->job.lock);
 	p->params = *params;
 	clamp_params(&p->params);
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
+	return 0;
 }
 
 void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
 {
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->job.lock);
 	*out = p->stats;
-	if (!final_status(out->status))
-		out->total_time_ms = (gw_now_ns() - p->start_ns) / 1000000;
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->job.lock);
+	out->status = gw_job_status(&p->job, &out->total_time_ms, &out->error_code, out->error,
+				    sizeof(out->error));
 }
 
 bool gw_precopy_cancel(struct gw_precopy *p)
 {
-	bool running;
-
-	pthread_mutex_lock(&p->lock);
-	running = !final_status(p->stats.status) && !p->committed;
-	if (running)
-		p->stats.status = GW_MIG_CANCELLING;
-	pthread_mutex_unlock(&p->lock);
-	if (running)
-		gw_cancel_request(&p->cancel);
-	return running;
+	return gw_job_cancel(&p->job);
 }
 
 void gw_precopy_abort(struct gw_precopy *p)
 {
 	/* After GO only the wait for RUNNING is left: end it (unconfirmed). */
-	if (!gw_precopy_cancel(p))
-		gw_cancel_request(&p->cancel);
+	gw_job_stop(&p->job);
 }
 
 bool gw_precopy_done(struct gw_precopy *p)
 {
-	bool done;
-
-	pthread_mutex_lock(&p->lock);
-	done = p->finished;
-	pthread_mutex_unlock(&p->lock);
-	return done;
+	return gw_job_done(&p->job);
 }
 
 void gw_precopy_free(struct gw_precopy *p)
 {
 	if (!p)
 		return;
-	gw_precopy_abort(p);
-	pthread_join(p->thread, NULL);
-	pthread_mutex_destroy(&p->lock);
-	gw_cancel_fini(&p->cancel);
+	gw_job_stop(&p->job);
+	gw_job_join(&p->job);
 	precopy_release(p);
 }

@@ -3,7 +3,8 @@
  * section records, and calling a section's callbacks with the checks that
  * keep a device from writing too much or reading what is not there. A
  * vmstate section's loaded state reaches the device only whole and
- * checked: its ranges and its validate hook run on a scratch copy first.
+ * checked: its ranges and its validate hook run on a scratch copy first,
+ * and its post_load hook, which hands the State to the device, runs last.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -31,6 +32,9 @@ static int check_ways(const struct gw_section *s, struct gw_error *err)
 	if (s->validate && !s->vmstate)
 		return gw_error_set(err, -EINVAL,
 				    "validate needs a vmstate: a hand-written loader checks its own data");
+	if ((s->pre_save || s->post_load) && !s->vmstate)
+		return gw_error_set(err, -EINVAL,
+				    "pre_save and post_load need a vmstate: a hand-written save or load reaches the device itself");
 	return 0;
 }
 
@@ -88,6 +92,30 @@ static enum gw_phase phase_of(uint16_t type)
 	       type == GW_REC_SECTION_PART ? GW_PHASE_PART : GW_PHASE_END;
 }
 
+static int check_saved(const struct gw_wbuf *out, struct gw_error *err)
+{
+	if (out->error == -EMSGSIZE)
+		return gw_error_set(err, -EMSGSIZE,
+				    "state does not fit one record (%llu bytes at most)",
+				    (unsigned long long)GW_SECTION_RECORD_MAX);
+	if (out->error < 0)
+		return gw_error_set(err, out->error, "out of memory for the section's state");
+	return 0;
+}
+
+/* The State is the device's copy, filled by pre_save just before it is
+ * encoded: what the record holds is one instant of the device. */
+static int save_vmstate(const struct gw_section *s, struct gw_wbuf *out, struct gw_error *err)
+{
+	if (s->pre_save) {
+		int ret = s->pre_save(s->opaque, err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "pre_save failed: ");
+	}
+	gw_vmstate_save(s->vmstate, s->opaque, out);
+	return check_saved(out, err);
+}
+
 int gw_section_save(const struct gw_section_reg *sec, uint16_t type,
 		    struct gw_wbuf *out, struct gw_error *err)
 {
@@ -98,18 +126,12 @@ int gw_section_save(const struct gw_section_reg *sec, uint16_t type,
 	if (type != GW_REC_SECTION_FULL)
 		ret = s->save_live(s->opaque, phase_of(type), out, err);
 	else if (s->vmstate)
-		gw_vmstate_save(s->vmstate, s->opaque, out);
+		return save_vmstate(s, out, err);
 	else
 		ret = s->save(s->opaque, out, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "save callback failed: ");
-	if (out->error == -EMSGSIZE)
-		return gw_error_set(err, -EMSGSIZE,
-				    "state does not fit one record (%llu bytes at most)",
-				    (unsigned long long)GW_SECTION_RECORD_MAX);
-	if (out->error < 0)
-		return gw_error_set(err, out->error, "out of memory for the section's state");
-	return 0;
+	return check_saved(out, err);
 }
 
 /* What a loader must have done with the data: read all of it and no more. */
@@ -163,7 +185,12 @@ static int load_vmstate(const struct gw_section *s, uint32_t version, struct gw_
 	if (ret == 0)
 		memcpy(s->opaque, cand, size);
 	free(cand);
-	return ret;
+	if (ret < 0 || !s->post_load)
+		return ret;
+	/* Only now, with all of it checked, may the device see it. */
+	gw_error_clear(err);
+	ret = s->post_load(s->opaque, version, err);
+	return ret < 0 ? gw_error_prefix(err, ret, "post_load failed: ") : 0;
 }
 
 int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t version,

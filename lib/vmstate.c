@@ -102,6 +102,16 @@ static int check_range(const struct gw_vmstate *vs, size_t i, struct gw_error *e
 	return 0;
 }
 
+/* Reserved words are zero so that a later version can give them a
+ * meaning in which zero is today's behaviour (<godwit/export.h>). */
+static bool words_zero(const uint64_t *w, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
 static int check_field(const struct gw_vmstate *vs, size_t i, uint32_t version,
 		       struct gw_error *err)
 {
@@ -111,6 +121,10 @@ static int check_field(const struct gw_vmstate *vs, size_t i, uint32_t version,
 
 	if (ret < 0)
 		return ret;
+	if (!words_zero(f->reserved, GW_ARRAY_SIZE(f->reserved)))
+		return gw_error_set(err, -EINVAL,
+				    "field '%s': reserved words are not zero (declare it with GW_FIELD*())",
+				    f->name);
 	for (size_t j = 0; j < i; j++)
 		if (strcmp(vs->fields[j].name, f->name) == 0)
 			return gw_error_set(err, -EINVAL, "field '%s' is listed twice", f->name);
@@ -133,6 +147,9 @@ static int check_field(const struct gw_vmstate *vs, size_t i, uint32_t version,
 
 int gw_vmstate_check(const struct gw_vmstate *vs, uint32_t version, struct gw_error *err)
 {
+	if (!words_zero(vs->reserved, GW_ARRAY_SIZE(vs->reserved)))
+		return gw_error_set(err, -EINVAL,
+				    "vmstate: reserved words are not zero (declare it with GW_VMSTATE())");
 	if (vs->nr_fields && !vs->fields)
 		return gw_error_set(err, -EINVAL, "vmstate has %zu fields but no table",
 				    vs->nr_fields);

@@ -2,7 +2,9 @@
  * Walking a stream without device code: the analyzer's reader. It shares
  * framing and descriptor decoding with the loader but reports a payload
  * that fails its CRC instead of stopping, since the header CRC already
- * vouches for the length and the walk can go on.
+ * vouches for the length and the walk can go on. Which pages are torn it
+ * keeps in the loader's own account (torn.h), so the two cannot disagree
+ * about a stream.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -12,13 +14,16 @@
 
 #include "crc32c.h"
 #include "internal.h"
+#include "torn.h"
 
 struct gw_walker {
 	struct gw_reader *r;
 	uint32_t stream_flags;
 	struct gw_config cfg;
 	bool have_cfg;
+	struct gw_torn torn; /* of the blocks in cfg, once have_cfg */
 	bool done;
+	uint64_t eof;        /* offset of the EOF record, once done */
 	unsigned char *buf;
 	size_t cap;
 	const unsigned char *data;
@@ -51,6 +56,7 @@ void gw_walker_free(struct gw_walker *wk)
 {
 	if (!wk)
 		return;
+	gw_torn_release(&wk->torn);
 	gw_config_release(&wk->cfg);
 	free(wk->buf);
 	free(wk);
@@ -99,6 +105,36 @@ static int hash_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
 	return 0;
 }
 
+/*
+ * Settle or tear each page of a record whose descriptor checked, as the
+ * loader does: a copy that matches its hash (a ZERO entry always does)
+ * settles the page, one that does not leaves it torn until a later copy.
+ * A block the CONFIG does not list, or a page past its end, is the
+ * caller's to report; there is nothing to settle.
+ */
+static int settle_pages(struct gw_walker *wk, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	const struct gw_pages *p = &wk->pages;
+
+	if (!wk->have_cfg || p->block_id >= wk->torn.nr_blocks)
+		return 0;
+	for (uint32_t i = 0; i < p->nr_pages; i++) {
+		uint64_t page = (p->entries[i] & ~(uint64_t)GW_PAGE_FLAGS_MASK) / GW_PAGE_SIZE;
+
+		if (page >= wk->torn.blocks[p->block_id].pages)
+			continue;
+		if (wk->hashes[i] == p->hashes[i]) {
+			gw_torn_clear(&wk->torn, p->block_id, page);
+		} else {
+			int ret = gw_torn_mark(&wk->torn, p->block_id, page, h->offset, err);
+
+			if (ret < 0)
+				return ret;
+		}
+	}
+	return 0;
+}
+
 static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
 		      struct gw_record_info *info, struct gw_error *err)
 {
@@ -124,6 +160,8 @@ static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
 	info->hashes_stored = wk->pages.hashes;
 	info->hashes_computed = wk->hashes;
 	ret = hash_pages(wk, h, info, err);
+	if (ret == 0)
+		ret = settle_pages(wk, h, err);
 	if (ret < 0)
 		return ret;
 	/* Without DATA_CRC a mismatch may be a page the guest tore while it
@@ -211,6 +249,11 @@ int gw_walker_next(struct gw_walker *wk, struct gw_record_info *info, struct gw_
 			ret = gw_config_parse(wk->buf, h.length, &wk->cfg, err);
 			if (ret < 0)
 				return ret;
+			ret = gw_torn_init_config(&wk->torn, &wk->cfg, err);
+			if (ret < 0) {
+				gw_config_release(&wk->cfg);
+				return ret;
+			}
 			wk->have_cfg = true;
 		}
 		break;
@@ -220,6 +263,7 @@ int gw_walker_next(struct gw_walker *wk, struct gw_record_info *info, struct gw_
 		break;
 	case GW_REC_EOF:
 		wk->done = true;
+		wk->eof = h.offset;
 		break;
 	default:
 		ret = walk_section(wk, &h, info, err);
@@ -227,4 +271,16 @@ int gw_walker_next(struct gw_walker *wk, struct gw_record_info *info, struct gw_
 			return ret;
 	}
 	return 1;
+}
+
+int gw_walker_settled(const struct gw_walker *wk, uint64_t *record, struct gw_error *err)
+{
+	uint64_t eof = wk->done ? wk->eof : gw_reader_offset(wk->r);
+	struct gw_torn_note first;
+
+	if (!wk->have_cfg || !gw_torn_first(&wk->torn, &first))
+		return 0;
+	if (record)
+		*record = first.offset ? first.offset : eof;
+	return gw_torn_check(&wk->torn, eof, err);
 }

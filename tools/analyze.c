@@ -8,13 +8,16 @@
  * torn - the guest wrote the page while it was sent, and a later copy
  * replaces it - or damaged. Which one only the rest of the stream tells:
  * a page whose last copy does not match is damaged, and the stream with
- * it (unless the record had DATA_CRC, when any mismatch is damage).
+ * it (unless the record had DATA_CRC, when any mismatch is damage). The
+ * walker keeps that account, the loader's own (gw_walker_settled()), so
+ * analyze and a load agree on which pages arrived damaged.
  *
  * Memory stays bounded whatever the stream's length: page data is
  * discarded as it is walked (the walker hashes it), per-page bookkeeping
- * is two bits per page of guest RAM, the records are printed (also under
- * --json) as they are walked, and device state is kept only up to
- * MAX_KEPT_STATE bytes until the VMDESC at the end can explain it.
+ * is a bit per page of guest RAM here (sent yet?) and one in the walker
+ * (settled?), the records are printed (also under --json) as they are
+ * walked, and device state is kept only up to MAX_KEPT_STATE bytes until
+ * the VMDESC at the end can explain it.
  */
 #include "analyze.h"
 #include "cli.h"
@@ -31,22 +34,11 @@
 #include <unistd.h>
 
 #define MAX_KEPT_STATE (64u << 20)
-/* Torn pages remembered with the record they are in, to name it if no
- * later copy replaces them; beyond these only the page is known. */
-#define MAX_TORN_NOTES 64
 
 struct block_stats {
 	uint64_t records, zero, normal, resent, unique, torn;
 	uint64_t nr_pages; /* of the block, from CONFIG */
 	uint64_t *seen;    /* one bit per page; NULL if it could not be had */
-	uint64_t *bad;     /* one bit per page: its last copy did not match */
-};
-
-struct torn_note {
-	uint32_t block;
-	uint64_t page;
-	uint64_t record; /* offset of its RAM_PAGES record */
-	uint64_t stored, computed;
 };
 
 /* Consecutive RAM_PAGES records of one block with the same flags, shown
@@ -81,8 +73,6 @@ struct analysis {
 	uint64_t last;        /* offset of the last record walked, 0: none */
 	uint16_t last_type;
 	uint64_t kept;        /* bytes of device state kept */
-	struct torn_note torn[MAX_TORN_NOTES];
-	size_t nr_torn;
 	char *vmdesc;
 	size_t vmdesc_len;
 	enum verdict verdict;
@@ -146,14 +136,8 @@ static void take_config(struct analysis *a, const struct gw_config *cfg)
 	for (uint32_t i = 0; i < cfg->nr_ram; i++) {
 		struct block_stats *b = &a->blocks[i];
 		b->nr_pages = cfg->ram[i].size / cfg->page_size;
-		/* Without them only re-sent, unique and damaged pages go unreported. */
+		/* Without it only re-sent and unique pages go unreported. */
 		b->seen = calloc((b->nr_pages + 63) / 64, sizeof(uint64_t));
-		b->bad = calloc((b->nr_pages + 63) / 64, sizeof(uint64_t));
-		if (!b->seen || !b->bad) {
-			free(b->seen);
-			free(b->bad);
-			b->seen = b->bad = NULL;
-		}
 	}
 }
 
@@ -405,46 +389,19 @@ static void print_record(struct analysis *a, const struct gw_record_info *in)
 
 /* ---- totals ------------------------------------------------------------- */
 
-static void note_torn(struct analysis *a, const struct gw_record_info *in, uint32_t i,
-		      uint64_t page)
+/* One copy of a page: torn or not, re-sent or new. */
+static void count_copy(struct block_stats *b, const struct gw_record_info *in, uint32_t i,
+		       uint64_t page)
 {
-	if (a->nr_torn == MAX_TORN_NOTES)
-		return;
-	a->torn[a->nr_torn++] = (struct torn_note){in->block_id, page, in->offset,
-						   in->hashes_stored[i], in->hashes_computed[i]};
-}
-
-static void forget_torn(struct analysis *a, uint32_t block, uint64_t page)
-{
-	for (size_t k = 0; k < a->nr_torn; k++)
-		if (a->torn[k].block == block && a->torn[k].page == page) {
-			a->torn[k] = a->torn[--a->nr_torn];
-			return;
-		}
-}
-
-/* One copy of a page: re-sent or new, and whether it leaves the page
- * damaged (its copy does not match, and no later one has come yet). */
-static void count_copy(struct analysis *a, struct block_stats *b,
-		       const struct gw_record_info *in, uint32_t i, uint64_t page)
-{
-	bool mismatch = in->hashes_stored[i] != in->hashes_computed[i];
-	b->torn += mismatch;
+	b->torn += in->hashes_stored[i] != in->hashes_computed[i];
 	if (!b->seen)
 		return;
-	uint64_t bit = 1ull << (page % 64), *seen = &b->seen[page / 64], *bad = &b->bad[page / 64];
+	uint64_t bit = 1ull << (page % 64), *seen = &b->seen[page / 64];
 	if (*seen & bit) {
 		b->resent++;
 	} else {
 		*seen |= bit;
 		b->unique++;
-	}
-	if ((*bad & bit) && !mismatch) {
-		*bad &= ~bit;
-		forget_torn(a, in->block_id, page);
-	} else if (!(*bad & bit) && mismatch) {
-		*bad |= bit;
-		note_torn(a, in, i, page);
 	}
 }
 
@@ -470,44 +427,17 @@ static void count_pages(struct analysis *a, const struct gw_record_info *in)
 				a->cfg->ram[in->block_id].size, a->cfg->ram[in->block_id].name);
 			continue;
 		}
-		count_copy(a, b, in, i, page);
+		count_copy(b, in, i, page);
 	}
 }
 
 /* At the end of a complete stream: pages whose last copy did not match. */
 static void find_damaged(struct analysis *a)
 {
-	uint64_t damaged = 0, first_page = 0;
-	uint32_t first_block = 0;
-	for (uint32_t i = 0; i < a->cfg->nr_ram; i++) {
-		const struct block_stats *b = &a->blocks[i];
-		for (uint64_t w = 0; b->bad && w < (b->nr_pages + 63) / 64; w++) {
-			if (!b->bad[w])
-				continue;
-			if (!damaged) {
-				first_block = i;
-				first_page = w * 64 + (uint64_t)__builtin_ctzll(b->bad[w]);
-			}
-			damaged += (uint64_t)__builtin_popcountll(b->bad[w]);
-		}
-	}
-	if (!damaged)
-		return;
-	if (a->nr_torn) {
-		const struct torn_note *n = &a->torn[0];
-		problem(a, CORRUPTED, n->record,
-			"%" PRIu64 " page%s never arrived intact: the last copy of page 0x%" PRIx64
-			" of RAM block '%s', in the RAM_PAGES record at offset %" PRIu64
-			", does not match its hash (stored 0x%016" PRIx64 ", computed 0x%016" PRIx64
-			")", damaged, damaged == 1 ? "" : "s", n->page * a->cfg->page_size,
-			a->cfg->ram[n->block].name, n->record, n->stored, n->computed);
-	} else {
-		problem(a, CORRUPTED, 0,
-			"%" PRIu64 " page%s never arrived intact: the last copy of page 0x%" PRIx64
-			" of RAM block '%s' does not match its hash", damaged,
-			damaged == 1 ? "" : "s", first_page * a->cfg->page_size,
-			a->cfg->ram[first_block].name);
-	}
+	struct gw_error err = {0};
+	uint64_t record = 0;
+	if (gw_walker_settled(a->wk, &record, &err) < 0)
+		problem(a, CORRUPTED, record, "%s", err.msg);
 }
 
 static void count_section(struct analysis *a, const struct gw_record_info *in)
@@ -813,10 +743,8 @@ static int open_input(const char *path)
 
 static void release(struct analysis *a)
 {
-	for (uint32_t i = 0; a->cfg && i < a->cfg->nr_ram; i++) {
+	for (uint32_t i = 0; a->cfg && i < a->cfg->nr_ram; i++)
 		free(a->blocks[i].seen);
-		free(a->blocks[i].bad);
-	}
 	for (uint32_t i = 0; a->cfg && i < a->cfg->nr_sections; i++)
 		free(a->sections[i].state);
 	free(a->blocks);

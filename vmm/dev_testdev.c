@@ -1,5 +1,7 @@
 #include "dev_testdev.h"
 #include "io_bus.h"
+#include "machine.h"
+#include "migratable.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -86,3 +88,50 @@ void testdev_snapshot(struct testdev *t, struct testdev_state *out)
 	*out = t->st;
 	pthread_mutex_unlock(&t->lock);
 }
+
+/* ---- migration: the testdev section --------------------------------- */
+
+/* Arguments of test-device commands are 24 bits wide (guests/abi.h). */
+static const struct gw_field testdev_fields[] = {
+	GW_FIELD_RANGE(U8, struct testdev_state, ready, 0, 1),
+	GW_FIELD_RANGE(U8, struct testdev_state, check_failed, 0, 1),
+	GW_FIELD_RANGE(U8, struct testdev_state, exit_requested, 0, 1),
+	GW_FIELD(U8, struct testdev_state, exit_status),
+	GW_FIELD_RANGE(U32, struct testdev_state, first_bad_page, 0, GW_TESTDEV_ARG_MASK),
+	GW_FIELD(U64, struct testdev_state, check_ok),
+	GW_FIELD(U64, struct testdev_state, passes),
+	GW_FIELD_RANGE(U64, struct testdev_state, pages_per_pass, 0, GW_TESTDEV_ARG_MASK),
+};
+static const struct gw_vmstate testdev_vmstate = GW_VMSTATE(struct testdev_state, testdev_fields);
+
+static int testdev_pre_save(void *opaque, struct gw_error *err)
+{
+	struct testdev *t = container_of(opaque, struct testdev, mig);
+	(void)err;
+	testdev_snapshot(t, &t->mig);
+	return 0;
+}
+
+/* QMP reads the state while a destination loads. */
+static int testdev_post_load(void *opaque, uint32_t version, struct gw_error *err)
+{
+	struct testdev *t = container_of(opaque, struct testdev, mig);
+	(void)version, (void)err;
+	pthread_mutex_lock(&t->lock);
+	t->st = t->mig;
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+static int testdev_sections_init(struct vmm *vm, struct gw_migration *m, struct gw_error *err)
+{
+	struct testdev *t = &vm->testdev;
+	const struct gw_section testdev = {
+		.name = "testdev", .version = 1, .min_version = 1, .vmstate = &testdev_vmstate,
+		.pre_save = testdev_pre_save, .post_load = testdev_post_load, .opaque = &t->mig,
+	};
+	/* A field an older stream lacks keeps its reset value. */
+	testdev_snapshot(t, &t->mig);
+	return gw_migration_add_section(m, &testdev, err);
+}
+VMM_SECTIONS(testdev_sections_init, VMM_SECTIONS_DEVICE);

@@ -1,7 +1,8 @@
 /*
  * The test device: one I/O port through which a guest reports progress
  * and the result of its self-check, and asks the VMM to exit (protocol in
- * guests/abi.h). Tests read what it saw over QMP.
+ * guests/abi.h). Tests read what it saw over QMP. It registers its own
+ * migration section ("testdev", vmm/migratable.h).
  */
 #ifndef GW_VMM_DEV_TESTDEV_H
 #define GW_VMM_DEV_TESTDEV_H
@@ -30,10 +31,13 @@ struct testdev_state {
 typedef void (*testdev_exit_fn)(void *opaque, int status);
 
 struct testdev {
-	struct testdev_state st;
+	struct testdev_state st; /* under lock: vCPU threads report into it */
 	pthread_mutex_t lock;
 	testdev_exit_fn on_exit;
 	void *opaque;
+	/* What the testdev section saves and loads: a copy of st, taken and
+	 * put back under lock by the section's hooks. */
+	struct testdev_state mig;
 };
 
 int testdev_init(struct testdev *t, struct io_bus *pio, testdev_exit_fn on_exit, void *opaque);

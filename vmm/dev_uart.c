@@ -1,6 +1,8 @@
 #include "dev_uart.h"
 #include "io_bus.h"
 #include "kvm.h"
+#include "machine.h"
+#include "migratable.h"
 
 #include <errno.h>
 #include <string.h>
@@ -28,7 +30,10 @@ enum {
 #define FCR_ENABLE 0x01
 #define FCR_CLEAR_RX 0x02
 
-uint8_t uart_iir(const struct uart_state *s)
+/* The IIR that state s implies (the pending interrupt of highest priority
+ * and the FIFO bits): the UART keeps iir equal to it after every access,
+ * and a loaded state must agree with it. */
+static uint8_t uart_iir(const struct uart_state *s)
 {
 	uint8_t iir = IIR_NONE;
 	if ((s->ier & IER_RDI) && s->rx_count)
@@ -197,3 +202,81 @@ void uart_receive(struct uart *u, const uint8_t *buf, size_t len)
 	update_irq(u);
 	pthread_mutex_unlock(&u->lock);
 }
+
+/* ---- migration: the uart section ------------------------------------ */
+
+/* rx_head indexes the FIFO and rx_count bounds the bytes read from it: a
+ * guest reads rbr_fifo[rx_head] (issue 13: 255 read VMM memory). */
+static const struct gw_field uart_fields[] = {
+	GW_FIELD(BYTES, struct uart_state, rbr_fifo),
+	GW_FIELD_RANGE(U8, struct uart_state, rx_head, 0, UART_FIFO_SIZE - 1),
+	GW_FIELD_RANGE(U8, struct uart_state, rx_count, 0, UART_FIFO_SIZE),
+	GW_FIELD_RANGE(U8, struct uart_state, ier, 0, UART_IER_BITS),
+	GW_FIELD(U8, struct uart_state, iir),
+	GW_FIELD(U8, struct uart_state, fcr),
+	GW_FIELD(U8, struct uart_state, lcr),
+	GW_FIELD_RANGE(U8, struct uart_state, mcr, 0, UART_MCR_BITS),
+	GW_FIELD(U8, struct uart_state, lsr),
+	GW_FIELD(U8, struct uart_state, msr),
+	GW_FIELD(U8, struct uart_state, scr),
+	GW_FIELD(U8, struct uart_state, dll),
+	GW_FIELD(U8, struct uart_state, dlm),
+	GW_FIELD_RANGE(U8, struct uart_state, thr_irq_pending, 0, 1),
+};
+
+static int uart_validate(const void *state, uint32_t version, struct gw_error *err)
+{
+	const struct uart_state *s = state;
+	uint8_t lsr = UART_LSR_THRE | UART_LSR_TEMT | (s->rx_count ? UART_LSR_DR : 0);
+	(void)version;
+	if (s->fcr & ~UART_FCR_BITS)
+		return vmm_refuse(err, "fcr", "0x%02x sets bits outside 0x%02x", s->fcr, UART_FCR_BITS);
+	/* IIR and LSR follow from the rest after every access. */
+	if (s->iir != uart_iir(s))
+		return vmm_refuse(err, "iir", "0x%02x, but ier, fcr, rx_count and thr_irq_pending make it 0x%02x",
+				  s->iir, uart_iir(s));
+	if (s->lsr != lsr)
+		return vmm_refuse(err, "lsr", "0x%02x, but with %u bytes received it is 0x%02x", s->lsr,
+				  s->rx_count, lsr);
+	return 0;
+}
+
+static const struct gw_vmstate uart_vmstate = GW_VMSTATE(struct uart_state, uart_fields);
+
+/* Source: one instant of the UART, however fast host input arrives. */
+static int uart_pre_save(void *opaque, struct gw_error *err)
+{
+	struct uart *u = container_of(opaque, struct uart, mig);
+	(void)err;
+	pthread_mutex_lock(&u->lock);
+	u->mig = u->st;
+	pthread_mutex_unlock(&u->lock);
+	return 0;
+}
+
+/* Destination: the source's UART goes on here, so its state replaces
+ * whatever host input queued meanwhile. */
+static int uart_post_load(void *opaque, uint32_t version, struct gw_error *err)
+{
+	struct uart *u = container_of(opaque, struct uart, mig);
+	(void)version, (void)err;
+	pthread_mutex_lock(&u->lock);
+	u->st = u->mig;
+	pthread_mutex_unlock(&u->lock);
+	return 0;
+}
+
+static int uart_sections_init(struct vmm *vm, struct gw_migration *m, struct gw_error *err)
+{
+	struct uart *u = &vm->uart;
+	const struct gw_section uart = {
+		.name = "uart", .version = 1, .min_version = 1, .vmstate = &uart_vmstate,
+		.validate = uart_validate, .pre_save = uart_pre_save, .post_load = uart_post_load,
+		.opaque = &u->mig,
+	};
+	/* A load decodes over the copy: a field an older stream lacks keeps
+	 * its reset value. */
+	uart_pre_save(&u->mig, err);
+	return gw_migration_add_section(m, &uart, err);
+}
+VMM_SECTIONS(uart_sections_init, VMM_SECTIONS_DEVICE);

@@ -3,7 +3,8 @@
  *
  * Output goes straight to the host fd from the vCPU thread that wrote the
  * byte (unbuffered: a guest's last words before a crash must not be lost).
- * Input arrives from the main loop through uart_receive().
+ * Input arrives from the main loop through uart_receive(). The UART
+ * registers its own migration section ("uart", vmm/migratable.h).
  */
 #ifndef GW_VMM_DEV_UART_H
 #define GW_VMM_DEV_UART_H
@@ -40,16 +41,16 @@ struct uart_state {
 #define UART_LSR_THRE 0x20
 #define UART_LSR_TEMT 0x40
 
-/* The IIR that state s implies (the pending interrupt of highest priority
- * and the FIFO bits): the UART keeps iir equal to it after every access. */
-uint8_t uart_iir(const struct uart_state *s);
-
 struct uart {
-	struct uart_state st;
+	struct uart_state st; /* under lock: vCPUs and host input change it */
 	pthread_mutex_t lock;
 	struct kvm *kvm;
 	int out_fd; /* -1: output discarded */
 	int irq_level;
+	/* What the uart section saves and loads: a copy of st, taken and put
+	 * back under lock by the section's hooks, so a migration thread never
+	 * reads or writes st while host input or a vCPU changes it. */
+	struct uart_state mig;
 };
 
 int uart_init(struct uart *u, struct kvm *kvm, struct io_bus *pio, int out_fd);

@@ -126,6 +126,7 @@ void vmm_mig_resume(struct vmm *vm)
 {
 	pthread_mutex_lock(&vm->run_lock);
 	vm->mig_paused = false;
+	vm->incoming = false;
 	apply_locked(vm);
 	pthread_mutex_unlock(&vm->run_lock);
 }
@@ -136,24 +137,6 @@ void vmm_set_incoming(struct vmm *vm, bool incoming)
 	vm->incoming = incoming;
 	apply_locked(vm);
 	pthread_mutex_unlock(&vm->run_lock);
-}
-
-void vmm_finish_incoming(struct vmm *vm, bool run)
-{
-	pthread_mutex_lock(&vm->run_lock);
-	if (!run)
-		vm->user_paused = true;
-	vm->incoming = false;
-	apply_locked(vm);
-	pthread_mutex_unlock(&vm->run_lock);
-}
-
-bool vmm_user_paused(struct vmm *vm)
-{
-	pthread_mutex_lock(&vm->run_lock);
-	bool paused = vm->user_paused;
-	pthread_mutex_unlock(&vm->run_lock);
-	return paused;
 }
 
 void vmm_set_postmigrate(struct vmm *vm)
@@ -224,11 +207,6 @@ void vmm_guest_status(struct vmm *vm, struct vmm_guest_status *out)
 struct loop *vmm_loop(struct vmm *vm)
 {
 	return vm->loop;
-}
-
-struct qmp_server *vmm_qmp(struct vmm *vm)
-{
-	return vm->qmp;
 }
 
 int vmm_exit_status(struct vmm *vm)

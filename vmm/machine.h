@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "cpu_sections.h"
 #include "dev_testdev.h"
 #include "dev_uart.h"
 #include "guest_ram.h"
@@ -16,6 +17,11 @@
 #include "kvm.h"
 #include "vcpu.h"
 #include "vmm.h"
+
+/* The run-state section's State (run_state.c). */
+struct run_state {
+	uint8_t running; /* 0 or 1: the guest ran on the source */
+};
 
 struct vmm {
 	struct loop *loop;
@@ -25,6 +31,7 @@ struct vmm {
 	struct vcpu_set vcpus;
 	struct uart uart;
 	struct testdev testdev;
+	struct cpu_sections cpu_state; /* vCPU and VM state as a migration moves it */
 	struct qmp_server *qmp;
 
 	/*
@@ -34,12 +41,15 @@ struct vmm {
 	 * migration threads, hence the lock.
 	 */
 	pthread_mutex_t run_lock;
-	bool user_paused; /* stop, --paused, and after a completed outgoing migration */
+	/* stop, --paused, a source that sent its guest stopped, and after a
+	 * completed outgoing migration; saved and loaded by run_state.c */
+	bool user_paused;
 	bool mig_paused;  /* the migration engine's switchover */
 	bool incoming;    /* waiting for / loading an incoming stream */
 	bool postmigrate; /* an outgoing migration completed */
 	bool vcpus_paused;
 	bool shut_down;
+	struct run_state run_state; /* the section's copy of !user_paused */
 
 	pthread_t main_thread; /* runs the loop; events are emitted from it */
 	bool quitting;
@@ -47,16 +57,14 @@ struct vmm {
 	struct vm_migration *mig;
 };
 
-/* For the migration glue, from any thread: hold or release the guest for
- * a switchover, and enter or leave the incoming state. */
+/* For the migration glue, from any thread: hold the guest for a
+ * switchover, or enter the incoming state; and let go of it, whichever
+ * the hold was (a source after a failure, a destination after it loaded),
+ * after which it runs unless the user paused it (stop, --paused, or on a
+ * source that sent it stopped). */
 void vmm_mig_pause(struct vmm *vm);
-void vmm_mig_resume(struct vmm *vm);
 void vmm_set_incoming(struct vmm *vm, bool incoming);
-/* The incoming migration has loaded: the guest runs unless it was paused
- * on the source (run == false) or here (--paused, stop). */
-void vmm_finish_incoming(struct vmm *vm, bool run);
-/* Did the user (stop, --paused) pause the guest, whoever else holds it? */
-bool vmm_user_paused(struct vmm *vm);
+void vmm_mig_resume(struct vmm *vm);
 /* An outgoing migration completed: stay paused, as "postmigrate". */
 void vmm_set_postmigrate(struct vmm *vm);
 

@@ -1,11 +1,11 @@
 #include "migration.h"
-#include "cpu_state.h"
+#include "vmm.h"
 #include "dirty_kvm.h"
 #include "gw_version.h"
 #include "loop.h"
 #include "machine.h"
+#include "migratable.h"
 #include "qmp.h"
-#include "sections.h"
 
 #include <errno.h>
 #include <godwit/channel.h>
@@ -18,29 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 enum role { ROLE_NONE, ROLE_OUTGOING, ROLE_INCOMING };
 
-/* How long an exec: command may take to exit after the end of its stream
- * (then SIGTERM), and after SIGTERM (then SIGKILL): long enough for ssh to
- * push a few MiB still buffered over a slow link. */
-#define EXEC_GRACE_DEFAULT_MS 10000
-/* A destination's command has delivered what we want when it is ended,
- * so it is killed; this bounds the wait for a process stuck in the kernel. */
-#define EXEC_GRACE_INCOMING_MS 1000
 
 struct vm_migration {
 	struct vmm *vm;
 	struct gw_migration *m;
 	struct dirty_kvm dirty;
-	struct msr_list msrs;
 
-	/* vCPU and VM state as of the switchover pause (source) or as loaded
-	 * (destination): the vmstate-described sections point here. */
-	struct cpu_state cpus[GW_MAX_VCPUS];
-	struct vm_state kvm_vm;
-	struct run_state run;
 
 	struct gw_precopy_params params;
 	uint64_t go_timeout_ms; /* destination: READY until GO */
@@ -54,24 +40,20 @@ struct vm_migration {
 	char error[GW_ERROR_MSG_MAX];
 	bool cancel;
 	/* Readable once the outgoing migration is cancelled or the VMM quits:
-	 * ends the waits of connecting and of an exec: command's exit. */
+	 * ends the wait of connecting. */
 	int cancel_efd;
-	uint64_t exec_grace_ms; /* x-godwit-exec-grace */
 
-	/* outgoing: one thread connects, runs the engine, ends the channel */
+	/* outgoing: a thread connects and hands the channel to the engine,
+	 * which owns it from then on */
 	char *uri;
-	pthread_t out_thread;
-	bool out_thread_live;
-	pthread_cond_t engine_cond; /* engine_done changed */
-	bool engine_done;
-	struct gw_channel out_ch;
+	pthread_t connect_thread;
+	bool connect_thread_live;
 	struct gw_precopy *out;
 	struct gw_precopy_stats last; /* kept after the engine is freed */
 	bool have_last;
 
 	/* incoming */
 	struct gw_listener *listener;
-	struct gw_channel in_ch;
 	struct gw_incoming *in;
 	struct gw_incoming_stats in_last;
 	char dest_hash[33];
@@ -79,40 +61,13 @@ struct vm_migration {
 
 /* ---- vm ops: pause/resume around the switchover ----------------------- */
 
-/* Capture every vCPU and the VM-wide KVM state once the vCPUs are out of
- * KVM_RUN, so the sections save a consistent instant. */
-static int capture_state(struct vm_migration *mig, struct gw_error *err)
-{
-	struct vmm *vm = mig->vm;
-	char msg[256];
-	for (unsigned i = 0; i < vm->vcpus.nr; i++)
-		if (cpu_state_save(&vm->kvm, vm->vcpus.vcpus[i].fd, &mig->msrs, &mig->cpus[i], msg,
-				   sizeof(msg)))
-			return gw_error_set(err, -EIO, "saving vCPU %u: %s", i, msg);
-	if (vm_state_save(&vm->kvm, &mig->kvm_vm, msg, sizeof(msg)))
-		return gw_error_set(err, -EIO, "saving VM state: %s", msg);
-	mig->run.running = !vmm_user_paused(vm);
-	return 0;
-}
-
-static int apply_state(struct vm_migration *mig, struct gw_error *err)
-{
-	struct vmm *vm = mig->vm;
-	char msg[256];
-	if (vm_state_load(&vm->kvm, &mig->kvm_vm, msg, sizeof(msg)))
-		return gw_error_set(err, -EIO, "restoring VM state: %s", msg);
-	for (unsigned i = 0; i < vm->vcpus.nr; i++)
-		if (cpu_state_load(&vm->kvm, vm->vcpus.vcpus[i].fd, &mig->cpus[i], msg, sizeof(msg)))
-			return gw_error_set(err, -EIO, "restoring vCPU %u: %s", i, msg);
-	return 0;
-}
-
+/* The sections read their state themselves, in their pre_save hooks,
+ * once the engine saves them: pausing is only parking the vCPUs. */
 static int op_pause(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
+	(void)err;
 	vmm_mig_pause(mig->vm);
-	if (mig->role == ROLE_OUTGOING)
-		return capture_state(mig, err);
 	return 0;
 }
 
@@ -121,7 +76,7 @@ static int op_pause(void *opaque, struct gw_error *err)
 static int op_prepare(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
-	int ret = apply_state(mig, err);
+	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
 	if (ret || !mig->cap_verify_hash)
 		return ret;
 	char hash[33];
@@ -134,18 +89,13 @@ static int op_prepare(void *opaque, struct gw_error *err)
 	return 0;
 }
 
+/* A destination after GO, or a source after a failure or a cancel (its
+ * guest goes on with the state it never lost): the migration lets go. */
 static int op_resume(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
-	struct vmm *vm = mig->vm;
 	(void)err;
-	if (mig->role == ROLE_INCOMING) {
-		vmm_finish_incoming(vm, mig->run.running);
-		return 0;
-	}
-	/* Source after a failure or a cancel: the guest goes on here, with
-	 * the state it never lost. */
-	vmm_mig_resume(vm);
+	vmm_mig_resume(mig->vm);
 	return 0;
 }
 
@@ -162,11 +112,6 @@ struct status_msg {
 	bool is_pass;
 };
 
-static bool final_status(enum gw_mig_status s)
-{
-	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED;
-}
-
 static void emit_status(struct vm_migration *mig, enum gw_mig_status s)
 {
 	if (mig->cap_events && mig->vm->qmp)
@@ -174,13 +119,29 @@ static void emit_status(struct vm_migration *mig, enum gw_mig_status s)
 			       json_pack("{s:s}", "status", gw_mig_status_name(s)));
 }
 
-/* An outgoing migration reached its end (its thread has ended the
- * channel and set the outcome): decide what the guest does next. */
+/* An outgoing migration reached its end (the engine has ended its
+ * channel and its outcome is final): collect the engine and decide what
+ * the guest does next. */
 static void finish_outgoing(struct vm_migration *mig)
 {
-	if (mig->out_thread_live) {
-		pthread_join(mig->out_thread, NULL);
-		mig->out_thread_live = false;
+	if (mig->connect_thread_live) {
+		pthread_join(mig->connect_thread, NULL);
+		mig->connect_thread_live = false;
+	}
+	pthread_mutex_lock(&mig->lock);
+	struct gw_precopy *out = mig->out;
+	mig->out = NULL;
+	pthread_mutex_unlock(&mig->lock);
+	if (out) {
+		struct gw_precopy_stats st;
+		gw_precopy_stats(out, &st);
+		gw_precopy_free(out);
+		pthread_mutex_lock(&mig->lock);
+		mig->last = st;
+		mig->have_last = true;
+		mig->status = st.status;
+		snprintf(mig->error, sizeof(mig->error), "%s", st.error);
+		pthread_mutex_unlock(&mig->lock);
 	}
 	pthread_mutex_lock(&mig->lock);
 	enum gw_mig_status s = mig->status;
@@ -198,17 +159,6 @@ static void finish_outgoing(struct vm_migration *mig)
 		fprintf(stderr, "godwit-vmm: migration failed: %s\n", mig->error);
 }
 
-/* The stream is over: a command still running (it has nothing more we
- * want) is stopped rather than waited for, so the main loop never waits
- * for a process that lingers. */
-static void end_incoming_channel(struct vm_migration *mig)
-{
-	gw_channel_close_stream(&mig->in_ch, NULL);
-	if (mig->in_ch.child > 0)
-		gw_channel_abort(&mig->in_ch);
-	gw_channel_end(&mig->in_ch, -1, EXEC_GRACE_INCOMING_MS, NULL);
-}
-
 static void finish_incoming(struct vm_migration *mig)
 {
 	struct gw_incoming *in = mig->in;
@@ -223,7 +173,6 @@ static void finish_incoming(struct vm_migration *mig)
 		snprintf(mig->error, sizeof(mig->error), "%s", st.error);
 		pthread_mutex_unlock(&mig->lock);
 	}
-	end_incoming_channel(mig);
 	mig->role = ROLE_NONE;
 	if (mig->status != GW_MIG_COMPLETED)
 		fprintf(stderr,
@@ -239,7 +188,7 @@ static void status_main(void *opaque)
 		if (mig->cap_events && mig->vm->qmp)
 			qmp_emit_event(mig->vm->qmp, "MIGRATION_PASS",
 				       json_pack("{s:I}", "pass", (json_int_t)msg->pass));
-	} else if (final_status(msg->status)) {
+	} else if (gw_mig_status_is_final(msg->status)) {
 		if (mig->shown == ROLE_INCOMING)
 			finish_incoming(mig);
 		else
@@ -265,27 +214,12 @@ static void post_status(struct vm_migration *mig, enum gw_mig_status s, bool is_
 static void cb_status(void *opaque, enum gw_mig_status s)
 {
 	struct vm_migration *mig = opaque;
-	if (!final_status(s)) {
+	if (!gw_mig_status_is_final(s)) {
 		pthread_mutex_lock(&mig->lock);
 		mig->status = s;
 		pthread_mutex_unlock(&mig->lock);
 	}
 	post_status(mig, s, false, 0);
-}
-
-/* The engine's final status: its outcome is the outgoing thread's to
- * complete (the channel still has to end), not yet the main loop's. */
-static void cb_out_status(void *opaque, enum gw_mig_status s)
-{
-	struct vm_migration *mig = opaque;
-	if (!final_status(s)) {
-		cb_status(opaque, s);
-		return;
-	}
-	pthread_mutex_lock(&mig->lock);
-	mig->engine_done = true;
-	pthread_cond_signal(&mig->engine_cond);
-	pthread_mutex_unlock(&mig->lock);
 }
 
 static void cb_pass(void *opaque, uint64_t pass)
@@ -303,116 +237,59 @@ static int cb_throttle(void *opaque, uint32_t percent, struct gw_error *err)
 
 /* ---- outgoing ------------------------------------------------------- */
 
-/* The end of the outgoing migration in its own thread; how it went is
- * in mig->status and mig->error for finish_outgoing() on the main loop. */
-static void *outgoing_done(struct vm_migration *mig, enum gw_mig_status s, const char *msg)
+/* The outgoing migration ended before an engine took it over. */
+static void *connect_failed(struct vm_migration *mig, enum gw_mig_status s, const char *msg)
 {
 	pthread_mutex_lock(&mig->lock);
 	mig->status = s;
-	/* A long message is cut to what query-migrate carries. */
-	if (s == GW_MIG_FAILED)
-		snprintf(mig->error, sizeof(mig->error), "%.*s", (int)sizeof(mig->error) - 1, msg);
-	if (mig->have_last)
-		mig->last.status = s;
+	snprintf(mig->error, sizeof(mig->error), "%s", msg);
 	pthread_mutex_unlock(&mig->lock);
 	post_status(mig, s, false, 0);
 	return NULL;
 }
 
-/* Run the engine over ch until its final status, then collect it. */
-static int run_engine(struct vm_migration *mig, struct gw_channel *ch, struct gw_precopy_stats *st,
-		      struct gw_error *err)
-{
-	pthread_mutex_lock(&mig->lock);
-	struct gw_precopy_params p = mig->params;
-	p.auto_converge = mig->cap_auto_converge;
-	p.return_path = ch->bidirectional;
-	mig->engine_done = false;
-	pthread_mutex_unlock(&mig->lock);
-
-	const struct gw_precopy_callbacks cb = {
-		.status = cb_out_status, .pass = cb_pass, .throttle = cb_throttle, .opaque = mig,
-	};
-	struct gw_precopy *out;
-	int ret = gw_precopy_start(mig->m, ch->fd, &p, &cb, &out, err);
-	if (ret)
-		return ret;
-	pthread_mutex_lock(&mig->lock);
-	mig->out = out;
-	if (mig->cancel)
-		gw_precopy_cancel(out);
-	while (!mig->engine_done)
-		pthread_cond_wait(&mig->engine_cond, &mig->lock);
-	mig->out = NULL;
-	pthread_mutex_unlock(&mig->lock);
-	gw_precopy_stats(out, st);
-	gw_precopy_free(out);
-	pthread_mutex_lock(&mig->lock);
-	mig->last = *st;
-	mig->have_last = true;
-	pthread_mutex_unlock(&mig->lock);
-	return 0;
-}
-
 /*
- * One outgoing migration, start to end, off the main loop: connecting may
- * wait (a TCP handshake, a FIFO nobody reads yet), and so may the end of
- * an exec: command, whose exit status decides whether the stream arrived.
- * Every one of those waits ends when cancel_efd is written (migrate-cancel,
- * quit).
+ * Connecting may wait (a TCP handshake, a FIFO nobody reads yet), so it
+ * runs here rather than on the main loop, and ends when cancel_efd is
+ * written (migrate-cancel, quit). The engine then owns the channel: it
+ * ends it, and an exec: command, before its outcome is final.
  */
-static void *outgoing_thread(void *opaque)
+static void *connect_thread(void *opaque)
 {
 	struct vm_migration *mig = opaque;
 	struct gw_error err = {0};
 	struct gw_channel ch;
 	int ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
 	if (ret == -ECANCELED)
-		return outgoing_done(mig, GW_MIG_CANCELLED, "");
+		return connect_failed(mig, GW_MIG_CANCELLED, "");
 	if (ret)
-		return outgoing_done(mig, GW_MIG_FAILED, err.msg);
+		return connect_failed(mig, GW_MIG_FAILED, err.msg);
 	pthread_mutex_lock(&mig->lock);
-	mig->out_ch = ch;
-	bool cancelled = mig->cancel;
+	struct gw_precopy_params p = mig->params;
+	p.auto_converge = mig->cap_auto_converge;
 	pthread_mutex_unlock(&mig->lock);
 
-	struct gw_precopy_stats st = {.status = GW_MIG_CANCELLED};
-	if (!cancelled && (ret = run_engine(mig, &ch, &st, &err)))
-		st = (struct gw_precopy_stats){.status = GW_MIG_FAILED, .error_code = ret};
-	if (ret)
-		snprintf(st.error, sizeof(st.error), "%s", err.msg);
-
-	/* A command fed a stream that failed is not waited for: it may be
-	 * blocked on a network that is the reason for the failure. */
-	bool is_exec = ch.child > 0;
-	if (st.status != GW_MIG_COMPLETED && is_exec)
+	const struct gw_precopy_callbacks cb = {
+		.status = cb_status, .pass = cb_pass, .throttle = cb_throttle, .opaque = mig,
+	};
+	struct gw_precopy *out;
+	ret = gw_precopy_start(mig->m, &ch, 1, &p, &cb, &out, &err);
+	if (ret) {
 		gw_channel_abort(&ch);
-	struct gw_error end_err = {0};
-	int end = gw_channel_end(&ch, mig->cancel_efd, (unsigned)mig->exec_grace_ms, &end_err);
+		gw_channel_close(&ch, NULL);
+		return connect_failed(mig, GW_MIG_FAILED, err.msg);
+	}
 	pthread_mutex_lock(&mig->lock);
-	mig->out_ch = (struct gw_channel){.fd = -1};
+	mig->out = out;
+	if (mig->cancel)
+		gw_precopy_cancel(out);
 	pthread_mutex_unlock(&mig->lock);
-
-	char msg[sizeof(ch.desc) + 2 * GW_ERROR_MSG_MAX + 128];
-	if (st.status == GW_MIG_FAILED) {
-		/* Which channel, and for a command that went away early, why. */
-		bool early_exit = is_exec && st.error_code == -EPIPE && !end;
-		snprintf(msg, sizeof(msg), "%s: %s%s%s%s", ch.desc, st.error,
-			 early_exit ? "; the command exited (status 0) before it read the whole stream" : "",
-			 end ? "; " : "", end ? end_err.msg : "");
-		return outgoing_done(mig, GW_MIG_FAILED, msg);
-	}
-	if (end && st.status == GW_MIG_COMPLETED) {
-		/* exec: the command failed, so the stream did not arrive */
-		snprintf(msg, sizeof(msg), "%s", end_err.msg);
-		return outgoing_done(mig, GW_MIG_FAILED, msg);
-	}
-	return outgoing_done(mig, st.status, "");
+	return NULL;
 }
 
 static bool busy(struct vm_migration *mig)
 {
-	return mig->role != ROLE_NONE || mig->out_thread_live;
+	return mig->role != ROLE_NONE || mig->connect_thread_live;
 }
 
 /* Make cancel_efd readable (idempotent: an eventfd counter only grows). */
@@ -454,17 +331,16 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 	mig->error[0] = '\0';
 	mig->cancel = false;
 	mig->have_last = false;
-	mig->out_ch = (struct gw_channel){.fd = -1};
 	/* The previous migration's cancel is over: reset the counter. */
 	uint64_t count;
 	while (read(mig->cancel_efd, &count, sizeof(count)) > 0)
 		;
 	pthread_mutex_unlock(&mig->lock);
-	if (!mig->uri || pthread_create(&mig->out_thread, NULL, outgoing_thread, mig)) {
+	if (!mig->uri || pthread_create(&mig->connect_thread, NULL, connect_thread, mig)) {
 		mig->role = ROLE_NONE;
 		return qmp_fail(err, QMP_ERR_GENERIC, "cannot start the migration thread");
 	}
-	mig->out_thread_live = true;
+	mig->connect_thread_live = true;
 	return 0;
 }
 
@@ -475,9 +351,11 @@ static int cmd_migrate_cancel(struct vmm *vm, json_t *args, json_t **ret, struct
 	if (qmp_check_args(args, NULL, 0, err))
 		return -1;
 	pthread_mutex_lock(&mig->lock);
-	/* After GO the engine refuses the cancel, and the migration ends
-	 * as it would have without it; the channel's end is not cut short. */
-	if (mig->role == ROLE_OUTGOING && !(mig->out && !gw_precopy_cancel(mig->out))) {
+	/* Once the engine runs, the cancel is its to take or refuse (after
+	 * GO); before, it ends the connect. */
+	if (mig->role == ROLE_OUTGOING && mig->out) {
+		gw_precopy_cancel(mig->out);
+	} else if (mig->role == ROLE_OUTGOING) {
 		mig->cancel = true;
 		signal_cancel(mig);
 	}
@@ -487,24 +365,18 @@ static int cmd_migrate_cancel(struct vmm *vm, json_t *args, json_t **ret, struct
 
 /* ---- incoming ------------------------------------------------------- */
 
-static void cb_in_status(void *opaque, enum gw_mig_status s)
-{
-	cb_status(opaque, s);
-}
-
+/* The engine takes the channel (and ends it, and its command). */
 static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char *errmsg,
 			  size_t errlen)
 {
 	struct gw_error err = {0};
-	mig->in_ch = *ch;
-	const struct gw_incoming_callbacks cb = {.status = cb_in_status, .opaque = mig};
-	const struct gw_incoming_params params = {
-		.return_path = ch->bidirectional, .go_timeout_ms = mig->go_timeout_ms,
-	};
-	int ret = gw_incoming_start(mig->m, ch->fd, &params, &cb, &mig->in, &err);
+	const struct gw_incoming_callbacks cb = {.status = cb_status, .opaque = mig};
+	const struct gw_incoming_params params = {.go_timeout_ms = mig->go_timeout_ms};
+	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
 	if (ret) {
 		snprintf(errmsg, errlen, "%s", err.msg);
-		gw_channel_close(&mig->in_ch, NULL);
+		gw_channel_abort(ch);
+		gw_channel_close(ch, NULL);
 		return ret;
 	}
 	pthread_mutex_lock(&mig->lock);
@@ -624,7 +496,7 @@ static json_t *outgoing_info(struct vm_migration *mig)
 	if (mig->cap_auto_converge)
 		json_object_set_new(r, "cpu-throttle-percentage",
 				    json_integer(st.throttle_percent));
-	if (st.blocked[0] && !final_status(mig->status))
+	if (st.blocked[0] && !gw_mig_status_is_final(mig->status))
 		json_object_set_new(r, "x-godwit-blocked", json_string(st.blocked));
 	if (st.handshake_us)
 		json_object_set_new(r, "x-godwit-handshake-us",
@@ -692,7 +564,7 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
 		return -1;
 	struct gw_precopy_params p = mig->params;
-	uint64_t go_timeout = mig->go_timeout_ms, exec_grace = mig->exec_grace_ms;
+	uint64_t go_timeout = mig->go_timeout_ms;
 	json_t *v;
 	if ((v = json_object_get(args, "downtime-limit"))) {
 		json_int_t n = json_integer_value(v);
@@ -736,7 +608,7 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 		{"x-godwit-ready-timeout", &p.ready_timeout_ms},
 		{"x-godwit-confirm-timeout", &p.confirm_timeout_ms},
 		{"x-godwit-go-timeout", &go_timeout},
-		{"x-godwit-exec-grace", &exec_grace},
+		{"x-godwit-exec-grace", &p.exec_grace_ms},
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(ms); i++) {
 		if (!(v = json_object_get(args, ms[i].name)))
@@ -751,11 +623,9 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 	pthread_mutex_lock(&mig->lock);
 	mig->params = p;
 	mig->go_timeout_ms = go_timeout;
-	mig->exec_grace_ms = exec_grace;
 	if (mig->out) {
 		p.auto_converge = mig->cap_auto_converge;
-		p.return_path = mig->out_ch.bidirectional;
-		gw_precopy_set_params(mig->out, &p);
+		gw_precopy_set_params(mig->out, &p, NULL); /* p came from the defaults: no reserved word */
 	}
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
@@ -777,7 +647,7 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 				    "x-godwit-ready-timeout", (json_int_t)p->ready_timeout_ms,
 				    "x-godwit-confirm-timeout", (json_int_t)p->confirm_timeout_ms,
 				    "x-godwit-go-timeout", (json_int_t)mig->go_timeout_ms,
-				    "x-godwit-exec-grace", (json_int_t)mig->exec_grace_ms),
+				    "x-godwit-exec-grace", (json_int_t)p->exec_grace_ms),
 			  ret, err);
 }
 
@@ -875,20 +745,13 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 	vm->mig = mig;
 	mig->vm = vm;
 	pthread_mutex_init(&mig->lock, NULL);
-	pthread_cond_init(&mig->engine_cond, NULL);
 	mig->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (mig->cancel_efd < 0)
 		return -errno;
 	gw_precopy_params_default(&mig->params);
 	mig->go_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS;
-	mig->exec_grace_ms = EXEC_GRACE_DEFAULT_MS;
-	mig->in_ch.fd = mig->out_ch.fd = -1;
 
-	int ret = cpu_state_check_host(&vm->kvm, errmsg, errlen);
-	if (!ret)
-		ret = msr_list_probe(&vm->kvm, vm->vcpus.vcpus[0].fd, &mig->msrs, errmsg, errlen);
-	if (!ret)
-		ret = dirty_kvm_init(&mig->dirty, &vm->kvm, &vm->ram);
+	int ret = dirty_kvm_init(&mig->dirty, &vm->kvm, &vm->ram);
 	if (ret)
 		return ret;
 
@@ -907,10 +770,7 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 		ret = gw_migration_add_ram(mig->m, &r, &err);
 	}
 	if (!ret)
-		ret = sections_register(mig->m, &(const struct sections_state){
-			.cpus = mig->cpus, .nr_cpus = vm->vcpus.nr, .kvm_vm = &mig->kvm_vm,
-			.uart = &vm->uart.st, .testdev = &vm->testdev.st, .run = &mig->run,
-		}, &err);
+		ret = vmm_sections_register(vm, mig->m, &err);
 	if (!ret)
 		ret = gw_migration_set_vm_ops(mig->m, &vm_ops, mig, &err);
 	if (!ret)
@@ -940,18 +800,18 @@ void migration_destroy(struct vmm *vm)
 	if (mig->in)
 		gw_incoming_cancel(mig->in);
 	pthread_mutex_unlock(&mig->lock);
-	if (mig->out_thread_live)
-		pthread_join(mig->out_thread, NULL);
+	if (mig->connect_thread_live)
+		pthread_join(mig->connect_thread, NULL);
+	if (mig->out)
+		gw_precopy_free(mig->out);
 	if (mig->in)
 		gw_incoming_free(mig->in);
-	end_incoming_channel(mig);
 	if (mig->listener)
 		gw_listener_free(mig->listener);
 	gw_migration_free(mig->m);
 	dirty_kvm_destroy(&mig->dirty);
 	free(mig->uri);
 	close(mig->cancel_efd);
-	pthread_cond_destroy(&mig->engine_cond);
 	pthread_mutex_destroy(&mig->lock);
 	free(mig);
 	vm->mig = NULL;

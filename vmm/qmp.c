@@ -4,23 +4,16 @@
  * same error classes and texts, replies before the events they cause, one
  * JSON object per "\r\n"-terminated line.
  *
- * Input framing. A client may send half a message or ten in one write, so
- * something has to find where a message ends before jansson parses it.
- * jansson's JSON_DISABLE_EOF_CHECK does not do that on its own: a buffer
- * ending in "tr" (the start of true), "-", or half a UTF-8 sequence is
- * reported as invalid rather than incomplete, so a message split at the
- * wrong byte would be refused. The framer below therefore only counts
- * brackets outside strings, as QEMU's json-streamer does, and hands each
- * complete value to jansson, which does all the parsing and all the error
- * reporting for what it parses. The framer itself rejects only what can
- * never become valid JSON (a control byte inside a string, a non-ASCII or
- * control byte outside one), and bounds size and depth, so hostile input
- * costs a bounded amount of memory and one error reply per message.
+ * Input: qmp_framer.c finds where each message ends, jansson parses it,
+ * and every message, however wrong, costs one error reply and nothing
+ * else (see qmp_framer.h for the limits).
  */
 #include "qmp.h"
 
+#include "buf.h"
 #include "gw_version.h"
 #include "loop.h"
+#include "qmp_framer.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -35,12 +28,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* One message may not exceed this many bytes; QEMU allows more, but no
- * godwit command takes more than a few hundred bytes of arguments. */
-#define QMP_MAX_MESSAGE (1u << 20)
-/* Deeper than any real request, and well below jansson's own recursion
- * limit (2048) so jansson is never the one to hit it. */
-#define QMP_MAX_NESTING 1024
 /* Output a client has not read yet; past this it is not reading at all and
  * would otherwise grow the VMM's memory without bound. */
 #define QMP_MAX_OUTPUT (16u << 20)
@@ -49,29 +36,6 @@
  * (the reply to "quit" above all) before closing it anyway. */
 #define QMP_FINAL_FLUSH_MS 1000
 
-struct buf {
-	char *data;
-	size_t len, cap;
-};
-
-enum frame_kind {
-	FRAME_IDLE,      /* between messages: whitespace is skipped */
-	FRAME_NESTED,    /* inside an object or array; ends at depth 0 */
-	FRAME_STRING,    /* a top-level string (answered "must be an object") */
-	FRAME_BARE,      /* a top-level number or word; ends at a delimiter */
-	FRAME_SKIP_LINE, /* after a stray byte: drop input up to the next '\n' */
-};
-
-struct framer {
-	enum frame_kind kind;
-	size_t depth;
-	bool in_string, escape;
-	/* Already answered as too large or too deep: keep following the
-	 * value's structure so the next message starts in the right place,
-	 * but store nothing. */
-	bool discard;
-};
-
 struct qmp_client {
 	struct qmp_server *srv;
 	int fd;
@@ -79,8 +43,7 @@ struct qmp_client {
 	bool eof;       /* peer closed its side: close once replies are sent */
 	bool dead;      /* unwatched; freed by server_leave() */
 	uint32_t armed; /* epoll interest currently registered */
-	struct framer fr;
-	struct buf msg; /* the message being framed */
+	struct qmp_framer fr;
 	struct buf out; /* unsent output, from out_off */
 	size_t out_off;
 	struct qmp_client *next;
@@ -110,7 +73,6 @@ struct qmp_server {
 static const char *const error_class_names[] = {
 	[QMP_ERR_GENERIC] = "GenericError",
 	[QMP_ERR_COMMAND_NOT_FOUND] = "CommandNotFound",
-	[QMP_ERR_DEVICE_NOT_ACTIVE] = "DeviceNotActive",
 };
 
 /* Descriptions echo client input (a command name, a member name) and may
@@ -214,37 +176,6 @@ json_t *qmp_version(void)
 			 "package", "godwit " GW_VERSION);
 }
 
-/* ---- buffers ------------------------------------------------------------ */
-
-static int buf_append(struct buf *b, const void *p, size_t n)
-{
-	if (b->cap - b->len < n) {
-		size_t cap = b->cap ? b->cap : 4096;
-		while (cap - b->len < n)
-			cap *= 2;
-		char *d = realloc(b->data, cap);
-		if (!d)
-			return -ENOMEM;
-		b->data = d;
-		b->cap = cap;
-	}
-	memcpy(b->data + b->len, p, n);
-	b->len += n;
-	return 0;
-}
-
-/* Empty the buffer; give memory back when a burst made it large, so an
- * idle client costs little. */
-static void buf_reset(struct buf *b)
-{
-	b->len = 0;
-	if (b->cap > QMP_READ_CHUNK) {
-		free(b->data);
-		b->data = NULL;
-		b->cap = 0;
-	}
-}
-
 /* ---- client lifetime ---------------------------------------------------- */
 
 static void client_kill(struct qmp_client *c)
@@ -258,8 +189,8 @@ static void client_kill(struct qmp_client *c)
 static void client_free(struct qmp_client *c)
 {
 	close(c->fd);
-	free(c->msg.data);
-	free(c->out.data);
+	qmp_framer_release(&c->fr);
+	buf_release(&c->out);
 	free(c);
 }
 
@@ -523,137 +454,28 @@ static void dispatch(struct qmp_client *c, const char *text, size_t len)
 	json_decref(req);
 }
 
-/* ---- input framing ------------------------------------------------------ */
-
-static bool is_space(unsigned char ch)
-{
-	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
-}
-
-/* Outside strings JSON is printable ASCII; anything else ends the message. */
-static bool is_json_outside_string(unsigned char ch)
-{
-	return is_space(ch) || (ch > 0x20 && ch < 0x7f);
-}
-
-static void frame_reset(struct qmp_client *c)
-{
-	c->fr = (struct framer){.kind = FRAME_IDLE};
-	buf_reset(&c->msg);
-}
-
-static void frame_complete(struct qmp_client *c)
-{
-	if (!c->fr.discard)
-		dispatch(c, c->msg.data, c->msg.len);
-	frame_reset(c);
-}
-
-/* A byte that no amount of further input can make valid. Where the
- * message really ends is unknown, so resynchronise at the next line: every
- * client we know of sends one message per line. */
-static void frame_stray(struct qmp_client *c, unsigned char ch)
-{
-	if (!c->fr.discard)
-		reply_parse_error(c, "stray byte 0x%02x%s", ch,
-				  c->fr.in_string ? " in string" : "");
-	frame_reset(c);
-	c->fr.kind = ch == '\n' ? FRAME_IDLE : FRAME_SKIP_LINE;
-}
-
-static void frame_start(struct qmp_client *c, unsigned char ch)
-{
-	c->fr = (struct framer){.kind = FRAME_BARE};
-	if (ch == '{' || ch == '[') {
-		c->fr.kind = FRAME_NESTED;
-		c->fr.depth = 1;
-	} else if (ch == '"') {
-		c->fr.kind = FRAME_STRING;
-		c->fr.in_string = true;
-	}
-}
-
-/* Feed one byte; returns true when the byte must be fed again because it
- * ended a bare token and also starts what follows. */
-static bool frame_byte(struct qmp_client *c, unsigned char ch)
-{
-	struct framer *f = &c->fr;
-
-	switch (f->kind) {
-	case FRAME_SKIP_LINE:
-		if (ch == '\n')
-			f->kind = FRAME_IDLE;
-		return false;
-	case FRAME_IDLE:
-		if (is_space(ch))
-			return false;
-		if (!is_json_outside_string(ch)) {
-			frame_stray(c, ch);
-			return false;
-		}
-		frame_start(c, ch);
-		break;
-	case FRAME_BARE:
-		if (is_space(ch) || ch == '{' || ch == '[' || ch == '"') {
-			frame_complete(c);
-			return true;
-		}
-		if (!is_json_outside_string(ch)) {
-			frame_stray(c, ch);
-			return false;
-		}
-		break;
-	case FRAME_STRING:
-	case FRAME_NESTED:
-		if (f->in_string) {
-			if (ch < 0x20) { /* not even after a backslash */
-				frame_stray(c, ch);
-				return false;
-			} else if (f->escape) {
-				f->escape = false;
-			} else if (ch == '\\') {
-				f->escape = true;
-			} else if (ch == '"') {
-				f->in_string = false;
-			}
-		} else if (ch == '"') {
-			f->in_string = true;
-		} else if (ch == '{' || ch == '[') {
-			if (++f->depth > QMP_MAX_NESTING && !f->discard) {
-				reply_parse_error(c, "nesting deeper than %d levels",
-						  QMP_MAX_NESTING);
-				f->discard = true;
-			}
-		} else if (ch == '}' || ch == ']') {
-			f->depth--;
-		} else if (!is_json_outside_string(ch)) {
-			frame_stray(c, ch);
-			return false;
-		}
-		break;
-	}
-
-	if (!f->discard) {
-		if (c->msg.len >= QMP_MAX_MESSAGE) {
-			reply_parse_error(c, "message longer than %u bytes", QMP_MAX_MESSAGE);
-			f->discard = true;
-			buf_reset(&c->msg);
-		} else if (buf_append(&c->msg, &ch, 1) < 0) {
-			client_kill(c);
-			return false;
-		}
-	}
-	if ((f->kind == FRAME_STRING && !f->in_string) ||
-	    (f->kind == FRAME_NESTED && f->depth == 0))
-		frame_complete(c);
-	return false;
-}
+/* ---- input ------------------------------------------------------------- */
 
 static void client_input(struct qmp_client *c, const char *p, size_t n)
 {
-	for (size_t i = 0; i < n && !c->dead; i++)
-		if (frame_byte(c, (unsigned char)p[i]))
-			i--;
+	while (!c->dead) {
+		size_t used, len;
+		int frame = qmp_framer_feed(&c->fr, p, n, &used);
+		p += used;
+		n -= used;
+		if (frame < 0) {
+			client_kill(c); /* out of memory: its message is lost */
+			return;
+		}
+		if (frame == QMP_FRAME_MORE)
+			return;
+		if (frame == QMP_FRAME_VALUE) {
+			const char *text = qmp_framer_value(&c->fr, &len);
+			dispatch(c, text, len);
+		} else {
+			reply_parse_error(c, "%s", qmp_framer_error(&c->fr));
+		}
+	}
 }
 
 /* ---- events from the loop ----------------------------------------------- */
@@ -700,6 +522,7 @@ static void client_new(struct qmp_server *s, int fd)
 	c->srv = s;
 	c->fd = fd;
 	c->armed = EPOLLIN;
+	qmp_framer_init(&c->fr);
 	if (loop_add_fd(s->loop, fd, EPOLLIN, client_event, c) < 0) {
 		client_free(c);
 		return;

@@ -25,7 +25,6 @@ struct qmp_server;
 enum qmp_error_class {
 	QMP_ERR_GENERIC,          /* "GenericError" */
 	QMP_ERR_COMMAND_NOT_FOUND, /* "CommandNotFound" */
-	QMP_ERR_DEVICE_NOT_ACTIVE, /* "DeviceNotActive" */
 };
 
 struct qmp_error {

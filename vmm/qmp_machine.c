@@ -15,7 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 /* pmemsave copies guest RAM to the file through a buffer of this size. */
 #define PMEMSAVE_CHUNK (1u << 20)

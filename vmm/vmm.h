@@ -10,9 +10,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* Elements in an array (not a pointer). */
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
 struct vmm;
 struct loop;
-struct qmp_server;
 
 /* QEMU's RunState names, so QMP clients see what they expect. */
 enum vmm_runstate {
@@ -64,6 +66,5 @@ struct vmm_guest_status {
 void vmm_guest_status(struct vmm *vm, struct vmm_guest_status *out);
 
 struct loop *vmm_loop(struct vmm *vm);
-struct qmp_server *vmm_qmp(struct vmm *vm);
 
 #endif

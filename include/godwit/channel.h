@@ -34,9 +34,11 @@
 #define GODWIT_CHANNEL_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include <godwit/error.h>
+#include <godwit/export.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,6 +59,7 @@ struct gw_channel {
 	pid_t child;        /* exec: the shell, 0 otherwise */
 	int pidfd;          /* exec (child > 0): readable once the command has exited */
 	char desc[128];     /* for messages: "tcp 127.0.0.1:4444", "exec 'cat > f'" */
+	uint64_t reserved[4]; /* for later versions (<godwit/export.h>) */
 };
 
 /*
@@ -72,11 +75,11 @@ struct gw_channel {
  * the resolver's timeouts), and open() of a path on a server that does
  * not answer (a hard NFS mount).
  */
-int gw_channel_connect_cancellable(const char *uri, int cancel_fd, struct gw_channel *out,
-				   struct gw_error *err);
+GW_API int gw_channel_connect_cancellable(const char *uri, int cancel_fd, struct gw_channel *out,
+					  struct gw_error *err);
 
 /* The same, without a cancel. */
-int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error *err);
+GW_API int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error *err);
 
 /*
  * End the channel: close the fd and, for exec, wait for the command,
@@ -98,14 +101,15 @@ int gw_channel_connect(const char *uri, struct gw_channel *out, struct gw_error 
  * Safe on a zeroed, ended or closed channel. Not at the same time as
  * gw_channel_abort(): once the command is reaped its pid is not ours.
  */
-int gw_channel_end(struct gw_channel *ch, int cancel_fd, unsigned grace_ms, struct gw_error *err);
+GW_API int gw_channel_end(struct gw_channel *ch, int cancel_fd, unsigned grace_ms,
+			  struct gw_error *err);
 
 /* The grace gw_channel_close() gives a command: long enough for `ssh` to
  * push what is buffered for a slow link (several MiB) to the other side. */
 #define GW_CHANNEL_CLOSE_GRACE_MS 30000
 
 /* gw_channel_end(ch, -1, GW_CHANNEL_CLOSE_GRACE_MS, err). */
-int gw_channel_close(struct gw_channel *ch, struct gw_error *err);
+GW_API int gw_channel_close(struct gw_channel *ch, struct gw_error *err);
 
 /*
  * Close only the stream's fd, for an event loop that must not wait: an
@@ -113,14 +117,14 @@ int gw_channel_close(struct gw_channel *ch, struct gw_error *err);
  * which makes ch->pidfd readable; gw_channel_end() then collects its
  * status at once. Idempotent.
  */
-int gw_channel_close_stream(struct gw_channel *ch, struct gw_error *err);
+GW_API int gw_channel_close_stream(struct gw_channel *ch, struct gw_error *err);
 
 /* Make blocked I/O on the channel fail now (shutdown a socket, SIGKILL an
  * exec child and its process group). From any thread; the channel must
  * still be ended or closed. A blocking write to an fd:N pipe or a file
  * cannot be woken; one on a non-blocking fd waits in poll(), which the
  * I/O layer's own cancel reaches. */
-void gw_channel_abort(struct gw_channel *ch);
+GW_API void gw_channel_abort(struct gw_channel *ch);
 
 struct gw_listener;
 
@@ -131,20 +135,20 @@ struct gw_listener;
  * source: N stays the caller's). exec: spawns the command with a pipe
  * from its stdout. file: opens the file for reading.
  */
-int gw_channel_listen(const char *uri, struct gw_listener **out, struct gw_error *err);
+GW_API int gw_channel_listen(const char *uri, struct gw_listener **out, struct gw_error *err);
 
 /* fd to wait on for EPOLLIN before gw_listener_accept(), or -1 when a
  * channel is ready at once (exec, file, a connected fd:N). */
-int gw_listener_fd(const struct gw_listener *l);
+GW_API int gw_listener_fd(const struct gw_listener *l);
 
 /* Take the incoming connection: 0, or -EAGAIN if none is waiting yet. */
-int gw_listener_accept(struct gw_listener *l, struct gw_channel *out, struct gw_error *err);
+GW_API int gw_listener_accept(struct gw_listener *l, struct gw_channel *out, struct gw_error *err);
 
 /* The address actually listened on, as a URI ("tcp:127.0.0.1:40123"). */
-const char *gw_listener_address(const struct gw_listener *l);
+GW_API const char *gw_listener_address(const struct gw_listener *l);
 
 /* Close the listening socket (and unlink a unix socket path it created). */
-void gw_listener_free(struct gw_listener *l);
+GW_API void gw_listener_free(struct gw_listener *l);
 
 #ifdef __cplusplus
 }

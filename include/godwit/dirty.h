@@ -29,8 +29,9 @@
 #include <stdint.h>
 
 #include <godwit/error.h>
+#include <godwit/export.h>
 #include <godwit/migration.h>
-#include <godwit/precopy.h>
+#include <godwit/tracking.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -39,9 +40,9 @@ extern "C" {
 struct gw_dirty_manual;
 
 /* Track the RAM blocks m has now (their sizes are read here, once). */
-int gw_dirty_manual_new(const struct gw_migration *m, struct gw_dirty_manual **out,
-			struct gw_error *err);
-void gw_dirty_manual_free(struct gw_dirty_manual *d);
+GW_API int gw_dirty_manual_new(const struct gw_migration *m, struct gw_dirty_manual **out,
+			       struct gw_error *err);
+GW_API void gw_dirty_manual_free(struct gw_dirty_manual *d);
 
 /*
  * Record a write of len bytes at byte offset off of RAM block `block`
@@ -49,11 +50,11 @@ void gw_dirty_manual_free(struct gw_dirty_manual *d);
  * Returns 0, or -EINVAL (nothing marked) if the block does not exist or
  * the range leaves it; len 0 marks nothing.
  */
-int gw_dirty_manual_mark(struct gw_dirty_manual *d, uint32_t block, uint64_t off,
-			 uint64_t len);
+GW_API int gw_dirty_manual_mark(struct gw_dirty_manual *d, uint32_t block, uint64_t off,
+				uint64_t len);
 
 /* The ops to register, with the gw_dirty_manual as opaque. */
-extern const struct gw_dirty_ops gw_dirty_manual_ops;
+GW_API extern const struct gw_dirty_ops gw_dirty_manual_ops;
 
 #ifdef __cplusplus
 }

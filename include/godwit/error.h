@@ -11,6 +11,8 @@
 #ifndef GODWIT_ERROR_H
 #define GODWIT_ERROR_H
 
+#include <godwit/export.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -28,7 +30,7 @@ struct gw_error {
  * code is a negative errno (a positive one is negated, so a mistake cannot
  * turn an error into success). err may be NULL.
  */
-int gw_error_set(struct gw_error *err, int code, const char *fmt, ...)
+GW_API int gw_error_set(struct gw_error *err, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 /*
@@ -39,11 +41,11 @@ int gw_error_set(struct gw_error *err, int code, const char *fmt, ...)
  * gives "section 'uart' instance 0: truncated stream at offset ...".
  * err may be NULL.
  */
-int gw_error_prefix(struct gw_error *err, int code, const char *fmt, ...)
+GW_API int gw_error_prefix(struct gw_error *err, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 /* Reset to "no error". */
-void gw_error_clear(struct gw_error *err);
+GW_API void gw_error_clear(struct gw_error *err);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,12 @@
 
 #include <stdint.h>
 
+#include <godwit/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define GW_STREAM_MAGIC          "\x89GODWIT\n" /* 8 bytes, no NUL on the wire */
 #define GW_STREAM_MAGIC_LEN      8
 #define GW_FORMAT_VERSION        1u
@@ -65,6 +71,10 @@ enum gw_record_type {
 #define GW_GPA_NONE        UINT64_MAX /* RAM block not mapped at a guest address */
 
 /* Name of a record type for messages ("SECTION_FULL"), "unknown" if none. */
-const char *gw_record_type_name(uint16_t type);
+GW_API const char *gw_record_type_name(uint16_t type);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -12,7 +12,11 @@
  *   walk.h       walking a stream without device code (the analyzer)
  *   format.h     the numbers of the stream format (docs/format.md)
  *   precopy.h    live migration: the pre-copy engine and the destination
+ *   status.h     a migration's status, with QEMU's names
+ *   channel.h    transports named by URIs: tcp, unix, fd, exec, file
+ *   tracking.h   dirty-page tracking: what a VMM provides (gw_dirty_ops)
  *   dirty.h      the manual dirty-page tracker (programs that mark their writes)
+ *   version.h    gw_version(), the version of the library a program runs with
  */
 #ifndef GODWIT_GODWIT_H
 #define GODWIT_GODWIT_H
@@ -23,8 +27,12 @@
 #include <godwit/io.h>
 #include <godwit/migration.h>
 #include <godwit/payload.h>
+#include <godwit/channel.h>
 #include <godwit/precopy.h>
+#include <godwit/status.h>
 #include <godwit/stream.h>
+#include <godwit/tracking.h>
+#include <godwit/version.h>
 #include <godwit/vmstate.h>
 #include <godwit/walk.h>
 

@@ -30,6 +30,7 @@
 #include <sys/uio.h>
 
 #include <godwit/error.h>
+#include <godwit/export.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,12 +39,12 @@ extern "C" {
 struct gw_writer;
 struct gw_reader;
 
-int gw_writer_new(int fd, struct gw_writer **out, struct gw_error *err);
-void gw_writer_free(struct gw_writer *w);
+GW_API int gw_writer_new(int fd, struct gw_writer **out, struct gw_error *err);
+GW_API void gw_writer_free(struct gw_writer *w);
 
 /* Append len bytes; they may stay buffered until a flush. */
-int gw_writer_write(struct gw_writer *w, const void *buf, size_t len,
-		    struct gw_error *err);
+GW_API int gw_writer_write(struct gw_writer *w, const void *buf, size_t len,
+			   struct gw_error *err);
 
 /*
  * Append the iovecs in order. Large pieces are not copied: they are
@@ -51,34 +52,34 @@ int gw_writer_write(struct gw_writer *w, const void *buf, size_t len,
  * must stay valid (and, for a meaningful checksum, unchanged) only for the
  * duration of the call.
  */
-int gw_writer_writev(struct gw_writer *w, const struct iovec *iov, int iovcnt,
-		     struct gw_error *err);
+GW_API int gw_writer_writev(struct gw_writer *w, const struct iovec *iov, int iovcnt,
+			    struct gw_error *err);
 
 /* Write out everything buffered. */
-int gw_writer_flush(struct gw_writer *w, struct gw_error *err);
+GW_API int gw_writer_flush(struct gw_writer *w, struct gw_error *err);
 
 /* Bytes appended so far (buffered or not): the stream offset of the next byte. */
-uint64_t gw_writer_offset(const struct gw_writer *w);
+GW_API uint64_t gw_writer_offset(const struct gw_writer *w);
 
-int gw_reader_new(int fd, struct gw_reader **out, struct gw_error *err);
-void gw_reader_free(struct gw_reader *r);
+GW_API int gw_reader_new(int fd, struct gw_reader **out, struct gw_error *err);
+GW_API void gw_reader_free(struct gw_reader *r);
 
 /* Read exactly len bytes, or fail (-EPIPE at end of file). */
-int gw_reader_read(struct gw_reader *r, void *buf, size_t len, struct gw_error *err);
+GW_API int gw_reader_read(struct gw_reader *r, void *buf, size_t len, struct gw_error *err);
 
 /*
  * Fill the iovecs in order, exactly. Large iovecs are filled by the kernel
  * directly (readv), with read-ahead for the following bytes landing in the
  * internal buffer in the same system call.
  */
-int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
-		    struct gw_error *err);
+GW_API int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
+			   struct gw_error *err);
 
 /* Read and discard len bytes. */
-int gw_reader_skip(struct gw_reader *r, uint64_t len, struct gw_error *err);
+GW_API int gw_reader_skip(struct gw_reader *r, uint64_t len, struct gw_error *err);
 
 /* Bytes consumed so far: the stream offset of the next byte to be read. */
-uint64_t gw_reader_offset(const struct gw_reader *r);
+GW_API uint64_t gw_reader_offset(const struct gw_reader *r);
 
 #ifdef __cplusplus
 }

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include <godwit/error.h>
+#include <godwit/export.h>
 #include <godwit/format.h>
 #include <godwit/payload.h>
 #include <godwit/vmstate.h>
@@ -45,9 +46,9 @@ struct gw_machine {
 	uint32_t nr_vcpus;       /* must match on load, >= 1 */
 };
 
-int gw_migration_new(const struct gw_machine *machine, struct gw_migration **out,
+GW_API int gw_migration_new(const struct gw_machine *machine, struct gw_migration **out,
 		     struct gw_error *err);
-void gw_migration_free(struct gw_migration *m);
+GW_API void gw_migration_free(struct gw_migration *m);
 
 /*
  * A RAM block: guest memory the VMM mapped MAP_SHARED from a memfd.
@@ -67,7 +68,7 @@ struct gw_ram {
 	uint64_t gpa;       /* guest-physical address, or GW_GPA_NONE; information */
 };
 
-int gw_migration_add_ram(struct gw_migration *m, const struct gw_ram *ram,
+GW_API int gw_migration_add_ram(struct gw_migration *m, const struct gw_ram *ram,
 			 struct gw_error *err);
 
 /* Phases of a progressive section: which record the data goes in. */
@@ -102,12 +103,39 @@ enum gw_phase {
  * load callback checks its own data instead: loaded state is hostile
  * until checked, whichever way it is loaded.
  *
+ * pre_save and post_load (vmstate sections only; optional) connect the
+ * State at opaque to the live device, so that the State is a copy the
+ * library may read and write at its own time while the device goes on
+ * changing under its own lock. Both get the section's opaque (a device
+ * that embeds its State finds itself with container_of) and return 0 or
+ * -errno with err; the library adds the section's name and instance.
+ *
+ *  - pre_save runs on the source right before the State is encoded into
+ *    the section's record (gw_save_devices(): in a live migration on the
+ *    gw-precopy thread, after vm_ops.pause), and only then. It fills the
+ *    State: copies the device's state in under the device's lock, or
+ *    reads it from the hypervisor. It runs inside the downtime and
+ *    alongside the VMM's other threads (its main loop goes on), so it
+ *    takes the locks they take and nothing that waits for them. A failure
+ *    fails the save, and the stream with it; the source keeps its guest.
+ *
+ *  - post_load runs on the destination right after the section's data
+ *    was decoded, passed its ranges and validate and was copied to opaque
+ *    (gw_load(): in a live migration on the gw-incoming thread), and only
+ *    then: never for a refused section, nor for a GW_SECTION_OPTIONAL one
+ *    the stream lacks. version is the stream's. It puts the State into
+ *    the device under the device's lock, which is as far as it may go:
+ *    sections after this one can still fail the load, and the guest must
+ *    not run, so what takes effect in the hypervisor (vCPU registers,
+ *    in-kernel devices) waits for vm_ops.prepare, after the whole stream
+ *    checked out. A failure fails the load.
+ *
  * (name, instance) must be unique. Rejected with -EINVAL: a bad name,
  * version 0, min_version outside 1..version, not exactly one way to save,
  * an invalid vmstate table (field outside state_size, size not a multiple
  * of the element size, duplicate or bad field name, since > version, a
- * bad range), validate without vmstate, more than GW_MAX_SECTIONS
- * sections.
+ * bad range), validate, pre_save or post_load without vmstate, more than
+ * GW_MAX_SECTIONS sections.
  */
 struct gw_section {
 	const char *name;     /* 1..GW_NAME_MAX bytes of 0x21-0x7e, e.g. "uart" */
@@ -128,6 +156,8 @@ struct gw_section {
 			 uint32_t version, struct gw_error *err);
 
 	int (*validate)(const void *state, uint32_t version, struct gw_error *err);
+	int (*pre_save)(void *opaque, struct gw_error *err);
+	int (*post_load)(void *opaque, uint32_t version, struct gw_error *err);
 
 	void *opaque;
 };
@@ -139,7 +169,7 @@ struct gw_section {
  */
 #define GW_SECTION_OPTIONAL 0x1u
 
-int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
+GW_API int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
 			     struct gw_error *err);
 
 /*
@@ -161,7 +191,7 @@ struct gw_vm_ops {
 	int (*prepare)(void *opaque, struct gw_error *err);
 };
 
-int gw_migration_set_vm_ops(struct gw_migration *m, const struct gw_vm_ops *ops,
+GW_API int gw_migration_set_vm_ops(struct gw_migration *m, const struct gw_vm_ops *ops,
 			    void *opaque, struct gw_error *err);
 
 #ifdef __cplusplus

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <godwit/export.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -27,21 +29,21 @@ struct gw_wbuf;
 struct gw_rbuf;
 
 /* 0, or -ENOMEM, or -EMSGSIZE when the record limit would be exceeded. */
-int gw_put_u8(struct gw_wbuf *b, uint8_t v);
-int gw_put_u16(struct gw_wbuf *b, uint16_t v);
-int gw_put_u32(struct gw_wbuf *b, uint32_t v);
-int gw_put_u64(struct gw_wbuf *b, uint64_t v);
-int gw_put_bytes(struct gw_wbuf *b, const void *p, size_t n);
+GW_API int gw_put_u8(struct gw_wbuf *b, uint8_t v);
+GW_API int gw_put_u16(struct gw_wbuf *b, uint16_t v);
+GW_API int gw_put_u32(struct gw_wbuf *b, uint32_t v);
+GW_API int gw_put_u64(struct gw_wbuf *b, uint64_t v);
+GW_API int gw_put_bytes(struct gw_wbuf *b, const void *p, size_t n);
 
 /* 0, or -EBADMSG when the data is shorter than what is asked for. */
-int gw_get_u8(struct gw_rbuf *b, uint8_t *v);
-int gw_get_u16(struct gw_rbuf *b, uint16_t *v);
-int gw_get_u32(struct gw_rbuf *b, uint32_t *v);
-int gw_get_u64(struct gw_rbuf *b, uint64_t *v);
-int gw_get_bytes(struct gw_rbuf *b, void *p, size_t n);
+GW_API int gw_get_u8(struct gw_rbuf *b, uint8_t *v);
+GW_API int gw_get_u16(struct gw_rbuf *b, uint16_t *v);
+GW_API int gw_get_u32(struct gw_rbuf *b, uint32_t *v);
+GW_API int gw_get_u64(struct gw_rbuf *b, uint64_t *v);
+GW_API int gw_get_bytes(struct gw_rbuf *b, void *p, size_t n);
 
 /* Bytes not read yet: for variable-length state ("read entries until none left"). */
-size_t gw_rbuf_remaining(const struct gw_rbuf *b);
+GW_API size_t gw_rbuf_remaining(const struct gw_rbuf *b);
 
 #ifdef __cplusplus
 }

@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include <godwit/error.h>
+#include <godwit/export.h>
 #include <godwit/io.h>
 #include <godwit/migration.h>
 
@@ -41,8 +42,8 @@
 extern "C" {
 #endif
 
-int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
-int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+GW_API int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+GW_API int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
 
 /*
  * Send n (1..GW_PAGES_MAX) pages of RAM block `block` (registration
@@ -61,17 +62,17 @@ int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error
  */
 #define GW_SAVE_DATA_CRC 0x1u
 
-int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
-		  const uint64_t *entries, uint32_t n, unsigned flags,
-		  struct gw_error *err);
+GW_API int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+			 const uint64_t *entries, uint32_t n, unsigned flags,
+			 struct gw_error *err);
 
-int gw_save_devices(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
-int gw_save_finish(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+GW_API int gw_save_devices(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+GW_API int gw_save_finish(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
 
-int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err);
+GW_API int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err);
 
 /* True if the GW_PAGE_SIZE bytes at page are all zero. */
-bool gw_page_is_zero(const void *page);
+GW_API bool gw_page_is_zero(const void *page);
 
 #ifdef __cplusplus
 }

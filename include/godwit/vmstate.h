@@ -60,6 +60,7 @@
 #include <stdint.h>
 
 #include <godwit/error.h>
+#include <godwit/export.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -87,32 +88,34 @@ struct gw_field {
 	bool ranged;    /* a load refuses elements outside min..max */
 	uint64_t min;   /* inclusive; for signed types an int64_t stored as its bits */
 	uint64_t max;
+	uint64_t reserved[2]; /* zero (<godwit/export.h>): the macros below see to it */
 };
 
 struct gw_vmstate {
 	const struct gw_field *fields;
 	size_t nr_fields;
 	size_t state_size; /* sizeof(State): every field must lie inside */
+	uint64_t reserved[4]; /* zero, as GW_VMSTATE() leaves them */
 };
 
 #define GW_FIELD_V(type_, State, member, since_)                        \
 	{ #member, GW_FIELD_##type_, offsetof(State, member),           \
-	  sizeof(((State *)0)->member), (since_), false, 0, 0 }
+	  sizeof(((State *)0)->member), (since_), false, 0, 0, { 0 } }
 #define GW_FIELD(type_, State, member) GW_FIELD_V(type_, State, member, 0)
 
 /* A field whose every element must lie in min..max (inclusive). */
 #define GW_FIELD_RANGE_V(type_, State, member, min_, max_, since_)     \
 	{ #member, GW_FIELD_##type_, offsetof(State, member),           \
 	  sizeof(((State *)0)->member), (since_), true,                 \
-	  (uint64_t)(min_), (uint64_t)(max_) }
+	  (uint64_t)(min_), (uint64_t)(max_), { 0 } }
 #define GW_FIELD_RANGE(type_, State, member, min_, max_)               \
 	GW_FIELD_RANGE_V(type_, State, member, min_, max_, 0)
 
 #define GW_VMSTATE(State, fields_)                                      \
-	{ (fields_), sizeof(fields_) / sizeof((fields_)[0]), sizeof(State) }
+	{ (fields_), sizeof(fields_) / sizeof((fields_)[0]), sizeof(State), { 0 } }
 
 /* Name of a field type as used in VMDESC ("u32"), NULL if invalid. */
-const char *gw_field_type_name(enum gw_field_type type);
+GW_API const char *gw_field_type_name(enum gw_field_type type);
 
 /*
  * Decode the data of section (name, instance) from a stream using only the
@@ -125,10 +128,10 @@ const char *gw_field_type_name(enum gw_field_type type);
  * described, -ENOTSUP if its data is opaque, -EBADMSG if the document is
  * malformed or the data does not match it.
  */
-int gw_vmdesc_decode(const char *vmdesc, size_t vmdesc_len,
-		     const char *name, uint32_t instance,
-		     const void *data, size_t len, char **json_out,
-		     struct gw_error *err);
+GW_API int gw_vmdesc_decode(const char *vmdesc, size_t vmdesc_len,
+			    const char *name, uint32_t instance,
+			    const void *data, size_t len, char **json_out,
+			    struct gw_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,11 +1,11 @@
 """Shared helpers for godwit's end-to-end tests.
 
 Tests start real godwit-vmm processes running real KVM guests and drive
-them over QMP, exactly as a user's tooling would. Python standard library
-only. Environment: GODWIT_BUILD is the meson build directory (default
-"build" beside the source tree).
+them over QMP, exactly as a user's tooling would, with the QMP client the
+benchmark uses too (tools/qmp.py). Python standard library only.
+Environment: GODWIT_BUILD is the meson build directory (default "build"
+beside the source tree).
 """
-import json
 import os
 import re
 import shutil
@@ -18,6 +18,10 @@ import time
 import unittest
 
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The QMP client the benchmark uses too (tools/qmp.py).
+sys.path.insert(0, os.path.join(SRC, "tools"))
+from qmp import Qmp, QmpError  # noqa: E402,F401  (QmpError: for the tests)
+
 BUILD = os.path.abspath(os.environ.get("GODWIT_BUILD", os.path.join(SRC, "build")))
 VMM = os.path.join(BUILD, "vmm", "godwit-vmm")
 CLI = os.path.join(BUILD, "tools", "godwit")
@@ -46,88 +50,6 @@ def wait_until(pred, timeout=10.0, what="condition", interval=0.02):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-class QmpError(Exception):
-    def __init__(self, cls, desc):
-        super().__init__(f"{cls}: {desc}")
-        self.cls = cls
-        self.desc = desc
-
-
-class Qmp:
-    """A minimal QMP client: greeting, negotiation, commands, events."""
-
-    def __init__(self, path, timeout=30.0, negotiate=True):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
-        self.buf = b""
-        self.events = []
-        self.next_id = 0
-        self.greeting = self.recv()
-        if negotiate:
-            self.cmd("qmp_capabilities")
-
-    def close(self):
-        self.sock.close()
-
-    def send_raw(self, data):
-        self.sock.sendall(data)
-
-    def recv(self):
-        """Next message from the server (event or reply), as a dict."""
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("QMP connection closed by godwit-vmm")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def execute(self, name, args=None):
-        """Send a command and return the raw reply (events are queued)."""
-        self.next_id += 1
-        msg = {"execute": name, "id": self.next_id}
-        if args is not None:
-            msg["arguments"] = args
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            m = self.recv()
-            if "event" in m:
-                self.events.append(m)
-                continue
-            return m
-
-    def cmd(self, name, **args):
-        """Run a command; return its "return" value or raise QmpError."""
-        r = self.execute(name, {k.replace("_", "-"): v for k, v in args.items()} or None)
-        if "error" in r:
-            raise QmpError(r["error"]["class"], r["error"]["desc"])
-        return r["return"]
-
-    def wait_event(self, name, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, e in enumerate(self.events):
-                if e["event"] == name:
-                    return self.events.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {name} event within {timeout}s")
-            self.sock.settimeout(left)
-            try:
-                m = self.recv()
-            except socket.timeout:
-                continue
-            finally:
-                self.sock.settimeout(30.0)
-            if "event" in m:
-                self.events.append(m)
 
 
 class Vmm:
@@ -160,13 +82,21 @@ class Vmm:
                                      pass_fds=pass_fds)
         self.qmp = None
         if qmp:
-            wait_until(lambda: os.path.exists(self.sock) or self.proc.poll() is not None,
-                       10, "the QMP socket")
-            if self.proc.poll() is not None:
-                raise AssertionError(f"godwit-vmm exited with {self.proc.returncode}: "
-                                     f"{self.stderr_text()}")
-            # The file appears at bind(), a moment before listen().
-            self.qmp = wait_until(self._try_connect, 10, "the QMP socket to listen")
+            try:
+                self._connect_first()
+            except BaseException:
+                # No caller holds this object yet: nobody else would kill it.
+                self.kill()
+                raise
+
+    def _connect_first(self):
+        wait_until(lambda: os.path.exists(self.sock) or self.proc.poll() is not None,
+                   10, "the QMP socket")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"godwit-vmm exited with {self.proc.returncode}: "
+                                 f"{self.stderr_text()}")
+        # The file appears at bind(), a moment before listen().
+        self.qmp = wait_until(self._try_connect, 10, "the QMP socket to listen")
 
     def _try_connect(self):
         try:

@@ -39,7 +39,7 @@ class Boot(unittest.TestCase):
 
     def test_guest_exit_status_after_passes(self):
         with Vmm(kernel=gwtest.DIRTIER, memory="32M", vcpus=2, append="passes=3") as vm:
-            ev = vm.qmp.wait_event("SHUTDOWN", 60)
+            ev = vm.qmp.wait_event("SHUTDOWN", timeout=60)
             self.assertEqual(ev["data"], {"guest": True, "reason": "guest-shutdown"})
             self.assertEqual(vm.wait(), 0)
 

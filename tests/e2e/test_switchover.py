@@ -311,7 +311,7 @@ class CancelStorm(unittest.TestCase):
                 try:
                     vm.qmp.events.clear()
                     vm.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
-                    vm.qmp.wait_event("STOP", 30)
+                    vm.qmp.wait_event("STOP", timeout=30)
                     time.sleep(delay)
                     vm.qmp.cmd("migrate-cancel")
                     holder = assert_one_guest(self, vm, dst)

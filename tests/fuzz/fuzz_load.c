@@ -1,9 +1,10 @@
 /*
  * libFuzzer target for the whole destination path of godwit-vmm: gw_load()
  * of arbitrary bytes into the VMM's RAM layout and its real sections
- * (vmm/sections.c, with their ranges and validators), then the loaded
- * UART and test device driven through their ports the way a guest drives
- * them, and after a complete load a save and reload of what they hold
+ * (registered by the files of vmm_state_sources, with their ranges,
+ * validators and hooks), then the loaded UART and test device driven
+ * through their ports the way a guest drives them, and after a complete
+ * load a save and reload of what they hold
  * (tests/fuzz/loadvm.h). State that gets past the checks but should not
  * have shows up as a device reading or writing outside its State (ASan,
  * UBSan), as a device that misbehaves, or as a check that refuses what

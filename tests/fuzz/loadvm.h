@@ -1,9 +1,10 @@
 /*
  * godwit-vmm's destination without KVM, for the load fuzzer and the
  * replay of its corpus: guest RAM as the VMM lays it out (memfds,
- * vmm/guest_ram.c), the VMM's own device sections (vmm/sections.c) over
- * its real UART and test device on a port bus, registered with libgodwit
- * the way migration_init() registers them.
+ * vmm/guest_ram.c), the VMM's own sections (every file of
+ * vmm_state_sources that declares VMM_SECTIONS) over its real UART and
+ * test device on a port bus, registered with libgodwit through the same
+ * vmm_sections_register() as migration_init() uses.
  *
  * After a load the devices are driven through the ports a guest uses, so
  * a state that got past the checks but should not have shows up as a
@@ -18,9 +19,7 @@
 
 #include <godwit/godwit.h>
 
-#include "vmm/guest_ram.h"
-#include "vmm/io_bus.h"
-#include "vmm/sections.h"
+#include "vmm/machine.h"
 
 /* The machine the corpus streams were saved from:
  * godwit-vmm --memory 4M --vcpus 1. */
@@ -29,21 +28,19 @@
 
 struct loadvm {
 	struct gw_migration *m;
-	struct guest_ram ram;
-	struct io_bus pio;
-	struct uart uart;
-	struct testdev testdev;
-	/* What vmm/migration.c keeps for the cpu and kvm-vm sections. */
-	struct cpu_state cpus[LOADVM_VCPUS];
-	struct vm_state kvm_vm;
-	struct run_state run;
+	/* Of the machine, what the sections reach: RAM, the port bus with the
+	 * UART and the test device, the vCPU count, the run state and the
+	 * cpu sections' buffers. No KVM, no vCPU threads, no main loop. */
+	struct vmm machine;
 };
 
 void loadvm_init(struct loadvm *vm);
 void loadvm_free(struct loadvm *vm);
 /* Devices as at VMM start-up, RAM all holes. */
 void loadvm_reset(struct loadvm *vm);
-/* gw_load() of the len bytes at p; fails the test if a refusal has no message. */
+/* gw_load() of the len bytes at p, then, after a whole load, the cpu
+ * sections applied as a destination's prepare applies them; fails the
+ * test if a refusal has no message. */
 int loadvm_load(struct loadvm *vm, const void *p, size_t len, struct gw_error *err);
 /* Drive the devices through their ports as a guest would: after any
  * load, since a load that fails late leaves the sections before in place. */

@@ -487,6 +487,7 @@ static void check_statuses(struct guest *g, const enum gw_mig_status *want, unsi
 struct mig {
 	struct guest src, dst;
 	int fds[2]; /* [0] source end, [1] destination end */
+	bool socket;
 	struct gw_precopy *out;
 	struct gw_incoming *in;
 	struct gw_precopy_params params;
@@ -513,9 +514,22 @@ static void mig_init(struct mig *t, const struct shape *shape, bool socket)
 	}
 	gw_precopy_params_default(&t->params);
 	t->params.max_bandwidth = 0;
-	t->params.return_path = socket;
+	t->socket = socket;
 	t->out = NULL;
 	t->in = NULL;
+}
+
+/* The engines own their channels: give each a channel of its own (a dup,
+ * as fd:N makes), so the test keeps its fd to shut down or read. */
+static struct gw_channel channel_of(int fd)
+{
+	struct gw_error err = { 0 };
+	struct gw_channel ch;
+	char uri[32];
+
+	snprintf(uri, sizeof(uri), "fd:%d", fd);
+	CHECK_OK(gw_channel_connect(uri, &ch, &err), &err);
+	return ch;
 }
 
 static void start_source(struct mig *t)
@@ -523,16 +537,18 @@ static void start_source(struct mig *t)
 	struct gw_precopy_callbacks cb = callbacks(&t->src);
 	struct gw_error err = { 0 };
 
-	CHECK_OK(gw_precopy_start(t->src.m, t->fds[0], &t->params, &cb, &t->out, &err), &err);
+	struct gw_channel ch = channel_of(t->fds[0]);
+
+	CHECK_OK(gw_precopy_start(t->src.m, &ch, 1, &t->params, &cb, &t->out, &err), &err);
 }
 
 static void start_destination(struct mig *t, int fd)
 {
 	struct gw_incoming_callbacks cb = { on_status, &t->dst };
-	struct gw_incoming_params params = { .return_path = t->params.return_path };
+	struct gw_channel ch = channel_of(fd);
 	struct gw_error err = { 0 };
 
-	CHECK_OK(gw_incoming_start(t->dst.m, fd, &params, &cb, &t->in, &err), &err);
+	CHECK_OK(gw_incoming_start(t->dst.m, &ch, NULL, &cb, &t->in, &err), &err);
 }
 
 static void wait_until(bool (*cond)(struct mig *), struct mig *t, const char *what)
@@ -602,7 +618,7 @@ static void check_completed(struct mig *t)
 	CHECK(st.throttle_percent == 0);
 	CHECK(st.total_time_ms >= st.setup_time_ms && st.total_time_ms >= st.downtime_ms);
 	/* With a return path the downtime includes the destination's resume. */
-	if (t->params.return_path)
+	if (t->socket)
 		CHECK(st.downtime_ms >= t->dst.resume_sleep_ms);
 }
 
@@ -675,7 +691,7 @@ static void test_blocked_then_faster(bool auto_converge)
 	}
 
 	t.params.max_bandwidth = 0;
-	gw_precopy_set_params(t.out, &t.params);
+	CHECK_OK(gw_precopy_set_params(t.out, &t.params, NULL), &(struct gw_error){ 0 });
 	wait_until(both_done, &t, "the migration to end");
 	check_completed(&t);
 	if (auto_converge)
@@ -1074,18 +1090,41 @@ static void test_incoming_cancel(void)
  * get GO, so it must not resume at EOF; the source gets no READY and runs
  * its guest again.
  */
+/* Copy a socket into a pipe until either end goes. */
+struct one_way {
+	int from, to;
+	pthread_t thread;
+};
+
+static void *one_way_main(void *opaque)
+{
+	struct one_way *o = opaque;
+	char buf[65536];
+	ssize_t n;
+
+	while ((n = read(o->from, buf, sizeof(buf))) > 0)
+		for (ssize_t done = 0, w; done < n; done += w)
+			if ((w = write(o->to, buf + done, (size_t)(n - done))) <= 0)
+				return NULL;
+	close(o->to);
+	return NULL;
+}
+
 static void test_handshake_one_way(void)
 {
 	struct gw_precopy_stats st;
 	struct gw_incoming_stats in;
+	struct one_way o;
+	int p[2];
 	struct mig t;
 
-	mig_init(&t, &tiny, false);
-	t.params.return_path = true;
+	mig_init(&t, &tiny, true);
 	t.params.ready_timeout_ms = 200;
+	CHECK(pipe2(p, O_CLOEXEC) == 0);
+	o = (struct one_way){ .from = t.fds[1], .to = p[1] };
+	CHECK(pthread_create(&o.thread, NULL, one_way_main, &o) == 0);
+	start_destination(&t, p[0]);
 	start_source(&t);
-	t.params.return_path = false;
-	start_destination(&t, t.fds[1]);
 	wait_until(both_done, &t, "the refusal");
 	gw_incoming_stats(t.in, &in);
 	gw_precopy_stats(t.out, &st);
@@ -1094,6 +1133,9 @@ static void test_handshake_one_way(void)
 	CHECK(t.dst.resumes == 0);
 	CHECK(st.status == GW_MIG_FAILED && strstr(st.error, "READY") && !st.unconfirmed);
 	CHECK(t.src.pauses == 1 && t.src.resumes == 1 && guest_running(&t.src));
+	shutdown(t.fds[1], SHUT_RDWR);
+	pthread_join(o.thread, NULL);
+	close(p[0]);
 	mig_free(&t);
 }
 
@@ -1106,21 +1148,33 @@ static void test_bad_start(void)
 	struct gw_error err = { 0 };
 	struct guest g;
 
+	struct gw_channel ch = channel_of(STDERR_FILENO);
+
 	CHECK_OK(gw_migration_new(&mach, &m, &err), &err);
 	gw_precopy_params_default(&params);
-	CHECK(params.downtime_limit_ms == 300 && params.return_path && !params.auto_converge);
-	CHECK_ERR(gw_precopy_start(m, 1, &params, NULL, &p, &err), -EINVAL, &err,
+	CHECK(params.downtime_limit_ms == 300 && !params.auto_converge);
+	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
 		  "gw_migration_set_vm_ops");
 	CHECK_OK(gw_migration_set_vm_ops(m, &vm_ops, &g, &err), &err);
-	CHECK_ERR(gw_precopy_start(m, 1, &params, NULL, &p, &err), -EINVAL, &err,
+	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
 		  "gw_migration_set_dirty_ops");
 	CHECK_OK(gw_migration_set_dirty_ops(m, &dirty_ops, &g, &err), &err);
 	params.auto_converge = true;
-	CHECK_ERR(gw_precopy_start(m, 1, &params, NULL, &p, &err), -EINVAL, &err,
+	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
 		  "throttle callback");
+	CHECK_ERR(gw_precopy_start(m, &ch, 2, &params, NULL, &p, &err), -EINVAL, &err,
+		  "2 channels given");
+	params.auto_converge = false;
+	params.reserved[3] = 1;
+	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
+		  "reserved word 3 is 0x1, must be 0");
+	/* Refused: the channel is still the caller's. */
+	CHECK(ch.fd > STDERR_FILENO);
+	CHECK_OK(gw_channel_close(&ch, &err), &err);
 	gw_migration_free(m);
 	CHECK(strcmp(gw_mig_status_name(GW_MIG_CANCELLING), "cancelling") == 0);
 	CHECK(strcmp(gw_mig_status_name(GW_MIG_DEVICE), "device") == 0);
+	CHECK(gw_mig_status_is_final(GW_MIG_CANCELLED) && !gw_mig_status_is_final(GW_MIG_CANCELLING));
 }
 
 int main(void)

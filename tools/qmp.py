@@ -1,41 +1,54 @@
-"""A small QMP client for the benchmark: the same code drives QEMU and
-godwit-vmm, so any difference in the figures comes from the VMMs, not from
-how they were asked.
+"""The QMP client of godwit's Python: the end-to-end tests
+(tests/e2e/gwtest.py) and the benchmark (bench/) drive godwit-vmm, and the
+benchmark QEMU as well, through this one class, so a figure or a test
+result never depends on which of two clients asked. Python standard
+library only.
 
-Events are kept with their own timestamps (the VMM stamps them from the
-host's CLOCK_REALTIME when it emits them), because the guest-visible
-downtime is the source's STOP to the destination's RESUME, and both
-processes run on this host's clock.
+Messages: replies and events arrive on one socket. Events that come while
+a command waits for its reply are queued; wait_event() takes the first one
+that matches from the queue, or waits for it, and find_event() looks
+without taking. Each event keeps its own timestamp (the VMM stamps it
+from the host's CLOCK_REALTIME when it emits it; event_time()), which is
+how the benchmark measures the source's STOP to the destination's RESUME.
 
 Command names: QEMU spells some commands with an underscore and some with
 a dash, and has renamed a few over the years (QEMU 7.2 knows only
-`migrate_cancel`; later releases add `migrate-cancel`). The harness always
-writes the dashed name; each connection asks its VMM once which commands
-it has (`query-commands`) and sends each command under the spelling that
-VMM offers. A VMM without `query-commands` (godwit-vmm) gets the names as
-written, and answers for itself.
+`migrate_cancel`; later releases add `migrate-cancel`). A connection made
+with probe=True asks its VMM once which commands it has (`query-commands`)
+and sends each command under the spelling that VMM offers; the caller
+writes the dashed name. A VMM without `query-commands` (godwit-vmm) gets
+the names as written, and answers for itself. `refuse` makes a connection
+treat commands as absent, to exercise that failure on purpose.
 
-Failures: everything a VMM can do wrong to the harness -- an error reply,
-no reply in time, a closed socket, a reply that is not JSON -- raises
-VmmError (QmpError for error replies), so the harness can fail the one
-scenario and go on with the next.
+Failures: everything a VMM can do wrong to its client -- an error reply,
+no reply in time, a closed socket, a message that is not JSON -- raises
+VmmError: QmpError for error replies, QmpTimeout (also a TimeoutError) for
+silence, QmpDisconnected (also a ConnectionError) for a socket that failed
+or closed. A benchmark can fail the one scenario and go on; a test fails.
 """
 import json
 import socket
 import time
 
 REPLY_TIMEOUT = 30.0
+EVENT_TIMEOUT = 30.0
 
 
 class VmmError(Exception):
-    """The VMM failed the harness: the scenario fails, the run goes on."""
+    """The VMM failed its client."""
 
 
-class QmpTimeout(VmmError):
+class QmpTimeout(VmmError, TimeoutError):
     """No answer from the VMM in time."""
 
 
+class QmpDisconnected(VmmError, ConnectionError):
+    """The QMP socket failed or was closed by the VMM."""
+
+
 class QmpError(VmmError):
+    """An error reply: its class and desc as the VMM sent them."""
+
     def __init__(self, cls, desc):
         super().__init__(f"{cls}: {desc}")
         self.cls = cls
@@ -69,26 +82,32 @@ def vmm_version(greeting):
 
 
 class Qmp:
-    """One QMP connection. `vmm` names the VMM in error messages ("QEMU",
-    "godwit-vmm"); `refuse` is a set of command names this connection
-    treats as absent from the VMM (see refused())."""
+    """One QMP connection to the socket at path ("\\0NAME" for an abstract
+    one). The greeting is read at once; negotiate=False leaves the session
+    before qmp_capabilities, for a caller that sends its own bytes
+    (send_raw(), recv()). `vmm` and `name` say who this is in messages
+    ("QEMU", process "vm3"); `timeout` bounds every wait for a reply."""
 
-    def __init__(self, path, vmm="VMM", name="", timeout=REPLY_TIMEOUT):
+    def __init__(self, path, timeout=REPLY_TIMEOUT, negotiate=True, probe=False,
+                 vmm="godwit-vmm", name=""):
         self.vmm, self.name = vmm, name
         self.timeout = timeout
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
         self.buf = b""
         self.events = []
-        self.refuse = set()
+        self.next_id = 0
+        self.refuse = set()    # command names this connection treats as absent
         self.commands = None   # key -> the spelling this VMM offers; None: not known
         self.offered = set()   # every name query-commands listed
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
         try:
-            self.greeting = self._recv("the QMP greeting")
+            self.sock.connect(path)
+            self.greeting = self.recv("the QMP greeting")
             self.version = vmm_version(self.greeting)
-            self._send("qmp_capabilities")
-            self._probe()
+            if negotiate:
+                self.cmd("qmp_capabilities")
+                if probe:
+                    self._probe()
         except BaseException:
             self.sock.close()
             raise
@@ -105,7 +124,7 @@ class Qmp:
     def _probe(self):
         """Which commands this VMM has, under which spelling."""
         try:
-            listed = self._send("query-commands")
+            listed = self.cmd("query-commands")
         except QmpError as e:
             if e.cls != "CommandNotFound":
                 raise
@@ -138,15 +157,19 @@ class Qmp:
         key = _key(name)
         if key in self.refuse:
             raise self.not_found(name, injected=True)
-        if self.commands is None:
-            return name
-        if name in self.offered:
+        if self.commands is None or name in self.offered:
             return name
         if key in self.commands:
             return self.commands[key]
         raise self.not_found(name)
 
-    def _recv(self, waiting_for):
+    def send_raw(self, data):
+        """Bytes as they are, for a caller that speaks the protocol itself;
+        the socket's own errors (BrokenPipeError, ...) pass through."""
+        self.sock.sendall(data)
+
+    def recv(self, waiting_for="a QMP message"):
+        """The next message from the VMM, event or reply, as a dict."""
         while b"\n" not in self.buf:
             try:
                 chunk = self.sock.recv(65536)
@@ -154,11 +177,11 @@ class Qmp:
                 raise QmpTimeout(f"{self.who}: no answer to {waiting_for} within "
                                  f"{self.sock.gettimeout():.1f} s") from None
             except OSError as e:
-                raise VmmError(f"{self.who}: QMP socket failed waiting for {waiting_for}: "
-                               f"{e}") from e
+                raise QmpDisconnected(f"{self.who}: QMP socket failed waiting for "
+                                      f"{waiting_for}: {e}") from e
             if not chunk:
-                raise VmmError(f"{self.who} closed its QMP socket (waiting for "
-                               f"{waiting_for})")
+                raise QmpDisconnected(f"{self.who} closed its QMP socket (waiting for "
+                                      f"{waiting_for})")
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         try:
@@ -171,53 +194,64 @@ class Qmp:
                            f"{line[:200]!r}")
         return m
 
-    def _send(self, wire_name, args=None, asked=None):
-        msg = {"execute": wire_name}
+    def cmd(self, name, args=None, **members):
+        """Run a command; return its "return" value or raise QmpError.
+        Arguments come as a dict (args), as keywords with '_' for '-'
+        (cmd("migrate", uri=...), max_bandwidth=...), or both. Events that
+        arrive meanwhile are queued for wait_event()."""
+        args = dict(args or {}, **{k.replace("_", "-"): v for k, v in members.items()})
+        wire_name = self.spelling(name)
+        self.next_id += 1
+        msg = {"execute": wire_name, "id": self.next_id}
         if args:
             msg["arguments"] = args
         try:
             self.sock.sendall(json.dumps(msg).encode() + b"\n")
         except OSError as e:
-            raise VmmError(f"{self.who}: cannot send {wire_name}: {e}") from e
+            raise QmpDisconnected(f"{self.who}: cannot send {wire_name}: {e}") from e
         while True:
-            m = self._recv(f"'{wire_name}'")
+            m = self.recv(f"'{wire_name}'")
             if "event" in m:
                 self.events.append(m)
             elif "error" in m:
                 err = m["error"] if isinstance(m["error"], dict) else {}
                 cls, desc = err.get("class", "?"), err.get("desc", "")
                 if cls == "CommandNotFound":
-                    raise self.not_found(asked or wire_name)
+                    raise self.not_found(name)
                 raise QmpError(cls, desc)
             elif "return" in m:
                 return m["return"]
             # anything else (a stray greeting?) is not our reply
 
-    def cmd(self, name, args=None):
-        """Run a command; return its "return" value or raise QmpError.
-        Events that arrive meanwhile are kept for wait_event()."""
-        return self._send(self.spelling(name), args, asked=name)
-
-    def find_event(self, name, pred=None):
-        for ev in self.events:
+    def _queued(self, name, pred):
+        """Where in the queue the first event called name (matching pred) is."""
+        for i, ev in enumerate(self.events):
             if ev.get("event") == name and (pred is None or pred(ev)):
-                return ev
+                return i
         return None
 
-    def wait_event(self, name, pred=None, timeout=30.0):
-        """The first event called name (matching pred) seen on this
-        connection, waiting for it if need be; None on timeout."""
+    def find_event(self, name, pred=None):
+        """The first queued event called name (matching pred), left in the
+        queue; None if there is none."""
+        i = self._queued(name, pred)
+        return None if i is None else self.events[i]
+
+    def wait_event(self, name, pred=None, timeout=EVENT_TIMEOUT):
+        """Take the first event called name (matching pred) from the queue,
+        waiting up to timeout seconds for it to arrive; QmpTimeout if it
+        does not. Taken, so the next wait for the same name waits for the
+        next such event."""
         deadline = time.monotonic() + timeout
         while True:
-            ev = self.find_event(name, pred)
-            if ev:
-                return ev
+            i = self._queued(name, pred)
+            if i is not None:
+                return self.events.pop(i)
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
+                raise QmpTimeout(f"{self.who}: no {name} event within {timeout:.1f} s")
             self.sock.settimeout(left)
             try:
-                m = self._recv(f"event {name}")
+                m = self.recv(f"event {name}")
             except QmpTimeout:
                 continue
             finally:

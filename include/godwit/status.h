@@ -1,0 +1,38 @@
+/*
+ * The status of a migration job, with QEMU's MigrationStatus names so that
+ * existing tooling understands them. Every engine (pre-copy, incoming, and
+ * those to come) reports through it.
+ */
+#ifndef GODWIT_STATUS_H
+#define GODWIT_STATUS_H
+
+#include <stdbool.h>
+
+#include <godwit/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum gw_mig_status {
+	GW_MIG_NONE,
+	GW_MIG_SETUP,
+	GW_MIG_ACTIVE,     /* rounds, guest running */
+	GW_MIG_DEVICE,     /* guest paused, final pages and device state */
+	GW_MIG_COMPLETED,
+	GW_MIG_FAILED,
+	GW_MIG_CANCELLING,
+	GW_MIG_CANCELLED,
+};
+
+/* "setup", "active", ... as QEMU spells them; "unknown" for anything else. */
+GW_API const char *gw_mig_status_name(enum gw_mig_status s);
+
+/* completed, failed or cancelled: nothing follows. */
+GW_API bool gw_mig_status_is_final(enum gw_mig_status s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

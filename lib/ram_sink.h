@@ -1,0 +1,67 @@
+/*
+ * Where RAM pages go: the interface between an engine that decides which
+ * pages to send and the encoding that carries them. The engine walks the
+ * dirty pages in batches (ram_batch.h) and hands each batch to a sink;
+ * the sink writes it — as RAM_PAGES records into one ordered stream
+ * (sink_stream.c), and, as the next capabilities arrive, at fixed offsets
+ * of a file, over several channels, or ahead of the bulk for a page a
+ * write fault caught. Accounting, rate limiting and cancel checks stay
+ * with the engine: a sink only moves pages and says how many bytes left.
+ */
+#ifndef GW_LIB_RAM_SINK_H
+#define GW_LIB_RAM_SINK_H
+
+#include <stdint.h>
+
+#include <godwit/error.h>
+
+struct gw_ram_sink;
+
+struct gw_ram_sink_ops {
+	/*
+	 * n (1..GW_PAGES_MAX) pages of RAM block `block`, in increasing
+	 * offset order: entries are byte offsets ORed with GW_PAGE_ZERO for
+	 * zero pages; flags GW_SAVE_DATA_CRC when the pages cannot change
+	 * during the call. The page data may be read until the call returns.
+	 */
+	int (*pages)(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries, uint32_t n,
+		     unsigned flags, struct gw_error *err);
+	/* Push out whatever the sink holds back. */
+	int (*flush)(struct gw_ram_sink *s, struct gw_error *err);
+	/* Bytes that have left so far (not those still held back). */
+	uint64_t (*sent)(const struct gw_ram_sink *s);
+};
+
+struct gw_ram_sink {
+	const struct gw_ram_sink_ops *ops;
+};
+
+static inline int gw_sink_pages(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries,
+				uint32_t n, unsigned flags, struct gw_error *err)
+{
+	return s->ops->pages(s, block, entries, n, flags, err);
+}
+
+static inline int gw_sink_flush(struct gw_ram_sink *s, struct gw_error *err)
+{
+	return s->ops->flush(s, err);
+}
+
+static inline uint64_t gw_sink_sent(const struct gw_ram_sink *s)
+{
+	return s->ops->sent(s);
+}
+
+/* The stream sink: RAM_PAGES records of m into w (borrowed). */
+struct gw_migration;
+struct gw_writer;
+
+struct gw_stream_sink {
+	struct gw_ram_sink sink;
+	struct gw_migration *m;
+	struct gw_writer *w;
+};
+
+void gw_stream_sink_init(struct gw_stream_sink *s, struct gw_migration *m, struct gw_writer *w);
+
+#endif
