@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cancel.h"
+#include "clock.h"
 #include "internal.h"
 
 int gw_cancel_init(struct gw_cancel *c, int fd, struct gw_error *err)
@@ -42,12 +43,6 @@ void gw_cancel_wake(struct gw_cancel *c)
 	(void)n;
 }
 
-void gw_cancel_request(struct gw_cancel *c)
-{
-	gw_cancel_wake(c);
-	gw_cancel_shutdown(c);
-}
-
 bool gw_cancel_requested(struct gw_cancel *c)
 {
 	return __atomic_load_n(&c->requested, __ATOMIC_SEQ_CST);
@@ -66,17 +61,25 @@ static int wait_for(struct gw_cancel *c, short events, int64_t timeout_ns)
 		{ .fd = c->efd, .events = POLLIN },
 		{ .fd = c->fd, .events = events },
 	};
+	uint64_t deadline = timeout_ns >= 0 ? gw_now_ns() + (uint64_t)timeout_ns : 0;
 	struct timespec ts, *tp = NULL;
 	int n;
 
-	if (timeout_ns >= 0) {
-		ts.tv_sec = timeout_ns / 1000000000;
-		ts.tv_nsec = timeout_ns % 1000000000;
-		tp = &ts;
+	for (;;) {
+		if (timeout_ns >= 0) {
+			uint64_t now = gw_now_ns(), left = now < deadline ? deadline - now : 0;
+
+			ts.tv_sec = (time_t)(left / 1000000000);
+			ts.tv_nsec = (long)(left % 1000000000);
+			tp = &ts;
+		}
+		n = ppoll(p, events ? 2 : 1, tp, NULL);
+		/* A signal is not the end of the wait: only the time is. */
+		if (n >= 0 || errno != EINTR)
+			break;
 	}
-	n = ppoll(p, events ? 2 : 1, tp, NULL);
 	if (n < 0)
-		return errno == EINTR ? 0 : -errno;
+		return -errno;
 	if (p[0].revents)
 		return -ECANCELED;
 	return n > 0;

@@ -1,12 +1,12 @@
 /*
- * Stopping an engine thread from another thread. An engine blocks in three
+ * Stopping an engine thread from another thread. An engine waits in three
  * kinds of places: a read or write on the stream's fd, a wait for the
  * peer (the return path), and its own sleeps (rate limit, idle rounds).
- * A cancel request reaches all three: it shuts down the fd if it is a
- * socket, so blocked I/O fails at once (and the peer sees the end), and
- * it wakes every wait made through this object, which polls an eventfd
- * next to whatever it waits for. Blocked I/O on a pipe cannot be woken
- * from here: the owner of the other end must end it (kill the command).
+ * A wake reaches all three: every wait made through this object polls an
+ * eventfd next to whatever it waits for, and the stream's reader and
+ * writer are bound to the same eventfd (gw_reader_bind, gw_writer_bind),
+ * so they never sleep inside the system call. Shutting a socket down is
+ * separate (gw_cancel_shutdown): it tells the peer the stream is over.
  */
 #ifndef GW_LIB_CANCEL_H
 #define GW_LIB_CANCEL_H
@@ -26,11 +26,7 @@ struct gw_cancel {
 int gw_cancel_init(struct gw_cancel *c, int fd, struct gw_error *err);
 void gw_cancel_fini(struct gw_cancel *c);
 
-/* From any thread: flag, wake, shut the socket down. Idempotent. */
-void gw_cancel_request(struct gw_cancel *c);
-/* The same without the shutdown, for an engine that still has something
- * to say to its peer after it stops (a destination's FAILED report). Its
- * I/O must then be bound to the eventfd (gw_reader_bind) to wake. */
+/* From any thread: flag and wake every wait. Idempotent. */
 void gw_cancel_wake(struct gw_cancel *c);
 bool gw_cancel_requested(struct gw_cancel *c);
 

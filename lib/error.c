@@ -2,6 +2,7 @@
  * Error messages. The message buffer is the caller's; nothing here is
  * global, so errors of concurrent migrations cannot mix.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -63,4 +64,14 @@ const char *gw_strerror(int code)
 	const char *s = strerrordesc_np(code < 0 ? -code : code);
 
 	return s ? s : "unknown error";
+}
+
+int gw_check_reserved(const uint64_t *words, size_t n, const char *what, struct gw_error *err)
+{
+	for (size_t i = 0; i < n; i++)
+		if (words[i])
+			return gw_error_set(err, -EINVAL,
+					    "%s: reserved word %zu is 0x%llx, must be 0 (initialize the struct whole)",
+					    what, i, (unsigned long long)words[i]);
+	return 0;
 }

@@ -36,6 +36,8 @@
 /* A command that brought the stream has done its part when the stream
  * ends: it is killed, and this bounds the wait for one stuck in the kernel. */
 #define EXEC_END_GRACE_MS 1000
+/* The last word to the source: a few bytes into a socket it reads. */
+#define REPORT_SEND_TIMEOUT_MS 5000
 
 struct gw_incoming {
 	struct gw_job job;      /* its lock guards stats too */
@@ -79,7 +81,7 @@ static int await_go(struct gw_incoming *in, struct gw_error *err)
 	uint64_t t0;
 	int ret;
 
-	ret = gw_report_send(in->job.cancel.fd, &ready, err);
+	ret = gw_report_send(&in->job.cancel, (int)in->params.go_timeout_ms, &ready, err);
 	if (ret < 0)
 		return ret;
 	t0 = gw_now_ns();
@@ -119,8 +121,9 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 		gw_error_prefix(err, ret, "the stream loaded, but its state cannot be put into effect: ");
 	if (ret == 0 && commit)
 		ret = await_go(in, err);
-	if (ret == 0)
-		ret = cancelled_here(in, err);
+	/* The destination's commit point: a cancel from here is refused. */
+	if (ret == 0 && !gw_job_commit(&in->job))
+		ret = gw_error_set(err, -ECANCELED, "cancelled on the destination");
 	if (ret == 0 && (ret = m->vm_ops.resume(m->vm_opaque, err)) < 0)
 		gw_error_prefix(err, ret, "the stream loaded, but the guest cannot be resumed: ");
 	return ret;
@@ -160,7 +163,7 @@ static enum gw_mig_status incoming_conclude(struct gw_job *j, int ret, struct gw
 	 * FAILED that cannot be sent likewise, unless it had not sent GO.
 	 */
 	if (in->return_path)
-		gw_report_send(in->job.cancel.fd, &report, NULL);
+		gw_report_send(&in->job.cancel, REPORT_SEND_TIMEOUT_MS, &report, NULL);
 	else if (ret < 0)
 		gw_cancel_shutdown(&in->job.cancel);
 	if (ret == 0)
@@ -188,14 +191,6 @@ static const struct gw_job_ops incoming_ops = {
 	.after = incoming_after,
 };
 
-static void on_status(void *opaque, enum gw_mig_status s)
-{
-	struct gw_incoming *in = opaque;
-
-	if (in->cb.status)
-		in->cb.status(in->cb.opaque, s);
-}
-
 int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 		      const struct gw_incoming_params *params,
 		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
@@ -209,11 +204,8 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 	if (!m->vm_ops.resume)
 		return gw_error_set(err, -EINVAL,
 				    "incoming migration: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
-	for (size_t i = 0; params && i < 8; i++)
-		if (params->reserved[i])
-			return gw_error_set(err, -EINVAL,
-					    "incoming migration: reserved parameter word %zu is set, must be 0",
-					    i);
+	if (params && (ret = gw_check_reserved(params->reserved, 8, "incoming parameters", err)) < 0)
+		return ret;
 	in = calloc(1, sizeof(*in));
 	if (!in)
 		return gw_error_set(err, -ENOMEM, "incoming migration: out of memory");
@@ -227,7 +219,7 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 	if (cb)
 		in->cb = *cb;
 	ret = gw_job_start(&in->job, &incoming_ops, in, "gw-incoming", in->ch.fd, GW_MIG_ACTIVE,
-			   on_status, in, err);
+			   in->cb.status, in->cb.opaque, err);
 	if (ret < 0) {
 		free(in);
 		return gw_error_prefix(err, ret, "incoming migration: ");
@@ -241,9 +233,9 @@ void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 {
 	pthread_mutex_lock(&in->job.lock);
 	*out = in->stats;
+	out->status = gw_job_status_locked(&in->job, &out->total_time_ms, NULL, out->error,
+					   sizeof(out->error));
 	pthread_mutex_unlock(&in->job.lock);
-	out->status = gw_job_status(&in->job, &out->total_time_ms, NULL, out->error,
-				    sizeof(out->error));
 	out->received = __atomic_load_n(&in->received, __ATOMIC_RELAXED);
 }
 

@@ -65,6 +65,13 @@ static inline uint64_t gw_timeout_ms(uint64_t ms, uint64_t dflt)
 	return !ms ? dflt : ms > INT32_MAX ? INT32_MAX : ms;
 }
 
+/*
+ * Reserved words of a public struct must be zero, so that a later meaning
+ * of theirs is never read into a caller built against an older header
+ * (export.h). -EINVAL naming `what` and the word otherwise.
+ */
+int gw_check_reserved(const uint64_t *words, size_t n, const char *what, struct gw_error *err);
+
 /* error.c: strerror() without its static buffer. */
 const char *gw_strerror(int code);
 

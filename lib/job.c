@@ -164,7 +164,16 @@ enum gw_mig_status gw_job_status(struct gw_job *j, uint64_t *total_ms, int *erro
 	enum gw_mig_status s;
 
 	pthread_mutex_lock(&j->lock);
-	s = j->status;
+	s = gw_job_status_locked(j, total_ms, error_code, error, error_size);
+	pthread_mutex_unlock(&j->lock);
+	return s;
+}
+
+enum gw_mig_status gw_job_status_locked(struct gw_job *j, uint64_t *total_ms, int *error_code,
+					char *error, size_t error_size)
+{
+	enum gw_mig_status s = j->status;
+
 	if (total_ms)
 		*total_ms = ((gw_mig_status_is_final(s) ? j->end_ns : gw_now_ns()) - j->start_ns) /
 			    1000000;
@@ -172,7 +181,6 @@ enum gw_mig_status gw_job_status(struct gw_job *j, uint64_t *total_ms, int *erro
 		*error_code = j->error_code;
 	if (error)
 		snprintf(error, error_size, "%s", j->error);
-	pthread_mutex_unlock(&j->lock);
 	return s;
 }
 

@@ -82,6 +82,9 @@ void gw_job_stop(struct gw_job *j);
 /* Status, time since start (until the end once final), error: under the lock. */
 enum gw_mig_status gw_job_status(struct gw_job *j, uint64_t *total_ms, int *error_code,
 				 char *error, size_t error_size);
+/* The same with j->lock already held (a snapshot with the engine's stats). */
+enum gw_mig_status gw_job_status_locked(struct gw_job *j, uint64_t *total_ms, int *error_code,
+					char *error, size_t error_size);
 bool gw_job_done(struct gw_job *j);
 /* Join the thread (stop it first if it must end now) and release j. */
 void gw_job_join(struct gw_job *j);

@@ -96,8 +96,10 @@ struct gw_precopy {
 	uint32_t settle_rounds; /* rounds sent within the limit */
 	bool dirty_started;
 	bool paused;            /* this engine paused the guest */
-	bool handed_over;       /* GO left whole: only the destination may run the guest */
+	bool handed_over;       /* GO (or, one way, EOF into a command) left whole: only
+				   the other side may run the guest now */
 	bool dest_failed;       /* ... but it said it will not */
+	bool confirmed;         /* ... and it said RUNNING */
 	uint64_t pause_ns;
 	uint32_t throttle;      /* percent now applied */
 	uint32_t hot_periods;   /* hot periods in a row */
@@ -532,13 +534,14 @@ static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp,
 	if (ret == 0)
 		ret = commit(p, err);
 	if (ret == 0)
-		ret = gw_report_send(p->job.cancel.fd, &go, err);
+		ret = gw_report_send(&p->job.cancel, (int)pp->confirm_timeout_ms, &go, err);
 	if (ret < 0)
 		return ret;
 	p->handed_over = true;
 	ready_ns = gw_now_ns();
 	ret = expect(p, pp->confirm_timeout_ms, GW_REPORT_RUNNING,
 		     "the destination's RUNNING (x-godwit-confirm-timeout)", err);
+	p->confirmed = ret == 0;
 	pthread_mutex_lock(&p->job.lock);
 	p->stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
 	pthread_mutex_unlock(&p->job.lock);
@@ -570,10 +573,17 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 	if (ret == 0)
 		ret = send_round(p, true, err);
 	if (ret == 0)
+		ret = gw_sink_flush(p->sink, err);
+	if (ret == 0)
 		ret = gw_save_devices(m, p->w, err);
 	if (ret == 0)
 		ret = gw_save_finish(m, p->w, err);
 	publish_transferred(p);
+	/* One way into a command (ssh to a destination, say), the whole
+	 * stream has left: the far side may run it at EOF, and if the command
+	 * then fails nobody here can tell whether it did. */
+	if (ret == 0 && !p->return_path && p->ch.child > 0)
+		p->handed_over = true;
 	if (ret == -ETIMEDOUT)
 		gw_error_prefix(err, ret, "the final pages and device state were not written within x-godwit-switchover-timeout (%llu ms): ",
 				(unsigned long long)pp.switchover_timeout_ms);
@@ -637,12 +647,14 @@ static void append(struct gw_error *err, const char *what, const char *why)
 static int end_channel(struct gw_precopy *p, int ret, struct gw_error *err)
 {
 	bool is_exec = p->ch.child > 0;
+	struct gw_precopy_params pp;
 	struct gw_error e2 = { 0 };
 	int end;
 
-	if (ret < 0 && is_exec)
+	get_params(p, &pp);
+	if (ret < 0 && is_exec && !p->handed_over)
 		gw_channel_abort(&p->ch);
-	end = gw_channel_end(&p->ch, p->job.cancel.efd, (unsigned)p->params.exec_grace_ms, &e2);
+	end = gw_channel_end(&p->ch, p->job.cancel.efd, (unsigned)pp.exec_grace_ms, &e2);
 	if (ret == 0)
 		return end < 0 ? gw_error_set(err, end, "%s", e2.msg) : 0;
 	if (is_exec && ret == -EPIPE && end == 0)
@@ -671,14 +683,21 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 		 * (closing our fd would not, if another process shares it). */
 		gw_cancel_shutdown(&j->cancel);
 	}
-	ret = end_channel(p, ret, err);
+	{
+		int end = end_channel(p, ret, err);
+
+		/* Confirmed, the guest runs there: closing our end cannot undo it. */
+		ret = p->confirmed ? 0 : end;
+	}
 	unconfirmed = ret < 0 && p->handed_over && !p->dest_failed;
 	if (unconfirmed) {
-		/* The destination may run the guest: resuming here could make
+		/* The other side may run the guest: resuming here could make
 		 * two. Keep the complete copy, paused, and say so. */
 		outcome = GW_MIG_FAILED;
 		append(err, "the source guest stays paused",
-		       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it");
+		       p->return_path ?
+		       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it" :
+		       "the command got the whole stream and may have started the guest elsewhere; 'cont' resumes it here only if it is known not to run there");
 	} else if (ret < 0) {
 		outcome = gw_job_cancelled(j) && !p->handed_over ? GW_MIG_CANCELLED : GW_MIG_FAILED;
 		/* A guest that cannot run again is a failure, even of a cancel. */
@@ -710,33 +729,12 @@ static const struct gw_job_ops precopy_ops = {
 	.conclude = precopy_conclude,
 };
 
-static void on_status(void *opaque, enum gw_mig_status s)
-{
-	struct gw_precopy *p = opaque;
-
-	if (p->cb.status)
-		p->cb.status(p->cb.opaque, s);
-}
-
 static void precopy_release(struct gw_precopy *p)
 {
 	for (uint32_t i = 0; i < p->m->nr_ram; i++)
 		free(p->dirty[i]);
 	free(p->dirty);
 	free(p);
-}
-
-/* Reserved words must be zero, so that a later meaning of theirs is never
- * read into a caller built against this header (export.h). */
-static int check_reserved(const uint64_t *words, size_t n, const char *what,
-			  struct gw_error *err)
-{
-	for (size_t i = 0; i < n; i++)
-		if (words[i])
-			return gw_error_set(err, -EINVAL,
-					    "%s: reserved word %zu is 0x%llx, must be 0 (initialize the struct whole)",
-					    what, i, (unsigned long long)words[i]);
-	return 0;
 }
 
 int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsigned nr_channels,
@@ -757,7 +755,7 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	if (!m->dirty_ops.sync)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set dirty-page tracking (gw_migration_set_dirty_ops)");
-	if (params && (ret = check_reserved(params->reserved, 8, "pre-copy parameters", err)) < 0)
+	if (params && (ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err)) < 0)
 		return ret;
 	p = calloc(1, sizeof(*p));
 	if (!p)
@@ -792,7 +790,7 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	}
 	p->stats.page_size = PAGE;
 	ret = gw_job_start(&p->job, &precopy_ops, p, "gw-precopy", p->ch.fd, GW_MIG_SETUP,
-			   on_status, p, err);
+			   p->cb.status, p->cb.opaque, err);
 	if (ret < 0) {
 		precopy_release(p);
 		return gw_error_prefix(err, ret, "pre-copy: ");
@@ -806,7 +804,7 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
 			  struct gw_error *err)
 {
-	int ret = check_reserved(params->reserved, 8, "pre-copy parameters", err);
+	int ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err);
 
 	if (ret < 0)
 		return ret;
@@ -819,11 +817,12 @@ int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *
 
 void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
 {
+	/* One snapshot: the status and the fields that explain it together. */
 	pthread_mutex_lock(&p->job.lock);
 	*out = p->stats;
+	out->status = gw_job_status_locked(&p->job, &out->total_time_ms, &out->error_code,
+					   out->error, sizeof(out->error));
 	pthread_mutex_unlock(&p->job.lock);
-	out->status = gw_job_status(&p->job, &out->total_time_ms, &out->error_code, out->error,
-				    sizeof(out->error));
 }
 
 bool gw_precopy_cancel(struct gw_precopy *p)

@@ -105,19 +105,33 @@ int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
 	return 0;
 }
 
-int gw_report_send(int fd, const struct gw_report *r, struct gw_error *err)
+int gw_report_send(struct gw_cancel *c, int timeout_ms, const struct gw_report *r,
+		   struct gw_error *err)
 {
 	unsigned char buf[GW_REPORT_MAX];
 	size_t len = gw_report_encode(r, buf), done = 0;
+	uint64_t deadline = gw_now_ns() + (uint64_t)timeout_ms * 1000000;
 
 	while (done < len) {
-		ssize_t n = send(fd, buf + done, len - done, MSG_NOSIGNAL);
+		/* Never asleep in send(): a peer that stopped reading must not
+		 * hold us past a cancel or the deadline. */
+		ssize_t n = send(c->fd, buf + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+		uint64_t now;
+		int ready;
 
 		/* Not a socket: a plain write (a pipe pair, in tests). */
 		if (n < 0 && errno == ENOTSOCK)
-			n = write(fd, buf + done, len - done);
+			n = write(c->fd, buf + done, len - done);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			now = gw_now_ns();
+			ready = now >= deadline ? 0 :
+				gw_cancel_poll(c, POLLOUT, (int)((deadline - now + 999999) / 1000000));
+			if (ready > 0)
+				continue;
+			errno = ready == 0 ? ETIMEDOUT : -ready;
+		}
 		if (n <= 0)
 			return gw_error_set(err, n < 0 ? -errno : -EIO,
 					    "return path: cannot send %s: %s", gw_report_name(r->status),

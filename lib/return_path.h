@@ -51,10 +51,11 @@ size_t gw_report_encode(const struct gw_report *r, unsigned char *buf);
 int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
 		     struct gw_error *err);
 
-/* Send r on fd (without SIGPIPE on a socket whose peer is gone). A
- * failure means the message did not leave whole: the peer cannot have
- * decoded it. */
-int gw_report_send(int fd, const struct gw_report *r, struct gw_error *err);
+/* Send r on the stream fd of c (without SIGPIPE on a socket whose peer is
+ * gone), within timeout_ms; a cancel ends the wait (-ECANCELED). A failure
+ * means the message did not leave whole: the peer cannot have decoded it. */
+int gw_report_send(struct gw_cancel *c, int timeout_ms, const struct gw_report *r,
+		   struct gw_error *err);
 
 /*
  * Read one message from the stream fd of c, waiting at most timeout_ms

@@ -39,6 +39,7 @@ struct vm_migration {
 	enum gw_mig_status status;   /* VMM-level status, final word on the outcome */
 	char error[GW_ERROR_MSG_MAX];
 	bool cancel;
+	bool destroying; /* the main loop has stopped: nobody reads statuses */
 	/* Readable once the outgoing migration is cancelled or the VMM quits:
 	 * ends the wait of connecting. */
 	int cancel_efd;
@@ -203,7 +204,10 @@ static void status_main(void *opaque)
 static void post_status(struct vm_migration *mig, enum gw_mig_status s, bool is_pass,
 			uint64_t pass)
 {
-	struct status_msg *msg = malloc(sizeof(*msg));
+	pthread_mutex_lock(&mig->lock);
+	bool gone = mig->destroying;
+	pthread_mutex_unlock(&mig->lock);
+	struct status_msg *msg = gone ? NULL : malloc(sizeof(*msg));
 	if (!msg)
 		return;
 	*msg = (struct status_msg){mig, s, pass, is_pass};
@@ -375,8 +379,9 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
 	if (ret) {
 		snprintf(errmsg, errlen, "%s", err.msg);
+		/* On the main loop: kill a command rather than wait for it. */
 		gw_channel_abort(ch);
-		gw_channel_close(ch, NULL);
+		gw_channel_end(ch, -1, 1000, NULL);
 		return ret;
 	}
 	pthread_mutex_lock(&mig->lock);
@@ -783,15 +788,16 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 	return ret;
 }
 
-/* Every wait below ends promptly: the engines' waits on their cancel
- * eventfds, the outgoing thread's connect and command waits on cancel_efd,
- * a command after SIGTERM and SIGKILL within two exec graces. */
+/* Every wait below ends promptly: the connect thread's on cancel_efd,
+ * the engines' on their own cancel eventfds (an exec: command after
+ * SIGTERM and SIGKILL within two exec graces). */
 void migration_destroy(struct vmm *vm)
 {
 	struct vm_migration *mig = vm->mig;
 	if (!mig)
 		return;
 	pthread_mutex_lock(&mig->lock);
+	mig->destroying = true;
 	mig->cancel = true;
 	signal_cancel(mig);
 	/* Even after GO: the VMM exits, so nobody waits for RUNNING. */

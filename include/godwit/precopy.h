@@ -97,7 +97,7 @@ struct gw_precopy_stats {
 	/* Failed after GO without word from the destination: it may run the
 	 * guest, so the source guest stays paused (docs/format.md). */
 	bool unconfirmed;
-	uint64_t handshake_us;        /* READY received until RUNNING received */
+	uint64_t handshake_us;        /* GO sent until RUNNING received */
 	uint64_t reserved[8];         /* for fields of later versions: do not read */
 };
 
@@ -136,8 +136,8 @@ GW_API void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
 /* Ask the migration to stop; it ends CANCELLED with the source guest
  * running. Every wait of the engine ends at once (sockets and pipes are
  * written without blocking; a socket is also shut down so the peer
- * stops). Returns false, and changes nothing, once the source has sent
- * GO: the guest is the destination's then. */
+ * stops). Returns false, and changes nothing, from the commit point on
+ * (the destination said READY and GO is about to leave or has left). */
 GW_API bool gw_precopy_cancel(struct gw_precopy *p);
 /* For a VMM that exits: as cancel, and after GO it also ends the wait for
  * the destination's RUNNING (the migration then fails unconfirmed). */
