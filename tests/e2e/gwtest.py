@@ -224,3 +224,31 @@ def migrate_and_check(test, src, dst, uri, timeout=120.0):
     test.assertFalse(dst.guest()["check-failed"], dst.serial_text())
     test.assertEqual(dst.qmp.cmd("query-status")["status"], "running")
     return r
+
+
+def assert_destination_refused(test, dst, *words):
+    """The destination failed the load, says what failed, and nothing it
+    loaded ever ran."""
+    d = wait_migration(dst, timeout=60)
+    test.assertEqual(d["status"], "failed", d)
+    test.assertEqual(dst.qmp.cmd("query-status")["status"], "inmigrate")
+    # No vCPU ran what was loaded: neither the guest's pass counters nor a
+    # byte of its RAM move while the destination sits there.
+    passes, ram = dst.passes(), dst.ram_hash()
+    time.sleep(0.3)
+    test.assertEqual(dst.passes(), passes, "a half-loaded guest ran")
+    test.assertEqual(dst.ram_hash(), ram, "a half-loaded guest ran")
+    with test.assertRaises(QmpError):
+        dst.qmp.cmd("cont")
+    assert_names_the_failure(test, d["error-desc"])
+    for w in words:
+        test.assertIn(w.lower(), d["error-desc"].lower(), d)
+    return d
+
+
+def assert_names_the_failure(test, desc):
+    """An error message says what failed: never empty, never cut off
+    after a prefix ("restoring vCPU 0: "), never a bare errno."""
+    test.assertTrue(desc and desc.strip(), "empty error message")
+    test.assertFalse(desc.rstrip().endswith(":"), f"message ends in a bare prefix: {desc!r}")
+    test.assertGreater(len(desc), 20, f"message too short to say what failed: {desc!r}")

@@ -114,20 +114,7 @@ def with_field(stream, section, instance, field, value, index=0):
     return bytes(out)
 
 
-def assert_refused(test, dst, *words):
-    """The destination failed the load and nothing it loaded ever ran."""
-    d = wait_migration(dst, timeout=60)
-    test.assertEqual(d["status"], "failed", d)
-    test.assertEqual(dst.qmp.cmd("query-status")["status"], "inmigrate")
-    passes, ram = dst.passes(), dst.ram_hash()
-    time.sleep(0.3)
-    test.assertEqual(dst.passes(), passes, "the guest ran with refused state")
-    test.assertEqual(dst.ram_hash(), ram, "the guest ran with refused state")
-    with test.assertRaises(gwtest.QmpError):
-        dst.qmp.cmd("cont")
-    for w in words:
-        test.assertIn(w, d["error-desc"], d)
-    return d
+assert_refused = gwtest.assert_destination_refused
 
 
 class HostileState(unittest.TestCase):

@@ -15,39 +15,14 @@ import time
 import unittest
 
 import gwtest
-from gwtest import Vmm, destination, dirtier, free_port, wait_migration, wait_until
+from gwtest import Vmm, assert_destination_refused, assert_names_the_failure, destination, \
+    dirtier, free_port, wait_migration, wait_until
 
 
 def assert_source_unharmed(test, src):
     test.assertEqual(src.qmp.cmd("query-status")["status"], "running")
     src.wait_passes(1)
     test.assertFalse(src.guest()["check-failed"], src.serial_text())
-
-
-def assert_destination_refused(test, dst, *words):
-    d = wait_migration(dst, timeout=60)
-    test.assertEqual(d["status"], "failed", d)
-    test.assertEqual(dst.qmp.cmd("query-status")["status"], "inmigrate")
-    # No vCPU ran what was loaded: neither the guest's pass counters nor a
-    # byte of its RAM move while the destination sits there.
-    passes, ram = dst.passes(), dst.ram_hash()
-    time.sleep(0.3)
-    test.assertEqual(dst.passes(), passes, "a half-loaded guest ran")
-    test.assertEqual(dst.ram_hash(), ram, "a half-loaded guest ran")
-    with test.assertRaises(gwtest.QmpError):
-        dst.qmp.cmd("cont")
-    assert_names_the_failure(test, d["error-desc"])
-    for w in words:
-        test.assertIn(w.lower(), d["error-desc"].lower(), d)
-    return d
-
-
-def assert_names_the_failure(test, desc):
-    """An error message says what failed: never empty, never cut off
-    after a prefix ("restoring vCPU 0: "), never a bare errno."""
-    test.assertTrue(desc and desc.strip(), "empty error message")
-    test.assertFalse(desc.rstrip().endswith(":"), f"message ends in a bare prefix: {desc!r}")
-    test.assertGreater(len(desc), 20, f"message too short to say what failed: {desc!r}")
 
 
 def crc32c(data):
