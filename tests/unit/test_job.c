@@ -25,6 +25,9 @@ struct engine {
 	bool concluded;
 	enum gw_mig_status outcome_at_conclude;
 	bool after_ran, done_at_after;
+	bool hold;                 /* run() waits for `released` once woken */
+	bool released;
+	pthread_cond_t cond;
 	int sv[2];
 };
 
@@ -38,6 +41,11 @@ static int run(struct gw_job *j, struct gw_error *err)
 	/* Wait for the peer or for a cancel, as an engine does. */
 	int ready = gw_cancel_poll(&j->cancel, POLLIN, 5000);
 
+	/* Hold the job in its body, so the test sees the status in between. */
+	pthread_mutex_lock(&e->lock);
+	while (e->hold && !e->released)
+		pthread_cond_wait(&e->cond, &e->lock);
+	pthread_mutex_unlock(&e->lock);
 	if (ready == -ECANCELED)
 		return gw_error_set(err, -ECANCELED, "cancelled");
 	return e->result < 0 ? gw_error_set(err, e->result, "the peer failed") : 0;
@@ -89,10 +97,11 @@ static void start(struct engine *e)
 {
 	struct gw_error err = { 0 };
 
-	bool commit = e->commit;
+	bool commit = e->commit, hold = e->hold;
 
-	*e = (struct engine){ .commit = commit };
+	*e = (struct engine){ .commit = commit, .hold = hold };
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->cond, NULL);
 	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, e->sv) == 0);
 	CHECK_OK(gw_job_start(&e->job, &ops, e, "test-job", e->sv[0], GW_MIG_SETUP, on_status, e,
 			      &err), &err);
@@ -119,7 +128,16 @@ static void finish(struct engine *e)
 	gw_job_join(&e->job);
 	close(e->sv[0]);
 	close(e->sv[1]);
+	pthread_cond_destroy(&e->cond);
 	pthread_mutex_destroy(&e->lock);
+}
+
+static void release(struct engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	e->released = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
 }
 
 static void check_seen(struct engine *e, const enum gw_mig_status *want, int n)
@@ -137,13 +155,15 @@ static void test_cancel_order(void)
 {
 	static const enum gw_mig_status want[] = { GW_MIG_ACTIVE, GW_MIG_CANCELLING,
 						   GW_MIG_CANCELLED };
-	struct engine e = { 0 };
+	struct engine e = { .hold = true };
 
 	start(&e);
 	wait_active(&e);
 	CHECK(gw_job_cancel(&e.job));
+	/* At once, while the body has not returned yet. */
 	CHECK(gw_job_status(&e.job, NULL, NULL, NULL, 0) == GW_MIG_CANCELLING);
-	/* A status the body sets after the cancel does not hide it. */
+	CHECK(!gw_job_done(&e.job));
+	release(&e);
 	wait_done(&e);
 	CHECK(e.concluded && e.outcome_at_conclude == GW_MIG_CANCELLING);
 	check_seen(&e, want, 3);
@@ -200,12 +220,14 @@ static void test_commit(void)
 /* A cancel that comes first wins over the commit. */
 static void test_cancel_before_commit(void)
 {
-	struct engine e = { 0 };
+	struct engine e = { .hold = true };
 
 	start(&e);
 	wait_active(&e);
 	CHECK(gw_job_cancel(&e.job));
+	/* The body, still running, reaches its commit point after the cancel. */
 	CHECK(!gw_job_commit(&e.job));
+	release(&e);
 	wait_done(&e);
 	CHECK(gw_job_status(&e.job, NULL, NULL, NULL, 0) == GW_MIG_CANCELLED);
 	finish(&e);
