@@ -252,3 +252,13 @@ def assert_names_the_failure(test, desc):
     test.assertTrue(desc and desc.strip(), "empty error message")
     test.assertFalse(desc.rstrip().endswith(":"), f"message ends in a bare prefix: {desc!r}")
     test.assertGreater(len(desc), 20, f"message too short to say what failed: {desc!r}")
+
+
+def save_stream(vm, name="guest.gw"):
+    """Save vm's guest to a file: (path, the stream's bytes)."""
+    path = os.path.join(vm.dir, name)
+    vm.qmp.cmd("migrate", uri="file:" + path)
+    r = wait_migration(vm)
+    assert r["status"] == "completed", r
+    with open(path, "rb") as f:
+        return path, f.read()

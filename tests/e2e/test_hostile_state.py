@@ -124,12 +124,7 @@ class HostileState(unittest.TestCase):
         # destination that took the bad state would start its vCPUs.
         cls.src = dirtier(memory="32M", vcpus=1, append="end=4M")
         cls.src.wait_passes(1)
-        cls.path = os.path.join(cls.src.dir, "guest.gw")
-        cls.src.qmp.cmd("migrate", uri="file:" + cls.path)
-        r = wait_migration(cls.src)
-        assert r["status"] == "completed", r
-        with open(cls.path, "rb") as f:
-            cls.data = f.read()
+        cls.path, cls.data = gwtest.save_stream(cls.src)
 
     @classmethod
     def tearDownClass(cls):

@@ -71,12 +71,7 @@ class SavedStream(unittest.TestCase):
         cls.src = dirtier(memory="32M", append="end=16M")
         cls.src.wait_passes(1)
         cls.src.qmp.cmd("stop")
-        cls.path = os.path.join(cls.src.dir, "guest.gw")
-        cls.src.qmp.cmd("migrate", uri="file:" + cls.path)
-        r = wait_migration(cls.src)
-        assert r["status"] == "completed", r
-        with open(cls.path, "rb") as f:
-            cls.data = f.read()
+        cls.path, cls.data = gwtest.save_stream(cls.src)
 
     @classmethod
     def tearDownClass(cls):
