@@ -270,20 +270,27 @@ static void snapshot(struct loadvm *vm, struct saved_state *s)
 	s->user_paused = mc->user_paused;
 }
 
-void loadvm_round_trip(struct loadvm *vm)
+void loadvm_save(struct loadvm *vm, int fd)
 {
-	static struct saved_state before, after;
 	struct gw_error err = { 0 };
 	struct gw_writer *w;
-	int fd = memfd_of(NULL, 0);
 
-	snapshot(vm, &before);
 	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
 	CHECK_OK(gw_save_begin(vm->m, w, &err), &err);
 	CHECK_OK(gw_save_devices(vm->m, w, &err), &err);
 	CHECK_OK(gw_save_finish(vm->m, w, &err), &err);
 	gw_writer_free(w);
 	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+}
+
+void loadvm_round_trip(struct loadvm *vm)
+{
+	static struct saved_state before, after;
+	struct gw_error err = { 0 };
+	int fd = memfd_of(NULL, 0);
+
+	snapshot(vm, &before);
+	loadvm_save(vm, fd);
 	CHECK_OK(load_fd(vm, fd, &err), &err);
 	close(fd);
 	snapshot(vm, &after);

@@ -48,5 +48,8 @@ void loadvm_drive(struct loadvm *vm);
 /* After a load that succeeded: save every section and load that back; it
  * must pass the checks and arrive exactly as it left. */
 void loadvm_round_trip(struct loadvm *vm);
+/* Save every section of vm (no RAM) into fd, from where it stands; fd is
+ * left positioned at 0 for a load. */
+void loadvm_save(struct loadvm *vm, int fd);
 
 #endif

@@ -53,17 +53,11 @@ static void *type_and_drain(void *opaque)
 static void save_and_load(struct loadvm *vm, unsigned round)
 {
 	struct gw_error err = { 0 };
-	struct gw_writer *w;
 	struct gw_reader *r;
 	int fd = memfd_create("device-sections", MFD_CLOEXEC);
 
 	CHECK(fd >= 0);
-	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
-	CHECK_OK(gw_save_begin(vm->m, w, &err), &err);
-	CHECK_OK(gw_save_devices(vm->m, w, &err), &err);
-	CHECK_OK(gw_save_finish(vm->m, w, &err), &err);
-	gw_writer_free(w);
-	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	loadvm_save(vm, fd);
 	CHECK_OK(gw_reader_new(fd, &r, &err), &err);
 	if (gw_load(vm->m, r, &err) < 0)
 		FAIL("round %u: a state saved while the UART was busy is refused: %s", round,

@@ -194,24 +194,16 @@ static void test_bad_bool(void)
 				     .vmstate = &vs, .opaque = &st };
 	struct gw_migration *src, *dst;
 	struct gw_error err = { 0 };
-	struct gw_writer *w;
 	struct test_buf s;
-	int fd = test_memfd(NULL, 0);
 
 	CHECK_OK(gw_migration_new(&mc, &src, &err), &err);
 	CHECK_OK(gw_migration_new(&mc, &dst, &err), &err);
 	CHECK_OK(gw_migration_add_section(src, &writer, &err), &err);
 	CHECK_OK(gw_migration_add_section(dst, &reader, &err), &err);
-	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
-	CHECK_OK(gw_save_begin(src, w, &err), &err);
-	CHECK_OK(gw_save_devices(src, w, &err), &err);
-	CHECK_OK(gw_save_finish(src, w, &err), &err);
-	gw_writer_free(w);
-	test_slurp(fd, &s);
+	test_save_sections(src, &s);
 	CHECK_ERR(test_load(dst, s.p, s.len, &err), -EBADMSG, &err,
 		  "section 'flag' instance 0", "field 'on'[0]: bool value 2 is neither 0 nor 1");
 	free(s.p);
-	close(fd);
 	gw_migration_free(src);
 	gw_migration_free(dst);
 }
@@ -293,23 +285,16 @@ static int load_ranged(const struct ranged_state *src, uint32_t src_version,
 				     .vmstate = &ranged_vs, .validate = hook, .opaque = dst };
 	struct gw_migration *from, *to;
 	struct gw_error e = { 0 };
-	struct gw_writer *w;
 	struct test_buf s;
-	int fd = test_memfd(NULL, 0), ret;
+	int ret;
 
 	CHECK_OK(gw_migration_new(&mc, &from, &e), &e);
 	CHECK_OK(gw_migration_new(&mc, &to, &e), &e);
 	CHECK_OK(gw_migration_add_section(from, &writer, &e), &e);
 	CHECK_OK(gw_migration_add_section(to, &reader, &e), &e);
-	CHECK_OK(gw_writer_new(fd, &w, &e), &e);
-	CHECK_OK(gw_save_begin(from, w, &e), &e);
-	CHECK_OK(gw_save_devices(from, w, &e), &e);
-	CHECK_OK(gw_save_finish(from, w, &e), &e);
-	gw_writer_free(w);
-	test_slurp(fd, &s);
+	test_save_sections(from, &s);
 	ret = test_load(to, s.p, s.len, err);
 	free(s.p);
-	close(fd);
 	gw_migration_free(from);
 	gw_migration_free(to);
 	return ret;
@@ -411,22 +396,15 @@ static void test_ranges_described(void)
 				  .vmstate = &ranged_vs, .opaque = &st };
 	struct gw_migration *m;
 	struct gw_error err = { 0 };
-	struct gw_writer *w;
 	struct test_buf s;
 	char *vmdesc, *out;
 	unsigned char *data;
 	size_t vlen = 0, len = 0;
-	int fd = test_memfd(NULL, 0);
 	json_t *root, *fields;
 
 	CHECK_OK(gw_migration_new(&mc, &m, &err), &err);
 	CHECK_OK(gw_migration_add_section(m, &sec, &err), &err);
-	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
-	CHECK_OK(gw_save_begin(m, w, &err), &err);
-	CHECK_OK(gw_save_devices(m, w, &err), &err);
-	CHECK_OK(gw_save_finish(m, w, &err), &err);
-	gw_writer_free(w);
-	test_slurp(fd, &s);
+	test_save_sections(m, &s);
 	find_in_stream(&s, "ranged", 0, &vmdesc, &vlen, &data, &len);
 	root = json_loadb(vmdesc, vlen, 0, NULL);
 	fields = json_object_get(json_array_get(json_object_get(root, "sections"), 0), "fields");
@@ -446,7 +424,6 @@ static void test_ranges_described(void)
 	free(vmdesc);
 	free(data);
 	free(s.p);
-	close(fd);
 	gw_migration_free(m);
 }
 

@@ -283,6 +283,21 @@ static void save_range(struct test_vm *vm, struct gw_writer *w, uint32_t b, uint
 			       flags & SAVE_DATA_CRC ? GW_SAVE_DATA_CRC : 0, &err), &err);
 }
 
+void test_save_sections(struct gw_migration *m, struct test_buf *out)
+{
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	int fd = test_memfd(NULL, 0);
+
+	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
+	CHECK_OK(gw_save_begin(m, w, &err), &err);
+	CHECK_OK(gw_save_devices(m, w, &err), &err);
+	CHECK_OK(gw_save_finish(m, w, &err), &err);
+	gw_writer_free(w);
+	test_slurp(fd, out);
+	close(fd);
+}
+
 void test_save(struct test_vm *vm, unsigned flags, struct test_buf *out)
 {
 	struct gw_error err = { 0 };

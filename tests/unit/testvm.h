@@ -94,6 +94,8 @@ struct test_buf {
  * begin, pages, iterate, pages, iterate, pages, devices, finish.
  */
 void test_save(struct test_vm *vm, unsigned flags, struct test_buf *out);
+/* Save m's sections (no RAM: begin, devices, finish) into a new buffer. */
+void test_save_sections(struct gw_migration *m, struct test_buf *out);
 /* Load bytes into m through a memfd and a gw_reader. */
 int test_load(struct gw_migration *m, const void *p, size_t len, struct gw_error *err);
 /* A memfd holding len bytes of p, positioned at 0. */
