@@ -7,6 +7,7 @@
 #include "gw_version.h"
 #include "loop.h"
 #include "machine.h"
+#include "sched_slice.h"
 #include "migration.h"
 #include "qmp.h"
 
@@ -316,6 +317,14 @@ int main(int argc, char **argv)
 		ret = migration_init(&vm, err, sizeof(err));
 	if (!ret)
 		ret = vcpus_start(&vm.vcpus, vm.vcpus_paused, err, sizeof(err));
+	/* After the vCPU threads exist, so only the threads that must run the
+	 * moment they wake (this loop, the migration and connect threads it
+	 * starts) get the short slice (vmm/sched_slice.c). Not fatal: it
+	 * costs only latency. */
+	char why[160];
+	if (!ret && sched_short_slice(why, sizeof(why)))
+		fprintf(stderr, "godwit-vmm: warning: %s; a wake-up may wait for a vCPU's time slice\n",
+			why);
 	if (!ret && o.incoming && strcmp(o.incoming, "defer"))
 		ret = migration_listen(&vm, o.incoming, err, sizeof(err));
 
