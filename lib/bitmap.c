@@ -4,7 +4,7 @@
  */
 #include <string.h>
 
-#include "bitmap.h"
+#include "lib/bitmap.h"
 
 /* Bits [lo, 64) of a word. */
 static uint64_t mask_from(uint64_t lo)

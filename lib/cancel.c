@@ -8,9 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cancel.h"
-#include "clock.h"
-#include "internal.h"
+#include "lib/cancel.h"
+#include "lib/clock.h"
+#include "lib/internal.h"
 
 int gw_cancel_init(struct gw_cancel *c, int fd, struct gw_error *err)
 {

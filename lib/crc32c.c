@@ -7,7 +7,7 @@
  */
 #include <string.h>
 
-#include "crc32c.h"
+#include "lib/crc32c.h"
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>

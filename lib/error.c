@@ -9,7 +9,7 @@
 
 #include <godwit/error.h>
 
-#include "internal.h"
+#include "lib/internal.h"
 
 int gw_error_set(struct gw_error *err, int code, const char *fmt, ...)
 {

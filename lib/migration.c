@@ -9,7 +9,7 @@
 
 #include <godwit/migration.h>
 
-#include "internal.h"
+#include "lib/internal.h"
 
 /*
  * Room for element n of an array of n elements: capacity doubles at each

@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "internal.h"
+#include "lib/internal.h"
 
 static bool text_ok(const char *s, size_t len, char lowest)
 {

@@ -1,7 +1,7 @@
 /*
  * The token bucket of ratelimit.h.
  */
-#include "ratelimit.h"
+#include "lib/ratelimit.h"
 
 /* A full bucket: a tenth of a second at the rate. */
 #define BURST_DIVISOR 10

@@ -1,5 +1,5 @@
 /* Growable byte buffers (buf.h). */
-#include "buf.h"
+#include "vmm/buf.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-#include "loop.h"
+#include "vmm/loop.h"
 
 #include <errno.h>
 #include <pthread.h>

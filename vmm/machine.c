@@ -1,6 +1,6 @@
-#include "machine.h"
-#include "loop.h"
-#include "qmp.h"
+#include "vmm/machine.h"
+#include "vmm/loop.h"
+#include "vmm/qmp/qmp.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -9,14 +9,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "cpu_sections.h"
-#include "dev_testdev.h"
-#include "dev_uart.h"
-#include "guest_ram.h"
-#include "io_bus.h"
-#include "kvm.h"
-#include "vcpu.h"
-#include "vmm.h"
+#include "vmm/migration/cpu_sections.h"
+#include "vmm/dev/dev_testdev.h"
+#include "vmm/dev/dev_uart.h"
+#include "vmm/kvm/guest_ram.h"
+#include "vmm/dev/io_bus.h"
+#include "vmm/kvm/kvm.h"
+#include "vmm/kvm/vcpu.h"
+#include "vmm/vmm.h"
 
 /* The run-state section's State (run_state.c). */
 struct run_state {

@@ -3,13 +3,13 @@
  * libgodwit. This file turns the command line into a machine and runs the
  * main loop until quit, a signal or the guest asks to exit.
  */
-#include "boot.h"
+#include "vmm/x86/boot.h"
 #include "gw_version.h"
-#include "loop.h"
-#include "machine.h"
-#include "sched_slice.h"
-#include "migration.h"
-#include "qmp.h"
+#include "vmm/loop.h"
+#include "vmm/machine.h"
+#include "vmm/sched_slice.h"
+#include "vmm/migration/migration.h"
+#include "vmm/qmp/qmp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -305,7 +305,7 @@ int main(int argc, char **argv)
 	if (!ret && o.qmp)
 		ret = qmp_server_start(&vm, vm.loop, &o.qmp_addr, &vm.qmp, err, sizeof(err));
 	if (!ret && vm.qmp)
-		ret = qmp_machine_register(vm.qmp) ? -EINVAL : 0;
+		ret = qmp_machine_register(vm.qmp) || qmp_migration_register(vm.qmp) ? -EINVAL : 0;
 	if (!ret && serial_input)
 		loop_add_fd(vm.loop, STDIN_FILENO, EPOLLIN, on_stdin, &vm);
 	pthread_mutex_init(&vm.run_lock, NULL);

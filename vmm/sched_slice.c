@@ -15,7 +15,7 @@
  * their weight sets, stays what it was. No privilege is needed, unlike a
  * nice value below 0 or a real-time policy, which would also let a
  * runaway control thread starve the guest. */
-#include "sched_slice.h"
+#include "vmm/sched_slice.h"
 
 #include <errno.h>
 /* The kernel's definitions, not glibc's <sched.h>: Debian's glibc has no

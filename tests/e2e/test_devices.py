@@ -4,7 +4,7 @@ Host input reaches the UART on the VMM's main loop (uart_receive()) while
 a migration thread saves the UART on the source, and while the loader
 hands the loaded UART over on a destination that takes input too. Both
 copy the state under the UART's lock (the uart section's pre_save and
-post_load hooks, vmm/dev_uart.c). No guest here reads COM1, so what is
+post_load hooks, vmm/dev/dev_uart.c). No guest here reads COM1, so what is
 typed fills the 16-byte FIFO and stays there. What must hold: every
 state saved is one the UART can be in (rx_count, LSR and IIR agree, and
 the FIFO holds the first bytes typed, in order); the migration completes
@@ -96,7 +96,7 @@ def uart_in_stream(path):
 
 
 def uart_iir(u):
-    """The IIR a 16550A state implies (vmm/dev_uart.c, uart_iir())."""
+    """The IIR a 16550A state implies (vmm/dev/dev_uart.c, uart_iir())."""
     iir = 0x01
     if u["ier"] & 0x01 and u["rx_count"]:
         iir = 0x04

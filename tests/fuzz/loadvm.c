@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "vmm/migratable.h"
+#include "vmm/migration/migratable.h"
 
 /* The UART raises its interrupt through KVM. Here the line goes nowhere,
  * but what the device asks for must still be a line and a level. */
@@ -18,7 +18,7 @@ int kvm_irq_line(struct kvm *kvm, unsigned irq, int level)
 }
 
 /*
- * The cpu sections reach KVM through vmm/cpu_state.c, which this
+ * The cpu sections reach KVM through vmm/x86/cpu_state.c, which this
  * destination replaces: its KVM keeps what it was given, so a save after
  * a load saves what was loaded, and what is put into it must have got
  * past the checks whole (cpu_state_load() itself refuses such an

@@ -1,7 +1,7 @@
 /*
  * godwit-vmm's destination without KVM, for the load fuzzer and the
  * replay of its corpus: guest RAM as the VMM lays it out (memfds,
- * vmm/guest_ram.c), the VMM's own sections (every file of
+ * vmm/kvm/guest_ram.c), the VMM's own sections (every file of
  * vmm_state_sources that declares VMM_SECTIONS) over its real UART and
  * test device on a port bus, registered with libgodwit through the same
  * vmm_sections_register() as migration_init() uses.

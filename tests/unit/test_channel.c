@@ -77,7 +77,7 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* After EAGAIN on a non-blocking channel fd, as lib/io.c does. */
+/* After EAGAIN on a non-blocking channel fd, as lib/transport/io.c does. */
 static void wait_ready(int fd, short events)
 {
 	struct pollfd p = { .fd = fd, .events = events };

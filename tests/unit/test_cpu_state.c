@@ -1,5 +1,5 @@
 /*
- * vmm/cpu_state.c without a VM: cpu_state_load() refuses an MSR count
+ * vmm/x86/cpu_state.c without a VM: cpu_state_load() refuses an MSR count
  * past its array before its first ioctl, whoever filled the state (the
  * loader's range check is the first line, this the second), and every
  * failure says which call failed and why, in words.
@@ -9,8 +9,8 @@
 #include <string.h>
 
 #include "check.h"
-#include "vmm/cpu_state.h"
-#include "vmm/kvm.h"
+#include "vmm/x86/cpu_state.h"
+#include "vmm/kvm/kvm.h"
 
 static struct cpu_state st;
 

@@ -1,5 +1,5 @@
 /*
- * The job core (lib/job.h): the order in which a caller learns how a job
+ * The job core (lib/engine/job.h): the order in which a caller learns how a job
  * ended, and what a cancel can and cannot do.
  */
 #include <errno.h>
@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "lib/job.h"
+#include "lib/engine/job.h"
 
 struct engine {
 	struct gw_job job;

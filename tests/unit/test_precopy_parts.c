@@ -16,9 +16,9 @@
 #include "check.h"
 #include "lib/bitmap.h"
 #include "lib/crc32c.h"
-#include "lib/populated.h"
+#include "lib/ram/populated.h"
 #include "lib/ratelimit.h"
-#include "lib/return_path.h"
+#include "lib/transport/return_path.h"
 
 #define PAGE GW_PAGE_SIZE
 

@@ -1,5 +1,5 @@
 /*
- * godwit-vmm's QMP input framer (vmm/qmp_framer.c), without a socket:
+ * godwit-vmm's QMP input framer (vmm/qmp/qmp_framer.c), without a socket:
  * the byte streams tests/e2e/test_qmp_robustness.py sends through one,
  * fed here in every split a socket could deliver. Whole values come out
  * exactly as sent, wherever the reads cut them; several in one read come
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "vmm/qmp_framer.h"
+#include "vmm/qmp/qmp_framer.h"
 
 /* Resynchronises the framer from any state: a control byte is refused
  * both inside and outside strings, and the newline ends the skip. */

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "lib/torn.h"
+#include "lib/format/torn.h"
 #include "testvm.h"
 
 static const struct gw_machine mc = { "godwit-test", "1", "ram-test", 1 };

@@ -1,0 +1,261 @@
+/*
+ * The destination of a live migration (<godwit/precopy.h>): one thread
+ * that loads a stream into the registered blocks and sections, puts the
+ * state into effect when all of it arrived and checked out, and, when the
+ * source asks for the switchover handshake, says READY and resumes the
+ * guest only on the source's GO (docs/format.md, "Switchover handshake").
+ *
+ * The rule that keeps the guest from running twice: once this side says
+ * FAILED it never resumes, and it resumes only after a whole GO. Every
+ * failure before the resume, a cancel included, is reported FAILED, so a
+ * source that already sent GO learns that it may take its guest back.
+ *
+ * A failed destination must also unblock its source, which may still be
+ * sending: with a return path it sends its failure report and then keeps
+ * reading (and discarding) until the source hangs up, so the source's
+ * writes keep flowing until it reads the report between two batches;
+ * without one, it shuts a socket down so the source's writes fail.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <godwit/precopy.h>
+#include <godwit/stream.h>
+
+#include "lib/cancel.h"
+#include "lib/clock.h"
+#include "lib/internal.h"
+#include "lib/engine/job.h"
+#include "lib/transport/return_path.h"
+
+/* A command that brought the stream has done its part when the stream
+ * ends: it is killed, and this bounds the wait for one stuck in the kernel. */
+#define EXEC_END_GRACE_MS 1000
+/* The last word to the source: a few bytes into a socket it reads. */
+#define REPORT_SEND_TIMEOUT_MS 5000
+
+struct gw_incoming {
+	struct gw_job job;      /* its lock guards stats too */
+	struct gw_migration *m;
+	struct gw_incoming_callbacks cb;
+	struct gw_channel ch;   /* ours */
+	struct gw_incoming_params params;
+	bool return_path;       /* the channel can answer */
+	uint64_t received;      /* atomic: the reader adds to it */
+	struct gw_incoming_stats stats;
+};
+
+/* Load the whole stream; *commit says whether the source waits for READY. */
+static int load(struct gw_incoming *in, bool *commit, struct gw_error *err)
+{
+	struct gw_reader *r;
+	uint32_t flags = 0;
+	int ret;
+
+	ret = gw_reader_new(in->job.cancel.fd, &r, err);
+	if (ret < 0)
+		return ret;
+	gw_reader_bind(r, in->job.cancel.efd);
+	gw_reader_count_into(r, &in->received);
+	ret = gw_load_flags(in->m, r, &flags, err);
+	*commit = flags & GW_HDRF_COMMIT;
+	/* The source sends nothing after EOF until it has our READY. */
+	if (ret == 0 && *commit && gw_reader_buffered(r))
+		ret = gw_error_set(err, -EPROTO,
+				   "the source sent %zu bytes after the EOF record, before the handshake",
+				   gw_reader_buffered(r));
+	gw_reader_free(r);
+	return ret;
+}
+
+/* READY, then wait for GO: the commit point of the destination. */
+static int await_go(struct gw_incoming *in, struct gw_error *err)
+{
+	const struct gw_report ready = { GW_REPORT_READY, 0, "" };
+	struct gw_report go;
+	uint64_t t0;
+	int ret;
+
+	ret = gw_report_send(&in->job.cancel, (int)in->params.go_timeout_ms, &ready, err);
+	if (ret < 0)
+		return ret;
+	t0 = gw_now_ns();
+	ret = gw_report_recv(&in->job.cancel, (int)in->params.go_timeout_ms,
+			     "the source's GO (x-godwit-go-timeout)", &go, err);
+	if (ret < 0)
+		return ret;
+	if (go.status != GW_REPORT_GO)
+		return gw_error_set(err, -EPROTO, "the source sent %s where its GO belongs",
+				    gw_report_name(go.status));
+	pthread_mutex_lock(&in->job.lock);
+	in->stats.go_wait_us = (gw_now_ns() - t0) / 1000;
+	pthread_mutex_unlock(&in->job.lock);
+	return 0;
+}
+
+static int cancelled_here(struct gw_incoming *in, struct gw_error *err)
+{
+	if (!gw_job_cancelled(&in->job))
+		return 0;
+	return gw_error_set(err, -ECANCELED, "cancelled on the destination");
+}
+
+/* Everything up to the resume; a failure anywhere leaves the guest unrun. */
+static int receive(struct gw_incoming *in, struct gw_error *err)
+{
+	struct gw_migration *m = in->m;
+	bool commit = false;
+	int ret = load(in, &commit, err);
+
+	if (ret == 0 && commit && !in->return_path)
+		ret = gw_error_set(err, -EPROTO,
+				   "the source waits for the switchover handshake, but this channel cannot answer it (it is not a socket): the guest will not run here");
+	if (ret == 0)
+		ret = cancelled_here(in, err);
+	if (ret == 0 && m->vm_ops.prepare && (ret = m->vm_ops.prepare(m->vm_opaque, err)) < 0)
+		gw_error_prefix(err, ret, "the stream loaded, but its state cannot be put into effect: ");
+	if (ret == 0 && commit)
+		ret = await_go(in, err);
+	/* The destination's commit point: a cancel from here is refused. */
+	if (ret == 0 && !gw_job_commit(&in->job))
+		ret = gw_error_set(err, -ECANCELED, "cancelled on the destination");
+	if (ret == 0 && (ret = m->vm_ops.resume(m->vm_opaque, err)) < 0)
+		gw_error_prefix(err, ret, "the stream loaded, but the guest cannot be resumed: ");
+	return ret;
+}
+
+/* Read and drop whatever the source still sends, until it hangs up. */
+static void drain(struct gw_incoming *in)
+{
+	unsigned char buf[64 << 10];
+
+	while (gw_cancel_poll(&in->job.cancel, POLLIN, -1) > 0) {
+		ssize_t n = read(in->job.cancel.fd, buf, sizeof(buf));
+
+		if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+			return;
+	}
+}
+
+static int incoming_run(struct gw_job *j, struct gw_error *err)
+{
+	return receive(j->engine, err);
+}
+
+/* Tell the source how it ended, then decide the outcome. */
+static enum gw_mig_status incoming_conclude(struct gw_job *j, int ret, struct gw_error *err)
+{
+	struct gw_incoming *in = j->engine;
+	struct gw_report report = { GW_REPORT_RUNNING, 0, "" };
+
+	if (ret < 0) {
+		report = (struct gw_report){ GW_REPORT_FAILED, ret, "" };
+		snprintf(report.msg, sizeof(report.msg), "%s", err->msg);
+	}
+	/*
+	 * The source is told either way. A RUNNING that cannot be sent leaves
+	 * the source paused (it sent GO and never resumes by itself then); a
+	 * FAILED that cannot be sent likewise, unless it had not sent GO.
+	 */
+	if (in->return_path)
+		gw_report_send(&in->job.cancel, REPORT_SEND_TIMEOUT_MS, &report, NULL);
+	else if (ret < 0)
+		gw_cancel_shutdown(&in->job.cancel);
+	if (ret == 0)
+		return GW_MIG_COMPLETED;
+	return gw_job_cancelled(j) ? GW_MIG_CANCELLED : GW_MIG_FAILED;
+}
+
+/* After the outcome: a failed destination drains its source (see the top),
+ * then the channel ends. */
+static void incoming_after(struct gw_job *j)
+{
+	struct gw_incoming *in = j->engine;
+
+	if (gw_job_status(j, NULL, NULL, NULL, 0) == GW_MIG_FAILED && in->return_path)
+		drain(in);
+	gw_channel_close_stream(&in->ch, NULL);
+	if (in->ch.child > 0)
+		gw_channel_abort(&in->ch);
+	gw_channel_end(&in->ch, -1, EXEC_END_GRACE_MS, NULL);
+}
+
+static const struct gw_job_ops incoming_ops = {
+	.run = incoming_run,
+	.conclude = incoming_conclude,
+	.after = incoming_after,
+};
+
+int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
+		      const struct gw_incoming_params *params,
+		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
+		      struct gw_error *err)
+{
+	struct gw_incoming *in;
+	int ret;
+
+	if (!m || !out || !ch)
+		return gw_error_set(err, -EINVAL, "incoming migration: no migration object, channel or result pointer");
+	if (!m->vm_ops.resume)
+		return gw_error_set(err, -EINVAL,
+				    "incoming migration: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
+	if (params && (ret = gw_check_reserved(params->reserved, 8, "incoming parameters", err)) < 0)
+		return ret;
+	in = calloc(1, sizeof(*in));
+	if (!in)
+		return gw_error_set(err, -ENOMEM, "incoming migration: out of memory");
+	in->m = m;
+	in->ch = *ch;
+	in->return_path = ch->bidirectional;
+	if (params)
+		in->params = *params;
+	in->params.go_timeout_ms = gw_timeout_ms(in->params.go_timeout_ms,
+						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	if (cb)
+		in->cb = *cb;
+	ret = gw_job_start(&in->job, &incoming_ops, in, "gw-incoming", in->ch.fd, GW_MIG_ACTIVE,
+			   in->cb.status, in->cb.opaque, err);
+	if (ret < 0) {
+		free(in);
+		return gw_error_prefix(err, ret, "incoming migration: ");
+	}
+	*ch = (struct gw_channel){ .fd = -1 };
+	*out = in;
+	return 0;
+}
+
+void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
+{
+	pthread_mutex_lock(&in->job.lock);
+	*out = in->stats;
+	out->status = gw_job_status_locked(&in->job, &out->total_time_ms, NULL, out->error,
+					   sizeof(out->error));
+	pthread_mutex_unlock(&in->job.lock);
+	out->received = __atomic_load_n(&in->received, __ATOMIC_RELAXED);
+}
+
+void gw_incoming_cancel(struct gw_incoming *in)
+{
+	/* No shutdown: the source must still get our FAILED (see the top). */
+	gw_job_cancel(&in->job);
+}
+
+bool gw_incoming_done(struct gw_incoming *in)
+{
+	return gw_job_done(&in->job);
+}
+
+void gw_incoming_free(struct gw_incoming *in)
+{
+	if (!in)
+		return;
+	/* A failed destination may still be draining; that ends here too. */
+	gw_job_stop(&in->job);
+	gw_job_join(&in->job);
+	free(in);
+}

@@ -1,0 +1,851 @@
+/*
+ * The pre-copy engine (<godwit/precopy.h>): one thread per outgoing
+ * migration that decides which pages to send when.
+ *
+ * A round is: sync the dirty bitmap of every block, keep only pages the
+ * kernel holds (populated.h), decide whether the rest fits the downtime
+ * limit, and if not, send it while the guest runs. The first round's
+ * bitmap is all ones, so it sends every populated page; later rounds send
+ * what the guest wrote meanwhile. When the rest fits, the guest is paused
+ * and the last sync, the last pages, device state and EOF follow.
+ *
+ * The rules, in one place (docs/format.md, "Live migration", says the same
+ * for users):
+ *
+ *  - Switch over only after a sync where remaining / bandwidth <=
+ *    downtime limit. remaining is the bytes of the dirty populated pages;
+ *    bandwidth is how fast the last round that sent anything drained
+ *    dirty pages (page bytes per second, zero pages included: draining
+ *    them is what the downtime is spent on), or max-bandwidth if that is
+ *    lower. Before the first round there is no measure, and nothing but
+ *    an empty dirty set switches over (max-bandwidth alone is no measure:
+ *    "unlimited" would make any first pass look free). Above the limit
+ *    the engine keeps going forever: only the caller (a higher limit or
+ *    bandwidth, or a cancel) ends a migration that does not converge.
+ *  - Within the limit, the engine does not stop the guest at once while
+ *    another round still pays: it keeps sending rounds as long as each
+ *    sync finds at most 3/4 of the pages the previous one found, and the
+ *    rest would take more than SETTLE_NS to send, for at most
+ *    SETTLE_ROUNDS rounds. Each such round is shorter than the one before
+ *    (the set shrinks geometrically), so they cost little total time and
+ *    take the downtime down to what the guest dirties in one short round
+ *    instead of whatever the limit allows. QEMU stops at the limit.
+ *  - Auto-converge: a period (sync to sync) is "hot" when the guest
+ *    dirtied more than 50% of the bytes sent in it (QEMU's rule). While
+ *    the engine does not switch over, the second hot period in a row
+ *    throttles the vCPUs to throttle-initial, and every hot period after
+ *    that adds throttle-increment, up to throttle-max. A cool period
+ *    stops the climb but keeps the throttle; switchover, failure and
+ *    cancel remove it.
+ *  - max-bandwidth limits every byte sent while the guest runs (a token
+ *    bucket, ratelimit.h); the final pass with the guest paused runs at
+ *    full speed, since every millisecond of it is downtime.
+ *  - A round that sent fewer than SMALL_ROUND pages is followed by a
+ *    short sleep, so a nearly idle guest does not make the engine spin.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <godwit/precopy.h>
+#include <godwit/stream.h>
+
+#include "lib/bitmap.h"
+#include "lib/cancel.h"
+#include "lib/clock.h"
+#include "lib/internal.h"
+#include "lib/engine/job.h"
+#include "lib/ram/populated.h"
+#include "lib/ram/ram_batch.h"
+#include "lib/ram/ram_sink.h"
+#include "lib/ratelimit.h"
+#include "lib/transport/return_path.h"
+
+#define PAGE ((uint64_t)GW_PAGE_SIZE)
+/* A write failed: how long to look for a report that says why. */
+#define EXPLAIN_TIMEOUT_MS 1000
+#define SMALL_ROUND 64
+#define IDLE_NS (5 * 1000000ull)
+/* Longest sleep between two looks at max-bandwidth and cancel. */
+#define RATE_SLICE_NS (10 * 1000000ull)
+#define HOT_PERCENT 50
+/* The settle rule (above): a rest this quick to send is not worth a round. */
+#define SETTLE_NS (1000000ull)
+#define SETTLE_ROUNDS 8
+
+struct gw_precopy {
+	struct gw_job job;      /* its lock guards params and stats too */
+	struct gw_migration *m;
+	struct gw_precopy_callbacks cb;
+	struct gw_channel ch;   /* ours: closed, and its command ended, before the outcome */
+	bool return_path;
+	struct gw_precopy_params params;
+	struct gw_precopy_stats stats;
+
+	/* The migration thread's own. */
+	struct gw_writer *w;    /* the stream: header, sections, EOF */
+	struct gw_stream_sink stream_sink;
+	struct gw_ram_sink *sink; /* where RAM pages go */
+	uint64_t **dirty;       /* per RAM block: pages still to send */
+	uint64_t pending;       /* bits set in dirty */
+	uint64_t synced;        /* pending found by the last sync */
+	uint64_t synced_before; /* ... and by the one before it */
+	uint32_t settle_rounds; /* rounds sent within the limit */
+	bool dirty_started;
+	bool paused;            /* this engine paused the guest */
+	bool handed_over;       /* GO (or, one way, EOF into a command) left whole: only
+				   the other side may run the guest now */
+	bool dest_failed;       /* ... but it said it will not */
+	bool confirmed;         /* ... and it said RUNNING */
+	uint64_t pause_ns;
+	uint32_t throttle;      /* percent now applied */
+	uint32_t hot_periods;   /* hot periods in a row */
+	bool hot;               /* the last period was hot */
+	uint64_t pass;          /* syncs so far */
+	uint64_t sync_ns;       /* time and stream offset of the last sync */
+	uint64_t sync_xfer;
+	uint64_t dirty_rate;    /* pages per second, last period */
+	uint64_t bandwidth;     /* page bytes per second drained, 0 = not measured */
+	uint64_t round_pages;   /* pages the last round sent */
+	struct gw_ratelimit rl;
+};
+
+void gw_precopy_params_default(struct gw_precopy_params *p)
+{
+	*p = (struct gw_precopy_params){
+		.downtime_limit_ms = 300,
+		.max_bandwidth = 128ull << 20, /* QEMU's MAX_THROTTLE */
+		.throttle_initial = 20,
+		.throttle_increment = 10,
+		.throttle_max = 99,
+		.switchover_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.ready_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.confirm_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.exec_grace_ms = GW_EXEC_GRACE_DEFAULT_MS,
+	};
+}
+
+/* Throttle settings out of range are brought into it (QEMU's ranges);
+ * a switchover timeout of 0 is the default. */
+static void clamp_params(struct gw_precopy_params *p)
+{
+	p->switchover_timeout_ms = gw_timeout_ms(p->switchover_timeout_ms,
+						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->ready_timeout_ms = gw_timeout_ms(p->ready_timeout_ms, GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->confirm_timeout_ms = gw_timeout_ms(p->confirm_timeout_ms,
+					      GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->exec_grace_ms = gw_timeout_ms(p->exec_grace_ms, GW_EXEC_GRACE_DEFAULT_MS);
+	if (p->throttle_max < 1 || p->throttle_max > 99)
+		p->throttle_max = p->throttle_max < 1 ? 1 : 99;
+	if (p->throttle_initial < 1 || p->throttle_initial > p->throttle_max)
+		p->throttle_initial = p->throttle_initial < 1 ? 1 : p->throttle_max;
+	if (p->throttle_increment < 1 || p->throttle_increment > 99)
+		p->throttle_increment = p->throttle_increment < 1 ? 1 : 99;
+}
+
+static void get_params(struct gw_precopy *p, struct gw_precopy_params *out)
+{
+	pthread_mutex_lock(&p->job.lock);
+	*out = p->params;
+	pthread_mutex_unlock(&p->job.lock);
+}
+
+static uint64_t max_bandwidth(struct gw_precopy *p)
+{
+	uint64_t bw;
+
+	pthread_mutex_lock(&p->job.lock);
+	bw = p->params.max_bandwidth;
+	pthread_mutex_unlock(&p->job.lock);
+	return bw;
+}
+
+static void publish_transferred(struct gw_precopy *p)
+{
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.transferred = gw_writer_sent(p->w);
+	p->stats.remaining = p->pending * PAGE;
+	pthread_mutex_unlock(&p->job.lock);
+}
+
+static int cancelled(struct gw_error *err)
+{
+	return gw_error_set(err, -ECANCELED, "cancelled");
+}
+
+/*
+ * Wait for the destination's next message, which must be `want`; a
+ * FAILED report in its place ends the migration with the destination's
+ * reason (and says that its guest will never run).
+ */
+static int expect(struct gw_precopy *p, uint64_t timeout_ms, enum gw_report_status want,
+		  const char *what, struct gw_error *err)
+{
+	struct gw_report r;
+	int ret = gw_report_recv(&p->job.cancel, (int)timeout_ms, what, &r, err);
+
+	if (ret < 0)
+		return ret;
+	if (r.status == GW_REPORT_FAILED) {
+		p->dest_failed = true;
+		return gw_error_set(err, r.code, "the destination failed: %s", r.msg);
+	}
+	if (r.status != want)
+		return gw_error_set(err, -EPROTO,
+				    "return path: the destination sent %s where %s belongs",
+				    gw_report_name(r.status), what);
+	return 0;
+}
+
+/* Between batches: stop for a cancel, or for a destination that gave up. */
+static int stop_point(struct gw_precopy *p, struct gw_error *err)
+{
+	int ready;
+
+	if (gw_cancel_requested(&p->job.cancel))
+		return cancelled(err);
+	if (!p->return_path)
+		return 0;
+	ready = gw_cancel_poll(&p->job.cancel, POLLIN, 0);
+	if (ready == -ECANCELED)
+		return cancelled(err);
+	if (ready < 0)
+		return gw_error_set(err, ready, "return path: poll: %s", gw_strerror(ready));
+	/* Before the stream ends, only a failure makes sense. */
+	return ready ? expect(p, EXPLAIN_TIMEOUT_MS, GW_REPORT_FAILED,
+			      "the destination's report", err) : 0;
+}
+
+static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error *err)
+{
+	int ret;
+
+	if (percent == p->throttle)
+		return 0;
+	ret = p->cb.throttle(p->cb.opaque, percent, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "auto-converge: cannot throttle the vCPUs to %u%%: ",
+				       percent);
+	p->throttle = percent;
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.throttle_percent = percent;
+	pthread_mutex_unlock(&p->job.lock);
+	return 0;
+}
+
+/* Spend bytes from the bandwidth budget and wait until it allows more. */
+static int limit_bandwidth(struct gw_precopy *p, uint64_t bytes, struct gw_error *err)
+{
+	gw_ratelimit_spend(&p->rl, bytes);
+	for (;;) {
+		uint64_t delay = gw_ratelimit_delay_ns(&p->rl, max_bandwidth(p), gw_now_ns());
+
+		if (!delay)
+			return 0;
+		/* In slices, so a raised limit takes effect at once. */
+		if (gw_cancel_sleep(&p->job.cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) < 0)
+			return cancelled(err);
+	}
+}
+
+/* A batch has left: count it (query-migrate reads these). */
+static void account(struct gw_precopy *p, const struct gw_ram_batch *b)
+{
+	p->pending -= b->n;
+	p->round_pages += b->n;
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.transferred = gw_sink_sent(p->sink);
+	p->stats.remaining = p->pending * PAGE;
+	p->stats.duplicate += b->zero;
+	p->stats.normal += b->n - b->zero;
+	p->stats.normal_bytes += (uint64_t)(b->n - b->zero) * PAGE;
+	pthread_mutex_unlock(&p->job.lock);
+}
+
+static int send_batch(struct gw_precopy *p, const struct gw_ram_batch *b, bool final,
+		      struct gw_error *err)
+{
+	uint64_t before = gw_writer_offset(p->w);
+	int ret;
+
+	/* In the final pass the guest is paused and its pages cannot change:
+	 * a page that does not match its hash there is damage, not a tear. */
+	ret = gw_sink_pages(p->sink, b->block, b->entries, b->n, final ? GW_SAVE_DATA_CRC : 0, err);
+	if (ret < 0)
+		return ret;
+	account(p, b);
+	if (!final) {
+		ret = limit_bandwidth(p, gw_writer_offset(p->w) - before, err);
+		if (ret < 0)
+			return ret;
+	}
+	return stop_point(p, err);
+}
+
+/* Pages per batch: at most a full bucket of the bandwidth limit, so a
+ * slow limit is kept smoothly rather than in 4 MiB bursts. */
+static uint32_t batch_pages(struct gw_precopy *p, bool final)
+{
+	uint64_t burst = final ? UINT64_MAX : gw_ratelimit_burst(max_bandwidth(p)) / PAGE;
+
+	return burst >= GW_PAGES_MAX ? GW_PAGES_MAX : burst ? (uint32_t)burst : 1;
+}
+
+/* Send and clear the dirty pages of one block. */
+static int send_block(struct gw_precopy *p, uint32_t block, bool final, struct gw_error *err)
+{
+	struct gw_ram_batch batch;
+	struct gw_ram_walk walk;
+
+	gw_ram_walk_init(&walk, &p->m->ram[block], block, p->dirty[block]);
+	while (gw_ram_walk_next(&walk, batch_pages(p, final), &batch)) {
+		int ret = send_batch(p, &batch, final, err);
+
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+static int send_round(struct gw_precopy *p, bool final, struct gw_error *err)
+{
+	uint64_t t0 = gw_now_ns(), x0 = gw_writer_offset(p->w), dt;
+
+	p->round_pages = 0;
+	for (uint32_t i = 0; i < p->m->nr_ram; i++) {
+		int ret = send_block(p, i, final, err);
+
+		if (ret < 0)
+			return ret;
+	}
+	if (!p->round_pages)
+		return 0;
+	dt = gw_now_ns() - t0;
+	dt = dt ? dt : 1;
+	p->bandwidth = (uint64_t)((double)(p->round_pages * PAGE) * 1e9 / (double)dt);
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.mbps = (double)(gw_writer_offset(p->w) - x0) * 8e3 / (double)dt;
+	pthread_mutex_unlock(&p->job.lock);
+	return 0;
+}
+
+/* Collect what the guest dirtied, keep the populated pages, measure. */
+static int sync_all(struct gw_precopy *p, struct gw_error *err)
+{
+	const struct gw_migration *m = p->m;
+	uint64_t before = p->pending, pending = 0, now, xfer;
+
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		const struct gw_ram_block *b = &m->ram[i];
+		uint64_t pages = b->size / PAGE;
+		int ret = m->dirty_ops.sync(m->dirty_opaque, i, p->dirty[i], err);
+
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "dirty-page sync of RAM block '%s': ", b->name);
+		gw_bitmap_trim(p->dirty[i], pages);
+		ret = gw_populated_filter(b, p->dirty[i], err);
+		if (ret < 0)
+			return ret;
+		pending += gw_bitmap_count(p->dirty[i], pages);
+	}
+	now = gw_now_ns();
+	xfer = gw_writer_offset(p->w);
+	p->pending = pending;
+	p->synced_before = p->synced;
+	p->synced = pending;
+	/* The first sync only re-arms tracking under the all-ones first round. */
+	if (++p->pass > 1) {
+		uint64_t fresh = pending > before ? pending - before : 0;
+		uint64_t dt = now - p->sync_ns ? now - p->sync_ns : 1;
+
+		p->dirty_rate = (uint64_t)((double)fresh * 1e9 / (double)dt);
+		p->hot = fresh * PAGE * 100 > (xfer - p->sync_xfer) * HOT_PERCENT;
+	}
+	p->sync_ns = now;
+	p->sync_xfer = xfer;
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.dirty_sync_count = p->pass;
+	p->stats.dirty_pages_rate = p->dirty_rate;
+	p->stats.remaining = pending * PAGE;
+	pthread_mutex_unlock(&p->job.lock);
+	if (p->cb.pass)
+		p->cb.pass(p->cb.opaque, p->pass);
+	return 0;
+}
+
+/* Bytes per second the rest can be expected to drain at (rules above);
+ * 0 before the first measure. */
+static uint64_t drain_bandwidth(const struct gw_precopy *p, const struct gw_precopy_params *pp)
+{
+	uint64_t bw = p->bandwidth;
+
+	if (bw && pp->max_bandwidth && pp->max_bandwidth < bw)
+		bw = pp->max_bandwidth;
+	return bw;
+}
+
+/* After a sync: does the rest fit the downtime limit? Fills blocked if not. */
+static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
+{
+	uint64_t remaining = p->pending * PAGE;
+	uint64_t bw = drain_bandwidth(p, pp);
+	uint64_t expected = 0;
+	char blocked[sizeof(p->stats.blocked)] = "";
+
+	if (remaining && bw)
+		expected = (uint64_t)((double)remaining * 1000 / (double)bw);
+	if (remaining && !bw)
+		snprintf(blocked, sizeof(blocked),
+			 "first pass: %llu MiB of guest RAM to send before the downtime can be estimated",
+			 (unsigned long long)(remaining >> 20));
+	else if (expected > pp->downtime_limit_ms)
+		snprintf(blocked, sizeof(blocked),
+			 "expected downtime %llu ms > limit %llu ms: guest dirties %.1f MB/s, link %.1f MB/s%s",
+			 (unsigned long long)expected, (unsigned long long)pp->downtime_limit_ms,
+			 (double)(p->dirty_rate * PAGE) / 1e6, (double)bw / 1e6,
+			 p->throttle ? " (vCPUs throttled)" : "");
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.expected_downtime_ms = expected;
+	memcpy(p->stats.blocked, blocked, sizeof(blocked));
+	pthread_mutex_unlock(&p->job.lock);
+	return !blocked[0];
+}
+
+/* Within the limit: is one more round still worth it? (rules above) */
+static bool settled(struct gw_precopy *p, const struct gw_precopy_params *pp)
+{
+	uint64_t bw = drain_bandwidth(p, pp);
+	double rest_ns;
+
+	if (!p->pending || !bw)
+		return true;
+	rest_ns = (double)(p->pending * PAGE) * 1e9 / (double)bw;
+	if (rest_ns <= (double)SETTLE_NS || p->settle_rounds >= SETTLE_ROUNDS ||
+	    p->synced * 4 > p->synced_before * 3)
+		return true;
+	p->settle_rounds++;
+	return false;
+}
+
+/* Auto-converge, after a round that did not switch over (rules above). */
+static int converge(struct gw_precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
+{
+	uint32_t next = p->throttle;
+
+	if (!pp->auto_converge || !p->cb.throttle)
+		next = 0;
+	else if (!p->hot)
+		p->hot_periods = 0;
+	else if (++p->hot_periods >= 2 || p->throttle) {
+		next = p->throttle ? p->throttle + pp->throttle_increment : pp->throttle_initial;
+		if (next > pp->throttle_max)
+			next = pp->throttle_max;
+	}
+	return set_throttle(p, next, err);
+}
+
+static int setup(struct gw_precopy *p, struct gw_error *err)
+{
+	struct gw_migration *m = p->m;
+	uint64_t now;
+	int ret;
+
+	if (m->dirty_ops.start) {
+		ret = m->dirty_ops.start(m->dirty_opaque, err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "setup: cannot start dirty-page tracking: ");
+	}
+	p->dirty_started = true;
+	ret = stop_point(p, err);
+	if (ret == 0)
+		ret = gw_writer_new(p->job.cancel.fd, &p->w, err);
+	if (ret == 0) {
+		gw_writer_bind(p->w, p->job.cancel.efd);
+		gw_stream_sink_init(&p->stream_sink, m, p->w);
+		p->sink = &p->stream_sink.sink;
+		ret = gw_save_begin_flags(m, p->w, p->return_path ? GW_HDRF_COMMIT : 0, err);
+	}
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "setup: ");
+	/* Round one sends every page that is there; the syncs say what changed since. */
+	for (uint32_t i = 0; i < m->nr_ram; i++)
+		gw_bitmap_fill(p->dirty[i], m->ram[i].size / PAGE);
+	now = gw_now_ns();
+	gw_ratelimit_init(&p->rl, now);
+	p->sync_ns = now;
+	publish_transferred(p);
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.setup_time_ms = (now - p->job.start_ns) / 1000000;
+	pthread_mutex_unlock(&p->job.lock);
+	return 0;
+}
+
+static int iterate(struct gw_precopy *p, struct gw_error *err)
+{
+	for (;;) {
+		struct gw_precopy_params pp;
+		int ret;
+
+		get_params(p, &pp);
+		ret = stop_point(p, err);
+		if (ret == 0)
+			ret = sync_all(p, err);
+		if (ret == 0 && fits(p, &pp)) {
+			if (settled(p, &pp))
+				return 0;
+		} else if (ret == 0) {
+			ret = converge(p, &pp, err);
+		}
+		if (ret == 0)
+			ret = gw_save_iterate(p->m, p->w, err);
+		if (ret == 0)
+			ret = send_round(p, false, err);
+		if (ret == 0 && p->round_pages < SMALL_ROUND && gw_cancel_sleep(&p->job.cancel, IDLE_NS) < 0)
+			ret = cancelled(err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "round %llu: ", (unsigned long long)p->pass);
+	}
+}
+
+/* The commit point: from here a cancel is refused, unless one came first. */
+static int commit(struct gw_precopy *p, struct gw_error *err)
+{
+	return gw_job_commit(&p->job) ? 0 : cancelled(err);
+}
+
+/*
+ * The handshake after EOF (docs/format.md, "Switchover handshake"): READY
+ * from the destination, GO from here, RUNNING back. Until GO has left
+ * whole, any failure leaves the guest to the source, which resumes it;
+ * after that only a FAILED report from the destination gives it back.
+ */
+static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp,
+		     struct gw_error *err)
+{
+	const struct gw_report go = { GW_REPORT_GO, 0, "" };
+	uint64_t ready_ns;
+	int ret;
+
+	ret = expect(p, pp->ready_timeout_ms, GW_REPORT_READY,
+		     "the destination's READY (x-godwit-ready-timeout)", err);
+	if (ret == 0)
+		ret = commit(p, err);
+	if (ret == 0)
+		ret = gw_report_send(&p->job.cancel, (int)pp->confirm_timeout_ms, &go, err);
+	if (ret < 0)
+		return ret;
+	p->handed_over = true;
+	ready_ns = gw_now_ns();
+	ret = expect(p, pp->confirm_timeout_ms, GW_REPORT_RUNNING,
+		     "the destination's RUNNING (x-godwit-confirm-timeout)", err);
+	p->confirmed = ret == 0;
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
+	pthread_mutex_unlock(&p->job.lock);
+	return ret;
+}
+
+static int switchover(struct gw_precopy *p, struct gw_error *err)
+{
+	struct gw_migration *m = p->m;
+	struct gw_precopy_params pp;
+	int ret;
+
+	get_params(p, &pp);
+	/* Set first: a pause that fails half-way is undone too. */
+	p->paused = true;
+	p->pause_ns = gw_now_ns();
+	ret = m->vm_ops.pause(m->vm_opaque, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "switchover: cannot pause the guest: ");
+	gw_job_set_status(&p->job, GW_MIG_DEVICE);
+	/* A destination that stops reading cannot keep the guest paused
+	 * for longer than this. */
+	gw_writer_set_deadline(p->w, p->pause_ns + pp.switchover_timeout_ms * 1000000);
+	ret = stop_point(p, err);
+	if (ret == 0)
+		ret = set_throttle(p, 0, err);
+	if (ret == 0)
+		ret = sync_all(p, err);
+	if (ret == 0)
+		ret = send_round(p, true, err);
+	if (ret == 0)
+		ret = gw_sink_flush(p->sink, err);
+	if (ret == 0)
+		ret = gw_save_devices(m, p->w, err);
+	if (ret == 0)
+		ret = gw_save_finish(m, p->w, err);
+	publish_transferred(p);
+	/* One way into a command (ssh to a destination, say), the whole
+	 * stream has left: the far side may run it at EOF, and if the command
+	 * then fails nobody here can tell whether it did. */
+	if (ret == 0 && !p->return_path && p->ch.child > 0)
+		p->handed_over = true;
+	if (ret == -ETIMEDOUT)
+		gw_error_prefix(err, ret, "the final pages and device state were not written within x-godwit-switchover-timeout (%llu ms): ",
+				(unsigned long long)pp.switchover_timeout_ms);
+	if (ret == 0 && p->return_path)
+		ret = handshake(p, &pp, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "switchover: ");
+	pthread_mutex_lock(&p->job.lock);
+	p->stats.downtime_ms = (gw_now_ns() - p->pause_ns) / 1000000;
+	pthread_mutex_unlock(&p->job.lock);
+	return 0;
+}
+
+/*
+ * A write failed because the destination hung up: it may have said why
+ * on the return path first. Its reason replaces "broken pipe".
+ */
+static void explain(struct gw_precopy *p, int ret, struct gw_error *err)
+{
+	struct gw_report r;
+
+	if (!p->return_path || p->handed_over || (ret != -EPIPE && ret != -ECONNRESET))
+		return;
+	if (gw_report_recv(&p->job.cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
+			   NULL) == 0 && r.status == GW_REPORT_FAILED)
+		gw_error_set(err, r.code, "the destination failed: %s", r.msg);
+}
+
+static int migrate(struct gw_precopy *p, struct gw_error *err)
+{
+	int ret;
+
+	gw_job_set_status(&p->job, GW_MIG_SETUP);
+	ret = setup(p, err);
+	if (ret == 0) {
+		gw_job_set_status(&p->job, GW_MIG_ACTIVE);
+		ret = iterate(p, err);
+	}
+	if (ret == 0)
+		ret = switchover(p, err);
+	if (ret < 0 && !gw_cancel_requested(&p->job.cancel))
+		explain(p, ret, err);
+	return ret;
+}
+
+/* Add "; what: why" to the message in err. */
+static void append(struct gw_error *err, const char *what, const char *why)
+{
+	char msg[2 * GW_ERROR_MSG_MAX + 128];
+
+	snprintf(msg, sizeof(msg), "%s; %s%s%s", err->msg, what, why ? ": " : "", why ? why : "");
+	gw_error_set(err, err->code, "%s", msg);
+}
+
+/*
+ * The stream is over: close the channel and, for exec:, wait for the
+ * command, whose exit says whether a stream that left whole arrived. A
+ * command fed a stream that failed is not waited for: it may be stuck on
+ * the network that is the reason for the failure.
+ */
+static int end_channel(struct gw_precopy *p, int ret, struct gw_error *err)
+{
+	bool is_exec = p->ch.child > 0;
+	struct gw_precopy_params pp;
+	struct gw_error e2 = { 0 };
+	int end;
+
+	get_params(p, &pp);
+	if (ret < 0 && is_exec && !p->handed_over)
+		gw_channel_abort(&p->ch);
+	end = gw_channel_end(&p->ch, p->job.cancel.efd, (unsigned)pp.exec_grace_ms, &e2);
+	if (ret == 0)
+		return end < 0 ? gw_error_set(err, end, "%s", e2.msg) : 0;
+	if (is_exec && ret == -EPIPE && end == 0)
+		append(err, "the command exited (status 0) before it read the whole stream", NULL);
+	else if (end < 0)
+		append(err, e2.msg, NULL);
+	return ret;
+}
+
+/* Undo what the engine did to the source and decide the outcome. */
+static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_error *err)
+{
+	struct gw_precopy *p = j->engine;
+	struct gw_migration *m = p->m;
+	enum gw_mig_status outcome = GW_MIG_COMPLETED;
+	struct gw_error e2 = { 0 };
+	bool unconfirmed;
+
+	if (p->w)
+		publish_transferred(p);
+	gw_writer_free(p->w);
+	p->w = NULL;
+	if (ret < 0) {
+		gw_error_prefix(err, ret, "%s: ", p->ch.desc);
+		/* The destination must not wait for more: end the stream for it
+		 * (closing our fd would not, if another process shares it). */
+		gw_cancel_shutdown(&j->cancel);
+	}
+	{
+		int end = end_channel(p, ret, err);
+
+		/* Confirmed, the guest runs there: closing our end cannot undo it. */
+		ret = p->confirmed ? 0 : end;
+	}
+	unconfirmed = ret < 0 && p->handed_over && !p->dest_failed;
+	if (unconfirmed) {
+		/* The other side may run the guest: resuming here could make
+		 * two. Keep the complete copy, paused, and say so. */
+		outcome = GW_MIG_FAILED;
+		append(err, "the source guest stays paused",
+		       p->return_path ?
+		       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it" :
+		       "the command got the whole stream and may have started the guest elsewhere; 'cont' resumes it here only if it is known not to run there");
+	} else if (ret < 0) {
+		outcome = gw_job_cancelled(j) && !p->handed_over ? GW_MIG_CANCELLED : GW_MIG_FAILED;
+		/* A guest that cannot run again is a failure, even of a cancel. */
+		if (p->paused && m->vm_ops.resume(m->vm_opaque, &e2) < 0) {
+			append(err, "and the source guest cannot be resumed", e2.msg);
+			outcome = GW_MIG_FAILED;
+		}
+	}
+	if (p->throttle && set_throttle(p, 0, &e2) < 0) {
+		append(err, "and the vCPU throttle cannot be removed", e2.msg);
+		if (outcome == GW_MIG_CANCELLED)
+			outcome = GW_MIG_FAILED;
+	}
+	if (p->dirty_started && m->dirty_ops.stop)
+		m->dirty_ops.stop(m->dirty_opaque);
+	pthread_mutex_lock(&j->lock);
+	p->stats.unconfirmed = unconfirmed;
+	pthread_mutex_unlock(&j->lock);
+	return outcome;
+}
+
+static int precopy_run(struct gw_job *j, struct gw_error *err)
+{
+	return migrate(j->engine, err);
+}
+
+static const struct gw_job_ops precopy_ops = {
+	.run = precopy_run,
+	.conclude = precopy_conclude,
+};
+
+static void precopy_release(struct gw_precopy *p)
+{
+	for (uint32_t i = 0; i < p->m->nr_ram; i++)
+		free(p->dirty[i]);
+	free(p->dirty);
+	free(p);
+}
+
+int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsigned nr_channels,
+		     const struct gw_precopy_params *params, const struct gw_precopy_callbacks *cb,
+		     struct gw_precopy **out, struct gw_error *err)
+{
+	struct gw_precopy *p;
+	int ret;
+
+	if (!m || !out || !channels)
+		return gw_error_set(err, -EINVAL, "pre-copy: no migration object, channel or result pointer");
+	if (nr_channels != 1)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: %u channels given; one stream channel is supported", nr_channels);
+	if (!m->vm_ops.pause)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
+	if (!m->dirty_ops.sync)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: the VMM has not set dirty-page tracking (gw_migration_set_dirty_ops)");
+	if (params && (ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err)) < 0)
+		return ret;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return gw_error_set(err, -ENOMEM, "pre-copy: out of memory");
+	p->m = m;
+	if (params)
+		p->params = *params;
+	else
+		gw_precopy_params_default(&p->params);
+	clamp_params(&p->params);
+	if (cb)
+		p->cb = *cb;
+	if (p->params.auto_converge && !p->cb.throttle) {
+		free(p);
+		return gw_error_set(err, -EINVAL, "pre-copy: auto-converge needs a throttle callback");
+	}
+	p->ch = channels[0];
+	/* A socket can answer: the handshake runs over it. */
+	p->return_path = p->ch.bidirectional;
+	p->dirty = calloc(m->nr_ram + 1, sizeof(*p->dirty));
+	if (!p->dirty) {
+		free(p);
+		return gw_error_set(err, -ENOMEM, "pre-copy: out of memory");
+	}
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		p->dirty[i] = calloc(gw_bitmap_words(m->ram[i].size / PAGE), sizeof(uint64_t));
+		if (!p->dirty[i]) {
+			precopy_release(p);
+			return gw_error_set(err, -ENOMEM, "pre-copy: out of memory for the dirty bitmaps");
+		}
+		p->stats.total += m->ram[i].size;
+	}
+	p->stats.page_size = PAGE;
+	ret = gw_job_start(&p->job, &precopy_ops, p, "gw-precopy", p->ch.fd, GW_MIG_SETUP,
+			   p->cb.status, p->cb.opaque, err);
+	if (ret < 0) {
+		precopy_release(p);
+		return gw_error_prefix(err, ret, "pre-copy: ");
+	}
+	/* The channel is the engine's now. */
+	*channels = (struct gw_channel){ .fd = -1 };
+	*out = p;
+	return 0;
+}
+
+int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
+			  struct gw_error *err)
+{
+	int ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err);
+
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&p->job.lock);
+	p->params = *params;
+	clamp_params(&p->params);
+	pthread_mutex_unlock(&p->job.lock);
+	return 0;
+}
+
+void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
+{
+	/* One snapshot: the status and the fields that explain it together. */
+	pthread_mutex_lock(&p->job.lock);
+	*out = p->stats;
+	out->status = gw_job_status_locked(&p->job, &out->total_time_ms, &out->error_code,
+					   out->error, sizeof(out->error));
+	pthread_mutex_unlock(&p->job.lock);
+}
+
+bool gw_precopy_cancel(struct gw_precopy *p)
+{
+	return gw_job_cancel(&p->job);
+}
+
+void gw_precopy_abort(struct gw_precopy *p)
+{
+	/* After GO only the wait for RUNNING is left: end it (unconfirmed). */
+	gw_job_stop(&p->job);
+}
+
+bool gw_precopy_done(struct gw_precopy *p)
+{
+	return gw_job_done(&p->job);
+}
+
+void gw_precopy_free(struct gw_precopy *p)
+{
+	if (!p)
+		return;
+	gw_job_stop(&p->job);
+	gw_job_join(&p->job);
+	precopy_release(p);
+}

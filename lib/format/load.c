@@ -1,0 +1,273 @@
+/*
+ * The destination side: read a whole stream into the registered RAM blocks
+ * and sections. The CONFIG record is checked against the registration
+ * before anything is written, section records are checked for order
+ * against the CONFIG table, and the stream must end with every section
+ * complete and no page torn, so a load that returns 0 has loaded
+ * everything, and every page as it was sent.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <godwit/stream.h>
+
+#include "lib/crc32c.h"
+#include "lib/internal.h"
+#include "lib/format/torn.h"
+
+enum section_progress {
+	SEC_NOTHING, /* no record yet */
+	SEC_STARTED, /* SECTION_START seen, END not yet */
+	SEC_COMPLETE,
+};
+
+struct load {
+	struct gw_migration *m;
+	struct gw_reader *r;
+	struct gw_config cfg;
+	uint32_t *ram_map;            /* stream block id -> index in m->ram */
+	uint32_t *sec_map;            /* stream section id -> index in m->sections */
+	enum section_progress *progress; /* per stream section id */
+	unsigned char *buf;           /* payload of the current record */
+	size_t cap;
+	struct gw_pages *pages;
+	struct gw_torn torn;
+};
+
+static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	int ret = gw_record_read_payload(l->r, h, &l->buf, &l->cap, err);
+
+	if (ret < 0)
+		return ret;
+	return gw_record_check_crc(h, gw_crc32c(0, l->buf, h->length), err);
+}
+
+static int load_config(struct load *l, struct gw_error *err)
+{
+	struct gw_rec_hdr h;
+	uint32_t n;
+	int ret;
+
+	ret = gw_record_read_header(l->r, &h, err);
+	if (ret < 0)
+		return ret;
+	if (h.type != GW_REC_CONFIG)
+		return gw_error_set(err, -EPROTO,
+				    "stream does not start with a CONFIG record (found %s, type 0x%04x, at offset %llu)",
+				    gw_record_type_name(h.type), h.type, (unsigned long long)h.offset);
+	ret = read_payload(l, &h, err);
+	if (ret == 0)
+		ret = gw_config_parse(l->buf, h.length, &l->cfg, err);
+	if (ret < 0)
+		return ret;
+	n = l->cfg.nr_sections;
+	l->ram_map = calloc(l->cfg.nr_ram + 1, sizeof(*l->ram_map));
+	l->sec_map = calloc(n + 1, sizeof(*l->sec_map));
+	l->progress = calloc(n + 1, sizeof(*l->progress));
+	l->pages = malloc(sizeof(*l->pages));
+	if (!l->ram_map || !l->sec_map || !l->progress || !l->pages)
+		return gw_error_set(err, -ENOMEM, "load: out of memory");
+	ret = gw_config_match(l->m, &l->cfg, l->ram_map, l->sec_map, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "the stream does not fit this VMM: ");
+	return gw_torn_init(&l->torn, l->m, err);
+}
+
+/* Is a record of this type for this section allowed now? Then record that it came. */
+static int advance_section(struct load *l, const struct gw_rec_hdr *h, uint32_t id,
+			   struct gw_error *err)
+{
+	bool progressive = l->cfg.sections[id].flags & GW_SECF_PROGRESSIVE;
+	enum section_progress *p = &l->progress[id];
+	const char *problem = NULL;
+
+	switch (h->type) {
+	case GW_REC_SECTION_FULL:
+		if (progressive)
+			problem = "a progressive section cannot have a SECTION_FULL record";
+		else if (*p != SEC_NOTHING)
+			problem = "its state was already loaded";
+		*p = SEC_COMPLETE;
+		break;
+	case GW_REC_SECTION_START:
+		if (!progressive)
+			problem = "a one-shot section cannot have a SECTION_START record";
+		else if (*p != SEC_NOTHING)
+			problem = "it was already started";
+		*p = SEC_STARTED;
+		break;
+	default: /* PART, END */
+		if (!progressive)
+			problem = "a one-shot section cannot have SECTION_PART/END records";
+		else if (*p != SEC_STARTED)
+			problem = *p == SEC_NOTHING ? "it has not been started" : "it has already ended";
+		else if (h->type == GW_REC_SECTION_END)
+			*p = SEC_COMPLETE;
+		break;
+	}
+	if (problem)
+		return gw_error_set(err, -EPROTO, "%s record out of order: %s",
+				    gw_record_type_name(h->type), problem);
+	return 0;
+}
+
+static int load_section(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	const struct gw_config_section *cs;
+	const struct gw_section_reg *sec;
+	struct gw_section_hdr sh;
+	struct gw_rbuf b, data;
+	int ret;
+
+	ret = read_payload(l, h, err);
+	if (ret < 0)
+		return ret;
+	gw_rbuf_init(&b, l->buf, h->length);
+	if (gw_section_get_hdr(&b, h->type, &sh) < 0)
+		return gw_error_set(err, -EBADMSG, "%s record at offset %llu: malformed section header",
+				    gw_record_type_name(h->type), (unsigned long long)h->offset);
+	if (sh.id >= l->cfg.nr_sections)
+		return gw_error_set(err, -EBADMSG,
+				    "%s record at offset %llu: section id %u is not in the CONFIG table (%u sections)",
+				    gw_record_type_name(h->type), (unsigned long long)h->offset,
+				    sh.id, l->cfg.nr_sections);
+	cs = &l->cfg.sections[sh.id];
+	if ((h->type == GW_REC_SECTION_START || h->type == GW_REC_SECTION_FULL) &&
+	    (strcmp(sh.name, cs->name) != 0 || sh.instance != cs->instance ||
+	     sh.version != cs->version))
+		return gw_error_set(err, -EBADMSG,
+				    "%s record at offset %llu: section '%s' instance %u version %u does not match its CONFIG entry %u ('%s' instance %u version %u)",
+				    gw_record_type_name(h->type), (unsigned long long)h->offset,
+				    sh.name, sh.instance, sh.version, sh.id, cs->name,
+				    cs->instance, cs->version);
+	sec = &l->m->sections[l->sec_map[sh.id]];
+	ret = advance_section(l, h, sh.id, err);
+	if (ret == 0) {
+		gw_rbuf_init(&data, b.data + b.pos, b.len - b.pos);
+		ret = gw_section_load(sec, h->type, cs->version, &data, err);
+	}
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "section '%s' instance %u (%s record at offset %llu): ",
+				       cs->name, cs->instance, gw_record_type_name(h->type),
+				       (unsigned long long)h->offset);
+	return 0;
+}
+
+static int load_pages(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	uint32_t crc;
+	int ret;
+
+	ret = gw_pages_read_desc(l->r, h, l->pages, &crc, err);
+	if (ret == 0)
+		ret = gw_record_check_crc(h, crc, err);
+	if (ret == 0)
+		ret = gw_pages_check_desc(h, l->pages, err);
+	if (ret < 0)
+		return ret;
+	if (l->pages->block_id >= l->cfg.nr_ram)
+		return gw_error_set(err, -EBADMSG,
+				    "RAM_PAGES record at offset %llu: block id %u is not in the CONFIG table (%u blocks)",
+				    (unsigned long long)h->offset, l->pages->block_id, l->cfg.nr_ram);
+	return gw_pages_load(l->m, l->ram_map[l->pages->block_id], &l->torn, l->r, h, l->pages,
+			     err);
+}
+
+/* At EOF: every page and every section of the stream must have arrived whole. */
+static int check_complete(const struct load *l, const struct gw_rec_hdr *h,
+			  struct gw_error *err)
+{
+	int ret = gw_torn_check(&l->torn, h->offset, err);
+
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < l->cfg.nr_sections; i++) {
+		const struct gw_config_section *cs = &l->cfg.sections[i];
+
+		if (l->progress[i] != SEC_COMPLETE)
+			return gw_error_set(err, -EPROTO,
+					    "incomplete stream: EOF at offset %llu but section '%s' instance %u %s",
+					    (unsigned long long)h->offset, cs->name, cs->instance,
+					    l->progress[i] == SEC_STARTED ? "was not ended" :
+					    "has no state in the stream");
+	}
+	return 0;
+}
+
+static int skip_record(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	uint32_t crc;
+	int ret;
+
+	if (h->type != GW_REC_VMDESC && !(h->flags & GW_RECF_SKIPPABLE))
+		return gw_error_set(err, -EPROTONOSUPPORT,
+				    "record type 0x%04x at offset %llu is unknown to this reader and not skippable",
+				    h->type, (unsigned long long)h->offset);
+	ret = gw_record_drain(l->r, h, h->length, &crc, err);
+	if (ret < 0)
+		return ret;
+	return gw_record_check_crc(h, crc, err);
+}
+
+/* One record after CONFIG; *eof is set at the EOF record. */
+static int load_record(struct load *l, bool *eof, struct gw_error *err)
+{
+	struct gw_rec_hdr h;
+	int ret = gw_record_read_header(l->r, &h, err);
+
+	if (ret < 0)
+		return ret;
+	switch (h.type) {
+	case GW_REC_CONFIG:
+		return gw_error_set(err, -EPROTO, "a second CONFIG record at offset %llu",
+				    (unsigned long long)h.offset);
+	case GW_REC_SECTION_START:
+	case GW_REC_SECTION_PART:
+	case GW_REC_SECTION_END:
+	case GW_REC_SECTION_FULL:
+		return load_section(l, &h, err);
+	case GW_REC_RAM_PAGES:
+		return load_pages(l, &h, err);
+	case GW_REC_EOF:
+		*eof = true;
+		return check_complete(l, &h, err);
+	}
+	return skip_record(l, &h, err);
+}
+
+int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err)
+{
+	return gw_load_flags(m, r, NULL, err);
+}
+
+int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
+		  struct gw_error *err)
+{
+	struct load l = { .m = m, .r = r };
+	bool eof = false;
+	uint32_t flags;
+	int ret;
+
+	ret = gw_stream_get_header(r, &flags, err);
+	/* Loading a live migration's stream as if it were a file would run the
+	 * guest without the source's GO: only the incoming engine may. */
+	if (ret == 0 && !hdr_flags && (flags & GW_HDRF_COMMIT))
+		ret = gw_error_set(err, -EPROTO,
+				   "this stream is a live migration that needs the switchover handshake; load it with gw_incoming_start()");
+	if (ret == 0 && hdr_flags)
+		*hdr_flags = flags;
+	if (ret == 0)
+		ret = load_config(&l, err);
+	while (ret == 0 && !eof)
+		ret = load_record(&l, &eof, err);
+	gw_torn_release(&l.torn);
+	gw_config_release(&l.cfg);
+	free(l.ram_map);
+	free(l.sec_map);
+	free(l.progress);
+	free(l.buf);
+	free(l.pages);
+	return ret;
+}

@@ -1,0 +1,136 @@
+/*
+ * The source side of a stream: the records around RAM (header, CONFIG,
+ * section records, VMDESC, EOF) in the order docs/format.md gives.
+ * RAM_PAGES records are written by gw_save_pages() in ram.c.
+ */
+#include <errno.h>
+
+#include <godwit/stream.h>
+
+#include "lib/internal.h"
+
+static const char *const save_step[] = {
+	[GW_SAVE_IDLE] = "no stream has begun",
+	[GW_SAVE_LIVE] = "the stream is in its live phase",
+	[GW_SAVE_DEVICES_DONE] = "device state is already saved",
+};
+
+static int wrong_step(const struct gw_migration *m, const char *call, struct gw_error *err)
+{
+	return gw_error_set(err, -EINVAL, "%s called out of order: %s", call,
+			    save_step[m->save_state]);
+}
+
+/* A failed write leaves a partial record behind: the stream is over. */
+static int save_failed(struct gw_migration *m, int ret)
+{
+	if (ret < 0)
+		m->save_state = GW_SAVE_IDLE;
+	return ret;
+}
+
+static int write_section(const struct gw_migration *m, struct gw_writer *w, uint32_t id,
+			 uint16_t type, struct gw_wbuf *b, struct gw_error *err)
+{
+	const struct gw_section_reg *sec = &m->sections[id];
+	uint64_t offset = gw_writer_offset(w);
+	int ret;
+
+	gw_wbuf_reset(b);
+	gw_section_put_hdr(b, type, id, sec);
+	ret = gw_section_save(sec, type, b, err);
+	if (ret == 0)
+		ret = gw_record_write(w, type, 0, b->data, b->len, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "section '%s' instance %u (%s record at offset %llu): ",
+				       sec->name, sec->s.instance, gw_record_type_name(type),
+				       (unsigned long long)offset);
+	return 0;
+}
+
+/* Write a record of type for every section that is progressive (or not). */
+static int write_sections(const struct gw_migration *m, struct gw_writer *w, bool progressive,
+			  uint16_t type, struct gw_error *err)
+{
+	struct gw_wbuf b;
+	int ret = 0;
+
+	gw_wbuf_init(&b, GW_SECTION_RECORD_MAX);
+	for (uint32_t i = 0; ret == 0 && i < m->nr_sections; i++)
+		if (gw_section_progressive(&m->sections[i].s) == progressive)
+			ret = write_section(m, w, i, type, &b, err);
+	gw_wbuf_release(&b);
+	return ret;
+}
+
+int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
+{
+	return gw_save_begin_flags(m, w, 0, err);
+}
+
+int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
+			struct gw_error *err)
+{
+	struct gw_wbuf b;
+	int ret;
+
+	m->save_state = GW_SAVE_IDLE;
+	ret = gw_stream_put_header(w, hdr_flags, err);
+	if (ret < 0)
+		return ret;
+	gw_wbuf_init(&b, GW_CONFIG_MAX);
+	ret = gw_config_put(m, &b);
+	if (ret < 0)
+		ret = gw_error_set(err, ret, "CONFIG record: cannot encode the configuration");
+	else
+		ret = gw_record_write(w, GW_REC_CONFIG, 0, b.data, b.len, err);
+	gw_wbuf_release(&b);
+	if (ret == 0)
+		ret = write_sections(m, w, true, GW_REC_SECTION_START, err);
+	if (ret < 0)
+		return ret;
+	m->save_state = GW_SAVE_LIVE;
+	return 0;
+}
+
+int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
+{
+	if (m->save_state != GW_SAVE_LIVE)
+		return wrong_step(m, "gw_save_iterate", err);
+	return save_failed(m, write_sections(m, w, true, GW_REC_SECTION_PART, err));
+}
+
+int gw_save_devices(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
+{
+	int ret;
+
+	if (m->save_state != GW_SAVE_LIVE)
+		return wrong_step(m, "gw_save_devices", err);
+	ret = write_sections(m, w, true, GW_REC_SECTION_END, err);
+	if (ret == 0)
+		ret = write_sections(m, w, false, GW_REC_SECTION_FULL, err);
+	if (ret < 0)
+		return save_failed(m, ret);
+	m->save_state = GW_SAVE_DEVICES_DONE;
+	return 0;
+}
+
+int gw_save_finish(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
+{
+	struct gw_wbuf b;
+	int ret;
+
+	if (m->save_state != GW_SAVE_DEVICES_DONE)
+		return wrong_step(m, "gw_save_finish", err);
+	gw_wbuf_init(&b, GW_VMDESC_MAX);
+	ret = gw_vmdesc_build(m, &b, err);
+	if (ret == 0)
+		ret = gw_record_write(w, GW_REC_VMDESC, GW_RECF_SKIPPABLE, b.data, b.len, err);
+	gw_wbuf_release(&b);
+	if (ret == 0)
+		ret = gw_record_write(w, GW_REC_EOF, 0, NULL, 0, err);
+	if (ret == 0)
+		ret = gw_writer_flush(w, err);
+	m->save_state = GW_SAVE_IDLE;
+	return ret;
+}

@@ -1,0 +1,70 @@
+/*
+ * The return path and the switchover handshake: the few messages the two
+ * sides exchange on the same (bidirectional) fd once the stream is over.
+ * The destination says READY ("all loaded and checked, my guest waits"),
+ * RUNNING ("my guest runs") or FAILED ("my guest will never run"); the
+ * source answers READY with GO ("you hold the guest now"). Layout and rules
+ * in docs/format.md, "Return path" and "Switchover handshake". A message
+ * is framed so that nothing else can pass for it: a magic, a version, a
+ * bounded length, printable text and a CRC32C over all of it.
+ */
+#ifndef GW_LIB_RETURN_PATH_H
+#define GW_LIB_RETURN_PATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <godwit/error.h>
+
+#include "lib/cancel.h"
+
+#define GW_REPORT_MAGIC      "\x89GWBACK\n"
+#define GW_REPORT_MAGIC_LEN  8
+#define GW_REPORT_VERSION    2u
+#define GW_REPORT_HEAD_SIZE  24u
+#define GW_REPORT_MSG_MAX    (GW_ERROR_MSG_MAX - 1)
+#define GW_REPORT_MAX        (GW_REPORT_HEAD_SIZE + GW_REPORT_MSG_MAX + 4)
+
+enum gw_report_status {
+	GW_REPORT_RUNNING = 0, /* destination: the guest runs (after GO, or at EOF without handshake) */
+	GW_REPORT_FAILED = 1,  /* destination: the guest will never run: msg says why */
+	GW_REPORT_READY = 2,   /* destination: loaded and checked, waiting for GO */
+	GW_REPORT_GO = 3,      /* source: the guest is the destination's to run */
+};
+
+/* "RUNNING", "FAILED", ... for messages. */
+const char *gw_report_name(enum gw_report_status s);
+
+struct gw_report {
+	enum gw_report_status status;
+	int code;                   /* negative errno when failed, else 0 */
+	char msg[GW_ERROR_MSG_MAX]; /* "" unless failed */
+};
+
+/* Encode r into buf (GW_REPORT_MAX bytes); returns the length. */
+size_t gw_report_encode(const struct gw_report *r, unsigned char *buf);
+/*
+ * Check and decode a whole message of len bytes. -EBADMSG for anything
+ * that is not a well-formed report (wrong magic or CRC, bad length or
+ * status, unprintable text); -EPROTONOSUPPORT for another version.
+ */
+int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
+		     struct gw_error *err);
+
+/* Send r on the stream fd of c (without SIGPIPE on a socket whose peer is
+ * gone), within timeout_ms; a cancel ends the wait (-ECANCELED). A failure
+ * means the message did not leave whole: the peer cannot have decoded it. */
+int gw_report_send(struct gw_cancel *c, int timeout_ms, const struct gw_report *r,
+		   struct gw_error *err);
+
+/*
+ * Read one message from the stream fd of c, waiting at most timeout_ms
+ * for it all (cancel ends the wait: -ECANCELED; timeout: -ETIMEDOUT).
+ * Reads no byte past the message. A peer that closes first gives -EPIPE;
+ * garbage gives -EBADMSG, as soon as the header shows it. `what` names
+ * the awaited message in errors ("the destination's READY").
+ */
+int gw_report_recv(struct gw_cancel *c, int timeout_ms, const char *what, struct gw_report *r,
+		   struct gw_error *err);
+
+#endif

@@ -1,0 +1,599 @@
+#include "vmm/migration/migration.h"
+#include "gw_version.h"
+#include "vmm/kvm/dirty_kvm.h"
+#include "vmm/loop.h"
+#include "vmm/machine.h"
+#include "vmm/migration/migratable.h"
+#include "vmm/qmp/qmp.h"
+#include "vmm/vmm.h"
+
+#include <errno.h>
+#include <godwit/channel.h>
+#include <godwit/migration.h>
+#include <godwit/precopy.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+enum role { ROLE_NONE, ROLE_OUTGOING, ROLE_INCOMING };
+
+struct vm_migration {
+	struct vmm *vm;
+	struct gw_migration *m;
+	struct dirty_kvm dirty;
+
+	/* Everything below is shared with migration threads. */
+	pthread_mutex_t lock;
+	struct gw_precopy_params params;
+	uint64_t go_timeout_ms; /* destination: READY until GO */
+	bool cap_events, cap_auto_converge, cap_verify_hash;
+	enum role role;  /* what runs now */
+	enum role shown; /* what query-migrate reports: the latest migration */
+	enum gw_mig_status status;   /* VMM-level status, final word on the outcome */
+	char error[GW_ERROR_MSG_MAX];
+	bool cancel;
+	bool destroying; /* the main loop has stopped: nobody reads statuses */
+	/* Readable once the outgoing migration is cancelled or the VMM quits:
+	 * ends the wait of connecting. */
+	int cancel_efd;
+
+	/* outgoing: a thread connects and hands the channel to the engine,
+	 * which owns it from then on */
+	char *uri;
+	pthread_t connect_thread;
+	bool connect_thread_live;
+	struct gw_precopy *out;
+	struct gw_precopy_stats last; /* kept after the engine is freed */
+	bool have_last;
+
+	/* incoming */
+	struct gw_listener *listener;
+	struct gw_incoming *in;
+	struct gw_incoming_stats in_last;
+	char dest_hash[33];
+};
+
+/* ---- vm ops: pause/resume around the switchover ----------------------- */
+
+/* The sections read their state themselves, in their pre_save hooks,
+ * once the engine saves them: pausing is only parking the vCPUs. */
+static int op_pause(void *opaque, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	(void)err;
+	vmm_mig_pause(mig->vm);
+	return 0;
+}
+
+/* Destination, before READY: everything that can fail happens here, so
+ * that after the source's GO only the vCPUs have to start. */
+static int op_prepare(void *opaque, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
+	if (ret || !mig->cap_verify_hash)
+		return ret;
+	char hash[33];
+	ret = guest_ram_hash(&mig->vm->ram, hash);
+	if (ret)
+		return gw_error_set(err, ret, "hashing loaded RAM: %s", strerror(-ret));
+	pthread_mutex_lock(&mig->lock);
+	memcpy(mig->dest_hash, hash, sizeof(hash));
+	pthread_mutex_unlock(&mig->lock);
+	return 0;
+}
+
+/* A destination after GO, or a source after a failure or a cancel (its
+ * guest goes on with the state it never lost): the migration lets go. */
+static int op_resume(void *opaque, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	(void)err;
+	vmm_mig_resume(mig->vm);
+	return 0;
+}
+
+static const struct gw_vm_ops vm_ops = {
+	.pause = op_pause, .resume = op_resume, .prepare = op_prepare,
+};
+
+/* ---- events and completion, on the main loop ------------------------ */
+
+struct status_msg {
+	struct vm_migration *mig;
+	enum gw_mig_status status;
+	uint64_t pass;
+	bool is_pass;
+};
+
+static void emit_status(struct vm_migration *mig, enum gw_mig_status s)
+{
+	if (mig->cap_events && mig->vm->qmp)
+		qmp_emit_event(mig->vm->qmp, "MIGRATION",
+			       json_pack("{s:s}", "status", gw_mig_status_name(s)));
+}
+
+/* An outgoing migration reached its end (the engine has ended its
+ * channel and its outcome is final): collect the engine and decide what
+ * the guest does next. */
+static void finish_outgoing(struct vm_migration *mig)
+{
+	if (mig->connect_thread_live) {
+		pthread_join(mig->connect_thread, NULL);
+		mig->connect_thread_live = false;
+	}
+	pthread_mutex_lock(&mig->lock);
+	struct gw_precopy *out = mig->out;
+	mig->out = NULL;
+	pthread_mutex_unlock(&mig->lock);
+	if (out) {
+		struct gw_precopy_stats st;
+		gw_precopy_stats(out, &st);
+		gw_precopy_free(out);
+		pthread_mutex_lock(&mig->lock);
+		mig->last = st;
+		mig->have_last = true;
+		mig->status = st.status;
+		snprintf(mig->error, sizeof(mig->error), "%s", st.error);
+		pthread_mutex_unlock(&mig->lock);
+	}
+	pthread_mutex_lock(&mig->lock);
+	enum gw_mig_status s = mig->status;
+	bool unconfirmed = mig->have_last && mig->last.unconfirmed;
+	mig->role = ROLE_NONE;
+	pthread_mutex_unlock(&mig->lock);
+
+	/* Unconfirmed: the destination may run the guest, so it stays paused
+	 * here, as after a completed migration; 'cont' is the operator's call. */
+	if (s == GW_MIG_COMPLETED || unconfirmed)
+		vmm_set_postmigrate(mig->vm);
+	else
+		vmm_mig_resume(mig->vm);
+	if (s == GW_MIG_FAILED)
+		fprintf(stderr, "godwit-vmm: migration failed: %s\n", mig->error);
+}
+
+static void finish_incoming(struct vm_migration *mig)
+{
+	struct gw_incoming *in = mig->in;
+	mig->in = NULL;
+	if (in) {
+		struct gw_incoming_stats st;
+		gw_incoming_stats(in, &st);
+		gw_incoming_free(in);
+		pthread_mutex_lock(&mig->lock);
+		mig->in_last = st;
+		mig->status = st.status;
+		snprintf(mig->error, sizeof(mig->error), "%s", st.error);
+		pthread_mutex_unlock(&mig->lock);
+	}
+	mig->role = ROLE_NONE;
+	if (mig->status != GW_MIG_COMPLETED)
+		fprintf(stderr,
+			"godwit-vmm: incoming migration failed, the guest stays stopped: %s\n",
+			mig->error);
+}
+
+static void status_main(void *opaque)
+{
+	struct status_msg *msg = opaque;
+	struct vm_migration *mig = msg->mig;
+	if (msg->is_pass) {
+		if (mig->cap_events && mig->vm->qmp)
+			qmp_emit_event(mig->vm->qmp, "MIGRATION_PASS",
+				       json_pack("{s:I}", "pass", (json_int_t)msg->pass));
+	} else if (gw_mig_status_is_final(msg->status)) {
+		if (mig->shown == ROLE_INCOMING)
+			finish_incoming(mig);
+		else
+			finish_outgoing(mig);
+		emit_status(mig, mig->status);
+	} else {
+		emit_status(mig, msg->status);
+	}
+	free(msg);
+}
+
+static void post_status(struct vm_migration *mig, enum gw_mig_status s, bool is_pass,
+			uint64_t pass)
+{
+	pthread_mutex_lock(&mig->lock);
+	bool gone = mig->destroying;
+	pthread_mutex_unlock(&mig->lock);
+	struct status_msg *msg = gone ? NULL : malloc(sizeof(*msg));
+	if (!msg)
+		return;
+	*msg = (struct status_msg){mig, s, pass, is_pass};
+	if (loop_call(mig->vm->loop, status_main, msg) < 0)
+		free(msg);
+}
+
+static void cb_status(void *opaque, enum gw_mig_status s)
+{
+	struct vm_migration *mig = opaque;
+	if (!gw_mig_status_is_final(s)) {
+		pthread_mutex_lock(&mig->lock);
+		mig->status = s;
+		pthread_mutex_unlock(&mig->lock);
+	}
+	post_status(mig, s, false, 0);
+}
+
+static void cb_pass(void *opaque, uint64_t pass)
+{
+	post_status(opaque, GW_MIG_ACTIVE, true, pass);
+}
+
+static int cb_throttle(void *opaque, uint32_t percent, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	(void)err;
+	vcpus_set_throttle(&mig->vm->vcpus, percent);
+	return 0;
+}
+
+/* ---- outgoing ------------------------------------------------------- */
+
+/* The outgoing migration ended before an engine took it over. */
+static void *connect_failed(struct vm_migration *mig, enum gw_mig_status s, const char *msg)
+{
+	pthread_mutex_lock(&mig->lock);
+	mig->status = s;
+	snprintf(mig->error, sizeof(mig->error), "%s", msg);
+	pthread_mutex_unlock(&mig->lock);
+	post_status(mig, s, false, 0);
+	return NULL;
+}
+
+/*
+ * Connecting may wait (a TCP handshake, a FIFO nobody reads yet), so it
+ * runs here rather than on the main loop, and ends when cancel_efd is
+ * written (migrate-cancel, quit). The engine then owns the channel: it
+ * ends it, and an exec: command, before its outcome is final.
+ */
+static void *connect_thread(void *opaque)
+{
+	struct vm_migration *mig = opaque;
+	struct gw_error err = {0};
+	struct gw_channel ch;
+	int ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
+	if (ret == -ECANCELED)
+		return connect_failed(mig, GW_MIG_CANCELLED, "");
+	if (ret)
+		return connect_failed(mig, GW_MIG_FAILED, err.msg);
+	pthread_mutex_lock(&mig->lock);
+	struct gw_precopy_params p = mig->params;
+	p.auto_converge = mig->cap_auto_converge;
+	pthread_mutex_unlock(&mig->lock);
+
+	const struct gw_precopy_callbacks cb = {
+		.status = cb_status, .pass = cb_pass, .throttle = cb_throttle, .opaque = mig,
+	};
+	struct gw_precopy *out;
+	ret = gw_precopy_start(mig->m, &ch, 1, &p, &cb, &out, &err);
+	if (ret) {
+		gw_channel_abort(&ch);
+		gw_channel_close(&ch, NULL);
+		return connect_failed(mig, GW_MIG_FAILED, err.msg);
+	}
+	pthread_mutex_lock(&mig->lock);
+	mig->out = out;
+	if (mig->cancel)
+		gw_precopy_cancel(out);
+	pthread_mutex_unlock(&mig->lock);
+	return NULL;
+}
+
+static bool busy(struct vm_migration *mig)
+{
+	return mig->role != ROLE_NONE || mig->connect_thread_live;
+}
+
+/* Make cancel_efd readable (idempotent: an eventfd counter only grows). */
+static void signal_cancel(struct vm_migration *mig)
+{
+	uint64_t one = 1;
+	ssize_t n = write(mig->cancel_efd, &one, sizeof(one));
+	(void)n;
+}
+
+int migration_start(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	enum vmm_runstate rs = vmm_runstate(vm);
+	if (busy(mig) || rs == VMM_INMIGRATE) {
+		snprintf(errmsg, errlen, "There's a migration process in progress");
+		return -EBUSY;
+	}
+	if (rs == VMM_POSTMIGRATE) {
+		snprintf(errmsg, errlen,
+			 "the guest already migrated away; 'cont' it first to migrate it again");
+		return -EINVAL;
+	}
+	if (rs == VMM_SHUTDOWN || vm->fatal) {
+		snprintf(errmsg, errlen, "the guest has stopped for good");
+		return -EINVAL;
+	}
+
+	pthread_mutex_lock(&mig->lock);
+	free(mig->uri);
+	mig->uri = strdup(uri);
+	mig->role = mig->shown = ROLE_OUTGOING;
+	mig->status = GW_MIG_SETUP;
+	mig->error[0] = '\0';
+	mig->cancel = false;
+	mig->have_last = false;
+	/* The previous migration's cancel is over: reset the counter. */
+	uint64_t count;
+	while (read(mig->cancel_efd, &count, sizeof(count)) > 0)
+		;
+	pthread_mutex_unlock(&mig->lock);
+	if (!mig->uri || pthread_create(&mig->connect_thread, NULL, connect_thread, mig)) {
+		mig->role = ROLE_NONE;
+		snprintf(errmsg, errlen, "cannot start the migration thread");
+		return -ENOMEM;
+	}
+	mig->connect_thread_live = true;
+	return 0;
+}
+
+void migration_cancel(struct vmm *vm)
+{
+	struct vm_migration *mig = vm->mig;
+	pthread_mutex_lock(&mig->lock);
+	/* Once the engine runs, the cancel is its to take or refuse (after
+	 * GO); before, it ends the connect. */
+	if (mig->role == ROLE_OUTGOING && mig->out) {
+		gw_precopy_cancel(mig->out);
+	} else if (mig->role == ROLE_OUTGOING) {
+		mig->cancel = true;
+		signal_cancel(mig);
+	}
+	pthread_mutex_unlock(&mig->lock);
+}
+
+/* ---- incoming ------------------------------------------------------- */
+
+/* The engine takes the channel (and ends it, and its command). */
+static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char *errmsg,
+			  size_t errlen)
+{
+	struct gw_error err = {0};
+	const struct gw_incoming_callbacks cb = {.status = cb_status, .opaque = mig};
+	const struct gw_incoming_params params = {.go_timeout_ms = mig->go_timeout_ms};
+	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
+	if (ret) {
+		snprintf(errmsg, errlen, "%s", err.msg);
+		/* On the main loop: kill a command rather than wait for it. */
+		gw_channel_abort(ch);
+		gw_channel_end(ch, -1, 1000, NULL);
+		return ret;
+	}
+	pthread_mutex_lock(&mig->lock);
+	mig->status = GW_MIG_ACTIVE;
+	pthread_mutex_unlock(&mig->lock);
+	emit_status(mig, GW_MIG_ACTIVE);
+	return 0;
+}
+
+static void on_incoming_connection(void *opaque, uint32_t events)
+{
+	struct vm_migration *mig = opaque;
+	struct gw_error err = {0};
+	struct gw_channel ch;
+	(void)events;
+	int ret = gw_listener_accept(mig->listener, &ch, &err);
+	if (ret == -EAGAIN)
+		return;
+	loop_del_fd(mig->vm->loop, gw_listener_fd(mig->listener));
+	gw_listener_free(mig->listener);
+	mig->listener = NULL;
+	char msg[GW_ERROR_MSG_MAX];
+	if (ret)
+		snprintf(msg, sizeof(msg), "%s", err.msg);
+	if (ret || start_incoming(mig, &ch, msg, sizeof(msg))) {
+		pthread_mutex_lock(&mig->lock);
+		mig->status = GW_MIG_FAILED;
+		snprintf(mig->error, sizeof(mig->error), "%s", msg);
+		pthread_mutex_unlock(&mig->lock);
+		fprintf(stderr, "godwit-vmm: incoming migration: %s\n", msg);
+		emit_status(mig, GW_MIG_FAILED);
+	}
+}
+
+int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	struct gw_error err = {0};
+	int ret = gw_channel_listen(uri, &mig->listener, &err);
+	if (ret) {
+		/* Precisions bound the output so a long URI cannot push the
+		 * library's reason out of the message. */
+		snprintf(errmsg, errlen, "--incoming %.160s: %.300s", uri, err.msg);
+		return ret;
+	}
+	mig->role = mig->shown = ROLE_INCOMING;
+	mig->status = GW_MIG_SETUP;
+	vmm_set_incoming(vm, true);
+	int fd = gw_listener_fd(mig->listener);
+	if (fd >= 0)
+		return loop_add_fd(vm->loop, fd, EPOLLIN, on_incoming_connection, mig);
+	on_incoming_connection(mig, 0);
+	return 0;
+}
+
+int migration_incoming(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	if (vmm_runstate(vm) != VMM_INMIGRATE) {
+		snprintf(errmsg, errlen, "'-incoming' was not specified on the command line");
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&mig->lock);
+	bool started = mig->listener || mig->in || mig->status != GW_MIG_NONE;
+	pthread_mutex_unlock(&mig->lock);
+	if (started) {
+		snprintf(errmsg, errlen, "The incoming migration has already been started");
+		return -EBUSY;
+	}
+	return migration_listen(vm, uri, errmsg, errlen);
+}
+
+/* ---- what QMP reads and sets ------------------------------------------ */
+
+void migration_query(struct vmm *vm, struct migration_info *out)
+{
+	struct vm_migration *mig = vm->mig;
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&mig->lock);
+	out->kind = mig->shown == ROLE_INCOMING	  ? MIGRATION_INCOMING
+		    : mig->shown == ROLE_OUTGOING ? MIGRATION_OUTGOING
+						  : MIGRATION_NONE;
+	out->status = mig->status;
+	snprintf(out->error, sizeof(out->error), "%s", mig->error);
+	out->auto_converge = mig->cap_auto_converge;
+	if (mig->out) {
+		gw_precopy_stats(mig->out, &out->out);
+		out->have_stats = true;
+	} else if (mig->have_last) {
+		out->out = mig->last;
+		out->have_stats = true;
+	}
+	out->in = mig->in_last;
+	if (mig->in)
+		gw_incoming_stats(mig->in, &out->in);
+	memcpy(out->dest_hash, mig->dest_hash, sizeof(out->dest_hash));
+	if (mig->listener)
+		snprintf(out->listening, sizeof(out->listening), "%s",
+			 gw_listener_address(mig->listener));
+	pthread_mutex_unlock(&mig->lock);
+}
+
+void migration_get_settings(struct vmm *vm, struct migration_settings *out)
+{
+	struct vm_migration *mig = vm->mig;
+	pthread_mutex_lock(&mig->lock);
+	*out = (struct migration_settings){
+		.precopy = mig->params,
+		.go_timeout_ms = mig->go_timeout_ms,
+		.events = mig->cap_events,
+		.auto_converge = mig->cap_auto_converge,
+		.verify_hash = mig->cap_verify_hash,
+	};
+	pthread_mutex_unlock(&mig->lock);
+}
+
+void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p,
+			  uint64_t go_timeout_ms)
+{
+	struct vm_migration *mig = vm->mig;
+	pthread_mutex_lock(&mig->lock);
+	mig->params = *p;
+	mig->go_timeout_ms = go_timeout_ms;
+	if (mig->out) {
+		struct gw_precopy_params now = *p;
+		now.auto_converge = mig->cap_auto_converge;
+		/* p came from the defaults: no reserved word, nothing to refuse */
+		gw_precopy_set_params(mig->out, &now, NULL);
+	}
+	pthread_mutex_unlock(&mig->lock);
+}
+
+int migration_set_caps(struct vmm *vm, bool events, bool auto_converge, bool verify_hash,
+		       char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	if (busy(mig) && mig->role == ROLE_OUTGOING) {
+		snprintf(errmsg, errlen, "There's a migration process in progress");
+		return -EBUSY;
+	}
+	pthread_mutex_lock(&mig->lock);
+	mig->cap_events = events;
+	mig->cap_auto_converge = auto_converge;
+	mig->cap_verify_hash = verify_hash;
+	pthread_mutex_unlock(&mig->lock);
+	return 0;
+}
+
+/* ---- set-up ----------------------------------------------------------- */
+
+int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = calloc(1, sizeof(*mig));
+	if (!mig)
+		return -ENOMEM;
+	vm->mig = mig;
+	mig->vm = vm;
+	pthread_mutex_init(&mig->lock, NULL);
+	mig->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (mig->cancel_efd < 0)
+		return -errno;
+	gw_precopy_params_default(&mig->params);
+	mig->go_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS;
+
+	int ret = dirty_kvm_init(&mig->dirty, &vm->kvm, &vm->ram);
+	if (ret)
+		return ret;
+
+	struct gw_error err = {0};
+	const struct gw_machine machine = {
+		.vmm_name = "godwit-vmm", .vmm_version = GW_VERSION, .machine = "godwit-x86",
+		.nr_vcpus = vm->vcpus.nr,
+	};
+	ret = gw_migration_new(&machine, &mig->m, &err);
+	for (unsigned i = 0; !ret && i < vm->ram.nr_blocks; i++) {
+		const struct ram_block *b = &vm->ram.blocks[i];
+		const struct gw_ram r = {
+			.name = b->name, .host = b->host, .size = b->size, .fd = b->memfd,
+			.fd_offset = 0, .gpa = b->gpa,
+		};
+		ret = gw_migration_add_ram(mig->m, &r, &err);
+	}
+	if (!ret)
+		ret = vmm_sections_register(vm, mig->m, &err);
+	if (!ret)
+		ret = gw_migration_set_vm_ops(mig->m, &vm_ops, mig, &err);
+	if (!ret)
+		ret = gw_migration_set_dirty_ops(mig->m, &dirty_kvm_ops, &mig->dirty, &err);
+	if (ret)
+		snprintf(errmsg, errlen, "setting up migration: %s",
+			 err.msg[0] ? err.msg : strerror(-ret));
+	return ret;
+}
+
+/* Every wait below ends promptly: the connect thread's on cancel_efd,
+ * the engines' on their own cancel eventfds (an exec: command after
+ * SIGTERM and SIGKILL within two exec graces). */
+void migration_destroy(struct vmm *vm)
+{
+	struct vm_migration *mig = vm->mig;
+	if (!mig)
+		return;
+	pthread_mutex_lock(&mig->lock);
+	mig->destroying = true;
+	mig->cancel = true;
+	signal_cancel(mig);
+	/* Even after GO: the VMM exits, so nobody waits for RUNNING. */
+	if (mig->out)
+		gw_precopy_abort(mig->out);
+	if (mig->in)
+		gw_incoming_cancel(mig->in);
+	pthread_mutex_unlock(&mig->lock);
+	if (mig->connect_thread_live)
+		pthread_join(mig->connect_thread, NULL);
+	if (mig->out)
+		gw_precopy_free(mig->out);
+	if (mig->in)
+		gw_incoming_free(mig->in);
+	if (mig->listener)
+		gw_listener_free(mig->listener);
+	gw_migration_free(mig->m);
+	dirty_kvm_destroy(&mig->dirty);
+	free(mig->uri);
+	close(mig->cancel_efd);
+	pthread_mutex_destroy(&mig->lock);
+	free(mig);
+	vm->mig = NULL;
+}

@@ -1,0 +1,72 @@
+/*
+ * godwit-vmm's side of live migration: registers the machine with
+ * libgodwit (RAM blocks, vCPU and device sections, pause/resume, KVM dirty
+ * log), runs the outgoing and incoming migrations and decides what the
+ * guest does when one ends. The library drives the protocol; this file
+ * only connects it to the machine. The QMP commands that drive it are in
+ * vmm/qmp/qmp_migration.c, and reach it only through this header.
+ *
+ * Every function here is called on the main loop, takes the glue's lock
+ * itself where it must, and does not block.
+ */
+#ifndef GW_VMM_MIGRATION_H
+#define GW_VMM_MIGRATION_H
+
+#include <godwit/error.h>
+#include <godwit/precopy.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vmm;
+
+int migration_init(struct vmm *vm, char *errmsg, size_t errlen);
+/* Cancel what runs, wait for the threads, free. */
+void migration_destroy(struct vmm *vm);
+/* --incoming URI: start listening (the guest stays in "inmigrate"). */
+int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
+
+/* migrate: start an outgoing migration to uri. -EBUSY or -EINVAL with a
+ * message when the guest cannot migrate now. */
+int migration_start(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
+/* migrate-cancel: before the engine runs, end the connect; after, the
+ * engine takes the cancel or refuses it (after GO). */
+void migration_cancel(struct vmm *vm);
+/* migrate-incoming on a VMM started with --incoming defer. */
+int migration_incoming(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
+
+/* What migrate-set-parameters and -capabilities change. */
+struct migration_settings {
+	struct gw_precopy_params precopy;
+	uint64_t go_timeout_ms; /* destination: READY until GO */
+	bool events, auto_converge, verify_hash;
+};
+
+void migration_get_settings(struct vmm *vm, struct migration_settings *out);
+/* Parameters apply at once, to a running migration too. */
+void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p,
+			  uint64_t go_timeout_ms);
+/* Capabilities only between outgoing migrations: -EBUSY otherwise. */
+int migration_set_caps(struct vmm *vm, bool events, bool auto_converge, bool verify_hash,
+		       char *errmsg, size_t errlen);
+
+enum migration_kind { MIGRATION_NONE, MIGRATION_OUTGOING, MIGRATION_INCOMING };
+
+/* What query-migrate shows: the latest migration, a copy. */
+struct migration_info {
+	enum migration_kind kind; /* NONE before the first migration */
+	enum gw_mig_status status;
+	char error[GW_ERROR_MSG_MAX];
+	bool auto_converge;
+	/* outgoing: the engine's figures, while it runs and after */
+	bool have_stats;
+	struct gw_precopy_stats out;
+	/* incoming */
+	struct gw_incoming_stats in;
+	char dest_hash[33];  /* "" unless x-godwit-verify-hash */
+	char listening[256]; /* the address still listened on, or "" */
+};
+
+void migration_query(struct vmm *vm, struct migration_info *out);
+
+#endif

@@ -1,0 +1,335 @@
+/*
+ * QEMU's migration commands over QMP: argument checks, the errors QEMU
+ * gives, and the JSON of query-migrate. What each command does is the
+ * migration glue's (vmm/migration/migration.h); this file only speaks
+ * QMP for it.
+ */
+#include "vmm/machine.h"
+#include "vmm/migration/migration.h"
+#include "vmm/qmp/qmp.h"
+#include "vmm/vmm.h"
+
+#include <godwit/precopy.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+static int fail_with(struct qmp_error *err, const char *msg)
+{
+	return qmp_fail(err, QMP_ERR_GENERIC, "%s", msg);
+}
+
+static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {
+		{"uri", QMP_ARG_STR, true},
+		{"detach", QMP_ARG_BOOL, false},
+		{"resume", QMP_ARG_BOOL, false},
+	};
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	if (json_is_true(json_object_get(args, "resume")))
+		return qmp_fail(err, QMP_ERR_GENERIC, "resume of a paused migration is not supported");
+	char msg[GW_ERROR_MSG_MAX];
+	if (migration_start(vm, json_string_value(json_object_get(args, "uri")), msg, sizeof(msg)))
+		return fail_with(err, msg);
+	return 0;
+}
+
+static int cmd_migrate_cancel(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	(void)ret;
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	migration_cancel(vm);
+	return 0;
+}
+
+static int cmd_migrate_incoming(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {{"uri", QMP_ARG_STR, true}};
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	char msg[GW_ERROR_MSG_MAX];
+	if (migration_incoming(vm, json_string_value(json_object_get(args, "uri")), msg,
+			       sizeof(msg)))
+		return fail_with(err, msg);
+	return 0;
+}
+
+/* ---- query-migrate ------------------------------------------------------ */
+
+static json_t *ram_stats(const struct gw_precopy_stats *st)
+{
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}",
+			 "transferred", (json_int_t)st->transferred,
+			 "remaining", (json_int_t)st->remaining,
+			 "total", (json_int_t)st->total,
+			 "duplicate", (json_int_t)st->duplicate,
+			 "normal", (json_int_t)st->normal,
+			 "normal-bytes", (json_int_t)st->normal_bytes,
+			 "dirty-pages-rate", (json_int_t)st->dirty_pages_rate,
+			 "mbps", st->mbps,
+			 "dirty-sync-count", (json_int_t)st->dirty_sync_count,
+			 "page-size", (json_int_t)st->page_size);
+}
+
+static json_t *outgoing_info(const struct migration_info *mi)
+{
+	const struct gw_precopy_stats *st = &mi->out;
+	json_t *r = json_pack("{s:s}", "status", gw_mig_status_name(mi->status));
+	if (!mi->have_stats) {
+		if (mi->status == GW_MIG_FAILED)
+			json_object_set_new(r, "error-desc", json_string(mi->error));
+		return r;
+	}
+	json_object_set_new(r, "total-time", json_integer((json_int_t)st->total_time_ms));
+	json_object_set_new(r, "setup-time", json_integer((json_int_t)st->setup_time_ms));
+	if (mi->status == GW_MIG_COMPLETED)
+		json_object_set_new(r, "downtime", json_integer((json_int_t)st->downtime_ms));
+	else
+		json_object_set_new(r, "expected-downtime",
+				    json_integer((json_int_t)st->expected_downtime_ms));
+	json_object_set_new(r, "ram", ram_stats(st));
+	if (mi->auto_converge)
+		json_object_set_new(r, "cpu-throttle-percentage",
+				    json_integer(st->throttle_percent));
+	if (st->blocked[0] && !gw_mig_status_is_final(mi->status))
+		json_object_set_new(r, "x-godwit-blocked", json_string(st->blocked));
+	if (st->handshake_us)
+		json_object_set_new(r, "x-godwit-handshake-us",
+				    json_integer((json_int_t)st->handshake_us));
+	if (st->unconfirmed)
+		json_object_set_new(r, "x-godwit-unconfirmed", json_true());
+	if (mi->status == GW_MIG_FAILED)
+		json_object_set_new(r, "error-desc", json_string(mi->error));
+	return r;
+}
+
+static json_t *incoming_info(const struct migration_info *mi)
+{
+	const struct gw_incoming_stats *st = &mi->in;
+	json_t *r = json_pack("{s:s,s:I,s:I}", "status", gw_mig_status_name(mi->status),
+			      "total-time", (json_int_t)st->total_time_ms,
+			      "x-godwit-received", (json_int_t)st->received);
+	if (mi->status == GW_MIG_FAILED)
+		json_object_set_new(r, "error-desc", json_string(mi->error));
+	if (mi->dest_hash[0])
+		json_object_set_new(r, "x-godwit-ram-hash", json_string(mi->dest_hash));
+	if (st->go_wait_us)
+		json_object_set_new(r, "x-godwit-go-wait-us", json_integer((json_int_t)st->go_wait_us));
+	if (mi->listening[0])
+		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
+	return r;
+}
+
+static int cmd_query_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	struct migration_info mi;
+	migration_query(vm, &mi);
+	json_t *r;
+	if (mi.kind == MIGRATION_NONE)
+		r = json_object(); /* QEMU: nothing before the first migration */
+	else if (mi.kind == MIGRATION_INCOMING)
+		r = incoming_info(&mi);
+	else
+		r = outgoing_info(&mi);
+	return qmp_return(r, ret, err);
+}
+
+/* ---- parameters ----------------------------------------------------------- */
+
+static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {
+		{"downtime-limit", QMP_ARG_INT, false},
+		{"max-bandwidth", QMP_ARG_INT, false},
+		{"cpu-throttle-initial", QMP_ARG_INT, false},
+		{"cpu-throttle-increment", QMP_ARG_INT, false},
+		{"max-cpu-throttle", QMP_ARG_INT, false},
+		{"x-godwit-switchover-timeout", QMP_ARG_INT, false},
+		{"x-godwit-ready-timeout", QMP_ARG_INT, false},
+		{"x-godwit-confirm-timeout", QMP_ARG_INT, false},
+		{"x-godwit-go-timeout", QMP_ARG_INT, false},
+		{"x-godwit-exec-grace", QMP_ARG_INT, false},
+	};
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	struct migration_settings cur;
+	migration_get_settings(vm, &cur);
+	struct gw_precopy_params p = cur.precopy;
+	uint64_t go_timeout = cur.go_timeout_ms;
+	json_t *v;
+	if ((v = json_object_get(args, "downtime-limit"))) {
+		json_int_t n = json_integer_value(v);
+		if (n < 0 || n > 2000000)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'downtime_limit' expects an integer in the range of 0 to 2000000 milliseconds");
+		p.downtime_limit_ms = (uint64_t)n;
+	}
+	if ((v = json_object_get(args, "max-bandwidth"))) {
+		if (json_integer_value(v) < 0)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'max_bandwidth' expects a non-negative number of bytes per second");
+		p.max_bandwidth = (uint64_t)json_integer_value(v);
+	}
+	struct {
+		const char *name;
+		uint32_t *field;
+		json_int_t lo, hi;
+	} pct[] = {
+		{"cpu-throttle-initial", &p.throttle_initial, 1, 99},
+		{"cpu-throttle-increment", &p.throttle_increment, 1, 99},
+		{"max-cpu-throttle", &p.throttle_max, 1, 99},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(pct); i++) {
+		if (!(v = json_object_get(args, pct[i].name)))
+			continue;
+		json_int_t n = json_integer_value(v);
+		if (n < pct[i].lo || n > pct[i].hi)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter '%s' expects an integer in the range of 1 to 99",
+					pct[i].name);
+		*pct[i].field = (uint32_t)n;
+	}
+	/* The switchover's timeouts (docs/qmp.md): an hour is more than any
+	 * link needs and keeps the value inside poll()'s int. */
+	struct {
+		const char *name;
+		uint64_t *field;
+	} ms[] = {
+		{"x-godwit-switchover-timeout", &p.switchover_timeout_ms},
+		{"x-godwit-ready-timeout", &p.ready_timeout_ms},
+		{"x-godwit-confirm-timeout", &p.confirm_timeout_ms},
+		{"x-godwit-go-timeout", &go_timeout},
+		{"x-godwit-exec-grace", &p.exec_grace_ms},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(ms); i++) {
+		if (!(v = json_object_get(args, ms[i].name)))
+			continue;
+		json_int_t n = json_integer_value(v);
+		if (n < 1 || n > 3600000)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter '%s' expects an integer in the range of 1 to 3600000 milliseconds",
+					ms[i].name);
+		*ms[i].field = (uint64_t)n;
+	}
+	migration_set_params(vm, &p, go_timeout);
+	return 0;
+}
+
+static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	struct migration_settings cur;
+	migration_get_settings(vm, &cur);
+	const struct gw_precopy_params *p = &cur.precopy;
+	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+				    "downtime-limit", (json_int_t)p->downtime_limit_ms,
+				    "max-bandwidth", (json_int_t)p->max_bandwidth,
+				    "cpu-throttle-initial", (json_int_t)p->throttle_initial,
+				    "cpu-throttle-increment", (json_int_t)p->throttle_increment,
+				    "max-cpu-throttle", (json_int_t)p->throttle_max,
+				    "x-godwit-switchover-timeout", (json_int_t)p->switchover_timeout_ms,
+				    "x-godwit-ready-timeout", (json_int_t)p->ready_timeout_ms,
+				    "x-godwit-confirm-timeout", (json_int_t)p->confirm_timeout_ms,
+				    "x-godwit-go-timeout", (json_int_t)cur.go_timeout_ms,
+				    "x-godwit-exec-grace", (json_int_t)p->exec_grace_ms),
+			  ret, err);
+}
+
+/* ---- capabilities --------------------------------------------------------- */
+
+struct capability {
+	const char *name;
+	size_t offset; /* of the bool in struct migration_settings */
+};
+
+static const struct capability capabilities[] = {
+	{"events", offsetof(struct migration_settings, events)},
+	{"auto-converge", offsetof(struct migration_settings, auto_converge)},
+	/* destination: hash guest RAM as loaded, before the guest runs, and
+	 * report it in query-migrate (for tests; costs downtime) */
+	{"x-godwit-verify-hash", offsetof(struct migration_settings, verify_hash)},
+};
+
+static bool *cap_field(struct migration_settings *s, const struct capability *c)
+{
+	return (bool *)((char *)s + c->offset);
+}
+
+static int cmd_set_capabilities(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	static const struct qmp_arg spec[] = {{"capabilities", QMP_ARG_ARRAY, true}};
+	(void)ret;
+	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+		return -1;
+	struct migration_settings want;
+	migration_get_settings(vm, &want);
+	json_t *list = json_object_get(args, "capabilities"), *item;
+	size_t i;
+	json_array_foreach(list, i, item) {
+		static const struct qmp_arg item_spec[] = {
+			{"capability", QMP_ARG_STR, true},
+			{"state", QMP_ARG_BOOL, true},
+		};
+		if (!json_is_object(item))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Invalid parameter type for 'capabilities[%zu]', expected: object",
+					i);
+		if (qmp_check_args(item, item_spec, ARRAY_SIZE(item_spec), err))
+			return -1;
+		const char *name = json_string_value(json_object_get(item, "capability"));
+		size_t c = 0;
+		while (c < ARRAY_SIZE(capabilities) && strcmp(capabilities[c].name, name))
+			c++;
+		if (c == ARRAY_SIZE(capabilities))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'capability' does not accept value '%s'", name);
+		*cap_field(&want, &capabilities[c]) = json_is_true(json_object_get(item, "state"));
+	}
+	char msg[GW_ERROR_MSG_MAX];
+	if (migration_set_caps(vm, want.events, want.auto_converge, want.verify_hash, msg,
+			       sizeof(msg)))
+		return fail_with(err, msg);
+	return 0;
+}
+
+static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret,
+				  struct qmp_error *err)
+{
+	if (qmp_check_args(args, NULL, 0, err))
+		return -1;
+	struct migration_settings cur;
+	migration_get_settings(vm, &cur);
+	json_t *list = json_array();
+	for (size_t c = 0; c < ARRAY_SIZE(capabilities); c++)
+		json_array_append_new(list, json_pack("{s:s,s:b}", "capability",
+						      capabilities[c].name, "state",
+						      *cap_field(&cur, &capabilities[c])));
+	return qmp_return(list, ret, err);
+}
+
+static const struct qmp_command migration_commands[] = {
+	{"migrate", cmd_migrate},
+	{"migrate-cancel", cmd_migrate_cancel},
+	/* QEMU spells it with an underscore; libvirt sends that. */
+	{"migrate_cancel", cmd_migrate_cancel},
+	{"migrate-incoming", cmd_migrate_incoming},
+	{"query-migrate", cmd_query_migrate},
+	{"migrate-set-parameters", cmd_set_parameters},
+	{"query-migrate-parameters", cmd_query_parameters},
+	{"migrate-set-capabilities", cmd_set_capabilities},
+	{"query-migrate-capabilities", cmd_query_capabilities},
+};
+
+int qmp_migration_register(struct qmp_server *s)
+{
+	return qmp_register(s, migration_commands, ARRAY_SIZE(migration_commands));
+}
