@@ -23,7 +23,8 @@ int gw_cancel_init(struct gw_cancel *c, int fd, struct gw_error *err)
 	c->requested = false;
 	c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (c->efd < 0)
-		return gw_error_set(err, -errno, "cannot create an eventfd: %s", gw_strerror(errno));
+		return gw_error_set(err, -errno, "cannot create an eventfd: %s",
+				    gw_strerror(errno));
 	return 0;
 }
 
@@ -58,8 +59,8 @@ void gw_cancel_shutdown(struct gw_cancel *c)
 static int wait_for(struct gw_cancel *c, short events, int64_t timeout_ns)
 {
 	struct pollfd p[2] = {
-		{ .fd = c->efd, .events = POLLIN },
-		{ .fd = c->fd, .events = events },
+		{.fd = c->efd, .events = POLLIN},
+		{.fd = c->fd, .events = events},
 	};
 	uint64_t deadline = timeout_ns >= 0 ? gw_now_ns() + (uint64_t)timeout_ns : 0;
 	struct timespec ts, *tp = NULL;

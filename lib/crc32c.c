@@ -15,6 +15,7 @@
 #include <arm_acle.h>
 #endif
 
+/* clang-format off */
 static const uint32_t crc32c_table[256] = {
 	0x00000000, 0xf26b8303, 0xe13b70f7, 0x1350f3f4,
 	0xc79a971f, 0x35f1141c, 0x26a1e7e8, 0xd4ca64eb,
@@ -81,6 +82,7 @@ static const uint32_t crc32c_table[256] = {
 	0x79b737ba, 0x8bdcb4b9, 0x988c474d, 0x6ae7c44e,
 	0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
 };
+/* clang-format on */
 
 uint32_t gw_crc32c_sw(uint32_t crc, const void *p, size_t n)
 {
@@ -93,8 +95,7 @@ uint32_t gw_crc32c_sw(uint32_t crc, const void *p, size_t n)
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const void *p, size_t n)
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const void *p, size_t n)
 {
 	const unsigned char *b = p;
 	uint64_t c = ~crc;

@@ -173,8 +173,8 @@ int gw_section_check(const struct gw_section *s, struct gw_error *err);
 /* The sub-header of section records (docs/format.md, "Section records"). */
 struct gw_section_hdr {
 	uint32_t id;
-	uint32_t instance; /* START/FULL only */
-	uint32_t version;  /* START/FULL only */
+	uint32_t instance;          /* START/FULL only */
+	uint32_t version;           /* START/FULL only */
 	char name[GW_NAME_MAX + 1]; /* START/FULL only */
 };
 
@@ -182,8 +182,8 @@ int gw_section_put_hdr(struct gw_wbuf *b, uint16_t type, uint32_t id,
 		       const struct gw_section_reg *sec);
 int gw_section_get_hdr(struct gw_rbuf *b, uint16_t type, struct gw_section_hdr *h);
 /* Run the section's save/load callback for a record of this type. */
-int gw_section_save(const struct gw_section_reg *sec, uint16_t type,
-		    struct gw_wbuf *out, struct gw_error *err);
+int gw_section_save(const struct gw_section_reg *sec, uint16_t type, struct gw_wbuf *out,
+		    struct gw_error *err);
 int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t version,
 		    struct gw_rbuf *in, struct gw_error *err);
 
@@ -206,12 +206,11 @@ void gw_config_release(struct gw_config *cfg);
  * stream's block and section ids to m's: ram_map[stream id] = index in
  * m->ram, sec_map likewise (arrays of cfg->nr_ram / cfg->nr_sections).
  */
-int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg,
-		    uint32_t *ram_map, uint32_t *sec_map, struct gw_error *err);
+int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg, uint32_t *ram_map,
+		    uint32_t *sec_map, struct gw_error *err);
 
 /* ram.c */
-int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
-		 struct gw_error *err);
+int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram, struct gw_error *err);
 
 /* save.c / load.c: the stream header flags (GW_HDRF_*) written, and
  * read; gw_load() is gw_load_flags() refusing GW_HDRF_COMMIT. */
@@ -234,20 +233,19 @@ int gw_stream_put_header(struct gw_writer *w, uint32_t flags, struct gw_error *e
 /* Check magic, version and flags (GW_HDRF_*); *flags gets the flags. */
 int gw_stream_get_header(struct gw_reader *r, uint32_t *flags, struct gw_error *err);
 /* A record whose payload is iov; payload_crc is the CRC of its covered part. */
-int gw_record_writev(struct gw_writer *w, uint16_t type, uint16_t flags,
-		     uint32_t payload_crc, const struct iovec *iov, int iovcnt,
-		     struct gw_error *err);
+int gw_record_writev(struct gw_writer *w, uint16_t type, uint16_t flags, uint32_t payload_crc,
+		     const struct iovec *iov, int iovcnt, struct gw_error *err);
 /* A record whose payload is covered whole by the CRC. */
-int gw_record_write(struct gw_writer *w, uint16_t type, uint16_t flags,
-		    const void *p, size_t len, struct gw_error *err);
+int gw_record_write(struct gw_writer *w, uint16_t type, uint16_t flags, const void *p, size_t len,
+		    struct gw_error *err);
 /* Read and check a record header: CRC, reserved bits, bound of the type. */
 int gw_record_read_header(struct gw_reader *r, struct gw_rec_hdr *h, struct gw_error *err);
 /* Read the whole payload into *buf (grown as needed; *cap is its size). */
-int gw_record_read_payload(struct gw_reader *r, const struct gw_rec_hdr *h,
-			   unsigned char **buf, size_t *cap, struct gw_error *err);
+int gw_record_read_payload(struct gw_reader *r, const struct gw_rec_hdr *h, unsigned char **buf,
+			   size_t *cap, struct gw_error *err);
 /* Read and discard len bytes of the payload of h, returning their CRC in *crc. */
-int gw_record_drain(struct gw_reader *r, const struct gw_rec_hdr *h, uint64_t len,
-		    uint32_t *crc, struct gw_error *err);
+int gw_record_drain(struct gw_reader *r, const struct gw_rec_hdr *h, uint64_t len, uint32_t *crc,
+		    struct gw_error *err);
 /* -EBADMSG with a message unless computed == h->payload_crc. */
 int gw_record_check_crc(const struct gw_rec_hdr *h, uint32_t computed, struct gw_error *err);
 
@@ -269,21 +267,19 @@ uint64_t gw_page_hash(const void *page);
  * only what is needed to know its size; *crc is the CRC32C of its bytes,
  * for the caller to compare before it trusts anything in p.
  */
-int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h,
-		       struct gw_pages *p, uint32_t *crc, struct gw_error *err);
+int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h, struct gw_pages *p,
+		       uint32_t *crc, struct gw_error *err);
 /* Check a descriptor whose CRC matched, as far as no RAM block is needed:
  * reserved fields, flags, order of the entries, hashes of zero pages,
  * length of the record. Sets p->nr_data. */
-int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p,
-			struct gw_error *err);
+int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p, struct gw_error *err);
 /*
  * Receive the record's pages into block `block` of m (descriptor already
  * read and checked) and verify each against its hash: a mismatch fails at
  * once under DATA_CRC, and otherwise marks the page in torn (torn.h).
  */
 struct gw_torn;
-int gw_pages_load(struct gw_migration *m, uint32_t block, struct gw_torn *torn,
-		  struct gw_reader *r, const struct gw_rec_hdr *h, const struct gw_pages *p,
-		  struct gw_error *err);
+int gw_pages_load(struct gw_migration *m, uint32_t block, struct gw_torn *torn, struct gw_reader *r,
+		  const struct gw_rec_hdr *h, const struct gw_pages *p, struct gw_error *err);
 
 #endif

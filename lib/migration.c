@@ -59,8 +59,7 @@ void gw_migration_free(struct gw_migration *m)
 	free(m);
 }
 
-int gw_migration_add_ram(struct gw_migration *m, const struct gw_ram *ram,
-			 struct gw_error *err)
+int gw_migration_add_ram(struct gw_migration *m, const struct gw_ram *ram, struct gw_error *err)
 {
 	struct gw_ram_block *b;
 	int ret;
@@ -98,8 +97,7 @@ int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
 					    "section '%s' instance %u is already registered",
 					    s->name, s->instance);
 	if (m->nr_sections >= GW_MAX_SECTIONS)
-		return gw_error_set(err, -EINVAL,
-				    "section '%s' instance %u: more than %u sections",
+		return gw_error_set(err, -EINVAL, "section '%s' instance %u: more than %u sections",
 				    s->name, s->instance, GW_MAX_SECTIONS);
 	sec = grow(m->sections, m->nr_sections, sizeof(*sec));
 	if (!sec)
@@ -112,8 +110,8 @@ int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
 	return 0;
 }
 
-int gw_migration_set_vm_ops(struct gw_migration *m, const struct gw_vm_ops *ops,
-			    void *opaque, struct gw_error *err)
+int gw_migration_set_vm_ops(struct gw_migration *m, const struct gw_vm_ops *ops, void *opaque,
+			    struct gw_error *err)
 {
 	if (!ops || !ops->pause || !ops->resume)
 		return gw_error_set(err, -EINVAL, "pause/resume: both callbacks are required");

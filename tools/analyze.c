@@ -53,10 +53,12 @@ struct run {
 
 enum verdict { INTACT, CORRUPTED, TRUNCATED, MALFORMED, UNREADABLE };
 
+/* clang-format off */
 static const char *const verdict_names[] = {
 	[INTACT] = "intact", [CORRUPTED] = "corrupted", [TRUNCATED] = "truncated",
 	[MALFORMED] = "malformed", [UNREADABLE] = "unreadable",
 };
+/* clang-format on */
 
 struct analysis {
 	const struct opts *o;
@@ -66,18 +68,18 @@ struct analysis {
 	struct block_stats *blocks;
 	struct section_stats *sections;
 	struct run run;
-	bool table_started;   /* human: the records table has its heading */
-	bool json_first;      /* JSON: no record printed yet */
+	bool table_started; /* human: the records table has its heading */
+	bool json_first;    /* JSON: no record printed yet */
 	uint64_t nr_records, bad_records, first_bad;
-	uint64_t end;         /* offset after the last record walked */
-	uint64_t last;        /* offset of the last record walked, 0: none */
+	uint64_t end;  /* offset after the last record walked */
+	uint64_t last; /* offset of the last record walked, 0: none */
 	uint16_t last_type;
-	uint64_t kept;        /* bytes of device state kept */
+	uint64_t kept; /* bytes of device state kept */
 	char *vmdesc;
 	size_t vmdesc_len;
 	enum verdict verdict;
-	char why[GW_ERROR_MSG_MAX + 128]; /* what is wrong, unless INTACT */
-	uint64_t why_offset;  /* where, for --json */
+	char why[GW_ERROR_MSG_MAX + 128];     /* what is wrong, unless INTACT */
+	uint64_t why_offset;                  /* where, for --json */
 	char stopped[GW_ERROR_MSG_MAX + 128]; /* why the walk ended before EOF, or "" */
 };
 
@@ -105,10 +107,14 @@ static const char *check_name(const struct gw_record_info *in)
 static const char *flags_name(uint16_t flags)
 {
 	switch (flags) {
-	case 0: return "-";
-	case GW_RECF_SKIPPABLE: return "skippable";
-	case GW_RECF_DATA_CRC: return "data-crc";
-	default: return "skippable,data-crc";
+	case 0:
+		return "-";
+	case GW_RECF_SKIPPABLE:
+		return "skippable";
+	case GW_RECF_DATA_CRC:
+		return "data-crc";
+	default:
+		return "skippable,data-crc";
 	}
 }
 
@@ -172,8 +178,9 @@ static json_t *config_json(const struct gw_config *cfg)
 	for (uint32_t i = 0; i < cfg->nr_ram; i++) {
 		const struct gw_config_ram *r = &cfg->ram[i];
 		json_t *b = json_pack("{s:s,s:I}", "name", r->name, "size", (json_int_t)r->size);
-		json_object_set_new(b, "gpa", r->gpa == GW_GPA_NONE ? json_null()
-								    : json_integer((json_int_t)r->gpa));
+		json_object_set_new(b, "gpa",
+				    r->gpa == GW_GPA_NONE ? json_null() :
+							    json_integer((json_int_t)r->gpa));
 		json_array_append_new(ram, b);
 	}
 	for (uint32_t i = 0; i < cfg->nr_sections; i++) {
@@ -184,10 +191,10 @@ static json_t *config_json(const struct gw_config *cfg)
 						(json_int_t)s->version, "progressive",
 						(s->flags & GW_SECF_PROGRESSIVE) != 0));
 	}
-	return json_pack("{s:s,s:s,s:s,s:I,s:I,s:o,s:o}", "vmm_name", cfg->vmm_name,
-			 "vmm_version", cfg->vmm_version, "machine", cfg->machine, "vcpus",
-			 (json_int_t)cfg->nr_vcpus, "page_size", (json_int_t)cfg->page_size,
-			 "ram", ram, "sections", sections);
+	return json_pack("{s:s,s:s,s:s,s:I,s:I,s:o,s:o}", "vmm_name", cfg->vmm_name, "vmm_version",
+			 cfg->vmm_version, "machine", cfg->machine, "vcpus",
+			 (json_int_t)cfg->nr_vcpus, "page_size", (json_int_t)cfg->page_size, "ram",
+			 ram, "sections", sections);
 }
 
 /* ---- the records --------------------------------------------------------- */
@@ -281,7 +288,8 @@ static void describe(const struct analysis *a, const struct gw_record_info *in, 
 				 in->nr_pages == 1 ? "" : "s", in->nr_zero);
 		else
 			snprintf(buf, len, "block id %u (not in CONFIG): %u page%s (%u zero)",
-				 in->block_id, in->nr_pages, in->nr_pages == 1 ? "" : "s", in->nr_zero);
+				 in->block_id, in->nr_pages, in->nr_pages == 1 ? "" : "s",
+				 in->nr_zero);
 		break;
 	case GW_REC_VMDESC:
 		snprintf(buf, len, "device description, %zu bytes of JSON", data_len);
@@ -320,8 +328,9 @@ static void check_failure(const struct gw_record_info *in, char *buf, size_t len
 		uint32_t i = first_mismatch(in);
 		snprintf(buf, len,
 			 "%u page%s not match %s hash; %s at block offset 0x%" PRIx64
-			 ": stored 0x%016" PRIx64 ", computed 0x%016" PRIx64, in->nr_mismatch,
-			 in->nr_mismatch == 1 ? " does" : "s do", in->nr_mismatch == 1 ? "its" : "their",
+			 ": stored 0x%016" PRIx64 ", computed 0x%016" PRIx64,
+			 in->nr_mismatch, in->nr_mismatch == 1 ? " does" : "s do",
+			 in->nr_mismatch == 1 ? "its" : "their",
 			 in->nr_mismatch == 1 ? "the page" : "the first,",
 			 in->entries[i] & ~(uint64_t)GW_PAGE_FLAGS_MASK, in->hashes_stored[i],
 			 in->hashes_computed[i]);
@@ -360,8 +369,9 @@ static void print_record(struct analysis *a, const struct gw_record_info *in)
 					gw_record_type_name(in->type), "type_code",
 					(json_int_t)in->type, "flags", flags_name(in->flags),
 					"length", (json_int_t)in->length, "check",
-					in->crc == GW_CRC_OK ? "ok" :
-					in->crc == GW_CRC_DESC_ONLY ? "torn" : "bad");
+					in->crc == GW_CRC_OK        ? "ok" :
+					in->crc == GW_CRC_DESC_ONLY ? "torn" :
+								      "bad");
 		if (in->crc != GW_CRC_OK)
 			json_object_set_new(rec, "mismatch", check_json(in));
 		if (is_section(in->type) && in->name)
@@ -410,7 +420,8 @@ static void count_pages(struct analysis *a, const struct gw_record_info *in)
 	if (!a->cfg || in->block_id >= a->cfg->nr_ram) {
 		problem(a, MALFORMED, in->offset,
 			"RAM_PAGES record at offset %" PRIu64 " names RAM block id %u, which "
-			"the CONFIG record does not list", in->offset, in->block_id);
+			"the CONFIG record does not list",
+			in->offset, in->block_id);
 		return;
 	}
 	struct block_stats *b = &a->blocks[in->block_id];
@@ -418,7 +429,8 @@ static void count_pages(struct analysis *a, const struct gw_record_info *in)
 	b->zero += in->nr_zero;
 	b->normal += in->nr_pages - in->nr_zero;
 	for (uint32_t i = 0; i < in->nr_pages; i++) {
-		uint64_t page = (in->entries[i] & ~(uint64_t)GW_PAGE_FLAGS_MASK) / a->cfg->page_size;
+		uint64_t page = (in->entries[i] & ~(uint64_t)GW_PAGE_FLAGS_MASK) /
+				a->cfg->page_size;
 		if (page >= b->nr_pages) {
 			problem(a, MALFORMED, in->offset,
 				"RAM_PAGES record at offset %" PRIu64 ": page offset 0x%" PRIx64
@@ -446,8 +458,8 @@ static void count_section(struct analysis *a, const struct gw_record_info *in)
 		if (in->crc != GW_CRC_BAD)
 			problem(a, MALFORMED, in->offset,
 				"%s record at offset %" PRIu64 " names section id %u, which the "
-				"CONFIG record does not list", gw_record_type_name(in->type),
-				in->offset, in->section_id);
+				"CONFIG record does not list",
+				gw_record_type_name(in->type), in->offset, in->section_id);
 		return;
 	}
 	struct section_stats *s = &a->sections[in->section_id];
@@ -499,7 +511,8 @@ static void take_record(struct analysis *a, const struct gw_record_info *in)
 		check_failure(in, why, sizeof(why));
 		if (!a->bad_records++)
 			a->first_bad = in->offset;
-		problem(a, CORRUPTED, in->offset, "the %s record at offset %" PRIu64 " is corrupted: %s",
+		problem(a, CORRUPTED, in->offset,
+			"the %s record at offset %" PRIu64 " is corrupted: %s",
 			gw_record_type_name(in->type), in->offset, why);
 	}
 	if (in->type == GW_REC_CONFIG && !a->cfg && gw_walker_config(a->wk)) {
@@ -528,10 +541,15 @@ static void take_record(struct analysis *a, const struct gw_record_info *in)
 static enum verdict verdict_of(int code)
 {
 	switch (code) {
-	case -EPIPE: return TRUNCATED;
-	case -EBADMSG: return CORRUPTED;
-	case -EPROTO: case -EPROTONOSUPPORT: return MALFORMED;
-	default: return UNREADABLE;
+	case -EPIPE:
+		return TRUNCATED;
+	case -EBADMSG:
+		return CORRUPTED;
+	case -EPROTO:
+	case -EPROTONOSUPPORT:
+		return MALFORMED;
+	default:
+		return UNREADABLE;
 	}
 }
 
@@ -550,21 +568,23 @@ static void describe_truncation(const struct analysis *a, const struct gw_record
 		snprintf(buf, len, "%s", err->msg);
 	else if (at == a->end && a->last)
 		snprintf(buf, len,
-			 "truncated at offset %llu: the stream ends after the %s record at offset %"
-			 PRIu64 ", without an EOF record", at, gw_record_type_name(a->last_type),
-			 a->last);
+			 "truncated at offset %llu: the stream ends after the %s record at offset %" PRIu64
+			 ", without an EOF record",
+			 at, gw_record_type_name(a->last_type), a->last);
 	else if (at == a->end)
 		snprintf(buf, len,
 			 "truncated at offset %llu: the stream ends after its header, without records",
 			 at);
 	else if (in->type == 0)
-		snprintf(buf, len, "truncated at offset %llu inside the record header at offset %"
-			 PRIu64, at, a->end);
+		snprintf(buf, len,
+			 "truncated at offset %llu inside the record header at offset %" PRIu64, at,
+			 a->end);
 	else
 		snprintf(buf, len,
 			 "truncated at offset %llu inside the %s record at offset %" PRIu64
-			 ", %" PRIu64 " bytes before its end", at, gw_record_type_name(in->type),
-			 in->offset, in->offset + GW_RECORD_HEADER_SIZE + in->length - (uint64_t)at);
+			 ", %" PRIu64 " bytes before its end",
+			 at, gw_record_type_name(in->type), in->offset,
+			 in->offset + GW_RECORD_HEADER_SIZE + in->length - (uint64_t)at);
 }
 
 /* The walker stopped with an error: nothing after this point can be found. */
@@ -627,26 +647,28 @@ static json_t *totals_json(const struct analysis *a, json_t **sections_out)
 		const struct block_stats *b = &a->blocks[i];
 		json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "block", cfg->ram[i].name,
 				      "block_pages", (json_int_t)b->nr_pages, "records",
-				      (json_int_t)b->records, "pages", (json_int_t)(b->zero + b->normal),
-				      "zero", (json_int_t)b->zero, "normal", (json_int_t)b->normal);
-		json_object_set_new(o, "resent", b->seen ? json_integer((json_int_t)b->resent)
-							 : json_null());
-		json_object_set_new(o, "unique", b->seen ? json_integer((json_int_t)b->unique)
-							 : json_null());
+				      (json_int_t)b->records, "pages",
+				      (json_int_t)(b->zero + b->normal), "zero",
+				      (json_int_t)b->zero, "normal", (json_int_t)b->normal);
+		json_object_set_new(o, "resent",
+				    b->seen ? json_integer((json_int_t)b->resent) : json_null());
+		json_object_set_new(o, "unique",
+				    b->seen ? json_integer((json_int_t)b->unique) : json_null());
 		json_object_set_new(o, "torn", json_integer((json_int_t)b->torn));
 		json_array_append_new(ram, o);
 	}
 	for (uint32_t i = 0; i < cfg->nr_sections; i++) {
 		const struct section_stats *s = &a->sections[i];
-		json_array_append_new(
-			sections,
-			json_pack("{s:s,s:I,s:I,s:I,s:{s:I,s:I,s:I,s:I}}", "name",
-				  cfg->sections[i].name, "instance",
-				  (json_int_t)cfg->sections[i].instance, "version",
-				  (json_int_t)cfg->sections[i].version, "bytes", (json_int_t)s->bytes,
-				  "records", "start", (json_int_t)s->records[0], "part",
-				  (json_int_t)s->records[1], "end", (json_int_t)s->records[2], "full",
-				  (json_int_t)s->records[3]));
+		json_array_append_new(sections,
+				      json_pack("{s:s,s:I,s:I,s:I,s:{s:I,s:I,s:I,s:I}}", "name",
+						cfg->sections[i].name, "instance",
+						(json_int_t)cfg->sections[i].instance, "version",
+						(json_int_t)cfg->sections[i].version, "bytes",
+						(json_int_t)s->bytes, "records", "start",
+						(json_int_t)s->records[0], "part",
+						(json_int_t)s->records[1], "end",
+						(json_int_t)s->records[2], "full",
+						(json_int_t)s->records[3]));
 	}
 	*sections_out = sections;
 	return ram;
@@ -656,7 +678,8 @@ static void print_verdict(const struct analysis *a)
 {
 	if (a->verdict == INTACT) {
 		printf("\nstream intact: %" PRIu64 " records, %" PRIu64
-		       " bytes, ending with its EOF record\n", a->nr_records, a->end);
+		       " bytes, ending with its EOF record\n",
+		       a->nr_records, a->end);
 		return;
 	}
 	printf("%sstream %s: %s\n", a->wk ? "\n" : "", verdict_names[a->verdict], a->why);
@@ -755,7 +778,9 @@ static void release(struct analysis *a)
 
 int run_analyze(const struct opts *o, char **argv)
 {
-	struct analysis a = {.o = o, .path = argv[0], .json_first = true,
+	struct analysis a = {.o = o,
+			     .path = argv[0],
+			     .json_first = true,
 			     .end = GW_STREAM_HEADER_SIZE};
 	struct gw_error err = {0};
 	struct gw_reader *r;
@@ -779,7 +804,8 @@ int run_analyze(const struct opts *o, char **argv)
 		printf("%s: godwit stream, format version %u%s\n",
 		       strcmp(a.path, "-") ? a.path : "standard input", GW_FORMAT_VERSION,
 		       gw_walker_stream_flags(a.wk) & GW_HDRF_COMMIT ?
-		       " (live migration: the source asked for the switchover handshake)" : "");
+			       " (live migration: the source asked for the switchover handshake)" :
+			       "");
 	}
 	if (ret < 0) {
 		a.wk = NULL;

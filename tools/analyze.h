@@ -16,12 +16,12 @@
 
 /* What a section's records added up to, and its one-shot state. */
 struct section_stats {
-	uint64_t records[4]; /* SECTION_START, _PART, _END, _FULL */
-	uint64_t bytes;      /* section data in all of them */
+	uint64_t records[4];  /* SECTION_START, _PART, _END, _FULL */
+	uint64_t bytes;       /* section data in all of them */
 	unsigned char *state; /* the data of its SECTION_FULL record, kept for decoding */
 	size_t state_len;
-	bool state_bad;       /* its SECTION_FULL record failed its CRC */
-	bool state_dropped;   /* not kept: over the analyzer's memory bound */
+	bool state_bad;     /* its SECTION_FULL record failed its CRC */
+	bool state_dropped; /* not kept: over the analyzer's memory bound */
 };
 
 /*

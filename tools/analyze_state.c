@@ -190,8 +190,8 @@ void state_print(const struct gw_config *cfg, const struct section_stats *sectio
 		       jerr.text, jerr.position);
 		return;
 	}
-	printf(decode_values ? "\ndevice state, decoded with the stream's VMDESC:\n"
-			     : "\ndevice state layout, from the stream's VMDESC:\n");
+	printf(decode_values ? "\ndevice state, decoded with the stream's VMDESC:\n" :
+			       "\ndevice state layout, from the stream's VMDESC:\n");
 	for (uint32_t i = 0; i < cfg->nr_sections; i++) {
 		const struct gw_config_section *cs = &cfg->sections[i];
 		print_section(cs, &sections[i], find_description(doc, cs->name, cs->instance),
@@ -216,8 +216,9 @@ json_t *state_json(const struct gw_config *cfg, const struct section_stats *sect
 						find_description(doc, cs->name, cs->instance),
 						vmdesc, vmdesc_len, why, sizeof(why));
 			else
-				snprintf(why, sizeof(why), vmdesc ? "the VMDESC record is not valid JSON"
-								  : "no VMDESC record in the stream");
+				snprintf(why, sizeof(why),
+					 vmdesc ? "the VMDESC record is not valid JSON" :
+						  "no VMDESC record in the stream");
 			json_object_set_new(o, "fields", values ? values : json_null());
 			if (!values)
 				json_object_set_new(o, "not_decoded", json_string(why));

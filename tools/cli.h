@@ -25,16 +25,16 @@ enum {
 
 struct opts {
 	const char *socket;
-	bool json; /* print QMP values as JSON, for scripts */
-	bool tty;  /* stdout is a terminal: output may be laid out for people */
+	bool json;      /* print QMP values as JSON, for scripts */
+	bool tty;       /* stdout is a terminal: output may be laid out for people */
 	unsigned given; /* OPT_* on the command line */
 };
 
 struct command {
 	const char *name;
-	const char *args; /* positional arguments, for usage lines */
+	const char *args;       /* positional arguments, for usage lines */
 	int min_args, max_args; /* max_args < 0: no limit */
-	unsigned options; /* OPT_* the command accepts */
+	unsigned options;       /* OPT_* the command accepts */
 	const char *summary;
 	const char *help;
 	/* Refuse bad arguments before connecting; NULL: nothing to check.
@@ -56,8 +56,7 @@ int command_failed(struct qmp_client *c);
 /* migrate.c */
 int check_set_parameters(char **argv);
 int check_set_capabilities(char **argv);
-int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o,
-		char **argv);
+int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o, char **argv);
 int run_migrate_status(struct qmp_client *c, const struct command *cmd, const struct opts *o,
 		       char **argv);
 int run_migrate_set(struct qmp_client *c, const struct command *cmd, const struct opts *o,

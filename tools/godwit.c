@@ -99,7 +99,8 @@ static int run_qmp(struct qmp_client *c, const struct command *cmd, const struct
 	if (!ret) {
 		const char *cls = json_string_value(json_object_get(err, "class"));
 		const char *desc = json_string_value(json_object_get(err, "desc"));
-		fprintf(stderr, "godwit: %s: %s\n", cls ? cls : "error", desc ? desc : "(no description)");
+		fprintf(stderr, "godwit: %s: %s\n", cls ? cls : "error",
+			desc ? desc : "(no description)");
 		status = EXIT_FAILURE;
 	}
 	json_decref(reply);
@@ -150,11 +151,11 @@ static const struct command commands[] = {
 	 "(QMP query-status). With --json, print the whole query-status reply.\n",
 	 NULL, run_status, NULL},
 	{"stop", "", 0, 0, 0, "pause the guest",
-	 "Pause every vCPU (QMP stop). Pausing a paused guest does nothing.\n",
-	 NULL, run_plain, NULL},
+	 "Pause every vCPU (QMP stop). Pausing a paused guest does nothing.\n", NULL, run_plain,
+	 NULL},
 	{"cont", "", 0, 0, 0, "resume the guest",
-	 "Resume every vCPU (QMP cont). Resuming a running guest does nothing.\n",
-	 NULL, run_plain, NULL},
+	 "Resume every vCPU (QMP cont). Resuming a running guest does nothing.\n", NULL, run_plain,
+	 NULL},
 	{"quit", "", 0, 0, 0, "stop godwit-vmm",
 	 "Shut godwit-vmm down (QMP quit). It answers, then exits.\n", NULL, run_plain, NULL},
 	{"qmp", " JSON", 1, 1, 0, "send one raw QMP request and print the reply",
@@ -332,7 +333,8 @@ static int run(const struct command *cmd, const struct opts *o, char **argv)
 	char err[512];
 	int rc = qmp_client_open(path, &c, err, sizeof(err));
 	if (rc == -ENOENT || rc == -ECONNREFUSED) {
-		fprintf(stderr, "godwit: %s (is godwit-vmm running with --qmp unix:%s?)\n", err, path);
+		fprintf(stderr, "godwit: %s (is godwit-vmm running with --qmp unix:%s?)\n", err,
+			path);
 		return EXIT_FAILURE;
 	}
 	if (rc < 0) {
@@ -346,6 +348,7 @@ static int run(const struct command *cmd, const struct opts *o, char **argv)
 
 int main(int argc, char **argv)
 {
+	/* clang-format off */
 	static const struct option longopts[] = {
 		{"socket", required_argument, NULL, 's'},
 		{"json", no_argument, NULL, 'j'},
@@ -356,6 +359,7 @@ int main(int argc, char **argv)
 		{"no-decode", no_argument, NULL, 'n'},
 		{0},
 	};
+	/* clang-format on */
 	struct opts o = {.tty = isatty(STDOUT_FILENO)};
 	bool help = false, version = false;
 	int ch;
@@ -413,12 +417,12 @@ int main(int argc, char **argv)
 	}
 	for (size_t i = 0; i < sizeof(command_options) / sizeof(command_options[0]); i++)
 		if ((o.given & command_options[i].opt) && !(cmd->options & command_options[i].opt))
-			return usage_error("%s does not take %s", cmd->name, command_options[i].name);
+			return usage_error("%s does not take %s", cmd->name,
+					   command_options[i].name);
 	int nargs = argc - optind - 1;
 	if (nargs < cmd->min_args || (cmd->max_args >= 0 && nargs > cmd->max_args)) {
 		fprintf(stderr, "godwit: %s takes %s\nusage: godwit %s%s\n", cmd->name,
-			cmd->max_args == 0 ? "no arguments" : "one argument",
-			cmd->name, cmd->args);
+			cmd->max_args == 0 ? "no arguments" : "one argument", cmd->name, cmd->args);
 		return EXIT_USAGE;
 	}
 	if (cmd->check && cmd->check(argv + optind + 1) < 0)

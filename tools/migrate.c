@@ -75,7 +75,8 @@ static int follow(struct qmp_client *c, const struct opts *o, json_t **final)
 		if (!status) {
 			progress_end(&p);
 			json_decref(info);
-			fprintf(stderr, "godwit: the VMM reports no migration (query-migrate has no status)\n");
+			fprintf(stderr,
+				"godwit: the VMM reports no migration (query-migrate has no status)\n");
 			return EXIT_FAILURE;
 		}
 		if (migration_status_final(status)) {
@@ -99,8 +100,7 @@ static int follow(struct qmp_client *c, const struct opts *o, json_t **final)
 	}
 }
 
-int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o,
-		char **argv)
+int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o, char **argv)
 {
 	(void)cmd;
 	json_t *ret;
@@ -125,7 +125,8 @@ int run_migrate(struct qmp_client *c, const struct command *cmd, const struct op
 	const char *s = json_string_value(json_object_get(info, "status"));
 	if (strcmp(s, "completed") != 0) {
 		const char *desc = json_string_value(json_object_get(info, "error-desc"));
-		fprintf(stderr, "godwit: migration %s%s%s\n", s, desc ? ": " : "", desc ? desc : "");
+		fprintf(stderr, "godwit: migration %s%s%s\n", s, desc ? ": " : "",
+			desc ? desc : "");
 		status = EXIT_FAILURE;
 	}
 	json_decref(info);
@@ -159,7 +160,9 @@ int run_migrate_status(struct qmp_client *c, const struct command *cmd, const st
 static bool is_size_parameter(const char *key)
 {
 	static const char *const names[] = {
-		"max-bandwidth", "max-postcopy-bandwidth", "avail-switchover-bandwidth",
+		"max-bandwidth",
+		"max-postcopy-bandwidth",
+		"avail-switchover-bandwidth",
 		"xbzrle-cache-size",
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
@@ -208,8 +211,10 @@ int check_set_parameters(char **argv)
 		if (!key)
 			fprintf(stderr, "godwit: migrate-set: '%s' is not KEY=VALUE\n", *argv);
 		else if (!v)
-			fprintf(stderr, "godwit: migrate-set: %s takes a number of bytes with an "
-					"optional K, M, G or T suffix, not '%s'\n", key, value);
+			fprintf(stderr,
+				"godwit: migrate-set: %s takes a number of bytes with an "
+				"optional K, M, G or T suffix, not '%s'\n",
+				key, value);
 		json_decref(v);
 		free(copy);
 		if (!v)
@@ -291,7 +296,8 @@ int run_migrate_cap(struct qmp_client *c, const struct command *cmd, const struc
 			size_t i;
 			json_t *cap;
 			json_array_foreach(ret, i, cap) {
-				const char *name = json_string_value(json_object_get(cap, "capability"));
+				const char *name = json_string_value(
+					json_object_get(cap, "capability"));
 				printf("%-28s %s\n", name ? name : "?",
 				       json_is_true(json_object_get(cap, "state")) ? "on" : "off");
 			}

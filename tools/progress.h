@@ -14,10 +14,10 @@
 #include <stdio.h>
 
 struct progress {
-	bool tty;          /* redraw one line in place */
-	bool drawn;        /* a line is on the terminal and not yet ended */
-	bool printed;      /* at least one plain line is out */
-	int64_t last_ms;   /* monotonic time of the last plain line */
+	bool tty;        /* redraw one line in place */
+	bool drawn;      /* a line is on the terminal and not yet ended */
+	bool printed;    /* at least one plain line is out */
+	int64_t last_ms; /* monotonic time of the last plain line */
 	int64_t last_round;
 	char last_status[32];
 };

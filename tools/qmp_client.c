@@ -98,7 +98,8 @@ static int take_line(struct qmp_client *c, json_t **msg)
 			return fail(c, -EPROTO, "the server sent invalid JSON: %s", jerr.text);
 		if (!json_is_object(m)) {
 			json_decref(m);
-			return fail(c, -EPROTO, "the server sent a JSON value that is not an object");
+			return fail(c, -EPROTO,
+				    "the server sent a JSON value that is not an object");
 		}
 		*msg = m;
 		return 1;

@@ -33,8 +33,7 @@ const char *fmt_rate(char buf[UNITS_BUF], double bytes_per_second)
 {
 	static const char *const units[] = {"kB/s", "MB/s", "GB/s", "TB/s"};
 	if (!(bytes_per_second >= 1000)) { /* also NaN */
-		snprintf(buf, UNITS_BUF, "%.0f B/s",
-			 bytes_per_second > 0 ? bytes_per_second : 0.0);
+		snprintf(buf, UNITS_BUF, "%.0f B/s", bytes_per_second > 0 ? bytes_per_second : 0.0);
 		return buf;
 	}
 	double v = bytes_per_second / 1000;
@@ -69,12 +68,26 @@ int parse_size(const char *s, uint64_t *out)
 		return -1;
 	unsigned shift = 0;
 	switch (*end) {
-	case '\0': break;
-	case 'k': case 'K': shift = 10; break;
-	case 'm': case 'M': shift = 20; break;
-	case 'g': case 'G': shift = 30; break;
-	case 't': case 'T': shift = 40; break;
-	default: return -1;
+	case '\0':
+		break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		break;
+	case 't':
+	case 'T':
+		shift = 40;
+		break;
+	default:
+		return -1;
 	}
 	if (*end && end[1])
 		return -1;

@@ -86,12 +86,30 @@ static int parse_size(const char *s, uint64_t *out)
 		return -EINVAL;
 	unsigned shift = 20; /* as QEMU's -m: a bare number is MiB */
 	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 'b': case 'B': shift = 0; end++; break;
-	case '\0': break;
-	default: return -EINVAL;
+	case 'k':
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	case 'b':
+	case 'B':
+		shift = 0;
+		end++;
+		break;
+	case '\0':
+		break;
+	default:
+		return -EINVAL;
 	}
 	if (*end || v > (UINT64_MAX >> shift))
 		return -EINVAL;
@@ -133,24 +151,47 @@ static int parse_options(int argc, char **argv, struct options *o)
 			unsigned long long n;
 			char *end;
 			if (parse_decimal(optarg, &n, &end) || *end || !n || n > GW_MAX_VCPUS) {
-				fprintf(stderr, "godwit-vmm: --vcpus '%s': must be a number from 1 to %d\n",
+				fprintf(stderr,
+					"godwit-vmm: --vcpus '%s': must be a number from 1 to %d\n",
 					optarg, GW_MAX_VCPUS);
 				return -1;
 			}
 			o->vcpus = (unsigned)n;
 			break;
 		}
-		case 'k': o->kernel = optarg; break;
-		case 'b': o->bootsector = optarg; break;
-		case 'a': o->append = optarg; break;
-		case 's': o->serial = optarg; break;
-		case 'q': o->qmp = optarg; break;
-		case 'i': o->incoming = optarg; break;
-		case 'S': o->paused = true; break;
-		case 'd': o->debug = true; break;
-		case 'h': usage(stdout); exit(0);
-		case 'V': printf("godwit-vmm %s\n", GW_VERSION); exit(0);
-		default: usage(stderr); return -1;
+		case 'k':
+			o->kernel = optarg;
+			break;
+		case 'b':
+			o->bootsector = optarg;
+			break;
+		case 'a':
+			o->append = optarg;
+			break;
+		case 's':
+			o->serial = optarg;
+			break;
+		case 'q':
+			o->qmp = optarg;
+			break;
+		case 'i':
+			o->incoming = optarg;
+			break;
+		case 'S':
+			o->paused = true;
+			break;
+		case 'd':
+			o->debug = true;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		case 'V':
+			printf("godwit-vmm %s\n", GW_VERSION);
+			exit(0);
+		default:
+			usage(stderr);
+			return -1;
 		}
 	}
 	if (optind < argc) {
@@ -272,8 +313,8 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 		snprintf(err, errlen, "device set-up failed");
 		return -EINVAL;
 	}
-	ret = vcpus_create(&vm->vcpus, &vm->kvm, o->vcpus, &vm->pio, &vm->mmio,
-			   vmm_on_vcpu_fatal, vm, err, errlen);
+	ret = vcpus_create(&vm->vcpus, &vm->kvm, o->vcpus, &vm->pio, &vm->mmio, vmm_on_vcpu_fatal,
+			   vm, err, errlen);
 	if (ret)
 		return ret;
 	/* An incoming guest arrives whole: booting would leave pages the
@@ -323,7 +364,8 @@ int main(int argc, char **argv)
 	 * costs only latency. */
 	char why[160];
 	if (!ret && sched_short_slice(why, sizeof(why)))
-		fprintf(stderr, "godwit-vmm: warning: %s; a wake-up may wait for a vCPU's time slice\n",
+		fprintf(stderr,
+			"godwit-vmm: warning: %s; a wake-up may wait for a vCPU's time slice\n",
 			why);
 	if (!ret && o.incoming && strcmp(o.incoming, "defer"))
 		ret = migration_listen(&vm, o.incoming, err, sizeof(err));

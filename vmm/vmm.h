@@ -55,12 +55,12 @@ int vmm_ram_hash(struct vmm *vm, char out[33]);
 struct vmm_guest_status {
 	bool ready;
 	bool check_failed;
-	uint64_t check_ok;        /* number of CHECK_OK reports */
-	uint32_t first_bad_page;  /* arg of the first CHECK_FAIL */
+	uint64_t check_ok;       /* number of CHECK_OK reports */
+	uint32_t first_bad_page; /* arg of the first CHECK_FAIL */
 	bool exit_requested;
 	int exit_status;
 	unsigned nr_vcpus;
-	uint64_t passes[16];      /* last pass reported, per vCPU */
+	uint64_t passes[16]; /* last pass reported, per vCPU */
 	uint64_t pages_per_pass[16];
 };
 void vmm_guest_status(struct vmm *vm, struct vmm_guest_status *out);

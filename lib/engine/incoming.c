@@ -40,13 +40,13 @@
 #define REPORT_SEND_TIMEOUT_MS 5000
 
 struct gw_incoming {
-	struct gw_job job;      /* its lock guards stats too */
+	struct gw_job job; /* its lock guards stats too */
 	struct gw_migration *m;
 	struct gw_incoming_callbacks cb;
-	struct gw_channel ch;   /* ours */
+	struct gw_channel ch; /* ours */
 	struct gw_incoming_params params;
-	bool return_path;       /* the channel can answer */
-	uint64_t received;      /* atomic: the reader adds to it */
+	bool return_path;  /* the channel can answer */
+	uint64_t received; /* atomic: the reader adds to it */
 	struct gw_incoming_stats stats;
 };
 
@@ -76,7 +76,7 @@ static int load(struct gw_incoming *in, bool *commit, struct gw_error *err)
 /* READY, then wait for GO: the commit point of the destination. */
 static int await_go(struct gw_incoming *in, struct gw_error *err)
 {
-	const struct gw_report ready = { GW_REPORT_READY, 0, "" };
+	const struct gw_report ready = {GW_REPORT_READY, 0, ""};
 	struct gw_report go;
 	uint64_t t0;
 	int ret;
@@ -118,7 +118,8 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	if (ret == 0)
 		ret = cancelled_here(in, err);
 	if (ret == 0 && m->vm_ops.prepare && (ret = m->vm_ops.prepare(m->vm_opaque, err)) < 0)
-		gw_error_prefix(err, ret, "the stream loaded, but its state cannot be put into effect: ");
+		gw_error_prefix(err, ret,
+				"the stream loaded, but its state cannot be put into effect: ");
 	if (ret == 0 && commit)
 		ret = await_go(in, err);
 	/* The destination's commit point: a cancel from here is refused. */
@@ -151,10 +152,10 @@ static int incoming_run(struct gw_job *j, struct gw_error *err)
 static enum gw_mig_status incoming_conclude(struct gw_job *j, int ret, struct gw_error *err)
 {
 	struct gw_incoming *in = j->engine;
-	struct gw_report report = { GW_REPORT_RUNNING, 0, "" };
+	struct gw_report report = {GW_REPORT_RUNNING, 0, ""};
 
 	if (ret < 0) {
-		report = (struct gw_report){ GW_REPORT_FAILED, ret, "" };
+		report = (struct gw_report){GW_REPORT_FAILED, ret, ""};
 		snprintf(report.msg, sizeof(report.msg), "%s", err->msg);
 	}
 	/*
@@ -200,11 +201,13 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 	int ret;
 
 	if (!m || !out || !ch)
-		return gw_error_set(err, -EINVAL, "incoming migration: no migration object, channel or result pointer");
+		return gw_error_set(err, -EINVAL,
+				    "incoming migration: no migration object, channel or result pointer");
 	if (!m->vm_ops.resume)
 		return gw_error_set(err, -EINVAL,
 				    "incoming migration: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
-	if (params && (ret = gw_check_reserved(params->reserved, 8, "incoming parameters", err)) < 0)
+	if (params &&
+	    (ret = gw_check_reserved(params->reserved, 8, "incoming parameters", err)) < 0)
 		return ret;
 	in = calloc(1, sizeof(*in));
 	if (!in)
@@ -224,7 +227,7 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 		free(in);
 		return gw_error_prefix(err, ret, "incoming migration: ");
 	}
-	*ch = (struct gw_channel){ .fd = -1 };
+	*ch = (struct gw_channel){.fd = -1};
 	*out = in;
 	return 0;
 }

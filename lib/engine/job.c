@@ -12,14 +12,22 @@
 const char *gw_mig_status_name(enum gw_mig_status s)
 {
 	switch (s) {
-	case GW_MIG_NONE:       return "none";
-	case GW_MIG_SETUP:      return "setup";
-	case GW_MIG_ACTIVE:     return "active";
-	case GW_MIG_DEVICE:     return "device";
-	case GW_MIG_COMPLETED:  return "completed";
-	case GW_MIG_FAILED:     return "failed";
-	case GW_MIG_CANCELLING: return "cancelling";
-	case GW_MIG_CANCELLED:  return "cancelled";
+	case GW_MIG_NONE:
+		return "none";
+	case GW_MIG_SETUP:
+		return "setup";
+	case GW_MIG_ACTIVE:
+		return "active";
+	case GW_MIG_DEVICE:
+		return "device";
+	case GW_MIG_COMPLETED:
+		return "completed";
+	case GW_MIG_FAILED:
+		return "failed";
+	case GW_MIG_CANCELLING:
+		return "cancelling";
+	case GW_MIG_CANCELLED:
+		return "cancelled";
 	}
 	return "unknown";
 }
@@ -60,7 +68,7 @@ static void publish(struct gw_job *j, enum gw_mig_status outcome, int ret,
 static void *job_thread(void *opaque)
 {
 	struct gw_job *j = opaque;
-	struct gw_error err = { 0 };
+	struct gw_error err = {0};
 	int ret;
 
 	pthread_setname_np(pthread_self(), j->name);
@@ -158,8 +166,8 @@ void gw_job_stop(struct gw_job *j)
 		gw_cancel_wake(&j->cancel);
 }
 
-enum gw_mig_status gw_job_status(struct gw_job *j, uint64_t *total_ms, int *error_code,
-				 char *error, size_t error_size)
+enum gw_mig_status gw_job_status(struct gw_job *j, uint64_t *total_ms, int *error_code, char *error,
+				 size_t error_size)
 {
 	enum gw_mig_status s;
 

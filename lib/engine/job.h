@@ -40,20 +40,20 @@ struct gw_job_ops {
 struct gw_job {
 	const struct gw_job_ops *ops;
 	void *engine;
-	char name[16];          /* the thread's, for top -H and perf */
+	char name[16]; /* the thread's, for top -H and perf */
 	struct gw_cancel cancel;
 	pthread_t thread;
 	void (*status_cb)(void *opaque, enum gw_mig_status s);
 	void *cb_opaque;
 
-	pthread_mutex_t lock;   /* everything below, and the engine's stats */
+	pthread_mutex_t lock; /* everything below, and the engine's stats */
 	enum gw_mig_status status;
-	bool committed;         /* cancels are refused from here */
-	bool cancel_accepted;   /* gw_job_cancel() said yes */
-	bool finished;          /* the final status callback has returned */
+	bool committed;       /* cancels are refused from here */
+	bool cancel_accepted; /* gw_job_cancel() said yes */
+	bool finished;        /* the final status callback has returned */
 	uint64_t start_ns;
 	uint64_t end_ns;
-	int error_code;         /* of a failed job */
+	int error_code; /* of a failed job */
 	char error[GW_ERROR_MSG_MAX];
 };
 
@@ -80,8 +80,8 @@ bool gw_job_commit(struct gw_job *j);
 void gw_job_stop(struct gw_job *j);
 
 /* Status, time since start (until the end once final), error: under the lock. */
-enum gw_mig_status gw_job_status(struct gw_job *j, uint64_t *total_ms, int *error_code,
-				 char *error, size_t error_size);
+enum gw_mig_status gw_job_status(struct gw_job *j, uint64_t *total_ms, int *error_code, char *error,
+				 size_t error_size);
 /* The same with j->lock already held (a snapshot with the engine's stats). */
 enum gw_mig_status gw_job_status_locked(struct gw_job *j, uint64_t *total_ms, int *error_code,
 					char *error, size_t error_size);

@@ -77,39 +77,39 @@
 #define SETTLE_ROUNDS 8
 
 struct gw_precopy {
-	struct gw_job job;      /* its lock guards params and stats too */
+	struct gw_job job; /* its lock guards params and stats too */
 	struct gw_migration *m;
 	struct gw_precopy_callbacks cb;
-	struct gw_channel ch;   /* ours: closed, and its command ended, before the outcome */
+	struct gw_channel ch; /* ours: closed, and its command ended, before the outcome */
 	bool return_path;
 	struct gw_precopy_params params;
 	struct gw_precopy_stats stats;
 
 	/* The migration thread's own. */
-	struct gw_writer *w;    /* the stream: header, sections, EOF */
+	struct gw_writer *w; /* the stream: header, sections, EOF */
 	struct gw_stream_sink stream_sink;
 	struct gw_ram_sink *sink; /* where RAM pages go */
-	uint64_t **dirty;       /* per RAM block: pages still to send */
-	uint64_t pending;       /* bits set in dirty */
-	uint64_t synced;        /* pending found by the last sync */
-	uint64_t synced_before; /* ... and by the one before it */
-	uint32_t settle_rounds; /* rounds sent within the limit */
+	uint64_t **dirty;         /* per RAM block: pages still to send */
+	uint64_t pending;         /* bits set in dirty */
+	uint64_t synced;          /* pending found by the last sync */
+	uint64_t synced_before;   /* ... and by the one before it */
+	uint32_t settle_rounds;   /* rounds sent within the limit */
 	bool dirty_started;
-	bool paused;            /* this engine paused the guest */
-	bool handed_over;       /* GO (or, one way, EOF into a command) left whole: only
+	bool paused;      /* this engine paused the guest */
+	bool handed_over; /* GO (or, one way, EOF into a command) left whole: only
 				   the other side may run the guest now */
-	bool dest_failed;       /* ... but it said it will not */
-	bool confirmed;         /* ... and it said RUNNING */
+	bool dest_failed; /* ... but it said it will not */
+	bool confirmed;   /* ... and it said RUNNING */
 	uint64_t pause_ns;
-	uint32_t throttle;      /* percent now applied */
-	uint32_t hot_periods;   /* hot periods in a row */
-	bool hot;               /* the last period was hot */
-	uint64_t pass;          /* syncs so far */
-	uint64_t sync_ns;       /* time and stream offset of the last sync */
+	uint32_t throttle;    /* percent now applied */
+	uint32_t hot_periods; /* hot periods in a row */
+	bool hot;             /* the last period was hot */
+	uint64_t pass;        /* syncs so far */
+	uint64_t sync_ns;     /* time and stream offset of the last sync */
 	uint64_t sync_xfer;
-	uint64_t dirty_rate;    /* pages per second, last period */
-	uint64_t bandwidth;     /* page bytes per second drained, 0 = not measured */
-	uint64_t round_pages;   /* pages the last round sent */
+	uint64_t dirty_rate;  /* pages per second, last period */
+	uint64_t bandwidth;   /* page bytes per second drained, 0 = not measured */
+	uint64_t round_pages; /* pages the last round sent */
 	struct gw_ratelimit rl;
 };
 
@@ -215,8 +215,9 @@ static int stop_point(struct gw_precopy *p, struct gw_error *err)
 	if (ready < 0)
 		return gw_error_set(err, ready, "return path: poll: %s", gw_strerror(ready));
 	/* Before the stream ends, only a failure makes sense. */
-	return ready ? expect(p, EXPLAIN_TIMEOUT_MS, GW_REPORT_FAILED,
-			      "the destination's report", err) : 0;
+	return ready ? expect(p, EXPLAIN_TIMEOUT_MS, GW_REPORT_FAILED, "the destination's report",
+			      err) :
+		       0;
 }
 
 static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error *err)
@@ -227,7 +228,8 @@ static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error 
 		return 0;
 	ret = p->cb.throttle(p->cb.opaque, percent, err);
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "auto-converge: cannot throttle the vCPUs to %u%%: ",
+		return gw_error_prefix(err, ret,
+				       "auto-converge: cannot throttle the vCPUs to %u%%: ",
 				       percent);
 	p->throttle = percent;
 	pthread_mutex_lock(&p->job.lock);
@@ -246,7 +248,8 @@ static int limit_bandwidth(struct gw_precopy *p, uint64_t bytes, struct gw_error
 		if (!delay)
 			return 0;
 		/* In slices, so a raised limit takes effect at once. */
-		if (gw_cancel_sleep(&p->job.cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) < 0)
+		if (gw_cancel_sleep(&p->job.cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) <
+		    0)
 			return cancelled(err);
 	}
 }
@@ -344,7 +347,8 @@ static int sync_all(struct gw_precopy *p, struct gw_error *err)
 		int ret = m->dirty_ops.sync(m->dirty_opaque, i, p->dirty[i], err);
 
 		if (ret < 0)
-			return gw_error_prefix(err, ret, "dirty-page sync of RAM block '%s': ", b->name);
+			return gw_error_prefix(err, ret,
+					       "dirty-page sync of RAM block '%s': ", b->name);
 		gw_bitmap_trim(p->dirty[i], pages);
 		ret = gw_populated_filter(b, p->dirty[i], err);
 		if (ret < 0)
@@ -456,7 +460,8 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 	if (m->dirty_ops.start) {
 		ret = m->dirty_ops.start(m->dirty_opaque, err);
 		if (ret < 0)
-			return gw_error_prefix(err, ret, "setup: cannot start dirty-page tracking: ");
+			return gw_error_prefix(err, ret,
+					       "setup: cannot start dirty-page tracking: ");
 	}
 	p->dirty_started = true;
 	ret = stop_point(p, err);
@@ -503,10 +508,12 @@ static int iterate(struct gw_precopy *p, struct gw_error *err)
 			ret = gw_save_iterate(p->m, p->w, err);
 		if (ret == 0)
 			ret = send_round(p, false, err);
-		if (ret == 0 && p->round_pages < SMALL_ROUND && gw_cancel_sleep(&p->job.cancel, IDLE_NS) < 0)
+		if (ret == 0 && p->round_pages < SMALL_ROUND &&
+		    gw_cancel_sleep(&p->job.cancel, IDLE_NS) < 0)
 			ret = cancelled(err);
 		if (ret < 0)
-			return gw_error_prefix(err, ret, "round %llu: ", (unsigned long long)p->pass);
+			return gw_error_prefix(err, ret,
+					       "round %llu: ", (unsigned long long)p->pass);
 	}
 }
 
@@ -522,10 +529,9 @@ static int commit(struct gw_precopy *p, struct gw_error *err)
  * whole, any failure leaves the guest to the source, which resumes it;
  * after that only a FAILED report from the destination gives it back.
  */
-static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp,
-		     struct gw_error *err)
+static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
 {
-	const struct gw_report go = { GW_REPORT_GO, 0, "" };
+	const struct gw_report go = {GW_REPORT_GO, 0, ""};
 	uint64_t ready_ns;
 	int ret;
 
@@ -585,7 +591,8 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 	if (ret == 0 && !p->return_path && p->ch.child > 0)
 		p->handed_over = true;
 	if (ret == -ETIMEDOUT)
-		gw_error_prefix(err, ret, "the final pages and device state were not written within x-godwit-switchover-timeout (%llu ms): ",
+		gw_error_prefix(err, ret,
+				"the final pages and device state were not written within x-godwit-switchover-timeout (%llu ms): ",
 				(unsigned long long)pp.switchover_timeout_ms);
 	if (ret == 0 && p->return_path)
 		ret = handshake(p, &pp, err);
@@ -608,7 +615,8 @@ static void explain(struct gw_precopy *p, int ret, struct gw_error *err)
 	if (!p->return_path || p->handed_over || (ret != -EPIPE && ret != -ECONNRESET))
 		return;
 	if (gw_report_recv(&p->job.cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
-			   NULL) == 0 && r.status == GW_REPORT_FAILED)
+			   NULL) == 0 &&
+	    r.status == GW_REPORT_FAILED)
 		gw_error_set(err, r.code, "the destination failed: %s", r.msg);
 }
 
@@ -648,7 +656,7 @@ static int end_channel(struct gw_precopy *p, int ret, struct gw_error *err)
 {
 	bool is_exec = p->ch.child > 0;
 	struct gw_precopy_params pp;
-	struct gw_error e2 = { 0 };
+	struct gw_error e2 = {0};
 	int end;
 
 	get_params(p, &pp);
@@ -670,7 +678,7 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 	struct gw_precopy *p = j->engine;
 	struct gw_migration *m = p->m;
 	enum gw_mig_status outcome = GW_MIG_COMPLETED;
-	struct gw_error e2 = { 0 };
+	struct gw_error e2 = {0};
 	bool unconfirmed;
 
 	if (p->w)
@@ -696,8 +704,8 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 		outcome = GW_MIG_FAILED;
 		append(err, "the source guest stays paused",
 		       p->return_path ?
-		       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it" :
-		       "the command got the whole stream and may have started the guest elsewhere; 'cont' resumes it here only if it is known not to run there");
+			       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it" :
+			       "the command got the whole stream and may have started the guest elsewhere; 'cont' resumes it here only if it is known not to run there");
 	} else if (ret < 0) {
 		outcome = gw_job_cancelled(j) && !p->handed_over ? GW_MIG_CANCELLED : GW_MIG_FAILED;
 		/* A guest that cannot run again is a failure, even of a cancel. */
@@ -745,17 +753,20 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	int ret;
 
 	if (!m || !out || !channels)
-		return gw_error_set(err, -EINVAL, "pre-copy: no migration object, channel or result pointer");
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: no migration object, channel or result pointer");
 	if (nr_channels != 1)
 		return gw_error_set(err, -EINVAL,
-				    "pre-copy: %u channels given; one stream channel is supported", nr_channels);
+				    "pre-copy: %u channels given; one stream channel is supported",
+				    nr_channels);
 	if (!m->vm_ops.pause)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
 	if (!m->dirty_ops.sync)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set dirty-page tracking (gw_migration_set_dirty_ops)");
-	if (params && (ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err)) < 0)
+	if (params &&
+	    (ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err)) < 0)
 		return ret;
 	p = calloc(1, sizeof(*p));
 	if (!p)
@@ -770,7 +781,8 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 		p->cb = *cb;
 	if (p->params.auto_converge && !p->cb.throttle) {
 		free(p);
-		return gw_error_set(err, -EINVAL, "pre-copy: auto-converge needs a throttle callback");
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: auto-converge needs a throttle callback");
 	}
 	p->ch = channels[0];
 	/* A socket can answer: the handshake runs over it. */
@@ -784,7 +796,8 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 		p->dirty[i] = calloc(gw_bitmap_words(m->ram[i].size / PAGE), sizeof(uint64_t));
 		if (!p->dirty[i]) {
 			precopy_release(p);
-			return gw_error_set(err, -ENOMEM, "pre-copy: out of memory for the dirty bitmaps");
+			return gw_error_set(err, -ENOMEM,
+					    "pre-copy: out of memory for the dirty bitmaps");
 		}
 		p->stats.total += m->ram[i].size;
 	}
@@ -796,7 +809,7 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 		return gw_error_prefix(err, ret, "pre-copy: ");
 	}
 	/* The channel is the engine's now. */
-	*channels = (struct gw_channel){ .fd = -1 };
+	*channels = (struct gw_channel){.fd = -1};
 	*out = p;
 	return 0;
 }

@@ -11,7 +11,7 @@
 #include "lib/internal.h"
 
 /* The smallest encodings of a RAM table entry and a section table entry. */
-#define RAM_ENTRY_MIN     (1 + 1 + 8 + 8)
+#define RAM_ENTRY_MIN (1 + 1 + 8 + 8)
 #define SECTION_ENTRY_MIN (1 + 1 + 4 + 4 + 4)
 
 int gw_config_put(const struct gw_migration *m, struct gw_wbuf *out)
@@ -133,8 +133,8 @@ int gw_config_parse(const void *p, size_t len, struct gw_config *cfg, struct gw_
 	return ret;
 }
 
-static int match_ram(const struct gw_migration *m, const struct gw_config *cfg,
-		     uint32_t *ram_map, struct gw_error *err)
+static int match_ram(const struct gw_migration *m, const struct gw_config *cfg, uint32_t *ram_map,
+		     struct gw_error *err)
 {
 	for (uint32_t i = 0; i < cfg->nr_ram; i++) {
 		const struct gw_config_ram *r = &cfg->ram[i];
@@ -194,8 +194,10 @@ static int match_sections(const struct gw_migration *m, const struct gw_config *
 			return gw_error_set(err, -EPROTO,
 					    "section '%s' instance %u is %s in the stream but %s in this VMM",
 					    s->name, s->instance,
-					    s->flags & GW_SECF_PROGRESSIVE ? "progressive" : "one-shot",
-					    gw_section_progressive(&sec->s) ? "progressive" : "one-shot");
+					    s->flags & GW_SECF_PROGRESSIVE ? "progressive" :
+									     "one-shot",
+					    gw_section_progressive(&sec->s) ? "progressive" :
+									      "one-shot");
 		sec_map[i] = j;
 	}
 	for (uint32_t j = 0; j < m->nr_sections; j++) {
@@ -215,8 +217,8 @@ static int match_sections(const struct gw_migration *m, const struct gw_config *
 	return 0;
 }
 
-int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg,
-		    uint32_t *ram_map, uint32_t *sec_map, struct gw_error *err)
+int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg, uint32_t *ram_map,
+		    uint32_t *sec_map, struct gw_error *err)
 {
 	int ret;
 

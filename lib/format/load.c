@@ -26,10 +26,10 @@ struct load {
 	struct gw_migration *m;
 	struct gw_reader *r;
 	struct gw_config cfg;
-	uint32_t *ram_map;            /* stream block id -> index in m->ram */
-	uint32_t *sec_map;            /* stream section id -> index in m->sections */
+	uint32_t *ram_map;               /* stream block id -> index in m->ram */
+	uint32_t *sec_map;               /* stream section id -> index in m->sections */
 	enum section_progress *progress; /* per stream section id */
-	unsigned char *buf;           /* payload of the current record */
+	unsigned char *buf;              /* payload of the current record */
 	size_t cap;
 	struct gw_pages *pages;
 	struct gw_torn torn;
@@ -56,7 +56,8 @@ static int load_config(struct load *l, struct gw_error *err)
 	if (h.type != GW_REC_CONFIG)
 		return gw_error_set(err, -EPROTO,
 				    "stream does not start with a CONFIG record (found %s, type 0x%04x, at offset %llu)",
-				    gw_record_type_name(h.type), h.type, (unsigned long long)h.offset);
+				    gw_record_type_name(h.type), h.type,
+				    (unsigned long long)h.offset);
 	ret = read_payload(l, &h, err);
 	if (ret == 0)
 		ret = gw_config_parse(l->buf, h.length, &l->cfg, err);
@@ -102,7 +103,8 @@ static int advance_section(struct load *l, const struct gw_rec_hdr *h, uint32_t 
 		if (!progressive)
 			problem = "a one-shot section cannot have SECTION_PART/END records";
 		else if (*p != SEC_STARTED)
-			problem = *p == SEC_NOTHING ? "it has not been started" : "it has already ended";
+			problem = *p == SEC_NOTHING ? "it has not been started" :
+						      "it has already ended";
 		else if (h->type == GW_REC_SECTION_END)
 			*p = SEC_COMPLETE;
 		break;
@@ -126,7 +128,8 @@ static int load_section(struct load *l, const struct gw_rec_hdr *h, struct gw_er
 		return ret;
 	gw_rbuf_init(&b, l->buf, h->length);
 	if (gw_section_get_hdr(&b, h->type, &sh) < 0)
-		return gw_error_set(err, -EBADMSG, "%s record at offset %llu: malformed section header",
+		return gw_error_set(err, -EBADMSG,
+				    "%s record at offset %llu: malformed section header",
 				    gw_record_type_name(h->type), (unsigned long long)h->offset);
 	if (sh.id >= l->cfg.nr_sections)
 		return gw_error_set(err, -EBADMSG,
@@ -140,8 +143,8 @@ static int load_section(struct load *l, const struct gw_rec_hdr *h, struct gw_er
 		return gw_error_set(err, -EBADMSG,
 				    "%s record at offset %llu: section '%s' instance %u version %u does not match its CONFIG entry %u ('%s' instance %u version %u)",
 				    gw_record_type_name(h->type), (unsigned long long)h->offset,
-				    sh.name, sh.instance, sh.version, sh.id, cs->name,
-				    cs->instance, cs->version);
+				    sh.name, sh.instance, sh.version, sh.id, cs->name, cs->instance,
+				    cs->version);
 	sec = &l->m->sections[l->sec_map[sh.id]];
 	ret = advance_section(l, h, sh.id, err);
 	if (ret == 0) {
@@ -149,7 +152,8 @@ static int load_section(struct load *l, const struct gw_rec_hdr *h, struct gw_er
 		ret = gw_section_load(sec, h->type, cs->version, &data, err);
 	}
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "section '%s' instance %u (%s record at offset %llu): ",
+		return gw_error_prefix(err, ret,
+				       "section '%s' instance %u (%s record at offset %llu): ",
 				       cs->name, cs->instance, gw_record_type_name(h->type),
 				       (unsigned long long)h->offset);
 	return 0;
@@ -170,14 +174,14 @@ static int load_pages(struct load *l, const struct gw_rec_hdr *h, struct gw_erro
 	if (l->pages->block_id >= l->cfg.nr_ram)
 		return gw_error_set(err, -EBADMSG,
 				    "RAM_PAGES record at offset %llu: block id %u is not in the CONFIG table (%u blocks)",
-				    (unsigned long long)h->offset, l->pages->block_id, l->cfg.nr_ram);
+				    (unsigned long long)h->offset, l->pages->block_id,
+				    l->cfg.nr_ram);
 	return gw_pages_load(l->m, l->ram_map[l->pages->block_id], &l->torn, l->r, h, l->pages,
 			     err);
 }
 
 /* At EOF: every page and every section of the stream must have arrived whole. */
-static int check_complete(const struct load *l, const struct gw_rec_hdr *h,
-			  struct gw_error *err)
+static int check_complete(const struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
 {
 	int ret = gw_torn_check(&l->torn, h->offset, err);
 
@@ -190,8 +194,9 @@ static int check_complete(const struct load *l, const struct gw_rec_hdr *h,
 			return gw_error_set(err, -EPROTO,
 					    "incomplete stream: EOF at offset %llu but section '%s' instance %u %s",
 					    (unsigned long long)h->offset, cs->name, cs->instance,
-					    l->progress[i] == SEC_STARTED ? "was not ended" :
-					    "has no state in the stream");
+					    l->progress[i] == SEC_STARTED ?
+						    "was not ended" :
+						    "has no state in the stream");
 	}
 	return 0;
 }
@@ -245,7 +250,7 @@ int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err)
 int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
 		  struct gw_error *err)
 {
-	struct load l = { .m = m, .r = r };
+	struct load l = {.m = m, .r = r};
 	bool eof = false;
 	uint32_t flags;
 	int ret;

@@ -42,7 +42,8 @@ static int write_section(const struct gw_migration *m, struct gw_writer *w, uint
 	if (ret == 0)
 		ret = gw_record_write(w, type, 0, b->data, b->len, err);
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "section '%s' instance %u (%s record at offset %llu): ",
+		return gw_error_prefix(err, ret,
+				       "section '%s' instance %u (%s record at offset %llu): ",
 				       sec->name, sec->s.instance, gw_record_type_name(type),
 				       (unsigned long long)offset);
 	return 0;

@@ -58,7 +58,8 @@ int gw_section_check(const struct gw_section *s, struct gw_error *err)
 	if (ret == 0 && s->vmstate)
 		ret = gw_vmstate_check(s->vmstate, s->version, err);
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "section '%s' instance %u: ", s->name, s->instance);
+		return gw_error_prefix(err, ret, "section '%s' instance %u: ", s->name,
+				       s->instance);
 	return 0;
 }
 
@@ -89,7 +90,8 @@ int gw_section_get_hdr(struct gw_rbuf *b, uint16_t type, struct gw_section_hdr *
 static enum gw_phase phase_of(uint16_t type)
 {
 	return type == GW_REC_SECTION_START ? GW_PHASE_START :
-	       type == GW_REC_SECTION_PART ? GW_PHASE_PART : GW_PHASE_END;
+	       type == GW_REC_SECTION_PART  ? GW_PHASE_PART :
+					      GW_PHASE_END;
 }
 
 static int check_saved(const struct gw_wbuf *out, struct gw_error *err)
@@ -116,8 +118,8 @@ static int save_vmstate(const struct gw_section *s, struct gw_wbuf *out, struct 
 	return check_saved(out, err);
 }
 
-int gw_section_save(const struct gw_section_reg *sec, uint16_t type,
-		    struct gw_wbuf *out, struct gw_error *err)
+int gw_section_save(const struct gw_section_reg *sec, uint16_t type, struct gw_wbuf *out,
+		    struct gw_error *err)
 {
 	const struct gw_section *s = &sec->s;
 	int ret = 0;
@@ -158,7 +160,8 @@ static int validate(const struct gw_section *s, const void *cand, uint32_t versi
 	if (ret >= 0)
 		return 0;
 	/* Same code in err as returned, and a message even if the hook gave none. */
-	return gw_error_prefix(err, ret, "%s", err && err->msg[0] ? "" : "refused by its validator: ");
+	return gw_error_prefix(err, ret, "%s",
+			       err && err->msg[0] ? "" : "refused by its validator: ");
 }
 
 /*

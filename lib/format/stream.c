@@ -16,14 +16,22 @@
 const char *gw_record_type_name(uint16_t type)
 {
 	switch (type) {
-	case GW_REC_CONFIG:        return "CONFIG";
-	case GW_REC_SECTION_START: return "SECTION_START";
-	case GW_REC_SECTION_PART:  return "SECTION_PART";
-	case GW_REC_SECTION_END:   return "SECTION_END";
-	case GW_REC_SECTION_FULL:  return "SECTION_FULL";
-	case GW_REC_RAM_PAGES:     return "RAM_PAGES";
-	case GW_REC_VMDESC:        return "VMDESC";
-	case GW_REC_EOF:           return "EOF";
+	case GW_REC_CONFIG:
+		return "CONFIG";
+	case GW_REC_SECTION_START:
+		return "SECTION_START";
+	case GW_REC_SECTION_PART:
+		return "SECTION_PART";
+	case GW_REC_SECTION_END:
+		return "SECTION_END";
+	case GW_REC_SECTION_FULL:
+		return "SECTION_FULL";
+	case GW_REC_RAM_PAGES:
+		return "RAM_PAGES";
+	case GW_REC_VMDESC:
+		return "VMDESC";
+	case GW_REC_EOF:
+		return "EOF";
 	}
 	return "unknown";
 }
@@ -31,14 +39,19 @@ const char *gw_record_type_name(uint16_t type)
 uint64_t gw_record_max(uint16_t type)
 {
 	switch (type) {
-	case GW_REC_CONFIG:        return GW_CONFIG_MAX;
+	case GW_REC_CONFIG:
+		return GW_CONFIG_MAX;
 	case GW_REC_SECTION_START:
 	case GW_REC_SECTION_PART:
 	case GW_REC_SECTION_END:
-	case GW_REC_SECTION_FULL:  return GW_SECTION_RECORD_MAX;
-	case GW_REC_RAM_PAGES:     return GW_PAGES_RECORD_MAX;
-	case GW_REC_VMDESC:        return GW_VMDESC_MAX;
-	case GW_REC_EOF:           return 0;
+	case GW_REC_SECTION_FULL:
+		return GW_SECTION_RECORD_MAX;
+	case GW_REC_RAM_PAGES:
+		return GW_PAGES_RECORD_MAX;
+	case GW_REC_VMDESC:
+		return GW_VMDESC_MAX;
+	case GW_REC_EOF:
+		return 0;
 	}
 	return GW_RECORD_MAX_UNKNOWN;
 }
@@ -74,13 +87,14 @@ int gw_stream_get_header(struct gw_reader *r, uint32_t *flags_out, struct gw_err
 	flags = gw_get_le32(h + 12);
 	if (flags & ~GW_HDRF_KNOWN)
 		return gw_error_set(err, -EPROTONOSUPPORT,
-				    "stream header flags 0x%x are not supported by this reader", flags);
+				    "stream header flags 0x%x are not supported by this reader",
+				    flags);
 	*flags_out = flags;
 	return 0;
 }
 
-static void encode_header(unsigned char h[GW_RECORD_HEADER_SIZE], uint16_t type,
-			  uint16_t flags, uint64_t length, uint32_t payload_crc)
+static void encode_header(unsigned char h[GW_RECORD_HEADER_SIZE], uint16_t type, uint16_t flags,
+			  uint64_t length, uint32_t payload_crc)
 {
 	gw_le16(h, type);
 	gw_le16(h + 2, flags);
@@ -90,9 +104,8 @@ static void encode_header(unsigned char h[GW_RECORD_HEADER_SIZE], uint16_t type,
 	gw_le32(h + 20, gw_crc32c(0, h, 20));
 }
 
-int gw_record_writev(struct gw_writer *w, uint16_t type, uint16_t flags,
-		     uint32_t payload_crc, const struct iovec *iov, int iovcnt,
-		     struct gw_error *err)
+int gw_record_writev(struct gw_writer *w, uint16_t type, uint16_t flags, uint32_t payload_crc,
+		     const struct iovec *iov, int iovcnt, struct gw_error *err)
 {
 	unsigned char h[GW_RECORD_HEADER_SIZE];
 	uint64_t length = 0;
@@ -113,10 +126,10 @@ int gw_record_writev(struct gw_writer *w, uint16_t type, uint16_t flags,
 	return gw_writer_writev(w, iov, iovcnt, err);
 }
 
-int gw_record_write(struct gw_writer *w, uint16_t type, uint16_t flags,
-		    const void *p, size_t len, struct gw_error *err)
+int gw_record_write(struct gw_writer *w, uint16_t type, uint16_t flags, const void *p, size_t len,
+		    struct gw_error *err)
 {
-	struct iovec v = { (void *)p, len };
+	struct iovec v = {(void *)p, len};
 
 	return gw_record_writev(w, type, flags, gw_crc32c(0, p, len), &v, 1, err);
 }
@@ -156,13 +169,14 @@ int gw_record_read_header(struct gw_reader *r, struct gw_rec_hdr *h, struct gw_e
 	if (h->length > max)
 		return gw_error_set(err, -EBADMSG,
 				    "%s record (type 0x%04x) at offset %llu: length %llu exceeds the limit of %llu bytes",
-				    gw_record_type_name(h->type), h->type, (unsigned long long)h->offset,
-				    (unsigned long long)h->length, (unsigned long long)max);
+				    gw_record_type_name(h->type), h->type,
+				    (unsigned long long)h->offset, (unsigned long long)h->length,
+				    (unsigned long long)max);
 	return 0;
 }
 
-int gw_record_read_payload(struct gw_reader *r, const struct gw_rec_hdr *h,
-			   unsigned char **buf, size_t *cap, struct gw_error *err)
+int gw_record_read_payload(struct gw_reader *r, const struct gw_rec_hdr *h, unsigned char **buf,
+			   size_t *cap, struct gw_error *err)
 {
 	int ret;
 
@@ -171,21 +185,24 @@ int gw_record_read_payload(struct gw_reader *r, const struct gw_rec_hdr *h,
 		unsigned char *p = realloc(*buf, h->length);
 
 		if (!p)
-			return gw_error_set(err, -ENOMEM, "%s record at offset %llu: out of memory for %llu bytes",
-					    gw_record_type_name(h->type), (unsigned long long)h->offset,
+			return gw_error_set(err, -ENOMEM,
+					    "%s record at offset %llu: out of memory for %llu bytes",
+					    gw_record_type_name(h->type),
+					    (unsigned long long)h->offset,
 					    (unsigned long long)h->length);
 		*buf = p;
 		*cap = h->length;
 	}
 	ret = gw_reader_read(r, *buf, h->length, err);
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "%s record at offset %llu: ",
-				       gw_record_type_name(h->type), (unsigned long long)h->offset);
+		return gw_error_prefix(err, ret,
+				       "%s record at offset %llu: ", gw_record_type_name(h->type),
+				       (unsigned long long)h->offset);
 	return 0;
 }
 
-int gw_record_drain(struct gw_reader *r, const struct gw_rec_hdr *h, uint64_t len,
-		    uint32_t *crc, struct gw_error *err)
+int gw_record_drain(struct gw_reader *r, const struct gw_rec_hdr *h, uint64_t len, uint32_t *crc,
+		    struct gw_error *err)
 {
 	unsigned char chunk[16384];
 	uint64_t left = len;

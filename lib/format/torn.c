@@ -15,7 +15,7 @@
 
 static int torn_alloc(struct gw_torn *t, uint32_t nr_blocks, struct gw_error *err)
 {
-	*t = (struct gw_torn){ .nr_blocks = nr_blocks };
+	*t = (struct gw_torn){.nr_blocks = nr_blocks};
 	t->blocks = calloc(nr_blocks + 1, sizeof(*t->blocks));
 	if (!t->blocks)
 		return gw_error_set(err, -ENOMEM, "out of memory for the torn-page table");
@@ -27,8 +27,8 @@ int gw_torn_init(struct gw_torn *t, const struct gw_migration *m, struct gw_erro
 	int ret = torn_alloc(t, m->nr_ram, err);
 
 	for (uint32_t i = 0; ret == 0 && i < m->nr_ram; i++)
-		t->blocks[i] = (struct gw_torn_block){ m->ram[i].name,
-						       m->ram[i].size / GW_PAGE_SIZE, NULL };
+		t->blocks[i] = (struct gw_torn_block){m->ram[i].name, m->ram[i].size / GW_PAGE_SIZE,
+						      NULL};
 	return ret;
 }
 
@@ -37,8 +37,8 @@ int gw_torn_init_config(struct gw_torn *t, const struct gw_config *cfg, struct g
 	int ret = torn_alloc(t, cfg->nr_ram, err);
 
 	for (uint32_t i = 0; ret == 0 && i < cfg->nr_ram; i++)
-		t->blocks[i] = (struct gw_torn_block){ cfg->ram[i].name,
-						       cfg->ram[i].size / GW_PAGE_SIZE, NULL };
+		t->blocks[i] = (struct gw_torn_block){cfg->ram[i].name,
+						      cfg->ram[i].size / GW_PAGE_SIZE, NULL};
 	return ret;
 }
 
@@ -82,7 +82,7 @@ int gw_torn_mark(struct gw_torn *t, uint32_t block, uint64_t page, uint64_t offs
 	if (note)
 		note->offset = offset;
 	else if (t->nr_notes < GW_TORN_NOTES)
-		t->notes[t->nr_notes++] = (struct gw_torn_note){ block, page, offset };
+		t->notes[t->nr_notes++] = (struct gw_torn_note){block, page, offset};
 	return 0;
 }
 
@@ -122,7 +122,7 @@ bool gw_torn_first(const struct gw_torn *t, struct gw_torn_note *first)
 			continue;
 		page = gw_bitmap_next_set(b->bits, b->pages, 0);
 		if (page < b->pages) {
-			*first = (struct gw_torn_note){ i, page, 0 };
+			*first = (struct gw_torn_note){i, page, 0};
 			return true;
 		}
 	}

@@ -40,15 +40,15 @@ struct gw_torn_note {
 };
 
 struct gw_torn_block {
-	const char *name;  /* for messages; owned by whoever described the block */
+	const char *name; /* for messages; owned by whoever described the block */
 	uint64_t pages;
-	uint64_t *bits;    /* one per page; NULL until the block's first torn page */
+	uint64_t *bits; /* one per page; NULL until the block's first torn page */
 };
 
 struct gw_torn {
 	struct gw_torn_block *blocks;
 	uint32_t nr_blocks;
-	uint64_t count;   /* pages torn now */
+	uint64_t count;                           /* pages torn now */
 	struct gw_torn_note notes[GW_TORN_NOTES]; /* of pages torn now */
 	uint32_t nr_notes;
 };

@@ -18,6 +18,7 @@
 
 _Static_assert(sizeof(bool) == 1, "GW_FIELD_BOOL assumes a one-byte bool");
 
+/* clang-format off */
 static const struct {
 	const char *name;
 	size_t elem;
@@ -34,6 +35,7 @@ static const struct {
 	[GW_FIELD_BOOL]  = { "bool",  1, false },
 	[GW_FIELD_BYTES] = { "bytes", 1, false },
 };
+/* clang-format on */
 
 const char *gw_field_type_name(enum gw_field_type type)
 {
@@ -85,12 +87,14 @@ static int check_range(const struct gw_vmstate *vs, size_t i, struct gw_error *e
 	char lo[48], hi[48];
 
 	if (f->type == GW_FIELD_BOOL || f->type == GW_FIELD_BYTES)
-		return gw_error_set(err, -EINVAL, "field '%s': a range needs an integer type, not %s",
-				    f->name, field_types[f->type].name);
+		return gw_error_set(err, -EINVAL,
+				    "field '%s': a range needs an integer type, not %s", f->name,
+				    field_types[f->type].name);
 	if (!representable(f->type, f->min) || !representable(f->type, f->max) ||
 	    below(f->type, f->max, f->min))
-		return gw_error_set(err, -EINVAL, "field '%s': range %s..%s is not one of %s values",
-				    f->name, show(f->type, f->min, lo), show(f->type, f->max, hi),
+		return gw_error_set(err, -EINVAL,
+				    "field '%s': range %s..%s is not one of %s values", f->name,
+				    show(f->type, f->min, lo), show(f->type, f->max, hi),
 				    field_types[f->type].name);
 	/* Bytes loaded twice are checked once: the range would pass a value
 	 * that the other field then replaces. */
@@ -171,9 +175,15 @@ static uint64_t load_elem(const unsigned char *p, size_t elem)
 	uint64_t u64;
 
 	switch (elem) {
-	case 1: memcpy(&u8, p, 1); return u8;
-	case 2: memcpy(&u16, p, 2); return u16;
-	case 4: memcpy(&u32, p, 4); return u32;
+	case 1:
+		memcpy(&u8, p, 1);
+		return u8;
+	case 2:
+		memcpy(&u16, p, 2);
+		return u16;
+	case 4:
+		memcpy(&u32, p, 4);
+		return u32;
 	}
 	memcpy(&u64, p, 8);
 	return u64;
@@ -186,9 +196,15 @@ static void store_elem(unsigned char *p, size_t elem, uint64_t v)
 	uint32_t u32 = v;
 
 	switch (elem) {
-	case 1: memcpy(p, &u8, 1); return;
-	case 2: memcpy(p, &u16, 2); return;
-	case 4: memcpy(p, &u32, 4); return;
+	case 1:
+		memcpy(p, &u8, 1);
+		return;
+	case 2:
+		memcpy(p, &u16, 2);
+		return;
+	case 4:
+		memcpy(p, &u32, 4);
+		return;
 	}
 	memcpy(p, &v, 8);
 }
@@ -208,10 +224,18 @@ void gw_vmstate_save(const struct gw_vmstate *vs, const void *state, struct gw_w
 			uint64_t v = load_elem(p + o, elem);
 
 			switch (elem) {
-			case 1: gw_put_u8(out, f->type == GW_FIELD_BOOL ? v != 0 : v); break;
-			case 2: gw_put_u16(out, v); break;
-			case 4: gw_put_u32(out, v); break;
-			default: gw_put_u64(out, v); break;
+			case 1:
+				gw_put_u8(out, f->type == GW_FIELD_BOOL ? v != 0 : v);
+				break;
+			case 2:
+				gw_put_u16(out, v);
+				break;
+			case 4:
+				gw_put_u32(out, v);
+				break;
+			default:
+				gw_put_u64(out, v);
+				break;
 			}
 		}
 	}
@@ -224,8 +248,8 @@ static int check_elem(const struct gw_field *f, size_t n, uint64_t v, struct gw_
 
 	if (f->type == GW_FIELD_BOOL && v > 1)
 		return gw_error_set(err, -EBADMSG,
-				    "field '%s'[%zu]: bool value %llu is neither 0 nor 1",
-				    f->name, n, (unsigned long long)v);
+				    "field '%s'[%zu]: bool value %llu is neither 0 nor 1", f->name,
+				    n, (unsigned long long)v);
 	if (!f->ranged || (!below(f->type, v, f->min) && !below(f->type, f->max, v)))
 		return 0;
 	if (f->size > field_types[f->type].elem)
@@ -267,10 +291,21 @@ int gw_vmstate_decode(const struct gw_vmstate *vs, void *state, uint32_t version
 			int ret;
 
 			switch (elem) {
-			case 1: gw_get_u8(in, &u8); v = u8; break;
-			case 2: gw_get_u16(in, &u16); v = u16; break;
-			case 4: gw_get_u32(in, &u32); v = u32; break;
-			default: gw_get_u64(in, &v); break;
+			case 1:
+				gw_get_u8(in, &u8);
+				v = u8;
+				break;
+			case 2:
+				gw_get_u16(in, &u16);
+				v = u16;
+				break;
+			case 4:
+				gw_get_u32(in, &u32);
+				v = u32;
+				break;
+			default:
+				gw_get_u64(in, &v);
+				break;
 			}
 			if (in->error)
 				return in->error;
@@ -299,9 +334,9 @@ static json_t *describe_bound(enum gw_field_type type, uint64_t v)
 static json_t *describe_field(const struct gw_field *f)
 {
 	size_t elem = field_types[f->type].elem;
-	json_t *o = json_pack("{s:s, s:s, s:I, s:I}", "name", f->name,
-			      "type", field_types[f->type].name, "size", (json_int_t)elem,
-			      "count", (json_int_t)(f->size / elem));
+	json_t *o = json_pack("{s:s, s:s, s:I, s:I}", "name", f->name, "type",
+			      field_types[f->type].name, "size", (json_int_t)elem, "count",
+			      (json_int_t)(f->size / elem));
 
 	if (o && f->ranged &&
 	    (json_object_set_new(o, "min", describe_bound(f->type, f->min)) < 0 ||
@@ -335,7 +370,8 @@ static json_t *describe_section(const struct gw_section_reg *sec, uint32_t id)
 	o = json_pack("{s:I, s:s, s:I, s:I, s:o}", "id", (json_int_t)id, "name", sec->name,
 		      "instance", (json_int_t)s->instance, "version", (json_int_t)s->version,
 		      "fields", fields);
-	if (o && gw_section_progressive(s) && json_object_set_new(o, "progressive", json_true()) < 0) {
+	if (o && gw_section_progressive(s) &&
+	    json_object_set_new(o, "progressive", json_true()) < 0) {
 		json_decref(o);
 		return NULL;
 	}
@@ -430,8 +466,8 @@ static json_t *decode_elem(enum gw_field_type type, const unsigned char *p, size
 }
 
 /* Decode one described field at p (size * count bytes, already bounded). */
-static json_t *decode_field(enum gw_field_type type, const unsigned char *p,
-			    size_t size, size_t count)
+static json_t *decode_field(enum gw_field_type type, const unsigned char *p, size_t size,
+			    size_t count)
 {
 	json_t *arr;
 
@@ -449,8 +485,8 @@ static json_t *decode_field(enum gw_field_type type, const unsigned char *p,
 	return arr;
 }
 
-static int decode_fields(const json_t *fields, const unsigned char *data, size_t len,
-			 json_t *out, struct gw_error *err)
+static int decode_fields(const json_t *fields, const unsigned char *data, size_t len, json_t *out,
+			 struct gw_error *err)
 {
 	size_t pos = 0, i;
 	json_t *f;
@@ -469,11 +505,12 @@ static int decode_fields(const json_t *fields, const unsigned char *data, size_t
 		if ((uint64_t)count > (len - pos) / (uint64_t)size)
 			return gw_error_set(err, -EBADMSG,
 					    "field '%s' needs %lld x %lld bytes but only %zu of %zu are left",
-					    name, (long long)count, (long long)size, len - pos, len);
+					    name, (long long)count, (long long)size, len - pos,
+					    len);
 		v = decode_field(type, data + pos, size, count);
 		if (!v)
-			return gw_error_set(err, -EBADMSG, "field '%s': value does not decode as %s",
-					    name, tname);
+			return gw_error_set(err, -EBADMSG,
+					    "field '%s': value does not decode as %s", name, tname);
 		if (json_object_set_new(out, name, v) < 0)
 			return gw_error_set(err, -ENOMEM, "out of memory");
 		pos += size * count;
@@ -484,10 +521,8 @@ static int decode_fields(const json_t *fields, const unsigned char *data, size_t
 	return 0;
 }
 
-int gw_vmdesc_decode(const char *vmdesc, size_t vmdesc_len,
-		     const char *name, uint32_t instance,
-		     const void *data, size_t len, char **json_out,
-		     struct gw_error *err)
+int gw_vmdesc_decode(const char *vmdesc, size_t vmdesc_len, const char *name, uint32_t instance,
+		     const void *data, size_t len, char **json_out, struct gw_error *err)
 {
 	json_error_t jerr;
 	json_t *root = json_loadb(vmdesc, vmdesc_len, 0, &jerr);
@@ -501,11 +536,12 @@ int gw_vmdesc_decode(const char *vmdesc, size_t vmdesc_len,
 	sec = find_section(root, name, instance);
 	fields = json_object_get(sec, "fields");
 	if (!sec)
-		ret = gw_error_set(err, -ENOENT, "VMDESC does not describe section '%s' instance %u",
-				   name, instance);
+		ret = gw_error_set(err, -ENOENT,
+				   "VMDESC does not describe section '%s' instance %u", name,
+				   instance);
 	else if (json_is_null(fields))
-		ret = gw_error_set(err, -ENOTSUP, "section '%s' instance %u has opaque data",
-				   name, instance);
+		ret = gw_error_set(err, -ENOTSUP, "section '%s' instance %u has opaque data", name,
+				   instance);
 	else if (!json_is_array(fields))
 		ret = gw_error_set(err, -EBADMSG, "VMDESC: section '%s' has no field list", name);
 	else if (!(out = json_object()))

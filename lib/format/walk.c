@@ -23,7 +23,7 @@ struct gw_walker {
 	bool have_cfg;
 	struct gw_torn torn; /* of the blocks in cfg, once have_cfg */
 	bool done;
-	uint64_t eof;        /* offset of the EOF record, once done */
+	uint64_t eof; /* offset of the EOF record, once done */
 	unsigned char *buf;
 	size_t cap;
 	const unsigned char *data;
@@ -86,8 +86,8 @@ static void set_bad(struct gw_record_info *info, uint32_t stored, uint32_t compu
 }
 
 /* Read the page data of a checked descriptor, hashing each page. */
-static int hash_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
-		      struct gw_record_info *info, struct gw_error *err)
+static int hash_pages(struct gw_walker *wk, const struct gw_rec_hdr *h, struct gw_record_info *info,
+		      struct gw_error *err)
 {
 	for (uint32_t i = 0; i < wk->pages.nr_pages; i++) {
 		int ret;
@@ -135,8 +135,8 @@ static int settle_pages(struct gw_walker *wk, const struct gw_rec_hdr *h, struct
 	return 0;
 }
 
-static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
-		      struct gw_record_info *info, struct gw_error *err)
+static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h, struct gw_record_info *info,
+		      struct gw_error *err)
 {
 	uint64_t body = h->offset + GW_RECORD_HEADER_SIZE;
 	uint32_t crc = 0;
@@ -146,8 +146,8 @@ static int walk_pages(struct gw_walker *wk, const struct gw_rec_hdr *h,
 	if (ret == -EBADMSG || (ret == 0 && crc != h->payload_crc)) {
 		/* A descriptor we cannot trust: skip the record by its (trusted) length. */
 		set_bad(info, h->payload_crc, ret == 0 ? crc : 0);
-		return gw_record_drain(wk->r, h, h->length - (gw_reader_offset(wk->r) - body),
-				       &crc, err);
+		return gw_record_drain(wk->r, h, h->length - (gw_reader_offset(wk->r) - body), &crc,
+				       err);
 	}
 	if (ret == 0)
 		ret = gw_pages_check_desc(h, &wk->pages, err);
@@ -181,7 +181,8 @@ static int walk_section(struct gw_walker *wk, const struct gw_rec_hdr *h,
 	if (gw_section_get_hdr(&b, h->type, &sh) < 0) {
 		if (info->crc == GW_CRC_BAD)
 			return 0; /* nothing to trust; the verdict says why */
-		return gw_error_set(err, -EBADMSG, "%s record at offset %llu: malformed section header",
+		return gw_error_set(err, -EBADMSG,
+				    "%s record at offset %llu: malformed section header",
 				    gw_record_type_name(h->type), (unsigned long long)h->offset);
 	}
 	info->section_id = sh.id;

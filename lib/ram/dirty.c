@@ -13,8 +13,8 @@
 #include "lib/bitmap.h"
 #include "lib/internal.h"
 
-int gw_migration_set_dirty_ops(struct gw_migration *m, const struct gw_dirty_ops *ops,
-			       void *opaque, struct gw_error *err)
+int gw_migration_set_dirty_ops(struct gw_migration *m, const struct gw_dirty_ops *ops, void *opaque,
+			       struct gw_error *err)
 {
 	if (!ops || !ops->sync)
 		return gw_error_set(err, -EINVAL, "dirty tracking: the sync callback is required");
@@ -67,8 +67,7 @@ void gw_dirty_manual_free(struct gw_dirty_manual *d)
 	free(d);
 }
 
-int gw_dirty_manual_mark(struct gw_dirty_manual *d, uint32_t block, uint64_t off,
-			 uint64_t len)
+int gw_dirty_manual_mark(struct gw_dirty_manual *d, uint32_t block, uint64_t off, uint64_t len)
 {
 	const struct manual_block *b;
 	uint64_t first, last;

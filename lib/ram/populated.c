@@ -20,14 +20,14 @@ struct extent {
 	bool valid;
 };
 
-static int lookup(const struct gw_ram_block *b, uint64_t pages, uint64_t page,
-		  struct extent *e, struct gw_error *err)
+static int lookup(const struct gw_ram_block *b, uint64_t pages, uint64_t page, struct extent *e,
+		  struct gw_error *err)
 {
 	off_t base = (off_t)b->fd_offset;
 	off_t limit = base + (off_t)b->size;
 	off_t data, hole = 0;
 
-	*e = (struct extent){ page, pages, pages, true };
+	*e = (struct extent){page, pages, pages, true};
 	data = lseek(b->fd, base + (off_t)(page * GW_PAGE_SIZE), SEEK_DATA);
 	if (data < 0 && errno == ENXIO)
 		return 0; /* nothing but holes up to the end of the file */
@@ -42,14 +42,14 @@ static int lookup(const struct gw_ram_block *b, uint64_t pages, uint64_t page,
 	/* Round outwards: a partly populated page is a page to send. */
 	e->data = (uint64_t)(data - base) / GW_PAGE_SIZE;
 	e->end = hole >= limit ? pages :
-		 ((uint64_t)(hole - base) + GW_PAGE_SIZE - 1) / GW_PAGE_SIZE;
+				 ((uint64_t)(hole - base) + GW_PAGE_SIZE - 1) / GW_PAGE_SIZE;
 	return 0;
 }
 
 int gw_populated_filter(const struct gw_ram_block *b, uint64_t *bm, struct gw_error *err)
 {
 	uint64_t pages = b->size / GW_PAGE_SIZE;
-	struct extent e = { 0 };
+	struct extent e = {0};
 	uint64_t i = gw_bitmap_next_set(bm, pages, 0);
 
 	if (b->fd < 0)

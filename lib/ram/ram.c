@@ -51,8 +51,7 @@ uint64_t gw_page_hash(const void *page)
 	return XXH3_64bits(page, GW_PAGE_SIZE);
 }
 
-int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
-		 struct gw_error *err)
+int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram, struct gw_error *err)
 {
 	int ret;
 
@@ -66,8 +65,8 @@ int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
 			return gw_error_set(err, -EINVAL, "RAM block '%s' is already registered",
 					    ram->name);
 	if (m->nr_ram >= GW_MAX_RAM_BLOCKS)
-		return gw_error_set(err, -EINVAL, "RAM block '%s': more than %u blocks",
-				    ram->name, GW_MAX_RAM_BLOCKS);
+		return gw_error_set(err, -EINVAL, "RAM block '%s': more than %u blocks", ram->name,
+				    GW_MAX_RAM_BLOCKS);
 	if (!ram->host || ((uintptr_t)ram->host & PAGE_MASK))
 		return gw_error_set(err, -EINVAL,
 				    "RAM block '%s': host address %p is not page-aligned",
@@ -80,7 +79,8 @@ int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
 		return gw_error_set(err, -EINVAL, "RAM block '%s': invalid fd %d (use -1 for none)",
 				    ram->name, ram->fd);
 	if (ram->fd_offset & PAGE_MASK)
-		return gw_error_set(err, -EINVAL, "RAM block '%s': fd offset 0x%llx is not page-aligned",
+		return gw_error_set(err, -EINVAL,
+				    "RAM block '%s': fd offset 0x%llx is not page-aligned",
 				    ram->name, (unsigned long long)ram->fd_offset);
 	if (ram->gpa == GW_GPA_NONE)
 		return 0;
@@ -108,8 +108,7 @@ int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram,
  * a batch of neighbouring pages is one piece for the kernel. Entries are
  * increasing (checked by the callers). Returns the number of iovecs.
  */
-static int data_iov(unsigned char *host, const uint64_t *entries, uint32_t n,
-		    struct iovec *iov)
+static int data_iov(unsigned char *host, const uint64_t *entries, uint32_t n, struct iovec *iov)
 {
 	int k = 0;
 
@@ -122,14 +121,14 @@ static int data_iov(unsigned char *host, const uint64_t *entries, uint32_t n,
 			iov[k - 1].iov_len += GW_PAGE_SIZE;
 			continue;
 		}
-		iov[k++] = (struct iovec){ host + off, GW_PAGE_SIZE };
+		iov[k++] = (struct iovec){host + off, GW_PAGE_SIZE};
 	}
 	return k;
 }
 
 /* Entry checks shared by both sides: flags known, offsets increasing. */
-static int check_entries(const uint64_t *entries, uint32_t n, uint32_t *nr_data,
-			 int code, const char *where, struct gw_error *err)
+static int check_entries(const uint64_t *entries, uint32_t n, uint32_t *nr_data, int code,
+			 const char *where, struct gw_error *err)
 {
 	*nr_data = 0;
 	for (uint32_t i = 0; i < n; i++) {
@@ -141,7 +140,8 @@ static int check_entries(const uint64_t *entries, uint32_t n, uint32_t *nr_data,
 		if (i && (entries[i] & ~PAGE_MASK) <= (entries[i - 1] & ~PAGE_MASK))
 			return gw_error_set(err, code,
 					    "%s: entry %u (offset 0x%llx) does not follow entry %u (offset 0x%llx) in increasing order",
-					    where, i, (unsigned long long)(entries[i] & ~PAGE_MASK), i - 1,
+					    where, i, (unsigned long long)(entries[i] & ~PAGE_MASK),
+					    i - 1,
 					    (unsigned long long)(entries[i - 1] & ~PAGE_MASK));
 		if (!(flags & GW_PAGE_ZERO))
 			(*nr_data)++;
@@ -150,8 +150,7 @@ static int check_entries(const uint64_t *entries, uint32_t n, uint32_t *nr_data,
 }
 
 int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
-		  const uint64_t *entries, uint32_t n, unsigned flags,
-		  struct gw_error *err)
+		  const uint64_t *entries, uint32_t n, unsigned flags, struct gw_error *err)
 {
 	unsigned char desc[GW_PAGES_DESC_SIZE(GW_PAGES_MAX)];
 	unsigned char *hashes;
@@ -161,14 +160,16 @@ int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
 	int k, ret;
 
 	if (m->save_state == GW_SAVE_IDLE)
-		return gw_error_set(err, -EINVAL, "gw_save_pages: no stream begun (call gw_save_begin first)");
+		return gw_error_set(err, -EINVAL,
+				    "gw_save_pages: no stream begun (call gw_save_begin first)");
 	if (block >= m->nr_ram)
 		return gw_error_set(err, -EINVAL, "gw_save_pages: no RAM block %u (%u registered)",
 				    block, m->nr_ram);
 	b = &m->ram[block];
 	if (n == 0 || n > GW_PAGES_MAX)
-		return gw_error_set(err, -EINVAL, "gw_save_pages: RAM block '%s': %u pages, not 1..%u",
-				    b->name, n, GW_PAGES_MAX);
+		return gw_error_set(err, -EINVAL,
+				    "gw_save_pages: RAM block '%s': %u pages, not 1..%u", b->name,
+				    n, GW_PAGES_MAX);
 	if (flags & ~GW_SAVE_DATA_CRC)
 		return gw_error_set(err, -EINVAL, "gw_save_pages: unknown flags 0x%x", flags);
 	ret = check_entries(entries, n, &nr_data, -EINVAL, "gw_save_pages", err);
@@ -190,13 +191,13 @@ int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
 	 * likely still in a cache when the kernel copies them. */
 	for (uint32_t i = 0; i < n; i++) {
 		gw_le64(desc + 16 + 8 * i, entries[i]);
-		gw_le64(hashes + 8 * i, entries[i] & GW_PAGE_ZERO ? 0 :
-			gw_page_hash(b->host + (entries[i] & ~PAGE_MASK)));
+		gw_le64(hashes + 8 * i, entries[i] & GW_PAGE_ZERO ?
+						0 :
+						gw_page_hash(b->host + (entries[i] & ~PAGE_MASK)));
 	}
 	k = data_iov(b->host, entries, n, iov + 1);
-	iov[0] = (struct iovec){ desc, GW_PAGES_DESC_SIZE(n) };
-	ret = gw_record_writev(w, GW_REC_RAM_PAGES,
-			       flags & GW_SAVE_DATA_CRC ? GW_RECF_DATA_CRC : 0,
+	iov[0] = (struct iovec){desc, GW_PAGES_DESC_SIZE(n)};
+	ret = gw_record_writev(w, GW_REC_RAM_PAGES, flags & GW_SAVE_DATA_CRC ? GW_RECF_DATA_CRC : 0,
 			       gw_crc32c(0, desc, GW_PAGES_DESC_SIZE(n)), iov, k + 1, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "RAM block '%s': ", b->name);
@@ -219,8 +220,8 @@ static int read_u64s(struct gw_reader *r, uint64_t *v, uint32_t n, uint32_t *crc
 	return 0;
 }
 
-int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h,
-		       struct gw_pages *p, uint32_t *crc, struct gw_error *err)
+int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h, struct gw_pages *p,
+		       uint32_t *crc, struct gw_error *err)
 {
 	unsigned char head[16];
 	int ret;
@@ -254,8 +255,7 @@ int gw_pages_read_desc(struct gw_reader *r, const struct gw_rec_hdr *h,
 	return 0;
 }
 
-int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p,
-			struct gw_error *err)
+int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p, struct gw_error *err)
 {
 	char where[64];
 	uint64_t want;
@@ -283,9 +283,8 @@ int gw_pages_check_desc(const struct gw_rec_hdr *h, struct gw_pages *p,
 	return 0;
 }
 
-int gw_pages_load(struct gw_migration *m, uint32_t block, struct gw_torn *torn,
-		  struct gw_reader *r, const struct gw_rec_hdr *h, const struct gw_pages *p,
-		  struct gw_error *err)
+int gw_pages_load(struct gw_migration *m, uint32_t block, struct gw_torn *torn, struct gw_reader *r,
+		  const struct gw_rec_hdr *h, const struct gw_pages *p, struct gw_error *err)
 {
 	struct gw_ram_block *b = &m->ram[block];
 	struct iovec iov[GW_PAGES_MAX];
@@ -301,7 +300,8 @@ int gw_pages_load(struct gw_migration *m, uint32_t block, struct gw_torn *torn,
 	k = data_iov(b->host, p->entries, p->nr_pages, iov);
 	ret = gw_reader_readv(r, iov, k, err);
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "RAM_PAGES record at offset %llu, RAM block '%s': ",
+		return gw_error_prefix(err, ret,
+				       "RAM_PAGES record at offset %llu, RAM block '%s': ",
 				       (unsigned long long)h->offset, b->name);
 	return gw_land_settle(m, block, torn, h, p, err);
 }

@@ -10,8 +10,10 @@
 void gw_ram_walk_init(struct gw_ram_walk *w, const struct gw_ram_block *b, uint32_t block,
 		      uint64_t *bitmap)
 {
-	*w = (struct gw_ram_walk){ .b = b, .block = block, .bitmap = bitmap,
-				   .pages = b->size / GW_PAGE_SIZE };
+	*w = (struct gw_ram_walk){.b = b,
+				  .block = block,
+				  .bitmap = bitmap,
+				  .pages = b->size / GW_PAGE_SIZE};
 	w->next = gw_bitmap_next_set(bitmap, w->pages, 0);
 }
 

@@ -17,8 +17,8 @@ struct gw_ram_block;
 
 struct gw_ram_batch {
 	uint32_t block;
-	uint32_t n;    /* entries */
-	uint32_t zero; /* of them, zero pages */
+	uint32_t n;                     /* entries */
+	uint32_t zero;                  /* of them, zero pages */
 	uint64_t entries[GW_PAGES_MAX]; /* byte offset | GW_PAGE_ZERO, increasing */
 };
 
@@ -27,7 +27,7 @@ struct gw_ram_walk {
 	uint32_t block;
 	uint64_t *bitmap;
 	uint64_t pages;
-	uint64_t next;  /* first page not looked at */
+	uint64_t next; /* first page not looked at */
 };
 
 void gw_ram_walk_init(struct gw_ram_walk *w, const struct gw_ram_block *b, uint32_t block,

@@ -37,8 +37,8 @@ int gw_land_zero(struct gw_ram_block *b, uint64_t off, uint64_t len, struct gw_e
 		if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL && errno != EBADF)
 			return gw_error_set(err, -errno,
 					    "RAM block '%s': cannot zero 0x%llx+0x%llx (punching a hole in fd %d): %s",
-					    b->name, (unsigned long long)off, (unsigned long long)len,
-					    b->fd, gw_strerror(errno));
+					    b->name, (unsigned long long)off,
+					    (unsigned long long)len, b->fd, gw_strerror(errno));
 	}
 	for (uint64_t o = off; o < off + len; o += GW_PAGE_SIZE)
 		if (!gw_page_is_zero(b->host + o))

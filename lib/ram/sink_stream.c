@@ -13,8 +13,8 @@ static struct gw_stream_sink *of(const struct gw_ram_sink *s)
 	return (struct gw_stream_sink *)((char *)s - offsetof(struct gw_stream_sink, sink));
 }
 
-static int stream_pages(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries,
-			uint32_t n, unsigned flags, struct gw_error *err)
+static int stream_pages(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries, uint32_t n,
+			unsigned flags, struct gw_error *err)
 {
 	struct gw_stream_sink *ss = of(s);
 
@@ -39,5 +39,5 @@ static const struct gw_ram_sink_ops stream_ops = {
 
 void gw_stream_sink_init(struct gw_stream_sink *s, struct gw_migration *m, struct gw_writer *w)
 {
-	*s = (struct gw_stream_sink){ .sink = { &stream_ops }, .m = m, .w = w };
+	*s = (struct gw_stream_sink){.sink = {&stream_ops}, .m = m, .w = w};
 }

@@ -94,14 +94,14 @@ struct uri {
 };
 
 struct gw_listener {
-	int fd;                    /* non-blocking listening socket, or -1 */
-	struct gw_channel ready;   /* exec, file, connected fd:N: the channel... */
-	bool has_ready;            /* ...until the first accept takes it */
-	bool owns_path;            /* unix: unlink the path when freed... */
-	dev_t dev;                 /* ...if it is still the socket we bound */
+	int fd;                  /* non-blocking listening socket, or -1 */
+	struct gw_channel ready; /* exec, file, connected fd:N: the channel... */
+	bool has_ready;          /* ...until the first accept takes it */
+	bool owns_path;          /* unix: unlink the path when freed... */
+	dev_t dev;               /* ...if it is still the socket we bound */
 	ino_t ino;
 	char desc[sizeof(((struct gw_channel *)0)->desc)]; /* of accepted channels */
-	char address[];            /* a URI */
+	char address[];                                    /* a URI */
 };
 
 /* --- URIs ---------------------------------------------------------------- */
@@ -134,11 +134,13 @@ static int parse_tcp(const char *uri, const char *rest, struct uri *u, struct gw
 		host = rest + 1;
 		host_end = strchr(host, ']');
 		if (!host_end)
-			return gw_error_set(err, -EINVAL, "%s: missing ']' after the IPv6 address", uri);
+			return gw_error_set(err, -EINVAL, "%s: missing ']' after the IPv6 address",
+					    uri);
 		if (host_end[1] == '\0')
 			return gw_error_set(err, -EINVAL, "%s: missing port", uri);
 		if (host_end[1] != ':')
-			return gw_error_set(err, -EINVAL, "%s: expected ':' and a port after ']'", uri);
+			return gw_error_set(err, -EINVAL, "%s: expected ':' and a port after ']'",
+					    uri);
 		port = host_end + 2;
 	} else {
 		host_end = strrchr(rest, ':');
@@ -174,7 +176,8 @@ static int parse_unix(const char *uri, const char *rest, struct uri *u, struct g
 	if (strlen(rest) >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return gw_error_set(err, -ENAMETOOLONG,
 				    "%s: path is %zu bytes, a unix socket address holds at most %zu",
-				    uri, strlen(rest), sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+				    uri, strlen(rest),
+				    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 	u->path = rest;
 	return 0;
 }
@@ -254,16 +257,17 @@ static void close_fd(int fd)
 static int wait_or_cancel(int fd, short events, int cancel_fd, int timeout_ms)
 {
 	struct pollfd p[2] = {
-		{ .fd = cancel_fd, .events = POLLIN },
-		{ .fd = fd, .events = events },
+		{.fd = cancel_fd, .events = POLLIN},
+		{.fd = fd, .events = events},
 	};
 	uint64_t deadline = gw_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000;
 	int n;
 
 	for (;;) {
 		uint64_t now = gw_now_ns();
-		int left = timeout_ms < 0 ? -1 :
-			   now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+		int left = timeout_ms < 0  ? -1 :
+			   now >= deadline ? 0 :
+					     (int)((deadline - now + 999999) / 1000000);
 
 		n = poll(p, 2, left);
 		if (n >= 0 || errno != EINTR)
@@ -394,8 +398,8 @@ static int resolve(const char *uri, const struct uri *u, bool listening, struct 
 
 /* Name resolution cannot be cancelled: getaddrinfo() has no way to stop
  * it, and the resolver's own timeouts (resolv.conf) bound it. */
-static int tcp_connect(const char *uri, const struct uri *u, int cancel_fd,
-		       struct gw_channel *ch, struct gw_error *err)
+static int tcp_connect(const char *uri, const struct uri *u, int cancel_fd, struct gw_channel *ch,
+		       struct gw_error *err)
 {
 	char tried[GW_ERROR_MSG_MAX] = "", addr[ADDR_MAX];
 	struct addrinfo *res, *ai;
@@ -473,7 +477,9 @@ static int tcp_listen(const char *uri, const struct uri *u, struct gw_listener *
 			ret = fd < 0 ? -errno : 0;
 			if (ret == 0 && pass == 0)
 				ret = setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero,
-						 sizeof(zero)) < 0 ? -errno : 0;
+						 sizeof(zero)) < 0 ?
+					      -errno :
+					      0;
 			if (ret == 0)
 				ret = listen_on(fd, ai->ai_addr, ai->ai_addrlen);
 			if (ret == 0)
@@ -514,8 +520,8 @@ static void unix_sockaddr(const char *path, struct sockaddr_un *sun)
 	memcpy(sun->sun_path, path, strlen(path) + 1);
 }
 
-static int unix_connect(const char *uri, const struct uri *u, int cancel_fd,
-			struct gw_channel *ch, struct gw_error *err)
+static int unix_connect(const char *uri, const struct uri *u, int cancel_fd, struct gw_channel *ch,
+			struct gw_error *err)
 {
 	struct sockaddr_un sun;
 	int fd, ret;
@@ -627,8 +633,8 @@ static int fd_set_blocking(const char *uri, int fd, bool blocking, struct gw_err
 	return 0;
 }
 
-static int fd_connect(const char *uri, const struct uri *u, int cancel_fd,
-		      struct gw_channel *ch, struct gw_error *err)
+static int fd_connect(const char *uri, const struct uri *u, int cancel_fd, struct gw_channel *ch,
+		      struct gw_error *err)
 {
 	bool is_socket = false, listening = false;
 	int fd = -1, ret;
@@ -698,7 +704,7 @@ static int fd_listen(const char *uri, const struct uri *u, struct gw_listener **
 static int spawn_shell(const char *uri, const char *cmd, int child_fd, int target, pid_t *pid,
 		       struct gw_error *err)
 {
-	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
+	char *argv[] = {"sh", "-c", (char *)cmd, NULL};
 	posix_spawn_file_actions_t actions;
 	posix_spawnattr_t attr;
 	sigset_t none, defaults;
@@ -714,8 +720,8 @@ static int spawn_shell(const char *uri, const char *cmd, int child_fd, int targe
 	ret = posix_spawn_file_actions_adddup2(&actions, child_fd, target);
 	if (ret == 0)
 		ret = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
-						      POSIX_SPAWN_SETSIGMASK |
-						      POSIX_SPAWN_SETSIGDEF);
+							      POSIX_SPAWN_SETSIGMASK |
+							      POSIX_SPAWN_SETSIGDEF);
 	if (ret == 0)
 		ret = posix_spawnattr_setpgroup(&attr, 0);
 	if (ret == 0)
@@ -787,8 +793,8 @@ static int exec_spawn(const char *uri, const char *cmd, bool to_child, struct gw
 	return 0;
 }
 
-static int exec_connect(const char *uri, const struct uri *u, int cancel_fd,
-			struct gw_channel *ch, struct gw_error *err)
+static int exec_connect(const char *uri, const struct uri *u, int cancel_fd, struct gw_channel *ch,
+			struct gw_error *err)
 {
 	(void)cancel_fd; /* spawning does not wait for the command */
 	return exec_spawn(uri, u->cmd, true, ch, err);
@@ -832,8 +838,8 @@ static int file_open_failed(const char *uri, const char *path, bool writing, int
  * A slow path (NFS) can still hold open() itself: the caller's thread
  * waits, not its event loop.
  */
-static int file_open_writing(const char *uri, const char *path, int cancel_fd, int *out,
-			     bool *fifo, struct gw_error *err)
+static int file_open_writing(const char *uri, const char *path, int cancel_fd, int *out, bool *fifo,
+			     struct gw_error *err)
 {
 	struct stat st;
 	int fd, ret;
@@ -894,8 +900,8 @@ static int file_open_reading(const char *uri, const char *path, int *out, struct
 	return 0;
 }
 
-static int file_connect(const char *uri, const struct uri *u, int cancel_fd,
-			struct gw_channel *ch, struct gw_error *err)
+static int file_connect(const char *uri, const struct uri *u, int cancel_fd, struct gw_channel *ch,
+			struct gw_error *err)
 {
 	bool fifo = false;
 	int fd = -1, ret = file_open_writing(uri, u->path, cancel_fd, &fd, &fifo, err);
@@ -929,11 +935,11 @@ static int file_listen(const char *uri, const struct uri *u, struct gw_listener 
 /* --- the table ----------------------------------------------------------- */
 
 static const struct transport transports[] = {
-	{ "tcp:", parse_tcp, tcp_connect, tcp_listen },
-	{ "unix:", parse_unix, unix_connect, unix_listen },
-	{ "fd:", parse_fd, fd_connect, fd_listen },
-	{ "exec:", parse_exec, exec_connect, exec_listen },
-	{ "file:", parse_file, file_connect, file_listen },
+	{"tcp:", parse_tcp, tcp_connect, tcp_listen},
+	{"unix:", parse_unix, unix_connect, unix_listen},
+	{"fd:", parse_fd, fd_connect, fd_listen},
+	{"exec:", parse_exec, exec_connect, exec_listen},
+	{"file:", parse_file, file_connect, file_listen},
 };
 
 /* "tcp:, unix:, ...", for the message that lists what there is. */
@@ -1060,8 +1066,8 @@ int gw_channel_end(struct gw_channel *ch, int cancel_fd, unsigned grace_ms, stru
 		int st = reap(ch, &status);
 
 		if (st < 0)
-			return gw_error_set(err, st, "%s: cannot wait for the command: %s", ch->desc,
-					    gw_strerror(st));
+			return gw_error_set(err, st, "%s: cannot wait for the command: %s",
+					    ch->desc, gw_strerror(st));
 		st = exit_status(ch, status, err);
 		return st < 0 ? st : ret;
 	}
@@ -1174,8 +1180,8 @@ void gw_listener_free(struct gw_listener *l)
 	close_fd(l->fd);
 	/* Only if it is still the socket we bound: a newer destination may
 	 * have replaced it, and its socket is not ours to delete. */
-	if (l->owns_path && lstat(l->address + strlen("unix:"), &st) == 0 &&
-	    st.st_dev == l->dev && st.st_ino == l->ino)
+	if (l->owns_path && lstat(l->address + strlen("unix:"), &st) == 0 && st.st_dev == l->dev &&
+	    st.st_ino == l->ino)
 		unlink(l->address + strlen("unix:"));
 	if (l->has_ready) {
 		/* A command nobody will read from is stopped, not waited for.

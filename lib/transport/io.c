@@ -40,7 +40,7 @@ struct io_wait {
 	int cancel_fd;        /* -1: unbound */
 	uint64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none */
 	bool is_socket;
-	bool is_fifo;         /* RWF_NOWAIT until the kernel says it cannot */
+	bool is_fifo; /* RWF_NOWAIT until the kernel says it cannot */
 };
 
 struct gw_writer {
@@ -48,7 +48,7 @@ struct gw_writer {
 	struct io_wait wait;
 	int error;
 	uint64_t offset;
-	uint64_t sent;  /* bytes the fd accepted */
+	uint64_t sent; /* bytes the fd accepted */
 	size_t used;
 	unsigned char *buf;
 };
@@ -82,7 +82,7 @@ static int cursor_fill(const struct iov_cursor *c, struct iovec *v, int max, siz
 
 	*bytes = 0;
 	if (c->head_len) {
-		v[k++] = (struct iovec){ (void *)c->head, c->head_len };
+		v[k++] = (struct iovec){(void *)c->head, c->head_len};
 		*bytes += c->head_len;
 	}
 	for (int i = c->i; i < c->iovcnt && k < max; i++) {
@@ -90,8 +90,7 @@ static int cursor_fill(const struct iov_cursor *c, struct iovec *v, int max, siz
 
 		if (c->iov[i].iov_len == off)
 			continue;
-		v[k++] = (struct iovec){ (char *)c->iov[i].iov_base + off,
-					 c->iov[i].iov_len - off };
+		v[k++] = (struct iovec){(char *)c->iov[i].iov_base + off, c->iov[i].iov_len - off};
 		*bytes += c->iov[i].iov_len - off;
 	}
 	return k;
@@ -148,8 +147,9 @@ static int wait_init(struct io_wait *wt, int fd, const char *who, struct gw_erro
 	if (fstat(fd, &st) < 0)
 		return gw_error_set(err, -errno, "stream %s: fstat of fd %d: %s", who, fd,
 				    gw_strerror(errno));
-	*wt = (struct io_wait){ .cancel_fd = -1, .is_socket = S_ISSOCK(st.st_mode),
-				.is_fifo = S_ISFIFO(st.st_mode) };
+	*wt = (struct io_wait){.cancel_fd = -1,
+			       .is_socket = S_ISSOCK(st.st_mode),
+			       .is_fifo = S_ISFIFO(st.st_mode)};
 	return 0;
 }
 
@@ -157,8 +157,8 @@ static int wait_init(struct io_wait *wt, int fd, const char *who, struct gw_erro
 static int wait_fd(const struct io_wait *wt, int fd, short events)
 {
 	struct pollfd p[2] = {
-		{ .fd = fd, .events = events },
-		{ .fd = wt->cancel_fd, .events = POLLIN },
+		{.fd = fd, .events = events},
+		{.fd = wt->cancel_fd, .events = POLLIN},
 	};
 
 	for (;;) {
@@ -238,7 +238,7 @@ static ssize_t write_iov(struct gw_writer *w, const struct iovec *v, int n)
 	ssize_t ret;
 
 	if (w->wait.is_socket) {
-		struct msghdr msg = { .msg_iov = (struct iovec *)v, .msg_iovlen = n };
+		struct msghdr msg = {.msg_iov = (struct iovec *)v, .msg_iovlen = n};
 
 		return sendmsg(w->fd, &msg, MSG_NOSIGNAL | (nowait(&w->wait) ? MSG_DONTWAIT : 0));
 	}
@@ -257,7 +257,7 @@ static ssize_t write_iov(struct gw_writer *w, const struct iovec *v, int n)
 static int writer_send(struct gw_writer *w, const struct iovec *iov, int iovcnt,
 		       struct gw_error *err)
 {
-	struct iov_cursor c = { w->buf, w->used, iov, iovcnt, 0, 0 };
+	struct iov_cursor c = {w->buf, w->used, iov, iovcnt, 0, 0};
 	uint64_t at = w->offset - w->used - iov_total(iov, iovcnt);
 
 	cursor_advance(&c, 0);
@@ -280,8 +280,10 @@ static int writer_send(struct gw_writer *w, const struct iovec *iov, int iovcnt,
 			return gw_error_set(err, w->error,
 					    "write to stream failed at offset %llu (%llu bytes written): %s",
 					    (unsigned long long)at, (unsigned long long)w->sent,
-					    w->error == -ETIMEDOUT ? "no progress before the deadline" :
-					    w->error == -ECANCELED ? "cancelled" : gw_strerror(w->error));
+					    w->error == -ETIMEDOUT ?
+						    "no progress before the deadline" :
+					    w->error == -ECANCELED ? "cancelled" :
+								     gw_strerror(w->error));
 		}
 		cursor_advance(&c, n);
 		at += n;
@@ -291,8 +293,7 @@ static int writer_send(struct gw_writer *w, const struct iovec *iov, int iovcnt,
 	return 0;
 }
 
-int gw_writer_writev(struct gw_writer *w, const struct iovec *iov, int iovcnt,
-		     struct gw_error *err)
+int gw_writer_writev(struct gw_writer *w, const struct iovec *iov, int iovcnt, struct gw_error *err)
 {
 	size_t total = iov_total(iov, iovcnt);
 
@@ -313,7 +314,7 @@ int gw_writer_writev(struct gw_writer *w, const struct iovec *iov, int iovcnt,
 
 int gw_writer_write(struct gw_writer *w, const void *buf, size_t len, struct gw_error *err)
 {
-	struct iovec v = { (void *)buf, len };
+	struct iovec v = {(void *)buf, len};
 
 	return gw_writer_writev(w, &v, 1, err);
 }
@@ -400,7 +401,7 @@ static ssize_t read_iov(struct gw_reader *r, const struct iovec *v, int n)
 	ssize_t ret;
 
 	if (nowait(&r->wait) && r->wait.is_socket) {
-		struct msghdr msg = { .msg_iov = (struct iovec *)v, .msg_iovlen = n };
+		struct msghdr msg = {.msg_iov = (struct iovec *)v, .msg_iovlen = n};
 
 		return recvmsg(r->fd, &msg, MSG_DONTWAIT);
 	}
@@ -412,10 +413,9 @@ static ssize_t read_iov(struct gw_reader *r, const struct iovec *v, int n)
 	return readv(r->fd, v, n);
 }
 
-int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
-		    struct gw_error *err)
+int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt, struct gw_error *err)
 {
-	struct iov_cursor c = { NULL, 0, iov, iovcnt, 0, 0 };
+	struct iov_cursor c = {NULL, 0, iov, iovcnt, 0, 0};
 	size_t total = iov_total(iov, iovcnt);
 	size_t got = 0;
 
@@ -437,7 +437,7 @@ int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
 			break;
 		/* The buffer is empty here: read ahead into it in the same call. */
 		k = cursor_fill(&c, v, IO_BATCH, &want);
-		v[k++] = (struct iovec){ r->buf, IO_BUF_SIZE };
+		v[k++] = (struct iovec){r->buf, IO_BUF_SIZE};
 		n = read_iov(r, v, k);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -450,7 +450,8 @@ int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
 		}
 		if (n < 0) {
 			r->error = -errno;
-			return gw_error_set(err, r->error, "read from stream failed at offset %llu: %s",
+			return gw_error_set(err, r->error,
+					    "read from stream failed at offset %llu: %s",
 					    (unsigned long long)(r->offset + got),
 					    gw_strerror(r->error));
 		}
@@ -476,7 +477,7 @@ int gw_reader_readv(struct gw_reader *r, const struct iovec *iov, int iovcnt,
 
 int gw_reader_read(struct gw_reader *r, void *buf, size_t len, struct gw_error *err)
 {
-	struct iovec v = { buf, len };
+	struct iovec v = {buf, len};
 
 	return gw_reader_readv(r, &v, 1, err);
 }

@@ -16,10 +16,14 @@
 const char *gw_report_name(enum gw_report_status s)
 {
 	switch (s) {
-	case GW_REPORT_RUNNING: return "RUNNING";
-	case GW_REPORT_FAILED:  return "FAILED";
-	case GW_REPORT_READY:   return "READY";
-	case GW_REPORT_GO:      return "GO";
+	case GW_REPORT_RUNNING:
+		return "RUNNING";
+	case GW_REPORT_FAILED:
+		return "FAILED";
+	case GW_REPORT_READY:
+		return "READY";
+	case GW_REPORT_GO:
+		return "GO";
 	}
 	return "unknown";
 }
@@ -33,8 +37,7 @@ size_t gw_report_encode(const struct gw_report *r, unsigned char *buf)
 	gw_le32(buf + 8, GW_REPORT_VERSION);
 	gw_le32(buf + 12, r->status);
 	/* A failure always has a code, so "failed" cannot read as anything else. */
-	gw_le32(buf + 16, !failed ? 0 :
-		r->code < 0 && r->code > -4096 ? (uint32_t)-r->code : EIO);
+	gw_le32(buf + 16, !failed ? 0 : r->code < 0 && r->code > -4096 ? (uint32_t)-r->code : EIO);
 	gw_le32(buf + 20, (uint32_t)n);
 	/* The text goes out printable whatever a callback put in it. */
 	for (size_t i = 0; i < n; i++) {
@@ -42,8 +45,7 @@ size_t gw_report_encode(const struct gw_report *r, unsigned char *buf)
 
 		buf[GW_REPORT_HEAD_SIZE + i] = ch >= 0x20 && ch <= 0x7e ? ch : '?';
 	}
-	gw_le32(buf + GW_REPORT_HEAD_SIZE + n,
-		gw_crc32c(0, buf, GW_REPORT_HEAD_SIZE + n));
+	gw_le32(buf + GW_REPORT_HEAD_SIZE + n, gw_crc32c(0, buf, GW_REPORT_HEAD_SIZE + n));
 	return GW_REPORT_HEAD_SIZE + n + 4;
 }
 
@@ -64,9 +66,8 @@ static int check_head(const unsigned char *h, uint32_t *msg_len, struct gw_error
 				    "return path: handshake version %u is not supported (this side speaks version %u)",
 				    version, GW_REPORT_VERSION);
 	if (status > GW_REPORT_GO ||
-	    (status == GW_REPORT_FAILED ?
-	     code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
-	     code != 0 || *msg_len != 0))
+	    (status == GW_REPORT_FAILED ? code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
+					  code != 0 || *msg_len != 0))
 		return gw_error_set(err, -EBADMSG,
 				    "return path: malformed message (status %u, code %u, %u bytes of text)",
 				    status, code, *msg_len);
@@ -80,14 +81,15 @@ int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
 	int ret;
 
 	if (len < GW_REPORT_HEAD_SIZE + 4)
-		return gw_error_set(err, -EBADMSG, "return path: a %zu-byte report is too short", len);
+		return gw_error_set(err, -EBADMSG, "return path: a %zu-byte report is too short",
+				    len);
 	ret = check_head(buf, &n, err);
 	if (ret < 0)
 		return ret;
 	if (len != GW_REPORT_HEAD_SIZE + n + 4)
 		return gw_error_set(err, -EBADMSG,
-				    "return path: report of %zu bytes, its header says %u",
-				    len, GW_REPORT_HEAD_SIZE + n + 4);
+				    "return path: report of %zu bytes, its header says %u", len,
+				    GW_REPORT_HEAD_SIZE + n + 4);
 	crc = gw_crc32c(0, buf, GW_REPORT_HEAD_SIZE + n);
 	if (crc != gw_get_le32(buf + GW_REPORT_HEAD_SIZE + n))
 		return gw_error_set(err, -EBADMSG,
@@ -126,15 +128,18 @@ int gw_report_send(struct gw_cancel *c, int timeout_ms, const struct gw_report *
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			now = gw_now_ns();
-			ready = now >= deadline ? 0 :
-				gw_cancel_poll(c, POLLOUT, (int)((deadline - now + 999999) / 1000000));
+			ready = now >= deadline ?
+					0 :
+					gw_cancel_poll(c, POLLOUT,
+						       (int)((deadline - now + 999999) / 1000000));
 			if (ready > 0)
 				continue;
 			errno = ready == 0 ? ETIMEDOUT : -ready;
 		}
 		if (n <= 0)
 			return gw_error_set(err, n < 0 ? -errno : -EIO,
-					    "return path: cannot send %s: %s", gw_report_name(r->status),
+					    "return path: cannot send %s: %s",
+					    gw_report_name(r->status),
 					    gw_strerror(n < 0 ? errno : EIO));
 		done += (size_t)n;
 	}
@@ -149,8 +154,10 @@ static int read_full(struct gw_cancel *c, unsigned char *buf, size_t len, uint64
 
 	while (done < len) {
 		uint64_t now = gw_now_ns();
-		int ret = now >= deadline ? 0 :
-			  gw_cancel_poll(c, POLLIN, (int)((deadline - now + 999999) / 1000000));
+		int ret = now >= deadline ?
+				  0 :
+				  gw_cancel_poll(c, POLLIN,
+						 (int)((deadline - now + 999999) / 1000000));
 		ssize_t n;
 
 		if (ret == -ECANCELED)
@@ -158,8 +165,9 @@ static int read_full(struct gw_cancel *c, unsigned char *buf, size_t len, uint64
 		if (ret < 0)
 			return gw_error_set(err, ret, "return path: poll: %s", gw_strerror(ret));
 		if (ret == 0)
-			return gw_error_set(err, -ETIMEDOUT, "return path: %s did not arrive within %d ms",
-					    what, timeout_ms);
+			return gw_error_set(err, -ETIMEDOUT,
+					    "return path: %s did not arrive within %d ms", what,
+					    timeout_ms);
 		n = read(c->fd, buf + done, len - done);
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
@@ -169,8 +177,9 @@ static int read_full(struct gw_cancel *c, unsigned char *buf, size_t len, uint64
 		if (n == 0)
 			return gw_error_set(err, -EPIPE,
 					    "the peer closed the connection instead of sending %s (%s)",
-					    what, done ? "in the middle of the message" :
-					    "it may have crashed, been killed or given up");
+					    what,
+					    done ? "in the middle of the message" :
+						   "it may have crashed, been killed or given up");
 		done += (size_t)n;
 	}
 	return 0;

@@ -18,18 +18,19 @@
 
 #include "lib/cancel.h"
 
-#define GW_REPORT_MAGIC      "\x89GWBACK\n"
-#define GW_REPORT_MAGIC_LEN  8
-#define GW_REPORT_VERSION    2u
-#define GW_REPORT_HEAD_SIZE  24u
-#define GW_REPORT_MSG_MAX    (GW_ERROR_MSG_MAX - 1)
-#define GW_REPORT_MAX        (GW_REPORT_HEAD_SIZE + GW_REPORT_MSG_MAX + 4)
+#define GW_REPORT_MAGIC "\x89GWBACK\n"
+#define GW_REPORT_MAGIC_LEN 8
+#define GW_REPORT_VERSION 2u
+#define GW_REPORT_HEAD_SIZE 24u
+#define GW_REPORT_MSG_MAX (GW_ERROR_MSG_MAX - 1)
+#define GW_REPORT_MAX (GW_REPORT_HEAD_SIZE + GW_REPORT_MSG_MAX + 4)
 
 enum gw_report_status {
-	GW_REPORT_RUNNING = 0, /* destination: the guest runs (after GO, or at EOF without handshake) */
-	GW_REPORT_FAILED = 1,  /* destination: the guest will never run: msg says why */
-	GW_REPORT_READY = 2,   /* destination: loaded and checked, waiting for GO */
-	GW_REPORT_GO = 3,      /* source: the guest is the destination's to run */
+	GW_REPORT_RUNNING =
+		0, /* destination: the guest runs (after GO, or at EOF without handshake) */
+	GW_REPORT_FAILED = 1, /* destination: the guest will never run: msg says why */
+	GW_REPORT_READY = 2,  /* destination: loaded and checked, waiting for GO */
+	GW_REPORT_GO = 3,     /* source: the guest is the destination's to run */
 };
 
 /* "RUNNING", "FAILED", ... for messages. */

@@ -53,7 +53,8 @@ static void command(struct testdev *t, unsigned cpu, uint32_t v)
 		t->on_exit(t->opaque, status);
 }
 
-static void testdev_io(void *opaque, unsigned vcpu, uint64_t offset, uint8_t *data, unsigned len, bool is_write)
+static void testdev_io(void *opaque, unsigned vcpu, uint64_t offset, uint8_t *data, unsigned len,
+		       bool is_write)
 {
 	struct testdev *t = opaque;
 	if (!is_write) {
@@ -127,8 +128,13 @@ static int testdev_sections_init(struct vmm *vm, struct gw_migration *m, struct 
 {
 	struct testdev *t = &vm->testdev;
 	const struct gw_section testdev = {
-		.name = "testdev", .version = 1, .min_version = 1, .vmstate = &testdev_vmstate,
-		.pre_save = testdev_pre_save, .post_load = testdev_post_load, .opaque = &t->mig,
+		.name = "testdev",
+		.version = 1,
+		.min_version = 1,
+		.vmstate = &testdev_vmstate,
+		.pre_save = testdev_pre_save,
+		.post_load = testdev_post_load,
+		.opaque = &t->mig,
 	};
 	/* A field an older stream lacks keeps its reset value. */
 	testdev_snapshot(t, &t->mig);

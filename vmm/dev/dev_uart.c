@@ -158,7 +158,8 @@ static uint8_t uart_read(struct uart *u, unsigned reg)
 	}
 }
 
-static void uart_io(void *opaque, unsigned vcpu, uint64_t offset, uint8_t *data, unsigned len, bool is_write)
+static void uart_io(void *opaque, unsigned vcpu, uint64_t offset, uint8_t *data, unsigned len,
+		    bool is_write)
 {
 	struct uart *u = opaque;
 	(void)vcpu;
@@ -230,14 +231,16 @@ static int uart_validate(const void *state, uint32_t version, struct gw_error *e
 	uint8_t lsr = UART_LSR_THRE | UART_LSR_TEMT | (s->rx_count ? UART_LSR_DR : 0);
 	(void)version;
 	if (s->fcr & ~UART_FCR_BITS)
-		return vmm_refuse(err, "fcr", "0x%02x sets bits outside 0x%02x", s->fcr, UART_FCR_BITS);
+		return vmm_refuse(err, "fcr", "0x%02x sets bits outside 0x%02x", s->fcr,
+				  UART_FCR_BITS);
 	/* IIR and LSR follow from the rest after every access. */
 	if (s->iir != uart_iir(s))
-		return vmm_refuse(err, "iir", "0x%02x, but ier, fcr, rx_count and thr_irq_pending make it 0x%02x",
+		return vmm_refuse(err, "iir",
+				  "0x%02x, but ier, fcr, rx_count and thr_irq_pending make it 0x%02x",
 				  s->iir, uart_iir(s));
 	if (s->lsr != lsr)
-		return vmm_refuse(err, "lsr", "0x%02x, but with %u bytes received it is 0x%02x", s->lsr,
-				  s->rx_count, lsr);
+		return vmm_refuse(err, "lsr", "0x%02x, but with %u bytes received it is 0x%02x",
+				  s->lsr, s->rx_count, lsr);
 	return 0;
 }
 
@@ -270,8 +273,13 @@ static int uart_sections_init(struct vmm *vm, struct gw_migration *m, struct gw_
 {
 	struct uart *u = &vm->uart;
 	const struct gw_section uart = {
-		.name = "uart", .version = 1, .min_version = 1, .vmstate = &uart_vmstate,
-		.validate = uart_validate, .pre_save = uart_pre_save, .post_load = uart_post_load,
+		.name = "uart",
+		.version = 1,
+		.min_version = 1,
+		.vmstate = &uart_vmstate,
+		.validate = uart_validate,
+		.pre_save = uart_pre_save,
+		.post_load = uart_post_load,
 		.opaque = &u->mig,
 	};
 	/* A load decodes over the copy: a field an older stream lacks keeps

@@ -51,14 +51,16 @@ static void log_unclaimed(struct io_bus *bus, uint64_t addr, const uint8_t *data
 	uint64_t v = 0;
 	memcpy(&v, data, len);
 	if (is_write)
-		fprintf(stderr, "godwit-vmm: unclaimed %s write 0x%llx <- 0x%llx (%u bytes), ignored\n",
+		fprintf(stderr,
+			"godwit-vmm: unclaimed %s write 0x%llx <- 0x%llx (%u bytes), ignored\n",
 			bus->name, (unsigned long long)addr, (unsigned long long)v, len);
 	else
 		fprintf(stderr, "godwit-vmm: unclaimed %s read 0x%llx (%u bytes) -> all ones\n",
 			bus->name, (unsigned long long)addr, len);
 }
 
-void io_bus_access(struct io_bus *bus, unsigned vcpu, uint64_t addr, uint8_t *data, unsigned len, bool is_write)
+void io_bus_access(struct io_bus *bus, unsigned vcpu, uint64_t addr, uint8_t *data, unsigned len,
+		   bool is_write)
 {
 	for (unsigned i = 0; i < bus->nr; i++) {
 		const struct io_range *r = &bus->ranges[i];

@@ -27,14 +27,15 @@ struct io_bus {
 	const char *name; /* "pio" or "mmio", for the log */
 	unsigned nr;
 	struct io_range ranges[IO_BUS_MAX_RANGES];
-	bool debug;           /* log unclaimed accesses (rate-limited) */
-	uint64_t log_window;  /* start of the current one-second log window */
-	unsigned log_count;   /* lines logged in that window */
+	bool debug;          /* log unclaimed accesses (rate-limited) */
+	uint64_t log_window; /* start of the current one-second log window */
+	unsigned log_count;  /* lines logged in that window */
 	uint64_t log_dropped;
 };
 
 void io_bus_init(struct io_bus *bus, const char *name, bool debug);
 int io_bus_register(struct io_bus *bus, uint64_t base, uint64_t len, io_handler fn, void *opaque);
-void io_bus_access(struct io_bus *bus, unsigned vcpu, uint64_t addr, uint8_t *data, unsigned len, bool is_write);
+void io_bus_access(struct io_bus *bus, unsigned vcpu, uint64_t addr, uint8_t *data, unsigned len,
+		   bool is_write);
 
 #endif

@@ -40,7 +40,8 @@ int kvm_create(struct kvm *kvm, char *errmsg, size_t errlen)
 	kvm->vm_fd = -1;
 	kvm->sys_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm->sys_fd < 0)
-		return fail(errmsg, errlen, "cannot open /dev/kvm (is KVM available and accessible?)");
+		return fail(errmsg, errlen,
+			    "cannot open /dev/kvm (is KVM available and accessible?)");
 	int ret;
 	if (ioctl(kvm->sys_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
 		snprintf(errmsg, errlen, "unsupported KVM API version");

@@ -12,9 +12,9 @@ struct guest_ram;
 struct kvm_cpuid2;
 
 struct kvm {
-	int sys_fd;  /* /dev/kvm */
+	int sys_fd; /* /dev/kvm */
 	int vm_fd;
-	int run_size; /* mmap size of struct kvm_run */
+	int run_size;             /* mmap size of struct kvm_run */
 	struct kvm_cpuid2 *cpuid; /* KVM_GET_SUPPORTED_CPUID, shared by vCPUs */
 };
 

@@ -49,7 +49,8 @@ int vcpus_create(struct vcpu_set *set, struct kvm *kvm, unsigned nr, struct io_b
 {
 	memset(set, 0, sizeof(*set));
 	if (nr < 1 || nr > GW_MAX_VCPUS) {
-		snprintf(errmsg, errlen, "vCPU count %u: must be between 1 and %d", nr, GW_MAX_VCPUS);
+		snprintf(errmsg, errlen, "vCPU count %u: must be between 1 and %d", nr,
+			 GW_MAX_VCPUS);
 		return -EINVAL;
 	}
 	set->kvm = kvm;
@@ -69,15 +70,18 @@ int vcpus_create(struct vcpu_set *set, struct kvm *kvm, unsigned nr, struct io_b
 			return -errno;
 		}
 		set->nr++;
-		v->run = mmap(NULL, (size_t)kvm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+		v->run = mmap(NULL, (size_t)kvm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+			      v->fd, 0);
 		if (v->run == MAP_FAILED) {
 			v->run = NULL;
-			snprintf(errmsg, errlen, "mapping kvm_run of vCPU %u: %s", i, strerror(errno));
+			snprintf(errmsg, errlen, "mapping kvm_run of vCPU %u: %s", i,
+				 strerror(errno));
 			return -errno;
 		}
 		int ret = set_cpuid(v, kvm->cpuid);
 		if (ret) {
-			snprintf(errmsg, errlen, "KVM_SET_CPUID2 on vCPU %u: %s", i, strerror(-ret));
+			snprintf(errmsg, errlen, "KVM_SET_CPUID2 on vCPU %u: %s", i,
+				 strerror(-ret));
 			return ret;
 		}
 	}
@@ -115,8 +119,8 @@ static void handle_io(struct vcpu *v)
 	bool is_write = run->io.direction == KVM_EXIT_IO_OUT;
 	/* A rep ins/outs arrives as count back-to-back elements. */
 	for (uint32_t i = 0; i < run->io.count; i++)
-		io_bus_access(v->set->pio, v->index, run->io.port, data + i * run->io.size, run->io.size,
-			      is_write);
+		io_bus_access(v->set->pio, v->index, run->io.port, data + i * run->io.size,
+			      run->io.size, is_write);
 }
 
 #define THROTTLE_PERIOD_NS 10000000ull
@@ -187,8 +191,8 @@ void vcpus_set_throttle(struct vcpu_set *set, unsigned percent)
 	pthread_t old = set->throttle_thread;
 	set->throttle_pct = percent;
 	if (percent && !set->throttle_thread_live)
-		set->throttle_thread_live =
-			!pthread_create(&set->throttle_thread, NULL, throttle_thread, set);
+		set->throttle_thread_live = !pthread_create(&set->throttle_thread, NULL,
+							    throttle_thread, set);
 	if (join)
 		set->throttle_thread_live = false;
 	pthread_mutex_unlock(&set->lock);
@@ -232,8 +236,8 @@ static void *vcpu_thread(void *arg)
 			handle_io(v);
 			break;
 		case KVM_EXIT_MMIO:
-			io_bus_access(set->mmio, v->index, run->mmio.phys_addr, run->mmio.data, run->mmio.len,
-				      run->mmio.is_write);
+			io_bus_access(set->mmio, v->index, run->mmio.phys_addr, run->mmio.data,
+				      run->mmio.len, run->mmio.is_write);
 			break;
 		case KVM_EXIT_INTR:
 			if (!park(v))
@@ -254,7 +258,8 @@ static void *vcpu_thread(void *arg)
 			    run->internal.suberror);
 			goto out;
 		default:
-			die(v, "vCPU %u: unexpected KVM exit reason %u", v->index, run->exit_reason);
+			die(v, "vCPU %u: unexpected KVM exit reason %u", v->index,
+			    run->exit_reason);
 			goto out;
 		}
 	}

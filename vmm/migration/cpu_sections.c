@@ -26,15 +26,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-
 /* A u8 that KVM or a device only ever sets to 0 or 1. */
 struct flag {
 	size_t offset;
 	const char *name;
 };
 
-static int check_flags(const void *base, const struct flag *flags, size_t n,
-		       const char *field, struct gw_error *err)
+static int check_flags(const void *base, const struct flag *flags, size_t n, const char *field,
+		       struct gw_error *err)
 {
 	for (size_t i = 0; i < n; i++) {
 		uint8_t v = ((const uint8_t *)base)[flags[i].offset];
@@ -46,6 +45,7 @@ static int check_flags(const void *base, const struct flag *flags, size_t n,
 
 /* ---- cpu ------------------------------------------------------------ */
 
+/* clang-format off */
 #define CPU_REG(r) GW_FIELD(U64, struct cpu_state, regs.r)
 #define CPU_BLOB(f) GW_FIELD(BYTES, struct cpu_state, f)
 
@@ -77,6 +77,7 @@ static const struct gw_field cpu_fields[] = {
 	CPU_BLOB(msrs),
 	CPU_BLOB(xsave),
 };
+/* clang-format on */
 
 /* RFLAGS bits 3, 5, 15 and 63:22 are reserved and always 0, bit 1 always
  * 1: VM entry fails on anything else. */
@@ -128,23 +129,27 @@ static int check_sregs(const struct kvm_sregs *s, struct gw_error *err)
 		return vmm_refuse(err, "sregs", "long mode with cr4 = 0x%llx, which lacks PAE",
 				  (unsigned long long)s->cr4);
 	if (s->cs.l && !long_mode)
-		return vmm_refuse(err, "sregs", "cs.l = %u (64-bit code) outside long mode", s->cs.l);
+		return vmm_refuse(err, "sregs", "cs.l = %u (64-bit code) outside long mode",
+				  s->cs.l);
 	return 0;
 }
 
 static int check_xcrs(const struct kvm_xcrs *x, struct gw_error *err)
 {
 	if (x->nr_xcrs > KVM_MAX_XCRS)
-		return vmm_refuse(err, "xcrs", "nr_xcrs = %u is outside 0..%d", x->nr_xcrs, KVM_MAX_XCRS);
+		return vmm_refuse(err, "xcrs", "nr_xcrs = %u is outside 0..%d", x->nr_xcrs,
+				  KVM_MAX_XCRS);
 	if (x->flags)
 		return vmm_refuse(err, "xcrs", "flags = 0x%x; KVM defines none", x->flags);
 	for (uint32_t i = 0; i < x->nr_xcrs; i++)
 		if (x->xcrs[i].xcr == 0 && !(x->xcrs[i].value & 1))
-			return vmm_refuse(err, "xcrs", "XCR0 = 0x%llx lacks x87 state (bit 0), which is always on",
+			return vmm_refuse(err, "xcrs",
+					  "XCR0 = 0x%llx lacks x87 state (bit 0), which is always on",
 					  (unsigned long long)x->xcrs[i].value);
 	return 0;
 }
 
+/* clang-format off */
 #define EVENT_FLAG(m) {offsetof(struct kvm_vcpu_events, m), #m}
 
 static const struct flag event_flags[] = {
@@ -155,6 +160,7 @@ static const struct flag event_flags[] = {
 	EVENT_FLAG(smi.smm_inside_nmi), EVENT_FLAG(smi.latched_init),
 	EVENT_FLAG(triple_fault.pending), EVENT_FLAG(exception_has_payload),
 };
+/* clang-format on */
 
 static int check_events(const struct kvm_vcpu_events *e, struct gw_error *err)
 {
@@ -163,10 +169,12 @@ static int check_events(const struct kvm_vcpu_events *e, struct gw_error *err)
 		return ret;
 	/* Exceptions are vectors 0..31. */
 	if ((e->exception.injected || e->exception.pending) && e->exception.nr > 31)
-		return vmm_refuse(err, "events", "exception.nr = %u is outside 0..31", e->exception.nr);
+		return vmm_refuse(err, "events", "exception.nr = %u is outside 0..31",
+				  e->exception.nr);
 	/* A count: one NMI being handled and one latched behind it. */
 	if (e->nmi.pending > 2)
-		return vmm_refuse(err, "events", "nmi.pending = %u is outside 0..2", e->nmi.pending);
+		return vmm_refuse(err, "events", "nmi.pending = %u is outside 0..2",
+				  e->nmi.pending);
 	if (e->interrupt.shadow & ~(KVM_X86_SHADOW_INT_MOV_SS | KVM_X86_SHADOW_INT_STI))
 		return vmm_refuse(err, "events", "interrupt.shadow = 0x%x has bits outside 0x3",
 				  e->interrupt.shadow);
@@ -179,7 +187,8 @@ static int check_debugregs(const struct kvm_debugregs *d, struct gw_error *err)
 		return vmm_refuse(err, "debugregs", "flags = 0x%llx; KVM defines none",
 				  (unsigned long long)d->flags);
 	if (d->dr6 >> 32 || d->dr7 >> 32)
-		return vmm_refuse(err, "debugregs", "dr6 = 0x%llx, dr7 = 0x%llx: bits 63:32 are reserved",
+		return vmm_refuse(err, "debugregs",
+				  "dr6 = 0x%llx, dr7 = 0x%llx: bits 63:32 are reserved",
 				  (unsigned long long)d->dr6, (unsigned long long)d->dr7);
 	return 0;
 }
@@ -191,7 +200,8 @@ static int cpu_validate(const void *state, uint32_t version, struct gw_error *er
 	if (s->mp.mp_state > KVM_MP_STATE_SIPI_RECEIVED &&
 	    s->mp.mp_state != KVM_MP_STATE_AP_RESET_HOLD)
 		return vmm_refuse(err, "mp.mp_state", "%u is not an x86 MP state (0..%d or %d)",
-				  s->mp.mp_state, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_AP_RESET_HOLD);
+				  s->mp.mp_state, KVM_MP_STATE_SIPI_RECEIVED,
+				  KVM_MP_STATE_AP_RESET_HOLD);
 	int ret = check_rflags(s->regs.rflags, err);
 	if (!ret)
 		ret = check_sregs(&s->sregs, err);
@@ -217,6 +227,7 @@ static const struct gw_field kvm_vm_fields[] = {
 
 #define IOAPIC_BASE 0xfec00000ull /* KVM's IOAPIC does not move */
 
+/* clang-format off */
 #define PIC_FLAG(m) {offsetof(struct kvm_pic_state, m), #m}
 
 /* What KVM's i8259 keeps as 0/1 (arch/x86/kvm/i8259.c). */
@@ -225,6 +236,7 @@ static const struct flag pic_flags[] = {
 	PIC_FLAG(auto_eoi), PIC_FLAG(rotate_on_auto_eoi),
 	PIC_FLAG(special_fully_nested_mode), PIC_FLAG(init4),
 };
+/* clang-format on */
 
 static int check_chip_id(const struct kvm_irqchip *c, uint32_t id, const char *field,
 			 struct gw_error *err)
@@ -253,10 +265,11 @@ static int check_pic(const struct kvm_irqchip *c, uint32_t id, const char *field
 	if (p->priority_add > 7)
 		return vmm_refuse(err, field, "priority_add = %u is outside 0..7", p->priority_add);
 	if (p->irq_base & 7)
-		return vmm_refuse(err, field, "irq_base = 0x%x is not a multiple of 8", p->irq_base);
+		return vmm_refuse(err, field, "irq_base = 0x%x is not a multiple of 8",
+				  p->irq_base);
 	if (p->elcr & ~p->elcr_mask)
-		return vmm_refuse(err, field, "elcr = 0x%02x sets bits outside elcr_mask 0x%02x", p->elcr,
-				  p->elcr_mask);
+		return vmm_refuse(err, field, "elcr = 0x%02x sets bits outside elcr_mask 0x%02x",
+				  p->elcr, p->elcr_mask);
 	return 0;
 }
 
@@ -267,7 +280,8 @@ static int check_ioapic(const struct kvm_irqchip *c, struct gw_error *err)
 	if (ret)
 		return ret;
 	if (a->base_address != IOAPIC_BASE)
-		return vmm_refuse(err, "ioapic", "base_address = 0x%llx, but KVM's IOAPIC is at 0x%llx",
+		return vmm_refuse(err, "ioapic",
+				  "base_address = 0x%llx, but KVM's IOAPIC is at 0x%llx",
 				  (unsigned long long)a->base_address, IOAPIC_BASE);
 	/* IOREGSEL is an 8-bit register, the ID a 4-bit one, and there is one
 	 * IRR bit per pin. */
@@ -334,8 +348,13 @@ static int cpu_sections_init(struct vmm *vm, struct gw_migration *m, struct gw_e
 		c->fd = vm->vcpus.vcpus[i].fd;
 		c->msrs = &cs->msrs;
 		const struct gw_section cpu = {
-			.name = "cpu", .instance = i, .version = 1, .min_version = 1,
-			.vmstate = &cpu_vmstate, .validate = cpu_validate, .pre_save = cpu_pre_save,
+			.name = "cpu",
+			.instance = i,
+			.version = 1,
+			.min_version = 1,
+			.vmstate = &cpu_vmstate,
+			.validate = cpu_validate,
+			.pre_save = cpu_pre_save,
 			.opaque = &c->st,
 		};
 		ret = gw_migration_add_section(m, &cpu, err);
@@ -344,8 +363,13 @@ static int cpu_sections_init(struct vmm *vm, struct gw_migration *m, struct gw_e
 	}
 	cs->vm.kvm = &vm->kvm;
 	const struct gw_section kvm_vm = {
-		.name = "kvm-vm", .version = 1, .min_version = 1, .vmstate = &kvm_vm_vmstate,
-		.validate = kvm_vm_validate, .pre_save = kvm_vm_pre_save, .opaque = &cs->vm.st,
+		.name = "kvm-vm",
+		.version = 1,
+		.min_version = 1,
+		.vmstate = &kvm_vm_vmstate,
+		.validate = kvm_vm_validate,
+		.pre_save = kvm_vm_pre_save,
+		.opaque = &cs->vm.st,
 	};
 	return gw_migration_add_section(m, &kvm_vm, err);
 }

@@ -38,9 +38,9 @@ struct vmm_section_init {
 /* "vmm_section_init" is a C identifier, so the linker defines
  * __start_/__stop_vmm_section_init around the entries, and the
  * sanitizers pad no global placed in a named section. */
-#define VMM_SECTIONS(fn, ord)                                                      \
-	static const struct vmm_section_init vmm_section_init_##fn                 \
-		__attribute__((used, section("vmm_section_init"),                   \
+#define VMM_SECTIONS(fn, ord)                                      \
+	static const struct vmm_section_init vmm_section_init_##fn \
+		__attribute__((used, section("vmm_section_init"),  \
 			       aligned(__alignof__(struct vmm_section_init)))) = {fn, ord}
 
 /* Run every init function: register all of vm's sections with m. */
@@ -48,7 +48,9 @@ int vmm_sections_register(struct vmm *vm, struct gw_migration *m, struct gw_erro
 
 /* A section's hooks get the State its vmstate describes; a device that
  * embeds its State finds itself from there. */
+/* clang-format off */
 #define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+/* clang-format on */
 
 /* A validator's refusal: "field 'sregs': cr0 = 0x80000001 ..." with
  * -EBADMSG, worded as the library words its own range failures (the

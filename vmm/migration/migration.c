@@ -29,9 +29,9 @@ struct vm_migration {
 	struct gw_precopy_params params;
 	uint64_t go_timeout_ms; /* destination: READY until GO */
 	bool cap_events, cap_auto_converge, cap_verify_hash;
-	enum role role;  /* what runs now */
-	enum role shown; /* what query-migrate reports: the latest migration */
-	enum gw_mig_status status;   /* VMM-level status, final word on the outcome */
+	enum role role;            /* what runs now */
+	enum role shown;           /* what query-migrate reports: the latest migration */
+	enum gw_mig_status status; /* VMM-level status, final word on the outcome */
 	char error[GW_ERROR_MSG_MAX];
 	bool cancel;
 	bool destroying; /* the main loop has stopped: nobody reads statuses */
@@ -96,7 +96,9 @@ static int op_resume(void *opaque, struct gw_error *err)
 }
 
 static const struct gw_vm_ops vm_ops = {
-	.pause = op_pause, .resume = op_resume, .prepare = op_prepare,
+	.pause = op_pause,
+	.resume = op_resume,
+	.prepare = op_prepare,
 };
 
 /* ---- events and completion, on the main loop ------------------------ */
@@ -196,8 +198,7 @@ static void status_main(void *opaque)
 	free(msg);
 }
 
-static void post_status(struct vm_migration *mig, enum gw_mig_status s, bool is_pass,
-			uint64_t pass)
+static void post_status(struct vm_migration *mig, enum gw_mig_status s, bool is_pass, uint64_t pass)
 {
 	pthread_mutex_lock(&mig->lock);
 	bool gone = mig->destroying;
@@ -269,7 +270,10 @@ static void *connect_thread(void *opaque)
 	pthread_mutex_unlock(&mig->lock);
 
 	const struct gw_precopy_callbacks cb = {
-		.status = cb_status, .pass = cb_pass, .throttle = cb_throttle, .opaque = mig,
+		.status = cb_status,
+		.pass = cb_pass,
+		.throttle = cb_throttle,
+		.opaque = mig,
 	};
 	struct gw_precopy *out;
 	ret = gw_precopy_start(mig->m, &ch, 1, &p, &cb, &out, &err);
@@ -448,9 +452,9 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	struct vm_migration *mig = vm->mig;
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&mig->lock);
-	out->kind = mig->shown == ROLE_INCOMING	  ? MIGRATION_INCOMING
-		    : mig->shown == ROLE_OUTGOING ? MIGRATION_OUTGOING
-						  : MIGRATION_NONE;
+	out->kind = mig->shown == ROLE_INCOMING ? MIGRATION_INCOMING :
+		    mig->shown == ROLE_OUTGOING ? MIGRATION_OUTGOING :
+						  MIGRATION_NONE;
 	out->status = mig->status;
 	snprintf(out->error, sizeof(out->error), "%s", mig->error);
 	out->auto_converge = mig->cap_auto_converge;
@@ -485,8 +489,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 	pthread_mutex_unlock(&mig->lock);
 }
 
-void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p,
-			  uint64_t go_timeout_ms)
+void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p, uint64_t go_timeout_ms)
 {
 	struct vm_migration *mig = vm->mig;
 	pthread_mutex_lock(&mig->lock);
@@ -539,15 +542,21 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 
 	struct gw_error err = {0};
 	const struct gw_machine machine = {
-		.vmm_name = "godwit-vmm", .vmm_version = GW_VERSION, .machine = "godwit-x86",
+		.vmm_name = "godwit-vmm",
+		.vmm_version = GW_VERSION,
+		.machine = "godwit-x86",
 		.nr_vcpus = vm->vcpus.nr,
 	};
 	ret = gw_migration_new(&machine, &mig->m, &err);
 	for (unsigned i = 0; !ret && i < vm->ram.nr_blocks; i++) {
 		const struct ram_block *b = &vm->ram.blocks[i];
 		const struct gw_ram r = {
-			.name = b->name, .host = b->host, .size = b->size, .fd = b->memfd,
-			.fd_offset = 0, .gpa = b->gpa,
+			.name = b->name,
+			.host = b->host,
+			.size = b->size,
+			.fd = b->memfd,
+			.fd_offset = 0,
+			.gpa = b->gpa,
 		};
 		ret = gw_migration_add_ram(mig->m, &r, &err);
 	}

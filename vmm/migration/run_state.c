@@ -43,8 +43,12 @@ static int run_state_post_load(void *opaque, uint32_t version, struct gw_error *
 static int run_state_sections_init(struct vmm *vm, struct gw_migration *m, struct gw_error *err)
 {
 	const struct gw_section run_state = {
-		.name = "run-state", .version = 1, .min_version = 1, .vmstate = &run_state_vmstate,
-		.pre_save = run_state_pre_save, .post_load = run_state_post_load,
+		.name = "run-state",
+		.version = 1,
+		.min_version = 1,
+		.vmstate = &run_state_vmstate,
+		.pre_save = run_state_pre_save,
+		.post_load = run_state_post_load,
 		.opaque = &vm->run_state,
 	};
 	return gw_migration_add_section(m, &run_state, err);

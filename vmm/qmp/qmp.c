@@ -111,12 +111,8 @@ int qmp_return(json_t *value, json_t **ret, struct qmp_error *err)
 }
 
 static const char *const arg_type_names[] = {
-	[QMP_ARG_INT] = "integer",
-	[QMP_ARG_STR] = "string",
-	[QMP_ARG_BOOL] = "boolean",
-	[QMP_ARG_NUMBER] = "number",
-	[QMP_ARG_OBJECT] = "object",
-	[QMP_ARG_ARRAY] = "array",
+	[QMP_ARG_INT] = "integer",   [QMP_ARG_STR] = "string",    [QMP_ARG_BOOL] = "boolean",
+	[QMP_ARG_NUMBER] = "number", [QMP_ARG_OBJECT] = "object", [QMP_ARG_ARRAY] = "array",
 };
 
 static bool arg_type_ok(enum qmp_arg_type type, json_t *v)
@@ -171,9 +167,9 @@ json_t *qmp_version(void)
 {
 	unsigned major = 0, minor = 0, micro = 0;
 	sscanf(GW_VERSION, "%u.%u.%u", &major, &minor, &micro);
-	return json_pack("{s:{s:I,s:I,s:I},s:s}", "qemu", "major", (json_int_t)major,
-			 "minor", (json_int_t)minor, "micro", (json_int_t)micro,
-			 "package", "godwit " GW_VERSION);
+	return json_pack("{s:{s:I,s:I,s:I},s:s}", "qemu", "major", (json_int_t)major, "minor",
+			 (json_int_t)minor, "micro", (json_int_t)micro, "package",
+			 "godwit " GW_VERSION);
 }
 
 /* ---- client lifetime ---------------------------------------------------- */
@@ -267,8 +263,10 @@ static void client_flush(struct qmp_client *c)
 		c->out_off = 0;
 	}
 	if (pending > QMP_MAX_OUTPUT) {
-		fprintf(stderr, "godwit-vmm: qmp: dropping a client that stopped reading "
-				"(%zu bytes of replies and events pending)\n", pending);
+		fprintf(stderr,
+			"godwit-vmm: qmp: dropping a client that stopped reading "
+			"(%zu bytes of replies and events pending)\n",
+			pending);
 		client_kill(c);
 		return;
 	}
@@ -373,7 +371,8 @@ static int qmp_capabilities(struct qmp_client *c, json_t *args, struct qmp_error
 	json_array_foreach(json_object_get(args, "enable"), i, cap) {
 		if (!json_is_string(cap))
 			return qmp_fail(err, QMP_ERR_GENERIC,
-					"Invalid parameter type for 'enable[%zu]', expected: string", i);
+					"Invalid parameter type for 'enable[%zu]', expected: string",
+					i);
 		return qmp_fail(err, QMP_ERR_GENERIC, "Capability %s not available",
 				json_string_value(cap));
 	}
@@ -427,8 +426,8 @@ static int execute(struct qmp_client *c, json_t *req, json_t **ret, struct qmp_e
 			      "Expecting capabilities negotiation with 'qmp_capabilities'");
 	} else {
 		const struct qmp_command *cmd = find_command(c->srv, name);
-		rc = cmd ? cmd->fn(c->srv->vm, args, ret, err)
-			 : qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
+		rc = cmd ? cmd->fn(c->srv->vm, args, ret, err) :
+			   qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
 				    "The command %s has not been found", name);
 	}
 	json_decref(empty);
@@ -529,8 +528,8 @@ static void client_new(struct qmp_server *s, int fd)
 	}
 	c->next = s->clients;
 	s->clients = c;
-	client_send(c, json_pack("{s:{s:o,s:[]}}", "QMP", "version", qmp_version(),
-				 "capabilities"));
+	client_send(c,
+		    json_pack("{s:{s:o,s:[]}}", "QMP", "version", qmp_version(), "capabilities"));
 }
 
 static void accept_event(void *opaque, uint32_t events)
@@ -570,8 +569,7 @@ void qmp_emit_event(struct qmp_server *s, const char *name, json_t *data)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	/* QEMU's member order: timestamp, event, data. */
-	json_t *ev = json_pack("{s:{s:I,s:I},s:s}", "timestamp",
-			       "seconds", (json_int_t)ts.tv_sec,
+	json_t *ev = json_pack("{s:{s:I,s:I},s:s}", "timestamp", "seconds", (json_int_t)ts.tv_sec,
 			       "microseconds", (json_int_t)(ts.tv_nsec / 1000), "event", name);
 	if (ev && data)
 		json_object_set(ev, "data", data);
@@ -622,16 +620,18 @@ int qmp_parse_address(const char *spec, struct qmp_address *out, char *errmsg, s
 	}
 	if (!len) {
 		snprintf(errmsg, errlen, "missing the %s",
-			 out->abstract ? "abstract socket's name" :
-			 "socket path (an empty one would bind an abstract socket, which any "
-			 "local user can connect to)");
+			 out->abstract ?
+				 "abstract socket's name" :
+				 "socket path (an empty one would bind an abstract socket, which any "
+				 "local user can connect to)");
 		return -EINVAL;
 	}
 	if (!out->abstract && name[0] == '@') {
 		snprintf(errmsg, errlen,
 			 "'@' names an abstract socket, which has no file mode: any local user could "
 			 "connect and control the VM. Add ,abstract=on if that is what you want, or "
-			 "write ./%.*s for a file", (int)len, name);
+			 "write ./%.*s for a file",
+			 (int)len, name);
 		return -EINVAL;
 	}
 	if (len >= sizeof(out->path)) {
@@ -711,7 +711,8 @@ static int listen_unix(const struct qmp_address *a, int *out, char *errmsg, size
 		rc = remove_stale_socket(&addr, errmsg, errlen);
 		if (rc < 0) {
 			if (!errmsg[0])
-				snprintf(errmsg, errlen, "cannot replace %s: %s", a->path, strerror(-rc));
+				snprintf(errmsg, errlen, "cannot replace %s: %s", a->path,
+					 strerror(-rc));
 			return rc;
 		}
 	}
@@ -725,8 +726,8 @@ static int listen_unix(const struct qmp_address *a, int *out, char *errmsg, size
 	if (rc == 0 && listen(fd, 16) < 0)
 		rc = -errno;
 	if (rc < 0) {
-		snprintf(errmsg, errlen, "cannot listen on %s: %s", addr_text(a, text, sizeof(text)),
-			 strerror(-rc));
+		snprintf(errmsg, errlen, "cannot listen on %s: %s",
+			 addr_text(a, text, sizeof(text)), strerror(-rc));
 		close(fd);
 		return rc;
 	}

@@ -23,7 +23,7 @@ struct qmp_server;
 
 /* QMP error classes, as QEMU names them on the wire. */
 enum qmp_error_class {
-	QMP_ERR_GENERIC,          /* "GenericError" */
+	QMP_ERR_GENERIC,           /* "GenericError" */
 	QMP_ERR_COMMAND_NOT_FOUND, /* "CommandNotFound" */
 };
 

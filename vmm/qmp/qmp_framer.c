@@ -58,8 +58,7 @@ static void frame_reset(struct qmp_framer *f)
 	buf_reset(&f->msg);
 }
 
-static int refuse(struct qmp_framer *f, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+static int refuse(struct qmp_framer *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static int refuse(struct qmp_framer *f, const char *fmt, ...)
 {
@@ -110,7 +109,8 @@ static void frame_start(struct qmp_framer *f, unsigned char ch)
 static bool is_stray_inside(const struct qmp_framer *f, unsigned char ch)
 {
 	return f->in_string ? ch < 0x20 /* not even after a backslash */
-			    : !is_json_outside_string(ch);
+			      :
+			      !is_json_outside_string(ch);
 }
 
 /* Follow strings and brackets; the depth limit is the one refusal here. */

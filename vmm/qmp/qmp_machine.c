@@ -15,7 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-
 /* pmemsave copies guest RAM to the file through a buffer of this size. */
 #define PMEMSAVE_CHUNK (1u << 20)
 
@@ -29,8 +28,8 @@ static int cmd_query_status(struct vmm *vm, json_t *args, json_t **ret, struct q
 	if (no_args(args, err))
 		return -1;
 	enum vmm_runstate st = vmm_runstate(vm);
-	return qmp_return(json_pack("{s:b,s:b,s:s}", "running", st == VMM_RUNNING,
-				    "singlestep", 0, "status", vmm_runstate_name(st)),
+	return qmp_return(json_pack("{s:b,s:b,s:s}", "running", st == VMM_RUNNING, "singlestep", 0,
+				    "status", vmm_runstate_name(st)),
 			  ret, err);
 }
 
@@ -92,10 +91,9 @@ static int cmd_query_cpus_fast(struct vmm *vm, json_t *args, json_t **ret, struc
 	for (unsigned i = 0; i < vmm_nr_vcpus(vm); i++) {
 		char path[64];
 		snprintf(path, sizeof(path), "/machine/unattached/device[%u]", i);
-		json_t *cpu = json_pack("{s:I,s:s,s:I,s:s,s:{s:I,s:i,s:i}}",
-					"cpu-index", (json_int_t)i, "qom-path", path,
-					"thread-id", (json_int_t)vmm_vcpu_tid(vm, i),
-					"target", "x86_64",
+		json_t *cpu = json_pack("{s:I,s:s,s:I,s:s,s:{s:I,s:i,s:i}}", "cpu-index",
+					(json_int_t)i, "qom-path", path, "thread-id",
+					(json_int_t)vmm_vcpu_tid(vm, i), "target", "x86_64",
 					"props", "core-id", (json_int_t)i, "thread-id", 0,
 					"socket-id", 0);
 		bad |= json_array_append_new(cpus, cpu);
@@ -108,8 +106,8 @@ static int cmd_query_cpus_fast(struct vmm *vm, json_t *args, json_t **ret, struc
 }
 
 /* Write [addr, addr+size) of guest RAM to fd, a chunk at a time. */
-static int save_range(struct vmm *vm, uint64_t addr, uint64_t size, int fd,
-		      const char *filename, struct qmp_error *err)
+static int save_range(struct vmm *vm, uint64_t addr, uint64_t size, int fd, const char *filename,
+		      struct qmp_error *err)
 {
 	char *buf = malloc(size < PMEMSAVE_CHUNK ? (size ? size : 1) : PMEMSAVE_CHUNK);
 	if (!buf)
@@ -129,8 +127,9 @@ static int save_range(struct vmm *vm, uint64_t addr, uint64_t size, int fd,
 			if (w < 0 && errno == EINTR)
 				continue;
 			if (w < 0) {
-				rc = qmp_fail(err, QMP_ERR_GENERIC, "pmemsave: cannot write '%s': %s",
-					      filename, strerror(errno));
+				rc = qmp_fail(err, QMP_ERR_GENERIC,
+					      "pmemsave: cannot write '%s': %s", filename,
+					      strerror(errno));
 				break;
 			}
 			off += (uint64_t)w;
@@ -155,9 +154,11 @@ static int cmd_pmemsave(struct vmm *vm, json_t *args, json_t **ret, struct qmp_e
 	json_int_t size = json_integer_value(json_object_get(args, "size"));
 	const char *filename = json_string_value(json_object_get(args, "filename"));
 	if (addr < 0)
-		return qmp_fail(err, QMP_ERR_GENERIC, "Parameter 'val' expects a non-negative value");
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"Parameter 'val' expects a non-negative value");
 	if (size < 0)
-		return qmp_fail(err, QMP_ERR_GENERIC, "Parameter 'size' expects a non-negative value");
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"Parameter 'size' expects a non-negative value");
 	uint64_t ram = vmm_ram_size(vm);
 	if ((uint64_t)addr > ram || (uint64_t)size > ram - (uint64_t)addr)
 		return qmp_fail(err, QMP_ERR_GENERIC,
@@ -209,9 +210,10 @@ static int cmd_query_guest(struct vmm *vm, json_t *args, json_t **ret, struct qm
 	json_t *vcpus = json_array();
 	int bad = 0;
 	for (unsigned i = 0; i < n; i++)
-		bad |= json_array_append_new(vcpus, json_pack("{s:I,s:I}",
-				"pass", (json_int_t)st.passes[i],
-				"pages-per-pass", (json_int_t)st.pages_per_pass[i]));
+		bad |= json_array_append_new(vcpus,
+					     json_pack("{s:I,s:I}", "pass",
+						       (json_int_t)st.passes[i], "pages-per-pass",
+						       (json_int_t)st.pages_per_pass[i]));
 	json_t *o = json_object();
 	bad |= json_object_set_new(o, "ready", json_boolean(st.ready));
 	bad |= json_object_set_new(o, "check-failed", json_boolean(st.check_failed));

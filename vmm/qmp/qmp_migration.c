@@ -30,7 +30,8 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
 		return -1;
 	if (json_is_true(json_object_get(args, "resume")))
-		return qmp_fail(err, QMP_ERR_GENERIC, "resume of a paused migration is not supported");
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"resume of a paused migration is not supported");
 	char msg[GW_ERROR_MSG_MAX];
 	if (migration_start(vm, json_string_value(json_object_get(args, "uri")), msg, sizeof(msg)))
 		return fail_with(err, msg);
@@ -63,17 +64,13 @@ static int cmd_migrate_incoming(struct vmm *vm, json_t *args, json_t **ret, stru
 
 static json_t *ram_stats(const struct gw_precopy_stats *st)
 {
-	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}",
-			 "transferred", (json_int_t)st->transferred,
-			 "remaining", (json_int_t)st->remaining,
-			 "total", (json_int_t)st->total,
-			 "duplicate", (json_int_t)st->duplicate,
-			 "normal", (json_int_t)st->normal,
-			 "normal-bytes", (json_int_t)st->normal_bytes,
-			 "dirty-pages-rate", (json_int_t)st->dirty_pages_rate,
-			 "mbps", st->mbps,
-			 "dirty-sync-count", (json_int_t)st->dirty_sync_count,
-			 "page-size", (json_int_t)st->page_size);
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}", "transferred",
+			 (json_int_t)st->transferred, "remaining", (json_int_t)st->remaining,
+			 "total", (json_int_t)st->total, "duplicate", (json_int_t)st->duplicate,
+			 "normal", (json_int_t)st->normal, "normal-bytes",
+			 (json_int_t)st->normal_bytes, "dirty-pages-rate",
+			 (json_int_t)st->dirty_pages_rate, "mbps", st->mbps, "dirty-sync-count",
+			 (json_int_t)st->dirty_sync_count, "page-size", (json_int_t)st->page_size);
 }
 
 static json_t *outgoing_info(const struct migration_info *mi)
@@ -112,14 +109,15 @@ static json_t *incoming_info(const struct migration_info *mi)
 {
 	const struct gw_incoming_stats *st = &mi->in;
 	json_t *r = json_pack("{s:s,s:I,s:I}", "status", gw_mig_status_name(mi->status),
-			      "total-time", (json_int_t)st->total_time_ms,
-			      "x-godwit-received", (json_int_t)st->received);
+			      "total-time", (json_int_t)st->total_time_ms, "x-godwit-received",
+			      (json_int_t)st->received);
 	if (mi->status == GW_MIG_FAILED)
 		json_object_set_new(r, "error-desc", json_string(mi->error));
 	if (mi->dest_hash[0])
 		json_object_set_new(r, "x-godwit-ram-hash", json_string(mi->dest_hash));
 	if (st->go_wait_us)
-		json_object_set_new(r, "x-godwit-go-wait-us", json_integer((json_int_t)st->go_wait_us));
+		json_object_set_new(r, "x-godwit-go-wait-us",
+				    json_integer((json_int_t)st->go_wait_us));
 	if (mi->listening[0])
 		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
 	return r;
@@ -230,17 +228,17 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 	struct migration_settings cur;
 	migration_get_settings(vm, &cur);
 	const struct gw_precopy_params *p = &cur.precopy;
-	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
-				    "downtime-limit", (json_int_t)p->downtime_limit_ms,
-				    "max-bandwidth", (json_int_t)p->max_bandwidth,
-				    "cpu-throttle-initial", (json_int_t)p->throttle_initial,
-				    "cpu-throttle-increment", (json_int_t)p->throttle_increment,
-				    "max-cpu-throttle", (json_int_t)p->throttle_max,
-				    "x-godwit-switchover-timeout", (json_int_t)p->switchover_timeout_ms,
-				    "x-godwit-ready-timeout", (json_int_t)p->ready_timeout_ms,
-				    "x-godwit-confirm-timeout", (json_int_t)p->confirm_timeout_ms,
-				    "x-godwit-go-timeout", (json_int_t)cur.go_timeout_ms,
-				    "x-godwit-exec-grace", (json_int_t)p->exec_grace_ms),
+	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "downtime-limit",
+				    (json_int_t)p->downtime_limit_ms, "max-bandwidth",
+				    (json_int_t)p->max_bandwidth, "cpu-throttle-initial",
+				    (json_int_t)p->throttle_initial, "cpu-throttle-increment",
+				    (json_int_t)p->throttle_increment, "max-cpu-throttle",
+				    (json_int_t)p->throttle_max, "x-godwit-switchover-timeout",
+				    (json_int_t)p->switchover_timeout_ms, "x-godwit-ready-timeout",
+				    (json_int_t)p->ready_timeout_ms, "x-godwit-confirm-timeout",
+				    (json_int_t)p->confirm_timeout_ms, "x-godwit-go-timeout",
+				    (json_int_t)cur.go_timeout_ms, "x-godwit-exec-grace",
+				    (json_int_t)p->exec_grace_ms),
 			  ret, err);
 }
 
@@ -301,8 +299,7 @@ static int cmd_set_capabilities(struct vmm *vm, json_t *args, json_t **ret, stru
 	return 0;
 }
 
-static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret,
-				  struct qmp_error *err)
+static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
 	if (qmp_check_args(args, NULL, 0, err))
 		return -1;
@@ -310,9 +307,9 @@ static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret,
 	migration_get_settings(vm, &cur);
 	json_t *list = json_array();
 	for (size_t c = 0; c < ARRAY_SIZE(capabilities); c++)
-		json_array_append_new(list, json_pack("{s:s,s:b}", "capability",
-						      capabilities[c].name, "state",
-						      *cap_field(&cur, &capabilities[c])));
+		json_array_append_new(list,
+				      json_pack("{s:s,s:b}", "capability", capabilities[c].name,
+						"state", *cap_field(&cur, &capabilities[c])));
 	return qmp_return(list, ret, err);
 }
 

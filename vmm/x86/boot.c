@@ -65,7 +65,8 @@ static int load_segments(struct guest_ram *ram, const uint8_t *img, size_t size,
 					  "segment below 1 MiB would overwrite boot structures");
 		if (guest_ram_write(ram, ph[i].p_paddr, img + ph[i].p_offset, ph[i].p_filesz) ||
 		    !guest_ram_ptr(ram, ph[i].p_paddr, ph[i].p_memsz))
-			return load_error(errmsg, errlen, path, "segment does not fit in guest RAM");
+			return load_error(errmsg, errlen, path,
+					  "segment does not fit in guest RAM");
 		/* .bss: the memfd is zero already, nothing to write. */
 		if (ph[i].p_paddr + ph[i].p_memsz > end)
 			end = ph[i].p_paddr + ph[i].p_memsz;
@@ -88,7 +89,8 @@ static int build_page_tables(struct guest_ram *ram, uint64_t top)
 		if (pd_addr + 0x1000 > GW_STACK_BASE)
 			return -E2BIG;
 		uint64_t pdpte = pd_addr | PTE_P | PTE_RW;
-		ret = guest_ram_write(ram, GW_PAGETABLE_ADDR + 0x1000 + g * 8, &pdpte, sizeof(pdpte));
+		ret = guest_ram_write(ram, GW_PAGETABLE_ADDR + 0x1000 + g * 8, &pdpte,
+				      sizeof(pdpte));
 		uint64_t pd[512];
 		for (unsigned i = 0; i < 512; i++)
 			pd[i] = ((g << 30) + ((uint64_t)i << 21)) | PTE_P | PTE_RW | PTE_PS;
@@ -101,9 +103,8 @@ static int build_page_tables(struct guest_ram *ram, uint64_t top)
 static int write_gdt(struct guest_ram *ram)
 {
 	const uint64_t gdt[3] = {
-		0,
-		0x00af9a000000ffffull, /* 64-bit code, DPL 0 */
-		0x00cf92000000ffffull, /* flat data, DPL 0 */
+		0, 0x00af9a000000ffffull, /* 64-bit code, DPL 0 */
+		0x00cf92000000ffffull,    /* flat data, DPL 0 */
 	};
 	return guest_ram_write(ram, GW_GDT_ADDR, gdt, sizeof(gdt));
 }
@@ -128,8 +129,16 @@ static int write_config(struct guest_ram *ram, unsigned nr_vcpus, uint64_t image
 static void set_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, bool code64)
 {
 	*s = (struct kvm_segment){
-		.base = 0, .limit = 0xffffffff, .selector = sel, .type = type,
-		.present = 1, .dpl = 0, .db = code64 ? 0 : 1, .s = 1, .l = code64, .g = 1,
+		.base = 0,
+		.limit = 0xffffffff,
+		.selector = sel,
+		.type = type,
+		.present = 1,
+		.dpl = 0,
+		.db = code64 ? 0 : 1,
+		.s = 1,
+		.l = code64,
+		.g = 1,
 	};
 }
 
@@ -196,8 +205,8 @@ static int read_file(const char *path, uint8_t **out, size_t *size, char *errmsg
 	return 0;
 }
 
-int boot_elf(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path,
-	     const char *cmdline, char *errmsg, size_t errlen)
+int boot_elf(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path, const char *cmdline,
+	     char *errmsg, size_t errlen)
 {
 	if (cmdline && strlen(cmdline) >= GW_CMDLINE_MAX) {
 		snprintf(errmsg, errlen, "--append: longer than %d bytes", GW_CMDLINE_MAX - 1);
@@ -233,8 +242,8 @@ int boot_elf(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path,
 	return 0;
 }
 
-int boot_sector(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path,
-		char *errmsg, size_t errlen)
+int boot_sector(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path, char *errmsg,
+		size_t errlen)
 {
 	uint8_t *img;
 	size_t size;
@@ -244,7 +253,8 @@ int boot_sector(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path,
 	if (size != 512 || img[510] != 0x55 || img[511] != 0xaa) {
 		free(img);
 		snprintf(errmsg, errlen,
-			 "boot sector %s: must be 512 bytes ending in the 0x55 0xaa signature", path);
+			 "boot sector %s: must be 512 bytes ending in the 0x55 0xaa signature",
+			 path);
 		return -ENOEXEC;
 	}
 	ret = guest_ram_write(ram, 0x7c00, img, size);

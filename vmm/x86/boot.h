@@ -14,12 +14,12 @@ struct vcpu_set;
  * identity page tables covering all RAM (see guests/abi.h), and start
  * every vCPU in long mode at the entry point.
  */
-int boot_elf(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path,
-	     const char *cmdline, char *errmsg, size_t errlen);
+int boot_elf(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path, const char *cmdline,
+	     char *errmsg, size_t errlen);
 
 /* A raw 512-byte boot sector at 0x7c00, vCPU 0 in real mode with
  * dl = 0x80 as a PC BIOS leaves it; the other vCPUs wait for INIT/SIPI. */
-int boot_sector(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path,
-		char *errmsg, size_t errlen);
+int boot_sector(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path, char *errmsg,
+		size_t errlen);
 
 #endif

@@ -52,8 +52,7 @@ int cpu_state_check_host(struct kvm *kvm, char *errmsg, size_t errlen)
  * first such one. Probe each once so the saved list is exactly the MSRs
  * that round-trip.
  */
-int msr_list_probe(struct kvm *kvm, int vcpu_fd, struct msr_list *out, char *errmsg,
-		   size_t errlen)
+int msr_list_probe(struct kvm *kvm, int vcpu_fd, struct msr_list *out, char *errmsg, size_t errlen)
 {
 	struct {
 		struct kvm_msr_list hdr;
@@ -116,16 +115,15 @@ int cpu_state_save(struct kvm *kvm, int fd, const struct msr_list *msrs, struct 
 /* The order follows the dependencies inside KVM: segment state and CR4
  * before the XSAVE area it enables, MSRs after sregs (EFER, APIC base),
  * the LAPIC before events that may reference pending interrupts. */
-int cpu_state_load(struct kvm *kvm, int fd, const struct cpu_state *s, char *errmsg,
-		   size_t errlen)
+int cpu_state_load(struct kvm *kvm, int fd, const struct cpu_state *s, char *errmsg, size_t errlen)
 {
 	(void)kvm;
 	/* The loader's range check already refused this; a count past the
 	 * array must never reach the copy below, whoever filled s. Checked
 	 * before the first ioctl, so a refused state changes nothing. */
 	if (s->nr_msrs > CPU_STATE_MAX_MSRS) {
-		snprintf(errmsg, errlen, "nr_msrs %u exceeds the %d MSRs the state holds", s->nr_msrs,
-			 CPU_STATE_MAX_MSRS);
+		snprintf(errmsg, errlen, "nr_msrs %u exceeds the %d MSRs the state holds",
+			 s->nr_msrs, CPU_STATE_MAX_MSRS);
 		return -EINVAL;
 	}
 	if (ioctl(fd, KVM_SET_SREGS, &s->sregs) < 0)
@@ -143,8 +141,9 @@ int cpu_state_load(struct kvm *kvm, int fd, const struct cpu_state *s, char *err
 	m->nmsrs = s->nr_msrs;
 	memcpy(m->entries, s->msrs, s->nr_msrs * sizeof(struct kvm_msr_entry));
 	int n = ioctl(fd, KVM_SET_MSRS, m);
-	int ret = n == (int)s->nr_msrs ? 0 :
-		  msrs_short(errmsg, errlen, "KVM_SET_MSRS", n, s->nr_msrs, m->entries);
+	int ret = n == (int)s->nr_msrs ?
+			  0 :
+			  msrs_short(errmsg, errlen, "KVM_SET_MSRS", n, s->nr_msrs, m->entries);
 	free(m);
 	if (ret)
 		return ret;

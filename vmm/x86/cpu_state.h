@@ -44,16 +44,15 @@ struct msr_list {
 	uint32_t index[CPU_STATE_MAX_MSRS];
 };
 
-int msr_list_probe(struct kvm *kvm, int vcpu_fd, struct msr_list *out, char *errmsg,
-		   size_t errlen);
+int msr_list_probe(struct kvm *kvm, int vcpu_fd, struct msr_list *out, char *errmsg, size_t errlen);
 
 /* -ENOTSUP if this host's XSAVE area is larger than struct kvm_xsave
  * (AMX tile data), which the state format does not carry yet. */
 int cpu_state_check_host(struct kvm *kvm, char *errmsg, size_t errlen);
 
 /* The vCPU must be paused (parked after an EINTR from KVM_RUN). */
-int cpu_state_save(struct kvm *kvm, int vcpu_fd, const struct msr_list *msrs,
-		   struct cpu_state *s, char *errmsg, size_t errlen);
+int cpu_state_save(struct kvm *kvm, int vcpu_fd, const struct msr_list *msrs, struct cpu_state *s,
+		   char *errmsg, size_t errlen);
 int cpu_state_load(struct kvm *kvm, int vcpu_fd, const struct cpu_state *s, char *errmsg,
 		   size_t errlen);
 
