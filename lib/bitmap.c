@@ -22,6 +22,19 @@ void gw_bitmap_fill(uint64_t *bm, uint64_t nbits)
 	gw_bitmap_trim(bm, nbits);
 }
 
+void gw_bitmap_set(uint64_t *bm, uint64_t first, uint64_t n)
+{
+	uint64_t end = first + n;
+
+	while (first < end) {
+		uint64_t w = first / 64, lo = first % 64;
+		uint64_t hi = end - w * 64 < 64 ? end - w * 64 : 64;
+
+		bm[w] |= mask_from(lo) & ~mask_from(hi);
+		first = w * 64 + hi;
+	}
+}
+
 void gw_bitmap_clear(uint64_t *bm, uint64_t first, uint64_t n)
 {
 	uint64_t end = first + n;

@@ -23,7 +23,8 @@ static inline bool gw_bitmap_test(const uint64_t *bm, uint64_t i)
 
 /* Set bits [0, nbits). */
 void gw_bitmap_fill(uint64_t *bm, uint64_t nbits);
-/* Clear bits [first, first + n). */
+/* Set (clear) bits [first, first + n). */
+void gw_bitmap_set(uint64_t *bm, uint64_t first, uint64_t n);
 void gw_bitmap_clear(uint64_t *bm, uint64_t first, uint64_t n);
 /* Clear the bits past nbits in the last word (a sync that set too many). */
 void gw_bitmap_trim(uint64_t *bm, uint64_t nbits);

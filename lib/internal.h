@@ -218,6 +218,11 @@ int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hd
 			struct gw_error *err);
 int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
 		  struct gw_error *err);
+/* The stream embedded in a mapped-ram file: ram() loads the RAM from the
+ * file's regions between CONFIG (matched) and the sections. */
+int gw_load_mapped_stream(struct gw_migration *m, struct gw_reader *r,
+			  int (*ram)(void *opaque, struct gw_error *err), void *opaque,
+			  struct gw_error *err);
 
 /* stream.c: framing (stream header, record headers, bounds). */
 struct gw_rec_hdr {

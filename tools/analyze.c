@@ -787,6 +787,20 @@ int run_analyze(const struct opts *o, char **argv)
 	int fd = open_input(a.path);
 	if (fd < 0)
 		return EXIT_FAILURE;
+	/* A mapped-ram file: its header, blocks and pages first, then the
+	 * stream inside it, walked as any stream (analyze_mapped.c). */
+	json_t *mapped = NULL;
+	uint64_t stream_at = 0;
+	char mapped_why[GW_ERROR_MSG_MAX] = "";
+	int mapped_ret = 1;
+	if (fd != STDIN_FILENO && mapped_sniff(fd)) {
+		mapped_ret = mapped_analyze(fd, a.path, o->json, &mapped, &stream_at, mapped_why,
+					    sizeof(mapped_why));
+		if (stream_at && lseek(fd, (off_t)stream_at, SEEK_SET) < 0)
+			stream_at = 0;
+		if (mapped_ret < 0)
+			problem(&a, CORRUPTED, 0, "%s", mapped_why);
+	}
 	if (gw_reader_new(fd, &r, &err) < 0) {
 		fprintf(stderr, "godwit: analyze: %s\n", err.msg);
 		return EXIT_FAILURE;
@@ -795,6 +809,8 @@ int run_analyze(const struct opts *o, char **argv)
 	if (o->json) {
 		json_t *head = json_pack("{s:s,s:o}", "file", a.path, "format_version",
 					 ret < 0 ? json_null() : json_integer(GW_FORMAT_VERSION));
+		if (mapped)
+			json_object_update(head, mapped);
 		char *text = json_dumps(head, JSON_COMPACT);
 		/* Open the object and its "records" array, which follow as walked. */
 		printf("%.*s, \"records\": [", text ? (int)strlen(text) - 1 : 0, text ? text : "");
@@ -807,7 +823,13 @@ int run_analyze(const struct opts *o, char **argv)
 			       " (live migration: the source asked for the switchover handshake)" :
 			       "");
 	}
-	if (ret < 0) {
+	json_decref(mapped);
+	if (mapped_ret < 0 && !stream_at) {
+		/* The header itself is bad: there is no stream to find. */
+		if (ret == 0)
+			gw_walker_free(a.wk);
+		a.wk = NULL;
+	} else if (ret < 0) {
 		a.wk = NULL;
 		problem(&a, verdict_of(err.code), 0, "%s", err.msg);
 	} else {

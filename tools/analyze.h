@@ -35,4 +35,12 @@ void state_print(const struct gw_config *cfg, const struct section_stats *sectio
 json_t *state_json(const struct gw_config *cfg, const struct section_stats *sections,
 		   const char *vmdesc, size_t vmdesc_len, bool decode);
 
+/* analyze_mapped.c: is fd a mapped-ram file? Then report its header,
+ * blocks and page hashes (human text, or *out as a JSON object to merge
+ * into the report), and give the offset of its embedded stream (0 if the
+ * header is unreadable). 0 if all is intact, -EBADMSG with why if not. */
+bool mapped_sniff(int fd);
+int mapped_analyze(int fd, const char *path, bool json, json_t **out, uint64_t *stream_offset,
+		   char *why, size_t why_len);
+
 #endif

@@ -28,6 +28,7 @@ or closed. A benchmark can fail the one scenario and go on; a test fails.
 """
 import json
 import socket
+import struct
 import time
 
 REPLY_TIMEOUT = 30.0
@@ -194,11 +195,12 @@ class Qmp:
                            f"{line[:200]!r}")
         return m
 
-    def cmd(self, name, args=None, **members):
+    def cmd(self, name, args=None, fd=None, **members):
         """Run a command; return its "return" value or raise QmpError.
         Arguments come as a dict (args), as keywords with '_' for '-'
-        (cmd("migrate", uri=...), max_bandwidth=...), or both. Events that
-        arrive meanwhile are queued for wait_event()."""
+        (cmd("migrate", uri=...), max_bandwidth=...), or both. fd, if
+        given, travels with the command in SCM_RIGHTS (getfd, add-fd).
+        Events that arrive meanwhile are queued for wait_event()."""
         args = dict(args or {}, **{k.replace("_", "-"): v for k, v in members.items()})
         wire_name = self.spelling(name)
         self.next_id += 1
@@ -206,7 +208,13 @@ class Qmp:
         if args:
             msg["arguments"] = args
         try:
-            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+            data = json.dumps(msg).encode() + b"\n"
+            if fd is not None:
+                # The fd rides on the first byte; the rest follows as usual.
+                self.sock.sendmsg([data[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                struct.pack("i", fd))])
+                data = data[1:]
+            self.sock.sendall(data)
         except OSError as e:
             raise QmpDisconnected(f"{self.who}: cannot send {wire_name}: {e}") from e
         while True:

@@ -346,7 +346,10 @@ int main(int argc, char **argv)
 	if (!ret && o.qmp)
 		ret = qmp_server_start(&vm, vm.loop, &o.qmp_addr, &vm.qmp, err, sizeof(err));
 	if (!ret && vm.qmp)
-		ret = qmp_machine_register(vm.qmp) || qmp_migration_register(vm.qmp) ? -EINVAL : 0;
+		ret = qmp_machine_register(vm.qmp) || qmp_migration_register(vm.qmp) ||
+				      qmp_fds_register(vm.qmp) ?
+			      -EINVAL :
+			      0;
 	if (!ret && serial_input)
 		loop_add_fd(vm.loop, STDIN_FILENO, EPOLLIN, on_stdin, &vm);
 	pthread_mutex_init(&vm.run_lock, NULL);

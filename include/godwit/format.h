@@ -52,7 +52,19 @@ enum gw_record_type {
  * destination resumes the guest only after the source's GO
  * (docs/format.md, "Switchover handshake"). */
 #define GW_HDRF_COMMIT     0x1u
-#define GW_HDRF_KNOWN      GW_HDRF_COMMIT
+/* A mapped-ram file (docs/format.md, "Mapped-RAM files"): RAM is at fixed
+ * offsets of the file, not in RAM_PAGES records. At offset 0 this header
+ * opens the file header; the stream embedded in the file carries it too. */
+#define GW_HDRF_MAPPED_RAM 0x2u
+#define GW_HDRF_KNOWN      (GW_HDRF_COMMIT | GW_HDRF_MAPPED_RAM)
+
+/* Mapped-ram files. */
+#define GW_MAPPED_FIXED_SIZE   64u   /* file header before the block entries */
+#define GW_MAPPED_ENTRY_SIZE   320u  /* one block entry, its name included */
+#define GW_MAPPED_STATE_SAVING 0x45564153u /* "SAVE": a save has not finished */
+#define GW_MAPPED_STATE_DONE   0x454e4f44u /* "DONE": complete and synced */
+#define GW_MAPPED_ALIGN_MIN    (1u << 20)  /* page regions start at 1 MiB multiples, */
+#define GW_MAPPED_ALIGN_MAX    (1u << 30)  /* or at the file system's larger one */
 
 /* Record header flags. */
 #define GW_RECF_SKIPPABLE  0x0001u /* a reader that does not know the type may skip it */

@@ -62,7 +62,11 @@ struct gw_precopy_params {
 	/* exec: how long the command may take to exit after the end of the
 	 * stream (then SIGTERM), and after SIGTERM (then SIGKILL); 0 = 10000. */
 	uint64_t exec_grace_ms;
-	uint64_t reserved[8];  /* 0: later versions give them a meaning (export.h) */
+	/* Saving into a regular file (docs/format.md, "Mapped-RAM files"): */
+	bool mapped_ram;           /* every page at a fixed offset (QEMU: mapped-ram) */
+	bool direct_io;            /* page data with O_DIRECT (QEMU: direct-io) */
+	uint32_t multifd_channels; /* threads writing pages, 1..64; 0 = 1 (QEMU: multifd-channels) */
+	uint64_t reserved[7];      /* 0: later versions give them a meaning (export.h) */
 };
 
 #define GW_SWITCHOVER_TIMEOUT_DEFAULT_MS 30000
@@ -161,7 +165,10 @@ struct gw_incoming_stats {
 struct gw_incoming_params {
 	uint64_t go_timeout_ms; /* READY sent until GO; 0 = 30000. Past it the
 				   guest never runs here, and the source is told */
-	uint64_t reserved[8];   /* 0 (export.h) */
+	/* A mapped-ram file (recognised from the file itself): */
+	bool direct_io;            /* read page data with O_DIRECT */
+	uint32_t multifd_channels; /* threads reading pages, 1..64; 0 = 1 */
+	uint64_t reserved[7];      /* 0 (export.h) */
 };
 
 struct gw_incoming_callbacks {

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <godwit/precopy.h>
@@ -31,6 +32,8 @@
 #include "lib/clock.h"
 #include "lib/internal.h"
 #include "lib/engine/job.h"
+#include "lib/format/mapped.h"
+#include "lib/format/mapped_load.h"
 #include "lib/transport/return_path.h"
 
 /* A command that brought the stream has done its part when the stream
@@ -50,12 +53,41 @@ struct gw_incoming {
 	struct gw_incoming_stats stats;
 };
 
+/*
+ * A regular file that opens with a mapped-ram header is read by page
+ * offset (lib/format/mapped_load.c), not as a stream; a file it does not
+ * recognise is left for the stream reader, which says what it is not.
+ */
+static bool is_mapped_file(int fd)
+{
+	unsigned char h[GW_STREAM_HEADER_SIZE];
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	       pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+	       gw_mapped_sniff(h, NULL) != -ENOMSG;
+}
+
+static int load_mapped(struct gw_incoming *in, struct gw_error *err)
+{
+	const struct gw_mapped_load_params mp = {
+		.direct_io = in->params.direct_io,
+		.readers = in->params.multifd_channels ? in->params.multifd_channels : 1,
+	};
+
+	return gw_mapped_load(in->m, in->ch.fd, &mp, &in->job.cancel, &in->received, err);
+}
+
 /* Load the whole stream; *commit says whether the source waits for READY. */
 static int load(struct gw_incoming *in, bool *commit, struct gw_error *err)
 {
 	struct gw_reader *r;
 	uint32_t flags = 0;
 	int ret;
+
+	*commit = false;
+	if (is_mapped_file(in->ch.fd))
+		return load_mapped(in, err);
 
 	ret = gw_reader_new(in->job.cancel.fd, &r, err);
 	if (ret < 0)
@@ -206,8 +238,8 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 	if (!m->vm_ops.resume)
 		return gw_error_set(err, -EINVAL,
 				    "incoming migration: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
-	if (params &&
-	    (ret = gw_check_reserved(params->reserved, 8, "incoming parameters", err)) < 0)
+	if (params && (ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
+					       "incoming parameters", err)) < 0)
 		return ret;
 	in = calloc(1, sizeof(*in));
 	if (!in)

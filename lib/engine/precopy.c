@@ -61,6 +61,7 @@
 #include "lib/ram/populated.h"
 #include "lib/ram/ram_batch.h"
 #include "lib/ram/ram_sink.h"
+#include "lib/ram/sink_file.h"
 #include "lib/ratelimit.h"
 #include "lib/transport/return_path.h"
 
@@ -271,7 +272,7 @@ static void account(struct gw_precopy *p, const struct gw_ram_batch *b)
 static int send_batch(struct gw_precopy *p, const struct gw_ram_batch *b, bool final,
 		      struct gw_error *err)
 {
-	uint64_t before = gw_writer_offset(p->w);
+	uint64_t before = gw_sink_taken(p->sink);
 	int ret;
 
 	/* In the final pass the guest is paused and its pages cannot change:
@@ -281,7 +282,7 @@ static int send_batch(struct gw_precopy *p, const struct gw_ram_batch *b, bool f
 		return ret;
 	account(p, b);
 	if (!final) {
-		ret = limit_bandwidth(p, gw_writer_offset(p->w) - before, err);
+		ret = limit_bandwidth(p, gw_sink_taken(p->sink) - before, err);
 		if (ret < 0)
 			return ret;
 	}
@@ -315,7 +316,7 @@ static int send_block(struct gw_precopy *p, uint32_t block, bool final, struct g
 
 static int send_round(struct gw_precopy *p, bool final, struct gw_error *err)
 {
-	uint64_t t0 = gw_now_ns(), x0 = gw_writer_offset(p->w), dt;
+	uint64_t t0 = gw_now_ns(), x0 = gw_sink_taken(p->sink), dt;
 
 	p->round_pages = 0;
 	for (uint32_t i = 0; i < p->m->nr_ram; i++) {
@@ -330,7 +331,7 @@ static int send_round(struct gw_precopy *p, bool final, struct gw_error *err)
 	dt = dt ? dt : 1;
 	p->bandwidth = (uint64_t)((double)(p->round_pages * PAGE) * 1e9 / (double)dt);
 	pthread_mutex_lock(&p->job.lock);
-	p->stats.mbps = (double)(gw_writer_offset(p->w) - x0) * 8e3 / (double)dt;
+	p->stats.mbps = (double)(gw_sink_taken(p->sink) - x0) * 8e3 / (double)dt;
 	pthread_mutex_unlock(&p->job.lock);
 	return 0;
 }
@@ -356,7 +357,7 @@ static int sync_all(struct gw_precopy *p, struct gw_error *err)
 		pending += gw_bitmap_count(p->dirty[i], pages);
 	}
 	now = gw_now_ns();
-	xfer = gw_writer_offset(p->w);
+	xfer = gw_sink_taken(p->sink);
 	p->pending = pending;
 	p->synced_before = p->synced;
 	p->synced = pending;
@@ -451,9 +452,34 @@ static int converge(struct gw_precopy *p, const struct gw_precopy_params *pp, st
 	return set_throttle(p, next, err);
 }
 
+/*
+ * Where RAM goes: RAM_PAGES records in the stream, or one fixed slot per
+ * page of a mapped-ram file (lib/ram/sink_file.c), whose layout the
+ * stream then lives inside.
+ */
+static int open_sink(struct gw_precopy *p, uint32_t *hdr_flags, struct gw_error *err)
+{
+	struct gw_precopy_params pp;
+
+	get_params(p, &pp);
+	if (!pp.mapped_ram) {
+		gw_stream_sink_init(&p->stream_sink, p->m, p->w);
+		p->sink = &p->stream_sink.sink;
+		*hdr_flags = p->return_path ? GW_HDRF_COMMIT : 0;
+		return 0;
+	}
+	const struct gw_file_sink_params sp = {
+		.direct_io = pp.direct_io,
+		.writers = pp.multifd_channels ? pp.multifd_channels : 1,
+	};
+	*hdr_flags = GW_HDRF_MAPPED_RAM;
+	return gw_file_sink_open(p->m, p->ch.fd, p->w, &sp, &p->sink, err);
+}
+
 static int setup(struct gw_precopy *p, struct gw_error *err)
 {
 	struct gw_migration *m = p->m;
+	uint32_t hdr_flags = 0;
 	uint64_t now;
 	int ret;
 
@@ -469,10 +495,10 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 		ret = gw_writer_new(p->job.cancel.fd, &p->w, err);
 	if (ret == 0) {
 		gw_writer_bind(p->w, p->job.cancel.efd);
-		gw_stream_sink_init(&p->stream_sink, m, p->w);
-		p->sink = &p->stream_sink.sink;
-		ret = gw_save_begin_flags(m, p->w, p->return_path ? GW_HDRF_COMMIT : 0, err);
+		ret = open_sink(p, &hdr_flags, err);
 	}
+	if (ret == 0)
+		ret = gw_save_begin_flags(m, p->w, hdr_flags, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "setup: ");
 	/* Round one sends every page that is there; the syncs say what changed since. */
@@ -584,6 +610,8 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 		ret = gw_save_devices(m, p->w, err);
 	if (ret == 0)
 		ret = gw_save_finish(m, p->w, err);
+	if (ret == 0)
+		ret = gw_sink_finish(p->sink, err);
 	publish_transferred(p);
 	/* One way into a command (ssh to a destination, say), the whole
 	 * stream has left: the far side may run it at EOF, and if the command
@@ -739,6 +767,8 @@ static const struct gw_job_ops precopy_ops = {
 
 static void precopy_release(struct gw_precopy *p)
 {
+	if (p->sink != &p->stream_sink.sink)
+		gw_sink_release(p->sink);
 	for (uint32_t i = 0; i < p->m->nr_ram; i++)
 		free(p->dirty[i]);
 	free(p->dirty);
@@ -765,8 +795,8 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	if (!m->dirty_ops.sync)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set dirty-page tracking (gw_migration_set_dirty_ops)");
-	if (params &&
-	    (ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err)) < 0)
+	if (params && (ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
+					       "pre-copy parameters", err)) < 0)
 		return ret;
 	p = calloc(1, sizeof(*p));
 	if (!p)
@@ -817,7 +847,8 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
 			  struct gw_error *err)
 {
-	int ret = gw_check_reserved(params->reserved, 8, "pre-copy parameters", err);
+	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
+				    "pre-copy parameters", err);
 
 	if (ret < 0)
 		return ret;

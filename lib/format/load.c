@@ -33,6 +33,7 @@ struct load {
 	size_t cap;
 	struct gw_pages *pages;
 	struct gw_torn torn;
+	bool mapped; /* a mapped-ram file's stream: its RAM is elsewhere */
 };
 
 static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
@@ -234,6 +235,10 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 	case GW_REC_SECTION_FULL:
 		return load_section(l, &h, err);
 	case GW_REC_RAM_PAGES:
+		if (l->mapped)
+			return gw_error_set(err, -EBADMSG,
+					    "RAM_PAGES record at offset %llu in a mapped-ram file, whose pages are at fixed offsets",
+					    (unsigned long long)h.offset);
 		return load_pages(l, &h, err);
 	case GW_REC_EOF:
 		*eof = true;
@@ -247,10 +252,16 @@ int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err)
 	return gw_load_flags(m, r, NULL, err);
 }
 
-int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
-		  struct gw_error *err)
+/*
+ * Read a whole stream. A mapped-ram file's embedded stream (ram != NULL)
+ * must say MAPPED_RAM and carry no RAM_PAGES: its RAM is loaded by ram()
+ * once CONFIG has matched, before the sections.
+ */
+static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
+		       int (*ram)(void *opaque, struct gw_error *err), void *opaque,
+		       struct gw_error *err)
 {
-	struct load l = {.m = m, .r = r};
+	struct load l = {.m = m, .r = r, .mapped = ram != NULL};
 	bool eof = false;
 	uint32_t flags;
 	int ret;
@@ -258,13 +269,22 @@ int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_fla
 	ret = gw_stream_get_header(r, &flags, err);
 	/* Loading a live migration's stream as if it were a file would run the
 	 * guest without the source's GO: only the incoming engine may. */
-	if (ret == 0 && !hdr_flags && (flags & GW_HDRF_COMMIT))
+	if (ret == 0 && !hdr_flags && !ram && (flags & GW_HDRF_COMMIT))
 		ret = gw_error_set(err, -EPROTO,
 				   "this stream is a live migration that needs the switchover handshake; load it with gw_incoming_start()");
+	if (ret == 0 && !ram && (flags & GW_HDRF_MAPPED_RAM))
+		ret = gw_error_set(err, -EPROTO,
+				   "this is a mapped-ram file, which is read by page offset: restore it from file:PATH, not as a stream");
+	if (ret == 0 && ram && flags != GW_HDRF_MAPPED_RAM)
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file: the embedded stream's header flags are 0x%x, expected 0x%x",
+				   flags, GW_HDRF_MAPPED_RAM);
 	if (ret == 0 && hdr_flags)
 		*hdr_flags = flags;
 	if (ret == 0)
 		ret = load_config(&l, err);
+	if (ret == 0 && ram)
+		ret = ram(opaque, err);
 	while (ret == 0 && !eof)
 		ret = load_record(&l, &eof, err);
 	gw_torn_release(&l.torn);
@@ -275,4 +295,17 @@ int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_fla
 	free(l.buf);
 	free(l.pages);
 	return ret;
+}
+
+int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
+		  struct gw_error *err)
+{
+	return load_stream(m, r, hdr_flags, NULL, NULL, err);
+}
+
+int gw_load_mapped_stream(struct gw_migration *m, struct gw_reader *r,
+			  int (*ram)(void *opaque, struct gw_error *err), void *opaque,
+			  struct gw_error *err)
+{
+	return load_stream(m, r, NULL, ram, opaque, err);
 }

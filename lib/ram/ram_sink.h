@@ -30,6 +30,14 @@ struct gw_ram_sink_ops {
 	int (*flush)(struct gw_ram_sink *s, struct gw_error *err);
 	/* Bytes that have left so far (not those still held back). */
 	uint64_t (*sent)(const struct gw_ram_sink *s);
+	/* Bytes taken so far, those still held back included: what the
+	 * engine's rate limit and throughput figures count. */
+	uint64_t (*taken)(const struct gw_ram_sink *s);
+	/* Optional. After the stream's EOF is written: what the sink's
+	 * layout needs to be complete (a file's metadata and header). */
+	int (*finish)(struct gw_ram_sink *s, struct gw_error *err);
+	/* Optional: free a sink that was allocated for the engine. */
+	void (*release)(struct gw_ram_sink *s);
 };
 
 struct gw_ram_sink {
@@ -50,6 +58,22 @@ static inline int gw_sink_flush(struct gw_ram_sink *s, struct gw_error *err)
 static inline uint64_t gw_sink_sent(const struct gw_ram_sink *s)
 {
 	return s->ops->sent(s);
+}
+
+static inline uint64_t gw_sink_taken(const struct gw_ram_sink *s)
+{
+	return s->ops->taken(s);
+}
+
+static inline int gw_sink_finish(struct gw_ram_sink *s, struct gw_error *err)
+{
+	return s->ops->finish ? s->ops->finish(s, err) : 0;
+}
+
+static inline void gw_sink_release(struct gw_ram_sink *s)
+{
+	if (s && s->ops->release)
+		s->ops->release(s);
 }
 
 /* The stream sink: RAM_PAGES records of m into w (borrowed). */

@@ -31,10 +31,16 @@ static uint64_t stream_sent(const struct gw_ram_sink *s)
 	return gw_writer_sent(of(s)->w);
 }
 
+static uint64_t stream_taken(const struct gw_ram_sink *s)
+{
+	return gw_writer_offset(of(s)->w);
+}
+
 static const struct gw_ram_sink_ops stream_ops = {
 	.pages = stream_pages,
 	.flush = stream_flush,
 	.sent = stream_sent,
+	.taken = stream_taken,
 };
 
 void gw_stream_sink_init(struct gw_stream_sink *s, struct gw_migration *m, struct gw_writer *w)

@@ -1,5 +1,8 @@
 #include "loadvm.h"
+#include "lib/format/mapped.h"
+#include "lib/format/mapped_load.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -151,11 +154,20 @@ static int memfd_of(const void *p, size_t len)
 	return fd;
 }
 
+/* A mapped-ram file is read by offset, as the incoming engine does; any
+ * other input as a stream. */
 static int load_fd(struct loadvm *vm, int fd, struct gw_error *err)
 {
+	const struct gw_mapped_load_params mp = { .readers = 2 };
+	unsigned char h[GW_STREAM_HEADER_SIZE];
 	struct gw_reader *r;
 	int ret;
 
+	if (pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) && gw_mapped_sniff(h, NULL) != -ENOMSG) {
+		ret = gw_mapped_load(vm->m, fd, &mp, NULL, NULL, err);
+		CHECK(ret == 0 || (ret < 0 && err->code == ret && err->msg[0]));
+		return ret;
+	}
 	CHECK_OK(gw_reader_new(fd, &r, err), err);
 	ret = gw_load(vm->m, r, err);
 	/* Every refusal says why. */

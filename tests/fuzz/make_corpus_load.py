@@ -15,6 +15,8 @@ one vCPU, the dirtier guest touching a few pages):
                      fuzzer's mutations land in device state
   ok-uart-rx         ok-running-state with bytes waiting in the UART
                      FIFO, wrapped around its end
+  ok-mapped          a running guest saved live into a mapped-ram file
+                     (docs/format.md, "Mapped-RAM files")
   bad-*              ok-running-state with one field set to a value no
                      device holds (issue 13), CRCs recomputed
 
@@ -39,11 +41,14 @@ from test_hostile_state import (RECORD_HEADER, STREAM_HEADER,  # noqa: E402
 REC_RAM_PAGES = 0x0006
 
 
-def save(paused):
+def save(paused, mapped=False):
     vm = gwtest.dirtier(memory="4M", vcpus=1, append="end=0x208000", paused=paused)
     try:
         if not paused:
             vm.wait_passes(1)
+        if mapped:
+            vm.qmp.cmd("migrate-set-capabilities",
+                       capabilities=[{"capability": "mapped-ram", "state": True}])
         path = os.path.join(vm.dir, "seed.gw")
         vm.qmp.cmd("migrate", uri="file:" + path)
         r = gwtest.wait_migration(vm)
@@ -88,6 +93,7 @@ def main():
         "ok-running": running,
         "ok-running-state": state,
         "ok-uart-rx": uart_with_input(state),
+        "ok-mapped": save(paused=False, mapped=True),
         "bad-cpu-nr_msrs-0x100000": with_field(state, "cpu", 0, "nr_msrs", 0x100000),
         "bad-cpu-nr_msrs-0x10000000": with_field(state, "cpu", 0, "nr_msrs", 0x10000000),
         "bad-cpu-nr_msrs-0xffffffff": with_field(state, "cpu", 0, "nr_msrs", 0xffffffff),

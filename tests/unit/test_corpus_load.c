@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "lib/format/mapped.h"
 #include "tests/fuzz/loadvm.h"
 
 static const struct {
@@ -67,6 +68,93 @@ static void check_refusal(const char *name, const struct gw_error *err)
 	FAIL("%s: no expected message listed for it", name);
 }
 
+/* The guest RAM the loadvm machine holds now. */
+static unsigned char *ram_copy(struct loadvm *vm)
+{
+	const struct ram_block *b = &vm->machine.ram.blocks[0];
+	unsigned char *c = malloc(b->size);
+
+	CHECK(c && vm->machine.ram.nr_blocks == 1);
+	memcpy(c, b->host, b->size);
+	return c;
+}
+
+/*
+ * A mapped-ram file damaged one byte at a time, at chosen points of each
+ * of its parts: every byte of the header's fixed part and of the block
+ * entry's fields, the first bytes of the bitmap and the hash table, bytes
+ * spread over the embedded stream, a byte of each of the first present
+ * pages, a byte of a slot the bitmap marks absent, and the padding after
+ * the header. Each load must either be refused with a message or, where
+ * the byte is one no reader uses (an absent page's slot, padding), load
+ * exactly what the good file loads: never different RAM.
+ */
+static void flip_mapped(struct loadvm *vm, const char *name, unsigned char *p, size_t len)
+{
+	struct gw_error err = { 0 };
+	uint64_t offs[160];
+	size_t n = 0, refused = 0;
+	unsigned char *good;
+	struct gw_mapped_hdr *h = calloc(1, sizeof(*h));
+	uint32_t hl;
+
+	CHECK(h);
+	CHECK_OK(gw_mapped_peek_length(p, &hl, &err), &err);
+	CHECK_OK(gw_mapped_decode(p, hl, len, h, &err), &err);
+	const struct gw_mapped_block *b = &h->blocks[0];
+	loadvm_reset(vm);
+	CHECK_OK(loadvm_load(vm, p, len, &err), &err);
+	good = ram_copy(vm);
+	for (uint64_t i = 0; i < 64; i++)
+		offs[n++] = i;
+	for (uint64_t i = 0; i < 64; i += 2)
+		offs[n++] = GW_MAPPED_FIXED_SIZE + i;
+	offs[n++] = GW_MAPPED_FIXED_SIZE + 64; /* the name */
+	for (uint64_t i = 0; i < 8; i++) {
+		offs[n++] = b->bitmap_offset + i;
+		offs[n++] = b->hashes_offset + i;
+	}
+	for (uint64_t i = 0; i < 24; i++)
+		offs[n++] = h->stream_offset + i * h->stream_length / 24;
+	uint64_t absent = UINT64_MAX, present = 0;
+	for (uint64_t pg = 0; pg < b->size / 4096 && n < 150; pg++) {
+		bool set = p[b->bitmap_offset + pg / 8] >> (pg % 8) & 1;
+
+		if (set && present++ < 4)
+			offs[n++] = b->pages_offset + pg * 4096 + 777;
+		if (!set && absent == UINT64_MAX)
+			absent = pg;
+	}
+	CHECK(present > 0 && absent != UINT64_MAX);
+	offs[n++] = b->pages_offset + absent * 4096 + 5; /* not read: must not matter */
+	offs[n++] = h->header_length + 100;             /* padding before the region */
+	for (size_t i = 0; i < n; i++) {
+		int ret;
+
+		CHECK(offs[i] < len);
+		p[offs[i]] ^= 0x20;
+		loadvm_reset(vm);
+		ret = loadvm_load(vm, p, len, &err);
+		if (ret < 0) {
+			refused++;
+			CHECK(err.msg[0]);
+		} else if (memcmp(good, vm->machine.ram.blocks[0].host,
+				  vm->machine.ram.blocks[0].size)) {
+			FAIL("%s: a flipped byte at 0x%llx loaded different RAM", name,
+			     (unsigned long long)offs[i]);
+		}
+		p[offs[i]] ^= 0x20;
+	}
+	/* Only the absent slot and the padding are unread. */
+	if (refused < n - 2)
+		FAIL("%s: %zu of %zu flipped bytes were refused, expected %zu", name, refused, n,
+		     n - 2);
+	printf("corpus-load: %s: %zu flipped bytes, %zu refused, the rest loaded the same RAM\n",
+	       name, n, refused);
+	free(good);
+	free(h);
+}
+
 static void check_file(struct loadvm *vm, const char *dir, const char *name)
 {
 	struct gw_error err = { 0 };
@@ -90,6 +178,8 @@ static void check_file(struct loadvm *vm, const char *dir, const char *name)
 		check_refusal(name, &err);
 	}
 	printf("corpus-load: %s: %zu bytes, %s\n", name, len, ret ? err.msg : "loaded");
+	if (strncmp(name, "ok-mapped", 9) == 0)
+		flip_mapped(vm, name, p, len);
 	free(p);
 }
 

@@ -28,7 +28,7 @@ struct vm_migration {
 	pthread_mutex_t lock;
 	struct gw_precopy_params params;
 	uint64_t go_timeout_ms; /* destination: READY until GO */
-	bool cap_events, cap_auto_converge, cap_verify_hash;
+	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram;
 	enum role role;            /* what runs now */
 	enum role shown;           /* what query-migrate reports: the latest migration */
 	enum gw_mig_status status; /* VMM-level status, final word on the outcome */
@@ -42,6 +42,7 @@ struct vm_migration {
 	/* outgoing: a thread connects and hands the channel to the engine,
 	 * which owns it from then on */
 	char *uri;
+	int passed_fd; /* an fd the URI names (fd:NUM), closed once connected; or -1 */
 	pthread_t connect_thread;
 	bool connect_thread_live;
 	struct gw_precopy *out;
@@ -260,6 +261,11 @@ static void *connect_thread(void *opaque)
 	struct gw_error err = {0};
 	struct gw_channel ch;
 	int ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
+	/* The channel holds its own dup of a passed fd now. */
+	if (mig->passed_fd >= 0) {
+		close(mig->passed_fd);
+		mig->passed_fd = -1;
+	}
 	if (ret == -ECANCELED)
 		return connect_failed(mig, GW_MIG_CANCELLED, "");
 	if (ret)
@@ -267,6 +273,7 @@ static void *connect_thread(void *opaque)
 	pthread_mutex_lock(&mig->lock);
 	struct gw_precopy_params p = mig->params;
 	p.auto_converge = mig->cap_auto_converge;
+	p.mapped_ram = mig->cap_mapped_ram;
 	pthread_mutex_unlock(&mig->lock);
 
 	const struct gw_precopy_callbacks cb = {
@@ -303,9 +310,22 @@ static void signal_cancel(struct vm_migration *mig)
 	(void)n;
 }
 
-int migration_start(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
+static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, char *errmsg,
+			  size_t errlen);
+
+int migration_start(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
+	int ret = start_outgoing(mig, uri, passed_fd, errmsg, errlen);
+	if (ret && passed_fd >= 0)
+		close(passed_fd);
+	return ret;
+}
+
+static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, char *errmsg,
+			  size_t errlen)
+{
+	struct vmm *vm = mig->vm;
 	enum vmm_runstate rs = vmm_runstate(vm);
 	if (busy(mig) || rs == VMM_INMIGRATE) {
 		snprintf(errmsg, errlen, "There's a migration process in progress");
@@ -329,6 +349,7 @@ int migration_start(struct vmm *vm, const char *uri, char *errmsg, size_t errlen
 	mig->error[0] = '\0';
 	mig->cancel = false;
 	mig->have_last = false;
+	mig->passed_fd = passed_fd;
 	/* The previous migration's cancel is over: reset the counter. */
 	uint64_t count;
 	while (read(mig->cancel_efd, &count, sizeof(count)) > 0)
@@ -336,6 +357,7 @@ int migration_start(struct vmm *vm, const char *uri, char *errmsg, size_t errlen
 	pthread_mutex_unlock(&mig->lock);
 	if (!mig->uri || pthread_create(&mig->connect_thread, NULL, connect_thread, mig)) {
 		mig->role = ROLE_NONE;
+		mig->passed_fd = -1; /* the caller closes it */
 		snprintf(errmsg, errlen, "cannot start the migration thread");
 		return -ENOMEM;
 	}
@@ -366,7 +388,11 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 {
 	struct gw_error err = {0};
 	const struct gw_incoming_callbacks cb = {.status = cb_status, .opaque = mig};
-	const struct gw_incoming_params params = {.go_timeout_ms = mig->go_timeout_ms};
+	const struct gw_incoming_params params = {
+		.go_timeout_ms = mig->go_timeout_ms,
+		.direct_io = mig->params.direct_io,
+		.multifd_channels = mig->params.multifd_channels,
+	};
 	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
 	if (ret) {
 		snprintf(errmsg, errlen, "%s", err.msg);
@@ -428,7 +454,18 @@ int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errle
 	return 0;
 }
 
-int migration_incoming(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
+static int start_incoming_uri(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
+
+int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen)
+{
+	/* The listener takes its own dup of a passed fd, or fails. */
+	int ret = start_incoming_uri(vm, uri, errmsg, errlen);
+	if (passed_fd >= 0)
+		close(passed_fd);
+	return ret;
+}
+
+static int start_incoming_uri(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
 	if (vmm_runstate(vm) != VMM_INMIGRATE) {
@@ -485,6 +522,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.events = mig->cap_events,
 		.auto_converge = mig->cap_auto_converge,
 		.verify_hash = mig->cap_verify_hash,
+		.mapped_ram = mig->cap_mapped_ram,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -498,14 +536,15 @@ void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p, uin
 	if (mig->out) {
 		struct gw_precopy_params now = *p;
 		now.auto_converge = mig->cap_auto_converge;
+		now.mapped_ram = mig->cap_mapped_ram;
 		/* p came from the defaults: no reserved word, nothing to refuse */
 		gw_precopy_set_params(mig->out, &now, NULL);
 	}
 	pthread_mutex_unlock(&mig->lock);
 }
 
-int migration_set_caps(struct vmm *vm, bool events, bool auto_converge, bool verify_hash,
-		       char *errmsg, size_t errlen)
+int migration_set_caps(struct vmm *vm, const struct migration_settings *want, char *errmsg,
+		       size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
 	if (busy(mig) && mig->role == ROLE_OUTGOING) {
@@ -513,9 +552,10 @@ int migration_set_caps(struct vmm *vm, bool events, bool auto_converge, bool ver
 		return -EBUSY;
 	}
 	pthread_mutex_lock(&mig->lock);
-	mig->cap_events = events;
-	mig->cap_auto_converge = auto_converge;
-	mig->cap_verify_hash = verify_hash;
+	mig->cap_events = want->events;
+	mig->cap_auto_converge = want->auto_converge;
+	mig->cap_verify_hash = want->verify_hash;
+	mig->cap_mapped_ram = want->mapped_ram;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }
@@ -530,10 +570,12 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 	vm->mig = mig;
 	mig->vm = vm;
 	pthread_mutex_init(&mig->lock, NULL);
+	mig->passed_fd = -1;
 	mig->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (mig->cancel_efd < 0)
 		return -errno;
 	gw_precopy_params_default(&mig->params);
+	mig->params.multifd_channels = 2; /* QEMU's default */
 	mig->go_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS;
 
 	int ret = dirty_kvm_init(&mig->dirty, &vm->kvm, &vm->ram);

@@ -27,28 +27,32 @@ void migration_destroy(struct vmm *vm);
 int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
 
 /* migrate: start an outgoing migration to uri. -EBUSY or -EINVAL with a
- * message when the guest cannot migrate now. */
-int migration_start(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
+ * message when the guest cannot migrate now. passed_fd (or -1) is an fd
+ * the URI names as fd:NUM (vmm/qmp/qmp_fds.c); the migration owns it and
+ * closes it once its channel holds a dup, or at once if it fails. */
+int migration_start(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen);
 /* migrate-cancel: before the engine runs, end the connect; after, the
  * engine takes the cancel or refuses it (after GO). */
 void migration_cancel(struct vmm *vm);
-/* migrate-incoming on a VMM started with --incoming defer. */
-int migration_incoming(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
+/* migrate-incoming on a VMM started with --incoming defer; passed_fd as
+ * for migration_start(), closed before it returns. */
+int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen);
 
 /* What migrate-set-parameters and -capabilities change. */
 struct migration_settings {
 	struct gw_precopy_params precopy;
-	uint64_t go_timeout_ms; /* destination: READY until GO */
-	bool events, auto_converge, verify_hash;
+	uint64_t go_timeout_ms;                              /* destination: READY until GO */
+	bool events, auto_converge, verify_hash, mapped_ram; /* capabilities */
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);
 /* Parameters apply at once, to a running migration too. */
 void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p,
 			  uint64_t go_timeout_ms);
-/* Capabilities only between outgoing migrations: -EBUSY otherwise. */
-int migration_set_caps(struct vmm *vm, bool events, bool auto_converge, bool verify_hash,
-		       char *errmsg, size_t errlen);
+/* The capabilities of want, only between outgoing migrations: -EBUSY
+ * otherwise. */
+int migration_set_caps(struct vmm *vm, const struct migration_settings *want, char *errmsg,
+		       size_t errlen);
 
 enum migration_kind { MIGRATION_NONE, MIGRATION_OUTGOING, MIGRATION_INCOMING };
 

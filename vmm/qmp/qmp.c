@@ -36,9 +36,15 @@
  * (the reply to "quit" above all) before closing it anyway. */
 #define QMP_FINAL_FLUSH_MS 1000
 
+/* File descriptors a client may send ahead of the command that takes them. */
+#define QMP_MAX_PENDING_FDS 8
+
 struct qmp_client {
 	struct qmp_server *srv;
 	int fd;
+	/* Received with SCM_RIGHTS, oldest first, for getfd and add-fd. */
+	int fds[QMP_MAX_PENDING_FDS];
+	unsigned nr_fds;
 	bool negotiated;
 	bool eof;       /* peer closed its side: close once replies are sent */
 	bool dead;      /* unwatched; freed by server_leave() */
@@ -61,6 +67,8 @@ struct qmp_server {
 	struct qmp_address addr;
 	bool accept_paused;
 	struct qmp_client *clients;
+	struct qmp_client *current; /* whose command runs now, or NULL */
+	struct qmp_fds *fds;        /* getfd names and add-fd sets */
 	struct cmd_table *tables;
 	size_t nr_tables;
 	/* Depth of server entry points on the stack. Clients die in the
@@ -184,6 +192,8 @@ static void client_kill(struct qmp_client *c)
 
 static void client_free(struct qmp_client *c)
 {
+	for (unsigned i = 0; i < c->nr_fds; i++)
+		close(c->fds[i]);
 	close(c->fd);
 	qmp_framer_release(&c->fr);
 	buf_release(&c->out);
@@ -426,9 +436,11 @@ static int execute(struct qmp_client *c, json_t *req, json_t **ret, struct qmp_e
 			      "Expecting capabilities negotiation with 'qmp_capabilities'");
 	} else {
 		const struct qmp_command *cmd = find_command(c->srv, name);
+		c->srv->current = c;
 		rc = cmd ? cmd->fn(c->srv->vm, args, ret, err) :
 			   qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
 				    "The command %s has not been found", name);
+		c->srv->current = NULL;
 	}
 	json_decref(empty);
 	return rc;
@@ -479,10 +491,57 @@ static void client_input(struct qmp_client *c, const char *p, size_t n)
 
 /* ---- events from the loop ----------------------------------------------- */
 
+/* Keep the fds of an SCM_RIGHTS message for the commands that take them;
+ * past the bound, or in any other control message, they are closed. */
+static void take_fds(struct qmp_client *c, struct msghdr *msg)
+{
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
+			if (c->nr_fds < QMP_MAX_PENDING_FDS)
+				c->fds[c->nr_fds++] = fd;
+			else
+				close(fd);
+		}
+	}
+}
+
+int qmp_take_fd(struct qmp_server *s)
+{
+	struct qmp_client *c = s->current;
+	if (!c || !c->nr_fds)
+		return -1;
+	int fd = c->fds[0];
+	memmove(c->fds, c->fds + 1, --c->nr_fds * sizeof(c->fds[0]));
+	return fd;
+}
+
+struct qmp_fds *qmp_server_fds(struct qmp_server *s)
+{
+	return s->fds;
+}
+
 static void client_read(struct qmp_client *c)
 {
 	struct qmp_server *s = c->srv;
-	ssize_t n = recv(c->fd, s->rbuf, sizeof(s->rbuf), MSG_DONTWAIT);
+	union {
+		char buf[CMSG_SPACE(QMP_MAX_PENDING_FDS * sizeof(int))];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = {s->rbuf, sizeof(s->rbuf)};
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = ctl.buf,
+		.msg_controllen = sizeof(ctl),
+	};
+	ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (n >= 0)
+		take_fds(c, &msg);
 	if (n < 0) {
 		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
 			client_kill(c);
@@ -752,8 +811,12 @@ int qmp_server_start(struct vmm *vm, struct loop *loop, const struct qmp_address
 	s->vm = vm;
 	s->loop = loop;
 	s->addr = *addr;
-	int rc = listen_unix(addr, &s->fd, errmsg, errlen);
+	s->fds = qmp_fds_new();
+	int rc = s->fds ? listen_unix(addr, &s->fd, errmsg, errlen) : -ENOMEM;
 	if (rc < 0) {
+		if (!s->fds)
+			snprintf(errmsg, errlen, "out of memory");
+		qmp_fds_free(s->fds);
 		free(s);
 		return rc;
 	}
@@ -764,6 +827,7 @@ int qmp_server_start(struct vmm *vm, struct loop *loop, const struct qmp_address
 			 strerror(-rc));
 		close(s->fd);
 		remove_socket_file(addr);
+		qmp_fds_free(s->fds);
 		free(s);
 		return rc;
 	}
@@ -806,6 +870,7 @@ void qmp_server_free(struct qmp_server *s)
 	loop_del_fd(s->loop, s->fd);
 	close(s->fd);
 	remove_socket_file(&s->addr);
+	qmp_fds_free(s->fds);
 	free(s->tables);
 	free(s);
 }

@@ -115,6 +115,26 @@ int qmp_register(struct qmp_server *s, const struct qmp_command *cmds, size_t n)
  * NULL (STOP, RESUME). Steals data. s may be NULL (no --qmp): a no-op. */
 void qmp_emit_event(struct qmp_server *s, const char *name, json_t *data);
 
+/* The oldest fd the client whose command runs now sent with SCM_RIGHTS
+ * (the caller owns it), or -1 if it sent none. For command handlers. */
+int qmp_take_fd(struct qmp_server *s);
+/* The server's named fds and fd sets (vmm/qmp/qmp_fds.c). */
+struct qmp_fds;
+struct qmp_fds *qmp_server_fds(struct qmp_server *s);
+/* getfd, closefd, add-fd, remove-fd, query-fdsets (qmp_fds.c). */
+int qmp_fds_register(struct qmp_server *s);
+struct qmp_fds *qmp_fds_new(void);
+void qmp_fds_free(struct qmp_fds *t);
+/*
+ * A migration URI that names a passed fd, made one the channel layer
+ * opens: "fd:NAME" (a getfd name: taken out of the table, as QEMU does)
+ * and "file:/dev/fdset/N" (a dup of the set's fd whose access mode fits
+ * `writing`) become "fd:NUM" in out, and *owned is the fd to close once
+ * the channel is made (-1 if the URI named none). 0, or -1 with errmsg.
+ */
+int qmp_fds_resolve(struct qmp_server *s, const char *uri, bool writing, char *out, size_t outlen,
+		    int *owned, char *errmsg, size_t errlen);
+
 /* Machine commands (qmp_machine.c). */
 int qmp_machine_register(struct qmp_server *s);
 /* QEMU's migration commands (vmm/qmp/qmp_migration.c). */

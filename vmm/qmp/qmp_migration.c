@@ -32,8 +32,11 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 	if (json_is_true(json_object_get(args, "resume")))
 		return qmp_fail(err, QMP_ERR_GENERIC,
 				"resume of a paused migration is not supported");
-	char msg[GW_ERROR_MSG_MAX];
-	if (migration_start(vm, json_string_value(json_object_get(args, "uri")), msg, sizeof(msg)))
+	char msg[GW_ERROR_MSG_MAX], uri[4096];
+	int passed;
+	if (qmp_fds_resolve(vm->qmp, json_string_value(json_object_get(args, "uri")), true, uri,
+			    sizeof(uri), &passed, msg, sizeof(msg)) ||
+	    migration_start(vm, uri, passed, msg, sizeof(msg)))
 		return fail_with(err, msg);
 	return 0;
 }
@@ -53,9 +56,11 @@ static int cmd_migrate_incoming(struct vmm *vm, json_t *args, json_t **ret, stru
 	(void)ret;
 	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
 		return -1;
-	char msg[GW_ERROR_MSG_MAX];
-	if (migration_incoming(vm, json_string_value(json_object_get(args, "uri")), msg,
-			       sizeof(msg)))
+	char msg[GW_ERROR_MSG_MAX], uri[4096];
+	int passed;
+	if (qmp_fds_resolve(vm->qmp, json_string_value(json_object_get(args, "uri")), false, uri,
+			    sizeof(uri), &passed, msg, sizeof(msg)) ||
+	    migration_incoming(vm, uri, passed, msg, sizeof(msg)))
 		return fail_with(err, msg);
 	return 0;
 }
@@ -154,6 +159,8 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 		{"x-godwit-confirm-timeout", QMP_ARG_INT, false},
 		{"x-godwit-go-timeout", QMP_ARG_INT, false},
 		{"x-godwit-exec-grace", QMP_ARG_INT, false},
+		{"direct-io", QMP_ARG_BOOL, false},
+		{"multifd-channels", QMP_ARG_INT, false},
 	};
 	(void)ret;
 	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
@@ -217,6 +224,15 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 					ms[i].name);
 		*ms[i].field = (uint64_t)n;
 	}
+	if ((v = json_object_get(args, "direct-io")))
+		p.direct_io = json_is_true(v);
+	if ((v = json_object_get(args, "multifd-channels"))) {
+		json_int_t n = json_integer_value(v);
+		if (n < 1 || n > 64)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'multifd-channels' expects an integer in the range of 1 to 64");
+		p.multifd_channels = (uint32_t)n;
+	}
 	migration_set_params(vm, &p, go_timeout);
 	return 0;
 }
@@ -228,17 +244,19 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 	struct migration_settings cur;
 	migration_get_settings(vm, &cur);
 	const struct gw_precopy_params *p = &cur.precopy;
-	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "downtime-limit",
-				    (json_int_t)p->downtime_limit_ms, "max-bandwidth",
-				    (json_int_t)p->max_bandwidth, "cpu-throttle-initial",
-				    (json_int_t)p->throttle_initial, "cpu-throttle-increment",
-				    (json_int_t)p->throttle_increment, "max-cpu-throttle",
-				    (json_int_t)p->throttle_max, "x-godwit-switchover-timeout",
+	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I}",
+				    "downtime-limit", (json_int_t)p->downtime_limit_ms,
+				    "max-bandwidth", (json_int_t)p->max_bandwidth,
+				    "cpu-throttle-initial", (json_int_t)p->throttle_initial,
+				    "cpu-throttle-increment", (json_int_t)p->throttle_increment,
+				    "max-cpu-throttle", (json_int_t)p->throttle_max,
+				    "x-godwit-switchover-timeout",
 				    (json_int_t)p->switchover_timeout_ms, "x-godwit-ready-timeout",
 				    (json_int_t)p->ready_timeout_ms, "x-godwit-confirm-timeout",
 				    (json_int_t)p->confirm_timeout_ms, "x-godwit-go-timeout",
 				    (json_int_t)cur.go_timeout_ms, "x-godwit-exec-grace",
-				    (json_int_t)p->exec_grace_ms),
+				    (json_int_t)p->exec_grace_ms, "direct-io", (int)p->direct_io,
+				    "multifd-channels", (json_int_t)p->multifd_channels),
 			  ret, err);
 }
 
@@ -255,6 +273,8 @@ static const struct capability capabilities[] = {
 	/* destination: hash guest RAM as loaded, before the guest runs, and
 	 * report it in query-migrate (for tests; costs downtime) */
 	{"x-godwit-verify-hash", offsetof(struct migration_settings, verify_hash)},
+	/* into a file: one fixed slot per page (docs/format.md, "Mapped-RAM files") */
+	{"mapped-ram", offsetof(struct migration_settings, mapped_ram)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)
@@ -293,8 +313,7 @@ static int cmd_set_capabilities(struct vmm *vm, json_t *args, json_t **ret, stru
 		*cap_field(&want, &capabilities[c]) = json_is_true(json_object_get(item, "state"));
 	}
 	char msg[GW_ERROR_MSG_MAX];
-	if (migration_set_caps(vm, want.events, want.auto_converge, want.verify_hash, msg,
-			       sizeof(msg)))
+	if (migration_set_caps(vm, &want, msg, sizeof(msg)))
 		return fail_with(err, msg);
 	return 0;
 }

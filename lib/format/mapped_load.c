@@ -1,0 +1,399 @@
+/*
+ * Restoring a mapped-ram file (docs/format.md, "Mapped-RAM files"): the
+ * header is checked whole, the embedded stream's CONFIG is matched
+ * against the registration, and only then is RAM read: each block's
+ * bitmap and hash table (CRC-checked), then every run of present pages
+ * with one large pread() straight into guest memory, by `readers`
+ * threads in parallel, each page checked against its hash before the
+ * next run. Absent pages are never read: they are made zero (holes
+ * punched in the memfd, where it has any data at all). The sections
+ * follow. Any failure leaves the load failed, and the guest never runs.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <godwit/io.h>
+#include <godwit/stream.h>
+
+#include "lib/bitmap.h"
+#include "lib/cancel.h"
+#include "lib/crc32c.h"
+#include "lib/format/mapped.h"
+#include "lib/format/mapped_load.h"
+#include "lib/internal.h"
+#include "lib/ram/ram_land.h"
+#include "lib/transport/direct_io.h"
+
+#define PAGE ((uint64_t)GW_PAGE_SIZE)
+#define RUN_MAX (8ull << 20) /* bytes one pread() takes at most */
+
+struct run {
+	uint32_t block; /* index in m->ram */
+	uint32_t entry; /* index in the header's blocks */
+	uint64_t first; /* page */
+	uint64_t pages;
+	uint64_t hash; /* index of the first page's hash */
+};
+
+struct mload {
+	struct gw_migration *m;
+	int fd, pfd;
+	const struct gw_mapped_load_params *params;
+	struct gw_cancel *cancel;
+	struct gw_mapped_hdr *h;
+	uint32_t map[GW_MAX_RAM_BLOCKS]; /* header block -> index in m->ram */
+	uint64_t *bitmap[GW_MAX_RAM_BLOCKS];
+	uint64_t *hashes[GW_MAX_RAM_BLOCKS];
+	struct run *runs;
+	size_t nr_runs, cap_runs;
+	size_t next; /* atomic: the next run to read */
+	bool failed; /* atomic */
+	pthread_mutex_t lock;
+	struct gw_error error; /* the first failure */
+	uint64_t *received;    /* atomic, may be NULL */
+};
+
+static int pread_all(int fd, void *buf, uint64_t len, uint64_t off, uint64_t *got)
+{
+	unsigned char *p = buf;
+
+	*got = 0;
+	while (*got < len) {
+		ssize_t n = pread(fd, p + *got, len - *got, (off_t)(off + *got));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -ENODATA;
+		*got += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int read_meta(struct mload *l, uint64_t off, uint64_t len, void *buf, const char *what,
+		     const char *name, struct gw_error *err)
+{
+	uint64_t got;
+	int ret = pread_all(l->fd, buf, len, off, &got);
+
+	if (ret == -ENODATA)
+		return gw_error_set(err, -EBADMSG,
+				    "mapped-ram file, RAM block '%s': %s at 0x%llx is cut short after %llu of %llu bytes (truncated file)",
+				    name, what, (unsigned long long)off, (unsigned long long)got,
+				    (unsigned long long)len);
+	if (ret < 0)
+		return gw_error_set(err, ret,
+				    "mapped-ram file, RAM block '%s': reading %s at 0x%llx: %s",
+				    name, what, (unsigned long long)off, gw_strerror(-ret));
+	return 0;
+}
+
+static int add_run(struct mload *l, const struct run *r, struct gw_error *err)
+{
+	if (l->nr_runs == l->cap_runs) {
+		size_t cap = l->cap_runs ? 2 * l->cap_runs : 64;
+		struct run *n = realloc(l->runs, cap * sizeof(*n));
+
+		if (!n)
+			return gw_error_set(err, -ENOMEM,
+					    "mapped-ram load: out of memory for the run list");
+		l->runs = n;
+		l->cap_runs = cap;
+	}
+	l->runs[l->nr_runs++] = *r;
+	return 0;
+}
+
+/* Does any page of block b hold data now? (A fresh memfd holds none.) */
+static bool has_data(const struct gw_ram_block *b)
+{
+	if (b->fd < 0)
+		return true;
+	off_t at = lseek(b->fd, (off_t)b->fd_offset, SEEK_DATA);
+	return !(at < 0 || (uint64_t)at >= b->fd_offset + b->size);
+}
+
+/* Bitmap and hashes of header block e, checked; its runs, listed; the
+ * pages it lacks, zeroed. */
+static int prepare_block(struct mload *l, uint32_t e, struct gw_error *err)
+{
+	const struct gw_mapped_block *mb = &l->h->blocks[e];
+	struct gw_ram_block *b = &l->m->ram[l->map[e]];
+	uint64_t pages = mb->size / PAGE, words = gw_mapped_bitmap_bytes(mb->size) / 8;
+	unsigned char *raw = malloc(words * 8 > 8 * mb->nr_present ? words * 8 :
+								     8 * mb->nr_present + 1);
+	uint64_t count = 0, p = 0, rank = 0;
+	bool dirty = has_data(b);
+	int ret;
+
+	l->bitmap[e] = calloc(words, 8);
+	l->hashes[e] = malloc(8 * mb->nr_present + 8);
+	if (!raw || !l->bitmap[e] || !l->hashes[e]) {
+		free(raw);
+		return gw_error_set(err, -ENOMEM,
+				    "mapped-ram load: out of memory for RAM block '%s'", mb->name);
+	}
+	ret = read_meta(l, mb->bitmap_offset, words * 8, raw, "the bitmap", mb->name, err);
+	if (ret == 0 && gw_crc32c(0, raw, words * 8) != mb->bitmap_crc)
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the bitmap at 0x%llx is corrupted (CRC32C 0x%08x, computed 0x%08x)",
+				   mb->name, (unsigned long long)mb->bitmap_offset, mb->bitmap_crc,
+				   gw_crc32c(0, raw, words * 8));
+	for (uint64_t k = 0; ret == 0 && k < words; k++) {
+		l->bitmap[e][k] = gw_get_le64(raw + 8 * k);
+		count += (uint64_t)__builtin_popcountll(l->bitmap[e][k]);
+	}
+	if (ret == 0 && pages % 64 && (l->bitmap[e][words - 1] >> (pages % 64)))
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the bitmap has bits past the block's %llu pages",
+				   mb->name, (unsigned long long)pages);
+	if (ret == 0 && count != mb->nr_present)
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the bitmap has %llu pages, the header says %llu",
+				   mb->name, (unsigned long long)count,
+				   (unsigned long long)mb->nr_present);
+	if (ret == 0)
+		ret = read_meta(l, mb->hashes_offset, 8 * mb->nr_present, raw, "the hash table",
+				mb->name, err);
+	if (ret == 0 && gw_crc32c(0, raw, 8 * mb->nr_present) != mb->hashes_crc)
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the hash table at 0x%llx is corrupted (CRC32C 0x%08x, computed 0x%08x)",
+				   mb->name, (unsigned long long)mb->hashes_offset, mb->hashes_crc,
+				   gw_crc32c(0, raw, 8 * mb->nr_present));
+	for (uint64_t k = 0; ret == 0 && k < mb->nr_present; k++)
+		l->hashes[e][k] = gw_get_le64(raw + 8 * k);
+	free(raw);
+	/* Runs of present pages, cut at RUN_MAX; the gaps, zeroed. */
+	while (ret == 0 && p < pages) {
+		uint64_t s = gw_bitmap_next_set(l->bitmap[e], pages, p);
+		uint64_t t = gw_bitmap_next_clear(l->bitmap[e], pages, s);
+
+		if (dirty && s > p)
+			ret = gw_land_zero(b, p * PAGE, (s - p) * PAGE, err);
+		for (uint64_t q = s; ret == 0 && q < t; q += RUN_MAX / PAGE) {
+			uint64_t n = t - q < RUN_MAX / PAGE ? t - q : RUN_MAX / PAGE;
+			const struct run r = {l->map[e], e, q, n, rank};
+
+			ret = add_run(l, &r, err);
+			rank += n;
+		}
+		p = t;
+	}
+	return ret;
+}
+
+static void fail(struct mload *l, const struct gw_error *e)
+{
+	pthread_mutex_lock(&l->lock);
+	if (!l->failed) {
+		l->error = *e;
+		__atomic_store_n(&l->failed, true, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&l->lock);
+}
+
+static int read_run(struct mload *l, const struct run *r, struct gw_error *err)
+{
+	const struct gw_mapped_block *mb = &l->h->blocks[r->entry];
+	const struct gw_ram_block *b = &l->m->ram[r->block];
+	uint64_t off = r->first * PAGE, len = r->pages * PAGE, at = mb->pages_offset + off, got;
+	int ret = pread_all(l->pfd, b->host + off, len, at, &got);
+
+	if (ret == -ENODATA)
+		return gw_error_set(err, -EBADMSG,
+				    "mapped-ram file, RAM block '%s': the file ends inside the page region (page 0x%llx at file offset 0x%llx; truncated)",
+				    b->name, (unsigned long long)(off + got),
+				    (unsigned long long)(at + got));
+	if (ret < 0)
+		return gw_error_set(err, ret,
+				    "mapped-ram file, RAM block '%s': reading 0x%llx bytes at file offset 0x%llx: %s",
+				    b->name, (unsigned long long)len, (unsigned long long)at,
+				    gw_strerror(-ret));
+	if (l->received)
+		__atomic_add_fetch(l->received, len, __ATOMIC_RELAXED);
+	for (uint64_t k = 0; k < r->pages; k++) {
+		uint64_t want = l->hashes[r->entry][r->hash + k];
+		uint64_t got_hash = gw_page_hash(b->host + off + k * PAGE);
+
+		if (got_hash != want)
+			return gw_error_set(err, -EBADMSG,
+					    "mapped-ram file, RAM block '%s': page 0x%llx (file offset 0x%llx) is corrupted: page hash 0x%016llx in the file, computed 0x%016llx",
+					    b->name, (unsigned long long)(off + k * PAGE),
+					    (unsigned long long)(at + k * PAGE),
+					    (unsigned long long)want, (unsigned long long)got_hash);
+	}
+	return 0;
+}
+
+static void *reader_thread(void *opaque)
+{
+	struct mload *l = opaque;
+
+	pthread_setname_np(pthread_self(), "gw-file-reader");
+	for (;;) {
+		size_t i = __atomic_fetch_add(&l->next, 1, __ATOMIC_RELAXED);
+		struct gw_error e = {0};
+
+		if (i >= l->nr_runs || __atomic_load_n(&l->failed, __ATOMIC_RELAXED))
+			break;
+		if (l->cancel && gw_cancel_requested(l->cancel)) {
+			gw_error_set(&e, -ECANCELED, "mapped-ram load: cancelled");
+			fail(l, &e);
+			break;
+		}
+		if (read_run(l, &l->runs[i], &e) < 0) {
+			fail(l, &e);
+			break;
+		}
+	}
+	return NULL;
+}
+
+/* Between CONFIG and the sections (gw_load_mapped_stream). */
+static int load_ram(void *opaque, struct gw_error *err)
+{
+	struct mload *l = opaque;
+	uint32_t n = l->params->readers ? l->params->readers : 1;
+	pthread_t threads[GW_MAPPED_MAX_READERS];
+	uint32_t started = 0;
+	int ret = 0;
+
+	if (n > GW_MAPPED_MAX_READERS)
+		return gw_error_set(err, -EINVAL, "mapped-ram load: %u readers, at most %u", n,
+				    GW_MAPPED_MAX_READERS);
+	for (uint32_t e = 0; ret == 0 && e < l->h->nr_blocks; e++)
+		ret = prepare_block(l, e, err);
+	if (ret < 0)
+		return ret;
+	/* The calling thread is one of the readers. */
+	while (started + 1 < n && pthread_create(&threads[started], NULL, reader_thread, l) == 0)
+		started++;
+	reader_thread(l);
+	for (uint32_t t = 0; t < started; t++)
+		pthread_join(threads[t], NULL);
+	if (l->failed) {
+		*err = l->error;
+		return l->error.code ? l->error.code : -EIO;
+	}
+	return 0;
+}
+
+/* Every block of the registration is in the file with the same size. */
+static int match_blocks(struct mload *l, struct gw_error *err)
+{
+	const struct gw_migration *m = l->m;
+
+	if (l->h->nr_blocks != m->nr_ram)
+		return gw_error_set(err, -EINVAL,
+				    "the file is of another guest: %u RAM blocks in the file, %u here",
+				    l->h->nr_blocks, m->nr_ram);
+	for (uint32_t e = 0; e < l->h->nr_blocks; e++) {
+		const struct gw_mapped_block *mb = &l->h->blocks[e];
+		uint32_t j = 0;
+
+		while (j < m->nr_ram && strcmp(m->ram[j].name, mb->name))
+			j++;
+		if (j == m->nr_ram)
+			return gw_error_set(err, -EINVAL,
+					    "the file is of another guest: its RAM block '%s' is not in this VMM",
+					    mb->name);
+		if (m->ram[j].size != mb->size)
+			return gw_error_set(err, -EINVAL,
+					    "the file is of another guest: RAM block '%s' is %llu bytes in the file, %llu here",
+					    mb->name, (unsigned long long)mb->size,
+					    (unsigned long long)m->ram[j].size);
+		l->map[e] = j;
+	}
+	return 0;
+}
+
+static int read_header(struct mload *l, struct gw_error *err)
+{
+	unsigned char fixed[GW_MAPPED_FIXED_SIZE], *buf;
+	uint32_t len;
+	uint64_t got;
+	struct stat st;
+	int ret;
+
+	ret = pread_all(l->fd, fixed, sizeof(fixed), 0, &got);
+	if (ret < 0)
+		return gw_error_set(err, ret == -ENODATA ? -EBADMSG : ret,
+				    "mapped-ram file: the header: %s",
+				    ret == -ENODATA ? "the file is shorter than its header" :
+						      gw_strerror(-ret));
+	ret = gw_mapped_sniff(fixed, err);
+	if (ret == -ENOMSG)
+		ret = gw_error_set(err, -EPROTO, "not a mapped-ram file");
+	if (ret == 0)
+		ret = gw_mapped_peek_length(fixed, &len, err);
+	if (ret < 0)
+		return ret;
+	if (fstat(l->fd, &st) < 0)
+		return gw_error_set(err, -errno, "mapped-ram file: fstat: %s", gw_strerror(errno));
+	buf = malloc(len);
+	if (!buf)
+		return gw_error_set(err, -ENOMEM, "mapped-ram load: out of memory for the header");
+	ret = pread_all(l->fd, buf, len, 0, &got);
+	if (ret < 0)
+		ret = gw_error_set(err, ret == -ENODATA ? -EBADMSG : ret,
+				   "mapped-ram file: the header (%u bytes): %s", len,
+				   ret == -ENODATA ? "the file is shorter than its header" :
+						     gw_strerror(-ret));
+	else
+		ret = gw_mapped_decode(buf, len, (uint64_t)st.st_size, l->h, err);
+	free(buf);
+	return ret;
+}
+
+int gw_mapped_load(struct gw_migration *m, int fd, const struct gw_mapped_load_params *params,
+		   struct gw_cancel *cancel, uint64_t *received, struct gw_error *err)
+{
+	struct mload l = {
+		.m = m,
+		.fd = fd,
+		.pfd = fd,
+		.params = params,
+		.cancel = cancel,
+		.received = received,
+	};
+	struct gw_reader *r = NULL;
+	int ret;
+
+	pthread_mutex_init(&l.lock, NULL);
+	l.h = calloc(1, sizeof(*l.h));
+	ret = l.h ? read_header(&l, err) :
+		    gw_error_set(err, -ENOMEM, "mapped-ram load: out of memory");
+	if (ret == 0)
+		ret = match_blocks(&l, err);
+	if (ret == 0 && params->direct_io)
+		ret = gw_dio_reopen(fd, O_RDONLY, &l.pfd, err);
+	if (ret == 0 && lseek(fd, (off_t)l.h->stream_offset, SEEK_SET) < 0)
+		ret = gw_error_set(err, -errno, "mapped-ram file: seeking to the stream: %s",
+				   gw_strerror(errno));
+	if (ret == 0)
+		ret = gw_reader_new(fd, &r, err);
+	if (ret == 0) {
+		if (cancel)
+			gw_reader_bind(r, cancel->efd);
+		gw_reader_count_into(r, received);
+		ret = gw_load_mapped_stream(m, r, load_ram, &l, err);
+	}
+	gw_reader_free(r);
+	if (l.pfd != fd)
+		close(l.pfd);
+	for (uint32_t e = 0; l.h && e < l.h->nr_blocks && e < GW_MAX_RAM_BLOCKS; e++) {
+		free(l.bitmap[e]);
+		free(l.hashes[e]);
+	}
+	free(l.runs);
+	free(l.h);
+	pthread_mutex_destroy(&l.lock);
+	return ret < 0 ? gw_error_prefix(err, ret, "restoring a mapped-ram file: ") : 0;
+}

@@ -1,0 +1,601 @@
+/*
+ * The file sink: RAM pages at fixed offsets of a mapped-ram file
+ * (sink_file.h; the layout is docs/format.md, "Mapped-RAM files").
+ *
+ * Pages are written by `writers` threads with pwrite(), straight from
+ * guest memory (with direct-io through a second, O_DIRECT open of the
+ * file: guest pages and their slots are page-aligned, as O_DIRECT wants).
+ * Each writer owns every 2 MiB chunk of a block whose number falls to it,
+ * and takes its jobs in order, so two copies of one page are always
+ * written in the order they were handed over, and two writers never
+ * share a word of the present bitmap (2 MiB is 8 words). A copy may be
+ * written after the call that handed it over returns: the guest may have
+ * changed the page since, but then the dirty log has it for the next
+ * round, which overwrites the slot, and the final round runs with the
+ * guest paused. A zero page frees its slot (a hole) and clears its bit.
+ *
+ * The header at offset 0 says "SAVE" until finish() has synced the
+ * pages, the stream, the bitmaps and the hashes; only then does it say
+ * "DONE" (and is synced again). A save that fails, is cancelled or is
+ * killed before that leaves a file that no loader takes.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <godwit/io.h>
+#include <godwit/stream.h>
+
+#include "lib/bitmap.h"
+#include "lib/crc32c.h"
+#include "lib/format/mapped.h"
+#include "lib/internal.h"
+#include "lib/ram/ram_sink.h"
+#include "lib/ram/sink_file.h"
+#include "lib/transport/direct_io.h"
+
+#define PAGE ((uint64_t)GW_PAGE_SIZE)
+#define PAGE_MASK (PAGE - 1)
+#define CHUNK_SHIFT 21 /* 2 MiB: what one writer owns */
+#define RING 8         /* jobs queued per writer */
+#define ZEROS 65536    /* zeros written where a hole cannot be punched */
+
+struct job {
+	uint32_t block, n;
+	uint64_t entries[GW_PAGES_MAX];
+};
+
+struct file_sink;
+
+struct writer {
+	struct file_sink *fs;
+	pthread_t thread;
+	pthread_cond_t work;
+	struct job ring[RING];
+	uint64_t head, tail; /* under the lock: tail - head jobs queued */
+	bool busy;           /* ring[head % RING] is being written */
+	bool started;
+};
+
+struct fblock {
+	uint64_t *present; /* one bit per page: the slot holds the page */
+	uint64_t *hashes;  /* per page, meaningful where present */
+};
+
+struct file_sink {
+	struct gw_ram_sink sink;
+	struct gw_migration *m;
+	struct gw_writer *w;
+	int fd;               /* the caller's, buffered: header, stream, metadata */
+	int pfd;              /* page data: fd, or its O_DIRECT twin */
+	uint64_t stream_base; /* gw_writer_sent(w) when the stream began */
+	struct gw_mapped_hdr *hdr;
+	struct fblock *blocks;
+	unsigned char *zeros; /* ZEROS bytes, page-aligned */
+	uint32_t nr_writers;
+	struct writer *writers;
+	pthread_mutex_t lock;
+	pthread_cond_t space; /* a ring has room, a writer went idle, or failed */
+	bool quit;
+	bool failed;           /* under the lock; also read without it */
+	struct gw_error error; /* the first failure */
+	uint64_t taken;        /* page bytes handed over (the engine's thread) */
+	uint64_t written;      /* page bytes written (atomic) */
+};
+
+static struct file_sink *of(const struct gw_ram_sink *s)
+{
+	return (struct file_sink *)((char *)s - offsetof(struct file_sink, sink));
+}
+
+static int pwrite_all(int fd, const void *buf, uint64_t len, uint64_t off, const char *what,
+		      const char *name, struct gw_error *err)
+{
+	const unsigned char *p = buf;
+	uint64_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, p + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return gw_error_set(err, n < 0 ? -errno : -EIO,
+					    "mapped-ram save, %s%s%s: writing 0x%llx bytes at file offset 0x%llx: %s",
+					    what, name ? " of RAM block " : "", name ? name : "",
+					    (unsigned long long)(len - done),
+					    (unsigned long long)(off + done),
+					    n < 0 ? gw_strerror(errno) : "nothing written");
+		done += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Pages [off, off+len) of block i have data: hash them, write them, mark them. */
+static int put(struct file_sink *fs, uint32_t i, uint64_t off, uint64_t len, struct gw_error *err)
+{
+	const struct gw_ram_block *b = &fs->m->ram[i];
+	struct fblock *fb = &fs->blocks[i];
+	uint64_t first = off / PAGE, n = len / PAGE;
+	int ret;
+
+	for (uint64_t k = 0; k < n; k++)
+		fb->hashes[first + k] = gw_page_hash(b->host + off + k * PAGE);
+	ret = pwrite_all(fs->pfd, b->host + off, len, fs->hdr->blocks[i].pages_offset + off,
+			 "pages", b->name, err);
+	if (ret < 0)
+		return ret;
+	gw_bitmap_set(fb->present, first, n);
+	__atomic_add_fetch(&fs->written, len, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* Free the slots of [off, off+len): a hole where the file system can. */
+static int clear_slots(struct file_sink *fs, uint32_t i, uint64_t off, uint64_t len,
+		       struct gw_error *err)
+{
+	uint64_t at = fs->hdr->blocks[i].pages_offset + off;
+
+	if (fallocate(fs->pfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)at, (off_t)len) ==
+	    0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return gw_error_set(err, -errno,
+				    "mapped-ram save, RAM block '%s': freeing 0x%llx bytes at file offset 0x%llx: %s",
+				    fs->m->ram[i].name, (unsigned long long)len,
+				    (unsigned long long)at, gw_strerror(errno));
+	for (uint64_t done = 0; done < len; done += ZEROS) {
+		uint64_t n = len - done < ZEROS ? len - done : ZEROS;
+		int ret = pwrite_all(fs->pfd, fs->zeros, n, at + done, "zero pages",
+				     fs->m->ram[i].name, err);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* Pages [off, off+len) of block i are zero now: free the slots that held data. */
+static int drop(struct file_sink *fs, uint32_t i, uint64_t off, uint64_t len, struct gw_error *err)
+{
+	struct fblock *fb = &fs->blocks[i];
+	uint64_t p = off / PAGE, end = (off + len) / PAGE;
+
+	while ((p = gw_bitmap_next_set(fb->present, end, p)) < end) {
+		uint64_t q = gw_bitmap_next_clear(fb->present, end, p);
+		int ret;
+
+		gw_bitmap_clear(fb->present, p, q - p);
+		ret = clear_slots(fs, i, p * PAGE, (q - p) * PAGE, err);
+		if (ret < 0)
+			return ret;
+		p = q;
+	}
+	return 0;
+}
+
+static int write_job(struct file_sink *fs, const struct job *j, struct gw_error *err)
+{
+	uint32_t i = 0;
+
+	while (i < j->n) {
+		bool zero = j->entries[i] & GW_PAGE_ZERO;
+		uint64_t off = j->entries[i] & ~PAGE_MASK;
+		uint32_t k = i + 1;
+		int ret;
+
+		while (k < j->n && !!(j->entries[k] & GW_PAGE_ZERO) == zero &&
+		       (j->entries[k] & ~PAGE_MASK) == off + (k - i) * PAGE)
+			k++;
+		if (__atomic_load_n(&fs->failed, __ATOMIC_RELAXED))
+			return 0; /* the first failure is the one reported */
+		ret = zero ? drop(fs, j->block, off, (k - i) * PAGE, err) :
+			     put(fs, j->block, off, (k - i) * PAGE, err);
+		if (ret < 0)
+			return ret;
+		i = k;
+	}
+	return 0;
+}
+
+static void *writer_thread(void *opaque)
+{
+	struct writer *wr = opaque;
+	struct file_sink *fs = wr->fs;
+
+	pthread_setname_np(pthread_self(), "gw-file-writer");
+	pthread_mutex_lock(&fs->lock);
+	for (;;) {
+		struct gw_error err = {0};
+		int ret;
+
+		while (!fs->quit && wr->head == wr->tail)
+			pthread_cond_wait(&wr->work, &fs->lock);
+		if (wr->head == wr->tail)
+			break;
+		wr->busy = true;
+		pthread_mutex_unlock(&fs->lock);
+		ret = write_job(fs, &wr->ring[wr->head % RING], &err);
+		pthread_mutex_lock(&fs->lock);
+		wr->busy = false;
+		wr->head++;
+		if (ret < 0 && !fs->failed) {
+			fs->error = err;
+			__atomic_store_n(&fs->failed, true, __ATOMIC_RELAXED);
+		}
+		pthread_cond_broadcast(&fs->space);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return NULL;
+}
+
+/* Under the lock: the first failure, as this call's error. */
+static int failure(struct file_sink *fs, struct gw_error *err)
+{
+	if (err)
+		*err = fs->error;
+	return fs->error.code ? fs->error.code : -EIO;
+}
+
+static uint32_t owner(const struct file_sink *fs, uint32_t block, uint64_t entry)
+{
+	return (uint32_t)(((entry >> CHUNK_SHIFT) + block) % fs->nr_writers);
+}
+
+static int enqueue(struct file_sink *fs, uint32_t w, uint32_t block, const uint64_t *entries,
+		   uint32_t n, struct gw_error *err)
+{
+	struct writer *wr = &fs->writers[w];
+	struct job *j;
+
+	pthread_mutex_lock(&fs->lock);
+	while (!fs->failed && wr->tail - wr->head == RING)
+		pthread_cond_wait(&fs->space, &fs->lock);
+	if (fs->failed) {
+		int ret = failure(fs, err);
+		pthread_mutex_unlock(&fs->lock);
+		return ret;
+	}
+	j = &wr->ring[wr->tail % RING];
+	j->block = block;
+	j->n = n;
+	memcpy(j->entries, entries, n * sizeof(*entries));
+	for (uint32_t k = 0; k < n; k++)
+		if (!(entries[k] & GW_PAGE_ZERO))
+			fs->taken += PAGE;
+	wr->tail++;
+	pthread_cond_signal(&wr->work);
+	pthread_mutex_unlock(&fs->lock);
+	return 0;
+}
+
+static int file_pages(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries, uint32_t n,
+		      unsigned flags, struct gw_error *err)
+{
+	struct file_sink *fs = of(s);
+	uint32_t i = 0;
+
+	(void)flags; /* every page is hashed where it is written */
+	while (i < n) {
+		uint32_t w = owner(fs, block, entries[i]), k = i + 1;
+		int ret;
+
+		while (k < n && owner(fs, block, entries[k]) == w)
+			k++;
+		ret = enqueue(fs, w, block, entries + i, k - i, err);
+		if (ret < 0)
+			return ret;
+		i = k;
+	}
+	return 0;
+}
+
+static bool idle(const struct file_sink *fs)
+{
+	for (uint32_t w = 0; w < fs->nr_writers; w++)
+		if (fs->writers[w].head != fs->writers[w].tail)
+			return false;
+	return true;
+}
+
+static int file_flush(struct gw_ram_sink *s, struct gw_error *err)
+{
+	struct file_sink *fs = of(s);
+	int ret = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	while (!fs->failed && !idle(fs))
+		pthread_cond_wait(&fs->space, &fs->lock);
+	if (fs->failed)
+		ret = failure(fs, err);
+	pthread_mutex_unlock(&fs->lock);
+	return ret;
+}
+
+static uint64_t file_sent(const struct gw_ram_sink *s)
+{
+	const struct file_sink *fs = of(s);
+
+	return __atomic_load_n(&fs->written, __ATOMIC_RELAXED) + gw_writer_sent(fs->w) -
+	       fs->stream_base;
+}
+
+static uint64_t file_taken(const struct gw_ram_sink *s)
+{
+	const struct file_sink *fs = of(s);
+
+	return fs->taken + gw_writer_offset(fs->w) - fs->stream_base;
+}
+
+static int sync_file(struct file_sink *fs, const char *after, struct gw_error *err)
+{
+	if (fdatasync(fs->fd) == 0)
+		return 0;
+	return gw_error_set(err, -errno, "mapped-ram save: fdatasync after %s: %s", after,
+			    gw_strerror(errno));
+}
+
+/* The bitmap and the hashes of the present pages of block i, at *off. */
+static int write_meta(struct file_sink *fs, uint32_t i, uint64_t *off, struct gw_error *err)
+{
+	const struct gw_ram_block *b = &fs->m->ram[i];
+	struct gw_mapped_block *mb = &fs->hdr->blocks[i];
+	uint64_t pages = b->size / PAGE, words = gw_mapped_bitmap_bytes(b->size) / 8, present = 0;
+	unsigned char *bm = malloc(words * 8);
+	unsigned char *hs = NULL;
+	int ret;
+
+	if (!bm)
+		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for a bitmap");
+	for (uint64_t k = 0; k < words; k++) {
+		gw_le64(bm + 8 * k, fs->blocks[i].present[k]);
+		present += (uint64_t)__builtin_popcountll(fs->blocks[i].present[k]);
+	}
+	hs = malloc(present ? present * 8 : 1);
+	if (!hs) {
+		free(bm);
+		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for page hashes");
+	}
+	for (uint64_t p = 0, k = 0; p < pages; p++)
+		if (gw_bitmap_test(fs->blocks[i].present, p))
+			gw_le64(hs + 8 * k++, fs->blocks[i].hashes[p]);
+	mb->bitmap_offset = *off;
+	mb->bitmap_crc = gw_crc32c(0, bm, words * 8);
+	mb->nr_present = present;
+	mb->hashes_offset = mb->bitmap_offset + words * 8;
+	mb->hashes_crc = gw_crc32c(0, hs, present * 8);
+	ret = pwrite_all(fs->fd, bm, words * 8, mb->bitmap_offset, "the bitmap", b->name, err);
+	if (ret == 0)
+		ret = pwrite_all(fs->fd, hs, present * 8, mb->hashes_offset, "the page hashes",
+				 b->name, err);
+	*off = mb->hashes_offset + present * 8;
+	free(bm);
+	free(hs);
+	return ret;
+}
+
+static int file_finish(struct gw_ram_sink *s, struct gw_error *err)
+{
+	struct file_sink *fs = of(s);
+	struct gw_mapped_hdr *h = fs->hdr;
+	unsigned char *buf;
+	uint64_t off;
+	int ret;
+
+	ret = file_flush(s, err);
+	if (ret == 0)
+		ret = gw_writer_flush(fs->w, err);
+	if (ret < 0)
+		return ret;
+	h->stream_length = gw_writer_sent(fs->w) - fs->stream_base;
+	off = (h->stream_offset + h->stream_length + 7) / 8 * 8;
+	for (uint32_t i = 0; ret == 0 && i < h->nr_blocks; i++)
+		ret = write_meta(fs, i, &off, err);
+	if (ret < 0)
+		return ret;
+	h->file_size = off;
+	if (ftruncate(fs->fd, (off_t)off) < 0)
+		return gw_error_set(err, -errno, "mapped-ram save: setting the file's size: %s",
+				    gw_strerror(errno));
+	/* Everything the header points at is on disk before it says DONE. */
+	ret = sync_file(fs, "the pages, the stream and the metadata", err);
+	if (ret < 0)
+		return ret;
+	h->state = GW_MAPPED_STATE_DONE;
+	buf = malloc(h->header_length);
+	if (!buf)
+		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
+	gw_mapped_encode(h, buf);
+	ret = pwrite_all(fs->fd, buf, h->header_length, 0, "the file header", NULL, err);
+	free(buf);
+	return ret == 0 ? sync_file(fs, "the file header", err) : ret;
+}
+
+static void file_release(struct gw_ram_sink *s)
+{
+	struct file_sink *fs = of(s);
+
+	pthread_mutex_lock(&fs->lock);
+	fs->quit = true;
+	for (uint32_t w = 0; w < fs->nr_writers; w++)
+		pthread_cond_signal(&fs->writers[w].work);
+	pthread_mutex_unlock(&fs->lock);
+	for (uint32_t w = 0; w < fs->nr_writers; w++) {
+		if (fs->writers[w].started)
+			pthread_join(fs->writers[w].thread, NULL);
+		pthread_cond_destroy(&fs->writers[w].work);
+	}
+	for (uint32_t i = 0; fs->blocks && i < fs->m->nr_ram; i++) {
+		free(fs->blocks[i].present);
+		free(fs->blocks[i].hashes);
+	}
+	if (fs->pfd >= 0 && fs->pfd != fs->fd)
+		close(fs->pfd);
+	pthread_cond_destroy(&fs->space);
+	pthread_mutex_destroy(&fs->lock);
+	free(fs->writers);
+	free(fs->blocks);
+	free(fs->hdr);
+	free(fs->zeros);
+	free(fs);
+}
+
+static const struct gw_ram_sink_ops file_ops = {
+	.pages = file_pages,
+	.flush = file_flush,
+	.sent = file_sent,
+	.taken = file_taken,
+	.finish = file_finish,
+	.release = file_release,
+};
+
+static uint64_t align_up(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) / a * a;
+}
+
+/* The region alignment: 1 MiB, or what O_DIRECT on this file asks for. */
+static int open_pages_fd(struct file_sink *fs, const struct gw_file_sink_params *sp,
+			 uint32_t *align, struct gw_error *err)
+{
+	uint32_t mem, off;
+	int ret;
+
+	*align = GW_MAPPED_ALIGN_MIN;
+	fs->pfd = fs->fd;
+	if (!sp->direct_io)
+		return 0;
+	ret = gw_dio_align(fs->fd, &mem, &off, err);
+	if (ret < 0)
+		return ret;
+	if (mem > GW_PAGE_SIZE || off > GW_MAPPED_ALIGN_MAX)
+		return gw_error_set(err, -EOPNOTSUPP,
+				    "direct-io: the file system wants buffers aligned to %u and offsets to %u bytes; guest pages are aligned to %u",
+				    mem, off, GW_PAGE_SIZE);
+	while (*align < off)
+		*align *= 2;
+	return gw_dio_reopen(fs->fd, O_WRONLY, &fs->pfd, err);
+}
+
+static int start_writers(struct file_sink *fs, uint32_t n, struct gw_error *err)
+{
+	fs->writers = calloc(n, sizeof(*fs->writers));
+	if (!fs->writers)
+		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for writers");
+	fs->nr_writers = n;
+	for (uint32_t w = 0; w < n; w++) {
+		struct writer *wr = &fs->writers[w];
+		int ret;
+
+		wr->fs = fs;
+		pthread_cond_init(&wr->work, NULL);
+		ret = pthread_create(&wr->thread, NULL, writer_thread, wr);
+		if (ret)
+			return gw_error_set(err, -ret,
+					    "mapped-ram save: cannot start writer %u: %s", w,
+					    gw_strerror(ret));
+		wr->started = true;
+	}
+	return 0;
+}
+
+static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
+{
+	struct gw_migration *m = fs->m;
+	struct gw_mapped_hdr *h = fs->hdr;
+	unsigned char *buf;
+	uint64_t off;
+	int ret;
+
+	h->state = GW_MAPPED_STATE_SAVING;
+	h->nr_blocks = m->nr_ram;
+	h->header_length = gw_mapped_header_length(m->nr_ram);
+	h->region_align = align;
+	h->generation = 1;
+	off = align_up(h->header_length, align);
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		struct gw_mapped_block *mb = &h->blocks[i];
+		uint64_t pages = m->ram[i].size / PAGE;
+
+		memcpy(mb->name, m->ram[i].name, strlen(m->ram[i].name) + 1);
+		mb->size = m->ram[i].size;
+		mb->pages_offset = off;
+		off = align_up(off + mb->size, align);
+		fs->blocks[i].present = calloc(gw_mapped_bitmap_bytes(mb->size) / 8, 8);
+		fs->blocks[i].hashes = calloc(pages, 8);
+		if (!fs->blocks[i].present || !fs->blocks[i].hashes)
+			return gw_error_set(err, -ENOMEM,
+					    "mapped-ram save: out of memory for the bitmap of RAM block '%s'",
+					    m->ram[i].name);
+	}
+	h->stream_offset = off;
+	h->file_size = off;
+	buf = malloc(h->header_length);
+	if (!buf)
+		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
+	gw_mapped_encode(h, buf);
+	ret = pwrite_all(fs->fd, buf, h->header_length, 0, "the file header", NULL, err);
+	free(buf);
+	if (ret < 0)
+		return ret;
+	if (ftruncate(fs->fd, (off_t)off) < 0 || lseek(fs->fd, (off_t)off, SEEK_SET) < 0)
+		return gw_error_set(err, -errno,
+				    "mapped-ram save: sizing the file to 0x%llx bytes: %s",
+				    (unsigned long long)off, gw_strerror(errno));
+	return 0;
+}
+
+int gw_file_sink_open(struct gw_migration *m, int fd, struct gw_writer *w,
+		      const struct gw_file_sink_params *sp, struct gw_ram_sink **out,
+		      struct gw_error *err)
+{
+	struct file_sink *fs;
+	struct stat st;
+	uint32_t align;
+	int ret;
+
+	if (fstat(fd, &st) < 0)
+		return gw_error_set(err, -errno, "mapped-ram: fstat: %s", gw_strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		return gw_error_set(err, -EINVAL,
+				    "mapped-ram needs a regular file (file:PATH or a passed file), not a %s",
+				    S_ISFIFO(st.st_mode) ? "pipe" :
+				    S_ISSOCK(st.st_mode) ? "socket" :
+							   "special file");
+	if (sp->writers < 1 || sp->writers > GW_FILE_SINK_MAX_WRITERS)
+		return gw_error_set(err, -EINVAL, "mapped-ram: %u writers, expected 1 to %u",
+				    sp->writers, GW_FILE_SINK_MAX_WRITERS);
+	fs = calloc(1, sizeof(*fs));
+	if (!fs)
+		return gw_error_set(err, -ENOMEM, "mapped-ram: out of memory");
+	fs->sink.ops = &file_ops;
+	fs->m = m;
+	fs->w = w;
+	fs->fd = fd;
+	fs->pfd = -1;
+	fs->stream_base = gw_writer_sent(w);
+	pthread_mutex_init(&fs->lock, NULL);
+	pthread_cond_init(&fs->space, NULL);
+	fs->hdr = calloc(1, sizeof(*fs->hdr));
+	fs->blocks = calloc(m->nr_ram ? m->nr_ram : 1, sizeof(*fs->blocks));
+	fs->zeros = aligned_alloc(GW_PAGE_SIZE, ZEROS);
+	if (!fs->hdr || !fs->blocks || !fs->zeros) {
+		file_release(&fs->sink);
+		return gw_error_set(err, -ENOMEM, "mapped-ram: out of memory");
+	}
+	memset(fs->zeros, 0, ZEROS);
+	ret = open_pages_fd(fs, sp, &align, err);
+	if (ret == 0)
+		ret = lay_out(fs, align, err);
+	if (ret == 0)
+		ret = start_writers(fs, sp->writers, err);
+	if (ret < 0) {
+		file_release(&fs->sink);
+		return ret;
+	}
+	*out = &fs->sink;
+	return 0;
+}
