@@ -515,6 +515,59 @@ def drawn(plot, *args):
         return None
 
 
+def snapshot_section(path, lv):
+    """The snapshot rows (bench/snapshot.py): save and restore times, the
+    file's allocation, and the throughput against the disk's O_DIRECT
+    limits of the same run."""
+    snaps = [json.loads(line) for line in open(path) if line.strip()]
+    snaps = [r for r in snaps if r.get("type") == "snapshot"]
+    if not snaps:
+        return []
+    disk = lv.get("disk-4") or lv.get("disk-1") or {}
+    wlim, rlim = disk.get("write_gbps"), disk.get("read_gbps")
+    out = ["## Snapshot files", "",
+           "Save a guest into a file and restore it into a fresh process (bench/snapshot.py). "
+           "godwit-mapped-N: a mapped-ram file written by N threads (dio: with O_DIRECT); "
+           "godwit-stream: godwit's stream file; qemu-stream: QEMU 7.2's `migrate exec:cat > "
+           "FILE` and `migrate-incoming exec:cat FILE` (it has no mapped-ram). A restore "
+           "reads the file from disk (dropped from the page cache first) and counts until the "
+           "guest can run; its memory is then checked page by page. Save and restore rates are "
+           "the guest's touched RAM over the time, set against the disk's O_DIRECT limits "
+           f"measured in this run ({wlim or '?'} GB/s write, {rlim or '?'} GB/s read, 4 "
+           "threads). godwit's mapped-ram save includes its fdatasyncs; QEMU's `cat` ends with "
+           "the data in the page cache.", "",
+           "| scenario | variant | save ms | restore ms | allocated | save rate (vs disk write) "
+           "| restore rate (vs disk read) | restore vs QEMU |",
+           "|---|---|---|---|---|---|---|---|"]
+    groups = {}
+    for r in snaps:
+        groups.setdefault((r["scenario"], r["variant"]), []).append(r)
+    qemu_restore = {}
+    for (scen, var), rows in groups.items():
+        ok = [r for r in rows if r.get("status") == "ok"]
+        if var == "qemu-stream" and ok:
+            qemu_restore[scen] = stats([r["restore_ms"] for r in ok])[0]
+    for (scen, var), rows in sorted(groups.items()):
+        ok = [r for r in rows if r.get("status") == "ok"]
+        if not ok:
+            out.append(f"| {scen} | {var} | **failed** | | | | | {cell(rows[0].get('error', ''), 120)} |")
+            continue
+        sv, rs = stats([r["save_ms"] for r in ok]), stats([r["restore_ms"] for r in ok])
+        alloc = stats([r["alloc_bytes"] for r in ok])[0] / (1 << 20)
+        data = ok[0]["data_bytes"]
+        srate, rrate = data / sv[0] / 1e6, data / rs[0] / 1e6
+        sv_txt = f"{sv[0]:.0f} ({sv[1]:.0f}–{sv[2]:.0f})"
+        rs_txt = f"{rs[0]:.0f} ({rs[1]:.0f}–{rs[2]:.0f})"
+        s_vs = f"{srate:.2f} GB/s ({srate / wlim:.2f}×)" if wlim else f"{srate:.2f} GB/s"
+        r_vs = f"{rrate:.2f} GB/s ({rrate / rlim:.2f}×)" if rlim else f"{rrate:.2f} GB/s"
+        q = qemu_restore.get(scen)
+        vs_q = f"{rs[0] / q:.2f}×" if q and var != "qemu-stream" else "–"
+        out.append(f"| {scen} | {var} | {sv_txt} | {rs_txt} | {alloc:.0f} MiB | {s_vs} | "
+                   f"{r_vs} | {vs_q} |")
+    out.append("")
+    return out
+
+
 def write(results_path, docs):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
@@ -570,6 +623,7 @@ def write(results_path, docs):
     if summary_png:
         out += [f"![total time and downtime per scenario]({summary_png})", ""]
     out += notes_section(groups, numbers)
+    out += snapshot_section(results_path, lv)
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))

@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import limits  # noqa: E402
 import report  # noqa: E402
+import snapshot  # noqa: E402
 import vmms  # noqa: E402
 from migration import MIB, CancelFailed, Chain, Link, Unavailable, Variant, Workload  # noqa: E402
 from netns import Hosts, LinkError  # noqa: E402
@@ -314,6 +315,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=60,
                     help="seconds before a migration counts as not converging")
     ap.add_argument("--no-links", action="store_true", help="skip the namespace link rows")
+    ap.add_argument("--no-snapshots", action="store_true", help="skip the snapshot file rows")
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--refuse", action="append", metavar="VARIANT:COMMAND",
@@ -342,8 +344,10 @@ def main():
     rows, note = plan(args.quick)
     if args.no_links:
         rows = [r for r in rows if r.link == "local"]
+    snap_rows = [] if args.no_snapshots else snapshot.plan(args.quick)
     if args.only:
         rows = [r for r in rows if args.only in r.scenario or args.only in r.variant]
+        snap_rows = [r for r in snap_rows if args.only in r.scenario or args.only in r.variant]
     started = time.monotonic()
 
     def log(msg):
@@ -392,6 +396,9 @@ def main():
                 results.add({"type": "limit", **rec})
             log("limits: " + ", ".join(report.limit_summary(probe.records)))
             run_rows(rows, reps, tools, hosts, results, args.timeout, log, refuse)
+            if snap_rows:
+                log(f"snapshot files: {len(snap_rows)} rows x {reps} runs")
+                snapshot.run_rows(snap_rows, reps, tools, results, log)
     except BaseException as e:
         record_abort(results, started, e)
         raise
