@@ -21,13 +21,16 @@ enum {
 	OPT_WAIT = 1u << 0,      /* migrate: follow the migration to its end */
 	OPT_RECORDS = 1u << 1,   /* analyze: one line per record, no runs */
 	OPT_NO_DECODE = 1u << 2, /* analyze: do not decode device state */
+	OPT_DIRECT_IO = 1u << 3, /* snapshot-*: page data with O_DIRECT */
+	OPT_PARALLEL = 1u << 4,  /* snapshot-*: threads moving pages (opts.parallel) */
 };
 
 struct opts {
 	const char *socket;
-	bool json;      /* print QMP values as JSON, for scripts */
-	bool tty;       /* stdout is a terminal: output may be laid out for people */
-	unsigned given; /* OPT_* on the command line */
+	bool json;         /* print QMP values as JSON, for scripts */
+	bool tty;          /* stdout is a terminal: output may be laid out for people */
+	unsigned given;    /* OPT_* on the command line */
+	unsigned parallel; /* --parallel N */
 };
 
 struct command {
@@ -52,6 +55,12 @@ struct command {
 void print_json(const struct opts *o, json_t *v);
 /* Say why the last QMP call failed; returns EXIT_FAILURE. */
 int command_failed(struct qmp_client *c);
+
+/* snapshot.c */
+int run_snapshot_save(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		      char **argv);
+int run_snapshot_restore(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+			 char **argv);
 
 /* migrate.c */
 int check_set_parameters(char **argv);

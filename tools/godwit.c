@@ -228,6 +228,31 @@ static const struct command commands[] = {
 	 "auto-converge (throttle the guest when it dirties memory faster than it\n"
 	 "is sent) and x-godwit-verify-hash (destination: hash the loaded RAM).\n",
 	 check_set_capabilities, run_migrate_cap, NULL},
+	{"snapshot-save", " [--direct-io] [--parallel N] FILE", 1, 1, OPT_DIRECT_IO | OPT_PARALLEL,
+	 "save the guest into a snapshot file (mapped-ram)",
+	 "Save the guest into FILE, a mapped-ram file: every page at a fixed offset,\n"
+	 "so the file never grows past the guest's RAM plus metadata, and a restore\n"
+	 "reads it in parallel and checks every page (docs/format.md). The QMP is\n"
+	 "QEMU's: capability mapped-ram, then migrate file:FILE. A running guest is\n"
+	 "saved live and stays paused where it was saved ('godwit cont' runs it on);\n"
+	 "a stopped one is saved as it is. Follows the save to its end.\n"
+	 "\n"
+	 "      --direct-io   write page data with O_DIRECT (parameter direct-io)\n"
+	 "      --parallel N  N threads write the pages (parameter multifd-channels)\n"
+	 "      --json        print only the final query-migrate reply\n",
+	 NULL, run_snapshot_save, NULL},
+	{"snapshot-restore", " [--direct-io] [--parallel N] FILE", 1, 1,
+	 OPT_DIRECT_IO | OPT_PARALLEL, "restore a snapshot file into a waiting godwit-vmm",
+	 "Restore FILE (mapped-ram, or a stream file) into a godwit-vmm started with\n"
+	 "--incoming defer (QMP migrate-incoming file:FILE), and follow the restore\n"
+	 "to its end. Every page is checked against its hash before the guest runs;\n"
+	 "a damaged, truncated or unfinished file is refused and the guest never\n"
+	 "runs. The guest then runs as it was saved (a stopped guest stays paused).\n"
+	 "\n"
+	 "      --direct-io   read page data with O_DIRECT\n"
+	 "      --parallel N  N threads read the pages\n"
+	 "      --json        print only the final query-migrate reply\n",
+	 NULL, run_snapshot_restore, NULL},
 	{"analyze", " [--records] [--no-decode] FILE|-", 1, 1, OPT_RECORDS | OPT_NO_DECODE,
 	 "check and describe a godwit stream (no VMM needed)",
 	 "Walk a godwit stream, as written by 'migrate file:PATH' or sent over any\n"
@@ -274,9 +299,9 @@ static const struct {
 	unsigned opt;
 	const char *name;
 } command_options[] = {
-	{OPT_WAIT, "--wait"},
-	{OPT_RECORDS, "--records"},
-	{OPT_NO_DECODE, "--no-decode"},
+	{OPT_WAIT, "--wait"},           {OPT_RECORDS, "--records"},
+	{OPT_NO_DECODE, "--no-decode"}, {OPT_DIRECT_IO, "--direct-io"},
+	{OPT_PARALLEL, "--parallel"},
 };
 
 static void global_help(FILE *f)
@@ -357,6 +382,8 @@ int main(int argc, char **argv)
 		{"wait", no_argument, NULL, 'w'},
 		{"records", no_argument, NULL, 'r'},
 		{"no-decode", no_argument, NULL, 'n'},
+		{"direct-io", no_argument, NULL, 'd'},
+		{"parallel", required_argument, NULL, 'p'},
 		{0},
 	};
 	/* clang-format on */
@@ -390,9 +417,25 @@ int main(int argc, char **argv)
 		case 'n':
 			o.given |= OPT_NO_DECODE;
 			break;
+		case 'd':
+			o.given |= OPT_DIRECT_IO;
+			break;
+		case 'p': {
+			char *end;
+			errno = 0;
+			unsigned long n = strtoul(optarg, &end, 10);
+			if (*end || !*optarg || errno || n < 1 || n > 64)
+				return usage_error("--parallel '%s': must be a number from 1 to 64",
+						   optarg);
+			o.parallel = (unsigned)n;
+			o.given |= OPT_PARALLEL;
+			break;
+		}
 		default:
 			if (optopt == 's')
 				return usage_error("option --socket needs a PATH");
+			if (optopt == 'p')
+				return usage_error("option --parallel needs a number");
 			return usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}

@@ -185,6 +185,52 @@ class SaveRestore(unittest.TestCase):
             self.check_restore(src, path, params)
 
 
+def cli(*args):
+    return subprocess.run([gwtest.CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+class Cli(unittest.TestCase):
+    def test_save_and_restore(self):
+        with dirtier() as src:
+            src.wait_passes(1)
+            path = os.path.join(src.dir, "cli.gwm")
+            r = cli("-s", src.sock, "snapshot-save", "--direct-io", "--parallel", "3", path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stdout, r"saved .*cli.gwm: \d+ ms, file [\d.]+ MiB allocated")
+            params = src.qmp.cmd("query-migrate-parameters")
+            self.assertEqual((params["direct-io"], params["multifd-channels"]), (True, 3))
+            self.assertEqual(header(path)[0]["state"], 0x454e4f44)
+            dst = Vmm(kernel=DIRTIER, memory=src.memory, vcpus=src.vcpus,
+                      extra=["--incoming", "defer"])
+            with dst:
+                dst.qmp.cmd("migrate-set-capabilities", capabilities=[
+                    {"capability": "x-godwit-verify-hash", "state": True}])
+                r = cli("-s", dst.sock, "--json", "snapshot-restore", "--parallel", "2", path)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                import json
+                self.assertEqual(json.loads(r.stdout)["x-godwit-ram-hash"], src.ram_hash())
+                dst.wait_passes(1)
+                self.assertFalse(dst.guest()["check-failed"])
+
+    def test_refusals(self):
+        r = cli("-s", "/nonexistent", "snapshot-save", "--parallel", "0", "f")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--parallel '0'", r.stderr)
+        r = cli("-s", "/nonexistent", "status", "--direct-io")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("status does not take --direct-io", r.stderr)
+        with dirtier() as src:
+            # A restore into a VMM that is not waiting for one.
+            r = cli("-s", src.sock, "snapshot-restore", os.path.join(src.dir, "none.gwm"))
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("'-incoming' was not specified", r.stderr)
+            # A save where the file cannot be.
+            r = cli("-s", src.sock, "snapshot-save", "/nonexistent-dir/x.gwm")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("nonexistent-dir", r.stderr)
+            self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+
+
 class PassedFds(unittest.TestCase):
     """Files the VMM never opens itself, as a sandboxed VMM gets them:
     getfd + fd:NAME and add-fd + file:/dev/fdset/N, both ways."""

@@ -1,0 +1,136 @@
+/*
+ * godwit snapshot-save and snapshot-restore: a guest into a mapped-ram
+ * file and back (docs/format.md, "Mapped-RAM files"). They are the QMP
+ * any manager would send: the mapped-ram capability, the direct-io and
+ * multifd-channels parameters, then migrate file:PATH on the source, or
+ * migrate-incoming file:PATH on a godwit-vmm started with
+ * --incoming defer; then they follow the save or the restore to its end.
+ */
+#include "cli.h"
+#include "progress.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define POLL_MS 50
+
+/* The VMM may run in another directory: give it an absolute path. */
+static int absolute(const char *path, char *out, size_t len)
+{
+	char dir[PATH_MAX], base[PATH_MAX], real[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	snprintf(base, sizeof(base), "%s", path);
+	if (!realpath(dirname(dir), real)) {
+		fprintf(stderr, "godwit: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	if ((size_t)snprintf(out, len, "%s/%s", real, basename(base)) >= len) {
+		fprintf(stderr, "godwit: %s: path too long\n", path);
+		return -1;
+	}
+	return 0;
+}
+
+static int execute(struct qmp_client *c, const char *cmd, json_t *args)
+{
+	json_t *ret;
+	if (qmp_client_execute(c, cmd, args, &ret) < 0)
+		return -1;
+	json_decref(ret);
+	return 0;
+}
+
+/* direct-io and multifd-channels, as the command line gave them. */
+static int set_parameters(struct qmp_client *c, const struct opts *o)
+{
+	json_t *p = json_object();
+	if (o->given & OPT_DIRECT_IO)
+		json_object_set_new(p, "direct-io", json_true());
+	if (o->given & OPT_PARALLEL)
+		json_object_set_new(p, "multifd-channels", json_integer(o->parallel));
+	if (!json_object_size(p)) {
+		json_decref(p);
+		return 0;
+	}
+	return execute(c, "migrate-set-parameters", p);
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* Poll until the status is final; print how it ended. */
+static int finish(struct qmp_client *c, const struct opts *o, const char *what, const char *path)
+{
+	struct progress p;
+	json_t *info;
+	progress_init(&p, o->tty);
+	for (;;) {
+		if (qmp_client_execute(c, "query-migrate", NULL, &info) < 0) {
+			progress_end(&p);
+			return command_failed(c);
+		}
+		const char *s = json_string_value(json_object_get(info, "status"));
+		if (s && migration_status_final(s))
+			break;
+		if (!o->json)
+			progress_update(&p, info);
+		json_decref(info);
+		sleep_ms(POLL_MS);
+	}
+	progress_end(&p);
+	const char *s = json_string_value(json_object_get(info, "status"));
+	int status = strcmp(s, "completed") ? EXIT_FAILURE : EXIT_SUCCESS;
+	struct stat st;
+	if (o->json) {
+		print_json(o, info);
+	} else if (status == EXIT_SUCCESS && stat(path, &st) == 0) {
+		printf("%s %s: %lld ms, file %.1f MiB allocated\n", what, path,
+		       (long long)json_integer_value(json_object_get(info, "total-time")),
+		       (double)st.st_blocks * 512 / (1 << 20));
+	}
+	if (status != EXIT_SUCCESS) {
+		const char *desc = json_string_value(json_object_get(info, "error-desc"));
+		fprintf(stderr, "godwit: %s %s %s%s%s\n", what, path, s, desc ? ": " : "",
+			desc ? desc : "");
+	}
+	json_decref(info);
+	return status;
+}
+
+int run_snapshot_save(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+		      char **argv)
+{
+	(void)cmd;
+	char path[PATH_MAX + 8], uri[PATH_MAX + 16];
+	if (absolute(argv[0], path, sizeof(path)) < 0)
+		return EXIT_FAILURE;
+	snprintf(uri, sizeof(uri), "file:%s", path);
+	if (execute(c, "migrate-set-capabilities",
+		    json_pack("{s:[{s:s,s:b}]}", "capabilities", "capability", "mapped-ram",
+			      "state", 1)) < 0 ||
+	    set_parameters(c, o) < 0 || execute(c, "migrate", json_pack("{s:s}", "uri", uri)) < 0)
+		return command_failed(c);
+	return finish(c, o, "saved", path);
+}
+
+int run_snapshot_restore(struct qmp_client *c, const struct command *cmd, const struct opts *o,
+			 char **argv)
+{
+	(void)cmd;
+	char path[PATH_MAX + 8], uri[PATH_MAX + 16];
+	if (absolute(argv[0], path, sizeof(path)) < 0)
+		return EXIT_FAILURE;
+	snprintf(uri, sizeof(uri), "file:%s", path);
+	if (set_parameters(c, o) < 0 ||
+	    execute(c, "migrate-incoming", json_pack("{s:s}", "uri", uri)) < 0)
+		return command_failed(c);
+	return finish(c, o, "restored", path);
+}
