@@ -162,6 +162,16 @@ struct gw_migration {
 
 	struct gw_dirty_ops dirty_ops; /* sync is NULL until set */
 	void *dirty_opaque;
+	/* dirty_ops.start was called and stop not yet: an incremental save
+	 * leaves tracking on, so the next save knows what changed since. */
+	bool tracking;
+	/* The mapped-ram file the last incremental save completed, while
+	 * tracking has run ever since (lib/ram/sink_file.c). */
+	struct {
+		bool valid;
+		uint64_t dev, ino;
+		uint32_t generation;
+	} incr;
 
 	enum gw_save_state save_state;
 };

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <godwit/migration.h>
+#include <godwit/tracking.h>
 
 #include "lib/internal.h"
 
@@ -54,6 +55,7 @@ void gw_migration_free(struct gw_migration *m)
 {
 	if (!m)
 		return;
+	gw_migration_end_tracking(m);
 	free(m->ram);
 	free(m->sections);
 	free(m);

@@ -18,11 +18,12 @@ enum { EXIT_USAGE = 2 };
 
 /* Options only some commands take; a command lists the ones it accepts. */
 enum {
-	OPT_WAIT = 1u << 0,      /* migrate: follow the migration to its end */
-	OPT_RECORDS = 1u << 1,   /* analyze: one line per record, no runs */
-	OPT_NO_DECODE = 1u << 2, /* analyze: do not decode device state */
-	OPT_DIRECT_IO = 1u << 3, /* snapshot-*: page data with O_DIRECT */
-	OPT_PARALLEL = 1u << 4,  /* snapshot-*: threads moving pages (opts.parallel) */
+	OPT_WAIT = 1u << 0,        /* migrate: follow the migration to its end */
+	OPT_RECORDS = 1u << 1,     /* analyze: one line per record, no runs */
+	OPT_NO_DECODE = 1u << 2,   /* analyze: do not decode device state */
+	OPT_DIRECT_IO = 1u << 3,   /* snapshot-*: page data with O_DIRECT */
+	OPT_PARALLEL = 1u << 4,    /* snapshot-*: threads moving pages (opts.parallel) */
+	OPT_INCREMENTAL = 1u << 5, /* snapshot-save: only what changed since the last save */
 };
 
 struct opts {

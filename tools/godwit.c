@@ -228,7 +228,8 @@ static const struct command commands[] = {
 	 "auto-converge (throttle the guest when it dirties memory faster than it\n"
 	 "is sent) and x-godwit-verify-hash (destination: hash the loaded RAM).\n",
 	 check_set_capabilities, run_migrate_cap, NULL},
-	{"snapshot-save", " [--direct-io] [--parallel N] FILE", 1, 1, OPT_DIRECT_IO | OPT_PARALLEL,
+	{"snapshot-save", " [--direct-io] [--parallel N] [--incremental] FILE", 1, 1,
+	 OPT_DIRECT_IO | OPT_PARALLEL | OPT_INCREMENTAL,
 	 "save the guest into a snapshot file (mapped-ram)",
 	 "Save the guest into FILE, a mapped-ram file: every page at a fixed offset,\n"
 	 "so the file never grows past the guest's RAM plus metadata, and a restore\n"
@@ -239,6 +240,9 @@ static const struct command commands[] = {
 	 "\n"
 	 "      --direct-io   write page data with O_DIRECT (parameter direct-io)\n"
 	 "      --parallel N  N threads write the pages (parameter multifd-channels)\n"
+	 "      --incremental keep tracking dirty pages after the save, and if FILE is\n"
+	 "                    the file of the last such save, write only the pages\n"
+	 "                    changed since (capability x-godwit-incremental)\n"
 	 "      --json        print only the final query-migrate reply\n",
 	 NULL, run_snapshot_save, NULL},
 	{"snapshot-restore", " [--direct-io] [--parallel N] FILE", 1, 1,
@@ -301,7 +305,7 @@ static const struct {
 } command_options[] = {
 	{OPT_WAIT, "--wait"},           {OPT_RECORDS, "--records"},
 	{OPT_NO_DECODE, "--no-decode"}, {OPT_DIRECT_IO, "--direct-io"},
-	{OPT_PARALLEL, "--parallel"},
+	{OPT_PARALLEL, "--parallel"},   {OPT_INCREMENTAL, "--incremental"},
 };
 
 static void global_help(FILE *f)
@@ -384,6 +388,7 @@ int main(int argc, char **argv)
 		{"no-decode", no_argument, NULL, 'n'},
 		{"direct-io", no_argument, NULL, 'd'},
 		{"parallel", required_argument, NULL, 'p'},
+		{"incremental", no_argument, NULL, 'i'},
 		{0},
 	};
 	/* clang-format on */
@@ -419,6 +424,9 @@ int main(int argc, char **argv)
 			break;
 		case 'd':
 			o.given |= OPT_DIRECT_IO;
+			break;
+		case 'i':
+			o.given |= OPT_INCREMENTAL;
 			break;
 		case 'p': {
 			char *end;

@@ -92,9 +92,20 @@ static int finish(struct qmp_client *c, const struct opts *o, const char *what, 
 	if (o->json) {
 		print_json(o, info);
 	} else if (status == EXIT_SUCCESS && stat(path, &st) == 0) {
-		printf("%s %s: %lld ms, file %.1f MiB allocated\n", what, path,
+		json_t *gen = json_object_get(info, "x-godwit-generation");
+		json_t *ram = json_object_get(info, "ram");
+		printf("%s %s: %lld ms, file %.1f MiB allocated", what, path,
 		       (long long)json_integer_value(json_object_get(info, "total-time")),
 		       (double)st.st_blocks * 512 / (1 << 20));
+		if (gen)
+			printf(", %s save %lld, %.1f MiB written",
+			       json_is_true(json_object_get(info, "x-godwit-incremental")) ?
+				       "incremental" :
+				       "full",
+			       (long long)json_integer_value(gen),
+			       (double)json_integer_value(json_object_get(ram, "transferred")) /
+				       (1 << 20));
+		printf("\n");
 	}
 	if (status != EXIT_SUCCESS) {
 		const char *desc = json_string_value(json_object_get(info, "error-desc"));
@@ -113,9 +124,11 @@ int run_snapshot_save(struct qmp_client *c, const struct command *cmd, const str
 	if (absolute(argv[0], path, sizeof(path)) < 0)
 		return EXIT_FAILURE;
 	snprintf(uri, sizeof(uri), "file:%s", path);
+	/* Incremental off ends the dirty tracking an earlier one kept on. */
 	if (execute(c, "migrate-set-capabilities",
-		    json_pack("{s:[{s:s,s:b}]}", "capabilities", "capability", "mapped-ram",
-			      "state", 1)) < 0 ||
+		    json_pack("{s:[{s:s,s:b},{s:s,s:b}]}", "capabilities", "capability",
+			      "mapped-ram", "state", 1, "capability", "x-godwit-incremental",
+			      "state", (o->given & OPT_INCREMENTAL) != 0)) < 0 ||
 	    set_parameters(c, o) < 0 || execute(c, "migrate", json_pack("{s:s}", "uri", uri)) < 0)
 		return command_failed(c);
 	return finish(c, o, "saved", path);

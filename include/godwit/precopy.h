@@ -66,7 +66,12 @@ struct gw_precopy_params {
 	bool mapped_ram;           /* every page at a fixed offset (QEMU: mapped-ram) */
 	bool direct_io;            /* page data with O_DIRECT (QEMU: direct-io) */
 	uint32_t multifd_channels; /* threads writing pages, 1..64; 0 = 1 (QEMU: multifd-channels) */
-	uint64_t reserved[7];      /* 0: later versions give them a meaning (export.h) */
+	/* With mapped_ram: leave dirty tracking on after a completed save, and
+	 * save into the file of the last such save (same guest, tracking on
+	 * since) only the pages dirtied since; any other file gets a full
+	 * save. A migration without it ends the tracking. */
+	bool incremental;
+	uint64_t reserved[6]; /* 0: later versions give them a meaning (export.h) */
 };
 
 #define GW_SWITCHOVER_TIMEOUT_DEFAULT_MS 30000
@@ -102,7 +107,11 @@ struct gw_precopy_stats {
 	 * guest, so the source guest stays paused (docs/format.md). */
 	bool unconfirmed;
 	uint64_t handshake_us;        /* GO sent until RUNNING received */
-	uint64_t reserved[8];         /* for fields of later versions: do not read */
+	/* A mapped-ram save that wrote only the pages dirtied since the last
+	 * save into its file (gw_precopy_params.incremental). */
+	bool incremental;
+	uint32_t generation;  /* of the mapped-ram file written: 1 = a full save */
+	uint64_t reserved[7]; /* for fields of later versions: do not read */
 };
 
 struct gw_precopy_callbacks {

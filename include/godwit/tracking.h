@@ -41,7 +41,11 @@ struct gw_dirty_ops {
 };
 
 GW_API int gw_migration_set_dirty_ops(struct gw_migration *m, const struct gw_dirty_ops *ops,
-			       void *opaque, struct gw_error *err);
+				      void *opaque, struct gw_error *err);
+/* Stop the dirty tracking an incremental save left on
+ * (gw_precopy_params.incremental); the next save of m is a full one. Call
+ * it only while no engine runs on m. */
+GW_API void gw_migration_end_tracking(struct gw_migration *m);
 
 #ifdef __cplusplus
 }

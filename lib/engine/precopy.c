@@ -96,6 +96,7 @@ struct gw_precopy {
 	uint64_t synced_before;   /* ... and by the one before it */
 	uint32_t settle_rounds;   /* rounds sent within the limit */
 	bool dirty_started;
+	bool update;      /* the file sink writes only what changed since its last save */
 	bool paused;      /* this engine paused the guest */
 	bool handed_over; /* GO (or, one way, EOF into a command) left whole: only
 				   the other side may run the guest now */
@@ -167,7 +168,7 @@ static uint64_t max_bandwidth(struct gw_precopy *p)
 static void publish_transferred(struct gw_precopy *p)
 {
 	pthread_mutex_lock(&p->job.lock);
-	p->stats.transferred = gw_writer_sent(p->w);
+	p->stats.transferred = p->sink ? gw_sink_sent(p->sink) : gw_writer_sent(p->w);
 	p->stats.remaining = p->pending * PAGE;
 	pthread_mutex_unlock(&p->job.lock);
 }
@@ -471,9 +472,11 @@ static int open_sink(struct gw_precopy *p, uint32_t *hdr_flags, struct gw_error 
 	const struct gw_file_sink_params sp = {
 		.direct_io = pp.direct_io,
 		.writers = pp.multifd_channels ? pp.multifd_channels : 1,
+		.incremental = pp.incremental,
+		.cancel = &p->job.cancel,
 	};
 	*hdr_flags = GW_HDRF_MAPPED_RAM;
-	return gw_file_sink_open(p->m, p->ch.fd, p->w, &sp, &p->sink, err);
+	return gw_file_sink_open(p->m, p->ch.fd, p->w, &sp, &p->sink, &p->update, err);
 }
 
 static int setup(struct gw_precopy *p, struct gw_error *err)
@@ -483,12 +486,14 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 	uint64_t now;
 	int ret;
 
-	if (m->dirty_ops.start) {
+	/* An incremental save may have left tracking on: it goes on. */
+	if (!m->tracking && m->dirty_ops.start) {
 		ret = m->dirty_ops.start(m->dirty_opaque, err);
 		if (ret < 0)
 			return gw_error_prefix(err, ret,
 					       "setup: cannot start dirty-page tracking: ");
 	}
+	m->tracking = true;
 	p->dirty_started = true;
 	ret = stop_point(p, err);
 	if (ret == 0)
@@ -501,8 +506,10 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 		ret = gw_save_begin_flags(m, p->w, hdr_flags, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "setup: ");
-	/* Round one sends every page that is there; the syncs say what changed since. */
-	for (uint32_t i = 0; i < m->nr_ram; i++)
+	/* Round one sends every page that is there; the syncs say what changed
+	 * since. Into the file of the last incremental save, the file already
+	 * holds the rest: the first sync says what changed since that save. */
+	for (uint32_t i = 0; i < m->nr_ram && !p->update; i++)
 		gw_bitmap_fill(p->dirty[i], m->ram[i].size / PAGE);
 	now = gw_now_ns();
 	gw_ratelimit_init(&p->rl, now);
@@ -612,6 +619,12 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 		ret = gw_save_finish(m, p->w, err);
 	if (ret == 0)
 		ret = gw_sink_finish(p->sink, err);
+	if (ret == 0 && p->sink != &p->stream_sink.sink) {
+		pthread_mutex_lock(&p->job.lock);
+		p->stats.incremental = p->update;
+		p->stats.generation = gw_file_sink_generation(p->sink);
+		pthread_mutex_unlock(&p->job.lock);
+	}
 	publish_transferred(p);
 	/* One way into a command (ssh to a destination, say), the whole
 	 * stream has left: the far side may run it at EOF, and if the command
@@ -711,6 +724,11 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 
 	if (p->w)
 		publish_transferred(p);
+	/* A file sink's writers stop, and let go of its fds, before the
+	 * channel closes: no write may land in a file that reuses the fd. */
+	if (p->sink != &p->stream_sink.sink)
+		gw_sink_release(p->sink);
+	p->sink = NULL;
 	gw_writer_free(p->w);
 	p->w = NULL;
 	if (ret < 0) {
@@ -747,8 +765,12 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 		if (outcome == GW_MIG_CANCELLED)
 			outcome = GW_MIG_FAILED;
 	}
-	if (p->dirty_started && m->dirty_ops.stop)
-		m->dirty_ops.stop(m->dirty_opaque);
+	/* A completed incremental save leaves tracking on for the next one;
+	 * anything else ends it (and the file sink has set m->incr). */
+	struct gw_precopy_params pp;
+	get_params(p, &pp);
+	if (p->dirty_started && !(outcome == GW_MIG_COMPLETED && pp.incremental && pp.mapped_ram))
+		gw_migration_end_tracking(m);
 	pthread_mutex_lock(&j->lock);
 	p->stats.unconfirmed = unconfirmed;
 	pthread_mutex_unlock(&j->lock);
@@ -767,7 +789,7 @@ static const struct gw_job_ops precopy_ops = {
 
 static void precopy_release(struct gw_precopy *p)
 {
-	if (p->sink != &p->stream_sink.sink)
+	if (p->sink && p->sink != &p->stream_sink.sink)
 		gw_sink_release(p->sink);
 	for (uint32_t i = 0; i < p->m->nr_ram; i++)
 		free(p->dirty[i]);

@@ -177,8 +177,13 @@ int gw_mapped_decode(const unsigned char *buf, uint32_t len, uint64_t file_bytes
 	h->stream_length = gw_get_le64(buf + 40);
 	h->file_size = gw_get_le64(buf + 48);
 	h->generation = gw_get_le32(buf + 56);
-	if (len != gw_mapped_header_length(h->nr_blocks) || h->header_length != len)
-		return gw_error_set(err, -EINVAL, "mapped-ram header: length not checked first");
+	/* The caller peeked at these in an earlier read; the file may have
+	 * changed since, so they are checked again on the bytes decoded. */
+	if (h->nr_blocks < 1 || h->nr_blocks > GW_MAX_RAM_BLOCKS ||
+	    len != gw_mapped_header_length(h->nr_blocks) || h->header_length != len)
+		return gw_error_set(err, -EBADMSG,
+				    "mapped-ram file header: %u RAM blocks in %u bytes, in a header read as %u bytes (corrupted, or changed while read)",
+				    h->nr_blocks, h->header_length, len);
 	want_crc = gw_get_le32(buf + 60);
 	crc = header_crc(buf, h->nr_blocks);
 	if (crc != want_crc)

@@ -117,7 +117,10 @@ static bool has_data(const struct gw_ram_block *b)
 	if (b->fd < 0)
 		return true;
 	off_t at = lseek(b->fd, (off_t)b->fd_offset, SEEK_DATA);
-	return !(at < 0 || (uint64_t)at >= b->fd_offset + b->size);
+	/* ENXIO: no data from there on. Any other error: assume data. */
+	if (at < 0)
+		return errno != ENXIO;
+	return (uint64_t)at < b->fd_offset + b->size;
 }
 
 /* Bitmap and hashes of header block e, checked; its runs, listed; the
@@ -208,7 +211,7 @@ static int read_run(struct mload *l, const struct run *r, struct gw_error *err)
 
 	if (ret == -ENODATA)
 		return gw_error_set(err, -EBADMSG,
-				    "mapped-ram file, RAM block '%s': the file ends inside the page region (page 0x%llx at file offset 0x%llx; truncated)",
+				    "mapped-ram file, RAM block '%s': the file ends inside the page region (page at 0x%llx, file offset 0x%llx; truncated)",
 				    b->name, (unsigned long long)(off + got),
 				    (unsigned long long)(at + got));
 	if (ret < 0)
@@ -224,7 +227,7 @@ static int read_run(struct mload *l, const struct run *r, struct gw_error *err)
 
 		if (got_hash != want)
 			return gw_error_set(err, -EBADMSG,
-					    "mapped-ram file, RAM block '%s': page 0x%llx (file offset 0x%llx) is corrupted: page hash 0x%016llx in the file, computed 0x%016llx",
+					    "mapped-ram file, RAM block '%s': the page at 0x%llx (file offset 0x%llx) is corrupted: page hash 0x%016llx in the file, computed 0x%016llx",
 					    b->name, (unsigned long long)(off + k * PAGE),
 					    (unsigned long long)(at + k * PAGE),
 					    (unsigned long long)want, (unsigned long long)got_hash);

@@ -23,6 +23,14 @@ int gw_migration_set_dirty_ops(struct gw_migration *m, const struct gw_dirty_ops
 	return 0;
 }
 
+void gw_migration_end_tracking(struct gw_migration *m)
+{
+	if (m->tracking && m->dirty_ops.stop)
+		m->dirty_ops.stop(m->dirty_opaque);
+	m->tracking = false;
+	m->incr.valid = false;
+}
+
 struct manual_block {
 	uint64_t pages;
 	uint64_t *bits; /* accessed only with atomics */

@@ -25,12 +25,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <godwit/io.h>
 #include <godwit/stream.h>
 
 #include "lib/bitmap.h"
+#include "lib/cancel.h"
 #include "lib/crc32c.h"
 #include "lib/format/mapped.h"
 #include "lib/internal.h"
@@ -81,10 +83,12 @@ struct file_sink {
 	pthread_mutex_t lock;
 	pthread_cond_t space; /* a ring has room, a writer went idle, or failed */
 	bool quit;
-	bool failed;           /* under the lock; also read without it */
-	struct gw_error error; /* the first failure */
-	uint64_t taken;        /* page bytes handed over (the engine's thread) */
-	uint64_t written;      /* page bytes written (atomic) */
+	bool failed;              /* under the lock; also read without it */
+	struct gw_error error;    /* the first failure */
+	bool incremental;         /* record this save as the next one's base */
+	struct gw_cancel *cancel; /* the engine's, looked at while waiting */
+	uint64_t taken;           /* page bytes handed over (the engine's thread) */
+	uint64_t written;         /* page bytes written (atomic) */
 };
 
 static struct file_sink *of(const struct gw_ram_sink *s)
@@ -240,6 +244,30 @@ static int failure(struct file_sink *fs, struct gw_error *err)
 	return fs->error.code ? fs->error.code : -EIO;
 }
 
+/*
+ * Under the lock: wait for a writer to make progress. A disk that stalls
+ * must not keep a cancel waiting: every 50 ms the engine's cancel is
+ * looked at, and a cancel fails the sink (the writers then skip what is
+ * queued).
+ */
+static void wait_space(struct file_sink *fs)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += 50 * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&fs->space, &fs->lock, &until);
+	if (!fs->failed && fs->cancel && gw_cancel_requested(fs->cancel)) {
+		gw_error_set(&fs->error, -ECANCELED,
+			     "mapped-ram save: cancelled while the file writers were busy");
+		__atomic_store_n(&fs->failed, true, __ATOMIC_RELAXED);
+	}
+}
+
 static uint32_t owner(const struct file_sink *fs, uint32_t block, uint64_t entry)
 {
 	return (uint32_t)(((entry >> CHUNK_SHIFT) + block) % fs->nr_writers);
@@ -253,7 +281,7 @@ static int enqueue(struct file_sink *fs, uint32_t w, uint32_t block, const uint6
 
 	pthread_mutex_lock(&fs->lock);
 	while (!fs->failed && wr->tail - wr->head == RING)
-		pthread_cond_wait(&fs->space, &fs->lock);
+		wait_space(fs);
 	if (fs->failed) {
 		int ret = failure(fs, err);
 		pthread_mutex_unlock(&fs->lock);
@@ -308,7 +336,7 @@ static int file_flush(struct gw_ram_sink *s, struct gw_error *err)
 
 	pthread_mutex_lock(&fs->lock);
 	while (!fs->failed && !idle(fs))
-		pthread_cond_wait(&fs->space, &fs->lock);
+		wait_space(fs);
 	if (fs->failed)
 		ret = failure(fs, err);
 	pthread_mutex_unlock(&fs->lock);
@@ -411,15 +439,33 @@ static int file_finish(struct gw_ram_sink *s, struct gw_error *err)
 	gw_mapped_encode(h, buf);
 	ret = pwrite_all(fs->fd, buf, h->header_length, 0, "the file header", NULL, err);
 	free(buf);
-	return ret == 0 ? sync_file(fs, "the file header", err) : ret;
+	if (ret == 0)
+		ret = sync_file(fs, "the file header", err);
+	if (ret == 0 && fs->incremental) {
+		struct stat st;
+		if (fstat(fs->fd, &st) == 0) {
+			fs->m->incr.dev = (uint64_t)st.st_dev;
+			fs->m->incr.ino = (uint64_t)st.st_ino;
+			fs->m->incr.generation = h->generation;
+			fs->m->incr.valid = true;
+		}
+	}
+	return ret;
+}
+
+uint32_t gw_file_sink_generation(const struct gw_ram_sink *s)
+{
+	return of(s)->hdr->generation;
 }
 
 static void file_release(struct gw_ram_sink *s)
 {
 	struct file_sink *fs = of(s);
 
+	/* What is still queued is skipped: the save is over either way. */
 	pthread_mutex_lock(&fs->lock);
 	fs->quit = true;
+	__atomic_store_n(&fs->failed, true, __ATOMIC_RELAXED);
 	for (uint32_t w = 0; w < fs->nr_writers; w++)
 		pthread_cond_signal(&fs->writers[w].work);
 	pthread_mutex_unlock(&fs->lock);
@@ -434,6 +480,8 @@ static void file_release(struct gw_ram_sink *s)
 	}
 	if (fs->pfd >= 0 && fs->pfd != fs->fd)
 		close(fs->pfd);
+	if (fs->fd >= 0)
+		close(fs->fd);
 	pthread_cond_destroy(&fs->space);
 	pthread_mutex_destroy(&fs->lock);
 	free(fs->writers);
@@ -533,6 +581,12 @@ static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 	}
 	h->stream_offset = off;
 	h->file_size = off;
+	/* Whatever the file held (a passed fd, a file an incremental save
+	 * could not update) goes first, and the SAVE header is on disk before
+	 * any page: a crash can leave nothing that looks complete. */
+	if (ftruncate(fs->fd, 0) < 0)
+		return gw_error_set(err, -errno, "mapped-ram save: emptying the file: %s",
+				    gw_strerror(errno));
 	buf = malloc(h->header_length);
 	if (!buf)
 		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
@@ -545,11 +599,119 @@ static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 		return gw_error_set(err, -errno,
 				    "mapped-ram save: sizing the file to 0x%llx bytes: %s",
 				    (unsigned long long)off, gw_strerror(errno));
-	return 0;
+	return sync_file(fs, "the header that says a save runs", err);
+}
+
+static bool pread_exact(int fd, void *buf, uint64_t len, uint64_t off)
+{
+	unsigned char *p = buf;
+
+	for (uint64_t done = 0; done < len;) {
+		ssize_t n = pread(fd, p + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		done += (uint64_t)n;
+	}
+	return true;
+}
+
+/* Bitmap and hashes of block i of the file into the sink's dense arrays. */
+static bool read_block_meta(struct file_sink *fs, uint32_t i)
+{
+	const struct gw_mapped_block *mb = &fs->hdr->blocks[i];
+	uint64_t pages = mb->size / PAGE, words = gw_mapped_bitmap_bytes(mb->size) / 8, rank = 0;
+	unsigned char *bm = malloc(words * 8), *hs = malloc(8 * mb->nr_present + 8);
+	bool ok = bm && hs && pread_exact(fs->fd, bm, words * 8, mb->bitmap_offset) &&
+		  pread_exact(fs->fd, hs, 8 * mb->nr_present, mb->hashes_offset) &&
+		  gw_crc32c(0, bm, words * 8) == mb->bitmap_crc &&
+		  gw_crc32c(0, hs, 8 * mb->nr_present) == mb->hashes_crc;
+
+	for (uint64_t k = 0; ok && k < words; k++)
+		fs->blocks[i].present[k] = gw_get_le64(bm + 8 * k);
+	/* No bit past the block, and one hash per bit. */
+	if (ok && pages % 64 && fs->blocks[i].present[words - 1] >> (pages % 64))
+		ok = false;
+	for (uint64_t p = 0; ok && p < pages; p++) {
+		if (!gw_bitmap_test(fs->blocks[i].present, p))
+			continue;
+		if (rank == mb->nr_present)
+			ok = false;
+		else
+			fs->blocks[i].hashes[p] = gw_get_le64(hs + 8 * rank++);
+	}
+	free(bm);
+	free(hs);
+	return ok && rank == mb->nr_present;
+}
+
+/*
+ * Is fd the file of m's last incremental save, complete, of this guest,
+ * and laid out as this save needs (the region alignment O_DIRECT wants)?
+ * Then take its bitmaps and hashes, mark it as being saved into, and
+ * return 1: only the pages dirtied since need to be written. 0 if not
+ * (nothing in the file changed); <0 if it could not be marked.
+ */
+static int try_update(struct file_sink *fs, uint32_t align, struct gw_error *err)
+{
+	struct gw_migration *m = fs->m;
+	unsigned char fixed[GW_MAPPED_FIXED_SIZE], *buf;
+	struct gw_error ignored = {0};
+	struct stat st;
+	uint32_t len;
+	bool fits;
+
+	if (!m->incr.valid || fstat(fs->fd, &st) < 0 || (uint64_t)st.st_dev != m->incr.dev ||
+	    (uint64_t)st.st_ino != m->incr.ino || !pread_exact(fs->fd, fixed, sizeof(fixed), 0) ||
+	    gw_mapped_sniff(fixed, NULL) != 0 || gw_mapped_peek_length(fixed, &len, &ignored) < 0)
+		return 0;
+	buf = malloc(len);
+	fits = buf && pread_exact(fs->fd, buf, len, 0) &&
+	       gw_mapped_decode(buf, len, (uint64_t)st.st_size, fs->hdr, &ignored) == 0 &&
+	       fs->hdr->generation == m->incr.generation && fs->hdr->nr_blocks == m->nr_ram &&
+	       fs->hdr->region_align % align == 0;
+	free(buf);
+	for (uint32_t i = 0; fits && i < m->nr_ram; i++)
+		fits = !strcmp(fs->hdr->blocks[i].name, m->ram[i].name) &&
+		       fs->hdr->blocks[i].size == m->ram[i].size;
+	for (uint32_t i = 0; fits && i < m->nr_ram; i++) {
+		fs->blocks[i].present = calloc(gw_mapped_bitmap_bytes(m->ram[i].size) / 8, 8);
+		fs->blocks[i].hashes = calloc(m->ram[i].size / PAGE, 8);
+		fits = fs->blocks[i].present && fs->blocks[i].hashes && read_block_meta(fs, i);
+	}
+	if (!fits) {
+		for (uint32_t i = 0; i < m->nr_ram; i++) {
+			free(fs->blocks[i].present);
+			free(fs->blocks[i].hashes);
+			fs->blocks[i].present = fs->blocks[i].hashes = NULL;
+		}
+		memset(fs->hdr, 0, sizeof(*fs->hdr));
+		return 0;
+	}
+	/* From here the file is being saved into: a failure leaves it refused. */
+	struct gw_mapped_hdr *h = fs->hdr;
+	h->state = GW_MAPPED_STATE_SAVING;
+	h->generation++;
+	buf = malloc(h->header_length);
+	if (!buf)
+		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
+	gw_mapped_encode(h, buf);
+	int ret = pwrite_all(fs->fd, buf, h->header_length, 0, "the file header", NULL, err);
+	free(buf);
+	if (ret == 0)
+		ret = sync_file(fs, "marking the file as being saved into", err);
+	if (ret < 0)
+		return ret;
+	if (ftruncate(fs->fd, (off_t)h->stream_offset) < 0 ||
+	    lseek(fs->fd, (off_t)h->stream_offset, SEEK_SET) < 0)
+		return gw_error_set(err, -errno, "mapped-ram save: cutting the old stream off: %s",
+				    gw_strerror(errno));
+	return 1;
 }
 
 int gw_file_sink_open(struct gw_migration *m, int fd, struct gw_writer *w,
-		      const struct gw_file_sink_params *sp, struct gw_ram_sink **out,
+		      const struct gw_file_sink_params *sp, struct gw_ram_sink **out, bool *update,
 		      struct gw_error *err)
 {
 	struct file_sink *fs;
@@ -568,15 +730,28 @@ int gw_file_sink_open(struct gw_migration *m, int fd, struct gw_writer *w,
 	if (sp->writers < 1 || sp->writers > GW_FILE_SINK_MAX_WRITERS)
 		return gw_error_set(err, -EINVAL, "mapped-ram: %u writers, expected 1 to %u",
 				    sp->writers, GW_FILE_SINK_MAX_WRITERS);
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0 && (fl & O_APPEND))
+		return gw_error_set(err, -EINVAL,
+				    "mapped-ram writes at fixed offsets: the file is open with O_APPEND");
 	fs = calloc(1, sizeof(*fs));
 	if (!fs)
 		return gw_error_set(err, -ENOMEM, "mapped-ram: out of memory");
 	fs->sink.ops = &file_ops;
 	fs->m = m;
 	fs->w = w;
-	fs->fd = fd;
+	/* A dup of our own: the writers may still be at work when the
+	 * engine's channel closes, and must not write into a file that
+	 * reuses the number. */
+	fs->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	fs->pfd = -1;
+	fs->cancel = sp->cancel;
 	fs->stream_base = gw_writer_sent(w);
+	if (fs->fd < 0) {
+		free(fs);
+		return gw_error_set(err, -errno, "mapped-ram: dup of the file: %s",
+				    gw_strerror(errno));
+	}
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_cond_init(&fs->space, NULL);
 	fs->hdr = calloc(1, sizeof(*fs->hdr));
@@ -588,7 +763,14 @@ int gw_file_sink_open(struct gw_migration *m, int fd, struct gw_writer *w,
 	}
 	memset(fs->zeros, 0, ZEROS);
 	ret = open_pages_fd(fs, sp, &align, err);
-	if (ret == 0)
+	*update = false;
+	if (ret == 0 && sp->incremental) {
+		ret = try_update(fs, align, err);
+		*update = ret > 0;
+		ret = ret > 0 ? 0 : ret;
+	}
+	fs->incremental = sp->incremental;
+	if (ret == 0 && !*update)
 		ret = lay_out(fs, align, err);
 	if (ret == 0)
 		ret = start_writers(fs, sp->writers, err);

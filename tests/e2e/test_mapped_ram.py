@@ -124,9 +124,11 @@ class SaveRestore(unittest.TestCase):
             src.wait_passes(1)
             src.qmp.cmd("stop")
             path = os.path.join(src.dir, "guest.gwm")
-            save(self, src, path)
+            r = save(self, src, path)
             h, blocks = header(path)
             self.assertEqual(h["state"], 0x454e4f44)
+            # What went into the file, pages included.
+            self.assertGreaterEqual(r["ram"]["transferred"], 4096 * blocks[0]["nr_present"])
             self.assertEqual([b["name"] for b in blocks], ["ram-low"])
             self.check_restore(src, path, was_running=False)
 
@@ -183,6 +185,87 @@ class SaveRestore(unittest.TestCase):
             self.assertGreater(pages, 16 << 20)
             self.assertLess(resident, 2 << 20, f"{resident} bytes of the file are cached")
             self.check_restore(src, path, params)
+
+
+class Incremental(unittest.TestCase):
+    """A second save into the file of the first writes only what the guest
+    dirtied since, and restores to the guest at the second save."""
+
+    def save(self, vm, path, incremental=True):
+        vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": "mapped-ram", "state": True},
+            {"capability": "x-godwit-incremental", "state": incremental}])
+        vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 0})
+        vm.qmp.cmd("migrate", uri="file:" + path)
+        r = wait_migration(vm)
+        self.assertEqual(r["status"], "completed", r)
+        return r
+
+    def restored_hash(self, src, path):
+        with restorer(src, path) as dst:
+            d = wait_migration(dst)
+            self.assertEqual(d["status"], "completed", d)
+            # Saved while paused (a second save from postmigrate): it
+            # arrives paused, as the guest was.
+            if dst.qmp.cmd("query-status")["status"] == "paused":
+                dst.qmp.cmd("cont")
+            dst.wait_passes(1)
+            self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+            return d["x-godwit-ram-hash"]
+
+    def test_incremental_saves(self):
+        with dirtier(memory="128M", append="end=40M") as src:
+            src.wait_passes(1)
+            path = os.path.join(src.dir, "incr.gwm")
+            first = self.save(src, path)
+            self.assertEqual((first["x-godwit-generation"], first["x-godwit-incremental"]),
+                             (1, False))
+            self.assertGreater(first["ram"]["normal"], 9000)  # the 38 MiB the guest wrote
+            # Still paused where it was saved: nothing changed since, and
+            # nothing but the device state is written again.
+            second = self.save(src, path)
+            self.assertEqual((second["x-godwit-generation"], second["x-godwit-incremental"]),
+                             (2, True))
+            self.assertLess(second["ram"]["normal"], 16, second["ram"])
+            self.assertEqual(self.restored_hash(src, path), src.ram_hash())
+            # Saved again while the guest is half-way through a pass: the
+            # pages it rewrote since go, the others keep their slots.
+            src.qmp.cmd("cont")
+            src.wait_passes(1)
+            third = self.save(src, path)
+            self.assertEqual((third["x-godwit-generation"], third["x-godwit-incremental"]),
+                             (3, True))
+            self.assertEqual(self.restored_hash(src, path), src.ram_hash())
+            # Another file: a full save, and it becomes the base.
+            src.qmp.cmd("cont")
+            other = os.path.join(src.dir, "other.gwm")
+            r = self.save(src, other)
+            self.assertEqual((r["x-godwit-generation"], r["x-godwit-incremental"]), (1, False))
+            # The first file is no longer the base: a full save again.
+            src.qmp.cmd("cont")
+            r = self.save(src, path)
+            self.assertEqual((r["x-godwit-generation"], r["x-godwit-incremental"]), (1, False))
+            self.assertEqual(self.restored_hash(src, path), src.ram_hash())
+            # With the capability off, tracking ends: the next is full.
+            src.qmp.cmd("cont")
+            r = self.save(src, path, incremental=False)
+            self.assertEqual(r["x-godwit-generation"], 1)
+            src.qmp.cmd("cont")
+            r = self.save(src, path)
+            self.assertEqual((r["x-godwit-generation"], r["x-godwit-incremental"]), (1, False))
+
+    def test_cli_incremental(self):
+        with dirtier(memory="128M", append="end=40M") as src:
+            src.wait_passes(1)
+            path = os.path.join(src.dir, "cli.gwm")
+            r = cli("-s", src.sock, "snapshot-save", "--incremental", path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("full save 1", r.stdout)
+            src.qmp.cmd("cont")
+            r = cli("-s", src.sock, "snapshot-save", "--incremental", path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("incremental save 2", r.stdout)
+            self.assertEqual(self.restored_hash(src, path), src.ram_hash())
 
 
 def cli(*args):
@@ -302,6 +385,22 @@ class PassedFds(unittest.TestCase):
                     with self.assertRaises(gwtest.QmpError) as e:
                         src.qmp.cmd(cmd, **args)
                     self.assertIn(words, str(e.exception))
+            # An fd sent with a refused command does not wait for the next one.
+            with open(os.path.join(src.dir, "stray"), "wb") as f:
+                with self.assertRaises(gwtest.QmpError):
+                    src.qmp.cmd("getfd", fdname="9bad", fd=f.fileno())
+            with self.assertRaises(gwtest.QmpError) as e:
+                src.qmp.cmd("getfd", fdname="later")
+            self.assertIn("No file descriptor supplied", str(e.exception))
+            # A file open with O_APPEND cannot hold pages at fixed offsets.
+            with open(os.path.join(src.dir, "append"), "ab") as f:
+                r = src.qmp.cmd("add-fd", fd=f.fileno())
+            mapped_caps(src)
+            src.qmp.cmd("migrate", uri=f"file:/dev/fdset/{r['fdset-id']}")
+            m = wait_migration(src)
+            self.assertEqual(m["status"], "failed", m)
+            self.assertIn("O_APPEND", m["error-desc"])
+            src.qmp.cmd("remove-fd", **{"fdset-id": r["fdset-id"]})
             # A read-only fd cannot take a save.
             with open(os.path.join(src.dir, "ro"), "wb"):
                 pass
@@ -444,6 +543,25 @@ class Faults(unittest.TestCase):
                         assert_destination_refused(self, dst, "did not finish")
                 finally:
                     src.kill()
+
+    def test_cancelled_midway(self):
+        """migrate-cancel of a save: the guest runs on, the file is refused."""
+        with dirtier(append="end=32M") as src:
+            src.wait_passes(1)
+            path = os.path.join(src.dir, "cancelled.gwm")
+            mapped_caps(src)
+            src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 20,
+                                                     "multifd-channels": 4})
+            src.qmp.cmd("migrate", uri="file:" + path)
+            time.sleep(0.3)
+            src.qmp.cmd("migrate-cancel")
+            r = wait_migration(src)
+            self.assertEqual(r["status"], "cancelled", r)
+            self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+            src.wait_passes(1)
+            self.assertFalse(src.guest()["check-failed"])
+            with restorer(src, path) as dst:
+                assert_destination_refused(self, dst, "did not finish")
 
     def test_full_disk(self):
         """A save onto a file system that fills up fails, says so, and the

@@ -8,13 +8,16 @@
 #include "vmm/vmm.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <godwit/channel.h>
 #include <godwit/migration.h>
 #include <godwit/precopy.h>
+#include <godwit/tracking.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum role { ROLE_NONE, ROLE_OUTGOING, ROLE_INCOMING };
@@ -28,7 +31,7 @@ struct vm_migration {
 	pthread_mutex_t lock;
 	struct gw_precopy_params params;
 	uint64_t go_timeout_ms; /* destination: READY until GO */
-	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram;
+	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
 	enum role role;            /* what runs now */
 	enum role shown;           /* what query-migrate reports: the latest migration */
 	enum gw_mig_status status; /* VMM-level status, final word on the outcome */
@@ -42,7 +45,9 @@ struct vm_migration {
 	/* outgoing: a thread connects and hands the channel to the engine,
 	 * which owns it from then on */
 	char *uri;
-	int passed_fd; /* an fd the URI names (fd:NUM), closed once connected; or -1 */
+	int passed_fd;    /* an fd the URI names (fd:NUM), closed once connected; or -1 */
+	bool update_path; /* incremental mapped-ram save into file:PATH: no truncation */
+	bool to_file;     /* the latest outgoing migration went into a regular file */
 	pthread_t connect_thread;
 	bool connect_thread_live;
 	struct gw_precopy *out;
@@ -255,12 +260,33 @@ static void *connect_failed(struct vm_migration *mig, enum gw_mig_status s, cons
  * written (migrate-cancel, quit). The engine then owns the channel: it
  * ends it, and an exec: command, before its outcome is final.
  */
+/*
+ * An incremental mapped-ram save into file:PATH updates the file of the
+ * last save in place: open it for reading and writing, without the
+ * truncation of the file: transport (lib/ram/sink_file.c decides whether
+ * it can update it; a new or other file gets a full save).
+ */
+static int open_for_update(struct vm_migration *mig, struct gw_channel *ch, struct gw_error *err)
+{
+	int fd = open(mig->uri + strlen("file:"), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return gw_error_set(err, -errno, "%s: cannot open for an incremental save: %s",
+				    mig->uri, strerror(errno));
+	char uri[32];
+	snprintf(uri, sizeof(uri), "fd:%d", fd);
+	int ret = gw_channel_connect(uri, ch, err);
+	close(fd);
+	return ret;
+}
+
 static void *connect_thread(void *opaque)
 {
 	struct vm_migration *mig = opaque;
 	struct gw_error err = {0};
 	struct gw_channel ch;
-	int ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
+	int ret = mig->update_path ?
+			  open_for_update(mig, &ch, &err) :
+			  gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
 	/* The channel holds its own dup of a passed fd now. */
 	if (mig->passed_fd >= 0) {
 		close(mig->passed_fd);
@@ -274,6 +300,7 @@ static void *connect_thread(void *opaque)
 	struct gw_precopy_params p = mig->params;
 	p.auto_converge = mig->cap_auto_converge;
 	p.mapped_ram = mig->cap_mapped_ram;
+	p.incremental = mig->cap_incremental;
 	pthread_mutex_unlock(&mig->lock);
 
 	const struct gw_precopy_callbacks cb = {
@@ -283,6 +310,8 @@ static void *connect_thread(void *opaque)
 		.opaque = mig,
 	};
 	struct gw_precopy *out;
+	struct stat st;
+	bool to_file = fstat(ch.fd, &st) == 0 && S_ISREG(st.st_mode);
 	ret = gw_precopy_start(mig->m, &ch, 1, &p, &cb, &out, &err);
 	if (ret) {
 		gw_channel_abort(&ch);
@@ -291,6 +320,7 @@ static void *connect_thread(void *opaque)
 	}
 	pthread_mutex_lock(&mig->lock);
 	mig->out = out;
+	mig->to_file = to_file;
 	if (mig->cancel)
 		gw_precopy_cancel(out);
 	pthread_mutex_unlock(&mig->lock);
@@ -331,7 +361,12 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 		snprintf(errmsg, errlen, "There's a migration process in progress");
 		return -EBUSY;
 	}
-	if (rs == VMM_POSTMIGRATE) {
+	/* Saved into a file, the guest is still only here: it may be saved
+	 * again as it stands (an incremental save of a paused guest). */
+	pthread_mutex_lock(&mig->lock);
+	bool saved_to_file = mig->to_file && mig->status == GW_MIG_COMPLETED;
+	pthread_mutex_unlock(&mig->lock);
+	if (rs == VMM_POSTMIGRATE && !saved_to_file) {
 		snprintf(errmsg, errlen,
 			 "the guest already migrated away; 'cont' it first to migrate it again");
 		return -EINVAL;
@@ -350,6 +385,7 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 	mig->cancel = false;
 	mig->have_last = false;
 	mig->passed_fd = passed_fd;
+	mig->update_path = mig->cap_incremental && mig->cap_mapped_ram && !strncmp(uri, "file:", 5);
 	/* The previous migration's cancel is over: reset the counter. */
 	uint64_t count;
 	while (read(mig->cancel_efd, &count, sizeof(count)) > 0)
@@ -523,6 +559,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.auto_converge = mig->cap_auto_converge,
 		.verify_hash = mig->cap_verify_hash,
 		.mapped_ram = mig->cap_mapped_ram,
+		.incremental = mig->cap_incremental,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -537,6 +574,7 @@ void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p, uin
 		struct gw_precopy_params now = *p;
 		now.auto_converge = mig->cap_auto_converge;
 		now.mapped_ram = mig->cap_mapped_ram;
+		now.incremental = mig->cap_incremental;
 		/* p came from the defaults: no reserved word, nothing to refuse */
 		gw_precopy_set_params(mig->out, &now, NULL);
 	}
@@ -556,6 +594,10 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	mig->cap_auto_converge = want->auto_converge;
 	mig->cap_verify_hash = want->verify_hash;
 	mig->cap_mapped_ram = want->mapped_ram;
+	/* Turned off between saves: the tracking it kept on ends. */
+	if (mig->cap_incremental && !want->incremental)
+		gw_migration_end_tracking(mig->m);
+	mig->cap_incremental = want->incremental;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }

@@ -41,8 +41,8 @@ int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *err
 /* What migrate-set-parameters and -capabilities change. */
 struct migration_settings {
 	struct gw_precopy_params precopy;
-	uint64_t go_timeout_ms;                              /* destination: READY until GO */
-	bool events, auto_converge, verify_hash, mapped_ram; /* capabilities */
+	uint64_t go_timeout_ms; /* destination: READY until GO */
+	bool events, auto_converge, verify_hash, mapped_ram, incremental; /* capabilities */
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);

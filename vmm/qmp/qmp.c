@@ -469,6 +469,7 @@ static void dispatch(struct qmp_client *c, const char *text, size_t len)
 
 static void client_input(struct qmp_client *c, const char *p, size_t n)
 {
+	bool dispatched = false;
 	while (!c->dead) {
 		size_t used, len;
 		int frame = qmp_framer_feed(&c->fr, p, n, &used);
@@ -478,11 +479,20 @@ static void client_input(struct qmp_client *c, const char *p, size_t n)
 			client_kill(c); /* out of memory: its message is lost */
 			return;
 		}
-		if (frame == QMP_FRAME_MORE)
+		if (frame == QMP_FRAME_MORE) {
+			/* An fd comes with the command that takes it. One a command
+			 * of this read did not take (a refused getfd, any other
+			 * command) must not wait for a later one, unless part of
+			 * that one came in this read too and the fd may be its. */
+			if (dispatched && c->fr.state == QMP_FRAMER_IDLE)
+				while (c->nr_fds)
+					close(c->fds[--c->nr_fds]);
 			return;
+		}
 		if (frame == QMP_FRAME_VALUE) {
 			const char *text = qmp_framer_value(&c->fr, &len);
 			dispatch(c, text, len);
+			dispatched = true;
 		} else {
 			reply_parse_error(c, "%s", qmp_framer_error(&c->fr));
 		}

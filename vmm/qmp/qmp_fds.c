@@ -273,6 +273,11 @@ int qmp_fds_resolve(struct qmp_server *s, const char *uri, bool writing, char *o
 			snprintf(errmsg, errlen, "File descriptor named '%s' not found", uri + 3);
 			return -1;
 		}
+		if (!access_fits(n->fd, writing)) {
+			snprintf(errmsg, errlen, "File descriptor named '%s' is not open for %s",
+				 uri + 3, writing ? "writing" : "reading");
+			return -1;
+		}
 		/* The migration takes the named fd: the name is gone after. */
 		fd = n->fd;
 		drop_named(t, n);

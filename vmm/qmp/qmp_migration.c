@@ -105,6 +105,10 @@ static json_t *outgoing_info(const struct migration_info *mi)
 				    json_integer((json_int_t)st->handshake_us));
 	if (st->unconfirmed)
 		json_object_set_new(r, "x-godwit-unconfirmed", json_true());
+	if (st->generation) {
+		json_object_set_new(r, "x-godwit-incremental", json_boolean(st->incremental));
+		json_object_set_new(r, "x-godwit-generation", json_integer(st->generation));
+	}
 	if (mi->status == GW_MIG_FAILED)
 		json_object_set_new(r, "error-desc", json_string(mi->error));
 	return r;
@@ -275,6 +279,9 @@ static const struct capability capabilities[] = {
 	{"x-godwit-verify-hash", offsetof(struct migration_settings, verify_hash)},
 	/* into a file: one fixed slot per page (docs/format.md, "Mapped-RAM files") */
 	{"mapped-ram", offsetof(struct migration_settings, mapped_ram)},
+	/* with mapped-ram: keep tracking dirty pages after a save, and write
+	 * only those into the same file next time */
+	{"x-godwit-incremental", offsetof(struct migration_settings, incremental)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)
