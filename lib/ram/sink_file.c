@@ -550,6 +550,40 @@ static int start_writers(struct file_sink *fs, uint32_t n, struct gw_error *err)
 	return 0;
 }
 
+/*
+ * The new file gets its blocks at once where block i's memory has data
+ * (SEEK_DATA on its memfd): a full file system fails the save here, with
+ * nothing written, rather than half-way, and the slots lie together.
+ * Holes stay holes; memory without an fd is not preallocated.
+ */
+static int preallocate(struct file_sink *fs, uint32_t i, struct gw_error *err)
+{
+	const struct gw_ram_block *b = &fs->m->ram[i];
+	uint64_t base = b->fd_offset, end = b->fd_offset + b->size, at = base;
+
+	if (b->fd < 0)
+		return 0;
+	while (at < end) {
+		off_t data = lseek(b->fd, (off_t)at, SEEK_DATA);
+		if (data < 0 || (uint64_t)data >= end)
+			break;
+		off_t hole = lseek(b->fd, data, SEEK_HOLE);
+		uint64_t stop = hole < 0 || (uint64_t)hole > end ? end : (uint64_t)hole;
+		uint64_t len = stop - (uint64_t)data;
+		if (fallocate(fs->fd, 0,
+			      (off_t)(fs->hdr->blocks[i].pages_offset + (uint64_t)data - base),
+			      (off_t)len) < 0) {
+			if (errno == EOPNOTSUPP)
+				return 0;
+			return gw_error_set(err, -errno,
+					    "mapped-ram save, RAM block '%s': reserving 0x%llx bytes of the file for its pages: %s",
+					    b->name, (unsigned long long)len, gw_strerror(errno));
+		}
+		at = stop;
+	}
+	return 0;
+}
+
 static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 {
 	struct gw_migration *m = fs->m;
@@ -599,6 +633,11 @@ static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 		return gw_error_set(err, -errno,
 				    "mapped-ram save: sizing the file to 0x%llx bytes: %s",
 				    (unsigned long long)off, gw_strerror(errno));
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		ret = preallocate(fs, i, err);
+		if (ret < 0)
+			return ret;
+	}
 	return sync_file(fs, "the header that says a save runs", err);
 }
 
