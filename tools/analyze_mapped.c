@@ -15,6 +15,7 @@
 #include "lib/crc32c.h"
 #include "lib/format/mapped.h"
 #include "lib/internal.h"
+#include "lib/transport/pio.h"
 #include "tools/analyze.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
@@ -31,15 +32,7 @@ bool mapped_sniff(int fd)
 
 static bool read_at(int fd, void *buf, uint64_t len, uint64_t off)
 {
-	unsigned char *p = buf;
-
-	for (uint64_t done = 0; done < len;) {
-		ssize_t n = pread(fd, p + done, len - done, (off_t)(off + done));
-		if (n <= 0)
-			return false;
-		done += (uint64_t)n;
-	}
-	return true;
+	return gw_pread_full(fd, buf, len, off, NULL) == 0;
 }
 
 struct block_report {

@@ -28,6 +28,7 @@
 #include "lib/internal.h"
 #include "lib/ram/ram_land.h"
 #include "lib/transport/direct_io.h"
+#include "lib/transport/pio.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
 #define RUN_MAX (8ull << 20) /* bytes one pread() takes at most */
@@ -58,30 +59,11 @@ struct mload {
 	uint64_t *received;    /* atomic, may be NULL */
 };
 
-static int pread_all(int fd, void *buf, uint64_t len, uint64_t off, uint64_t *got)
-{
-	unsigned char *p = buf;
-
-	*got = 0;
-	while (*got < len) {
-		ssize_t n = pread(fd, p + *got, len - *got, (off_t)(off + *got));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ENODATA;
-		*got += (uint64_t)n;
-	}
-	return 0;
-}
-
 static int read_meta(struct mload *l, uint64_t off, uint64_t len, void *buf, const char *what,
 		     const char *name, struct gw_error *err)
 {
 	uint64_t got;
-	int ret = pread_all(l->fd, buf, len, off, &got);
+	int ret = gw_pread_full(l->fd, buf, len, off, &got);
 
 	if (ret == -ENODATA)
 		return gw_error_set(err, -EBADMSG,
@@ -207,7 +189,7 @@ static int read_run(struct mload *l, const struct run *r, struct gw_error *err)
 	const struct gw_mapped_block *mb = &l->h->blocks[r->entry];
 	const struct gw_ram_block *b = &l->m->ram[r->block];
 	uint64_t off = r->first * PAGE, len = r->pages * PAGE, at = mb->pages_offset + off, got;
-	int ret = pread_all(l->pfd, b->host + off, len, at, &got);
+	int ret = gw_pread_full(l->pfd, b->host + off, len, at, &got);
 
 	if (ret == -ENODATA)
 		return gw_error_set(err, -EBADMSG,
@@ -325,7 +307,7 @@ static int read_header(struct mload *l, struct gw_error *err)
 	struct stat st;
 	int ret;
 
-	ret = pread_all(l->fd, fixed, sizeof(fixed), 0, &got);
+	ret = gw_pread_full(l->fd, fixed, sizeof(fixed), 0, &got);
 	if (ret < 0)
 		return gw_error_set(err, ret == -ENODATA ? -EBADMSG : ret,
 				    "mapped-ram file: the header: %s",
@@ -343,7 +325,7 @@ static int read_header(struct mload *l, struct gw_error *err)
 	buf = malloc(len);
 	if (!buf)
 		return gw_error_set(err, -ENOMEM, "mapped-ram load: out of memory for the header");
-	ret = pread_all(l->fd, buf, len, 0, &got);
+	ret = gw_pread_full(l->fd, buf, len, 0, &got);
 	if (ret < 0)
 		ret = gw_error_set(err, ret == -ENODATA ? -EBADMSG : ret,
 				   "mapped-ram file: the header (%u bytes): %s", len,

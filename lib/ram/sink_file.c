@@ -39,6 +39,7 @@
 #include "lib/ram/ram_sink.h"
 #include "lib/ram/sink_file.h"
 #include "lib/transport/direct_io.h"
+#include "lib/transport/pio.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
 #define PAGE_MASK (PAGE - 1)
@@ -99,24 +100,30 @@ static struct file_sink *of(const struct gw_ram_sink *s)
 static int pwrite_all(int fd, const void *buf, uint64_t len, uint64_t off, const char *what,
 		      const char *name, struct gw_error *err)
 {
-	const unsigned char *p = buf;
-	uint64_t done = 0;
+	uint64_t done;
+	int ret = gw_pwrite_full(fd, buf, len, off, &done);
 
-	while (done < len) {
-		ssize_t n = pwrite(fd, p + done, len - done, (off_t)(off + done));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return gw_error_set(err, n < 0 ? -errno : -EIO,
-					    "mapped-ram save, %s%s%s: writing 0x%llx bytes at file offset 0x%llx: %s",
-					    what, name ? " of RAM block " : "", name ? name : "",
-					    (unsigned long long)(len - done),
-					    (unsigned long long)(off + done),
-					    n < 0 ? gw_strerror(errno) : "nothing written");
-		done += (uint64_t)n;
-	}
+	if (ret < 0)
+		return gw_error_set(err, ret,
+				    "mapped-ram save, %s%s%s: writing 0x%llx bytes at file offset 0x%llx: %s",
+				    what, name ? " of RAM block " : "", name ? name : "",
+				    (unsigned long long)(len - done),
+				    (unsigned long long)(off + done), gw_strerror(-ret));
 	return 0;
+}
+
+/* The header as fs->hdr has it now, at offset 0. */
+static int write_header(struct file_sink *fs, struct gw_error *err)
+{
+	unsigned char *buf = malloc(fs->hdr->header_length);
+	int ret;
+
+	if (!buf)
+		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
+	gw_mapped_encode(fs->hdr, buf);
+	ret = pwrite_all(fs->fd, buf, fs->hdr->header_length, 0, "the file header", NULL, err);
+	free(buf);
+	return ret;
 }
 
 /* Pages [off, off+len) of block i have data: hash them, write them, mark them. */
@@ -409,7 +416,6 @@ static int file_finish(struct gw_ram_sink *s, struct gw_error *err)
 {
 	struct file_sink *fs = of(s);
 	struct gw_mapped_hdr *h = fs->hdr;
-	unsigned char *buf;
 	uint64_t off;
 	int ret;
 
@@ -433,12 +439,7 @@ static int file_finish(struct gw_ram_sink *s, struct gw_error *err)
 	if (ret < 0)
 		return ret;
 	h->state = GW_MAPPED_STATE_DONE;
-	buf = malloc(h->header_length);
-	if (!buf)
-		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
-	gw_mapped_encode(h, buf);
-	ret = pwrite_all(fs->fd, buf, h->header_length, 0, "the file header", NULL, err);
-	free(buf);
+	ret = write_header(fs, err);
 	if (ret == 0)
 		ret = sync_file(fs, "the file header", err);
 	if (ret == 0 && fs->incremental) {
@@ -588,7 +589,6 @@ static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 {
 	struct gw_migration *m = fs->m;
 	struct gw_mapped_hdr *h = fs->hdr;
-	unsigned char *buf;
 	uint64_t off;
 	int ret;
 
@@ -621,12 +621,7 @@ static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 	if (ftruncate(fs->fd, 0) < 0)
 		return gw_error_set(err, -errno, "mapped-ram save: emptying the file: %s",
 				    gw_strerror(errno));
-	buf = malloc(h->header_length);
-	if (!buf)
-		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
-	gw_mapped_encode(h, buf);
-	ret = pwrite_all(fs->fd, buf, h->header_length, 0, "the file header", NULL, err);
-	free(buf);
+	ret = write_header(fs, err);
 	if (ret < 0)
 		return ret;
 	if (ftruncate(fs->fd, (off_t)off) < 0 || lseek(fs->fd, (off_t)off, SEEK_SET) < 0)
@@ -641,29 +636,14 @@ static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 	return sync_file(fs, "the header that says a save runs", err);
 }
 
-static bool pread_exact(int fd, void *buf, uint64_t len, uint64_t off)
-{
-	unsigned char *p = buf;
-
-	for (uint64_t done = 0; done < len;) {
-		ssize_t n = pread(fd, p + done, len - done, (off_t)(off + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return false;
-		done += (uint64_t)n;
-	}
-	return true;
-}
-
 /* Bitmap and hashes of block i of the file into the sink's dense arrays. */
 static bool read_block_meta(struct file_sink *fs, uint32_t i)
 {
 	const struct gw_mapped_block *mb = &fs->hdr->blocks[i];
 	uint64_t pages = mb->size / PAGE, words = gw_mapped_bitmap_bytes(mb->size) / 8, rank = 0;
 	unsigned char *bm = malloc(words * 8), *hs = malloc(8 * mb->nr_present + 8);
-	bool ok = bm && hs && pread_exact(fs->fd, bm, words * 8, mb->bitmap_offset) &&
-		  pread_exact(fs->fd, hs, 8 * mb->nr_present, mb->hashes_offset) &&
+	bool ok = bm && hs && gw_pread_full(fs->fd, bm, words * 8, mb->bitmap_offset, NULL) == 0 &&
+		  gw_pread_full(fs->fd, hs, 8 * mb->nr_present, mb->hashes_offset, NULL) == 0 &&
 		  gw_crc32c(0, bm, words * 8) == mb->bitmap_crc &&
 		  gw_crc32c(0, hs, 8 * mb->nr_present) == mb->hashes_crc;
 
@@ -702,11 +682,12 @@ static int try_update(struct file_sink *fs, uint32_t align, struct gw_error *err
 	bool fits;
 
 	if (!m->incr.valid || fstat(fs->fd, &st) < 0 || (uint64_t)st.st_dev != m->incr.dev ||
-	    (uint64_t)st.st_ino != m->incr.ino || !pread_exact(fs->fd, fixed, sizeof(fixed), 0) ||
+	    (uint64_t)st.st_ino != m->incr.ino ||
+	    gw_pread_full(fs->fd, fixed, sizeof(fixed), 0, NULL) != 0 ||
 	    gw_mapped_sniff(fixed, NULL) != 0 || gw_mapped_peek_length(fixed, &len, &ignored) < 0)
 		return 0;
 	buf = malloc(len);
-	fits = buf && pread_exact(fs->fd, buf, len, 0) &&
+	fits = buf && gw_pread_full(fs->fd, buf, len, 0, NULL) == 0 &&
 	       gw_mapped_decode(buf, len, (uint64_t)st.st_size, fs->hdr, &ignored) == 0 &&
 	       fs->hdr->generation == m->incr.generation && fs->hdr->nr_blocks == m->nr_ram &&
 	       fs->hdr->region_align % align == 0;
@@ -732,12 +713,7 @@ static int try_update(struct file_sink *fs, uint32_t align, struct gw_error *err
 	struct gw_mapped_hdr *h = fs->hdr;
 	h->state = GW_MAPPED_STATE_SAVING;
 	h->generation++;
-	buf = malloc(h->header_length);
-	if (!buf)
-		return gw_error_set(err, -ENOMEM, "mapped-ram save: out of memory for the header");
-	gw_mapped_encode(h, buf);
-	int ret = pwrite_all(fs->fd, buf, h->header_length, 0, "the file header", NULL, err);
-	free(buf);
+	int ret = write_header(fs, err);
 	if (ret == 0)
 		ret = sync_file(fs, "marking the file as being saved into", err);
 	if (ret < 0)
