@@ -730,7 +730,15 @@ static void test_settle(bool shrinking)
 	gw_precopy_stats(t.out, &st);
 	printf("%s dirty set: %llu syncs\n", shrinking ? "shrinking" : "constant",
 	       (unsigned long long)st.dirty_sync_count);
-	CHECK(st.dirty_sync_count == (shrinking ? 7 : 3));
+	/* Shrinking: the 16-page rest is quick enough only if the round
+	 * before it (32 pages, 128 KiB) drained at 64 MiB/s or more, i.e. in
+	 * under 2 ms of wall time. A loaded machine can stall the engine that
+	 * long (one timer tick is 4 ms), and then the engine rightly sends the
+	 * 8-page round too: one sync more, never fewer. */
+	if (shrinking)
+		CHECK(st.dirty_sync_count == 7 || st.dirty_sync_count == 8);
+	else
+		CHECK(st.dirty_sync_count == 3);
 	mig_free(&t);
 }
 
