@@ -36,6 +36,15 @@ static int absolute(const char *path, char *out, size_t len)
 	return 0;
 }
 
+/* FILE of the command line as the VMM needs it: path absolute, and uri. */
+static int file_uri(const char *arg, char *path, size_t path_len, char *uri, size_t uri_len)
+{
+	if (absolute(arg, path, path_len) < 0)
+		return -1;
+	snprintf(uri, uri_len, "file:%s", path);
+	return 0;
+}
+
 static int execute(struct qmp_client *c, const char *cmd, json_t *args)
 {
 	json_t *ret;
@@ -121,9 +130,8 @@ int run_snapshot_save(struct qmp_client *c, const struct command *cmd, const str
 {
 	(void)cmd;
 	char path[PATH_MAX + 8], uri[PATH_MAX + 16];
-	if (absolute(argv[0], path, sizeof(path)) < 0)
+	if (file_uri(argv[0], path, sizeof(path), uri, sizeof(uri)) < 0)
 		return EXIT_FAILURE;
-	snprintf(uri, sizeof(uri), "file:%s", path);
 	/* Incremental off ends the dirty tracking an earlier one kept on. */
 	if (execute(c, "migrate-set-capabilities",
 		    json_pack("{s:[{s:s,s:b},{s:s,s:b}]}", "capabilities", "capability",
@@ -139,9 +147,8 @@ int run_snapshot_restore(struct qmp_client *c, const struct command *cmd, const 
 {
 	(void)cmd;
 	char path[PATH_MAX + 8], uri[PATH_MAX + 16];
-	if (absolute(argv[0], path, sizeof(path)) < 0)
+	if (file_uri(argv[0], path, sizeof(path), uri, sizeof(uri)) < 0)
 		return EXIT_FAILURE;
-	snprintf(uri, sizeof(uri), "file:%s", path);
 	if (set_parameters(c, o) < 0 ||
 	    execute(c, "migrate-incoming", json_pack("{s:s}", "uri", uri)) < 0)
 		return command_failed(c);

@@ -4,11 +4,13 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lib/crc32c.h"
 #include "lib/format/mapped.h"
 #include "lib/internal.h"
+#include "lib/transport/pio.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
 
@@ -240,5 +242,77 @@ int gw_mapped_decode(const unsigned char *buf, uint32_t len, uint64_t file_bytes
 				   b->hashes_offset);
 		meta = b->hashes_offset + 8 * b->nr_present;
 	}
+	return 0;
+}
+
+static int read_part(int fd, uint64_t off, uint64_t len, void *buf, const char *what,
+		     const char *name, struct gw_error *err)
+{
+	uint64_t got;
+	int ret = gw_pread_full(fd, buf, len, off, &got);
+
+	if (ret == -ENODATA)
+		return gw_error_set(err, -EBADMSG,
+				    "mapped-ram file, RAM block '%s': %s at 0x%llx is cut short after %llu of %llu bytes (truncated file)",
+				    name, what, (unsigned long long)off, (unsigned long long)got,
+				    (unsigned long long)len);
+	if (ret < 0)
+		return gw_error_set(err, ret,
+				    "mapped-ram file, RAM block '%s': reading %s at 0x%llx: %s",
+				    name, what, (unsigned long long)off, gw_strerror(-ret));
+	return 0;
+}
+
+int gw_mapped_read_meta(int fd, const struct gw_mapped_block *b, uint64_t **bitmap,
+			uint64_t **hashes, struct gw_error *err)
+{
+	uint64_t pages = b->size / PAGE, words = gw_mapped_bitmap_bytes(b->size) / 8, count = 0;
+	uint64_t raw_len = words * 8 > 8 * b->nr_present ? words * 8 : 8 * b->nr_present;
+	unsigned char *raw = malloc(raw_len ? raw_len : 1);
+	uint64_t *bm = calloc(words ? words : 1, 8), *hs = malloc(8 * b->nr_present + 8);
+	uint32_t crc;
+	int ret = 0;
+
+	if (!raw || !bm || !hs)
+		ret = gw_error_set(err, -ENOMEM,
+				   "mapped-ram file: out of memory for RAM block '%s'", b->name);
+	if (ret == 0)
+		ret = read_part(fd, b->bitmap_offset, words * 8, raw, "the bitmap", b->name, err);
+	if (ret == 0 && (crc = gw_crc32c(0, raw, words * 8)) != b->bitmap_crc)
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the bitmap at 0x%llx is corrupted (CRC32C 0x%08x, computed 0x%08x)",
+				   b->name, (unsigned long long)b->bitmap_offset, b->bitmap_crc,
+				   crc);
+	for (uint64_t k = 0; ret == 0 && k < words; k++) {
+		bm[k] = gw_get_le64(raw + 8 * k);
+		count += (uint64_t)__builtin_popcountll(bm[k]);
+	}
+	if (ret == 0 && pages % 64 && (bm[words - 1] >> (pages % 64)))
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the bitmap has bits past the block's %llu pages",
+				   b->name, (unsigned long long)pages);
+	if (ret == 0 && count != b->nr_present)
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the bitmap has %llu pages, the header says %llu",
+				   b->name, (unsigned long long)count,
+				   (unsigned long long)b->nr_present);
+	if (ret == 0)
+		ret = read_part(fd, b->hashes_offset, 8 * b->nr_present, raw, "the hash table",
+				b->name, err);
+	if (ret == 0 && (crc = gw_crc32c(0, raw, 8 * b->nr_present)) != b->hashes_crc)
+		ret = gw_error_set(err, -EBADMSG,
+				   "mapped-ram file, RAM block '%s': the hash table at 0x%llx is corrupted (CRC32C 0x%08x, computed 0x%08x)",
+				   b->name, (unsigned long long)b->hashes_offset, b->hashes_crc,
+				   crc);
+	for (uint64_t k = 0; ret == 0 && k < b->nr_present; k++)
+		hs[k] = gw_get_le64(raw + 8 * k);
+	free(raw);
+	if (ret < 0) {
+		free(bm);
+		free(hs);
+		return ret;
+	}
+	*bitmap = bm;
+	*hashes = hs;
 	return 0;
 }

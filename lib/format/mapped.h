@@ -63,4 +63,14 @@ int gw_mapped_peek_length(const unsigned char *fixed, uint32_t *len, struct gw_e
 int gw_mapped_decode(const unsigned char *buf, uint32_t len, uint64_t file_bytes,
 		     struct gw_mapped_hdr *h, struct gw_error *err);
 
+/*
+ * Read block b's bitmap and hash table from fd and check them: both
+ * CRCs, no bit past the block, as many bits set as nr_present. *bitmap
+ * gets the words in host order (gw_mapped_bitmap_bytes(b->size) / 8 of
+ * them), *hashes the nr_present page hashes in page order; the caller
+ * frees both. 0, or -errno with the block and the part in err.
+ */
+int gw_mapped_read_meta(int fd, const struct gw_mapped_block *b, uint64_t **bitmap,
+			uint64_t **hashes, struct gw_error *err);
+
 #endif

@@ -59,24 +59,6 @@ struct mload {
 	uint64_t *received;    /* atomic, may be NULL */
 };
 
-static int read_meta(struct mload *l, uint64_t off, uint64_t len, void *buf, const char *what,
-		     const char *name, struct gw_error *err)
-{
-	uint64_t got;
-	int ret = gw_pread_full(l->fd, buf, len, off, &got);
-
-	if (ret == -ENODATA)
-		return gw_error_set(err, -EBADMSG,
-				    "mapped-ram file, RAM block '%s': %s at 0x%llx is cut short after %llu of %llu bytes (truncated file)",
-				    name, what, (unsigned long long)off, (unsigned long long)got,
-				    (unsigned long long)len);
-	if (ret < 0)
-		return gw_error_set(err, ret,
-				    "mapped-ram file, RAM block '%s': reading %s at 0x%llx: %s",
-				    name, what, (unsigned long long)off, gw_strerror(-ret));
-	return 0;
-}
-
 static int add_run(struct mload *l, const struct run *r, struct gw_error *err)
 {
 	if (l->nr_runs == l->cap_runs) {
@@ -111,50 +93,10 @@ static int prepare_block(struct mload *l, uint32_t e, struct gw_error *err)
 {
 	const struct gw_mapped_block *mb = &l->h->blocks[e];
 	struct gw_ram_block *b = &l->m->ram[l->map[e]];
-	uint64_t pages = mb->size / PAGE, words = gw_mapped_bitmap_bytes(mb->size) / 8;
-	unsigned char *raw = malloc(words * 8 > 8 * mb->nr_present ? words * 8 :
-								     8 * mb->nr_present + 1);
-	uint64_t count = 0, p = 0, rank = 0;
+	uint64_t pages = mb->size / PAGE, p = 0, rank = 0;
 	bool dirty = has_data(b);
-	int ret;
+	int ret = gw_mapped_read_meta(l->fd, mb, &l->bitmap[e], &l->hashes[e], err);
 
-	l->bitmap[e] = calloc(words, 8);
-	l->hashes[e] = malloc(8 * mb->nr_present + 8);
-	if (!raw || !l->bitmap[e] || !l->hashes[e]) {
-		free(raw);
-		return gw_error_set(err, -ENOMEM,
-				    "mapped-ram load: out of memory for RAM block '%s'", mb->name);
-	}
-	ret = read_meta(l, mb->bitmap_offset, words * 8, raw, "the bitmap", mb->name, err);
-	if (ret == 0 && gw_crc32c(0, raw, words * 8) != mb->bitmap_crc)
-		ret = gw_error_set(err, -EBADMSG,
-				   "mapped-ram file, RAM block '%s': the bitmap at 0x%llx is corrupted (CRC32C 0x%08x, computed 0x%08x)",
-				   mb->name, (unsigned long long)mb->bitmap_offset, mb->bitmap_crc,
-				   gw_crc32c(0, raw, words * 8));
-	for (uint64_t k = 0; ret == 0 && k < words; k++) {
-		l->bitmap[e][k] = gw_get_le64(raw + 8 * k);
-		count += (uint64_t)__builtin_popcountll(l->bitmap[e][k]);
-	}
-	if (ret == 0 && pages % 64 && (l->bitmap[e][words - 1] >> (pages % 64)))
-		ret = gw_error_set(err, -EBADMSG,
-				   "mapped-ram file, RAM block '%s': the bitmap has bits past the block's %llu pages",
-				   mb->name, (unsigned long long)pages);
-	if (ret == 0 && count != mb->nr_present)
-		ret = gw_error_set(err, -EBADMSG,
-				   "mapped-ram file, RAM block '%s': the bitmap has %llu pages, the header says %llu",
-				   mb->name, (unsigned long long)count,
-				   (unsigned long long)mb->nr_present);
-	if (ret == 0)
-		ret = read_meta(l, mb->hashes_offset, 8 * mb->nr_present, raw, "the hash table",
-				mb->name, err);
-	if (ret == 0 && gw_crc32c(0, raw, 8 * mb->nr_present) != mb->hashes_crc)
-		ret = gw_error_set(err, -EBADMSG,
-				   "mapped-ram file, RAM block '%s': the hash table at 0x%llx is corrupted (CRC32C 0x%08x, computed 0x%08x)",
-				   mb->name, (unsigned long long)mb->hashes_offset, mb->hashes_crc,
-				   gw_crc32c(0, raw, 8 * mb->nr_present));
-	for (uint64_t k = 0; ret == 0 && k < mb->nr_present; k++)
-		l->hashes[e][k] = gw_get_le64(raw + 8 * k);
-	free(raw);
 	/* Runs of present pages, cut at RUN_MAX; the gaps, zeroed. */
 	while (ret == 0 && p < pages) {
 		uint64_t s = gw_bitmap_next_set(l->bitmap[e], pages, p);

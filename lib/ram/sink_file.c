@@ -636,33 +636,21 @@ static int lay_out(struct file_sink *fs, uint32_t align, struct gw_error *err)
 	return sync_file(fs, "the header that says a save runs", err);
 }
 
-/* Bitmap and hashes of block i of the file into the sink's dense arrays. */
+/* Bitmap and hashes of block i of the file into the sink's arrays: the
+ * hash table is compact on disk (present pages only), dense here. */
 static bool read_block_meta(struct file_sink *fs, uint32_t i)
 {
 	const struct gw_mapped_block *mb = &fs->hdr->blocks[i];
-	uint64_t pages = mb->size / PAGE, words = gw_mapped_bitmap_bytes(mb->size) / 8, rank = 0;
-	unsigned char *bm = malloc(words * 8), *hs = malloc(8 * mb->nr_present + 8);
-	bool ok = bm && hs && gw_pread_full(fs->fd, bm, words * 8, mb->bitmap_offset, NULL) == 0 &&
-		  gw_pread_full(fs->fd, hs, 8 * mb->nr_present, mb->hashes_offset, NULL) == 0 &&
-		  gw_crc32c(0, bm, words * 8) == mb->bitmap_crc &&
-		  gw_crc32c(0, hs, 8 * mb->nr_present) == mb->hashes_crc;
+	uint64_t pages = mb->size / PAGE, rank = 0, *compact;
 
-	for (uint64_t k = 0; ok && k < words; k++)
-		fs->blocks[i].present[k] = gw_get_le64(bm + 8 * k);
-	/* No bit past the block, and one hash per bit. */
-	if (ok && pages % 64 && fs->blocks[i].present[words - 1] >> (pages % 64))
-		ok = false;
-	for (uint64_t p = 0; ok && p < pages; p++) {
-		if (!gw_bitmap_test(fs->blocks[i].present, p))
-			continue;
-		if (rank == mb->nr_present)
-			ok = false;
-		else
-			fs->blocks[i].hashes[p] = gw_get_le64(hs + 8 * rank++);
-	}
-	free(bm);
-	free(hs);
-	return ok && rank == mb->nr_present;
+	if (gw_mapped_read_meta(fs->fd, mb, &fs->blocks[i].present, &compact, NULL) < 0)
+		return false;
+	fs->blocks[i].hashes = calloc(pages, 8);
+	for (uint64_t p = 0; fs->blocks[i].hashes && p < pages; p++)
+		if (gw_bitmap_test(fs->blocks[i].present, p))
+			fs->blocks[i].hashes[p] = compact[rank++];
+	free(compact);
+	return fs->blocks[i].hashes != NULL;
 }
 
 /*
@@ -695,11 +683,8 @@ static int try_update(struct file_sink *fs, uint32_t align, struct gw_error *err
 	for (uint32_t i = 0; fits && i < m->nr_ram; i++)
 		fits = !strcmp(fs->hdr->blocks[i].name, m->ram[i].name) &&
 		       fs->hdr->blocks[i].size == m->ram[i].size;
-	for (uint32_t i = 0; fits && i < m->nr_ram; i++) {
-		fs->blocks[i].present = calloc(gw_mapped_bitmap_bytes(m->ram[i].size) / 8, 8);
-		fs->blocks[i].hashes = calloc(m->ram[i].size / PAGE, 8);
-		fits = fs->blocks[i].present && fs->blocks[i].hashes && read_block_meta(fs, i);
-	}
+	for (uint32_t i = 0; fits && i < m->nr_ram; i++)
+		fits = read_block_meta(fs, i);
 	if (!fits) {
 		for (uint32_t i = 0; i < m->nr_ram; i++) {
 			free(fs->blocks[i].present);
