@@ -277,6 +277,14 @@ struct gw_pages {
 /* The page hash of docs/format.md: XXH3-64, seed 0, of one page. */
 uint64_t gw_page_hash(const void *page);
 
+/* gw_save_pages() with the page data taken from data (the pages that are
+ * not GW_PAGE_ZERO, packed in entry order) instead of guest memory, or,
+ * with data NULL, from guest memory: a copy made earlier (a page a
+ * background snapshot saved from a write fault) goes as the page. */
+int gw_save_pages_from(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+		       const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
+		       struct gw_error *err);
+
 /*
  * Read a RAM_PAGES descriptor (head, entries, page hashes) into p, checking
  * only what is needed to know its size; *crc is the CRC32C of its bytes,

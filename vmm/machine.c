@@ -131,6 +131,16 @@ void vmm_mig_resume(struct vmm *vm)
 	pthread_mutex_unlock(&vm->run_lock);
 }
 
+void vmm_mig_resume_paused(struct vmm *vm)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	vm->user_paused = true;
+	vm->mig_paused = false;
+	vm->incoming = false;
+	apply_locked(vm);
+	pthread_mutex_unlock(&vm->run_lock);
+}
+
 void vmm_set_incoming(struct vmm *vm, bool incoming)
 {
 	pthread_mutex_lock(&vm->run_lock);

@@ -65,6 +65,9 @@ struct vmm {
 void vmm_mig_pause(struct vmm *vm);
 void vmm_set_incoming(struct vmm *vm, bool incoming);
 void vmm_mig_resume(struct vmm *vm);
+/* Let go of an incoming guest that must not run by itself: it stays
+ * paused as if by `stop`. */
+void vmm_mig_resume_paused(struct vmm *vm);
 /* An outgoing migration completed: stay paused, as "postmigrate". */
 void vmm_set_postmigrate(struct vmm *vm);
 

@@ -56,7 +56,11 @@ enum gw_record_type {
  * offsets of the file, not in RAM_PAGES records. At offset 0 this header
  * opens the file header; the stream embedded in the file carries it too. */
 #define GW_HDRF_MAPPED_RAM 0x2u
-#define GW_HDRF_KNOWN      (GW_HDRF_COMMIT | GW_HDRF_MAPPED_RAM)
+/* A snapshot of a guest that runs on at its source (a background
+ * snapshot): a destination reading it from a socket or pipe loads it and
+ * keeps the guest paused, so that one guest does not run twice. */
+#define GW_HDRF_SNAPSHOT   0x4u
+#define GW_HDRF_KNOWN      (GW_HDRF_COMMIT | GW_HDRF_MAPPED_RAM | GW_HDRF_SNAPSHOT)
 
 /* Mapped-ram files. */
 #define GW_MAPPED_FIXED_SIZE   64u   /* file header before the block entries */

@@ -19,6 +19,16 @@
  * migration fails with stats.unconfirmed set and the guest stays paused
  * (the one decision left to the operator).
  *
+ * Background snapshot (gw_precopy_params.background_snapshot): the same
+ * handle, another engine (lib/engine/background.c). It pauses the guest,
+ * write-protects the populated RAM with userfaultfd, saves device state,
+ * and resumes: that instant is the snapshot. Then it writes RAM while the
+ * guest runs; a guest (or VMM) write to a page not yet written faults, a
+ * thread copies the page and lets the write go on at once, and the copy
+ * is written ahead of the rest. The stream carries GW_HDRF_SNAPSHOT (the
+ * guest runs on at its source); status completed leaves the guest
+ * running; a failure or cancel leaves it running with nothing protected.
+ *
  * Destination: gw_incoming_start() loads a stream in its own thread
  * (gw_load), and only when every byte has arrived and checked out calls
  * gw_vm_ops.prepare, then (after GO, with a handshake) gw_vm_ops.resume,
@@ -71,6 +81,12 @@ struct gw_precopy_params {
 	 * since) only the pages dirtied since; any other file gets a full
 	 * save. A migration without it ends the tracking. */
 	bool incremental;
+	/* A background snapshot (QEMU: background-snapshot) instead of a
+	 * migration: the stream holds the guest as it was when the engine
+	 * paused it, for a few milliseconds, and the guest runs on while its
+	 * RAM is saved (below). Downtime limit, auto-converge and the
+	 * handshake do not apply; incremental is refused. */
+	bool background_snapshot;
 	uint64_t reserved[6]; /* 0: later versions give them a meaning (export.h) */
 };
 
@@ -111,7 +127,14 @@ struct gw_precopy_stats {
 	 * save into its file (gw_precopy_params.incremental). */
 	bool incremental;
 	uint32_t generation;  /* of the mapped-ram file written: 1 = a full save */
-	uint64_t reserved[7]; /* for fields of later versions: do not read */
+	/* A background snapshot: its write faults (pages a write reached before
+	 * the bulk did: copied, then let go) and the longest any write waited,
+	 * from the fault read to the page writable again. downtime_ms is the
+	 * pause; pause_us the same in microseconds. */
+	uint64_t wp_faults;
+	uint64_t wp_max_wait_us;
+	uint64_t pause_us;
+	uint64_t reserved[4]; /* for fields of later versions: do not read */
 };
 
 struct gw_precopy_callbacks {
@@ -168,7 +191,11 @@ struct gw_incoming_stats {
 	uint64_t received;       /* bytes read from the fd */
 	uint64_t go_wait_us;     /* READY sent until GO arrived: what the handshake cost */
 	char error[GW_ERROR_MSG_MAX];
-	uint64_t reserved[8];    /* for fields of later versions: do not read */
+	/* Completed without resuming: the stream was a background snapshot
+	 * (GW_HDRF_SNAPSHOT) read from a socket or pipe, of a guest that runs
+	 * on at its source; the VMM keeps this copy paused. */
+	bool held;
+	uint64_t reserved[7];    /* for fields of later versions: do not read */
 };
 
 struct gw_incoming_params {

@@ -78,14 +78,20 @@ static int load_mapped(struct gw_incoming *in, struct gw_error *err)
 	return gw_mapped_load(in->m, in->ch.fd, &mp, &in->job.cancel, &in->received, err);
 }
 
-/* Load the whole stream; *commit says whether the source waits for READY. */
-static int load(struct gw_incoming *in, bool *commit, struct gw_error *err)
+/*
+ * Load the whole stream; *commit says whether the source waits for READY,
+ * *hold whether the guest must not run here (a background snapshot of a
+ * guest that runs on, arriving live rather than restored from a file).
+ */
+static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_error *err)
 {
 	struct gw_reader *r;
 	uint32_t flags = 0;
+	struct stat st;
 	int ret;
 
 	*commit = false;
+	*hold = false;
 	if (is_mapped_file(in->ch.fd))
 		return load_mapped(in, err);
 
@@ -96,6 +102,7 @@ static int load(struct gw_incoming *in, bool *commit, struct gw_error *err)
 	gw_reader_count_into(r, &in->received);
 	ret = gw_load_flags(in->m, r, &flags, err);
 	*commit = flags & GW_HDRF_COMMIT;
+	*hold = (flags & GW_HDRF_SNAPSHOT) && !(fstat(in->ch.fd, &st) == 0 && S_ISREG(st.st_mode));
 	/* The source sends nothing after EOF until it has our READY. */
 	if (ret == 0 && *commit && gw_reader_buffered(r))
 		ret = gw_error_set(err, -EPROTO,
@@ -141,8 +148,8 @@ static int cancelled_here(struct gw_incoming *in, struct gw_error *err)
 static int receive(struct gw_incoming *in, struct gw_error *err)
 {
 	struct gw_migration *m = in->m;
-	bool commit = false;
-	int ret = load(in, &commit, err);
+	bool commit = false, hold = false;
+	int ret = load(in, &commit, &hold, err);
 
 	if (ret == 0 && commit && !in->return_path)
 		ret = gw_error_set(err, -EPROTO,
@@ -157,6 +164,13 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	/* The destination's commit point: a cancel from here is refused. */
 	if (ret == 0 && !gw_job_commit(&in->job))
 		ret = gw_error_set(err, -ECANCELED, "cancelled on the destination");
+	if (ret == 0 && hold) {
+		/* Its source still runs it: this copy waits for the operator. */
+		pthread_mutex_lock(&in->job.lock);
+		in->stats.held = true;
+		pthread_mutex_unlock(&in->job.lock);
+		return 0;
+	}
 	if (ret == 0 && (ret = m->vm_ops.resume(m->vm_opaque, err)) < 0)
 		gw_error_prefix(err, ret, "the stream loaded, but the guest cannot be resumed: ");
 	return ret;

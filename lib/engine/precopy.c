@@ -58,6 +58,7 @@
 #include "lib/clock.h"
 #include "lib/internal.h"
 #include "lib/engine/job.h"
+#include "lib/engine/outgoing.h"
 #include "lib/ram/populated.h"
 #include "lib/ram/ram_batch.h"
 #include "lib/ram/ram_sink.h"
@@ -77,14 +78,12 @@
 #define SETTLE_NS (1000000ull)
 #define SETTLE_ROUNDS 8
 
-struct gw_precopy {
-	struct gw_job job; /* its lock guards params and stats too */
+struct precopy {
+	struct gw_precopy h; /* job, params, stats (outgoing.h) */
 	struct gw_migration *m;
 	struct gw_precopy_callbacks cb;
 	struct gw_channel ch; /* ours: closed, and its command ended, before the outcome */
 	bool return_path;
-	struct gw_precopy_params params;
-	struct gw_precopy_stats stats;
 
 	/* The migration thread's own. */
 	struct gw_writer *w; /* the stream: header, sections, EOF */
@@ -115,62 +114,27 @@ struct gw_precopy {
 	struct gw_ratelimit rl;
 };
 
-void gw_precopy_params_default(struct gw_precopy_params *p)
+static void get_params(struct precopy *p, struct gw_precopy_params *out)
 {
-	*p = (struct gw_precopy_params){
-		.downtime_limit_ms = 300,
-		.max_bandwidth = 128ull << 20, /* QEMU's MAX_THROTTLE */
-		.throttle_initial = 20,
-		.throttle_increment = 10,
-		.throttle_max = 99,
-		.switchover_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
-		.ready_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
-		.confirm_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
-		.exec_grace_ms = GW_EXEC_GRACE_DEFAULT_MS,
-	};
+	gw_outgoing_params(&p->h, out);
 }
 
-/* Throttle settings out of range are brought into it (QEMU's ranges);
- * a switchover timeout of 0 is the default. */
-static void clamp_params(struct gw_precopy_params *p)
-{
-	p->switchover_timeout_ms = gw_timeout_ms(p->switchover_timeout_ms,
-						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
-	p->ready_timeout_ms = gw_timeout_ms(p->ready_timeout_ms, GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
-	p->confirm_timeout_ms = gw_timeout_ms(p->confirm_timeout_ms,
-					      GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
-	p->exec_grace_ms = gw_timeout_ms(p->exec_grace_ms, GW_EXEC_GRACE_DEFAULT_MS);
-	if (p->throttle_max < 1 || p->throttle_max > 99)
-		p->throttle_max = p->throttle_max < 1 ? 1 : 99;
-	if (p->throttle_initial < 1 || p->throttle_initial > p->throttle_max)
-		p->throttle_initial = p->throttle_initial < 1 ? 1 : p->throttle_max;
-	if (p->throttle_increment < 1 || p->throttle_increment > 99)
-		p->throttle_increment = p->throttle_increment < 1 ? 1 : 99;
-}
-
-static void get_params(struct gw_precopy *p, struct gw_precopy_params *out)
-{
-	pthread_mutex_lock(&p->job.lock);
-	*out = p->params;
-	pthread_mutex_unlock(&p->job.lock);
-}
-
-static uint64_t max_bandwidth(struct gw_precopy *p)
+static uint64_t max_bandwidth(struct precopy *p)
 {
 	uint64_t bw;
 
-	pthread_mutex_lock(&p->job.lock);
-	bw = p->params.max_bandwidth;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	bw = p->h.params.max_bandwidth;
+	pthread_mutex_unlock(&p->h.job.lock);
 	return bw;
 }
 
-static void publish_transferred(struct gw_precopy *p)
+static void publish_transferred(struct precopy *p)
 {
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.transferred = p->sink ? gw_sink_sent(p->sink) : gw_writer_sent(p->w);
-	p->stats.remaining = p->pending * PAGE;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.transferred = p->sink ? gw_sink_sent(p->sink) : gw_writer_sent(p->w);
+	p->h.stats.remaining = p->pending * PAGE;
+	pthread_mutex_unlock(&p->h.job.lock);
 }
 
 static int cancelled(struct gw_error *err)
@@ -183,11 +147,11 @@ static int cancelled(struct gw_error *err)
  * FAILED report in its place ends the migration with the destination's
  * reason (and says that its guest will never run).
  */
-static int expect(struct gw_precopy *p, uint64_t timeout_ms, enum gw_report_status want,
+static int expect(struct precopy *p, uint64_t timeout_ms, enum gw_report_status want,
 		  const char *what, struct gw_error *err)
 {
 	struct gw_report r;
-	int ret = gw_report_recv(&p->job.cancel, (int)timeout_ms, what, &r, err);
+	int ret = gw_report_recv(&p->h.job.cancel, (int)timeout_ms, what, &r, err);
 
 	if (ret < 0)
 		return ret;
@@ -203,15 +167,15 @@ static int expect(struct gw_precopy *p, uint64_t timeout_ms, enum gw_report_stat
 }
 
 /* Between batches: stop for a cancel, or for a destination that gave up. */
-static int stop_point(struct gw_precopy *p, struct gw_error *err)
+static int stop_point(struct precopy *p, struct gw_error *err)
 {
 	int ready;
 
-	if (gw_cancel_requested(&p->job.cancel))
+	if (gw_cancel_requested(&p->h.job.cancel))
 		return cancelled(err);
 	if (!p->return_path)
 		return 0;
-	ready = gw_cancel_poll(&p->job.cancel, POLLIN, 0);
+	ready = gw_cancel_poll(&p->h.job.cancel, POLLIN, 0);
 	if (ready == -ECANCELED)
 		return cancelled(err);
 	if (ready < 0)
@@ -222,7 +186,7 @@ static int stop_point(struct gw_precopy *p, struct gw_error *err)
 		       0;
 }
 
-static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error *err)
+static int set_throttle(struct precopy *p, uint32_t percent, struct gw_error *err)
 {
 	int ret;
 
@@ -234,14 +198,14 @@ static int set_throttle(struct gw_precopy *p, uint32_t percent, struct gw_error 
 				       "auto-converge: cannot throttle the vCPUs to %u%%: ",
 				       percent);
 	p->throttle = percent;
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.throttle_percent = percent;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.throttle_percent = percent;
+	pthread_mutex_unlock(&p->h.job.lock);
 	return 0;
 }
 
 /* Spend bytes from the bandwidth budget and wait until it allows more. */
-static int limit_bandwidth(struct gw_precopy *p, uint64_t bytes, struct gw_error *err)
+static int limit_bandwidth(struct precopy *p, uint64_t bytes, struct gw_error *err)
 {
 	gw_ratelimit_spend(&p->rl, bytes);
 	for (;;) {
@@ -250,27 +214,27 @@ static int limit_bandwidth(struct gw_precopy *p, uint64_t bytes, struct gw_error
 		if (!delay)
 			return 0;
 		/* In slices, so a raised limit takes effect at once. */
-		if (gw_cancel_sleep(&p->job.cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) <
-		    0)
+		if (gw_cancel_sleep(&p->h.job.cancel,
+				    delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) < 0)
 			return cancelled(err);
 	}
 }
 
 /* A batch has left: count it (query-migrate reads these). */
-static void account(struct gw_precopy *p, const struct gw_ram_batch *b)
+static void account(struct precopy *p, const struct gw_ram_batch *b)
 {
 	p->pending -= b->n;
 	p->round_pages += b->n;
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.transferred = gw_sink_sent(p->sink);
-	p->stats.remaining = p->pending * PAGE;
-	p->stats.duplicate += b->zero;
-	p->stats.normal += b->n - b->zero;
-	p->stats.normal_bytes += (uint64_t)(b->n - b->zero) * PAGE;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.transferred = gw_sink_sent(p->sink);
+	p->h.stats.remaining = p->pending * PAGE;
+	p->h.stats.duplicate += b->zero;
+	p->h.stats.normal += b->n - b->zero;
+	p->h.stats.normal_bytes += (uint64_t)(b->n - b->zero) * PAGE;
+	pthread_mutex_unlock(&p->h.job.lock);
 }
 
-static int send_batch(struct gw_precopy *p, const struct gw_ram_batch *b, bool final,
+static int send_batch(struct precopy *p, const struct gw_ram_batch *b, bool final,
 		      struct gw_error *err)
 {
 	uint64_t before = gw_sink_taken(p->sink);
@@ -292,7 +256,7 @@ static int send_batch(struct gw_precopy *p, const struct gw_ram_batch *b, bool f
 
 /* Pages per batch: at most a full bucket of the bandwidth limit, so a
  * slow limit is kept smoothly rather than in 4 MiB bursts. */
-static uint32_t batch_pages(struct gw_precopy *p, bool final)
+static uint32_t batch_pages(struct precopy *p, bool final)
 {
 	uint64_t burst = final ? UINT64_MAX : gw_ratelimit_burst(max_bandwidth(p)) / PAGE;
 
@@ -300,7 +264,7 @@ static uint32_t batch_pages(struct gw_precopy *p, bool final)
 }
 
 /* Send and clear the dirty pages of one block. */
-static int send_block(struct gw_precopy *p, uint32_t block, bool final, struct gw_error *err)
+static int send_block(struct precopy *p, uint32_t block, bool final, struct gw_error *err)
 {
 	struct gw_ram_batch batch;
 	struct gw_ram_walk walk;
@@ -315,7 +279,7 @@ static int send_block(struct gw_precopy *p, uint32_t block, bool final, struct g
 	return 0;
 }
 
-static int send_round(struct gw_precopy *p, bool final, struct gw_error *err)
+static int send_round(struct precopy *p, bool final, struct gw_error *err)
 {
 	uint64_t t0 = gw_now_ns(), x0 = gw_sink_taken(p->sink), dt;
 
@@ -331,14 +295,14 @@ static int send_round(struct gw_precopy *p, bool final, struct gw_error *err)
 	dt = gw_now_ns() - t0;
 	dt = dt ? dt : 1;
 	p->bandwidth = (uint64_t)((double)(p->round_pages * PAGE) * 1e9 / (double)dt);
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.mbps = (double)(gw_sink_taken(p->sink) - x0) * 8e3 / (double)dt;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.mbps = (double)(gw_sink_taken(p->sink) - x0) * 8e3 / (double)dt;
+	pthread_mutex_unlock(&p->h.job.lock);
 	return 0;
 }
 
 /* Collect what the guest dirtied, keep the populated pages, measure. */
-static int sync_all(struct gw_precopy *p, struct gw_error *err)
+static int sync_all(struct precopy *p, struct gw_error *err)
 {
 	const struct gw_migration *m = p->m;
 	uint64_t before = p->pending, pending = 0, now, xfer;
@@ -372,11 +336,11 @@ static int sync_all(struct gw_precopy *p, struct gw_error *err)
 	}
 	p->sync_ns = now;
 	p->sync_xfer = xfer;
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.dirty_sync_count = p->pass;
-	p->stats.dirty_pages_rate = p->dirty_rate;
-	p->stats.remaining = pending * PAGE;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.dirty_sync_count = p->pass;
+	p->h.stats.dirty_pages_rate = p->dirty_rate;
+	p->h.stats.remaining = pending * PAGE;
+	pthread_mutex_unlock(&p->h.job.lock);
 	if (p->cb.pass)
 		p->cb.pass(p->cb.opaque, p->pass);
 	return 0;
@@ -384,7 +348,7 @@ static int sync_all(struct gw_precopy *p, struct gw_error *err)
 
 /* Bytes per second the rest can be expected to drain at (rules above);
  * 0 before the first measure. */
-static uint64_t drain_bandwidth(const struct gw_precopy *p, const struct gw_precopy_params *pp)
+static uint64_t drain_bandwidth(const struct precopy *p, const struct gw_precopy_params *pp)
 {
 	uint64_t bw = p->bandwidth;
 
@@ -394,12 +358,12 @@ static uint64_t drain_bandwidth(const struct gw_precopy *p, const struct gw_prec
 }
 
 /* After a sync: does the rest fit the downtime limit? Fills blocked if not. */
-static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
+static bool fits(struct precopy *p, const struct gw_precopy_params *pp)
 {
 	uint64_t remaining = p->pending * PAGE;
 	uint64_t bw = drain_bandwidth(p, pp);
 	uint64_t expected = 0;
-	char blocked[sizeof(p->stats.blocked)] = "";
+	char blocked[sizeof(p->h.stats.blocked)] = "";
 
 	if (remaining && bw)
 		expected = (uint64_t)((double)remaining * 1000 / (double)bw);
@@ -413,15 +377,15 @@ static bool fits(struct gw_precopy *p, const struct gw_precopy_params *pp)
 			 (unsigned long long)expected, (unsigned long long)pp->downtime_limit_ms,
 			 (double)(p->dirty_rate * PAGE) / 1e6, (double)bw / 1e6,
 			 p->throttle ? " (vCPUs throttled)" : "");
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.expected_downtime_ms = expected;
-	memcpy(p->stats.blocked, blocked, sizeof(blocked));
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.expected_downtime_ms = expected;
+	memcpy(p->h.stats.blocked, blocked, sizeof(blocked));
+	pthread_mutex_unlock(&p->h.job.lock);
 	return !blocked[0];
 }
 
 /* Within the limit: is one more round still worth it? (rules above) */
-static bool settled(struct gw_precopy *p, const struct gw_precopy_params *pp)
+static bool settled(struct precopy *p, const struct gw_precopy_params *pp)
 {
 	uint64_t bw = drain_bandwidth(p, pp);
 	double rest_ns;
@@ -437,7 +401,7 @@ static bool settled(struct gw_precopy *p, const struct gw_precopy_params *pp)
 }
 
 /* Auto-converge, after a round that did not switch over (rules above). */
-static int converge(struct gw_precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
+static int converge(struct precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
 {
 	uint32_t next = p->throttle;
 
@@ -454,32 +418,23 @@ static int converge(struct gw_precopy *p, const struct gw_precopy_params *pp, st
 }
 
 /*
- * Where RAM goes: RAM_PAGES records in the stream, or one fixed slot per
- * page of a mapped-ram file (lib/ram/sink_file.c), whose layout the
- * stream then lives inside.
+ * Where RAM goes (outgoing.h); a stream to a socket asks for the
+ * switchover handshake.
  */
-static int open_sink(struct gw_precopy *p, uint32_t *hdr_flags, struct gw_error *err)
+static int open_sink(struct precopy *p, uint32_t *hdr_flags, struct gw_error *err)
 {
 	struct gw_precopy_params pp;
+	int ret;
 
 	get_params(p, &pp);
-	if (!pp.mapped_ram) {
-		gw_stream_sink_init(&p->stream_sink, p->m, p->w);
-		p->sink = &p->stream_sink.sink;
-		*hdr_flags = p->return_path ? GW_HDRF_COMMIT : 0;
-		return 0;
-	}
-	const struct gw_file_sink_params sp = {
-		.direct_io = pp.direct_io,
-		.writers = pp.multifd_channels ? pp.multifd_channels : 1,
-		.incremental = pp.incremental,
-		.cancel = &p->job.cancel,
-	};
-	*hdr_flags = GW_HDRF_MAPPED_RAM;
-	return gw_file_sink_open(p->m, p->ch.fd, p->w, &sp, &p->sink, &p->update, err);
+	ret = gw_outgoing_open_sink(p->m, p->ch.fd, p->w, &pp, &p->h.job.cancel, &p->stream_sink,
+				    &p->sink, hdr_flags, &p->update, err);
+	if (ret == 0 && !pp.mapped_ram && p->return_path)
+		*hdr_flags |= GW_HDRF_COMMIT;
+	return ret;
 }
 
-static int setup(struct gw_precopy *p, struct gw_error *err)
+static int setup(struct precopy *p, struct gw_error *err)
 {
 	struct gw_migration *m = p->m;
 	uint32_t hdr_flags = 0;
@@ -497,9 +452,9 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 	p->dirty_started = true;
 	ret = stop_point(p, err);
 	if (ret == 0)
-		ret = gw_writer_new(p->job.cancel.fd, &p->w, err);
+		ret = gw_writer_new(p->h.job.cancel.fd, &p->w, err);
 	if (ret == 0) {
-		gw_writer_bind(p->w, p->job.cancel.efd);
+		gw_writer_bind(p->w, p->h.job.cancel.efd);
 		ret = open_sink(p, &hdr_flags, err);
 	}
 	if (ret == 0)
@@ -515,13 +470,13 @@ static int setup(struct gw_precopy *p, struct gw_error *err)
 	gw_ratelimit_init(&p->rl, now);
 	p->sync_ns = now;
 	publish_transferred(p);
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.setup_time_ms = (now - p->job.start_ns) / 1000000;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.setup_time_ms = (now - p->h.job.start_ns) / 1000000;
+	pthread_mutex_unlock(&p->h.job.lock);
 	return 0;
 }
 
-static int iterate(struct gw_precopy *p, struct gw_error *err)
+static int iterate(struct precopy *p, struct gw_error *err)
 {
 	for (;;) {
 		struct gw_precopy_params pp;
@@ -542,7 +497,7 @@ static int iterate(struct gw_precopy *p, struct gw_error *err)
 		if (ret == 0)
 			ret = send_round(p, false, err);
 		if (ret == 0 && p->round_pages < SMALL_ROUND &&
-		    gw_cancel_sleep(&p->job.cancel, IDLE_NS) < 0)
+		    gw_cancel_sleep(&p->h.job.cancel, IDLE_NS) < 0)
 			ret = cancelled(err);
 		if (ret < 0)
 			return gw_error_prefix(err, ret,
@@ -551,9 +506,9 @@ static int iterate(struct gw_precopy *p, struct gw_error *err)
 }
 
 /* The commit point: from here a cancel is refused, unless one came first. */
-static int commit(struct gw_precopy *p, struct gw_error *err)
+static int commit(struct precopy *p, struct gw_error *err)
 {
-	return gw_job_commit(&p->job) ? 0 : cancelled(err);
+	return gw_job_commit(&p->h.job) ? 0 : cancelled(err);
 }
 
 /*
@@ -562,7 +517,7 @@ static int commit(struct gw_precopy *p, struct gw_error *err)
  * whole, any failure leaves the guest to the source, which resumes it;
  * after that only a FAILED report from the destination gives it back.
  */
-static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
+static int handshake(struct precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
 {
 	const struct gw_report go = {GW_REPORT_GO, 0, ""};
 	uint64_t ready_ns;
@@ -573,7 +528,7 @@ static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp, s
 	if (ret == 0)
 		ret = commit(p, err);
 	if (ret == 0)
-		ret = gw_report_send(&p->job.cancel, (int)pp->confirm_timeout_ms, &go, err);
+		ret = gw_report_send(&p->h.job.cancel, (int)pp->confirm_timeout_ms, &go, err);
 	if (ret < 0)
 		return ret;
 	p->handed_over = true;
@@ -581,13 +536,13 @@ static int handshake(struct gw_precopy *p, const struct gw_precopy_params *pp, s
 	ret = expect(p, pp->confirm_timeout_ms, GW_REPORT_RUNNING,
 		     "the destination's RUNNING (x-godwit-confirm-timeout)", err);
 	p->confirmed = ret == 0;
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
+	pthread_mutex_unlock(&p->h.job.lock);
 	return ret;
 }
 
-static int switchover(struct gw_precopy *p, struct gw_error *err)
+static int switchover(struct precopy *p, struct gw_error *err)
 {
 	struct gw_migration *m = p->m;
 	struct gw_precopy_params pp;
@@ -600,7 +555,7 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 	ret = m->vm_ops.pause(m->vm_opaque, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: cannot pause the guest: ");
-	gw_job_set_status(&p->job, GW_MIG_DEVICE);
+	gw_job_set_status(&p->h.job, GW_MIG_DEVICE);
 	/* A destination that stops reading cannot keep the guest paused
 	 * for longer than this. */
 	gw_writer_set_deadline(p->w, p->pause_ns + pp.switchover_timeout_ms * 1000000);
@@ -620,10 +575,10 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 	if (ret == 0)
 		ret = gw_sink_finish(p->sink, err);
 	if (ret == 0 && p->sink != &p->stream_sink.sink) {
-		pthread_mutex_lock(&p->job.lock);
-		p->stats.incremental = p->update;
-		p->stats.generation = gw_file_sink_generation(p->sink);
-		pthread_mutex_unlock(&p->job.lock);
+		pthread_mutex_lock(&p->h.job.lock);
+		p->h.stats.incremental = p->update;
+		p->h.stats.generation = gw_file_sink_generation(p->sink);
+		pthread_mutex_unlock(&p->h.job.lock);
 	}
 	publish_transferred(p);
 	/* One way into a command (ssh to a destination, say), the whole
@@ -639,9 +594,9 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
 		ret = handshake(p, &pp, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: ");
-	pthread_mutex_lock(&p->job.lock);
-	p->stats.downtime_ms = (gw_now_ns() - p->pause_ns) / 1000000;
-	pthread_mutex_unlock(&p->job.lock);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.downtime_ms = (gw_now_ns() - p->pause_ns) / 1000000;
+	pthread_mutex_unlock(&p->h.job.lock);
 	return 0;
 }
 
@@ -649,74 +604,39 @@ static int switchover(struct gw_precopy *p, struct gw_error *err)
  * A write failed because the destination hung up: it may have said why
  * on the return path first. Its reason replaces "broken pipe".
  */
-static void explain(struct gw_precopy *p, int ret, struct gw_error *err)
+static void explain(struct precopy *p, int ret, struct gw_error *err)
 {
 	struct gw_report r;
 
 	if (!p->return_path || p->handed_over || (ret != -EPIPE && ret != -ECONNRESET))
 		return;
-	if (gw_report_recv(&p->job.cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
+	if (gw_report_recv(&p->h.job.cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
 			   NULL) == 0 &&
 	    r.status == GW_REPORT_FAILED)
 		gw_error_set(err, r.code, "the destination failed: %s", r.msg);
 }
 
-static int migrate(struct gw_precopy *p, struct gw_error *err)
+static int migrate(struct precopy *p, struct gw_error *err)
 {
 	int ret;
 
-	gw_job_set_status(&p->job, GW_MIG_SETUP);
+	gw_job_set_status(&p->h.job, GW_MIG_SETUP);
 	ret = setup(p, err);
 	if (ret == 0) {
-		gw_job_set_status(&p->job, GW_MIG_ACTIVE);
+		gw_job_set_status(&p->h.job, GW_MIG_ACTIVE);
 		ret = iterate(p, err);
 	}
 	if (ret == 0)
 		ret = switchover(p, err);
-	if (ret < 0 && !gw_cancel_requested(&p->job.cancel))
+	if (ret < 0 && !gw_cancel_requested(&p->h.job.cancel))
 		explain(p, ret, err);
-	return ret;
-}
-
-/* Add "; what: why" to the message in err. */
-static void append(struct gw_error *err, const char *what, const char *why)
-{
-	char msg[2 * GW_ERROR_MSG_MAX + 128];
-
-	snprintf(msg, sizeof(msg), "%s; %s%s%s", err->msg, what, why ? ": " : "", why ? why : "");
-	gw_error_set(err, err->code, "%s", msg);
-}
-
-/*
- * The stream is over: close the channel and, for exec:, wait for the
- * command, whose exit says whether a stream that left whole arrived. A
- * command fed a stream that failed is not waited for: it may be stuck on
- * the network that is the reason for the failure.
- */
-static int end_channel(struct gw_precopy *p, int ret, struct gw_error *err)
-{
-	bool is_exec = p->ch.child > 0;
-	struct gw_precopy_params pp;
-	struct gw_error e2 = {0};
-	int end;
-
-	get_params(p, &pp);
-	if (ret < 0 && is_exec && !p->handed_over)
-		gw_channel_abort(&p->ch);
-	end = gw_channel_end(&p->ch, p->job.cancel.efd, (unsigned)pp.exec_grace_ms, &e2);
-	if (ret == 0)
-		return end < 0 ? gw_error_set(err, end, "%s", e2.msg) : 0;
-	if (is_exec && ret == -EPIPE && end == 0)
-		append(err, "the command exited (status 0) before it read the whole stream", NULL);
-	else if (end < 0)
-		append(err, e2.msg, NULL);
 	return ret;
 }
 
 /* Undo what the engine did to the source and decide the outcome. */
 static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_error *err)
 {
-	struct gw_precopy *p = j->engine;
+	struct precopy *p = j->engine;
 	struct gw_migration *m = p->m;
 	enum gw_mig_status outcome = GW_MIG_COMPLETED;
 	struct gw_error e2 = {0};
@@ -738,7 +658,7 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 		gw_cancel_shutdown(&j->cancel);
 	}
 	{
-		int end = end_channel(p, ret, err);
+		int end = gw_outgoing_end_channel(&p->h, &p->ch, p->handed_over, ret, err);
 
 		/* Confirmed, the guest runs there: closing our end cannot undo it. */
 		ret = p->confirmed ? 0 : end;
@@ -748,20 +668,20 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 		/* The other side may run the guest: resuming here could make
 		 * two. Keep the complete copy, paused, and say so. */
 		outcome = GW_MIG_FAILED;
-		append(err, "the source guest stays paused",
-		       p->return_path ?
-			       "the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it" :
-			       "the command got the whole stream and may have started the guest elsewhere; 'cont' resumes it here only if it is known not to run there");
+		gw_error_append(err, "the source guest stays paused",
+				p->return_path ?
+					"the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it" :
+					"the command got the whole stream and may have started the guest elsewhere; 'cont' resumes it here only if it is known not to run there");
 	} else if (ret < 0) {
 		outcome = gw_job_cancelled(j) && !p->handed_over ? GW_MIG_CANCELLED : GW_MIG_FAILED;
 		/* A guest that cannot run again is a failure, even of a cancel. */
 		if (p->paused && m->vm_ops.resume(m->vm_opaque, &e2) < 0) {
-			append(err, "and the source guest cannot be resumed", e2.msg);
+			gw_error_append(err, "and the source guest cannot be resumed", e2.msg);
 			outcome = GW_MIG_FAILED;
 		}
 	}
 	if (p->throttle && set_throttle(p, 0, &e2) < 0) {
-		append(err, "and the vCPU throttle cannot be removed", e2.msg);
+		gw_error_append(err, "and the vCPU throttle cannot be removed", e2.msg);
 		if (outcome == GW_MIG_CANCELLED)
 			outcome = GW_MIG_FAILED;
 	}
@@ -772,7 +692,7 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 	if (p->dirty_started && !(outcome == GW_MIG_COMPLETED && pp.incremental && pp.mapped_ram))
 		gw_migration_end_tracking(m);
 	pthread_mutex_lock(&j->lock);
-	p->stats.unconfirmed = unconfirmed;
+	p->h.stats.unconfirmed = unconfirmed;
 	pthread_mutex_unlock(&j->lock);
 	return outcome;
 }
@@ -787,56 +707,41 @@ static const struct gw_job_ops precopy_ops = {
 	.conclude = precopy_conclude,
 };
 
-static void precopy_release(struct gw_precopy *p)
+static void precopy_release(struct gw_precopy *h)
 {
+	struct precopy *p = (struct precopy *)h;
+
 	if (p->sink && p->sink != &p->stream_sink.sink)
 		gw_sink_release(p->sink);
-	for (uint32_t i = 0; i < p->m->nr_ram; i++)
+	for (uint32_t i = 0; p->dirty && i < p->m->nr_ram; i++)
 		free(p->dirty[i]);
 	free(p->dirty);
 	free(p);
 }
 
-int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsigned nr_channels,
-		     const struct gw_precopy_params *params, const struct gw_precopy_callbacks *cb,
-		     struct gw_precopy **out, struct gw_error *err)
+int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
+			    const struct gw_precopy_params *params,
+			    const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
+			    struct gw_error *err)
 {
-	struct gw_precopy *p;
+	struct precopy *p;
 	int ret;
 
-	if (!m || !out || !channels)
-		return gw_error_set(err, -EINVAL,
-				    "pre-copy: no migration object, channel or result pointer");
-	if (nr_channels != 1)
-		return gw_error_set(err, -EINVAL,
-				    "pre-copy: %u channels given; one stream channel is supported",
-				    nr_channels);
-	if (!m->vm_ops.pause)
-		return gw_error_set(err, -EINVAL,
-				    "pre-copy: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
 	if (!m->dirty_ops.sync)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set dirty-page tracking (gw_migration_set_dirty_ops)");
-	if (params && (ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
-					       "pre-copy parameters", err)) < 0)
-		return ret;
+	if (params->auto_converge && (!cb || !cb->throttle))
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: auto-converge needs a throttle callback");
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return gw_error_set(err, -ENOMEM, "pre-copy: out of memory");
+	p->h.release = precopy_release;
 	p->m = m;
-	if (params)
-		p->params = *params;
-	else
-		gw_precopy_params_default(&p->params);
-	clamp_params(&p->params);
+	p->h.params = *params;
 	if (cb)
 		p->cb = *cb;
-	if (p->params.auto_converge && !p->cb.throttle) {
-		free(p);
-		return gw_error_set(err, -EINVAL,
-				    "pre-copy: auto-converge needs a throttle callback");
-	}
-	p->ch = channels[0];
+	p->ch = *ch;
 	/* A socket can answer: the handshake runs over it. */
 	p->return_path = p->ch.bidirectional;
 	p->dirty = calloc(m->nr_ram + 1, sizeof(*p->dirty));
@@ -847,71 +752,21 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	for (uint32_t i = 0; i < m->nr_ram; i++) {
 		p->dirty[i] = calloc(gw_bitmap_words(m->ram[i].size / PAGE), sizeof(uint64_t));
 		if (!p->dirty[i]) {
-			precopy_release(p);
+			precopy_release(&p->h);
 			return gw_error_set(err, -ENOMEM,
 					    "pre-copy: out of memory for the dirty bitmaps");
 		}
-		p->stats.total += m->ram[i].size;
+		p->h.stats.total += m->ram[i].size;
 	}
-	p->stats.page_size = PAGE;
-	ret = gw_job_start(&p->job, &precopy_ops, p, "gw-precopy", p->ch.fd, GW_MIG_SETUP,
+	p->h.stats.page_size = PAGE;
+	ret = gw_job_start(&p->h.job, &precopy_ops, p, "gw-precopy", p->ch.fd, GW_MIG_SETUP,
 			   p->cb.status, p->cb.opaque, err);
 	if (ret < 0) {
-		precopy_release(p);
+		precopy_release(&p->h);
 		return gw_error_prefix(err, ret, "pre-copy: ");
 	}
 	/* The channel is the engine's now. */
-	*channels = (struct gw_channel){.fd = -1};
-	*out = p;
+	*ch = (struct gw_channel){.fd = -1};
+	*out = &p->h;
 	return 0;
-}
-
-int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
-			  struct gw_error *err)
-{
-	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
-				    "pre-copy parameters", err);
-
-	if (ret < 0)
-		return ret;
-	pthread_mutex_lock(&p->job.lock);
-	p->params = *params;
-	clamp_params(&p->params);
-	pthread_mutex_unlock(&p->job.lock);
-	return 0;
-}
-
-void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
-{
-	/* One snapshot: the status and the fields that explain it together. */
-	pthread_mutex_lock(&p->job.lock);
-	*out = p->stats;
-	out->status = gw_job_status_locked(&p->job, &out->total_time_ms, &out->error_code,
-					   out->error, sizeof(out->error));
-	pthread_mutex_unlock(&p->job.lock);
-}
-
-bool gw_precopy_cancel(struct gw_precopy *p)
-{
-	return gw_job_cancel(&p->job);
-}
-
-void gw_precopy_abort(struct gw_precopy *p)
-{
-	/* After GO only the wait for RUNNING is left: end it (unconfirmed). */
-	gw_job_stop(&p->job);
-}
-
-bool gw_precopy_done(struct gw_precopy *p)
-{
-	return gw_job_done(&p->job);
-}
-
-void gw_precopy_free(struct gw_precopy *p)
-{
-	if (!p)
-		return;
-	gw_job_stop(&p->job);
-	gw_job_join(&p->job);
-	precopy_release(p);
 }

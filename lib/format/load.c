@@ -275,10 +275,11 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 	if (ret == 0 && !ram && (flags & GW_HDRF_MAPPED_RAM))
 		ret = gw_error_set(err, -EPROTO,
 				   "this is a mapped-ram file, which is read by page offset: restore it from file:PATH, not as a stream");
-	if (ret == 0 && ram && flags != GW_HDRF_MAPPED_RAM)
+	if (ret == 0 && ram && (flags & ~GW_HDRF_SNAPSHOT) != GW_HDRF_MAPPED_RAM)
 		ret = gw_error_set(err, -EBADMSG,
-				   "mapped-ram file: the embedded stream's header flags are 0x%x, expected 0x%x",
-				   flags, GW_HDRF_MAPPED_RAM);
+				   "mapped-ram file: the embedded stream's header flags are 0x%x, expected 0x%x (0x%x for a background snapshot)",
+				   flags, GW_HDRF_MAPPED_RAM,
+				   GW_HDRF_MAPPED_RAM | GW_HDRF_SNAPSHOT);
 	if (ret == 0 && hdr_flags)
 		*hdr_flags = flags;
 	if (ret == 0)

@@ -152,6 +152,13 @@ static int check_entries(const uint64_t *entries, uint32_t n, uint32_t *nr_data,
 int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
 		  const uint64_t *entries, uint32_t n, unsigned flags, struct gw_error *err)
 {
+	return gw_save_pages_from(m, w, block, entries, n, NULL, flags, err);
+}
+
+int gw_save_pages_from(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+		       const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
+		       struct gw_error *err)
+{
 	unsigned char desc[GW_PAGES_DESC_SIZE(GW_PAGES_MAX)];
 	unsigned char *hashes;
 	struct iovec iov[1 + GW_PAGES_MAX];
@@ -189,13 +196,21 @@ int gw_save_pages(struct gw_migration *m, struct gw_writer *w, uint32_t block,
 	/* Hashed last, just before the writev: the window in which a running
 	 * guest can tear a page is as short as it gets, and the pages are
 	 * likely still in a cache when the kernel copies them. */
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0, d = 0; i < n; i++) {
+		const unsigned char *page = data ? (const unsigned char *)data +
+							    (uint64_t)GW_PAGE_SIZE * d :
+						   b->host + (entries[i] & ~PAGE_MASK);
+
 		gw_le64(desc + 16 + 8 * i, entries[i]);
-		gw_le64(hashes + 8 * i, entries[i] & GW_PAGE_ZERO ?
-						0 :
-						gw_page_hash(b->host + (entries[i] & ~PAGE_MASK)));
+		gw_le64(hashes + 8 * i, entries[i] & GW_PAGE_ZERO ? 0 : gw_page_hash(page));
+		d += !(entries[i] & GW_PAGE_ZERO);
 	}
-	k = data_iov(b->host, entries, n, iov + 1);
+	if (data) {
+		k = nr_data ? 1 : 0;
+		iov[1] = (struct iovec){(void *)data, (size_t)GW_PAGE_SIZE * nr_data};
+	} else {
+		k = data_iov(b->host, entries, n, iov + 1);
+	}
 	iov[0] = (struct iovec){desc, GW_PAGES_DESC_SIZE(n)};
 	ret = gw_record_writev(w, GW_REC_RAM_PAGES, flags & GW_SAVE_DATA_CRC ? GW_RECF_DATA_CRC : 0,
 			       gw_crc32c(0, desc, GW_PAGES_DESC_SIZE(n)), iov, k + 1, err);

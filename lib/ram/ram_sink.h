@@ -38,6 +38,17 @@ struct gw_ram_sink_ops {
 	int (*finish)(struct gw_ram_sink *s, struct gw_error *err);
 	/* Optional: free a sink that was allocated for the engine. */
 	void (*release)(struct gw_ram_sink *s);
+	/*
+	 * Optional, for an engine that writes from threads of its own (a
+	 * background snapshot, whose pages must stay protected until they
+	 * are written): the pages as for pages(), but written when the call
+	 * returns, from data (the pages that are not GW_PAGE_ZERO, packed in
+	 * entry order) or, with data NULL, from guest memory. put_threads()
+	 * calls may run at once, from different threads, for different pages.
+	 */
+	int (*put)(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries, uint32_t n,
+		   const void *data, unsigned flags, struct gw_error *err);
+	uint32_t (*put_threads)(const struct gw_ram_sink *s);
 };
 
 struct gw_ram_sink {
@@ -68,6 +79,12 @@ static inline uint64_t gw_sink_taken(const struct gw_ram_sink *s)
 static inline int gw_sink_finish(struct gw_ram_sink *s, struct gw_error *err)
 {
 	return s->ops->finish ? s->ops->finish(s, err) : 0;
+}
+
+static inline int gw_sink_put(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries,
+			      uint32_t n, const void *data, unsigned flags, struct gw_error *err)
+{
+	return s->ops->put(s, block, entries, n, data, flags, err);
 }
 
 static inline void gw_sink_release(struct gw_ram_sink *s)

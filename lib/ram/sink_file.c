@@ -88,7 +88,7 @@ struct file_sink {
 	struct gw_error error;    /* the first failure */
 	bool incremental;         /* record this save as the next one's base */
 	struct gw_cancel *cancel; /* the engine's, looked at while waiting */
-	uint64_t taken;           /* page bytes handed over (the engine's thread) */
+	uint64_t taken;           /* page bytes handed over (atomic) */
 	uint64_t written;         /* page bytes written (atomic) */
 };
 
@@ -126,8 +126,11 @@ static int write_header(struct file_sink *fs, struct gw_error *err)
 	return ret;
 }
 
-/* Pages [off, off+len) of block i have data: hash them, write them, mark them. */
-static int put(struct file_sink *fs, uint32_t i, uint64_t off, uint64_t len, struct gw_error *err)
+/* Pages [off, off+len) of block i have data, at src: hash them, write
+ * them, mark them. The bits are set atomically: a background snapshot
+ * writes pages of one bitmap word from several threads. */
+static int put(struct file_sink *fs, uint32_t i, uint64_t off, uint64_t len,
+	       const unsigned char *src, struct gw_error *err)
 {
 	const struct gw_ram_block *b = &fs->m->ram[i];
 	struct fblock *fb = &fs->blocks[i];
@@ -135,12 +138,13 @@ static int put(struct file_sink *fs, uint32_t i, uint64_t off, uint64_t len, str
 	int ret;
 
 	for (uint64_t k = 0; k < n; k++)
-		fb->hashes[first + k] = gw_page_hash(b->host + off + k * PAGE);
-	ret = pwrite_all(fs->pfd, b->host + off, len, fs->hdr->blocks[i].pages_offset + off,
-			 "pages", b->name, err);
+		fb->hashes[first + k] = gw_page_hash(src + k * PAGE);
+	ret = pwrite_all(fs->pfd, src, len, fs->hdr->blocks[i].pages_offset + off, "pages", b->name,
+			 err);
 	if (ret < 0)
 		return ret;
-	gw_bitmap_set(fb->present, first, n);
+	for (uint64_t p = first; p < first + n; p++)
+		__atomic_fetch_or(&fb->present[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
 	__atomic_add_fetch(&fs->written, len, __ATOMIC_RELAXED);
 	return 0;
 }
@@ -188,28 +192,42 @@ static int drop(struct file_sink *fs, uint32_t i, uint64_t off, uint64_t len, st
 	return 0;
 }
 
-static int write_job(struct file_sink *fs, const struct job *j, struct gw_error *err)
+/*
+ * n pages of block `block`, data from src (packed, in entry order) or,
+ * with src NULL, from guest memory: runs of neighbouring pages are
+ * written, runs of zero pages dropped, one call each.
+ */
+static int write_pages(struct file_sink *fs, uint32_t block, const uint64_t *entries, uint32_t n,
+		       const unsigned char *src, struct gw_error *err)
 {
+	const unsigned char *host = fs->m->ram[block].host;
 	uint32_t i = 0;
 
-	while (i < j->n) {
-		bool zero = j->entries[i] & GW_PAGE_ZERO;
-		uint64_t off = j->entries[i] & ~PAGE_MASK;
+	while (i < n) {
+		bool zero = entries[i] & GW_PAGE_ZERO;
+		uint64_t off = entries[i] & ~PAGE_MASK;
 		uint32_t k = i + 1;
 		int ret;
 
-		while (k < j->n && !!(j->entries[k] & GW_PAGE_ZERO) == zero &&
-		       (j->entries[k] & ~PAGE_MASK) == off + (k - i) * PAGE)
+		while (k < n && !!(entries[k] & GW_PAGE_ZERO) == zero &&
+		       (entries[k] & ~PAGE_MASK) == off + (k - i) * PAGE)
 			k++;
 		if (__atomic_load_n(&fs->failed, __ATOMIC_RELAXED))
 			return 0; /* the first failure is the one reported */
-		ret = zero ? drop(fs, j->block, off, (k - i) * PAGE, err) :
-			     put(fs, j->block, off, (k - i) * PAGE, err);
+		ret = zero ? drop(fs, block, off, (k - i) * PAGE, err) :
+			     put(fs, block, off, (k - i) * PAGE, src ? src : host + off, err);
 		if (ret < 0)
 			return ret;
+		if (src && !zero)
+			src += (k - i) * PAGE;
 		i = k;
 	}
 	return 0;
+}
+
+static int write_job(struct file_sink *fs, const struct job *j, struct gw_error *err)
+{
+	return write_pages(fs, j->block, j->entries, j->n, NULL, err);
 }
 
 static void *writer_thread(void *opaque)
@@ -300,7 +318,7 @@ static int enqueue(struct file_sink *fs, uint32_t w, uint32_t block, const uint6
 	memcpy(j->entries, entries, n * sizeof(*entries));
 	for (uint32_t k = 0; k < n; k++)
 		if (!(entries[k] & GW_PAGE_ZERO))
-			fs->taken += PAGE;
+			__atomic_add_fetch(&fs->taken, PAGE, __ATOMIC_RELAXED);
 	wr->tail++;
 	pthread_cond_signal(&wr->work);
 	pthread_mutex_unlock(&fs->lock);
@@ -362,7 +380,44 @@ static uint64_t file_taken(const struct gw_ram_sink *s)
 {
 	const struct file_sink *fs = of(s);
 
-	return fs->taken + gw_writer_offset(fs->w) - fs->stream_base;
+	return __atomic_load_n(&fs->taken, __ATOMIC_RELAXED) + gw_writer_offset(fs->w) -
+	       fs->stream_base;
+}
+
+/* In the caller's thread, now; any number of threads at once, for
+ * different pages. A failure is the sink's, as a writer's would be. */
+static int file_put(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries, uint32_t n,
+		    const void *data, unsigned flags, struct gw_error *err)
+{
+	struct file_sink *fs = of(s);
+	int ret;
+
+	(void)flags;
+	if (__atomic_load_n(&fs->failed, __ATOMIC_RELAXED)) {
+		pthread_mutex_lock(&fs->lock);
+		ret = failure(fs, err);
+		pthread_mutex_unlock(&fs->lock);
+		return ret;
+	}
+	for (uint32_t k = 0; k < n; k++)
+		if (!(entries[k] & GW_PAGE_ZERO))
+			__atomic_add_fetch(&fs->taken, PAGE, __ATOMIC_RELAXED);
+	ret = write_pages(fs, block, entries, n, data, err);
+	if (ret < 0) {
+		pthread_mutex_lock(&fs->lock);
+		if (!fs->failed) {
+			fs->error = *err;
+			__atomic_store_n(&fs->failed, true, __ATOMIC_RELAXED);
+		}
+		pthread_cond_broadcast(&fs->space);
+		pthread_mutex_unlock(&fs->lock);
+	}
+	return ret;
+}
+
+static uint32_t file_put_threads(const struct gw_ram_sink *s)
+{
+	return of(s)->nr_writers;
 }
 
 static int sync_file(struct file_sink *fs, const char *after, struct gw_error *err)
@@ -499,6 +554,8 @@ static const struct gw_ram_sink_ops file_ops = {
 	.taken = file_taken,
 	.finish = file_finish,
 	.release = file_release,
+	.put = file_put,
+	.put_threads = file_put_threads,
 };
 
 static uint64_t align_up(uint64_t v, uint64_t a)

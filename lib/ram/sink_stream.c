@@ -21,6 +21,22 @@ static int stream_pages(struct gw_ram_sink *s, uint32_t block, const uint64_t *e
 	return gw_save_pages(ss->m, ss->w, block, entries, n, flags, err);
 }
 
+/* Written into the stream's buffer or out before it returns: one at a
+ * time, since the stream is one ordered sequence of records. */
+static int stream_put(struct gw_ram_sink *s, uint32_t block, const uint64_t *entries, uint32_t n,
+		      const void *data, unsigned flags, struct gw_error *err)
+{
+	struct gw_stream_sink *ss = of(s);
+
+	return gw_save_pages_from(ss->m, ss->w, block, entries, n, data, flags, err);
+}
+
+static uint32_t stream_put_threads(const struct gw_ram_sink *s)
+{
+	(void)s;
+	return 1;
+}
+
 static int stream_flush(struct gw_ram_sink *s, struct gw_error *err)
 {
 	return gw_writer_flush(of(s)->w, err);
@@ -41,6 +57,8 @@ static const struct gw_ram_sink_ops stream_ops = {
 	.flush = stream_flush,
 	.sent = stream_sent,
 	.taken = stream_taken,
+	.put = stream_put,
+	.put_threads = stream_put_threads,
 };
 
 void gw_stream_sink_init(struct gw_stream_sink *s, struct gw_migration *m, struct gw_writer *w)

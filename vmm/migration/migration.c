@@ -32,6 +32,7 @@ struct vm_migration {
 	struct gw_precopy_params params;
 	uint64_t go_timeout_ms; /* destination: READY until GO */
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
+	bool cap_background;       /* background-snapshot */
 	enum role role;            /* what runs now */
 	enum role shown;           /* what query-migrate reports: the latest migration */
 	enum gw_mig_status status; /* VMM-level status, final word on the outcome */
@@ -59,6 +60,11 @@ struct vm_migration {
 	struct gw_incoming *in;
 	struct gw_incoming_stats in_last;
 	char dest_hash[33];
+	/* outgoing background snapshot with x-godwit-verify-hash: RAM hashed
+	 * while the engine holds the guest paused at the snapshot's instant */
+	bool hash_at_pause;
+	bool out_background; /* the latest outgoing migration is a background snapshot */
+	char snapshot_hash[33];
 };
 
 /* ---- vm ops: pause/resume around the switchover ----------------------- */
@@ -68,8 +74,18 @@ struct vm_migration {
 static int op_pause(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
-	(void)err;
 	vmm_mig_pause(mig->vm);
+	if (!mig->hash_at_pause)
+		return 0;
+	/* For tests: what a restore of this snapshot must load. */
+	char hash[33];
+	int ret = guest_ram_hash(&mig->vm->ram, hash);
+	if (ret)
+		return gw_error_set(err, ret, "hashing RAM at the snapshot's instant: %s",
+				    strerror(-ret));
+	pthread_mutex_lock(&mig->lock);
+	memcpy(mig->snapshot_hash, hash, sizeof(hash));
+	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }
 
@@ -154,8 +170,9 @@ static void finish_outgoing(struct vm_migration *mig)
 	pthread_mutex_unlock(&mig->lock);
 
 	/* Unconfirmed: the destination may run the guest, so it stays paused
-	 * here, as after a completed migration; 'cont' is the operator's call. */
-	if (s == GW_MIG_COMPLETED || unconfirmed)
+	 * here, as after a completed migration; 'cont' is the operator's call.
+	 * A background snapshot never gives the guest away. */
+	if ((s == GW_MIG_COMPLETED && !mig->out_background) || unconfirmed)
 		vmm_set_postmigrate(mig->vm);
 	else
 		vmm_mig_resume(mig->vm);
@@ -178,6 +195,10 @@ static void finish_incoming(struct vm_migration *mig)
 		pthread_mutex_unlock(&mig->lock);
 	}
 	mig->role = ROLE_NONE;
+	/* A snapshot of a guest that still runs at its source: loaded, and
+	 * held paused here ('cont' runs this copy, the operator's call). */
+	if (mig->status == GW_MIG_COMPLETED && mig->in_last.held)
+		vmm_mig_resume_paused(mig->vm);
 	if (mig->status != GW_MIG_COMPLETED)
 		fprintf(stderr,
 			"godwit-vmm: incoming migration failed, the guest stays stopped: %s\n",
@@ -301,6 +322,10 @@ static void *connect_thread(void *opaque)
 	p.auto_converge = mig->cap_auto_converge;
 	p.mapped_ram = mig->cap_mapped_ram;
 	p.incremental = mig->cap_incremental;
+	p.background_snapshot = mig->cap_background;
+	mig->hash_at_pause = mig->cap_background && mig->cap_verify_hash;
+	mig->out_background = mig->cap_background;
+	mig->snapshot_hash[0] = '\0';
 	pthread_mutex_unlock(&mig->lock);
 
 	const struct gw_precopy_callbacks cb = {
@@ -531,6 +556,7 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	out->status = mig->status;
 	snprintf(out->error, sizeof(out->error), "%s", mig->error);
 	out->auto_converge = mig->cap_auto_converge;
+	out->background = mig->out_background;
 	if (mig->out) {
 		gw_precopy_stats(mig->out, &out->out);
 		out->have_stats = true;
@@ -542,6 +568,7 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	if (mig->in)
 		gw_incoming_stats(mig->in, &out->in);
 	memcpy(out->dest_hash, mig->dest_hash, sizeof(out->dest_hash));
+	memcpy(out->snapshot_hash, mig->snapshot_hash, sizeof(out->snapshot_hash));
 	if (mig->listener)
 		snprintf(out->listening, sizeof(out->listening), "%s",
 			 gw_listener_address(mig->listener));
@@ -560,6 +587,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.verify_hash = mig->cap_verify_hash,
 		.mapped_ram = mig->cap_mapped_ram,
 		.incremental = mig->cap_incremental,
+		.background_snapshot = mig->cap_background,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -575,6 +603,7 @@ void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p, uin
 		now.auto_converge = mig->cap_auto_converge;
 		now.mapped_ram = mig->cap_mapped_ram;
 		now.incremental = mig->cap_incremental;
+		now.background_snapshot = mig->cap_background;
 		/* p came from the defaults: no reserved word, nothing to refuse */
 		gw_precopy_set_params(mig->out, &now, NULL);
 	}
@@ -589,6 +618,11 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 		snprintf(errmsg, errlen, "There's a migration process in progress");
 		return -EBUSY;
 	}
+	if (want->background_snapshot && want->incremental) {
+		snprintf(errmsg, errlen,
+			 "background-snapshot and x-godwit-incremental cannot both be on: an incremental save needs dirty tracking between saves, which a background snapshot does not run");
+		return -EINVAL;
+	}
 	pthread_mutex_lock(&mig->lock);
 	mig->cap_events = want->events;
 	mig->cap_auto_converge = want->auto_converge;
@@ -598,6 +632,7 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	if (mig->cap_incremental && !want->incremental)
 		gw_migration_end_tracking(mig->m);
 	mig->cap_incremental = want->incremental;
+	mig->cap_background = want->background_snapshot;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }

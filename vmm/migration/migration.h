@@ -42,7 +42,8 @@ int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *err
 struct migration_settings {
 	struct gw_precopy_params precopy;
 	uint64_t go_timeout_ms; /* destination: READY until GO */
-	bool events, auto_converge, verify_hash, mapped_ram, incremental; /* capabilities */
+	/* capabilities */
+	bool events, auto_converge, verify_hash, mapped_ram, incremental, background_snapshot;
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);
@@ -62,12 +63,15 @@ struct migration_info {
 	enum gw_mig_status status;
 	char error[GW_ERROR_MSG_MAX];
 	bool auto_converge;
+	bool background; /* the outgoing one is a background snapshot */
 	/* outgoing: the engine's figures, while it runs and after */
 	bool have_stats;
 	struct gw_precopy_stats out;
 	/* incoming */
 	struct gw_incoming_stats in;
-	char dest_hash[33];  /* "" unless x-godwit-verify-hash */
+	char dest_hash[33]; /* "" unless x-godwit-verify-hash */
+	/* a background snapshot with x-godwit-verify-hash: RAM at its instant */
+	char snapshot_hash[33];
 	char listening[256]; /* the address still listened on, or "" */
 };
 

@@ -109,6 +109,16 @@ static json_t *outgoing_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-incremental", json_boolean(st->incremental));
 		json_object_set_new(r, "x-godwit-generation", json_integer(st->generation));
 	}
+	if (mi->background) {
+		json_object_set_new(r, "x-godwit-wp-faults",
+				    json_integer((json_int_t)st->wp_faults));
+		json_object_set_new(r, "x-godwit-wp-max-wait-us",
+				    json_integer((json_int_t)st->wp_max_wait_us));
+		json_object_set_new(r, "x-godwit-pause-us", json_integer((json_int_t)st->pause_us));
+		if (mi->snapshot_hash[0])
+			json_object_set_new(r, "x-godwit-snapshot-hash",
+					    json_string(mi->snapshot_hash));
+	}
 	if (mi->status == GW_MIG_FAILED)
 		json_object_set_new(r, "error-desc", json_string(mi->error));
 	return r;
@@ -129,6 +139,8 @@ static json_t *incoming_info(const struct migration_info *mi)
 				    json_integer((json_int_t)st->go_wait_us));
 	if (mi->listening[0])
 		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
+	if (st->held)
+		json_object_set_new(r, "x-godwit-held", json_true());
 	return r;
 }
 
@@ -282,6 +294,9 @@ static const struct capability capabilities[] = {
 	/* with mapped-ram: keep tracking dirty pages after a save, and write
 	 * only those into the same file next time */
 	{"x-godwit-incremental", offsetof(struct migration_settings, incremental)},
+	/* migrate saves the guest as it was at the command, while it runs on
+	 * (userfaultfd write-protect; docs/format.md, "Background snapshot") */
+	{"background-snapshot", offsetof(struct migration_settings, background_snapshot)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)

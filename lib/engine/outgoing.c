@@ -1,0 +1,188 @@
+/*
+ * The outgoing handle and the steps every outgoing engine shares
+ * (outgoing.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+
+#include <godwit/precopy.h>
+
+#include "lib/engine/outgoing.h"
+#include "lib/internal.h"
+#include "lib/ram/sink_file.h"
+
+void gw_precopy_params_default(struct gw_precopy_params *p)
+{
+	*p = (struct gw_precopy_params){
+		.downtime_limit_ms = 300,
+		.max_bandwidth = 128ull << 20, /* QEMU's MAX_THROTTLE */
+		.throttle_initial = 20,
+		.throttle_increment = 10,
+		.throttle_max = 99,
+		.switchover_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.ready_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.confirm_timeout_ms = GW_SWITCHOVER_TIMEOUT_DEFAULT_MS,
+		.exec_grace_ms = GW_EXEC_GRACE_DEFAULT_MS,
+	};
+}
+
+/* Throttle settings out of range are brought into it (QEMU's ranges);
+ * a switchover timeout of 0 is the default. */
+static void clamp_params(struct gw_precopy_params *p)
+{
+	p->switchover_timeout_ms = gw_timeout_ms(p->switchover_timeout_ms,
+						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->ready_timeout_ms = gw_timeout_ms(p->ready_timeout_ms, GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->confirm_timeout_ms = gw_timeout_ms(p->confirm_timeout_ms,
+					      GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
+	p->exec_grace_ms = gw_timeout_ms(p->exec_grace_ms, GW_EXEC_GRACE_DEFAULT_MS);
+	if (p->throttle_max < 1 || p->throttle_max > 99)
+		p->throttle_max = p->throttle_max < 1 ? 1 : 99;
+	if (p->throttle_initial < 1 || p->throttle_initial > p->throttle_max)
+		p->throttle_initial = p->throttle_initial < 1 ? 1 : p->throttle_max;
+	if (p->throttle_increment < 1 || p->throttle_increment > 99)
+		p->throttle_increment = p->throttle_increment < 1 ? 1 : 99;
+}
+
+int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsigned nr_channels,
+		     const struct gw_precopy_params *params, const struct gw_precopy_callbacks *cb,
+		     struct gw_precopy **out, struct gw_error *err)
+{
+	struct gw_precopy_params pp;
+	int ret;
+
+	if (!m || !out || !channels)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: no migration object, channel or result pointer");
+	if (nr_channels != 1)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: %u channels given; one stream channel is supported",
+				    nr_channels);
+	if (!m->vm_ops.pause)
+		return gw_error_set(err, -EINVAL,
+				    "pre-copy: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
+	if (params && (ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
+					       "pre-copy parameters", err)) < 0)
+		return ret;
+	if (params)
+		pp = *params;
+	else
+		gw_precopy_params_default(&pp);
+	clamp_params(&pp);
+	if (pp.background_snapshot)
+		return gw_background_start(m, channels, &pp, cb, out, err);
+	return gw_precopy_engine_start(m, channels, &pp, cb, out, err);
+}
+
+int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
+			  struct gw_error *err)
+{
+	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
+				    "pre-copy parameters", err);
+	bool background;
+
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&p->job.lock);
+	/* What the engine is cannot change under it. */
+	background = p->params.background_snapshot;
+	p->params = *params;
+	p->params.background_snapshot = background;
+	clamp_params(&p->params);
+	pthread_mutex_unlock(&p->job.lock);
+	return 0;
+}
+
+void gw_outgoing_params(struct gw_precopy *h, struct gw_precopy_params *out)
+{
+	pthread_mutex_lock(&h->job.lock);
+	*out = h->params;
+	pthread_mutex_unlock(&h->job.lock);
+}
+
+void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
+{
+	/* One snapshot: the status and the fields that explain it together. */
+	pthread_mutex_lock(&p->job.lock);
+	*out = p->stats;
+	out->status = gw_job_status_locked(&p->job, &out->total_time_ms, &out->error_code,
+					   out->error, sizeof(out->error));
+	pthread_mutex_unlock(&p->job.lock);
+}
+
+bool gw_precopy_cancel(struct gw_precopy *p)
+{
+	return gw_job_cancel(&p->job);
+}
+
+void gw_precopy_abort(struct gw_precopy *p)
+{
+	/* After GO only the wait for RUNNING is left: end it (unconfirmed). */
+	gw_job_stop(&p->job);
+}
+
+bool gw_precopy_done(struct gw_precopy *p)
+{
+	return gw_job_done(&p->job);
+}
+
+void gw_precopy_free(struct gw_precopy *p)
+{
+	if (!p)
+		return;
+	gw_job_stop(&p->job);
+	gw_job_join(&p->job);
+	p->release(p);
+}
+
+int gw_outgoing_open_sink(struct gw_migration *m, int fd, struct gw_writer *w,
+			  const struct gw_precopy_params *pp, struct gw_cancel *cancel,
+			  struct gw_stream_sink *ss, struct gw_ram_sink **sink, uint32_t *hdr_flags,
+			  bool *update, struct gw_error *err)
+{
+	*update = false;
+	if (!pp->mapped_ram) {
+		gw_stream_sink_init(ss, m, w);
+		*sink = &ss->sink;
+		*hdr_flags = 0;
+		return 0;
+	}
+	const struct gw_file_sink_params sp = {
+		.direct_io = pp->direct_io,
+		.writers = pp->multifd_channels ? pp->multifd_channels : 1,
+		.incremental = pp->incremental,
+		.cancel = cancel,
+	};
+	*hdr_flags = GW_HDRF_MAPPED_RAM;
+	return gw_file_sink_open(m, fd, w, &sp, sink, update, err);
+}
+
+void gw_error_append(struct gw_error *err, const char *what, const char *why)
+{
+	char msg[2 * GW_ERROR_MSG_MAX + 128];
+
+	snprintf(msg, sizeof(msg), "%s; %s%s%s", err->msg, what, why ? ": " : "", why ? why : "");
+	gw_error_set(err, err->code, "%s", msg);
+}
+
+int gw_outgoing_end_channel(struct gw_precopy *h, struct gw_channel *ch, bool handed_over, int ret,
+			    struct gw_error *err)
+{
+	bool is_exec = ch->child > 0;
+	struct gw_precopy_params pp;
+	struct gw_error e2 = {0};
+	int end;
+
+	gw_outgoing_params(h, &pp);
+	if (ret < 0 && is_exec && !handed_over)
+		gw_channel_abort(ch);
+	end = gw_channel_end(ch, h->job.cancel.efd, (unsigned)pp.exec_grace_ms, &e2);
+	if (ret == 0)
+		return end < 0 ? gw_error_set(err, end, "%s", e2.msg) : 0;
+	if (is_exec && ret == -EPIPE && end == 0)
+		gw_error_append(err, "the command exited (status 0) before it read the whole stream",
+				NULL);
+	else if (end < 0)
+		gw_error_append(err, e2.msg, NULL);
+	return ret;
+}

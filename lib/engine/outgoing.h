@@ -1,0 +1,67 @@
+/*
+ * What every outgoing engine shares: the handle <godwit/precopy.h> hands
+ * out (struct gw_precopy, whichever engine runs behind it — pre-copy or
+ * a background snapshot), and the steps at both ends of a stream that do
+ * not depend on how pages are chosen: opening the RAM sink the
+ * parameters ask for, and ending the channel (an exec: command's exit
+ * included) before the outcome is published.
+ */
+#ifndef GW_LIB_ENGINE_OUTGOING_H
+#define GW_LIB_ENGINE_OUTGOING_H
+
+#include <stdbool.h>
+
+#include <godwit/channel.h>
+#include <godwit/precopy.h>
+
+#include "lib/engine/job.h"
+#include "lib/ram/ram_sink.h"
+
+/* The first member of every outgoing engine's state. */
+struct gw_precopy {
+	struct gw_job job; /* its lock guards params and stats too */
+	struct gw_precopy_params params;
+	struct gw_precopy_stats stats;
+	void (*release)(struct gw_precopy *h); /* frees the engine, thread joined */
+};
+
+/* The engines behind gw_precopy_start(). params are clamped, checked. */
+int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
+			    const struct gw_precopy_params *params,
+			    const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
+			    struct gw_error *err);
+int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
+			const struct gw_precopy_params *params,
+			const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
+			struct gw_error *err);
+
+/* A copy of the parameters, under the lock. */
+void gw_outgoing_params(struct gw_precopy *h, struct gw_precopy_params *out);
+
+/*
+ * Where RAM goes, as pp says: RAM_PAGES records in the stream w (ss is
+ * the caller's, initialised here), or one fixed slot per page of the
+ * mapped-ram file fd (allocated; gw_sink_release() frees it). *hdr_flags
+ * gets the header flags the sink's layout needs, *update whether a file
+ * sink updates the last incremental save.
+ */
+int gw_outgoing_open_sink(struct gw_migration *m, int fd, struct gw_writer *w,
+			  const struct gw_precopy_params *pp, struct gw_cancel *cancel,
+			  struct gw_stream_sink *ss, struct gw_ram_sink **sink, uint32_t *hdr_flags,
+			  bool *update, struct gw_error *err);
+
+/*
+ * The stream is over (ret says how it went): close the channel and, for
+ * exec:, wait for the command, whose exit says whether a stream that left
+ * whole arrived. A command fed a stream that failed is not waited for (it
+ * may be stuck on the network that is the reason for the failure) unless
+ * handed_over. Returns ret, or the channel's failure for a ret of 0; the
+ * message says both.
+ */
+int gw_outgoing_end_channel(struct gw_precopy *h, struct gw_channel *ch, bool handed_over, int ret,
+			    struct gw_error *err);
+
+/* Add "; what: why" (or "; what") to the message in err. */
+void gw_error_append(struct gw_error *err, const char *what, const char *why);
+
+#endif

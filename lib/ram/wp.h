@@ -1,0 +1,40 @@
+/*
+ * Write-protecting guest RAM with userfaultfd (what a background snapshot
+ * stands on): a write to a protected page stops the writer — a vCPU in
+ * KVM, or any thread of the VMM — until someone un-protects the page; the
+ * fault is read from the userfaultfd's fd as a struct uffd_msg.
+ *
+ * The userfaultfd is created for kernel-mode faults as well
+ * (UFFD_USER_MODE_ONLY is never set): a guest write arrives as a fault
+ * KVM takes on the guest's behalf inside the kernel, and a user-mode-only
+ * userfaultfd would make it fail instead of wait. On shared memory (the
+ * memfds of guest RAM) protecting a range also protects the pages it does
+ * not map yet, with pte markers, so a range is protected whole with one
+ * call however little of it is populated.
+ */
+#ifndef GW_LIB_RAM_WP_H
+#define GW_LIB_RAM_WP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <godwit/error.h>
+
+struct gw_wp {
+	int fd;            /* the userfaultfd, O_NONBLOCK; -1 when closed */
+	uint64_t features; /* what UFFDIO_API enabled */
+};
+
+/* A userfaultfd able to write-protect shared memory; the error says what
+ * the kernel refused and what would allow it. */
+int gw_wp_open(struct gw_wp *wp, struct gw_error *err);
+/* Register [addr, addr+len) for write-protect faults (protects nothing yet). */
+int gw_wp_register(struct gw_wp *wp, void *addr, uint64_t len, const char *name,
+		   struct gw_error *err);
+/* Protect, or un-protect and wake whoever waits on the range. */
+int gw_wp_protect(struct gw_wp *wp, void *addr, uint64_t len, bool on, struct gw_error *err);
+/* Un-protect everything in the range, wake every waiter, unregister. */
+int gw_wp_release(struct gw_wp *wp, void *addr, uint64_t len, struct gw_error *err);
+void gw_wp_close(struct gw_wp *wp);
+
+#endif
