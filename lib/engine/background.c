@@ -3,13 +3,19 @@
  * background-snapshot): the guest as it was at one instant, saved while
  * it runs on.
  *
- * The instant is a pause of a few milliseconds: stop the vCPUs, take the
- * populated pages of every RAM block (populated.h: the holes are zero at
- * the instant and need no protection), write-protect them with
- * userfaultfd (wp.h), write device state into the stream, resume. From
- * then on every page still to save is protected, so what the bulk reads
- * from guest memory is the page of the instant.
- *
+ * Arming comes first, while the guest runs: every RAM block is
+ * write-protected whole (on a memfd that costs about 3 ms per GiB here,
+ * too long to pause for), and a write that faults before the instant is
+ * only let go and remembered (`early`). The instant is a pause of about a
+ * millisecond: stop the vCPUs, protect again what was let go early, write
+ * device state into the stream, resume. From then on every page that is
+ * not saved yet is protected, so what the bulk reads from guest memory is
+ * the page of the instant. Holes need nothing: a page that is a hole of
+ * its memfd when the bulk reaches it was a hole at the instant (nothing
+ * punches holes into a running guest's RAM, and a write that fills one
+ * faults first), so the bulk skips them with SEEK_DATA, never reading
+ * them (a read would allocate them).
+
  * Two kinds of thread share the pages still to save (`todo`, one bit per
  * page, under the lock):
  *
@@ -42,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <godwit/precopy.h>
@@ -81,6 +88,7 @@ struct copy {
 struct bblock {
 	uint64_t pages, chunks;
 	uint64_t *todo;    /* pages still to save */
+	uint64_t *early;   /* let go of before the instant: protected again at it */
 	uint64_t *busy;    /* chunks a bulk thread is writing */
 	uint64_t *wait_ns; /* per chunk: the first fault left to its writer, 0 = none */
 };
@@ -99,7 +107,7 @@ struct background {
 	uint64_t pause_ns;
 	uint32_t registered; /* RAM blocks registered with wp */
 	struct gw_wp wp;
-	int quit_efd;        /* wakes the fault thread for good */
+	int quit_efd; /* wakes the fault thread for good */
 	pthread_t fault_thread;
 	bool fault_started;
 
@@ -113,11 +121,12 @@ struct background {
 	uint32_t queue[SLOTS], qhead, qtail; /* copies to write, in order */
 	uint32_t cur_block;                  /* the bulk's next chunk */
 	uint64_t cur_chunk;
-	uint64_t pending;   /* pages still to save */
-	bool quit;          /* the fault thread copies nothing more */
-	bool failed;        /* the first failure is in error */
+	uint64_t pending; /* pages still to save */
+	bool instant;     /* the instant is past: faults are copied */
+	bool quit;        /* the fault thread copies nothing more */
+	bool failed;      /* the first failure is in error */
 	struct gw_error error;
-	uint64_t faults, max_wait_ns;
+	uint64_t faults, fills, max_wait_ns;
 	struct gw_ratelimit rl;
 };
 
@@ -164,6 +173,40 @@ static void note_wait(struct background *b, uint64_t since_ns)
 
 /* ---- the fault thread ------------------------------------------------ */
 
+/*
+ * The end of the data around `page` (which has data), at most `limit`:
+ * the copy of a fault never reads a hole, which would wait for this very
+ * thread to fill it.
+ */
+static uint64_t data_end(const struct background *b, uint32_t block, uint64_t page, uint64_t limit)
+{
+	const struct gw_ram_block *rb = &b->m->ram[block];
+	off_t hole;
+
+	if (rb->fd < 0)
+		return limit;
+	hole = lseek(rb->fd, (off_t)(rb->fd_offset + page * PAGE), SEEK_HOLE);
+	if (hole < 0)
+		return page + 1;
+	/* A partly populated last page is not read. */
+	uint64_t end = ((uint64_t)hole - rb->fd_offset) / PAGE;
+	return end <= page ? page + 1 : end < limit ? end : limit;
+}
+
+/* A first touch of a hole: zeros, protected. The page was zero at the
+ * instant (or the instant is still to come, and it is protected for it);
+ * the bulk or a later write fault saves it like any other. */
+static void on_missing(struct background *b, uint64_t addr)
+{
+	struct gw_error e = {0};
+
+	if (gw_wp_fill_zero(&b->wp, (void *)(uintptr_t)addr, &e) < 0)
+		fail(b, &e);
+	pthread_mutex_lock(&b->lock);
+	b->fills++;
+	pthread_mutex_unlock(&b->lock);
+}
+
 /* Under the lock: claim and copy the unsaved pages from `page` on (the
  * first is unsaved), queue the copy; returns how many. */
 static uint32_t copy_locked(struct background *b, uint32_t block, uint64_t page)
@@ -175,10 +218,11 @@ static uint32_t copy_locked(struct background *b, uint32_t block, uint64_t page)
 
 	if (end > bb->pages)
 		end = bb->pages;
+	end = data_end(b, block, page, end);
 	while (n < COPY_PAGES && page + n < end && gw_bitmap_test(bb->todo, page + n))
 		n++;
 	gw_bitmap_clear(bb->todo, page, n);
-	b->pending -= n;
+	b->pending -= b->pending < n ? b->pending : n;
 	memcpy(c->data, page_addr(b, block, page), n * PAGE);
 	c->block = block;
 	c->first = page;
@@ -210,6 +254,16 @@ static void on_fault(struct background *b, uint64_t addr)
 	page = (addr - (uint64_t)(uintptr_t)b->m->ram[block].host) / PAGE;
 	chunk = page / CHUNK_PAGES;
 	pthread_mutex_lock(&b->lock);
+	if (!b->instant && !b->quit) {
+		/* Before the instant: let go, and protect again at it. Under
+		 * the lock, so that the instant cannot fall between the two. */
+		gw_bitmap_set(bb->early, page, 1);
+		ret = unprotect(b, block, page, 1, &e);
+		if (ret < 0)
+			fail_locked(b, &e);
+		pthread_mutex_unlock(&b->lock);
+		return;
+	}
 	b->faults++;
 	for (;;) {
 		if (!b->quit && gw_bitmap_test(bb->todo, page)) {
@@ -267,10 +321,14 @@ static void *fault_main(void *opaque)
 			fail(b, &e);
 			break;
 		}
-		for (size_t i = 0; i < (size_t)got / sizeof(msgs[0]); i++)
-			if (msgs[i].event == UFFD_EVENT_PAGEFAULT &&
-			    (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP))
+		for (size_t i = 0; i < (size_t)got / sizeof(msgs[0]); i++) {
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				continue;
+			if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
 				on_fault(b, msgs[i].arg.pagefault.address);
+			else
+				on_missing(b, msgs[i].arg.pagefault.address);
+		}
 	}
 	return NULL;
 }
@@ -337,8 +395,61 @@ static int write_copy(struct background *b, const struct copy *c, struct gw_erro
 	return ret;
 }
 
+/*
+ * The first chunk from `chunk` on that holds data in block i's memfd (a
+ * hole now was a hole at the instant: the comment at the top), or the
+ * chunk count when none does.
+ */
+static uint64_t next_data_chunk(const struct background *b, uint32_t i, uint64_t chunk)
+{
+	const struct gw_ram_block *rb = &b->m->ram[i];
+	off_t at, data;
+
+	if (rb->fd < 0)
+		return chunk;
+	at = (off_t)(rb->fd_offset + chunk * CHUNK_PAGES * PAGE);
+	data = lseek(rb->fd, at, SEEK_DATA);
+	/* An error other than "no data after at" costs only the skip. */
+	if (data < 0)
+		return errno == ENXIO ? b->blocks[i].chunks : chunk;
+	if ((uint64_t)data >= rb->fd_offset + rb->size)
+		return b->blocks[i].chunks;
+	return ((uint64_t)data - rb->fd_offset) / PAGE / CHUNK_PAGES;
+}
+
+/* Clear the bits of bm (pages first.. of block i) whose pages are holes. */
+static int drop_holes(const struct background *b, uint32_t i, uint64_t first, uint32_t len,
+		      uint64_t *bm, struct gw_error *err)
+{
+	const struct gw_ram_block *rb = &b->m->ram[i];
+	uint64_t base = rb->fd_offset + first * PAGE, end = base + (uint64_t)len * PAGE, at = base;
+
+	if (rb->fd < 0)
+		return 0;
+	while (at < end) {
+		off_t data = lseek(rb->fd, (off_t)at, SEEK_DATA), hole;
+
+		if (data < 0 && errno != ENXIO)
+			return gw_error_set(err, -errno, "RAM block '%s': SEEK_DATA: %s", rb->name,
+					    gw_strerror(errno));
+		if (data < 0 || (uint64_t)data >= end)
+			data = (off_t)end;
+		if ((uint64_t)data > at)
+			gw_bitmap_clear(bm, (at - base) / PAGE, ((uint64_t)data - at) / PAGE);
+		if ((uint64_t)data >= end)
+			break;
+		hole = lseek(rb->fd, data, SEEK_HOLE);
+		if (hole < 0)
+			return gw_error_set(err, -errno, "RAM block '%s': SEEK_HOLE: %s", rb->name,
+					    gw_strerror(errno));
+		/* Round up: a partly populated page is a page with data. */
+		at = ((uint64_t)hole + PAGE - 1) / PAGE * PAGE;
+	}
+	return 0;
+}
+
 /* Under the lock: the next chunk with pages to save, claimed; false when
- * none is left. */
+ * none is left. Chunks that are holes are passed over, their pages done. */
 static bool claim_locked(struct background *b, uint32_t *block, uint64_t *chunk, uint64_t *bm,
 			 uint32_t *n)
 {
@@ -346,6 +457,17 @@ static bool claim_locked(struct background *b, uint32_t *block, uint64_t *chunk,
 		struct bblock *bb = &b->blocks[b->cur_block];
 
 		while (b->cur_chunk < bb->chunks) {
+			uint64_t d = next_data_chunk(b, b->cur_block, b->cur_chunk);
+
+			if (d > b->cur_chunk) {
+				uint64_t from = b->cur_chunk * CHUNK_PAGES;
+				uint64_t to = d * CHUNK_PAGES < bb->pages ? d * CHUNK_PAGES :
+									    bb->pages;
+
+				gw_bitmap_clear(bb->todo, from, to - from);
+				b->cur_chunk = d;
+				continue;
+			}
 			uint64_t c = b->cur_chunk++, first = c * CHUNK_PAGES;
 			uint64_t len = bb->pages - first < CHUNK_PAGES ? bb->pages - first :
 									 CHUNK_PAGES;
@@ -357,7 +479,6 @@ static bool claim_locked(struct background *b, uint32_t *block, uint64_t *chunk,
 			for (uint64_t p = found; p < first + len; p++)
 				if (gw_bitmap_test(bb->todo, p))
 					gw_bitmap_set(bm, p - first, 1);
-			b->pending -= gw_bitmap_count(bm, len);
 			gw_bitmap_clear(bb->todo, first, len);
 			gw_bitmap_set(bb->busy, c, 1);
 			*block = b->cur_block;
@@ -388,8 +509,8 @@ static int limit_bandwidth(struct background *b, uint64_t bytes, struct gw_error
 		pthread_mutex_unlock(&b->lock);
 		if (!delay)
 			return 0;
-		if (gw_cancel_sleep(&b->h.job.cancel, delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) <
-		    0)
+		if (gw_cancel_sleep(&b->h.job.cancel,
+				    delay < RATE_SLICE_NS ? delay : RATE_SLICE_NS) < 0)
 			return cancelled(err);
 		gw_outgoing_params(&b->h, &pp);
 	}
@@ -401,12 +522,21 @@ static int write_chunk(struct background *b, uint32_t block, uint64_t chunk, con
 	uint64_t entries[CHUNK_PAGES], first = chunk * CHUNK_PAGES;
 	uint64_t before = gw_sink_taken(b->sink);
 	struct bblock *bb = &b->blocks[block];
+	uint64_t mine[CHUNK_PAGES / 64];
 	struct gw_error e2 = {0};
-	uint32_t zero, n = make_entries(b, block, first, bm, len, entries, &zero);
-	int ret = gw_sink_put(b->sink, block, entries, n, NULL, GW_SAVE_DATA_CRC, err);
-	int up = unprotect(b, block, first, len, &e2);
+	uint32_t zero = 0, n = 0;
+	int ret, up;
+
+	memcpy(mine, bm, sizeof(mine));
+	ret = drop_holes(b, block, first, len, mine, err);
+	if (ret == 0)
+		n = make_entries(b, block, first, mine, len, entries, &zero);
+	if (ret == 0 && n)
+		ret = gw_sink_put(b->sink, block, entries, n, NULL, GW_SAVE_DATA_CRC, err);
+	up = unprotect(b, block, first, len, &e2);
 
 	pthread_mutex_lock(&b->lock);
+	b->pending -= b->pending < n ? b->pending : n;
 	gw_bitmap_clear(bb->busy, chunk, 1);
 	if (bb->wait_ns[chunk]) {
 		note_wait(b, bb->wait_ns[chunk]);
@@ -523,19 +653,20 @@ static int save_ram(struct background *b, struct gw_error *err)
 
 /* ---- the instant ------------------------------------------------------ */
 
-/* Protect the runs of todo pages of block i, near runs as one. */
-static int protect_block(struct background *b, uint32_t i, struct gw_error *err)
+/* Protect the runs of pages of block i whose bit is set in bm, near runs
+ * as one (the holes between them wait for a fill, which protects them). */
+static int protect_runs(struct background *b, uint32_t i, const uint64_t *bm, struct gw_error *err)
 {
 	struct bblock *bb = &b->blocks[i];
-	uint64_t p = gw_bitmap_next_set(bb->todo, bb->pages, 0);
+	uint64_t p = gw_bitmap_next_set(bm, bb->pages, 0);
 
 	while (p < bb->pages) {
-		uint64_t q = gw_bitmap_next_clear(bb->todo, bb->pages, p), next;
+		uint64_t q = gw_bitmap_next_clear(bm, bb->pages, p), next;
 		int ret;
 
-		while ((next = gw_bitmap_next_set(bb->todo, bb->pages, q)) < bb->pages &&
+		while ((next = gw_bitmap_next_set(bm, bb->pages, q)) < bb->pages &&
 		       next - q < GAP_PAGES)
-			q = gw_bitmap_next_clear(bb->todo, bb->pages, next);
+			q = gw_bitmap_next_clear(bm, bb->pages, next);
 		ret = gw_wp_protect(&b->wp, page_addr(b, i, p), (q - p) * PAGE, true, err);
 		if (ret < 0)
 			return gw_error_prefix(err, ret, "RAM block '%s': ", b->m->ram[i].name);
@@ -545,13 +676,15 @@ static int protect_block(struct background *b, uint32_t i, struct gw_error *err)
 }
 
 /*
- * Pause, take the populated pages, protect them, save device state,
- * resume. Every step but the resume is the guest's pause.
+ * The instant: pause, protect again what was let go since arming, save
+ * device state, resume. The fault thread waits for the lock meanwhile, so
+ * a fault either came before (and is protected again here) or is handled
+ * as one after the instant.
  */
 static int capture(struct background *b, struct gw_error *err)
 {
 	struct gw_migration *m = b->m;
-	uint64_t pending = 0, us;
+	uint64_t us;
 	int ret;
 
 	b->paused = true;
@@ -559,15 +692,20 @@ static int capture(struct background *b, struct gw_error *err)
 	ret = m->vm_ops.pause(m->vm_opaque, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "cannot pause the guest: ");
+	pthread_mutex_lock(&b->lock);
+	if (b->failed) {
+		*err = b->error;
+		ret = b->error.code ? b->error.code : -EIO;
+	}
 	for (uint32_t i = 0; ret == 0 && i < m->nr_ram; i++) {
 		struct bblock *bb = &b->blocks[i];
 
+		ret = protect_runs(b, i, bb->early, err);
+		memset(bb->early, 0, gw_bitmap_words(bb->pages) * sizeof(uint64_t));
 		gw_bitmap_fill(bb->todo, bb->pages);
-		ret = gw_populated_filter(&m->ram[i], bb->todo, err);
-		if (ret == 0)
-			ret = protect_block(b, i, err);
-		pending += gw_bitmap_count(bb->todo, bb->pages);
 	}
+	b->instant = ret == 0;
+	pthread_mutex_unlock(&b->lock);
 	if (ret == 0)
 		ret = gw_save_devices(m, b->w, err);
 	if (ret < 0)
@@ -577,13 +715,9 @@ static int capture(struct background *b, struct gw_error *err)
 		return gw_error_prefix(err, ret, "cannot resume the guest: ");
 	b->paused = false;
 	us = (gw_now_ns() - b->pause_ns) / 1000;
-	pthread_mutex_lock(&b->lock);
-	b->pending = pending;
-	pthread_mutex_unlock(&b->lock);
 	pthread_mutex_lock(&b->h.job.lock);
 	b->h.stats.pause_us = us;
 	b->h.stats.downtime_ms = us / 1000;
-	b->h.stats.remaining = pending * PAGE;
 	pthread_mutex_unlock(&b->h.job.lock);
 	return 0;
 }
@@ -621,8 +755,17 @@ static int disarm(struct background *b, struct gw_error *err)
 	return ret;
 }
 
+/*
+ * While the guest runs: register every block (holes now wait for a fill,
+ * which comes protected), start the fault thread, then protect the pages
+ * that hold data. Registered first, so that a page the guest fills while
+ * the populated pages are looked up is protected either way; only what
+ * holds data is protected, so that arming costs what the guest touched,
+ * not the size of its RAM.
+ */
 static int arm(struct background *b, struct gw_error *err)
 {
+	uint64_t populated = 0;
 	int ret = gw_wp_open(&b->wp, err);
 
 	for (uint32_t i = 0; ret == 0 && i < b->m->nr_ram; i++) {
@@ -636,6 +779,24 @@ static int arm(struct background *b, struct gw_error *err)
 		ret = gw_error_set(err, -ret, "cannot start the fault thread: %s",
 				   gw_strerror(ret));
 	b->fault_started = ret == 0;
+	for (uint32_t i = 0; ret == 0 && i < b->m->nr_ram; i++) {
+		const struct gw_ram_block *rb = &b->m->ram[i];
+		struct bblock *bb = &b->blocks[i];
+
+		/* todo is free until the instant: a scratch bitmap here. */
+		gw_bitmap_fill(bb->todo, bb->pages);
+		ret = gw_populated_filter(rb, bb->todo, err);
+		if (ret == 0)
+			ret = protect_runs(b, i, bb->todo, err);
+		populated += gw_bitmap_count(bb->todo, bb->pages);
+		memset(bb->todo, 0, gw_bitmap_words(bb->pages) * sizeof(uint64_t));
+	}
+	pthread_mutex_lock(&b->lock);
+	b->pending = populated;
+	pthread_mutex_unlock(&b->lock);
+	pthread_mutex_lock(&b->h.job.lock);
+	b->h.stats.remaining = populated * PAGE;
+	pthread_mutex_unlock(&b->h.job.lock);
 	return ret;
 }
 
@@ -755,6 +916,7 @@ static void background_release(struct gw_precopy *h)
 		free(b->blocks[i].todo);
 		free(b->blocks[i].busy);
 		free(b->blocks[i].wait_ns);
+		free(b->blocks[i].early);
 	}
 	free(b->blocks);
 	free(b->slot_mem);
@@ -800,7 +962,8 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 		bb->todo = calloc(gw_bitmap_words(bb->pages), sizeof(uint64_t));
 		bb->busy = calloc(gw_bitmap_words(bb->chunks), sizeof(uint64_t));
 		bb->wait_ns = calloc(bb->chunks, sizeof(uint64_t));
-		if (!bb->todo || !bb->busy || !bb->wait_ns)
+		bb->early = calloc(gw_bitmap_words(bb->pages), sizeof(uint64_t));
+		if (!bb->todo || !bb->busy || !bb->wait_ns || !bb->early)
 			ret = -ENOMEM;
 		b->h.stats.total += m->ram[i].size;
 	}

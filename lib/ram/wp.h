@@ -23,17 +23,23 @@
 struct gw_wp {
 	int fd;            /* the userfaultfd, O_NONBLOCK; -1 when closed */
 	uint64_t features; /* what UFFDIO_API enabled */
+	void *zero;        /* a page of zeros, the source of gw_wp_fill_zero() */
 };
 
 /* A userfaultfd able to write-protect shared memory; the error says what
  * the kernel refused and what would allow it. */
 int gw_wp_open(struct gw_wp *wp, struct gw_error *err);
-/* Register [addr, addr+len) for write-protect faults (protects nothing yet). */
+/* Register [addr, addr+len) for write-protect faults (protects nothing
+ * yet) and for missing-page faults: a first touch of a hole of the memfd
+ * waits until gw_wp_fill_zero() fills it. */
 int gw_wp_register(struct gw_wp *wp, void *addr, uint64_t len, const char *name,
 		   struct gw_error *err);
+/* Fill the missing page at addr with zeros, write-protected, and wake its
+ * waiters; a page filled meanwhile by someone else is only woken. */
+int gw_wp_fill_zero(struct gw_wp *wp, void *addr, struct gw_error *err);
 /* Protect, or un-protect and wake whoever waits on the range. */
 int gw_wp_protect(struct gw_wp *wp, void *addr, uint64_t len, bool on, struct gw_error *err);
-/* Un-protect everything in the range, wake every waiter, unregister. */
+/* Unregister the range: its protection goes, every waiter wakes. */
 int gw_wp_release(struct gw_wp *wp, void *addr, uint64_t len, struct gw_error *err);
 void gw_wp_close(struct gw_wp *wp);
 
