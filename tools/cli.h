@@ -24,6 +24,7 @@ enum {
 	OPT_DIRECT_IO = 1u << 3,   /* snapshot-*: page data with O_DIRECT */
 	OPT_PARALLEL = 1u << 4,    /* snapshot-*: threads moving pages (opts.parallel) */
 	OPT_INCREMENTAL = 1u << 5, /* snapshot-save: only what changed since the last save */
+	OPT_LIVE = 1u << 6,        /* snapshot-save: the guest at the command, running on */
 };
 
 struct opts {

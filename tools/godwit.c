@@ -228,8 +228,8 @@ static const struct command commands[] = {
 	 "auto-converge (throttle the guest when it dirties memory faster than it\n"
 	 "is sent) and x-godwit-verify-hash (destination: hash the loaded RAM).\n",
 	 check_set_capabilities, run_migrate_cap, NULL},
-	{"snapshot-save", " [--direct-io] [--parallel N] [--incremental] FILE", 1, 1,
-	 OPT_DIRECT_IO | OPT_PARALLEL | OPT_INCREMENTAL,
+	{"snapshot-save", " [--live] [--direct-io] [--parallel N] [--incremental] FILE", 1, 1,
+	 OPT_LIVE | OPT_DIRECT_IO | OPT_PARALLEL | OPT_INCREMENTAL,
 	 "save the guest into a snapshot file (mapped-ram)",
 	 "Save the guest into FILE, a mapped-ram file: every page at a fixed offset,\n"
 	 "so the file never grows past the guest's RAM plus metadata, and a restore\n"
@@ -237,7 +237,12 @@ static const struct command commands[] = {
 	 "QEMU's: capability mapped-ram, then migrate file:FILE. A running guest is\n"
 	 "saved live and stays paused where it was saved ('godwit cont' runs it on);\n"
 	 "a stopped one is saved as it is. Follows the save to its end.\n"
+	 "'godwit snapshot save' is the same command.\n"
 	 "\n"
+	 "      --live        save the guest as it is at the command, while it runs on\n"
+	 "                    (capability background-snapshot: a pause of about a\n"
+	 "                    millisecond, then RAM is written with writes to pages not\n"
+	 "                    saved yet caught by userfaultfd write-protect)\n"
 	 "      --direct-io   write page data with O_DIRECT (parameter direct-io)\n"
 	 "      --parallel N  N threads write the pages (parameter multifd-channels)\n"
 	 "      --incremental keep tracking dirty pages after the save, and if FILE is\n"
@@ -306,6 +311,7 @@ static const struct {
 	{OPT_WAIT, "--wait"},           {OPT_RECORDS, "--records"},
 	{OPT_NO_DECODE, "--no-decode"}, {OPT_DIRECT_IO, "--direct-io"},
 	{OPT_PARALLEL, "--parallel"},   {OPT_INCREMENTAL, "--incremental"},
+	{OPT_LIVE, "--live"},
 };
 
 static void global_help(FILE *f)
@@ -389,6 +395,7 @@ int main(int argc, char **argv)
 		{"direct-io", no_argument, NULL, 'd'},
 		{"parallel", required_argument, NULL, 'p'},
 		{"incremental", no_argument, NULL, 'i'},
+		{"live", no_argument, NULL, 'l'},
 		{0},
 	};
 	/* clang-format on */
@@ -428,6 +435,9 @@ int main(int argc, char **argv)
 		case 'i':
 			o.given |= OPT_INCREMENTAL;
 			break;
+		case 'l':
+			o.given |= OPT_LIVE;
+			break;
 		case 'p': {
 			char *end;
 			errno = 0;
@@ -458,6 +468,14 @@ int main(int argc, char **argv)
 		}
 		global_help(stderr);
 		return EXIT_USAGE;
+	}
+	/* 'snapshot save' and 'snapshot restore' are snapshot-save and
+	 * snapshot-restore. */
+	char joined[32];
+	if (!strcmp(argv[optind], "snapshot") && optind + 1 < argc &&
+	    (!strcmp(argv[optind + 1], "save") || !strcmp(argv[optind + 1], "restore"))) {
+		snprintf(joined, sizeof(joined), "snapshot-%s", argv[optind + 1]);
+		argv[++optind] = joined;
 	}
 	const struct command *cmd = find_command(argv[optind]);
 	if (!cmd)

@@ -106,6 +106,15 @@ static int finish(struct qmp_client *c, const struct opts *o, const char *what, 
 		printf("%s %s: %lld ms, file %.1f MiB allocated", what, path,
 		       (long long)json_integer_value(json_object_get(info, "total-time")),
 		       (double)st.st_blocks * 512 / (1 << 20));
+		json_t *pause = json_object_get(info, "x-godwit-pause-us");
+		if (pause)
+			printf(", live: guest paused %.1f ms, %lld write faults (longest wait %.1f ms)",
+			       (double)json_integer_value(pause) / 1000,
+			       (long long)json_integer_value(
+				       json_object_get(info, "x-godwit-wp-faults")),
+			       (double)json_integer_value(
+				       json_object_get(info, "x-godwit-wp-max-wait-us")) /
+				       1000);
 		if (gen)
 			printf(", %s save %lld, %.1f MiB written",
 			       json_is_true(json_object_get(info, "x-godwit-incremental")) ?
@@ -134,9 +143,10 @@ int run_snapshot_save(struct qmp_client *c, const struct command *cmd, const str
 		return EXIT_FAILURE;
 	/* Incremental off ends the dirty tracking an earlier one kept on. */
 	if (execute(c, "migrate-set-capabilities",
-		    json_pack("{s:[{s:s,s:b},{s:s,s:b}]}", "capabilities", "capability",
+		    json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b}]}", "capabilities", "capability",
 			      "mapped-ram", "state", 1, "capability", "x-godwit-incremental",
-			      "state", (o->given & OPT_INCREMENTAL) != 0)) < 0 ||
+			      "state", (o->given & OPT_INCREMENTAL) != 0, "capability",
+			      "background-snapshot", "state", (o->given & OPT_LIVE) != 0)) < 0 ||
 	    set_parameters(c, o) < 0 || execute(c, "migrate", json_pack("{s:s}", "uri", uri)) < 0)
 		return command_failed(c);
 	return finish(c, o, "saved", path);
