@@ -180,7 +180,8 @@ int gw_outgoing_end_channel(struct gw_precopy *h, struct gw_channel *ch, bool ha
 	if (ret == 0)
 		return end < 0 ? gw_error_set(err, end, "%s", e2.msg) : 0;
 	if (is_exec && ret == -EPIPE && end == 0)
-		gw_error_append(err, "the command exited (status 0) before it read the whole stream",
+		gw_error_append(err,
+				"the command exited (status 0) before it read the whole stream",
 				NULL);
 	else if (end < 0)
 		gw_error_append(err, e2.msg, NULL);
