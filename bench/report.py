@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """docs/benchmarks.md and its plots, from one results file.
 
-    bench/report.py bench/results/<date>.jsonl [--docs docs]   regenerate
+    bench/report.py bench/results/<date>.jsonl [MORE.jsonl...] [--docs docs]   regenerate
     bench/report.py --compare OLD.jsonl NEW.jsonl                 compare two runs
 
 run.py calls write() at the end of a run. Everything here reads only the
@@ -574,7 +574,98 @@ def snapshot_section(path, lv):
     return out
 
 
-def write(results_path, docs):
+LIVE = ("godwit-live-stream", "godwit-live-mapped-2", "godwit-live-mapped-dio-4", "qemu-live")
+
+
+def live_snapshot_section(paths):
+    """Background snapshots (bench/snapshot.py, variants *-live): the time
+    to save a running guest as it was at the command, against the stopped
+    save of the same guest and QEMU's background-snapshot in the same run,
+    with the guest's pause, its write faults and whether every restore
+    was the guest at the command."""
+    out = []
+    for path in paths:
+        recs = [json.loads(line) for line in open(path) if line.strip()]
+        snaps = [r for r in recs if r.get("type") == "snapshot"]
+        if not any(r["variant"] in LIVE for r in snaps):
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+        if not out:
+            out += ["## Background snapshots", "",
+                    "A running guest saved as it was at the command while it runs on "
+                    "(capability background-snapshot), by godwit into a stream file "
+                    "(live-stream) or a mapped-ram file with 2 writers (live-mapped-2) or 4 "
+                    "O_DIRECT writers (live-mapped-dio-4), and by QEMU 7.2 (`migrate "
+                    "exec:cat > FILE`), set against the stopped save of the same guest in the "
+                    "same run (the better of godwit-stream and godwit-mapped-dio-4, the guest "
+                    "stopped throughout) and against QEMU's. *pause*: how long the guest was "
+                    "paused (godwit: x-godwit-pause-us; QEMU: its downtime); *faults* and *max "
+                    "wait*: write faults taken and the longest one write waited "
+                    "(x-godwit-wp-faults, x-godwit-wp-max-wait-us). *restored*: runs whose "
+                    "restore was the guest at the command, checked page by page against the "
+                    "pass counter the guest had between the command and the end of the "
+                    "snapshot's set-up.", ""]
+        rel = os.path.relpath(path, os.path.dirname(HERE))
+        out += [f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
+                f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).", "",
+                "| guest | variant | save ms | vs stopped save | vs QEMU live | pause ms "
+                "| faults | max wait ms | restored |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        by = {}
+        for r in snaps:
+            shape = r["scenario"].rsplit("-", 1)[0]
+            by.setdefault(shape, {}).setdefault(r["variant"] + (":live" if r.get("running")
+                                                                else ":stopped"), []).append(r)
+        for shape in sorted(by, key=lambda k: (len(k), k)):
+            vs = by[shape]
+
+            def med(key, field="save_ms"):
+                ok = [r[field] for r in vs.get(key, []) if r.get("status") == "ok"
+                      and r.get(field) is not None]
+                return stats(ok) if ok else None
+
+            stopped = [med(k) for k in ("godwit-stream:stopped", "godwit-mapped-dio-4:stopped")]
+            stopped = min((x[0] for x in stopped if x), default=None)
+            qlive = med("qemu-live:live")
+            for var in LIVE:
+                rows = vs.get(var + ":live", [])
+                if not rows:
+                    continue
+                ok = [r for r in rows if r.get("status") == "ok"]
+                sv = med(var + ":live")
+                if not sv:
+                    out.append(f"| {shape} | {var} | **failed** | | | | | | 0 of {len(rows)}: "
+                               f"{cell(rows[0].get('error', ''), 160)} |")
+                    continue
+                if var.startswith("qemu"):
+                    pause = med(var + ":live", "downtime_ms")
+                    faults = wait = None
+                else:
+                    pause = med(var + ":live", "pause_us")
+                    pause = tuple(x / 1000 for x in pause) if pause else None
+                    faults, wait = med(var + ":live", "wp_faults"), med(var + ":live",
+                                                                         "wp_max_wait_us")
+                    wait = tuple(x / 1000 for x in wait) if wait else None
+                bad = [r for r in rows if r.get("status") != "ok"]
+                restored = f"{len(ok)} of {len(rows)}"
+                if bad:
+                    restored += f" (failed: {cell(bad[0].get('error', ''), 160)})"
+                out.append(
+                    f"| {shape} | {var} | {sv[0]:.0f} ({sv[1]:.0f}–{sv[2]:.0f}) | "
+                    f"{sv[0] / stopped:.2f}× | " if stopped else
+                    f"| {shape} | {var} | {sv[0]:.0f} ({sv[1]:.0f}–{sv[2]:.0f}) | – | ")
+                out[-1] += (f"{sv[0] / qlive[0]:.3f}× | " if qlive and not var.startswith("qemu")
+                            else "– | ")
+                out[-1] += (f"{pause[0]:.1f} ({pause[1]:.1f}–{pause[2]:.1f}) | " if pause
+                            else "– | ")
+                out[-1] += f"{faults[0]:.0f} | " if faults else "– | "
+                out[-1] += f"{wait[0]:.1f} | " if wait else "– | "
+                out[-1] += f"{restored} |"
+        out.append("")
+    return out
+
+
+def write(results_path, docs, extra=()):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
     groups = group(runs)
@@ -630,6 +721,7 @@ def write(results_path, docs):
         out += [f"![total time and downtime per scenario]({summary_png})", ""]
     out += notes_section(groups, numbers)
     out += snapshot_section(results_path, lv)
+    out += live_snapshot_section([results_path, *extra])
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))
@@ -658,14 +750,17 @@ def compare(old_path, new_path):
 
 def main():
     ap = argparse.ArgumentParser(description="Regenerate docs/benchmarks.md or compare runs.")
-    ap.add_argument("results", nargs="?", help="a bench/results/*.jsonl file")
+    ap.add_argument("results", nargs="*",
+                    help="a bench/results/*.jsonl file; more files add their background-"
+                         "snapshot rows (bench/run.py --live-snapshots), each with its own run's "
+                         "figures")
     ap.add_argument("--docs", default=os.path.join(os.path.dirname(HERE), "docs"))
     ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"))
     args = ap.parse_args()
     if args.compare:
         compare(*args.compare)
     elif args.results:
-        write(args.results, args.docs)
+        write(args.results[0], args.docs, args.results[1:])
     else:
         ap.error("give a results file, or --compare OLD NEW")
 

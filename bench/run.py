@@ -316,6 +316,9 @@ def main():
                     help="seconds before a migration counts as not converging")
     ap.add_argument("--no-links", action="store_true", help="skip the namespace link rows")
     ap.add_argument("--no-snapshots", action="store_true", help="skip the snapshot file rows")
+    ap.add_argument("--live-snapshots", action="store_true",
+                    help="only the background-snapshot rows (with the stopped saves and "
+                         "QEMU's background-snapshot of the same guests) and the limits")
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--refuse", action="append", metavar="VARIANT:COMMAND",
@@ -345,6 +348,12 @@ def main():
     if args.no_links:
         rows = [r for r in rows if r.link == "local"]
     snap_rows = [] if args.no_snapshots else snapshot.plan(args.quick)
+    # The live rows, without the stopped ones plan() already has.
+    snap_rows += [r for r in snapshot.plan_live(args.quick) if r not in snap_rows] \
+        if not args.no_snapshots else []
+    if args.live_snapshots:
+        rows, note = [], "background snapshots only (bench/run.py --live-snapshots)"
+        snap_rows = snapshot.plan_live(args.quick)
     if args.only:
         rows = [r for r in rows if args.only in r.scenario or args.only in r.variant]
         snap_rows = [r for r in snap_rows if args.only in r.scenario or args.only in r.variant]

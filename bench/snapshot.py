@@ -44,6 +44,7 @@ class SnapVariant:
     mapped: bool = False
     direct_io: bool = False
     writers: int = 1
+    background: bool = False  # capability background-snapshot: the guest at the command
 
 
 SNAP_VARIANTS = {v.name: v for v in (
@@ -54,7 +55,13 @@ SNAP_VARIANTS = {v.name: v for v in (
     SnapVariant("godwit-mapped-dio-4", "godwit", mapped=True, direct_io=True, writers=4),
     SnapVariant("godwit-stream", "godwit"),
     SnapVariant("qemu-stream", "qemu"),
+    SnapVariant("godwit-live-stream", "godwit", background=True),
+    SnapVariant("godwit-live-mapped-2", "godwit", mapped=True, writers=2, background=True),
+    SnapVariant("godwit-live-mapped-dio-4", "godwit", mapped=True, direct_io=True, writers=4,
+                background=True),
+    SnapVariant("qemu-live", "qemu", background=True),
 )}
+LIVE_VARIANTS = [n for n, v in SNAP_VARIANTS.items() if v.background]
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,15 @@ class SnapRow:
     def scenario(self):
         return (f"snapshot-{self.memory_mib // 1024}G-{self.touched_mib}M-"
                 f"{'running' if self.running else 'stopped'}")
+
+
+def plan_live(quick):
+    """Background snapshots of a running guest against the stopped save of
+    the same guest and QEMU's background-snapshot, in one run."""
+    shapes = [(1024, 100)] if quick else [(1024, 100), (4096, 100), (4096, 1024)]
+    stopped = ["godwit-stream", "godwit-mapped-dio-4", "qemu-stream"]
+    return [SnapRow(m, t, False, v) for m, t in shapes for v in stopped] + \
+        [SnapRow(m, t, True, v) for m, t in shapes for v in LIVE_VARIANTS]
 
 
 def plan(quick):
@@ -112,6 +128,7 @@ class Guest:
         self.image = os.path.join(self.workdir, "guest.img")
         write_bootsector(tools.bootsector, self.image, self.end)
         self.n = 0
+        self.background_set = False
         self.live = self._start(False)
         self.live.wait_passes(2, timeout=180)
         self.retired = 0
@@ -134,6 +151,9 @@ class Guest:
         if not running:
             src.qmp.cmd("stop")
         caps = [{"capability": "mapped-ram", "state": v.mapped}] if v.vmm == "godwit" else []
+        if v.background or v.vmm == "godwit" or self.background_set:
+            caps.append({"capability": "background-snapshot", "state": v.background})
+            self.background_set = v.background
         if caps:
             src.qmp.cmd("migrate-set-capabilities", capabilities=caps)
         params = {"max-bandwidth": 100 * 10**9}
@@ -141,8 +161,16 @@ class Guest:
             params.update({"direct-io": v.direct_io, "multifd-channels": v.writers})
         src.qmp.cmd("migrate-set-parameters", **params)
         uri = f"file:{path}" if v.vmm == "godwit" else f"exec:cat > {path}"
+        lo = src.passes()
         t0 = time.time()
         src.qmp.cmd("migrate", uri=uri)
+        if v.background:
+            # The instant lies between the command and the first poll that
+            # sees the save past its set-up: the passes the guest had done
+            # by then bound what the file may hold.
+            while src.qmp.cmd("query-migrate").get("status") == "setup":
+                time.sleep(0.001)
+            hi = src.passes()
         info = _wait_final(src, timeout)
         save_ms = (time.time() - t0) * 1e3
         if info["status"] != "completed":
@@ -150,10 +178,20 @@ class Guest:
         st = os.stat(path)
         res = {"save_ms": save_ms, "file_bytes": st.st_size, "alloc_bytes": st.st_blocks * 512,
                "data_bytes": self.end - BOOTSECTOR_START,
-               "rounds": (info.get("ram") or {}).get("dirty-sync-count")}
+               "rounds": (info.get("ram") or {}).get("dirty-sync-count"),
+               "downtime_ms": info.get("downtime")}
+        for k in ("x-godwit-pause-us", "x-godwit-wp-faults", "x-godwit-wp-max-wait-us"):
+            if k in info:
+                res[k[len("x-godwit-"):].replace("-", "_")] = info[k]
         passes = src.passes()
-        # The source goes on; the file holds it as it was at the save.
-        src.qmp.cmd("cont")
+        # The source goes on; the file holds it as it was at the save (a
+        # background snapshot: at the command, and the guest never stopped).
+        if v.background:
+            res["running_after"] = src.qmp.cmd("query-status")["status"] == "running"
+            candidates = range(lo, hi + 2)
+        else:
+            candidates = [passes]
+            src.qmp.cmd("cont")
         _drop_cache(path)
         dst = self._start(True)
         try:
@@ -174,7 +212,12 @@ class Guest:
                                      "filename": dump})
             # A restored running guest goes on at once: the passes it made
             # on the destination before the stop count too.
-            problem = check_pages(dump, self.end, passes + dst.passes())
+            done_here = dst.passes()
+            problems = [check_pages(dump, self.end, p + done_here) for p in candidates]
+            problem = None if None in problems else problems[0]
+            if problem and v.background:
+                problem = (f"not the guest at the command (passes {lo}..{hi + 1} then): "
+                           + problem)
             os.unlink(dump)
         finally:
             dst.close()

@@ -821,6 +821,8 @@ int run_analyze(const struct opts *o, char **argv)
 		       strcmp(a.path, "-") ? a.path : "standard input", GW_FORMAT_VERSION,
 		       gw_walker_stream_flags(a.wk) & GW_HDRF_COMMIT ?
 			       " (live migration: the source asked for the switchover handshake)" :
+		       gw_walker_stream_flags(a.wk) & GW_HDRF_SNAPSHOT ?
+			       " (background snapshot: the guest at one instant, device state first)" :
 			       "");
 	}
 	json_decref(mapped);
