@@ -48,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -193,18 +194,41 @@ static uint64_t data_end(const struct background *b, uint32_t block, uint64_t pa
 	return end <= page ? page + 1 : end < limit ? end : limit;
 }
 
-/* A first touch of a hole: zeros, protected. The page was zero at the
+/*
+ * A first touch of a hole: zeros, protected. The page was zero at the
  * instant (or the instant is still to come, and it is protected for it);
- * the bulk or a later write fault saves it like any other. */
+ * the bulk or a later write fault saves it like any other. Under the
+ * lock, and unprotected once the snapshot is being disarmed: a protected
+ * fill that races the unregister would leave its page protected (the
+ * kernel drops the bits of the range as it unregisters, not of a page
+ * filled meanwhile).
+ */
 static void on_missing(struct background *b, uint64_t addr)
 {
 	struct gw_error e = {0};
 
-	if (gw_wp_fill_zero(&b->wp, (void *)(uintptr_t)addr, &e) < 0)
-		fail(b, &e);
 	pthread_mutex_lock(&b->lock);
+	if (gw_wp_fill_zero(&b->wp, (void *)(uintptr_t)addr, !b->quit, &e) < 0 && !b->quit)
+		fail_locked(b, &e);
 	b->fills++;
 	pthread_mutex_unlock(&b->lock);
+}
+
+/* Under the lock: wait for a slot to free, at most 10 ms, and take a
+ * cancel as the end of copying. */
+static void wait_slot(struct background *b)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += 10 * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&b->cond, &b->lock, &until);
+	if (gw_cancel_requested(&b->h.job.cancel))
+		b->quit = true;
 }
 
 /* Under the lock: claim and copy the unsaved pages from `page` on (the
@@ -264,12 +288,15 @@ static void on_fault(struct background *b, uint64_t addr)
 		pthread_mutex_unlock(&b->lock);
 		return;
 	}
-	b->faults++;
+	if (!b->quit)
+		b->faults++;
 	for (;;) {
 		if (!b->quit && gw_bitmap_test(bb->todo, page)) {
 			if (!b->nr_free) {
-				/* The writers are behind: the write waits for a slot. */
-				pthread_cond_wait(&b->cond, &b->lock);
+				/* The writers are behind: the write waits for a slot,
+				 * or for a cancel (the snapshot ends, nothing is
+				 * copied any more). */
+				wait_slot(b);
 				continue;
 			}
 			n = copy_locked(b, block, page);
@@ -832,9 +859,17 @@ static int snapshot(struct background *b, struct gw_error *err)
 	ret = capture(b, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "at the snapshot's instant: ");
-	gw_ratelimit_init(&b->rl, gw_now_ns());
+	uint64_t t0 = gw_now_ns(), x0 = gw_sink_taken(b->sink);
+	gw_ratelimit_init(&b->rl, t0);
 	gw_job_set_status(&b->h.job, GW_MIG_ACTIVE);
 	ret = save_ram(b, err);
+	if (ret == 0) {
+		uint64_t dt = gw_now_ns() - t0;
+		pthread_mutex_lock(&b->h.job.lock);
+		b->h.stats.mbps = (double)(gw_sink_taken(b->sink) - x0) * 8e3 /
+				  (double)(dt ? dt : 1);
+		pthread_mutex_unlock(&b->h.job.lock);
+	}
 	/* Every page is saved: nothing may stay protected while the file is
 	 * synced. */
 	if (ret == 0)
@@ -949,7 +984,11 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 	b->ch = *ch;
 	b->wp.fd = -1;
 	pthread_mutex_init(&b->lock, NULL);
-	pthread_cond_init(&b->cond, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&b->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	b->quit_efd = eventfd(0, EFD_CLOEXEC);
 	b->blocks = calloc(m->nr_ram + 1, sizeof(*b->blocks));
 	b->slot_mem = aligned_alloc(PAGE, (size_t)SLOTS * COPY_PAGES * PAGE);

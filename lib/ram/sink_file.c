@@ -14,6 +14,11 @@
  * round, which overwrites the slot, and the final round runs with the
  * guest paused. A zero page frees its slot (a hole) and clears its bit.
  *
+ * put() writes in the caller's thread instead, from guest memory or a
+ * copy, for an engine that runs its own writers (a background snapshot,
+ * which un-protects pages only once they are written); the bits of the
+ * bitmap are set atomically for it.
+ *
  * The header at offset 0 says "SAVE" until finish() has synced the
  * pages, the stream, the bitmaps and the hashes; only then does it say
  * "DONE" (and is synced again). A save that fails, is cancelled or is

@@ -130,14 +130,14 @@ int gw_wp_protect(struct gw_wp *wp, void *addr, uint64_t len, bool on, struct gw
 	return 0;
 }
 
-int gw_wp_fill_zero(struct gw_wp *wp, void *addr, struct gw_error *err)
+int gw_wp_fill_zero(struct gw_wp *wp, void *addr, bool protect, struct gw_error *err)
 {
 	uint64_t page = (uint64_t)(uintptr_t)addr & ~((uint64_t)GW_PAGE_SIZE - 1);
 	struct uffdio_copy c = {
 		.dst = page,
 		.src = (uint64_t)(uintptr_t)wp->zero,
 		.len = GW_PAGE_SIZE,
-		.mode = UFFDIO_COPY_MODE_WP,
+		.mode = protect ? UFFDIO_COPY_MODE_WP : 0,
 	};
 	struct uffdio_range r = {.start = page, .len = GW_PAGE_SIZE};
 	bool raced = false;
@@ -163,9 +163,8 @@ int gw_wp_release(struct gw_wp *wp, void *addr, uint64_t len, struct gw_error *e
 	struct uffdio_range r = {.start = (uint64_t)(uintptr_t)addr, .len = len};
 
 	/* Unregistering wakes every waiter and drops the protection with it
-	 * (the kernel clears the range's write-protect bits and markers, and
-	 * one it left would be cleared at its next fault): no un-protect
-	 * first, which would walk the range twice. */
+	 * (the kernel clears the range's write-protect bits and markers): no
+	 * un-protect first, which would walk the range twice. */
 	if (ioctl(wp->fd, UFFDIO_UNREGISTER, &r) < 0)
 		return gw_error_set(err, -errno, "userfaultfd: unregistering %p+0x%llx: %s", addr,
 				    (unsigned long long)len, gw_strerror(errno));

@@ -34,12 +34,15 @@ int gw_wp_open(struct gw_wp *wp, struct gw_error *err);
  * waits until gw_wp_fill_zero() fills it. */
 int gw_wp_register(struct gw_wp *wp, void *addr, uint64_t len, const char *name,
 		   struct gw_error *err);
-/* Fill the missing page at addr with zeros, write-protected, and wake its
- * waiters; a page filled meanwhile by someone else is only woken. */
-int gw_wp_fill_zero(struct gw_wp *wp, void *addr, struct gw_error *err);
+/* Fill the missing page at addr with zeros (write-protected if protect),
+ * and wake its waiters; a page filled meanwhile by someone else is only
+ * woken. */
+int gw_wp_fill_zero(struct gw_wp *wp, void *addr, bool protect, struct gw_error *err);
 /* Protect, or un-protect and wake whoever waits on the range. */
 int gw_wp_protect(struct gw_wp *wp, void *addr, uint64_t len, bool on, struct gw_error *err);
-/* Unregister the range: its protection goes, every waiter wakes. */
+/* Unregister the range: its protection goes, every waiter wakes. A page
+ * filled write-protected while this runs may keep its bit: fill no such
+ * page meanwhile. */
 int gw_wp_release(struct gw_wp *wp, void *addr, uint64_t len, struct gw_error *err);
 void gw_wp_close(struct gw_wp *wp);
 
