@@ -10,12 +10,13 @@
  * millisecond: stop the vCPUs, protect again what was let go early, write
  * device state into the stream, resume. From then on every page that is
  * not saved yet is protected, so what the bulk reads from guest memory is
- * the page of the instant. Holes need nothing: a page that is a hole of
- * its memfd when the bulk reaches it was a hole at the instant (nothing
- * punches holes into a running guest's RAM, and a write that fills one
- * faults first), so the bulk skips them with SEEK_DATA, never reading
- * them (a read would allocate them).
-
+ * the page of the instant. Holes need nothing: every page that holds
+ * data is known (`data`: populated when armed, found with SEEK_DATA, or
+ * filled since), a page that does not was never written and is zero, and
+ * the first touch of one during the snapshot waits for the fault thread
+ * to fill it with zeros, write-protected. The instant saves what holds
+ * data then; nothing ever reads a hole (a read would allocate it).
+ *
  * Two kinds of thread share the pages still to save (`todo`, one bit per
  * page, under the lock):
  *
@@ -30,7 +31,9 @@
  *  - Bulk threads (one for a stream, put_threads() for a mapped-ram
  *    file) write the queued copies first, then claim the next 2 MiB chunk
  *    (its todo bits, and a busy bit), write its pages straight from guest
- *    memory and un-protect the whole chunk with one call.
+ *    memory and un-protect the whole chunk with one call. The chunk
+ *    of the last copied fault goes first, then the chunks after it: a
+ *    guest writing a run of memory soon writes where the bulk has been.
  *
  * Claiming under the lock is what makes it exact: a page is written once,
  * either from a copy made while it was still protected or from guest
@@ -90,6 +93,7 @@ struct bblock {
 	uint64_t pages, chunks;
 	uint64_t *todo;    /* pages still to save */
 	uint64_t *early;   /* let go of before the instant: protected again at it */
+	uint64_t *data;    /* pages that hold data: populated when armed, or filled since */
 	uint64_t *busy;    /* chunks a bulk thread is writing */
 	uint64_t *wait_ns; /* per chunk: the first fault left to its writer, 0 = none */
 };
@@ -122,6 +126,9 @@ struct background {
 	uint32_t queue[SLOTS], qhead, qtail; /* copies to write, in order */
 	uint32_t cur_block;                  /* the bulk's next chunk */
 	uint64_t cur_chunk;
+	bool hint; /* the bulk goes where the guest writes: */
+	uint32_t hint_block;
+	uint64_t hint_chunk;
 	uint64_t pending; /* pages still to save */
 	bool instant;     /* the instant is past: faults are copied */
 	bool quit;        /* the fault thread copies nothing more */
@@ -175,26 +182,6 @@ static void note_wait(struct background *b, uint64_t since_ns)
 /* ---- the fault thread ------------------------------------------------ */
 
 /*
- * The end of the data around `page` (which has data), at most `limit`:
- * the copy of a fault never reads a hole, which would wait for this very
- * thread to fill it.
- */
-static uint64_t data_end(const struct background *b, uint32_t block, uint64_t page, uint64_t limit)
-{
-	const struct gw_ram_block *rb = &b->m->ram[block];
-	off_t hole;
-
-	if (rb->fd < 0)
-		return limit;
-	hole = lseek(rb->fd, (off_t)(rb->fd_offset + page * PAGE), SEEK_HOLE);
-	if (hole < 0)
-		return page + 1;
-	/* A partly populated last page is not read. */
-	uint64_t end = ((uint64_t)hole - rb->fd_offset) / PAGE;
-	return end <= page ? page + 1 : end < limit ? end : limit;
-}
-
-/*
  * A first touch of a hole: zeros, protected. The page was zero at the
  * instant (or the instant is still to come, and it is protected for it);
  * the bulk or a later write fault saves it like any other. Under the
@@ -210,6 +197,14 @@ static void on_missing(struct background *b, uint64_t addr)
 	pthread_mutex_lock(&b->lock);
 	if (gw_wp_fill_zero(&b->wp, (void *)(uintptr_t)addr, !b->quit, &e) < 0 && !b->quit)
 		fail_locked(b, &e);
+	for (uint32_t i = 0; i < b->m->nr_ram; i++) {
+		const struct gw_ram_block *rb = &b->m->ram[i];
+
+		if (addr >= (uint64_t)(uintptr_t)rb->host &&
+		    addr - (uint64_t)(uintptr_t)rb->host < rb->size)
+			gw_bitmap_set(b->blocks[i].data,
+				      (addr - (uint64_t)(uintptr_t)rb->host) / PAGE, 1);
+	}
 	b->fills++;
 	pthread_mutex_unlock(&b->lock);
 }
@@ -242,7 +237,8 @@ static uint32_t copy_locked(struct background *b, uint32_t block, uint64_t page)
 
 	if (end > bb->pages)
 		end = bb->pages;
-	end = data_end(b, block, page, end);
+	/* Pages to save hold data: the copy never reads a hole, which would
+	 * wait for this very thread to fill it. */
 	while (n < COPY_PAGES && page + n < end && gw_bitmap_test(bb->todo, page + n))
 		n++;
 	gw_bitmap_clear(bb->todo, page, n);
@@ -252,6 +248,10 @@ static uint32_t copy_locked(struct background *b, uint32_t block, uint64_t page)
 	c->first = page;
 	c->n = n;
 	b->queue[b->qtail++ % SLOTS] = s;
+	/* The guest writes here: the bulk comes here next. */
+	b->hint_block = block;
+	b->hint_chunk = page / CHUNK_PAGES;
+	b->hint = true;
 	pthread_cond_broadcast(&b->cond);
 	return n;
 }
@@ -422,99 +422,66 @@ static int write_copy(struct background *b, const struct copy *c, struct gw_erro
 	return ret;
 }
 
+/* Under the lock: claim chunk c of block i if it has pages to save. */
+static bool take_locked(struct background *b, uint32_t i, uint64_t c, uint64_t *bm, uint32_t *n)
+{
+	struct bblock *bb = &b->blocks[i];
+	uint64_t first = c * CHUNK_PAGES;
+	uint64_t len = bb->pages - first < CHUNK_PAGES ? bb->pages - first : CHUNK_PAGES;
+	uint64_t found = gw_bitmap_next_set(bb->todo, first + len, first);
+
+	if (found >= first + len || gw_bitmap_test(bb->busy, c))
+		return false;
+	memset(bm, 0, CHUNK_PAGES / 8);
+	for (uint64_t p = found; p < first + len; p++)
+		if (gw_bitmap_test(bb->todo, p))
+			gw_bitmap_set(bm, p - first, 1);
+	gw_bitmap_clear(bb->todo, first, len);
+	gw_bitmap_set(bb->busy, c, 1);
+	*n = (uint32_t)len;
+	return true;
+}
+
 /*
- * The first chunk from `chunk` on that holds data in block i's memfd (a
- * hole now was a hole at the instant: the comment at the top), or the
- * chunk count when none does.
+ * Under the lock: the next chunk with pages to save, claimed; false when
+ * none is left. Where the guest writes comes first (the hint: the chunk
+ * of the last copied fault, then the ones after it, as long as they have
+ * pages to save), so that a guest writing a run of memory soon writes
+ * into chunks already let go; the rest in address order.
  */
-static uint64_t next_data_chunk(const struct background *b, uint32_t i, uint64_t chunk)
-{
-	const struct gw_ram_block *rb = &b->m->ram[i];
-	off_t at, data;
-
-	if (rb->fd < 0)
-		return chunk;
-	at = (off_t)(rb->fd_offset + chunk * CHUNK_PAGES * PAGE);
-	data = lseek(rb->fd, at, SEEK_DATA);
-	/* An error other than "no data after at" costs only the skip. */
-	if (data < 0)
-		return errno == ENXIO ? b->blocks[i].chunks : chunk;
-	if ((uint64_t)data >= rb->fd_offset + rb->size)
-		return b->blocks[i].chunks;
-	return ((uint64_t)data - rb->fd_offset) / PAGE / CHUNK_PAGES;
-}
-
-/* Clear the bits of bm (pages first.. of block i) whose pages are holes. */
-static int drop_holes(const struct background *b, uint32_t i, uint64_t first, uint32_t len,
-		      uint64_t *bm, struct gw_error *err)
-{
-	const struct gw_ram_block *rb = &b->m->ram[i];
-	uint64_t base = rb->fd_offset + first * PAGE, end = base + (uint64_t)len * PAGE, at = base;
-
-	if (rb->fd < 0)
-		return 0;
-	while (at < end) {
-		off_t data = lseek(rb->fd, (off_t)at, SEEK_DATA), hole;
-
-		if (data < 0 && errno != ENXIO)
-			return gw_error_set(err, -errno, "RAM block '%s': SEEK_DATA: %s", rb->name,
-					    gw_strerror(errno));
-		if (data < 0 || (uint64_t)data >= end)
-			data = (off_t)end;
-		if ((uint64_t)data > at)
-			gw_bitmap_clear(bm, (at - base) / PAGE, ((uint64_t)data - at) / PAGE);
-		if ((uint64_t)data >= end)
-			break;
-		hole = lseek(rb->fd, data, SEEK_HOLE);
-		if (hole < 0)
-			return gw_error_set(err, -errno, "RAM block '%s': SEEK_HOLE: %s", rb->name,
-					    gw_strerror(errno));
-		/* Round up: a partly populated page is a page with data. */
-		at = ((uint64_t)hole + PAGE - 1) / PAGE * PAGE;
-	}
-	return 0;
-}
-
-/* Under the lock: the next chunk with pages to save, claimed; false when
- * none is left. Chunks that are holes are passed over, their pages done. */
 static bool claim_locked(struct background *b, uint32_t *block, uint64_t *chunk, uint64_t *bm,
 			 uint32_t *n)
 {
+	while (b->hint) {
+		uint32_t i = b->hint_block;
+		uint64_t c = b->hint_chunk;
+
+		if (c >= b->blocks[i].chunks || !take_locked(b, i, c, bm, n)) {
+			b->hint = false;
+			break;
+		}
+		b->hint_chunk = c + 1;
+		*block = i;
+		*chunk = c;
+		return true;
+	}
 	while (b->cur_block < b->m->nr_ram) {
 		struct bblock *bb = &b->blocks[b->cur_block];
+		uint64_t p = gw_bitmap_next_set(bb->todo, bb->pages, b->cur_chunk * CHUNK_PAGES);
 
-		while (b->cur_chunk < bb->chunks) {
-			uint64_t d = next_data_chunk(b, b->cur_block, b->cur_chunk);
-
-			if (d > b->cur_chunk) {
-				uint64_t from = b->cur_chunk * CHUNK_PAGES;
-				uint64_t to = d * CHUNK_PAGES < bb->pages ? d * CHUNK_PAGES :
-									    bb->pages;
-
-				gw_bitmap_clear(bb->todo, from, to - from);
-				b->cur_chunk = d;
-				continue;
-			}
-			uint64_t c = b->cur_chunk++, first = c * CHUNK_PAGES;
-			uint64_t len = bb->pages - first < CHUNK_PAGES ? bb->pages - first :
-									 CHUNK_PAGES;
-			uint64_t found = gw_bitmap_next_set(bb->todo, first + len, first);
-
-			if (found >= first + len)
-				continue;
-			memset(bm, 0, CHUNK_PAGES / 8);
-			for (uint64_t p = found; p < first + len; p++)
-				if (gw_bitmap_test(bb->todo, p))
-					gw_bitmap_set(bm, p - first, 1);
-			gw_bitmap_clear(bb->todo, first, len);
-			gw_bitmap_set(bb->busy, c, 1);
+		b->cur_chunk = p / CHUNK_PAGES;
+		if (p >= bb->pages) {
+			b->cur_block++;
+			b->cur_chunk = 0;
+			continue;
+		}
+		/* Busy: a bulk thread has it, and its todo bits are clear. */
+		if (take_locked(b, b->cur_block, b->cur_chunk, bm, n)) {
 			*block = b->cur_block;
-			*chunk = c;
-			*n = (uint32_t)len;
+			*chunk = b->cur_chunk++;
 			return true;
 		}
-		b->cur_block++;
-		b->cur_chunk = 0;
+		b->cur_chunk++;
 	}
 	return false;
 }
@@ -549,16 +516,11 @@ static int write_chunk(struct background *b, uint32_t block, uint64_t chunk, con
 	uint64_t entries[CHUNK_PAGES], first = chunk * CHUNK_PAGES;
 	uint64_t before = gw_sink_taken(b->sink);
 	struct bblock *bb = &b->blocks[block];
-	uint64_t mine[CHUNK_PAGES / 64];
 	struct gw_error e2 = {0};
-	uint32_t zero = 0, n = 0;
-	int ret, up;
+	uint32_t zero = 0, n = make_entries(b, block, first, bm, len, entries, &zero);
+	int ret = 0, up;
 
-	memcpy(mine, bm, sizeof(mine));
-	ret = drop_holes(b, block, first, len, mine, err);
-	if (ret == 0)
-		n = make_entries(b, block, first, mine, len, entries, &zero);
-	if (ret == 0 && n)
+	if (n)
 		ret = gw_sink_put(b->sink, block, entries, n, NULL, GW_SAVE_DATA_CRC, err);
 	up = unprotect(b, block, first, len, &e2);
 
@@ -711,7 +673,7 @@ static int protect_runs(struct background *b, uint32_t i, const uint64_t *bm, st
 static int capture(struct background *b, struct gw_error *err)
 {
 	struct gw_migration *m = b->m;
-	uint64_t us;
+	uint64_t us, pending = 0;
 	int ret;
 
 	b->paused = true;
@@ -729,8 +691,11 @@ static int capture(struct background *b, struct gw_error *err)
 
 		ret = protect_runs(b, i, bb->early, err);
 		memset(bb->early, 0, gw_bitmap_words(bb->pages) * sizeof(uint64_t));
-		gw_bitmap_fill(bb->todo, bb->pages);
+		/* What holds data now is what the instant saves. */
+		memcpy(bb->todo, bb->data, gw_bitmap_words(bb->pages) * sizeof(uint64_t));
+		pending += gw_bitmap_count(bb->todo, bb->pages);
 	}
+	b->pending = pending;
 	b->instant = ret == 0;
 	pthread_mutex_unlock(&b->lock);
 	if (ret == 0)
@@ -745,6 +710,7 @@ static int capture(struct background *b, struct gw_error *err)
 	pthread_mutex_lock(&b->h.job.lock);
 	b->h.stats.pause_us = us;
 	b->h.stats.downtime_ms = us / 1000;
+	b->h.stats.remaining = pending * PAGE;
 	pthread_mutex_unlock(&b->h.job.lock);
 	return 0;
 }
@@ -810,12 +776,17 @@ static int arm(struct background *b, struct gw_error *err)
 		const struct gw_ram_block *rb = &b->m->ram[i];
 		struct bblock *bb = &b->blocks[i];
 
-		/* todo is free until the instant: a scratch bitmap here. */
+		/* todo is free until the instant: a scratch bitmap here. A
+		 * page filled meanwhile is in data already. */
 		gw_bitmap_fill(bb->todo, bb->pages);
 		ret = gw_populated_filter(rb, bb->todo, err);
 		if (ret == 0)
 			ret = protect_runs(b, i, bb->todo, err);
-		populated += gw_bitmap_count(bb->todo, bb->pages);
+		pthread_mutex_lock(&b->lock);
+		for (size_t w = 0; w < gw_bitmap_words(bb->pages); w++)
+			bb->data[w] |= bb->todo[w];
+		populated += gw_bitmap_count(bb->data, bb->pages);
+		pthread_mutex_unlock(&b->lock);
 		memset(bb->todo, 0, gw_bitmap_words(bb->pages) * sizeof(uint64_t));
 	}
 	pthread_mutex_lock(&b->lock);
@@ -952,6 +923,7 @@ static void background_release(struct gw_precopy *h)
 		free(b->blocks[i].busy);
 		free(b->blocks[i].wait_ns);
 		free(b->blocks[i].early);
+		free(b->blocks[i].data);
 	}
 	free(b->blocks);
 	free(b->slot_mem);
@@ -1002,7 +974,8 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 		bb->busy = calloc(gw_bitmap_words(bb->chunks), sizeof(uint64_t));
 		bb->wait_ns = calloc(bb->chunks, sizeof(uint64_t));
 		bb->early = calloc(gw_bitmap_words(bb->pages), sizeof(uint64_t));
-		if (!bb->todo || !bb->busy || !bb->wait_ns || !bb->early)
+		bb->data = calloc(gw_bitmap_words(bb->pages), sizeof(uint64_t));
+		if (!bb->todo || !bb->busy || !bb->wait_ns || !bb->early || !bb->data)
 			ret = -ENOMEM;
 		b->h.stats.total += m->ram[i].size;
 	}
