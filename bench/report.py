@@ -575,6 +575,9 @@ def snapshot_section(path, lv):
 
 
 LIVE = ("godwit-live-stream", "godwit-live-mapped-2", "godwit-live-mapped-dio-4", "qemu-live")
+# The stopped save into the same kind of file, for each live variant.
+SAME_FILE = {"godwit-live-stream": "godwit-stream", "godwit-live-mapped-dio-4": "godwit-mapped-dio-4",
+             "qemu-live": "qemu-stream"}
 
 
 def live_snapshot_section(paths):
@@ -598,7 +601,9 @@ def live_snapshot_section(paths):
                     "O_DIRECT writers (live-mapped-dio-4), and by QEMU 7.2 (`migrate "
                     "exec:cat > FILE`), set against the stopped save of the same guest in the "
                     "same run (the better of godwit-stream and godwit-mapped-dio-4, the guest "
-                    "stopped throughout) and against QEMU's. *pause*: how long the guest was "
+                    "stopped throughout; and the stopped save into the same kind of file: a "
+                    "stream file, which ends in the page cache, or an O_DIRECT mapped-ram file, "
+                    "which ends on disk) and against QEMU's. *pause*: how long the guest was "
                     "paused (godwit: x-godwit-pause-us; QEMU: its downtime); *faults* and *max "
                     "wait*: write faults taken and the longest one write waited "
                     "(x-godwit-wp-faults, x-godwit-wp-max-wait-us). *restored*: runs whose "
@@ -608,9 +613,9 @@ def live_snapshot_section(paths):
         rel = os.path.relpath(path, os.path.dirname(HERE))
         out += [f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
                 f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).", "",
-                "| guest | variant | save ms | vs stopped save | vs QEMU live | pause ms "
-                "| faults | max wait ms | restored |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "| guest | variant | save ms | vs stopped save | vs stopped, same file | vs QEMU "
+                "live | pause ms | faults | max wait ms | restored |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         by = {}
         for r in snaps:
             shape = r["scenario"].rsplit("-", 1)[0]
@@ -654,6 +659,8 @@ def live_snapshot_section(paths):
                     f"| {shape} | {var} | {sv[0]:.0f} ({sv[1]:.0f}–{sv[2]:.0f}) | "
                     f"{sv[0] / stopped:.2f}× | " if stopped else
                     f"| {shape} | {var} | {sv[0]:.0f} ({sv[1]:.0f}–{sv[2]:.0f}) | – | ")
+                same = med(SAME_FILE.get(var, "") + ":stopped")
+                out[-1] += f"{sv[0] / same[0]:.2f}× | " if same else "– | "
                 out[-1] += (f"{sv[0] / qlive[0]:.3f}× | " if qlive and not var.startswith("qemu")
                             else "– | ")
                 out[-1] += (f"{pause[0]:.1f} ({pause[1]:.1f}–{pause[2]:.1f}) | " if pause
