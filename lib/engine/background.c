@@ -51,7 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -134,7 +133,7 @@ struct background {
 	bool quit;        /* the fault thread copies nothing more */
 	bool failed;      /* the first failure is in error */
 	struct gw_error error;
-	uint64_t faults, fills, max_wait_ns;
+	uint64_t faults, max_wait_ns;
 	struct gw_ratelimit rl;
 };
 
@@ -181,6 +180,20 @@ static void note_wait(struct background *b, uint64_t since_ns)
 
 /* ---- the fault thread ------------------------------------------------ */
 
+/* The RAM block holding host address addr, and its page there; nr_ram if none. */
+static uint32_t block_of(const struct background *b, uint64_t addr, uint64_t *page)
+{
+	for (uint32_t i = 0; i < b->m->nr_ram; i++) {
+		uint64_t host = (uint64_t)(uintptr_t)b->m->ram[i].host;
+
+		if (addr >= host && addr - host < b->m->ram[i].size) {
+			*page = (addr - host) / PAGE;
+			return i;
+		}
+	}
+	return b->m->nr_ram;
+}
+
 /*
  * A first touch of a hole: zeros, protected. The page was zero at the
  * instant (or the instant is still to come, and it is protected for it);
@@ -194,18 +207,14 @@ static void on_missing(struct background *b, uint64_t addr)
 {
 	struct gw_error e = {0};
 
+	uint64_t page = 0;
+	uint32_t block = block_of(b, addr, &page);
+
 	pthread_mutex_lock(&b->lock);
 	if (gw_wp_fill_zero(&b->wp, (void *)(uintptr_t)addr, !b->quit, &e) < 0 && !b->quit)
 		fail_locked(b, &e);
-	for (uint32_t i = 0; i < b->m->nr_ram; i++) {
-		const struct gw_ram_block *rb = &b->m->ram[i];
-
-		if (addr >= (uint64_t)(uintptr_t)rb->host &&
-		    addr - (uint64_t)(uintptr_t)rb->host < rb->size)
-			gw_bitmap_set(b->blocks[i].data,
-				      (addr - (uint64_t)(uintptr_t)rb->host) / PAGE, 1);
-	}
-	b->fills++;
+	if (block < b->m->nr_ram)
+		gw_bitmap_set(b->blocks[block].data, page, 1);
 	pthread_mutex_unlock(&b->lock);
 }
 
@@ -213,15 +222,7 @@ static void on_missing(struct background *b, uint64_t addr)
  * cancel as the end of copying. */
 static void wait_slot(struct background *b)
 {
-	struct timespec until;
-
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_nsec += 10 * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-	pthread_cond_timedwait(&b->cond, &b->lock, &until);
+	gw_cond_wait_ms(&b->cond, &b->lock, 10);
 	if (gw_cancel_requested(&b->h.job.cancel))
 		b->quit = true;
 }
@@ -258,24 +259,17 @@ static uint32_t copy_locked(struct background *b, uint32_t block, uint64_t page)
 
 static void on_fault(struct background *b, uint64_t addr)
 {
-	uint64_t t0 = gw_now_ns(), page, chunk;
+	uint64_t t0 = gw_now_ns(), page = 0, chunk;
 	struct gw_error e = {0};
 	uint32_t block, n = 1;
 	struct bblock *bb;
 	bool leave = false;
 	int ret;
 
-	for (block = 0; block < b->m->nr_ram; block++) {
-		const struct gw_ram_block *rb = &b->m->ram[block];
-
-		if (addr >= (uint64_t)(uintptr_t)rb->host &&
-		    addr - (uint64_t)(uintptr_t)rb->host < rb->size)
-			break;
-	}
+	block = block_of(b, addr, &page);
 	if (block == b->m->nr_ram)
 		return; /* not guest RAM: nothing of ours is registered there */
 	bb = &b->blocks[block];
-	page = (addr - (uint64_t)(uintptr_t)b->m->ram[block].host) / PAGE;
 	chunk = page / CHUNK_PAGES;
 	pthread_mutex_lock(&b->lock);
 	if (!b->instant && !b->quit) {
@@ -956,11 +950,7 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 	b->ch = *ch;
 	b->wp.fd = -1;
 	pthread_mutex_init(&b->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&b->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&b->cond, NULL);
 	b->quit_efd = eventfd(0, EFD_CLOEXEC);
 	b->blocks = calloc(m->nr_ram + 1, sizeof(*b->blocks));
 	b->slot_mem = aligned_alloc(PAGE, (size_t)SLOTS * COPY_PAGES * PAGE);

@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <godwit/io.h>
@@ -38,6 +37,7 @@
 
 #include "lib/bitmap.h"
 #include "lib/cancel.h"
+#include "lib/clock.h"
 #include "lib/crc32c.h"
 #include "lib/format/mapped.h"
 #include "lib/internal.h"
@@ -282,15 +282,7 @@ static int failure(struct file_sink *fs, struct gw_error *err)
  */
 static void wait_space(struct file_sink *fs)
 {
-	struct timespec until;
-
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_nsec += 50 * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-	pthread_cond_timedwait(&fs->space, &fs->lock, &until);
+	gw_cond_wait_ms(&fs->space, &fs->lock, 50);
 	if (!fs->failed && fs->cancel && gw_cancel_requested(fs->cancel)) {
 		gw_error_set(&fs->error, -ECANCELED,
 			     "mapped-ram save: cancelled while the file writers were busy");
