@@ -60,8 +60,17 @@ class Fifo(unittest.TestCase):
                 # The pipe fills and the writer waits, in a round or in
                 # the final pass: for a cancel.
                 busy = ("active", "device")
-                wait_until(lambda: src.qmp.cmd("query-migrate")["status"] in busy, 10,
-                           "the save to start")
+                seen = []
+
+                def started():
+                    seen.append(src.qmp.cmd("query-migrate"))
+                    return seen[-1]["status"] in busy
+
+                try:
+                    wait_until(started, 10, "the save to start")
+                except AssertionError as e:
+                    raise AssertionError(f"{e}; last query-migrate: {seen[-1] if seen else None}; "
+                                         f"stderr: {src.stderr_text()[-500:]}") from None
                 time.sleep(0.3)
                 self.assertIn(src.qmp.cmd("query-migrate")["status"], busy)
                 src.qmp.cmd("migrate-cancel")
