@@ -31,7 +31,9 @@
  *  - Bulk threads (one for a stream, put_threads() for a mapped-ram
  *    file) write the queued copies first, then claim the next 2 MiB chunk
  *    (its todo bits, and a busy bit), write its pages straight from guest
- *    memory and un-protect the whole chunk with one call. The chunk
+ *    memory and un-protect the whole chunk with one call. Into a file the
+ *    chunk's pages are copied out first and the chunk let go before the
+ *    write: a write to it then waits for a memcpy, not for the disk. The chunk
  *    of the last copied fault goes first, then the chunks after it: a
  *    guest writing a run of memory soon writes where the bulk has been.
  *
@@ -504,28 +506,47 @@ static int limit_bandwidth(struct background *b, uint64_t bytes, struct gw_error
 	}
 }
 
-static int write_chunk(struct background *b, uint32_t block, uint64_t chunk, const uint64_t *bm,
-		       uint32_t len, struct gw_error *err)
+/* Under the lock: the chunk is written (or copied out): let its waiting
+ * faults go, and count the wait. */
+static void chunk_done_locked(struct background *b, uint32_t block, uint64_t chunk, uint32_t n)
 {
-	uint64_t entries[CHUNK_PAGES], first = chunk * CHUNK_PAGES;
-	uint64_t before = gw_sink_taken(b->sink);
 	struct bblock *bb = &b->blocks[block];
-	struct gw_error e2 = {0};
-	uint32_t zero = 0, n = make_entries(b, block, first, bm, len, entries, &zero);
-	int ret = 0, up;
 
-	if (n)
-		ret = gw_sink_put(b->sink, block, entries, n, NULL, GW_SAVE_DATA_CRC, err);
-	up = unprotect(b, block, first, len, &e2);
-
-	pthread_mutex_lock(&b->lock);
 	b->pending -= b->pending < n ? b->pending : n;
 	gw_bitmap_clear(bb->busy, chunk, 1);
 	if (bb->wait_ns[chunk]) {
 		note_wait(b, bb->wait_ns[chunk]);
 		bb->wait_ns[chunk] = 0;
 	}
+}
+
+/*
+ * Write a claimed chunk and let it go. With a bounce buffer (a file sink:
+ * its write may wait for the disk, O_DIRECT reads guest memory until it
+ * is done) the pages are copied out first and the chunk let go before
+ * the write, so a guest write to it waits for a memcpy, not for the disk.
+ */
+static int write_chunk(struct background *b, uint32_t block, uint64_t chunk, const uint64_t *bm,
+		       uint32_t len, unsigned char *bounce, struct gw_error *err)
+{
+	uint64_t entries[CHUNK_PAGES], first = chunk * CHUNK_PAGES;
+	uint64_t before = gw_sink_taken(b->sink);
+	struct gw_error e2 = {0};
+	uint32_t zero = 0, n = make_entries(b, block, first, bm, len, entries, &zero), d = 0;
+	int ret = 0, up;
+
+	for (uint32_t i = 0; bounce && i < n; i++)
+		if (!(entries[i] & GW_PAGE_ZERO))
+			memcpy(bounce + (uint64_t)d++ * PAGE,
+			       b->m->ram[block].host + (entries[i] & ~(PAGE - 1)), PAGE);
+	if (n && !bounce)
+		ret = gw_sink_put(b->sink, block, entries, n, NULL, GW_SAVE_DATA_CRC, err);
+	up = unprotect(b, block, first, len, &e2);
+	pthread_mutex_lock(&b->lock);
+	chunk_done_locked(b, block, chunk, n);
 	pthread_mutex_unlock(&b->lock);
+	if (n && bounce)
+		ret = gw_sink_put(b->sink, block, entries, n, bounce, GW_SAVE_DATA_CRC, err);
 	if (ret == 0 && up < 0) {
 		*err = e2;
 		ret = up;
@@ -537,7 +558,7 @@ static int write_chunk(struct background *b, uint32_t block, uint64_t chunk, con
 }
 
 /* One bulk thread: copies first, then chunks, until nothing is left. */
-static int bulk(struct background *b, struct gw_error *err)
+static int bulk_loop(struct background *b, unsigned char *bounce, struct gw_error *err)
 {
 	uint64_t bm[CHUNK_PAGES / 64];
 
@@ -565,7 +586,7 @@ static int bulk(struct background *b, struct gw_error *err)
 			pthread_cond_broadcast(&b->cond);
 		} else if (claim_locked(b, &block, &chunk, bm, &len)) {
 			pthread_mutex_unlock(&b->lock);
-			ret = write_chunk(b, block, chunk, bm, len, err);
+			ret = write_chunk(b, block, chunk, bm, len, bounce, err);
 			pthread_mutex_lock(&b->lock);
 		} else {
 			/* Nothing left to claim, so no copy can be made any more. */
@@ -579,6 +600,21 @@ static int bulk(struct background *b, struct gw_error *err)
 	}
 	pthread_mutex_unlock(&b->lock);
 	return b->error.code ? b->error.code : -EIO;
+}
+
+static int bulk(struct background *b, struct gw_error *err)
+{
+	unsigned char *bounce = NULL;
+	int ret;
+
+	if (b->sink != &b->stream_sink.sink) {
+		bounce = aligned_alloc(PAGE, CHUNK_PAGES * PAGE);
+		if (!bounce)
+			return gw_error_set(err, -ENOMEM, "out of memory for a writer's buffer");
+	}
+	ret = bulk_loop(b, bounce, err);
+	free(bounce);
+	return ret;
 }
 
 struct bulk_thread {
