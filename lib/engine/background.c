@@ -1003,7 +1003,6 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 		bb->data = calloc(gw_bitmap_words(bb->pages), sizeof(uint64_t));
 		if (!bb->todo || !bb->busy || !bb->wait_ns || !bb->early || !bb->data)
 			ret = -ENOMEM;
-		b->h.stats.total += m->ram[i].size;
 	}
 	if (ret < 0) {
 		background_release(&b->h);
@@ -1014,14 +1013,6 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 		b->free_slots[s] = s;
 	}
 	b->nr_free = SLOTS;
-	b->h.stats.page_size = PAGE;
-	ret = gw_job_start(&b->h.job, &background_ops, b, "gw-snapshot", b->ch.fd, GW_MIG_SETUP,
-			   b->cb.status, b->cb.opaque, err);
-	if (ret < 0) {
-		background_release(&b->h);
-		return gw_error_prefix(err, ret, "background snapshot: ");
-	}
-	*ch = (struct gw_channel){.fd = -1};
-	*out = &b->h;
-	return 0;
+	return gw_outgoing_launch(&b->h, m, &background_ops, b, "gw-snapshot", cb, ch, out,
+				  "background snapshot: ", err);
 }

@@ -93,6 +93,28 @@ int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *
 	return 0;
 }
 
+int gw_outgoing_launch(struct gw_precopy *h, struct gw_migration *m, const struct gw_job_ops *ops,
+		       void *engine, const char *name, const struct gw_precopy_callbacks *cb,
+		       struct gw_channel *ch, struct gw_precopy **out, const char *what,
+		       struct gw_error *err)
+{
+	int ret;
+
+	for (uint32_t i = 0; i < m->nr_ram; i++)
+		h->stats.total += m->ram[i].size;
+	h->stats.page_size = GW_PAGE_SIZE;
+	ret = gw_job_start(&h->job, ops, engine, name, ch->fd, GW_MIG_SETUP, cb ? cb->status : NULL,
+			   cb ? cb->opaque : NULL, err);
+	if (ret < 0) {
+		h->release(h);
+		return gw_error_prefix(err, ret, "%s", what);
+	}
+	/* The channel is the engine's now. */
+	*ch = (struct gw_channel){.fd = -1};
+	*out = h;
+	return 0;
+}
+
 void gw_outgoing_params(struct gw_precopy *h, struct gw_precopy_params *out)
 {
 	pthread_mutex_lock(&h->job.lock);

@@ -35,6 +35,18 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 			const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
 			struct gw_error *err);
 
+/*
+ * The end of an engine's start: the stats every engine has (total,
+ * page_size), its job started on the channel's fd with cb's status
+ * callback, the channel taken over (*ch cleared) and *out set. On
+ * failure h->release(h) has freed the engine; the message starts with
+ * what ("pre-copy: ").
+ */
+int gw_outgoing_launch(struct gw_precopy *h, struct gw_migration *m, const struct gw_job_ops *ops,
+		       void *engine, const char *name, const struct gw_precopy_callbacks *cb,
+		       struct gw_channel *ch, struct gw_precopy **out, const char *what,
+		       struct gw_error *err);
+
 /* A copy of the parameters, under the lock. */
 void gw_outgoing_params(struct gw_precopy *h, struct gw_precopy_params *out);
 

@@ -725,7 +725,6 @@ int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
 			    struct gw_error *err)
 {
 	struct precopy *p;
-	int ret;
 
 	if (!m->dirty_ops.sync)
 		return gw_error_set(err, -EINVAL,
@@ -756,17 +755,7 @@ int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
 			return gw_error_set(err, -ENOMEM,
 					    "pre-copy: out of memory for the dirty bitmaps");
 		}
-		p->h.stats.total += m->ram[i].size;
 	}
-	p->h.stats.page_size = PAGE;
-	ret = gw_job_start(&p->h.job, &precopy_ops, p, "gw-precopy", p->ch.fd, GW_MIG_SETUP,
-			   p->cb.status, p->cb.opaque, err);
-	if (ret < 0) {
-		precopy_release(&p->h);
-		return gw_error_prefix(err, ret, "pre-copy: ");
-	}
-	/* The channel is the engine's now. */
-	*ch = (struct gw_channel){.fd = -1};
-	*out = &p->h;
-	return 0;
+	return gw_outgoing_launch(&p->h, m, &precopy_ops, p, "gw-precopy", cb, ch, out,
+				  "pre-copy: ", err);
 }

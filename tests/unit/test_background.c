@@ -30,6 +30,7 @@
 #include <godwit/precopy.h>
 
 #include "check.h"
+#include "testvm.h"
 
 #define PAGE GW_PAGE_SIZE
 #define RAM0_SIZE (32ull << 20) /* 8192 pages */
@@ -130,27 +131,12 @@ struct guest {
 	unsigned nr_statuses;
 };
 
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-
-	nanosleep(&ts, NULL);
-}
-
 static void wait_until(bool (*cond)(void *), void *arg, const char *what)
 {
 	for (int ms = 0; !cond(arg); ms++) {
 		if (ms > WAIT_MAX_MS)
 			FAIL("timed out waiting for %s", what);
-		sleep_ms(1);
+		test_sleep_ms(1);
 	}
 }
 
@@ -185,7 +171,7 @@ static void *writer_main(void *opaque)
 		}
 		uint64_t n = __atomic_add_fetch(&g->cpu.counter, 1, __ATOMIC_SEQ_CST);
 		uint64_t stamp = n << 8 | (uint64_t)w->id << 1 | 1; /* never zero */
-		uint64_t r = rnd(&w->seed), page, len;
+		uint64_t r = test_rnd(&w->seed), page, len;
 		unsigned char *b0 = g->ram[0].host;
 
 		if (g->fill_holes && __atomic_load_n(&g->instant_past, __ATOMIC_ACQUIRE)) {
@@ -260,36 +246,8 @@ static void *writer_main(void *opaque)
 		__atomic_store_n(&g->cpu.regs[n % 4], (uint32_t)n, __ATOMIC_RELAXED);
 		__atomic_add_fetch(&g->writes, 1, __ATOMIC_RELEASE);
 		if (n % 64 == 0)
-			sleep_ms(0);
+			test_sleep_ms(0);
 	}
-}
-
-/* Which pages of a block hold data, asked of the kernel. */
-static bool *populated(int fd, uint64_t size)
-{
-	bool *p = calloc(size / PAGE, 1);
-	off_t at = 0;
-
-	CHECK(p);
-	for (;;) {
-		off_t data = lseek(fd, at, SEEK_DATA), hole;
-
-		if (data < 0 || (uint64_t)data >= size)
-			break;
-		hole = lseek(fd, data, SEEK_HOLE);
-		for (off_t o = data; o < hole && (uint64_t)o < size; o += PAGE)
-			p[o / PAGE] = true;
-		at = hole;
-	}
-	return p;
-}
-
-static bool page_zero(const unsigned char *p)
-{
-	for (unsigned i = 0; i < PAGE; i++)
-		if (p[i])
-			return false;
-	return true;
 }
 
 static void read_ram(int fd, unsigned char *buf, uint64_t size)
@@ -313,11 +271,11 @@ static void take_reference(struct guest *g)
 			CHECK((g->ref[b] = malloc(g->ram[b].size)));
 		free(g->ref_pop[b]);
 		read_ram(g->ram[b].fd, g->ref[b], g->ram[b].size);
-		g->ref_pop[b] = populated(g->ram[b].fd, g->ram[b].size);
+		g->ref_pop[b] = test_populated(g->ram[b].fd, g->ram[b].size);
 		for (uint64_t i = 0; i < pages; i++) {
 			if (!g->ref_pop[b][i])
 				continue;
-			if (page_zero(g->ref[b] + i * PAGE))
+			if (test_page_zero(g->ref[b] + i * PAGE))
 				g->ref_zero++;
 			else
 				g->ref_normal++;
@@ -472,7 +430,7 @@ static void fill_page(unsigned char *p, int b, uint64_t page)
 	uint64_t s = 0x9e3779b97f4a7c15ull ^ ((uint64_t)b << 40 | page);
 
 	for (unsigned i = 0; i < PAGE; i += 8) {
-		uint64_t v = rnd(&s);
+		uint64_t v = test_rnd(&s);
 
 		memcpy(p + i, &v, 8);
 	}
@@ -589,19 +547,6 @@ static void check_statuses(struct guest *g, const enum gw_mig_status *want, unsi
 
 /* ---- the engines ------------------------------------------------------- */
 
-/* The engines own their channels: give each a dup (as fd:N makes), so
- * the test keeps its fd to rewind, read or close. */
-static struct gw_channel channel_of(int fd)
-{
-	struct gw_error err = {0};
-	struct gw_channel ch;
-	char uri[32];
-
-	snprintf(uri, sizeof(uri), "fd:%d", fd);
-	CHECK_OK(gw_channel_connect(uri, &ch, &err), &err);
-	return ch;
-}
-
 static void snapshot_params(struct gw_precopy_params *pp)
 {
 	gw_precopy_params_default(pp);
@@ -613,7 +558,7 @@ static struct gw_precopy *snapshot_start(struct guest *g, int fd,
 					 const struct gw_precopy_params *pp)
 {
 	struct gw_precopy_callbacks cb = {on_status, NULL, NULL, g};
-	struct gw_channel ch = channel_of(fd);
+	struct gw_channel ch = test_channel_of(fd);
 	struct gw_error err = {0};
 	struct gw_precopy *out = NULL;
 
@@ -653,7 +598,7 @@ static void load(struct guest *dst, int fd, const struct gw_incoming_params *ip,
 		 struct gw_incoming_stats *st)
 {
 	struct gw_incoming_callbacks cb = {on_status, dst};
-	struct gw_channel ch = channel_of(fd);
+	struct gw_channel ch = test_channel_of(fd);
 	struct gw_error err = {0};
 	struct gw_incoming *in = NULL;
 
@@ -763,7 +708,7 @@ static void test_instant(enum target target)
 	src.check_protected = true;
 	src.vmm_write = true;
 	src.wait_writes = 2;
-	sleep_ms(10); /* the vCPUs write before the instant too */
+	test_sleep_ms(10); /* the vCPUs write before the instant too */
 	snapshot_params(&pp);
 	if (target != TO_STREAM) {
 		pp.mapped_ram = true;
@@ -856,10 +801,21 @@ static void *slow_reader_main(void *opaque)
 		if (r->close_after && r->got >= r->close_after)
 			break;
 		if (!r->close_after)
-			sleep_ms(1);
+			test_sleep_ms(1);
 	}
 	close(r->fd);
 	return NULL;
+}
+
+/* A pipe read by r (close_after as r says); returns its write end. */
+static int start_slow_reader(struct slow_reader *r)
+{
+	int p[2];
+
+	CHECK(pipe2(p, O_CLOEXEC) == 0);
+	r->fd = p[0];
+	CHECK(pthread_create(&r->thread, NULL, slow_reader_main, r) == 0);
+	return p[1];
 }
 
 static void test_cancel(enum cancel_point at)
@@ -874,12 +830,7 @@ static void test_cancel(enum cancel_point at)
 	guest_init(&src, true);
 	snapshot_params(&pp);
 	if (at == CANCEL_ACTIVE_PIPE) {
-		int p[2];
-
-		CHECK(pipe2(p, O_CLOEXEC) == 0);
-		fd = p[1];
-		reader.fd = p[0];
-		CHECK(pthread_create(&reader.thread, NULL, slow_reader_main, &reader) == 0);
+		fd = start_slow_reader(&reader);
 	} else if (at == CANCEL_ACTIVE_MAPPED) {
 		fd = temp_file("/tmp", path, sizeof(path));
 		pp.mapped_ram = true;
@@ -967,18 +918,15 @@ static void test_cancel_filling(unsigned rounds)
 		struct gw_precopy_stats st;
 		struct slow_reader reader = {0};
 		struct guest src;
-		int p[2];
 
 		guest_init(&src, true);
 		src.fill_holes = true;
 		snapshot_params(&pp);
-		CHECK(pipe2(p, O_CLOEXEC) == 0);
-		reader.fd = p[0];
-		CHECK(pthread_create(&reader.thread, NULL, slow_reader_main, &reader) == 0);
 
-		struct gw_precopy *h = snapshot_start(&src, p[1], &pp);
+		int w = start_slow_reader(&reader);
+		struct gw_precopy *h = snapshot_start(&src, w, &pp);
 
-		close(p[1]);
+		close(w);
 		wait_until(filled_some, &src, "the vCPUs to fill holes");
 		CHECK(gw_precopy_cancel(h));
 		snapshot_wait(h, &st);
@@ -1004,18 +952,15 @@ static void test_reader_closes(size_t after)
 	struct gw_precopy_stats st;
 	struct slow_reader reader = {0};
 	struct guest src;
-	int p[2];
 
 	guest_init(&src, true);
 	snapshot_params(&pp);
-	CHECK(pipe2(p, O_CLOEXEC) == 0);
-	reader.fd = p[0];
 	reader.close_after = after;
-	CHECK(pthread_create(&reader.thread, NULL, slow_reader_main, &reader) == 0);
 
-	struct gw_precopy *h = snapshot_start(&src, p[1], &pp);
+	int w = start_slow_reader(&reader);
+	struct gw_precopy *h = snapshot_start(&src, w, &pp);
 
-	close(p[1]);
+	close(w);
 	snapshot_wait(h, &st);
 	pthread_join(reader.thread, NULL);
 	printf("reader closes after %zu KiB: %s after %llu bytes, %u pauses: %s\n", after >> 10,

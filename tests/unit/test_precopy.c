@@ -24,6 +24,7 @@
 #include <godwit/precopy.h>
 
 #include "check.h"
+#include "testvm.h"
 
 #define PAGE GW_PAGE_SIZE
 #define RAM0_SIZE (64ull << 20)
@@ -98,21 +99,6 @@ struct guest {
 	unsigned nr_throttles;
 };
 
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-
-	nanosleep(&ts, NULL);
-}
-
 /* Page index of the writer's k-th page in block b. */
 static uint64_t hot_page(int b, uint32_t k)
 {
@@ -139,10 +125,10 @@ static void *writer_main(void *opaque)
 			}
 			pthread_mutex_unlock(&g->lock);
 		}
-		int b = rnd(&g->seed) % 4 == 0;
-		uint64_t page = hot_page(b, (uint32_t)(rnd(&g->seed) % g->shape.hot_pages));
+		int b = test_rnd(&g->seed) % 4 == 0;
+		uint64_t page = hot_page(b, (uint32_t)(test_rnd(&g->seed) % g->shape.hot_pages));
 		unsigned char *p = g->ram[b].host + page * PAGE;
-		uint64_t off = (rnd(&g->seed) % (PAGE / 8)) * 8;
+		uint64_t off = (test_rnd(&g->seed) % (PAGE / 8)) * 8;
 
 		if (++n % 101 == 0) {
 			memset(p, 0, PAGE);
@@ -156,7 +142,7 @@ static void *writer_main(void *opaque)
 		g->cpu.counter = n;
 		g->cpu.regs[n % 4] = (uint32_t)n;
 		if (n % 64 == 0)
-			sleep_ms(0);
+			test_sleep_ms(0);
 	}
 }
 
@@ -183,7 +169,7 @@ static int vm_resume(void *opaque, struct gw_error *err)
 	(void)err;
 	/* Work a real VMM does here; makes the measured downtime non-zero. */
 	if (g->resume_sleep_ms)
-		sleep_ms(g->resume_sleep_ms);
+		test_sleep_ms(g->resume_sleep_ms);
 	pthread_mutex_lock(&g->lock);
 	g->resumes++;
 	__atomic_store_n(&g->pause_req, false, __ATOMIC_RELEASE);
@@ -358,33 +344,6 @@ static bool guest_running(struct guest *g)
 	return r;
 }
 
-/* Which pages of a block hold data, asked of the kernel (not of the library). */
-static bool *populated(int fd, uint64_t size)
-{
-	bool *p = calloc(size / PAGE, 1);
-	off_t at = 0;
-
-	for (;;) {
-		off_t data = lseek(fd, at, SEEK_DATA), hole;
-
-		if (data < 0 || (uint64_t)data >= size)
-			break;
-		hole = lseek(fd, data, SEEK_HOLE);
-		for (off_t o = data; o < hole && (uint64_t)o < size; o += PAGE)
-			p[o / PAGE] = true;
-		at = hole;
-	}
-	return p;
-}
-
-static bool page_zero(const unsigned char *p)
-{
-	for (unsigned i = 0; i < PAGE; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
 /* The source page was touched by this test (its holes must stay holes). */
 static bool touched(const struct shape *s, int b, uint64_t page)
 {
@@ -408,8 +367,8 @@ static void check_same_memory(struct guest *src, struct guest *dst)
 
 	for (int b = 0; b < 2; b++) {
 		uint64_t pages = src->ram[b].size / PAGE;
-		bool *sp = populated(src->ram[b].fd, src->ram[b].size);
-		bool *dp = populated(dst->ram[b].fd, dst->ram[b].size);
+		bool *sp = test_populated(src->ram[b].fd, src->ram[b].size);
+		bool *dp = test_populated(dst->ram[b].fd, dst->ram[b].size);
 
 		for (uint64_t i = 0; i < pages; i++) {
 			const unsigned char *s = src->ram[b].host + i * PAGE;
@@ -421,10 +380,10 @@ static void check_same_memory(struct guest *src, struct guest *dst)
 			if (dp[i] && !sp[i])
 				FAIL("block %d page %llu: populated on the destination, a hole on the source",
 				     b, (unsigned long long)i);
-			if (dp[i] && page_zero(d))
+			if (dp[i] && test_page_zero(d))
 				FAIL("block %d page %llu: a zero page was populated on the destination",
 				     b, (unsigned long long)i);
-			if (sp[i] && !dp[i] && !page_zero(s))
+			if (sp[i] && !dp[i] && !test_page_zero(s))
 				FAIL("block %d page %llu: data on the source, a hole on the destination",
 				     b, (unsigned long long)i);
 			if (sp[i] && dp[i] && memcmp(s, d, PAGE) != 0)
@@ -519,25 +478,12 @@ static void mig_init(struct mig *t, const struct shape *shape, bool socket)
 	t->in = NULL;
 }
 
-/* The engines own their channels: give each a channel of its own (a dup,
- * as fd:N makes), so the test keeps its fd to shut down or read. */
-static struct gw_channel channel_of(int fd)
-{
-	struct gw_error err = { 0 };
-	struct gw_channel ch;
-	char uri[32];
-
-	snprintf(uri, sizeof(uri), "fd:%d", fd);
-	CHECK_OK(gw_channel_connect(uri, &ch, &err), &err);
-	return ch;
-}
-
 static void start_source(struct mig *t)
 {
 	struct gw_precopy_callbacks cb = callbacks(&t->src);
 	struct gw_error err = { 0 };
 
-	struct gw_channel ch = channel_of(t->fds[0]);
+	struct gw_channel ch = test_channel_of(t->fds[0]);
 
 	CHECK_OK(gw_precopy_start(t->src.m, &ch, 1, &t->params, &cb, &t->out, &err), &err);
 }
@@ -545,7 +491,7 @@ static void start_source(struct mig *t)
 static void start_destination(struct mig *t, int fd)
 {
 	struct gw_incoming_callbacks cb = { on_status, &t->dst };
-	struct gw_channel ch = channel_of(fd);
+	struct gw_channel ch = test_channel_of(fd);
 	struct gw_error err = { 0 };
 
 	CHECK_OK(gw_incoming_start(t->dst.m, &ch, NULL, &cb, &t->in, &err), &err);
@@ -556,7 +502,7 @@ static void wait_until(bool (*cond)(struct mig *), struct mig *t, const char *wh
 	for (int ms = 0; !cond(t); ms++) {
 		if (ms > WAIT_MAX_MS)
 			FAIL("timed out waiting for %s", what);
-		sleep_ms(1);
+		test_sleep_ms(1);
 	}
 }
 
@@ -628,7 +574,7 @@ static void test_complete(bool socket)
 
 	mig_init(&t, &big, socket);
 	start_destination(&t, t.fds[1]);
-	sleep_ms(20); /* let the guest dirty some pages first */
+	test_sleep_ms(20); /* let the guest dirty some pages first */
 	start_source(&t);
 	wait_until(both_done, &t, "the migration to end");
 	check_completed(&t);
@@ -667,7 +613,7 @@ static void test_blocked_then_faster(bool auto_converge)
 	start_destination(&t, t.fds[1]);
 	start_source(&t);
 	wait_until(at_least_3_syncs, &t, "three rounds");
-	sleep_ms(1000);
+	test_sleep_ms(1000);
 	gw_precopy_stats(t.out, &st);
 	printf("blocked after %llu rounds: %s\n", (unsigned long long)st.dirty_sync_count,
 	       st.blocked);
@@ -813,7 +759,7 @@ static void test_cancel_blocked_write(void)
 	mig_init(&t, &big, true);
 	start_source(&t);
 	wait_until(source_active, &t, "the first pages");
-	sleep_ms(100);
+	test_sleep_ms(100);
 	gw_precopy_cancel(t.out);
 	wait_until(source_done, &t, "the cancel");
 	check_cancelled(&t);
@@ -875,7 +821,7 @@ static void test_cancel_waiting_for_report(void)
 	CHECK(pthread_create(&peer, NULL, silent_peer, &t.fds[1]) == 0);
 	start_source(&t);
 	wait_until(source_paused, &t, "the switchover");
-	sleep_ms(50);
+	test_sleep_ms(50);
 	gw_precopy_cancel(t.out);
 	wait_until(source_done, &t, "the cancel");
 	check_cancelled(&t);
@@ -1081,7 +1027,7 @@ static void test_incoming_cancel(void)
 	for (int ms = 0; !gw_incoming_done(t.in); ms++) {
 		if (ms > WAIT_MAX_MS)
 			FAIL("timed out waiting for the destination's cancel");
-		sleep_ms(1);
+		test_sleep_ms(1);
 	}
 	gw_incoming_stats(t.in, &in);
 	CHECK(in.status == GW_MIG_CANCELLED && t.dst.resumes == 0);
@@ -1156,7 +1102,7 @@ static void test_bad_start(void)
 	struct gw_error err = { 0 };
 	struct guest g;
 
-	struct gw_channel ch = channel_of(STDERR_FILENO);
+	struct gw_channel ch = test_channel_of(STDERR_FILENO);
 
 	CHECK_OK(gw_migration_new(&mach, &m, &err), &err);
 	gw_precopy_params_default(&params);

@@ -2,34 +2,28 @@
  * The test machine of testvm.h.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "testvm.h"
 
 static const struct gw_field uart_fields_v1[] = {
-	GW_FIELD(U8, struct uart_state, ier),
-	GW_FIELD(U8, struct uart_state, lcr),
-	GW_FIELD(U16, struct uart_state, divisor),
-	GW_FIELD(U32, struct uart_state, regs),
-	GW_FIELD(BYTES, struct uart_state, fifo),
-	GW_FIELD(BOOL, struct uart_state, irq),
-	GW_FIELD(I64, struct uart_state, delta),
-	GW_FIELD(U64, struct uart_state, big),
+	GW_FIELD(U8, struct uart_state, ier),      GW_FIELD(U8, struct uart_state, lcr),
+	GW_FIELD(U16, struct uart_state, divisor), GW_FIELD(U32, struct uart_state, regs),
+	GW_FIELD(BYTES, struct uart_state, fifo),  GW_FIELD(BOOL, struct uart_state, irq),
+	GW_FIELD(I64, struct uart_state, delta),   GW_FIELD(U64, struct uart_state, big),
 };
 
 static const struct gw_field uart_fields[] = {
-	GW_FIELD(U8, struct uart_state, ier),
-	GW_FIELD(U8, struct uart_state, lcr),
-	GW_FIELD(U16, struct uart_state, divisor),
-	GW_FIELD(U32, struct uart_state, regs),
-	GW_FIELD(BYTES, struct uart_state, fifo),
-	GW_FIELD(BOOL, struct uart_state, irq),
-	GW_FIELD(I64, struct uart_state, delta),
-	GW_FIELD(U64, struct uart_state, big),
+	GW_FIELD(U8, struct uart_state, ier),           GW_FIELD(U8, struct uart_state, lcr),
+	GW_FIELD(U16, struct uart_state, divisor),      GW_FIELD(U32, struct uart_state, regs),
+	GW_FIELD(BYTES, struct uart_state, fifo),       GW_FIELD(BOOL, struct uart_state, irq),
+	GW_FIELD(I64, struct uart_state, delta),        GW_FIELD(U64, struct uart_state, big),
 	GW_FIELD_V(U32, struct uart_state, scratch, 2),
 };
 
@@ -114,8 +108,8 @@ static void ram_create(struct test_ram *r, uint64_t size)
 void test_vm_init(struct test_vm *vm, const struct test_vm_opts *opts)
 {
 	static const struct test_vm_opts defaults;
-	static const char *const ram_names[2] = { "pc.ram", "vga.vram" };
-	struct gw_error err = { 0 };
+	static const char *const ram_names[2] = {"pc.ram", "vga.vram"};
+	struct gw_error err = {0};
 
 	if (!opts)
 		opts = &defaults;
@@ -133,8 +127,12 @@ void test_vm_init(struct test_vm *vm, const struct test_vm_opts *opts)
 		struct gw_ram ram;
 
 		ram_create(&vm->ram[i], size);
-		ram = (struct gw_ram){ ram_names[i], vm->ram[i].host, size, vm->ram[i].fd, 0,
-				       i ? 0x100000000ull : 0 };
+		ram = (struct gw_ram){ram_names[i],
+				      vm->ram[i].host,
+				      size,
+				      vm->ram[i].fd,
+				      0,
+				      i ? 0x100000000ull : 0};
 		if (i == 1 && opts->ram1_name)
 			ram.name = opts->ram1_name;
 		CHECK_OK(gw_migration_add_ram(vm->m, &ram, &err), &err);
@@ -143,15 +141,17 @@ void test_vm_init(struct test_vm *vm, const struct test_vm_opts *opts)
 		struct gw_ram ram;
 
 		ram_create(&vm->ram[2], GW_PAGE_SIZE);
-		ram = (struct gw_ram){ "extra.ram", vm->ram[2].host, GW_PAGE_SIZE, vm->ram[2].fd, 0,
-				       GW_GPA_NONE };
+		ram = (struct gw_ram){"extra.ram", vm->ram[2].host, GW_PAGE_SIZE, vm->ram[2].fd,
+				      0,           GW_GPA_NONE};
 		CHECK_OK(gw_migration_add_ram(vm->m, &ram, &err), &err);
 	}
 
 	uint32_t version = opts->uart_version ? opts->uart_version : 2;
 	for (uint32_t i = 0; i < 2; i++) {
 		struct gw_section s = {
-			.name = "uart", .instance = i, .version = version,
+			.name = "uart",
+			.instance = i,
+			.version = version,
 			.min_version = opts->uart_min_version ? opts->uart_min_version : 1,
 			.vmstate = version >= 2 ? &uart_vmstate : &uart_vmstate_v1,
 			.opaque = &vm->uart[i],
@@ -159,18 +159,28 @@ void test_vm_init(struct test_vm *vm, const struct test_vm_opts *opts)
 		CHECK_OK(gw_migration_add_section(vm->m, &s, &err), &err);
 	}
 	if (!opts->no_blob) {
-		struct gw_section s = { .name = "blob", .version = 1, .min_version = 1,
-					.save = blob_save, .load = blob_load, .opaque = &vm->blob };
+		struct gw_section s = {.name = "blob",
+				       .version = 1,
+				       .min_version = 1,
+				       .save = blob_save,
+				       .load = blob_load,
+				       .opaque = &vm->blob};
 		CHECK_OK(gw_migration_add_section(vm->m, &s, &err), &err);
 	}
-	struct gw_section live = { .name = "live", .version = 1, .min_version = 1,
-				   .save_live = live_save, .load_live = live_load,
-				   .opaque = &vm->live };
+	struct gw_section live = {.name = "live",
+				  .version = 1,
+				  .min_version = 1,
+				  .save_live = live_save,
+				  .load_live = live_load,
+				  .opaque = &vm->live};
 	CHECK_OK(gw_migration_add_section(vm->m, &live, &err), &err);
 	if (opts->extra || opts->extra_optional || opts->extra_live) {
-		struct gw_section s = { .name = "extra", .version = 2, .min_version = 1,
-					.flags = opts->extra_optional ? GW_SECTION_OPTIONAL : 0,
-					.vmstate = &uart_vmstate, .opaque = &vm->extra };
+		struct gw_section s = {.name = "extra",
+				       .version = 2,
+				       .min_version = 1,
+				       .flags = opts->extra_optional ? GW_SECTION_OPTIONAL : 0,
+				       .vmstate = &uart_vmstate,
+				       .opaque = &vm->extra};
 		if (opts->extra_live) {
 			s.vmstate = NULL;
 			s.save_live = live_save;
@@ -271,7 +281,7 @@ static void save_range(struct test_vm *vm, struct gw_writer *w, uint32_t b, uint
 		       uint64_t last, unsigned flags)
 {
 	uint64_t entries[GW_PAGES_MAX];
-	struct gw_error err = { 0 };
+	struct gw_error err = {0};
 	uint32_t n = 0;
 
 	for (uint64_t p = first; p < last; p++) {
@@ -280,12 +290,13 @@ static void save_range(struct test_vm *vm, struct gw_writer *w, uint32_t b, uint
 		entries[n++] = off | (gw_page_is_zero(vm->ram[b].host + off) ? GW_PAGE_ZERO : 0);
 	}
 	CHECK_OK(gw_save_pages(vm->m, w, b, entries, n,
-			       flags & SAVE_DATA_CRC ? GW_SAVE_DATA_CRC : 0, &err), &err);
+			       flags & SAVE_DATA_CRC ? GW_SAVE_DATA_CRC : 0, &err),
+		 &err);
 }
 
 void test_save_sections(struct gw_migration *m, struct test_buf *out)
 {
-	struct gw_error err = { 0 };
+	struct gw_error err = {0};
 	struct gw_writer *w;
 	int fd = test_memfd(NULL, 0);
 
@@ -300,7 +311,7 @@ void test_save_sections(struct gw_migration *m, struct test_buf *out)
 
 void test_save(struct test_vm *vm, unsigned flags, struct test_buf *out)
 {
-	struct gw_error err = { 0 };
+	struct gw_error err = {0};
 	struct gw_writer *w;
 	uint64_t pages0 = vm->ram[0].size / GW_PAGE_SIZE;
 	uint64_t half = flags & SAVE_ONE_BATCH ? pages0 : pages0 / 2;
@@ -355,4 +366,57 @@ int test_load(struct gw_migration *m, const void *p, size_t len, struct gw_error
 	gw_reader_free(r);
 	close(fd);
 	return ret;
+}
+
+uint64_t test_rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+void test_sleep_ms(unsigned ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+
+	nanosleep(&ts, NULL);
+}
+
+struct gw_channel test_channel_of(int fd)
+{
+	struct gw_error err = {0};
+	struct gw_channel ch;
+	char uri[32];
+
+	snprintf(uri, sizeof(uri), "fd:%d", fd);
+	CHECK_OK(gw_channel_connect(uri, &ch, &err), &err);
+	return ch;
+}
+
+bool test_page_zero(const unsigned char *p)
+{
+	for (unsigned i = 0; i < GW_PAGE_SIZE; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+bool *test_populated(int fd, uint64_t size)
+{
+	bool *p = calloc(size / GW_PAGE_SIZE, 1);
+	off_t at = 0;
+
+	CHECK(p);
+	for (;;) {
+		off_t data = lseek(fd, at, SEEK_DATA), hole;
+
+		if (data < 0 || (uint64_t)data >= size)
+			break;
+		hole = lseek(fd, data, SEEK_HOLE);
+		for (off_t o = data; o < hole && (uint64_t)o < size; o += GW_PAGE_SIZE)
+			p[o / GW_PAGE_SIZE] = true;
+		at = hole;
+	}
+	return p;
 }

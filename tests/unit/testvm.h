@@ -103,4 +103,16 @@ int test_memfd(const void *p, size_t len);
 /* Everything written to fd (a memfd or file) so far. */
 void test_slurp(int fd, struct test_buf *out);
 
+/* Helpers of the in-process engine tests (test_precopy.c, test_background.c). */
+/* xorshift64: the next pseudo-random value of *s. */
+uint64_t test_rnd(uint64_t *s);
+void test_sleep_ms(unsigned ms);
+/* The engines own their channels: a channel of its own for fd (a dup, as
+ * fd:N makes), so that the test keeps fd to shut down or read. */
+struct gw_channel test_channel_of(int fd);
+bool test_page_zero(const unsigned char *p);
+/* Which pages of [0, size) of fd hold data, asked of the kernel (SEEK_DATA),
+ * not of the library; malloc'd, one bool per page. */
+bool *test_populated(int fd, uint64_t size);
+
 #endif
