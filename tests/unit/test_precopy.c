@@ -64,11 +64,7 @@ static const struct shape tiny = { 16, 4, 4, true };
 struct guest {
 	struct gw_migration *m;
 	struct gw_dirty_manual *dirty;
-	struct {
-		unsigned char *host;
-		uint64_t size;
-		int fd;
-	} ram[2];
+	struct test_ram ram[2];
 	struct cpu_state cpu;
 	struct log_dev log;
 	struct shape shape;
@@ -273,13 +269,7 @@ static void guest_init(struct guest *g, const struct shape *shape, bool source)
 	for (int b = 0; b < 2; b++) {
 		struct gw_ram r = { names[b], NULL, b ? RAM1_SIZE : RAM0_SIZE, -1, 0, GW_GPA_NONE };
 
-		g->ram[b].size = r.size;
-		g->ram[b].fd = memfd_create(names[b], MFD_CLOEXEC);
-		CHECK(g->ram[b].fd >= 0);
-		CHECK(ftruncate(g->ram[b].fd, (off_t)r.size) == 0);
-		g->ram[b].host = mmap(NULL, r.size, PROT_READ | PROT_WRITE, MAP_SHARED,
-				      g->ram[b].fd, 0);
-		CHECK(g->ram[b].host != MAP_FAILED);
+		test_ram_create(&g->ram[b], r.size);
 		r.host = g->ram[b].host;
 		r.fd = g->ram[b].fd;
 		CHECK_OK(gw_migration_add_ram(g->m, &r, &err), &err);

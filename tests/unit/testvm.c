@@ -95,7 +95,7 @@ static int live_load(void *opaque, enum gw_phase phase, struct gw_rbuf *in, uint
 	return 0;
 }
 
-static void ram_create(struct test_ram *r, uint64_t size)
+void test_ram_create(struct test_ram *r, uint64_t size)
 {
 	r->size = size;
 	r->fd = memfd_create("test-ram", MFD_CLOEXEC);
@@ -126,7 +126,7 @@ void test_vm_init(struct test_vm *vm, const struct test_vm_opts *opts)
 		uint64_t size = opts->ram_size[i] ? opts->ram_size[i] : (i ? 4 : 8) * GW_PAGE_SIZE;
 		struct gw_ram ram;
 
-		ram_create(&vm->ram[i], size);
+		test_ram_create(&vm->ram[i], size);
 		ram = (struct gw_ram){ram_names[i],
 				      vm->ram[i].host,
 				      size,
@@ -140,7 +140,7 @@ void test_vm_init(struct test_vm *vm, const struct test_vm_opts *opts)
 	if (opts->extra_ram) {
 		struct gw_ram ram;
 
-		ram_create(&vm->ram[2], GW_PAGE_SIZE);
+		test_ram_create(&vm->ram[2], GW_PAGE_SIZE);
 		ram = (struct gw_ram){"extra.ram", vm->ram[2].host, GW_PAGE_SIZE, vm->ram[2].fd,
 				      0,           GW_GPA_NONE};
 		CHECK_OK(gw_migration_add_ram(vm->m, &ram, &err), &err);

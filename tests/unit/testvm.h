@@ -103,6 +103,9 @@ int test_memfd(const void *p, size_t len);
 /* Everything written to fd (a memfd or file) so far. */
 void test_slurp(int fd, struct test_buf *out);
 
+/* size bytes of memfd RAM, mapped MAP_SHARED; untouched, so all holes. */
+void test_ram_create(struct test_ram *r, uint64_t size);
+
 /* Helpers of the in-process engine tests (test_precopy.c, test_background.c). */
 /* xorshift64: the next pseudo-random value of *s. */
 uint64_t test_rnd(uint64_t *s);
