@@ -159,6 +159,8 @@ struct gw_migration {
 
 	struct gw_vm_ops vm_ops;
 	void *vm_opaque;
+	struct gw_cpr_ops cpr_ops; /* adopt is NULL until set */
+	void *cpr_opaque;
 
 	struct gw_dirty_ops dirty_ops; /* sync is NULL until set */
 	void *dirty_opaque;
@@ -174,6 +176,11 @@ struct gw_migration {
 	} incr;
 
 	enum gw_save_state save_state;
+	/* The VMDESC text of the sections, built by the first save's begin
+	 * (the guest still runs) so that the save's end, inside the downtime,
+	 * only writes it; registering a section drops it. */
+	struct gw_wbuf vmdesc;
+	bool vmdesc_ready;
 };
 
 /* section.c */
@@ -218,6 +225,9 @@ void gw_config_release(struct gw_config *cfg);
  */
 int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg, uint32_t *ram_map,
 		    uint32_t *sec_map, struct gw_error *err);
+/* The same checks but for RAM (which a local live update adopts). */
+int gw_config_match_machine(const struct gw_migration *m, const struct gw_config *cfg,
+			    uint32_t *sec_map, struct gw_error *err);
 
 /* ram.c */
 int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram, struct gw_error *err);
@@ -226,8 +236,21 @@ int gw_ram_check(const struct gw_migration *m, const struct gw_ram *ram, struct 
  * read; gw_load() is gw_load_flags() refusing GW_HDRF_COMMIT. */
 int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
 			struct gw_error *err);
+/* ... with a CPR record (a cpr-exec state's table) right after CONFIG. */
+int gw_save_begin_cpr(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
+		      const void *cpr, size_t cpr_len, struct gw_error *err);
 int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
 		  struct gw_error *err);
+/* What a loader does with a GW_HDRF_CPR stream (a local live update). */
+enum gw_load_cpr {
+	GW_LOAD_CPR_REFUSE,  /* refuse it: nobody adopted its RAM */
+	GW_LOAD_CPR_ADOPTED, /* require it: the hello's memfds were adopted */
+	GW_LOAD_CPR_EXEC,    /* take it with its CPR record: adopt inherited fds */
+};
+/* gw_load_flags() for the incoming engine; *adopted gets the RAM bytes a
+ * cpr-exec state's CPR record adopted, *pause_ns its source's pause. */
+int gw_load_cpr(struct gw_migration *m, struct gw_reader *r, enum gw_load_cpr cpr,
+		uint32_t *hdr_flags, uint64_t *adopted, uint64_t *pause_ns, struct gw_error *err);
 /* The stream embedded in a mapped-ram file: ram() loads the RAM from the
  * file's regions between CONFIG (matched) and the sections. */
 int gw_load_mapped_stream(struct gw_migration *m, struct gw_reader *r,

@@ -56,6 +56,7 @@ void gw_migration_free(struct gw_migration *m)
 	if (!m)
 		return;
 	gw_migration_end_tracking(m);
+	gw_wbuf_release(&m->vmdesc);
 	free(m->ram);
 	free(m->sections);
 	free(m);
@@ -109,6 +110,17 @@ int gw_migration_add_section(struct gw_migration *m, const struct gw_section *s,
 	sec->s = *s;
 	strcpy(sec->name, s->name);
 	sec->s.name = NULL; /* the caller's string; the copy is sec->name */
+	m->vmdesc_ready = false;
+	return 0;
+}
+
+int gw_migration_set_cpr_ops(struct gw_migration *m, const struct gw_cpr_ops *ops, void *opaque,
+			     struct gw_error *err)
+{
+	if (!ops || !ops->adopt)
+		return gw_error_set(err, -EINVAL, "CPR ops: adopt is required");
+	m->cpr_ops = *ops;
+	m->cpr_opaque = opaque;
 	return 0;
 }
 

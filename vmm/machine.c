@@ -105,6 +105,8 @@ int vmm_cont(struct vmm *vm)
 		ret = -ESHUTDOWN;
 	else if (vm->mig_paused || vm->incoming)
 		ret = -EBUSY;
+	else if (vm->ram_handed_over)
+		ret = -EPERM;
 	if (!ret) {
 		vm->user_paused = false;
 		vm->postmigrate = false;
@@ -112,6 +114,13 @@ int vmm_cont(struct vmm *vm)
 	}
 	pthread_mutex_unlock(&vm->run_lock);
 	return ret;
+}
+
+void vmm_set_ram_handed_over(struct vmm *vm)
+{
+	pthread_mutex_lock(&vm->run_lock);
+	vm->ram_handed_over = true;
+	pthread_mutex_unlock(&vm->run_lock);
 }
 
 void vmm_mig_pause(struct vmm *vm)

@@ -52,6 +52,10 @@ struct vmm {
 	struct run_state run_state; /* the section's copy of !user_paused */
 
 	pthread_t main_thread; /* runs the loop; events are emitted from it */
+	bool memory_given;     /* --memory was on the command line: a local live
+				 update must bring that much */
+	bool ram_handed_over;  /* a cpr-transfer completed: the RAM is the new
+				 process's, this guest never runs again */
 	bool quitting;
 	bool fatal; /* a vCPU stopped for good */
 	struct vm_migration *mig;
@@ -70,6 +74,8 @@ void vmm_mig_resume(struct vmm *vm);
 void vmm_mig_resume_paused(struct vmm *vm);
 /* An outgoing migration completed: stay paused, as "postmigrate". */
 void vmm_set_postmigrate(struct vmm *vm);
+/* A cpr-transfer completed: the guest may never run here again. */
+void vmm_set_ram_handed_over(struct vmm *vm);
 
 /* Exit status of the process: a failed self-check or a dead vCPU is a
  * failure whatever the guest asked for. */

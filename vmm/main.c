@@ -8,6 +8,7 @@
 #include "vmm/loop.h"
 #include "vmm/machine.h"
 #include "vmm/sched_slice.h"
+#include "vmm/migration/cpr_exec.h"
 #include "vmm/migration/migration.h"
 #include "vmm/qmp/qmp.h"
 
@@ -33,6 +34,8 @@ struct options {
 	const char *incoming;
 	bool paused;
 	bool debug;
+	bool memory_given;
+	const char *cpr_check; /* --x-godwit-cpr-check PATH */
 };
 
 static void usage(FILE *f)
@@ -55,6 +58,9 @@ static void usage(FILE *f)
 		"                         tcp:HOST:PORT,\n"
 		"                         unix:PATH, fd:N, exec:CMD, file:PATH, or defer\n"
 		"                         (then QMP migrate-incoming gives the URI)\n"
+		"                         A new process for a local live update (cpr-transfer)\n"
+		"                         is started with --incoming unix:PATH; it takes the\n"
+		"                         guest's memory size from the old one unless -m is given\n"
 		"  -S, --paused           start with the vCPUs stopped (QMP 'cont' runs them)\n"
 		"  -d, --debug            log unclaimed port and MMIO accesses\n"
 		"  -h, --help             this text\n"
@@ -132,6 +138,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
+		/* cpr-exec's probe: can this binary load the state probed at PATH? */
+		{"x-godwit-cpr-check", required_argument, NULL, 'X'},
 		{0},
 	};
 	*o = (struct options){.memory = 128ull << 20, .vcpus = 1, .serial = "stdio"};
@@ -146,6 +154,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 					optarg);
 				return -1;
 			}
+			o->memory_given = true;
 			break;
 		case 'c': {
 			unsigned long long n;
@@ -189,6 +198,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case 'V':
 			printf("godwit-vmm %s\n", GW_VERSION);
 			exit(0);
+		case 'X':
+			o->cpr_check = optarg;
+			break;
 		default:
 			usage(stderr);
 			return -1;
@@ -226,7 +238,9 @@ static int open_serial(const char *spec, bool *input)
 		return STDOUT_FILENO;
 	}
 	if (!strncmp(spec, "file:", 5)) {
-		int fd = open(spec + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+		/* The new image of a cpr-exec goes on with the old one's log. */
+		int trunc = getenv(CPR_EXEC_ENV) ? 0 : O_TRUNC;
+		int fd = open(spec + 5, O_WRONLY | O_CREAT | trunc | O_APPEND | O_CLOEXEC, 0644);
 		if (fd < 0)
 			fprintf(stderr, "godwit-vmm: --serial %s: %s\n", spec, strerror(errno));
 		return fd < 0 ? -2 : fd;
@@ -302,7 +316,11 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 	int ret = kvm_create(&vm->kvm, err, errlen);
 	if (!ret)
 		ret = guest_ram_create(&vm->ram, o->memory, err, errlen);
-	if (!ret)
+	/* The new image of a cpr-exec adopts the old one's RAM at once: a slot
+	 * for its own would only be deleted again, inside the downtime (a slot
+	 * costs milliseconds, more for larger ones). Without an adoption the
+	 * slots come before the guest runs (migration.c, prepare). */
+	if (!ret && !(o->incoming && getenv(CPR_EXEC_ENV)))
 		ret = kvm_map_ram(&vm->kvm, &vm->ram, err, errlen);
 	if (ret)
 		return ret;
@@ -326,11 +344,40 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 	return boot_sector(&vm->ram, &vm->vcpus, o->bootsector, err, errlen);
 }
 
+/*
+ * --x-godwit-cpr-check: the old image of a cpr-exec asks this binary,
+ * started with the command line it will be exec'd with, whether it can
+ * load the state: the machine is built as it would be (no QMP, no serial,
+ * no incoming), and the probe checked against its registration.
+ */
+static int cpr_check(const struct options *o)
+{
+	static struct vmm vm;
+	char err[512] = "";
+	if (loop_new(&vm.loop))
+		return 2;
+	pthread_mutex_init(&vm.run_lock, NULL);
+	int ret = build_machine(&vm, o, -1, err, sizeof(err));
+	if (!ret)
+		ret = migration_init(&vm, err, sizeof(err));
+	int fd = ret ? -1 : open(o->cpr_check, O_RDONLY | O_CLOEXEC);
+	if (!ret && fd < 0) {
+		ret = -errno;
+		snprintf(err, sizeof(err), "%s: %s", o->cpr_check, strerror(errno));
+	}
+	if (!ret)
+		ret = migration_check_probe(&vm, fd, err, sizeof(err));
+	fprintf(stderr, "%s\n", ret ? err : "ok");
+	return ret ? 2 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct options o;
 	if (parse_options(argc, argv, &o))
 		return 2;
+	if (o.cpr_check)
+		return cpr_check(&o);
 
 	static struct vmm vm;
 	char err[512] = "";
@@ -355,6 +402,7 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&vm.run_lock, NULL);
 	vm.main_thread = pthread_self();
 	vm.user_paused = o.paused;
+	vm.memory_given = o.memory_given;
 	vm.incoming = o.incoming != NULL;
 	vm.vcpus_paused = vm.user_paused || vm.incoming;
 	if (!ret)
@@ -375,6 +423,9 @@ int main(int argc, char **argv)
 
 	if (ret) {
 		fprintf(stderr, "godwit-vmm: %s\n", err[0] ? err : strerror(-ret));
+		/* A cpr-exec's new image that cannot start gives the guest back. */
+		if (getenv(CPR_EXEC_ENV) && vm.mig)
+			cpr_exec_fall_back(&vm, err[0] ? err : strerror(-ret));
 		qmp_server_free(vm.qmp); /* removes the socket file */
 		return 2;
 	}

@@ -34,6 +34,7 @@ extern "C" {
 #define GW_PAGES_RECORD_MAX      (GW_PAGES_DESC_SIZE(GW_PAGES_MAX) + \
 				  (uint64_t)GW_PAGE_SIZE * GW_PAGES_MAX)
 #define GW_VMDESC_MAX            (16ull << 20)
+#define GW_CPR_MAX               (1ull << 20)
 #define GW_RECORD_MAX_UNKNOWN    (256ull << 20)
 
 enum gw_record_type {
@@ -45,6 +46,7 @@ enum gw_record_type {
 	GW_REC_RAM_PAGES     = 0x0006,
 	GW_REC_VMDESC        = 0x0007,
 	GW_REC_EOF           = 0x0008,
+	GW_REC_CPR           = 0x0009,
 };
 
 /* Stream header flags. */
@@ -60,7 +62,12 @@ enum gw_record_type {
  * snapshot): a destination reading it from a socket or pipe loads it and
  * keeps the guest paused, so that one guest does not run twice. */
 #define GW_HDRF_SNAPSHOT   0x4u
-#define GW_HDRF_KNOWN      (GW_HDRF_COMMIT | GW_HDRF_MAPPED_RAM | GW_HDRF_SNAPSHOT)
+/* A local live update (docs/format.md, "Local live update"): the stream
+ * carries no RAM; the destination has adopted the source's memfds, over
+ * the socket before the stream (cpr-transfer) or by fd number from a CPR
+ * record after CONFIG (cpr-exec). Only such a destination may load it. */
+#define GW_HDRF_CPR        0x8u
+#define GW_HDRF_KNOWN      (GW_HDRF_COMMIT | GW_HDRF_MAPPED_RAM | GW_HDRF_SNAPSHOT | GW_HDRF_CPR)
 
 /* Mapped-ram files. */
 #define GW_MAPPED_FIXED_SIZE   64u   /* file header before the block entries */

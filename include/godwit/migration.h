@@ -194,6 +194,42 @@ struct gw_vm_ops {
 GW_API int gw_migration_set_vm_ops(struct gw_migration *m, const struct gw_vm_ops *ops,
 			    void *opaque, struct gw_error *err);
 
+/*
+ * Local live update (CPR, QEMU's "checkpoint and restart"): a new VMM
+ * process takes over the guest's RAM where it is, in its memfds, instead
+ * of receiving a copy (gw_precopy_params.mode, docs/format.md "Local live
+ * update"). The destination VMM says how it takes a block over.
+ *
+ * adopt (destination): make these blocks the guest's RAM in place of
+ * the registered ones: map each memfd MAP_SHARED from fd_offset for size
+ * bytes and set host, make it guest memory (a KVM slot at gpa), and let
+ * go of the RAM it had. The source's guest still runs on these pages, so
+ * the VMM must not write them (pre-faulting its own page tables is fine).
+ * On success the fds are the VMM's, and the library registers the blocks
+ * (names, sizes, gpas, fds and hosts as adopted) in place of the old
+ * ones; on failure the library closes them and the VMM's RAM must be as
+ * it was. Called on the incoming thread, before the source pauses.
+ */
+struct gw_cpr_ram {
+	const char *name;
+	uint64_t size;
+	uint64_t gpa;       /* or GW_GPA_NONE */
+	uint64_t fd_offset; /* page-aligned */
+	int fd;             /* a memfd, at least fd_offset + size bytes */
+	void *host;         /* set by adopt: the mapping */
+	/* The source's guest still runs (cpr-transfer): time spent here is
+	 * not downtime, so it is the moment to pre-fault page tables. Under
+	 * cpr-exec the guest is paused and waits for every microsecond. */
+	bool live;
+};
+
+struct gw_cpr_ops {
+	int (*adopt)(void *opaque, struct gw_cpr_ram *ram, uint32_t n, struct gw_error *err);
+};
+
+GW_API int gw_migration_set_cpr_ops(struct gw_migration *m, const struct gw_cpr_ops *ops,
+				    void *opaque, struct gw_error *err);
+
 #ifdef __cplusplus
 }
 #endif

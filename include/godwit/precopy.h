@@ -87,7 +87,24 @@ struct gw_precopy_params {
 	 * RAM is saved (below). Downtime limit, auto-converge and the
 	 * handshake do not apply; incremental is refused. */
 	bool background_snapshot;
-	uint64_t reserved[6]; /* 0: later versions give them a meaning (export.h) */
+	/* GW_MODE_*: a local live update hands the RAM's memfds to the new
+	 * process instead of copying pages (QEMU: mode). */
+	uint64_t mode;
+	uint64_t reserved[5]; /* 0: later versions give them a meaning (export.h) */
+};
+
+/* gw_precopy_params.mode, QEMU's MigMode. */
+enum gw_mig_mode {
+	GW_MODE_NORMAL = 0,
+	/* cpr-transfer: over a unix socket to a new process on this host, which
+	 * receives the memfds (SCM_RIGHTS) before the pause and only device and
+	 * vCPU state during it; the switchover handshake as for a migration. */
+	GW_MODE_CPR_TRANSFER = 1,
+	/* cpr-exec: into a file, with the memfds' fd numbers, for this process
+	 * to exec a new binary that inherits them and loads the file. The engine
+	 * completes with the guest paused and the memfds intact; the exec is the
+	 * VMM's. */
+	GW_MODE_CPR_EXEC = 2,
 };
 
 #define GW_SWITCHOVER_TIMEOUT_DEFAULT_MS 30000
@@ -134,7 +151,12 @@ struct gw_precopy_stats {
 	uint64_t wp_faults;
 	uint64_t wp_max_wait_us;
 	uint64_t pause_us;
-	uint64_t reserved[4]; /* for fields of later versions: do not read */
+	/* downtime_ms in microseconds (pre-copy and cpr-transfer). */
+	uint64_t downtime_us;
+	/* A local live update: bytes of device and vCPU state written (its RAM
+	 * is handed over, so transferred, normal and duplicate stay 0). */
+	uint64_t state_bytes;
+	uint64_t reserved[2]; /* for fields of later versions: do not read */
 };
 
 struct gw_precopy_callbacks {
@@ -195,7 +217,14 @@ struct gw_incoming_stats {
 	 * (GW_HDRF_SNAPSHOT) read from a socket or pipe, of a guest that runs
 	 * on at its source; the VMM keeps this copy paused. */
 	bool held;
-	uint64_t reserved[7];    /* for fields of later versions: do not read */
+	/* A local live update: the bytes of RAM adopted (no page copied), how
+	 * long mapping and pre-faulting them took, and (cpr-exec, where the
+	 * source is this process before its exec) the pause until the guest
+	 * ran again here, in microseconds. */
+	uint64_t adopted_bytes;
+	uint64_t adopt_us;
+	uint64_t downtime_us;
+	uint64_t reserved[4];    /* for fields of later versions: do not read */
 };
 
 struct gw_incoming_params {

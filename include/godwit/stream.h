@@ -71,6 +71,17 @@ GW_API int gw_save_finish(struct gw_migration *m, struct gw_writer *w, struct gw
 
 GW_API int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err);
 
+/*
+ * The probe of a local live update (cpr-exec), run before the guest is
+ * paused: gw_save_probe() writes the stream header and CONFIG record that
+ * m's state would open with; gw_load_probe(), run by the new binary on
+ * its own registration, reads them and checks that it could load that
+ * state (the page size, machine, vCPUs and every section's version; not
+ * the RAM sizes, since the RAM is adopted). 0, or the reason it could not.
+ */
+GW_API int gw_save_probe(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+GW_API int gw_load_probe(struct gw_migration *m, struct gw_reader *r, struct gw_error *err);
+
 /* True if the GW_PAGE_SIZE bytes at page are all zero. */
 GW_API bool gw_page_is_zero(const void *page);
 

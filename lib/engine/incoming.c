@@ -31,9 +31,12 @@
 #include "lib/cancel.h"
 #include "lib/clock.h"
 #include "lib/internal.h"
+#include "lib/engine/cpr_hello.h"
 #include "lib/engine/job.h"
+#include "lib/format/cpr.h"
 #include "lib/format/mapped.h"
 #include "lib/format/mapped_load.h"
+#include "lib/transport/fd_pass.h"
 #include "lib/transport/return_path.h"
 
 /* A command that brought the stream has done its part when the stream
@@ -51,6 +54,9 @@ struct gw_incoming {
 	bool return_path;  /* the channel can answer */
 	uint64_t received; /* atomic: the reader adds to it */
 	struct gw_incoming_stats stats;
+	uint64_t cpr_pause_ns; /* cpr-exec: the source's pause, for the downtime */
+	bool adopted;          /* cpr-transfer: the source is on this host */
+	uint64_t resumed_ns;   /* when vm_ops.resume returned */
 };
 
 /*
@@ -78,6 +84,45 @@ static int load_mapped(struct gw_incoming *in, struct gw_error *err)
 	return gw_mapped_load(in->m, in->ch.fd, &mp, &in->job.cancel, &in->received, err);
 }
 
+static void note_adopted(struct gw_incoming *in, uint64_t bytes, uint64_t ns)
+{
+	pthread_mutex_lock(&in->job.lock);
+	in->stats.adopted_bytes = bytes;
+	in->stats.adopt_us = ns / 1000;
+	pthread_mutex_unlock(&in->job.lock);
+}
+
+/*
+ * cpr-transfer: a unix socket may open with the hello of a local live
+ * update instead of a stream. Its memfds are adopted and ADOPTED sent
+ * back while the source's guest runs; the stream that follows must then
+ * be a local live update's (*cpr).
+ */
+static int adopt_hello(struct gw_incoming *in, enum gw_load_cpr *cpr, struct gw_error *err)
+{
+	const struct gw_report adopted_msg = {GW_REPORT_ADOPTED, 0, ""};
+	unsigned char first[GW_CPR_HELLO_MAGIC_LEN];
+	uint64_t bytes = 0, t0;
+	int ret;
+
+	if (!in->return_path || !gw_fd_is_unix_socket(in->ch.fd))
+		return 0;
+	ret = gw_fds_peek(&in->job.cancel, first, sizeof(first), err);
+	if (ret == -EPIPE)
+		return 0; /* the reader says what an empty stream is */
+	if (ret < 0 || !gw_cpr_hello_is(first))
+		return ret;
+	*cpr = GW_LOAD_CPR_ADOPTED;
+	in->adopted = true;
+	t0 = gw_now_ns();
+	ret = gw_cpr_hello_receive(in->m, &in->job.cancel, (int)in->params.go_timeout_ms, &bytes,
+				   err);
+	if (ret < 0)
+		return ret;
+	note_adopted(in, bytes, gw_now_ns() - t0);
+	return gw_report_send(&in->job.cancel, (int)in->params.go_timeout_ms, &adopted_msg, err);
+}
+
 /*
  * Load the whole stream; *commit says whether the source waits for READY,
  * *hold whether the guest must not run here (a background snapshot of a
@@ -85,6 +130,10 @@ static int load_mapped(struct gw_incoming *in, struct gw_error *err)
  */
 static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_error *err)
 {
+	/* Without a hello, a cpr-exec state may say which inherited memfds
+	 * are the RAM (its CPR record); inode checks keep out any others. */
+	enum gw_load_cpr cpr = GW_LOAD_CPR_EXEC;
+	uint64_t adopted = 0, t0;
 	struct gw_reader *r;
 	uint32_t flags = 0;
 	struct stat st;
@@ -95,12 +144,18 @@ static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_erro
 	if (is_mapped_file(in->ch.fd))
 		return load_mapped(in, err);
 
+	ret = adopt_hello(in, &cpr, err);
+	if (ret < 0)
+		return ret;
 	ret = gw_reader_new(in->job.cancel.fd, &r, err);
 	if (ret < 0)
 		return ret;
 	gw_reader_bind(r, in->job.cancel.efd);
 	gw_reader_count_into(r, &in->received);
-	ret = gw_load_flags(in->m, r, &flags, err);
+	t0 = gw_now_ns();
+	ret = gw_load_cpr(in->m, r, cpr, &flags, &adopted, &in->cpr_pause_ns, err);
+	if (adopted)
+		note_adopted(in, adopted, gw_now_ns() - t0);
 	*commit = flags & GW_HDRF_COMMIT;
 	*hold = (flags & GW_HDRF_SNAPSHOT) && !(fstat(in->ch.fd, &st) == 0 && S_ISREG(st.st_mode));
 	/* The source sends nothing after EOF until it has our READY. */
@@ -173,6 +228,16 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	}
 	if (ret == 0 && (ret = m->vm_ops.resume(m->vm_opaque, err)) < 0)
 		gw_error_prefix(err, ret, "the stream loaded, but the guest cannot be resumed: ");
+	in->resumed_ns = gw_now_ns();
+	/* cpr-exec: the source was this process, paused before its exec. */
+	if (ret == 0 && in->cpr_pause_ns) {
+		uint64_t now = gw_now_ns();
+
+		pthread_mutex_lock(&in->job.lock);
+		in->stats.downtime_us = now > in->cpr_pause_ns ? (now - in->cpr_pause_ns) / 1000 :
+								 0;
+		pthread_mutex_unlock(&in->job.lock);
+	}
 	return ret;
 }
 
@@ -203,6 +268,9 @@ static enum gw_mig_status incoming_conclude(struct gw_job *j, int ret, struct gw
 	if (ret < 0) {
 		report = (struct gw_report){GW_REPORT_FAILED, ret, ""};
 		snprintf(report.msg, sizeof(report.msg), "%s", err->msg);
+	} else if (in->adopted) {
+		snprintf(report.msg, sizeof(report.msg), "%llu",
+			 (unsigned long long)in->resumed_ns);
 	}
 	/*
 	 * The source is told either way. A RUNNING that cannot be sent leaves

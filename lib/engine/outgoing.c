@@ -7,6 +7,7 @@
 
 #include <godwit/precopy.h>
 
+#include "lib/clock.h"
 #include "lib/engine/outgoing.h"
 #include "lib/internal.h"
 #include "lib/ram/sink_file.h"
@@ -69,6 +70,14 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	else
 		gw_precopy_params_default(&pp);
 	clamp_params(&pp);
+	if (pp.mode > GW_MODE_CPR_EXEC)
+		return gw_error_set(err, -EINVAL, "migration mode %llu is unknown",
+				    (unsigned long long)pp.mode);
+	if (pp.mode != GW_MODE_NORMAL && (pp.background_snapshot || pp.mapped_ram))
+		return gw_error_set(err, -EINVAL,
+				    "a local live update (cpr-transfer, cpr-exec) hands RAM over: it is neither a background snapshot nor a mapped-ram save");
+	if (pp.mode != GW_MODE_NORMAL)
+		return gw_cpr_start(m, channels, &pp, cb, out, err);
 	if (pp.background_snapshot)
 		return gw_background_start(m, channels, &pp, cb, out, err);
 	return gw_precopy_engine_start(m, channels, &pp, cb, out, err);
@@ -80,14 +89,17 @@ int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *
 	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
 				    "pre-copy parameters", err);
 	bool background;
+	uint64_t mode;
 
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&p->job.lock);
 	/* What the engine is cannot change under it. */
 	background = p->params.background_snapshot;
+	mode = p->params.mode;
 	p->params = *params;
 	p->params.background_snapshot = background;
+	p->params.mode = mode;
 	clamp_params(&p->params);
 	pthread_mutex_unlock(&p->job.lock);
 	return 0;
@@ -208,4 +220,62 @@ int gw_outgoing_end_channel(struct gw_precopy *h, struct gw_channel *ch, bool ha
 	else if (end < 0)
 		gw_error_append(err, e2.msg, NULL);
 	return ret;
+}
+
+int gw_outgoing_expect(struct gw_precopy *h, struct gw_handover *ho, uint64_t timeout_ms,
+		       enum gw_report_status want, const char *what, struct gw_error *err)
+{
+	struct gw_report r;
+	int ret = gw_report_recv(&h->job.cancel, (int)timeout_ms, what, &r, err);
+
+	if (ret < 0)
+		return ret;
+	ho->resumed_ns = gw_report_resumed_ns(&r);
+	if (r.status == GW_REPORT_FAILED) {
+		ho->dest_failed = true;
+		return gw_error_set(err, r.code, "the destination failed: %s", r.msg);
+	}
+	if (r.status != want)
+		return gw_error_set(err, -EPROTO,
+				    "return path: the destination sent %s where %s belongs",
+				    gw_report_name(r.status), what);
+	return 0;
+}
+
+int gw_outgoing_handshake(struct gw_precopy *h, struct gw_handover *ho,
+			  const struct gw_precopy_params *pp, struct gw_error *err)
+{
+	const struct gw_report go = {GW_REPORT_GO, 0, ""};
+	uint64_t ready_ns;
+	int ret;
+
+	ret = gw_outgoing_expect(h, ho, pp->ready_timeout_ms, GW_REPORT_READY,
+				 "the destination's READY (x-godwit-ready-timeout)", err);
+	if (ret == 0 && !gw_job_commit(&h->job))
+		ret = gw_error_set(err, -ECANCELED, "cancelled");
+	if (ret == 0)
+		ret = gw_report_send(&h->job.cancel, (int)pp->confirm_timeout_ms, &go, err);
+	if (ret < 0)
+		return ret;
+	ho->handed_over = true;
+	ready_ns = gw_now_ns();
+	ret = gw_outgoing_expect(h, ho, pp->confirm_timeout_ms, GW_REPORT_RUNNING,
+				 "the destination's RUNNING (x-godwit-confirm-timeout)", err);
+	ho->confirmed = ret == 0;
+	pthread_mutex_lock(&h->job.lock);
+	h->stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
+	pthread_mutex_unlock(&h->job.lock);
+	return ret;
+}
+
+void gw_outgoing_downtime(struct gw_precopy *h, uint64_t pause_ns, uint64_t end_ns)
+{
+	uint64_t now = gw_now_ns();
+	/* A time from another clock, or nonsense, is not believed. */
+	uint64_t ns = (end_ns > pause_ns && end_ns <= now ? end_ns : now) - pause_ns;
+
+	pthread_mutex_lock(&h->job.lock);
+	h->stats.downtime_ms = ns / 1000000;
+	h->stats.downtime_us = ns / 1000;
+	pthread_mutex_unlock(&h->job.lock);
 }

@@ -16,6 +16,7 @@
 
 #include "lib/engine/job.h"
 #include "lib/ram/ram_sink.h"
+#include "lib/transport/return_path.h"
 
 /* The first member of every outgoing engine's state. */
 struct gw_precopy {
@@ -24,6 +25,39 @@ struct gw_precopy {
 	struct gw_precopy_stats stats;
 	void (*release)(struct gw_precopy *h); /* frees the engine, thread joined */
 };
+
+/*
+ * How far the switchover handshake got (docs/format.md, "Switchover
+ * handshake"): who may run the guest now.
+ */
+struct gw_handover {
+	bool handed_over;    /* GO (or, one way, EOF into a command) left whole: only
+			     the other side may run the guest now */
+	bool dest_failed;    /* ... but it said it will not */
+	bool confirmed;      /* ... and it said RUNNING */
+	uint64_t resumed_ns; /* ... at this time of its clock, if it said (0) */
+};
+
+/*
+ * Wait for the destination's next report, which must be `want`; a FAILED
+ * report in its place ends the migration with the destination's reason
+ * (ho->dest_failed: its guest will never run).
+ */
+int gw_outgoing_expect(struct gw_precopy *h, struct gw_handover *ho, uint64_t timeout_ms,
+		       enum gw_report_status want, const char *what, struct gw_error *err);
+
+/*
+ * The handshake after EOF: READY from the destination, the commit point
+ * (a cancel from here is refused), GO from here, RUNNING back. Until GO
+ * has left whole any failure leaves the guest to the source; after that
+ * only a FAILED report gives it back. Sets stats.handshake_us.
+ */
+int gw_outgoing_handshake(struct gw_precopy *h, struct gw_handover *ho,
+			  const struct gw_precopy_params *pp, struct gw_error *err);
+
+/* The guest ran again on the other side (at end_ns, or now for 0):
+ * publish the downtime since pause_ns (stats.downtime_ms and _us). */
+void gw_outgoing_downtime(struct gw_precopy *h, uint64_t pause_ns, uint64_t end_ns);
 
 /* The engines behind gw_precopy_start(). params are clamped, checked. */
 int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
@@ -34,6 +68,9 @@ int gw_background_start(struct gw_migration *m, struct gw_channel *ch,
 			const struct gw_precopy_params *params,
 			const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
 			struct gw_error *err);
+int gw_cpr_start(struct gw_migration *m, struct gw_channel *ch,
+		 const struct gw_precopy_params *params, const struct gw_precopy_callbacks *cb,
+		 struct gw_precopy **out, struct gw_error *err);
 
 /*
  * The end of an engine's start: the stats every engine has (total,

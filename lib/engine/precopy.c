@@ -95,12 +95,9 @@ struct precopy {
 	uint64_t synced_before;   /* ... and by the one before it */
 	uint32_t settle_rounds;   /* rounds sent within the limit */
 	bool dirty_started;
-	bool update;      /* the file sink writes only what changed since its last save */
-	bool paused;      /* this engine paused the guest */
-	bool handed_over; /* GO (or, one way, EOF into a command) left whole: only
-				   the other side may run the guest now */
-	bool dest_failed; /* ... but it said it will not */
-	bool confirmed;   /* ... and it said RUNNING */
+	bool update;           /* the file sink writes only what changed since its last save */
+	bool paused;           /* this engine paused the guest */
+	struct gw_handover ho; /* how far the switchover handshake got */
 	uint64_t pause_ns;
 	uint32_t throttle;    /* percent now applied */
 	uint32_t hot_periods; /* hot periods in a row */
@@ -142,30 +139,6 @@ static int cancelled(struct gw_error *err)
 	return gw_error_set(err, -ECANCELED, "cancelled");
 }
 
-/*
- * Wait for the destination's next message, which must be `want`; a
- * FAILED report in its place ends the migration with the destination's
- * reason (and says that its guest will never run).
- */
-static int expect(struct precopy *p, uint64_t timeout_ms, enum gw_report_status want,
-		  const char *what, struct gw_error *err)
-{
-	struct gw_report r;
-	int ret = gw_report_recv(&p->h.job.cancel, (int)timeout_ms, what, &r, err);
-
-	if (ret < 0)
-		return ret;
-	if (r.status == GW_REPORT_FAILED) {
-		p->dest_failed = true;
-		return gw_error_set(err, r.code, "the destination failed: %s", r.msg);
-	}
-	if (r.status != want)
-		return gw_error_set(err, -EPROTO,
-				    "return path: the destination sent %s where %s belongs",
-				    gw_report_name(r.status), what);
-	return 0;
-}
-
 /* Between batches: stop for a cancel, or for a destination that gave up. */
 static int stop_point(struct precopy *p, struct gw_error *err)
 {
@@ -181,8 +154,8 @@ static int stop_point(struct precopy *p, struct gw_error *err)
 	if (ready < 0)
 		return gw_error_set(err, ready, "return path: poll: %s", gw_strerror(ready));
 	/* Before the stream ends, only a failure makes sense. */
-	return ready ? expect(p, EXPLAIN_TIMEOUT_MS, GW_REPORT_FAILED, "the destination's report",
-			      err) :
+	return ready ? gw_outgoing_expect(&p->h, &p->ho, EXPLAIN_TIMEOUT_MS, GW_REPORT_FAILED,
+					  "the destination's report", err) :
 		       0;
 }
 
@@ -505,43 +478,6 @@ static int iterate(struct precopy *p, struct gw_error *err)
 	}
 }
 
-/* The commit point: from here a cancel is refused, unless one came first. */
-static int commit(struct precopy *p, struct gw_error *err)
-{
-	return gw_job_commit(&p->h.job) ? 0 : cancelled(err);
-}
-
-/*
- * The handshake after EOF (docs/format.md, "Switchover handshake"): READY
- * from the destination, GO from here, RUNNING back. Until GO has left
- * whole, any failure leaves the guest to the source, which resumes it;
- * after that only a FAILED report from the destination gives it back.
- */
-static int handshake(struct precopy *p, const struct gw_precopy_params *pp, struct gw_error *err)
-{
-	const struct gw_report go = {GW_REPORT_GO, 0, ""};
-	uint64_t ready_ns;
-	int ret;
-
-	ret = expect(p, pp->ready_timeout_ms, GW_REPORT_READY,
-		     "the destination's READY (x-godwit-ready-timeout)", err);
-	if (ret == 0)
-		ret = commit(p, err);
-	if (ret == 0)
-		ret = gw_report_send(&p->h.job.cancel, (int)pp->confirm_timeout_ms, &go, err);
-	if (ret < 0)
-		return ret;
-	p->handed_over = true;
-	ready_ns = gw_now_ns();
-	ret = expect(p, pp->confirm_timeout_ms, GW_REPORT_RUNNING,
-		     "the destination's RUNNING (x-godwit-confirm-timeout)", err);
-	p->confirmed = ret == 0;
-	pthread_mutex_lock(&p->h.job.lock);
-	p->h.stats.handshake_us = (gw_now_ns() - ready_ns) / 1000;
-	pthread_mutex_unlock(&p->h.job.lock);
-	return ret;
-}
-
 static int switchover(struct precopy *p, struct gw_error *err)
 {
 	struct gw_migration *m = p->m;
@@ -585,18 +521,16 @@ static int switchover(struct precopy *p, struct gw_error *err)
 	 * stream has left: the far side may run it at EOF, and if the command
 	 * then fails nobody here can tell whether it did. */
 	if (ret == 0 && !p->return_path && p->ch.child > 0)
-		p->handed_over = true;
+		p->ho.handed_over = true;
 	if (ret == -ETIMEDOUT)
 		gw_error_prefix(err, ret,
 				"the final pages and device state were not written within x-godwit-switchover-timeout (%llu ms): ",
 				(unsigned long long)pp.switchover_timeout_ms);
 	if (ret == 0 && p->return_path)
-		ret = handshake(p, &pp, err);
+		ret = gw_outgoing_handshake(&p->h, &p->ho, &pp, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: ");
-	pthread_mutex_lock(&p->h.job.lock);
-	p->h.stats.downtime_ms = (gw_now_ns() - p->pause_ns) / 1000000;
-	pthread_mutex_unlock(&p->h.job.lock);
+	gw_outgoing_downtime(&p->h, p->pause_ns, 0);
 	return 0;
 }
 
@@ -608,7 +542,7 @@ static void explain(struct precopy *p, int ret, struct gw_error *err)
 {
 	struct gw_report r;
 
-	if (!p->return_path || p->handed_over || (ret != -EPIPE && ret != -ECONNRESET))
+	if (!p->return_path || p->ho.handed_over || (ret != -EPIPE && ret != -ECONNRESET))
 		return;
 	if (gw_report_recv(&p->h.job.cancel, EXPLAIN_TIMEOUT_MS, "the destination's report", &r,
 			   NULL) == 0 &&
@@ -658,12 +592,12 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 		gw_cancel_shutdown(&j->cancel);
 	}
 	{
-		int end = gw_outgoing_end_channel(&p->h, &p->ch, p->handed_over, ret, err);
+		int end = gw_outgoing_end_channel(&p->h, &p->ch, p->ho.handed_over, ret, err);
 
 		/* Confirmed, the guest runs there: closing our end cannot undo it. */
-		ret = p->confirmed ? 0 : end;
+		ret = p->ho.confirmed ? 0 : end;
 	}
-	unconfirmed = ret < 0 && p->handed_over && !p->dest_failed;
+	unconfirmed = ret < 0 && p->ho.handed_over && !p->ho.dest_failed;
 	if (unconfirmed) {
 		/* The other side may run the guest: resuming here could make
 		 * two. Keep the complete copy, paused, and say so. */
@@ -673,7 +607,8 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 					"the destination got GO and may be running the guest; 'cont' resumes it here only if the destination is known not to run it" :
 					"the command got the whole stream and may have started the guest elsewhere; 'cont' resumes it here only if it is known not to run there");
 	} else if (ret < 0) {
-		outcome = gw_job_cancelled(j) && !p->handed_over ? GW_MIG_CANCELLED : GW_MIG_FAILED;
+		outcome = gw_job_cancelled(j) && !p->ho.handed_over ? GW_MIG_CANCELLED :
+								      GW_MIG_FAILED;
 		/* A guest that cannot run again is a failure, even of a cancel. */
 		if (p->paused && m->vm_ops.resume(m->vm_opaque, &e2) < 0) {
 			gw_error_append(err, "and the source guest cannot be resumed", e2.msg);

@@ -220,8 +220,14 @@ static int match_sections(const struct gw_migration *m, const struct gw_config *
 int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg, uint32_t *ram_map,
 		    uint32_t *sec_map, struct gw_error *err)
 {
-	int ret;
+	int ret = gw_config_match_machine(m, cfg, sec_map, err);
 
+	return ret < 0 ? ret : match_ram(m, cfg, ram_map, err);
+}
+
+int gw_config_match_machine(const struct gw_migration *m, const struct gw_config *cfg,
+			    uint32_t *sec_map, struct gw_error *err)
+{
 	if (cfg->page_size != GW_PAGE_SIZE)
 		return gw_error_set(err, -EINVAL, "stream page size is %u bytes, this VMM uses %u",
 				    cfg->page_size, GW_PAGE_SIZE);
@@ -231,8 +237,5 @@ int gw_config_match(const struct gw_migration *m, const struct gw_config *cfg, u
 	if (strcmp(cfg->machine, m->machine) != 0)
 		return gw_error_set(err, -EINVAL, "stream is for machine '%s', this VMM runs '%s'",
 				    cfg->machine, m->machine);
-	ret = match_ram(m, cfg, ram_map, err);
-	if (ret == 0)
-		ret = match_sections(m, cfg, sec_map, err);
-	return ret;
+	return match_sections(m, cfg, sec_map, err);
 }

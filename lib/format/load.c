@@ -14,6 +14,7 @@
 
 #include "lib/crc32c.h"
 #include "lib/internal.h"
+#include "lib/format/cpr.h"
 #include "lib/format/torn.h"
 
 enum section_progress {
@@ -34,6 +35,10 @@ struct load {
 	struct gw_pages *pages;
 	struct gw_torn torn;
 	bool mapped; /* a mapped-ram file's stream: its RAM is elsewhere */
+	enum gw_load_cpr cpr;
+	bool cpr_stream;   /* GW_HDRF_CPR: no RAM in it, adopted instead */
+	uint64_t adopted;  /* cpr-exec: RAM bytes its CPR record adopted */
+	uint64_t pause_ns; /* ... and its source's pause */
 };
 
 static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
@@ -43,6 +48,31 @@ static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_er
 	if (ret < 0)
 		return ret;
 	return gw_record_check_crc(h, gw_crc32c(0, l->buf, h->length), err);
+}
+
+/* The CPR record right after CONFIG of a cpr-exec state: adopt its fds. */
+static int load_cpr_record(struct load *l, struct gw_error *err)
+{
+	struct gw_cpr_table t;
+	struct gw_rec_hdr h;
+	int ret = gw_record_read_header(l->r, &h, err);
+
+	if (ret < 0)
+		return ret;
+	if (h.type != GW_REC_CPR)
+		return gw_error_set(err, -EPROTO,
+				    "a cpr-exec state must have its CPR record after CONFIG (found %s at offset %llu)",
+				    gw_record_type_name(h.type), (unsigned long long)h.offset);
+	ret = read_payload(l, &h, err);
+	if (ret == 0)
+		ret = gw_cpr_table_parse(l->buf, h.length, &l->cfg, &t, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret,
+				       "CPR record at offset %llu: ", (unsigned long long)h.offset);
+	ret = gw_cpr_adopt(l->m, &l->cfg, &t, NULL, 0, &l->adopted, err);
+	l->pause_ns = t.pause_ns;
+	gw_cpr_table_release(&t);
+	return ret;
 }
 
 static int load_config(struct load *l, struct gw_error *err)
@@ -71,6 +101,16 @@ static int load_config(struct load *l, struct gw_error *err)
 	l->pages = malloc(sizeof(*l->pages));
 	if (!l->ram_map || !l->sec_map || !l->progress || !l->pages)
 		return gw_error_set(err, -ENOMEM, "load: out of memory");
+	/* A cpr-exec state says which inherited memfds are the RAM: the
+	 * machine must fit first, then the RAM is adopted, then matched. */
+	if (l->cpr_stream && l->cpr == GW_LOAD_CPR_EXEC) {
+		ret = gw_config_match_machine(l->m, &l->cfg, l->sec_map, err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "the stream does not fit this VMM: ");
+		ret = load_cpr_record(l, err);
+		if (ret < 0)
+			return ret;
+	}
 	ret = gw_config_match(l->m, &l->cfg, l->ram_map, l->sec_map, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "the stream does not fit this VMM: ");
@@ -234,7 +274,15 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 	case GW_REC_SECTION_END:
 	case GW_REC_SECTION_FULL:
 		return load_section(l, &h, err);
+	case GW_REC_CPR:
+		return gw_error_set(err, -EPROTO,
+				    "a CPR record at offset %llu, not right after CONFIG of a cpr-exec state",
+				    (unsigned long long)h.offset);
 	case GW_REC_RAM_PAGES:
+		if (l->cpr_stream)
+			return gw_error_set(err, -EBADMSG,
+					    "RAM_PAGES record at offset %llu in a local live update, whose RAM was adopted",
+					    (unsigned long long)h.offset);
 		if (l->mapped)
 			return gw_error_set(err, -EBADMSG,
 					    "RAM_PAGES record at offset %llu in a mapped-ram file, whose pages are at fixed offsets",
@@ -259,9 +307,9 @@ int gw_load(struct gw_migration *m, struct gw_reader *r, struct gw_error *err)
  */
 static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
 		       int (*ram)(void *opaque, struct gw_error *err), void *opaque,
-		       struct gw_error *err)
+		       struct load *out, struct gw_error *err)
 {
-	struct load l = {.m = m, .r = r, .mapped = ram != NULL};
+	struct load l = {.m = m, .r = r, .mapped = ram != NULL, .cpr = out ? out->cpr : 0};
 	bool eof = false;
 	uint32_t flags;
 	int ret;
@@ -280,6 +328,15 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 				   "mapped-ram file: the embedded stream's header flags are 0x%x, expected 0x%x (0x%x for a background snapshot)",
 				   flags, GW_HDRF_MAPPED_RAM,
 				   GW_HDRF_MAPPED_RAM | GW_HDRF_SNAPSHOT);
+	l.cpr_stream = flags & GW_HDRF_CPR;
+	if (ret == 0 && l.cpr_stream && l.cpr == GW_LOAD_CPR_REFUSE)
+		ret = gw_error_set(err, -EPROTO,
+				   "this stream is a local live update (cpr-transfer or cpr-exec): it holds no RAM, only a process that adopted the source's memfds can load it");
+	if (ret == 0 && !l.cpr_stream && l.cpr == GW_LOAD_CPR_ADOPTED)
+		ret = gw_error_set(err, -EPROTO,
+				   "the source handed its memfds over, but its stream is not a local live update (no CPR flag)");
+	if (ret == 0 && l.cpr_stream && (ram || (flags & GW_HDRF_MAPPED_RAM)))
+		ret = gw_error_set(err, -EBADMSG, "a local live update in a mapped-ram file");
 	if (ret == 0 && hdr_flags)
 		*hdr_flags = flags;
 	if (ret == 0)
@@ -295,18 +352,63 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 	free(l.progress);
 	free(l.buf);
 	free(l.pages);
+	if (out) {
+		out->adopted = l.adopted;
+		out->pause_ns = l.pause_ns;
+	}
 	return ret;
 }
 
 int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_flags,
 		  struct gw_error *err)
 {
-	return load_stream(m, r, hdr_flags, NULL, NULL, err);
+	return load_stream(m, r, hdr_flags, NULL, NULL, NULL, err);
+}
+
+int gw_load_cpr(struct gw_migration *m, struct gw_reader *r, enum gw_load_cpr cpr,
+		uint32_t *hdr_flags, uint64_t *adopted, uint64_t *pause_ns, struct gw_error *err)
+{
+	struct load l = {.cpr = cpr};
+	int ret = load_stream(m, r, hdr_flags, NULL, NULL, &l, err);
+
+	*adopted = l.adopted;
+	*pause_ns = l.pause_ns;
+	return ret;
 }
 
 int gw_load_mapped_stream(struct gw_migration *m, struct gw_reader *r,
 			  int (*ram)(void *opaque, struct gw_error *err), void *opaque,
 			  struct gw_error *err)
 {
-	return load_stream(m, r, NULL, ram, opaque, err);
+	return load_stream(m, r, NULL, ram, opaque, NULL, err);
+}
+
+int gw_load_probe(struct gw_migration *m, struct gw_reader *r, struct gw_error *err)
+{
+	struct load l = {.m = m, .r = r};
+	struct gw_rec_hdr h;
+	uint32_t *sec_map = NULL;
+	uint32_t flags;
+	int ret = gw_stream_get_header(r, &flags, err);
+
+	if (ret == 0 && !(flags & GW_HDRF_CPR))
+		ret = gw_error_set(err, -EPROTO,
+				   "not the probe of a local live update (flags 0x%x)", flags);
+	if (ret == 0)
+		ret = gw_record_read_header(r, &h, err);
+	if (ret == 0 && h.type != GW_REC_CONFIG)
+		ret = gw_error_set(err, -EPROTO, "the probe has %s where CONFIG belongs",
+				   gw_record_type_name(h.type));
+	if (ret == 0)
+		ret = read_payload(&l, &h, err);
+	if (ret == 0)
+		ret = gw_config_parse(l.buf, h.length, &l.cfg, err);
+	if (ret == 0 && !(sec_map = calloc(l.cfg.nr_sections + 1, sizeof(*sec_map))))
+		ret = gw_error_set(err, -ENOMEM, "out of memory");
+	if (ret == 0 && (ret = gw_config_match_machine(m, &l.cfg, sec_map, err)) < 0)
+		gw_error_prefix(err, ret, "the state does not fit this VMM: ");
+	free(sec_map);
+	gw_config_release(&l.cfg);
+	free(l.buf);
+	return ret;
 }

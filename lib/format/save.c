@@ -64,6 +64,19 @@ static int write_sections(const struct gw_migration *m, struct gw_writer *w, boo
 	return ret;
 }
 
+static int build_vmdesc(struct gw_migration *m, struct gw_error *err)
+{
+	int ret;
+
+	if (m->vmdesc_ready)
+		return 0;
+	gw_wbuf_release(&m->vmdesc);
+	gw_wbuf_init(&m->vmdesc, GW_VMDESC_MAX);
+	ret = gw_vmdesc_build(m, &m->vmdesc, err);
+	m->vmdesc_ready = ret == 0;
+	return ret;
+}
+
 int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
 {
 	return gw_save_begin_flags(m, w, 0, err);
@@ -72,11 +85,19 @@ int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *
 int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
 			struct gw_error *err)
 {
+	return gw_save_begin_cpr(m, w, hdr_flags, NULL, 0, err);
+}
+
+int gw_save_begin_cpr(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
+		      const void *cpr, size_t cpr_len, struct gw_error *err)
+{
 	struct gw_wbuf b;
 	int ret;
 
 	m->save_state = GW_SAVE_IDLE;
-	ret = gw_stream_put_header(w, hdr_flags, err);
+	ret = build_vmdesc(m, err);
+	if (ret == 0)
+		ret = gw_stream_put_header(w, hdr_flags, err);
 	if (ret < 0)
 		return ret;
 	gw_wbuf_init(&b, GW_CONFIG_MAX);
@@ -86,6 +107,8 @@ int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hd
 	else
 		ret = gw_record_write(w, GW_REC_CONFIG, 0, b.data, b.len, err);
 	gw_wbuf_release(&b);
+	if (ret == 0 && cpr)
+		ret = gw_record_write(w, GW_REC_CPR, 0, cpr, cpr_len, err);
 	if (ret == 0)
 		ret = write_sections(m, w, true, GW_REC_SECTION_START, err);
 	if (ret < 0)
@@ -118,20 +141,35 @@ int gw_save_devices(struct gw_migration *m, struct gw_writer *w, struct gw_error
 
 int gw_save_finish(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
 {
-	struct gw_wbuf b;
 	int ret;
 
 	if (m->save_state != GW_SAVE_DEVICES_DONE)
 		return wrong_step(m, "gw_save_finish", err);
-	gw_wbuf_init(&b, GW_VMDESC_MAX);
-	ret = gw_vmdesc_build(m, &b, err);
+	ret = build_vmdesc(m, err);
 	if (ret == 0)
-		ret = gw_record_write(w, GW_REC_VMDESC, GW_RECF_SKIPPABLE, b.data, b.len, err);
-	gw_wbuf_release(&b);
+		ret = gw_record_write(w, GW_REC_VMDESC, GW_RECF_SKIPPABLE, m->vmdesc.data,
+				      m->vmdesc.len, err);
 	if (ret == 0)
 		ret = gw_record_write(w, GW_REC_EOF, 0, NULL, 0, err);
 	if (ret == 0)
 		ret = gw_writer_flush(w, err);
 	m->save_state = GW_SAVE_IDLE;
 	return ret;
+}
+
+int gw_save_probe(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
+{
+	struct gw_wbuf b;
+	int ret = gw_stream_put_header(w, GW_HDRF_CPR, err);
+
+	if (ret < 0)
+		return ret;
+	gw_wbuf_init(&b, GW_CONFIG_MAX);
+	ret = gw_config_put(m, &b);
+	if (ret < 0)
+		ret = gw_error_set(err, ret, "CONFIG record: cannot encode the configuration");
+	else
+		ret = gw_record_write(w, GW_REC_CONFIG, 0, b.data, b.len, err);
+	gw_wbuf_release(&b);
+	return ret == 0 ? gw_writer_flush(w, err) : ret;
 }

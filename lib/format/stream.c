@@ -32,6 +32,8 @@ const char *gw_record_type_name(uint16_t type)
 		return "VMDESC";
 	case GW_REC_EOF:
 		return "EOF";
+	case GW_REC_CPR:
+		return "CPR";
 	}
 	return "unknown";
 }
@@ -52,6 +54,8 @@ uint64_t gw_record_max(uint16_t type)
 		return GW_VMDESC_MAX;
 	case GW_REC_EOF:
 		return 0;
+	case GW_REC_CPR:
+		return GW_CPR_MAX;
 	}
 	return GW_RECORD_MAX_UNKNOWN;
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -24,6 +25,8 @@ const char *gw_report_name(enum gw_report_status s)
 		return "READY";
 	case GW_REPORT_GO:
 		return "GO";
+	case GW_REPORT_ADOPTED:
+		return "ADOPTED";
 	}
 	return "unknown";
 }
@@ -31,7 +34,16 @@ const char *gw_report_name(enum gw_report_status s)
 size_t gw_report_encode(const struct gw_report *r, unsigned char *buf)
 {
 	bool failed = r->status == GW_REPORT_FAILED;
+	/* A RUNNING may say when the guest resumed (gw_report_resumed_ns):
+	 * digits only, anything else is not sent. */
 	size_t n = failed ? strnlen(r->msg, GW_REPORT_MSG_MAX) : 0;
+
+	if (r->status == GW_REPORT_RUNNING) {
+		n = strnlen(r->msg, GW_REPORT_TIME_MAX);
+		for (size_t i = 0; i < n; i++)
+			if (r->msg[i] < '0' || r->msg[i] > '9')
+				n = 0;
+	}
 
 	memcpy(buf, GW_REPORT_MAGIC, GW_REPORT_MAGIC_LEN);
 	gw_le32(buf + 8, GW_REPORT_VERSION);
@@ -65,9 +77,10 @@ static int check_head(const unsigned char *h, uint32_t *msg_len, struct gw_error
 		return gw_error_set(err, -EPROTONOSUPPORT,
 				    "return path: handshake version %u is not supported (this side speaks version %u)",
 				    version, GW_REPORT_VERSION);
-	if (status > GW_REPORT_GO ||
+	if (status > GW_REPORT_ADOPTED ||
 	    (status == GW_REPORT_FAILED ? code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
-					  code != 0 || *msg_len != 0))
+	     status == GW_REPORT_RUNNING ? code != 0 || *msg_len > GW_REPORT_TIME_MAX :
+					   code != 0 || *msg_len != 0))
 		return gw_error_set(err, -EBADMSG,
 				    "return path: malformed message (status %u, code %u, %u bytes of text)",
 				    status, code, *msg_len);
@@ -100,6 +113,10 @@ int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
 			return gw_error_set(err, -EBADMSG,
 					    "return path: report text has an unprintable byte 0x%02x",
 					    buf[GW_REPORT_HEAD_SIZE + i]);
+	for (uint32_t i = 0; i < n && gw_get_le32(buf + 12) == GW_REPORT_RUNNING; i++)
+		if (buf[GW_REPORT_HEAD_SIZE + i] < '0' || buf[GW_REPORT_HEAD_SIZE + i] > '9')
+			return gw_error_set(err, -EBADMSG,
+					    "return path: RUNNING with a time that is not decimal digits");
 	r->status = (enum gw_report_status)gw_get_le32(buf + 12);
 	r->code = -(int)gw_get_le32(buf + 16);
 	memcpy(r->msg, buf + GW_REPORT_HEAD_SIZE, n);
@@ -202,4 +219,9 @@ int gw_report_recv(struct gw_cancel *c, int timeout_ms, const char *what, struct
 	if (ret == 0)
 		ret = gw_report_decode(buf, GW_REPORT_HEAD_SIZE + n + 4, r, err);
 	return ret;
+}
+
+uint64_t gw_report_resumed_ns(const struct gw_report *r)
+{
+	return r->status == GW_REPORT_RUNNING && r->msg[0] ? strtoull(r->msg, NULL, 10) : 0;
 }

@@ -28,9 +28,11 @@
 enum gw_report_status {
 	GW_REPORT_RUNNING =
 		0, /* destination: the guest runs (after GO, or at EOF without handshake) */
-	GW_REPORT_FAILED = 1, /* destination: the guest will never run: msg says why */
-	GW_REPORT_READY = 2,  /* destination: loaded and checked, waiting for GO */
-	GW_REPORT_GO = 3,     /* source: the guest is the destination's to run */
+	GW_REPORT_FAILED = 1,  /* destination: the guest will never run: msg says why */
+	GW_REPORT_READY = 2,   /* destination: loaded and checked, waiting for GO */
+	GW_REPORT_GO = 3,      /* source: the guest is the destination's to run */
+	GW_REPORT_ADOPTED = 4, /* destination of a local live update: the memfds
+				  are mapped, send the state */
 };
 
 /* "RUNNING", "FAILED", ... for messages. */
@@ -41,6 +43,14 @@ struct gw_report {
 	int code;                   /* negative errno when failed, else 0 */
 	char msg[GW_ERROR_MSG_MAX]; /* "" unless failed */
 };
+
+/* A RUNNING's text, if any: the destination's CLOCK_MONOTONIC time of the
+ * resume in decimal nanoseconds. Sent only to a source on the same host
+ * (a local live update), whose clock it is, so the downtime it reports
+ * ends when the guest ran, not when the report came back. */
+#define GW_REPORT_TIME_MAX 20
+/* That time, or 0. */
+uint64_t gw_report_resumed_ns(const struct gw_report *r);
 
 /* Encode r into buf (GW_REPORT_MAX bytes); returns the length. */
 size_t gw_report_encode(const struct gw_report *r, unsigned char *buf);

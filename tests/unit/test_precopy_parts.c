@@ -278,7 +278,7 @@ static void reseal(unsigned char *buf)
 static void test_handshake_messages(void)
 {
 	static const enum gw_report_status plain[] = { GW_REPORT_RUNNING, GW_REPORT_READY,
-						       GW_REPORT_GO };
+						       GW_REPORT_GO, GW_REPORT_ADOPTED };
 	struct gw_error err = { 0 };
 	unsigned char buf[GW_REPORT_MAX];
 	struct gw_report r;
@@ -303,9 +303,21 @@ static void test_handshake_messages(void)
 	struct gw_report m = { GW_REPORT_GO, 0, "" };
 
 	len = gw_report_encode(&m, buf);
-	buf[12] = 4;
+	buf[12] = 5;
 	reseal(buf);
-	CHECK_ERR(gw_report_decode(buf, len, &r, &err), -EBADMSG, &err, "status 4");
+	CHECK_ERR(gw_report_decode(buf, len, &r, &err), -EBADMSG, &err, "status 5");
+	/* RUNNING may carry the resume's time, in digits and nothing else. */
+	struct gw_report run = { GW_REPORT_RUNNING, 0, "123456789" };
+	uint32_t crc;
+
+	len = gw_report_encode(&run, buf);
+	CHECK_OK(gw_report_decode(buf, len, &r, &err), &err);
+	CHECK(gw_report_resumed_ns(&r) == 123456789ull);
+	buf[GW_REPORT_HEAD_SIZE] = 'x';
+	crc = gw_crc32c(0, buf, len - 4);
+	for (int i = 0; i < 4; i++)
+		buf[len - 4 + i] = (unsigned char)(crc >> (8 * i));
+	CHECK_ERR(gw_report_decode(buf, len, &r, &err), -EBADMSG, &err, "decimal digits");
 	/* Version 1 peers had no handshake: refused with both versions named. */
 	len = gw_report_encode(&m, buf);
 	buf[8] = 1;

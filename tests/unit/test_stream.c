@@ -192,9 +192,13 @@ static void test_header(void)
 	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTONOSUPPORT, &err,
 		  "format version 2 is not supported", "supports version 1");
 	s.p[8] = 1;
-	s.p[12] = 8;
+	s.p[12] = 0x10;
 	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTONOSUPPORT, &err,
-		  "header flags 0x8");
+		  "header flags 0x10");
+	/* A local live update holds no RAM: only an adopting loader takes it. */
+	s.p[12] = GW_HDRF_CPR;
+	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTO, &err, "local live update",
+		  "adopted");
 	/* A live migration's stream (COMMIT) resumes only on the source's GO:
 	 * a plain load must not run it. */
 	s.p[12] = GW_HDRF_COMMIT;

@@ -66,12 +66,107 @@ int guest_ram_create(struct guest_ram *ram, uint64_t size, char *errmsg, size_t 
 	return ret;
 }
 
+/* Map a block someone else made; nothing written, page tables pre-faulted. */
+static int map_block(struct ram_block *b, const struct guest_ram_fd *f, char *errmsg, size_t errlen)
+{
+	snprintf(b->name, sizeof(b->name), "%s", f->name);
+	b->gpa = f->gpa;
+	b->size = f->size;
+	b->memfd = -1;
+	void *p = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, f->fd,
+		       (off_t)f->fd_offset);
+	if (p == MAP_FAILED) {
+		int err = -errno;
+		snprintf(errmsg, errlen, "mapping the adopted block '%s': %s", f->name,
+			 strerror(-err));
+		return err;
+	}
+	b->vmm_dirty = calloc((f->size / 4096 + 63) / 64, sizeof(uint64_t));
+	if (!b->vmm_dirty) {
+		munmap(p, f->size);
+		snprintf(errmsg, errlen, "adopted block '%s': out of memory", f->name);
+		return -ENOMEM;
+	}
+	b->host = p;
+	/*
+	 * The guest will touch its populated pages at once: fault them into
+	 * this process's page tables now, while the old process still runs
+	 * it, instead of one fault per page after the switch. Only where
+	 * there is data (POPULATE_WRITE of a hole would allocate it), and
+	 * writes no byte. A failure only costs those faults later. Asked
+	 * for only while the old process still runs the guest: once it is
+	 * paused, faulting on demand is the quicker way back.
+	 */
+	off_t pos = (off_t)f->fd_offset, end = (off_t)(f->fd_offset + f->size);
+	while (f->prefault && pos < end) {
+		off_t data = lseek(f->fd, pos, SEEK_DATA);
+		if (data < 0 || data >= end)
+			break;
+		off_t hole = lseek(f->fd, data, SEEK_HOLE);
+		if (hole < 0 || hole > end)
+			hole = end;
+		madvise((uint8_t *)p + (data - (off_t)f->fd_offset), (size_t)(hole - data),
+			MADV_POPULATE_WRITE);
+		pos = hole;
+	}
+	return 0;
+}
+
+int guest_ram_adopt(struct guest_ram *out, const struct guest_ram_fd *blocks, unsigned n,
+		    char *errmsg, size_t errlen)
+{
+	uint64_t total = 0;
+	for (unsigned i = 0; i < n; i++)
+		total += blocks[i].size;
+	/* The layout this machine makes for that size, and nothing else: a
+	 * block at another address would be guest memory this VMM does not
+	 * describe to its guest. */
+	uint64_t low = total < GUEST_RAM_LOW_LIMIT ? total : GUEST_RAM_LOW_LIMIT;
+	const struct {
+		const char *name;
+		uint64_t gpa, size;
+	} want[GUEST_RAM_MAX_BLOCKS] = {{"ram-low", 0, low},
+					{"ram-high", GUEST_RAM_HIGH_BASE, total - low}};
+	unsigned nwant = total > low ? 2 : 1;
+	if (total < (4ull << 20) || total > GUEST_RAM_MAX_SIZE || total % (2ull << 20) ||
+	    n != nwant) {
+		snprintf(errmsg, errlen,
+			 "the source's RAM (%u blocks, %llu bytes) is not a layout of this machine",
+			 n, (unsigned long long)total);
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < n; i++)
+		if (strcmp(blocks[i].name, want[i].name) || blocks[i].gpa != want[i].gpa ||
+		    blocks[i].size != want[i].size) {
+			snprintf(errmsg, errlen,
+				 "the source's RAM block '%s' (%llu bytes at 0x%llx) is not this machine's '%s' (%llu bytes at 0x%llx)",
+				 blocks[i].name, (unsigned long long)blocks[i].size,
+				 (unsigned long long)blocks[i].gpa, want[i].name,
+				 (unsigned long long)want[i].size, (unsigned long long)want[i].gpa);
+			return -EINVAL;
+		}
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; i < n; i++) {
+		int ret = map_block(&out->blocks[i], &blocks[i], errmsg, errlen);
+		if (ret) {
+			guest_ram_destroy(out); /* memfd -1: the fds stay the caller's */
+			return ret;
+		}
+		out->nr_blocks++;
+		out->size += blocks[i].size;
+	}
+	for (unsigned i = 0; i < n; i++)
+		out->blocks[i].memfd = blocks[i].fd;
+	return 0;
+}
+
 void guest_ram_destroy(struct guest_ram *ram)
 {
 	for (unsigned i = 0; i < ram->nr_blocks; i++) {
 		struct ram_block *b = &ram->blocks[i];
 		munmap(b->host, b->size);
-		close(b->memfd);
+		if (b->memfd >= 0)
+			close(b->memfd);
 		free(b->vmm_dirty);
 	}
 	memset(ram, 0, sizeof(*ram));

@@ -10,6 +10,7 @@
 #ifndef GW_VMM_GUEST_RAM_H
 #define GW_VMM_GUEST_RAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,6 +38,24 @@ struct guest_ram {
 
 int guest_ram_create(struct guest_ram *ram, uint64_t size, char *errmsg, size_t errlen);
 void guest_ram_destroy(struct guest_ram *ram);
+
+/* A block another process made, to be adopted (local live update). */
+struct guest_ram_fd {
+	const char *name;
+	uint64_t gpa, size, fd_offset;
+	int fd;        /* a memfd */
+	bool prefault; /* fault the populated ranges into the page tables */
+};
+
+/*
+ * Map the n blocks of another VMM's RAM (their layout must be the one
+ * guest_ram_create() makes for their total size) into *out, without
+ * writing a byte: the pages may be in use by a running guest. With
+ * prefault, the page tables of their populated ranges are filled now.
+ * On success *out owns the fds.
+ */
+int guest_ram_adopt(struct guest_ram *out, const struct guest_ram_fd *blocks, unsigned n,
+		    char *errmsg, size_t errlen);
 
 /* Highest guest-physical address of RAM, exclusive. */
 uint64_t guest_ram_top(const struct guest_ram *ram);

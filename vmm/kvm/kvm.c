@@ -124,7 +124,37 @@ int kvm_map_ram(struct kvm *kvm, const struct guest_ram *ram, char *errmsg, size
 {
 	if (set_slots(kvm, ram, 0) < 0)
 		return fail(errmsg, errlen, "KVM_SET_USER_MEMORY_REGION");
+	kvm->nr_slots = ram->nr_blocks;
 	return 0;
+}
+
+static int delete_slots(struct kvm *kvm, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		struct kvm_userspace_memory_region region = {.slot = i};
+		if (ioctl(kvm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+int kvm_replace_ram(struct kvm *kvm, const struct guest_ram *cur, const struct guest_ram *next,
+		    char *errmsg, size_t errlen)
+{
+	/* A slot's host address cannot change: delete, then create. */
+	unsigned had = kvm->nr_slots;
+	int ret = delete_slots(kvm, had);
+	if (!ret && (ret = set_slots(kvm, next, 0)) < 0) {
+		delete_slots(kvm, next->nr_blocks);
+		if (had)
+			set_slots(kvm, cur, 0);
+	}
+	if (!ret)
+		kvm->nr_slots = next->nr_blocks;
+	if (ret)
+		snprintf(errmsg, errlen, "KVM_SET_USER_MEMORY_REGION (adopting RAM): %s",
+			 strerror(-ret));
+	return ret;
 }
 
 int kvm_set_dirty_logging(struct kvm *kvm, const struct guest_ram *ram, int on)

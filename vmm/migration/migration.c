@@ -3,6 +3,7 @@
 #include "vmm/kvm/dirty_kvm.h"
 #include "vmm/loop.h"
 #include "vmm/machine.h"
+#include "vmm/migration/cpr_exec.h"
 #include "vmm/migration/migratable.h"
 #include "vmm/qmp/qmp.h"
 #include "vmm/vmm.h"
@@ -11,7 +12,9 @@
 #include <fcntl.h>
 #include <godwit/channel.h>
 #include <godwit/migration.h>
+#include <godwit/io.h>
 #include <godwit/precopy.h>
+#include <godwit/stream.h>
 #include <godwit/tracking.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +36,7 @@ struct vm_migration {
 	uint64_t go_timeout_ms; /* destination: READY until GO */
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
 	bool cap_background;       /* background-snapshot */
+	char **exec_cmd;           /* cpr-exec-command, NULL-terminated; or NULL */
 	enum role role;            /* what runs now */
 	enum role shown;           /* what query-migrate reports: the latest migration */
 	enum gw_mig_status status; /* VMM-level status, final word on the outcome */
@@ -64,6 +68,7 @@ struct vm_migration {
 	 * while the engine holds the guest paused at the snapshot's instant */
 	bool hash_at_pause;
 	bool out_background; /* the latest outgoing migration is a background snapshot */
+	uint64_t out_mode;   /* ... and its GW_MODE_* */
 	char snapshot_hash[33];
 };
 
@@ -94,6 +99,12 @@ static int op_pause(void *opaque, struct gw_error *err)
 static int op_prepare(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
+	struct vmm *vm = mig->vm;
+	char msg[GW_ERROR_MSG_MAX];
+	/* A stream that brought its RAM into a VMM that left its slots to an
+	 * adoption that did not come (main.c): the RAM becomes guest memory. */
+	if (!vm->kvm.nr_slots && kvm_map_ram(&vm->kvm, &vm->ram, msg, sizeof(msg)))
+		return gw_error_set(err, -EIO, "%s", msg);
 	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
 	if (ret || !mig->cap_verify_hash)
 		return ret;
@@ -116,6 +127,60 @@ static int op_resume(void *opaque, struct gw_error *err)
 	vmm_mig_resume(mig->vm);
 	return 0;
 }
+
+/* Destination of a local live update, before the source pauses: the
+ * source's memfds become this guest's RAM, and this VMM's own (never
+ * used: it waited for a stream) go. */
+static int op_adopt(void *opaque, struct gw_cpr_ram *ram, uint32_t n, struct gw_error *err)
+{
+	struct vm_migration *mig = opaque;
+	struct vmm *vm = mig->vm;
+	struct guest_ram_fd fds[GUEST_RAM_MAX_BLOCKS];
+	uint64_t total = 0;
+	if (n > GUEST_RAM_MAX_BLOCKS)
+		return gw_error_set(err, -EINVAL,
+				    "the source has %u RAM blocks, this machine at most %d", n,
+				    GUEST_RAM_MAX_BLOCKS);
+	for (uint32_t i = 0; i < n; i++) {
+		fds[i] = (struct guest_ram_fd){ram[i].name,      ram[i].gpa, ram[i].size,
+					       ram[i].fd_offset, ram[i].fd,  ram[i].live};
+		total += ram[i].size;
+	}
+	if (vm->memory_given && total != vm->ram.size)
+		return gw_error_set(err, -EINVAL,
+				    "the source's guest has %llu MiB of RAM, this VMM was started with --memory %llu MiB",
+				    (unsigned long long)(total >> 20),
+				    (unsigned long long)(vm->ram.size >> 20));
+	char msg[GW_ERROR_MSG_MAX];
+	struct guest_ram next;
+	int ret = guest_ram_adopt(&next, fds, n, msg, sizeof(msg));
+	if (ret)
+		return gw_error_set(err, ret, "%s", msg);
+	struct dirty_kvm dirty;
+	ret = dirty_kvm_init(&dirty, &vm->kvm, &next);
+	if (!ret)
+		ret = kvm_replace_ram(&vm->kvm, &vm->ram, &next, msg, sizeof(msg));
+	else
+		snprintf(msg, sizeof(msg), "out of memory");
+	if (ret) {
+		dirty_kvm_destroy(&dirty);
+		for (unsigned i = 0; i < next.nr_blocks; i++)
+			next.blocks[i].memfd = -1; /* the library's still */
+		guest_ram_destroy(&next);
+		return gw_error_set(err, ret, "%s", msg);
+	}
+	struct guest_ram old = vm->ram;
+	vm->ram = next;
+	guest_ram_destroy(&old);
+	dirty_kvm_destroy(&mig->dirty);
+	mig->dirty = dirty;
+	mig->dirty.ram = &vm->ram;
+	for (uint32_t i = 0; i < n; i++)
+		ram[i].host = vm->ram.blocks[i].host;
+	return 0;
+}
+
+static const struct gw_cpr_ops cpr_ops = {.adopt = op_adopt};
 
 static const struct gw_vm_ops vm_ops = {
 	.pause = op_pause,
@@ -169,6 +234,20 @@ static void finish_outgoing(struct vm_migration *mig)
 	mig->role = ROLE_NONE;
 	pthread_mutex_unlock(&mig->lock);
 
+	/* cpr-exec: the state is saved, the guest paused; the new binary
+	 * takes over this process (and returns here only if it cannot). */
+	if (s == GW_MIG_COMPLETED && mig->out_mode == GW_MODE_CPR_EXEC) {
+		char msg[GW_ERROR_MSG_MAX];
+		cpr_exec(mig->vm, mig->exec_cmd, mig->uri, msg, sizeof(msg));
+		pthread_mutex_lock(&mig->lock);
+		s = mig->status = GW_MIG_FAILED;
+		snprintf(mig->error, sizeof(mig->error), "%s", msg);
+		pthread_mutex_unlock(&mig->lock);
+	}
+	/* cpr-transfer: the new process runs the guest on these very pages;
+	 * nothing here may touch them again, 'cont' included. */
+	if (s == GW_MIG_COMPLETED && mig->out_mode == GW_MODE_CPR_TRANSFER)
+		vmm_set_ram_handed_over(mig->vm);
 	/* Unconfirmed: the destination may run the guest, so it stays paused
 	 * here, as after a completed migration; 'cont' is the operator's call.
 	 * A background snapshot never gives the guest away. */
@@ -203,6 +282,12 @@ static void finish_incoming(struct vm_migration *mig)
 		fprintf(stderr,
 			"godwit-vmm: incoming migration failed, the guest stays stopped: %s\n",
 			mig->error);
+	/* The new image of a cpr-exec that cannot take the guest gives it back
+	 * to the old binary; one that runs it lets go of the way back. */
+	if (getenv(CPR_EXEC_ENV) && mig->status != GW_MIG_COMPLETED)
+		cpr_exec_fall_back(mig->vm, mig->error);
+	else if (getenv(CPR_EXEC_ENV))
+		cpr_exec_done();
 }
 
 static void status_main(void *opaque)
@@ -317,13 +402,25 @@ static void *connect_thread(void *opaque)
 		return connect_failed(mig, GW_MIG_CANCELLED, "");
 	if (ret)
 		return connect_failed(mig, GW_MIG_FAILED, err.msg);
+	/* cpr-exec: the new binary must say it takes this state before the
+	 * guest pauses for it. */
+	if (mig->out_mode == GW_MODE_CPR_EXEC &&
+	    (ret = cpr_exec_check(mig->exec_cmd, mig->m, mig->cancel_efd,
+				  mig->params.ready_timeout_ms, err.msg, sizeof(err.msg)))) {
+		gw_channel_close(&ch, NULL);
+		return connect_failed(mig, ret == -ECANCELED ? GW_MIG_CANCELLED : GW_MIG_FAILED,
+				      ret == -ECANCELED ? "" : err.msg);
+	}
 	pthread_mutex_lock(&mig->lock);
 	struct gw_precopy_params p = mig->params;
 	p.auto_converge = mig->cap_auto_converge;
 	p.mapped_ram = mig->cap_mapped_ram;
 	p.incremental = mig->cap_incremental;
 	p.background_snapshot = mig->cap_background;
-	mig->hash_at_pause = mig->cap_background && mig->cap_verify_hash;
+	/* What the guest was when it stopped: a background snapshot's instant,
+	 * or a local live update's RAM as the new process must find it. */
+	mig->hash_at_pause = (mig->cap_background || p.mode != GW_MODE_NORMAL) &&
+			     mig->cap_verify_hash;
 	mig->out_background = mig->cap_background;
 	mig->snapshot_hash[0] = '\0';
 	pthread_mutex_unlock(&mig->lock);
@@ -368,6 +465,51 @@ static void signal_cancel(struct vm_migration *mig)
 static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, char *errmsg,
 			  size_t errlen);
 
+/* What a local live update needs of the URI and the settings, said
+ * before anything starts. */
+static int check_mode(struct vm_migration *mig, const char *uri, char *errmsg, size_t errlen)
+{
+	uint64_t mode = mig->params.mode;
+	if (mode == GW_MODE_NORMAL)
+		return 0;
+	if (mig->cap_background || mig->cap_mapped_ram) {
+		snprintf(errmsg, errlen,
+			 "a local live update (mode %s) hands RAM over: turn background-snapshot and mapped-ram off",
+			 mode == GW_MODE_CPR_EXEC ? "cpr-exec" : "cpr-transfer");
+		return -EINVAL;
+	}
+	if (mode == GW_MODE_CPR_TRANSFER && strncmp(uri, "unix:", 5) && strncmp(uri, "fd:", 3)) {
+		snprintf(errmsg, errlen,
+			 "mode cpr-transfer hands the memfds over a unix socket: use unix:PATH (the new process's --incoming), not '%.200s'",
+			 uri);
+		return -EINVAL;
+	}
+	if (mode != GW_MODE_CPR_EXEC)
+		return 0;
+	if (strncmp(uri, "file:", 5)) {
+		snprintf(errmsg, errlen,
+			 "mode cpr-exec saves the state into a file the new binary loads: use file:PATH, not '%.200s'",
+			 uri);
+		return -EINVAL;
+	}
+	if (!mig->exec_cmd || !mig->exec_cmd[0]) {
+		snprintf(errmsg, errlen,
+			 "mode cpr-exec needs cpr-exec-command (migrate-set-parameters): the new binary and its arguments");
+		return -EINVAL;
+	}
+	bool told = false;
+	for (char **a = mig->exec_cmd; *a && !told; a++)
+		told = !strcmp(*a, uri) ||
+		       (!strncmp(*a, "--incoming=", 11) && !strcmp(*a + 11, uri));
+	if (!told) {
+		snprintf(errmsg, errlen,
+			 "cpr-exec-command must tell the new binary where the state is: add --incoming %.200s",
+			 uri);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int migration_start(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
@@ -400,6 +542,14 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 		snprintf(errmsg, errlen, "the guest has stopped for good");
 		return -EINVAL;
 	}
+	if (vm->ram_handed_over) {
+		snprintf(errmsg, errlen,
+			 "the guest's RAM was handed over to the new process by a local live update");
+		return -EINVAL;
+	}
+	int ret = check_mode(mig, uri, errmsg, errlen);
+	if (ret)
+		return ret;
 
 	pthread_mutex_lock(&mig->lock);
 	free(mig->uri);
@@ -411,6 +561,7 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 	mig->have_last = false;
 	mig->passed_fd = passed_fd;
 	mig->update_path = mig->cap_incremental && mig->cap_mapped_ram && !strncmp(uri, "file:", 5);
+	mig->out_mode = mig->params.mode;
 	/* The previous migration's cancel is over: reset the counter. */
 	uint64_t count;
 	while (read(mig->cancel_efd, &count, sizeof(count)) > 0)
@@ -557,6 +708,7 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	snprintf(out->error, sizeof(out->error), "%s", mig->error);
 	out->auto_converge = mig->cap_auto_converge;
 	out->background = mig->out_background;
+	out->mode = mig->out_mode;
 	if (mig->out) {
 		gw_precopy_stats(mig->out, &out->out);
 		out->have_stats = true;
@@ -637,6 +789,72 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	return 0;
 }
 
+static void free_argv(char **argv)
+{
+	for (char **a = argv; a && *a; a++)
+		free(*a);
+	free(argv);
+}
+
+int migration_set_exec_command(struct vmm *vm, const char *const *argv, size_t n)
+{
+	struct vm_migration *mig = vm->mig;
+	char **copy = calloc(n + 1, sizeof(*copy));
+	for (size_t i = 0; copy && i < n; i++)
+		if (!(copy[i] = strdup(argv[i]))) {
+			free_argv(copy);
+			copy = NULL;
+		}
+	if (!copy)
+		return -ENOMEM;
+	pthread_mutex_lock(&mig->lock);
+	/* A running cpr-exec keeps the command it checked. */
+	bool running = busy(mig) && mig->role == ROLE_OUTGOING && mig->out_mode == GW_MODE_CPR_EXEC;
+	if (!running) {
+		free_argv(mig->exec_cmd);
+		mig->exec_cmd = n ? copy : NULL;
+		if (!n)
+			free_argv(copy);
+	}
+	pthread_mutex_unlock(&mig->lock);
+	if (running)
+		free_argv(copy);
+	return running ? -EBUSY : 0;
+}
+
+size_t migration_get_exec_command(struct vmm *vm, char ***out)
+{
+	struct vm_migration *mig = vm->mig;
+	size_t n = 0;
+	pthread_mutex_lock(&mig->lock);
+	while (mig->exec_cmd && mig->exec_cmd[n])
+		n++;
+	*out = calloc(n + 1, sizeof(**out));
+	for (size_t i = 0; *out && i < n; i++)
+		(*out)[i] = strdup(mig->exec_cmd[i]);
+	pthread_mutex_unlock(&mig->lock);
+	return *out ? n : 0;
+}
+
+void migration_free_exec_command(char **argv)
+{
+	free_argv(argv);
+}
+
+int migration_check_probe(struct vmm *vm, int fd, char *errmsg, size_t errlen)
+{
+	struct gw_error err = {0};
+	struct gw_reader *r;
+	int ret = gw_reader_new(fd, &r, &err);
+	if (!ret) {
+		ret = gw_load_probe(vm->mig->m, r, &err);
+		gw_reader_free(r);
+	}
+	if (ret)
+		snprintf(errmsg, errlen, "%s", err.msg[0] ? err.msg : strerror(-ret));
+	return ret;
+}
+
 /* ---- set-up ----------------------------------------------------------- */
 
 int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
@@ -684,6 +902,8 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 	if (!ret)
 		ret = gw_migration_set_vm_ops(mig->m, &vm_ops, mig, &err);
 	if (!ret)
+		ret = gw_migration_set_cpr_ops(mig->m, &cpr_ops, mig, &err);
+	if (!ret)
 		ret = gw_migration_set_dirty_ops(mig->m, &dirty_kvm_ops, &mig->dirty, &err);
 	if (ret)
 		snprintf(errmsg, errlen, "setting up migration: %s",
@@ -720,6 +940,7 @@ void migration_destroy(struct vmm *vm)
 	gw_migration_free(mig->m);
 	dirty_kvm_destroy(&mig->dirty);
 	free(mig->uri);
+	free_argv(mig->exec_cmd);
 	close(mig->cancel_efd);
 	pthread_mutex_destroy(&mig->lock);
 	free(mig);

@@ -55,6 +55,16 @@ void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p,
 int migration_set_caps(struct vmm *vm, const struct migration_settings *want, char *errmsg,
 		       size_t errlen);
 
+/* cpr-exec-command: copied; -EBUSY while a cpr-exec runs. */
+int migration_set_exec_command(struct vmm *vm, const char *const *argv, size_t n);
+/* A copy (*out NULL-terminated, freed with migration_free_exec_command). */
+size_t migration_get_exec_command(struct vmm *vm, char ***out);
+void migration_free_exec_command(char **argv);
+
+/* --x-godwit-cpr-check: can this VMM load the state whose probe is at
+ * fd? 0, or -errno with the reason. */
+int migration_check_probe(struct vmm *vm, int fd, char *errmsg, size_t errlen);
+
 enum migration_kind { MIGRATION_NONE, MIGRATION_OUTGOING, MIGRATION_INCOMING };
 
 /* What query-migrate shows: the latest migration, a copy. */
@@ -64,6 +74,7 @@ struct migration_info {
 	char error[GW_ERROR_MSG_MAX];
 	bool auto_converge;
 	bool background; /* the outgoing one is a background snapshot */
+	uint64_t mode;   /* ... and its GW_MODE_* */
 	/* outgoing: the engine's figures, while it runs and after */
 	bool have_stats;
 	struct gw_precopy_stats out;

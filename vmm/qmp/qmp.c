@@ -16,6 +16,8 @@
 #include "vmm/qmp/qmp_framer.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -810,6 +812,48 @@ static void remove_socket_file(const struct qmp_address *a)
 		unlink(a->path);
 }
 
+/*
+ * After a cpr-exec the listening socket is the old image's, inherited
+ * under GODWIT_QMP_FD (vmm/migration/migration.c): clients reconnect to
+ * the same path and never find it missing. Taken only if it is a
+ * listening unix socket bound to this very address; otherwise the socket
+ * is made anew.
+ */
+static bool inherit_listener(const struct qmp_address *a, int *out)
+{
+	const char *v = getenv(QMP_INHERIT_ENV);
+	if (!v)
+		return false;
+	char *end;
+	long fd = strtol(v, &end, 10);
+	unsetenv(QMP_INHERIT_ENV);
+	struct sockaddr_un sun;
+	socklen_t len = sizeof(sun);
+	int listening = 0;
+	socklen_t ilen = sizeof(listening);
+	if (*end || fd < 3 || fd > INT_MAX ||
+	    getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ilen) < 0 || !listening ||
+	    getsockname((int)fd, (struct sockaddr *)&sun, &len) < 0 || sun.sun_family != AF_UNIX)
+		return false;
+	size_t plen = len - offsetof(struct sockaddr_un, sun_path);
+	bool same = a->abstract ? plen == strlen(a->path) + 1 && sun.sun_path[0] == '\0' &&
+					  !memcmp(sun.sun_path + 1, a->path, plen - 1) :
+				  plen > 0 && !strncmp(sun.sun_path, a->path, plen) &&
+					  strlen(a->path) == strnlen(sun.sun_path, plen);
+	if (!same)
+		return false;
+	if (fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0 ||
+	    fcntl((int)fd, F_SETFL, fcntl((int)fd, F_GETFL) | O_NONBLOCK) < 0)
+		return false;
+	*out = (int)fd;
+	return true;
+}
+
+int qmp_server_listen_fd(const struct qmp_server *s)
+{
+	return s->fd;
+}
+
 int qmp_server_start(struct vmm *vm, struct loop *loop, const struct qmp_address *addr,
 		     struct qmp_server **out, char *errmsg, size_t errlen)
 {
@@ -822,7 +866,9 @@ int qmp_server_start(struct vmm *vm, struct loop *loop, const struct qmp_address
 	s->loop = loop;
 	s->addr = *addr;
 	s->fds = qmp_fds_new();
-	int rc = s->fds ? listen_unix(addr, &s->fd, errmsg, errlen) : -ENOMEM;
+	int rc = !s->fds                        ? -ENOMEM :
+		 inherit_listener(addr, &s->fd) ? 0 :
+						  listen_unix(addr, &s->fd, errmsg, errlen);
 	if (rc < 0) {
 		if (!s->fds)
 			snprintf(errmsg, errlen, "out of memory");

@@ -103,6 +103,11 @@ struct qmp_address {
 /* Parse spec (the --qmp argument). 0, or -EINVAL with errmsg saying why. */
 int qmp_parse_address(const char *spec, struct qmp_address *out, char *errmsg, size_t errlen);
 
+/* The environment variable under which a cpr-exec hands the listening
+ * socket's fd to the new image (qmp_server_start takes it over). */
+#define QMP_INHERIT_ENV "GODWIT_QMP_FD"
+/* The listening socket, for a cpr-exec to keep across the exec. */
+int qmp_server_listen_fd(const struct qmp_server *s);
 int qmp_server_start(struct vmm *vm, struct loop *loop, const struct qmp_address *addr,
 		     struct qmp_server **out, char *errmsg, size_t errlen);
 void qmp_server_free(struct qmp_server *s);

@@ -50,6 +50,9 @@ static int cmd_cont(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error
 	if (no_args(args, err))
 		return -1;
 	int rc = vmm_cont(vm);
+	if (rc == -EPERM)
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"cannot resume the guest: a local live update handed its RAM to the new process, which runs it; this process can only quit");
 	if (rc < 0)
 		return qmp_fail(err, QMP_ERR_GENERIC, "cannot resume the guest: %s", strerror(-rc));
 	return 0;

@@ -9,6 +9,7 @@
 #include "vmm/qmp/qmp.h"
 #include "vmm/vmm.h"
 
+#include <errno.h>
 #include <godwit/precopy.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -19,10 +20,88 @@ static int fail_with(struct qmp_error *err, const char *msg)
 	return qmp_fail(err, QMP_ERR_GENERIC, "%s", msg);
 }
 
+/*
+ * QEMU's MigrationAddress (the "addr" of a channel) as one of our URIs:
+ * socket (unix, inet, fd), file, exec. 0, or -1 with the reason.
+ */
+static int address_uri(json_t *addr, char *out, size_t cap, char *msg, size_t msglen)
+{
+	const char *transport = json_string_value(json_object_get(addr, "transport"));
+	const char *type = json_string_value(json_object_get(addr, "type"));
+	int n = -1;
+	if (!json_is_object(addr) || !transport) {
+		snprintf(msg, msglen, "a channel's 'addr' must be an object with a 'transport'");
+		return -1;
+	}
+	if (!strcmp(transport, "socket") && type && !strcmp(type, "unix") &&
+	    json_is_string(json_object_get(addr, "path")))
+		n = snprintf(out, cap, "unix:%s", json_string_value(json_object_get(addr, "path")));
+	else if (!strcmp(transport, "socket") && type && !strcmp(type, "inet") &&
+		 json_is_string(json_object_get(addr, "host")) &&
+		 json_is_string(json_object_get(addr, "port")))
+		n = snprintf(out, cap, "tcp:%s:%s",
+			     json_string_value(json_object_get(addr, "host")),
+			     json_string_value(json_object_get(addr, "port")));
+	else if (!strcmp(transport, "socket") && type && !strcmp(type, "fd") &&
+		 json_is_string(json_object_get(addr, "str")))
+		n = snprintf(out, cap, "fd:%s", json_string_value(json_object_get(addr, "str")));
+	else if (!strcmp(transport, "file") && json_is_string(json_object_get(addr, "filename")) &&
+		 json_integer_value(json_object_get(addr, "offset")) == 0)
+		n = snprintf(out, cap, "file:%s",
+			     json_string_value(json_object_get(addr, "filename")));
+	if (n < 0 || (size_t)n >= cap) {
+		snprintf(msg, msglen,
+			 "channel address (transport '%s'): godwit takes socket (unix, inet, fd) and file (at offset 0)",
+			 transport);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The channels form of migrate (QEMU 8.2+): a "main" channel, and for
+ * cpr-transfer a "cpr" one. godwit carries the memfds and the state on
+ * one unix socket, so a cpr channel must name the main one's address (or
+ * stand alone).
+ */
+static int channels_uri(json_t *channels, char *out, size_t cap, char *msg, size_t msglen)
+{
+	char main_uri[4096] = "", cpr_uri[4096] = "";
+	json_t *ch;
+	size_t i;
+	json_array_foreach(channels, i, ch) {
+		const char *type = json_string_value(json_object_get(ch, "channel-type"));
+		char *dst = type && !strcmp(type, "main") ? main_uri :
+			    type && !strcmp(type, "cpr")  ? cpr_uri :
+							    NULL;
+		if (!dst || dst[0]) {
+			snprintf(msg, msglen,
+				 "channels[%zu]: 'channel-type' must be 'main' or 'cpr', each at most once",
+				 i);
+			return -1;
+		}
+		if (address_uri(json_object_get(ch, "addr"), dst, sizeof(main_uri), msg, msglen))
+			return -1;
+	}
+	if (!main_uri[0] && !cpr_uri[0]) {
+		snprintf(msg, msglen, "'channels' needs a 'main' channel");
+		return -1;
+	}
+	if (main_uri[0] && cpr_uri[0] && strcmp(main_uri, cpr_uri)) {
+		snprintf(msg, msglen,
+			 "godwit sends the memfds and the state over one unix socket: give the cpr channel the main channel's address, or leave one out (main %.100s, cpr %.100s)",
+			 main_uri, cpr_uri);
+		return -1;
+	}
+	snprintf(out, cap, "%s", main_uri[0] ? main_uri : cpr_uri);
+	return 0;
+}
+
 static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
 	static const struct qmp_arg spec[] = {
-		{"uri", QMP_ARG_STR, true},
+		{"uri", QMP_ARG_STR, false},
+		{"channels", QMP_ARG_ARRAY, false},
 		{"detach", QMP_ARG_BOOL, false},
 		{"resume", QMP_ARG_BOOL, false},
 	};
@@ -32,10 +111,18 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 	if (json_is_true(json_object_get(args, "resume")))
 		return qmp_fail(err, QMP_ERR_GENERIC,
 				"resume of a paused migration is not supported");
-	char msg[GW_ERROR_MSG_MAX], uri[4096];
+	json_t *channels = json_object_get(args, "channels");
+	const char *given = json_string_value(json_object_get(args, "uri"));
+	if (!given == !channels)
+		return qmp_fail(err, QMP_ERR_GENERIC, "need either 'uri' or 'channels' argument");
+	char msg[GW_ERROR_MSG_MAX], uri[4096], from_channels[4096];
+	if (channels &&
+	    channels_uri(channels, from_channels, sizeof(from_channels), msg, sizeof(msg)))
+		return fail_with(err, msg);
+	if (channels)
+		given = from_channels;
 	int passed;
-	if (qmp_fds_resolve(vm->qmp, json_string_value(json_object_get(args, "uri")), true, uri,
-			    sizeof(uri), &passed, msg, sizeof(msg)) ||
+	if (qmp_fds_resolve(vm->qmp, given, true, uri, sizeof(uri), &passed, msg, sizeof(msg)) ||
 	    migration_start(vm, uri, passed, msg, sizeof(msg)))
 		return fail_with(err, msg);
 	return 0;
@@ -78,6 +165,13 @@ static json_t *ram_stats(const struct gw_precopy_stats *st)
 			 (json_int_t)st->dirty_sync_count, "page-size", (json_int_t)st->page_size);
 }
 
+static const char *const mode_names[] = {"normal", "cpr-transfer", "cpr-exec"};
+
+static const char *mode_name(uint64_t mode)
+{
+	return mode < ARRAY_SIZE(mode_names) ? mode_names[mode] : "unknown";
+}
+
 static json_t *outgoing_info(const struct migration_info *mi)
 {
 	const struct gw_precopy_stats *st = &mi->out;
@@ -109,6 +203,16 @@ static json_t *outgoing_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-incremental", json_boolean(st->incremental));
 		json_object_set_new(r, "x-godwit-generation", json_integer(st->generation));
 	}
+	if (mi->mode != GW_MODE_NORMAL) {
+		json_object_set_new(r, "x-godwit-mode", json_string(mode_name(mi->mode)));
+		json_object_set_new(r, "x-godwit-state-bytes",
+				    json_integer((json_int_t)st->state_bytes));
+	}
+	if (mi->mode != GW_MODE_NORMAL && mi->snapshot_hash[0])
+		json_object_set_new(r, "x-godwit-pause-hash", json_string(mi->snapshot_hash));
+	if (st->downtime_us && mi->status == GW_MIG_COMPLETED)
+		json_object_set_new(r, "x-godwit-downtime-us",
+				    json_integer((json_int_t)st->downtime_us));
 	if (mi->background) {
 		json_object_set_new(r, "x-godwit-wp-faults",
 				    json_integer((json_int_t)st->wp_faults));
@@ -141,6 +245,22 @@ static json_t *incoming_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
 	if (st->held)
 		json_object_set_new(r, "x-godwit-held", json_true());
+	if (st->adopted_bytes) {
+		json_object_set_new(r, "x-godwit-adopted-bytes",
+				    json_integer((json_int_t)st->adopted_bytes));
+		json_object_set_new(r, "x-godwit-adopt-us", json_integer((json_int_t)st->adopt_us));
+		/* The RAM a local live update copied: none. */
+		json_object_set_new(r, "ram",
+				    json_pack("{s:I,s:I,s:I}", "transferred", (json_int_t)0,
+					      "remaining", (json_int_t)0, "total",
+					      (json_int_t)st->adopted_bytes));
+	}
+	if (st->downtime_us) {
+		json_object_set_new(r, "downtime",
+				    json_integer((json_int_t)(st->downtime_us / 1000)));
+		json_object_set_new(r, "x-godwit-downtime-us",
+				    json_integer((json_int_t)st->downtime_us));
+	}
 	return r;
 }
 
@@ -177,6 +297,8 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 		{"x-godwit-exec-grace", QMP_ARG_INT, false},
 		{"direct-io", QMP_ARG_BOOL, false},
 		{"multifd-channels", QMP_ARG_INT, false},
+		{"mode", QMP_ARG_STR, false},
+		{"cpr-exec-command", QMP_ARG_ARRAY, false},
 	};
 	(void)ret;
 	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
@@ -249,7 +371,56 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 					"Parameter 'multifd-channels' expects an integer in the range of 1 to 64");
 		p.multifd_channels = (uint32_t)n;
 	}
+	if ((v = json_object_get(args, "mode"))) {
+		size_t m = 0;
+		while (m < ARRAY_SIZE(mode_names) && strcmp(mode_names[m], json_string_value(v)))
+			m++;
+		if (m == ARRAY_SIZE(mode_names))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'mode' does not accept value '%s'",
+					json_string_value(v));
+		p.mode = m;
+	}
+	if ((v = json_object_get(args, "cpr-exec-command"))) {
+		const char *argv[256];
+		size_t n = json_array_size(v);
+		json_t *item;
+		size_t i;
+		if (n > ARRAY_SIZE(argv))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'cpr-exec-command' has more than %zu arguments",
+					ARRAY_SIZE(argv));
+		json_array_foreach(v, i, item) {
+			if (!json_is_string(item))
+				return qmp_fail(err, QMP_ERR_GENERIC,
+						"Invalid parameter type for 'cpr-exec-command[%zu]', expected: string",
+						i);
+			argv[i] = json_string_value(item);
+		}
+		if (n && argv[0][0] != '/')
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'cpr-exec-command': the binary must be an absolute path, not '%s'",
+					argv[0]);
+		int rc = migration_set_exec_command(vm, argv, n);
+		if (rc)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					rc == -EBUSY ? "There's a migration process in progress" :
+						       "out of memory");
+	}
 	migration_set_params(vm, &p, go_timeout);
+	return 0;
+}
+
+static int add_cpr_parameters(struct vmm *vm, const struct gw_precopy_params *p, json_t *r)
+{
+	char **argv;
+	size_t n = migration_get_exec_command(vm, &argv);
+	json_t *list = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(list, json_string(argv[i]));
+	migration_free_exec_command(argv);
+	json_object_set_new(r, "mode", json_string(mode_name(p->mode)));
+	json_object_set_new(r, "cpr-exec-command", list);
 	return 0;
 }
 
@@ -273,7 +444,9 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 				    (json_int_t)cur.go_timeout_ms, "x-godwit-exec-grace",
 				    (json_int_t)p->exec_grace_ms, "direct-io", (int)p->direct_io,
 				    "multifd-channels", (json_int_t)p->multifd_channels),
-			  ret, err);
+			  ret, err) ?
+		       -1 :
+		       add_cpr_parameters(vm, p, *ret);
 }
 
 /* ---- capabilities --------------------------------------------------------- */
