@@ -56,6 +56,10 @@ struct vmm {
 				 update must bring that much */
 	bool ram_handed_over;  /* a cpr-transfer completed: the RAM is the new
 				 process's, this guest never runs again */
+	/* --x-godwit-stop-at: for fault tests, the point of an incoming local
+	 * live update where this process stops itself (SIGSTOP): "adopted",
+	 * "loaded" or "go"; NULL for none. */
+	const char *test_stop_at;
 	bool quitting;
 	bool fatal; /* a vCPU stopped for good */
 	struct vm_migration *mig;

@@ -36,6 +36,7 @@ struct options {
 	bool debug;
 	bool memory_given;
 	const char *cpr_check; /* --x-godwit-cpr-check PATH */
+	const char *stop_at;   /* --x-godwit-stop-at POINT */
 };
 
 static void usage(FILE *f)
@@ -140,6 +141,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"version", no_argument, NULL, 'V'},
 		/* cpr-exec's probe: can this binary load the state probed at PATH? */
 		{"x-godwit-cpr-check", required_argument, NULL, 'X'},
+		/* fault tests: stop this process at a point of an incoming update */
+		{"x-godwit-stop-at", required_argument, NULL, 'Z'},
 		{0},
 	};
 	*o = (struct options){.memory = 128ull << 20, .vcpus = 1, .serial = "stdio"};
@@ -200,6 +203,16 @@ static int parse_options(int argc, char **argv, struct options *o)
 			exit(0);
 		case 'X':
 			o->cpr_check = optarg;
+			break;
+		case 'Z':
+			if (strcmp(optarg, "adopted") && strcmp(optarg, "loaded") &&
+			    strcmp(optarg, "go")) {
+				fprintf(stderr,
+					"godwit-vmm: --x-godwit-stop-at '%s': adopted, loaded or go\n",
+					optarg);
+				return -1;
+			}
+			o->stop_at = optarg;
 			break;
 		default:
 			usage(stderr);
@@ -403,6 +416,7 @@ int main(int argc, char **argv)
 	vm.main_thread = pthread_self();
 	vm.user_paused = o.paused;
 	vm.memory_given = o.memory_given;
+	vm.test_stop_at = o.stop_at;
 	vm.incoming = o.incoming != NULL;
 	vm.vcpus_paused = vm.user_paused || vm.incoming;
 	if (!ret)

@@ -62,8 +62,10 @@ class Vmm:
         self.sock = os.path.join(self.dir, "qmp.sock")
         self.serial = os.path.join(self.dir, "serial.log")
         self.stderr_path = os.path.join(self.dir, "stderr.log")
-        argv = [VMM, "--memory", str(memory), "--vcpus", str(vcpus),
-                "--serial", "file:" + self.serial]
+        # memory None: the VMM's own default (or, for a local live update,
+        # the old process's size).
+        argv = [VMM] + (["--memory", str(memory)] if memory is not None else []) + \
+            ["--vcpus", str(vcpus), "--serial", "file:" + self.serial]
         if kernel:
             argv += ["--kernel", kernel]
         if bootsector:

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <godwit/channel.h>
 #include <godwit/migration.h>
 #include <godwit/io.h>
@@ -74,6 +75,14 @@ struct vm_migration {
 
 /* ---- vm ops: pause/resume around the switchover ----------------------- */
 
+/* --x-godwit-stop-at: a fault test stops the new process here, to kill it
+ * or let it go on after a delay. */
+static void test_stop(struct vm_migration *mig, const char *point)
+{
+	if (mig->vm->test_stop_at && !strcmp(mig->vm->test_stop_at, point))
+		raise(SIGSTOP);
+}
+
 /* The sections read their state themselves, in their pre_save hooks,
  * once the engine saves them: pausing is only parking the vCPUs. */
 static int op_pause(void *opaque, struct gw_error *err)
@@ -106,6 +115,8 @@ static int op_prepare(void *opaque, struct gw_error *err)
 	if (!vm->kvm.nr_slots && kvm_map_ram(&vm->kvm, &vm->ram, msg, sizeof(msg)))
 		return gw_error_set(err, -EIO, "%s", msg);
 	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
+	if (!ret)
+		test_stop(mig, "loaded");
 	if (ret || !mig->cap_verify_hash)
 		return ret;
 	char hash[33];
@@ -124,6 +135,8 @@ static int op_resume(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
 	(void)err;
+	if (mig->role == ROLE_INCOMING)
+		test_stop(mig, "go");
 	vmm_mig_resume(mig->vm);
 	return 0;
 }
@@ -177,6 +190,7 @@ static int op_adopt(void *opaque, struct gw_cpr_ram *ram, uint32_t n, struct gw_
 	mig->dirty.ram = &vm->ram;
 	for (uint32_t i = 0; i < n; i++)
 		ram[i].host = vm->ram.blocks[i].host;
+	test_stop(mig, "adopted");
 	return 0;
 }
 
