@@ -25,14 +25,18 @@ enum {
 	OPT_PARALLEL = 1u << 4,    /* snapshot-*: threads moving pages (opts.parallel) */
 	OPT_INCREMENTAL = 1u << 5, /* snapshot-save: only what changed since the last save */
 	OPT_LIVE = 1u << 6,        /* snapshot-save: the guest at the command, running on */
+	OPT_UPDATE_TO = 1u << 7,   /* update: cpr-transfer to the process on this socket */
+	OPT_UPDATE_EXEC = 1u << 8, /* update: cpr-exec into this binary */
 };
 
 struct opts {
 	const char *socket;
-	bool json;         /* print QMP values as JSON, for scripts */
-	bool tty;          /* stdout is a terminal: output may be laid out for people */
-	unsigned given;    /* OPT_* on the command line */
-	unsigned parallel; /* --parallel N */
+	bool json;                 /* print QMP values as JSON, for scripts */
+	bool tty;                  /* stdout is a terminal: output may be laid out for people */
+	unsigned given;            /* OPT_* on the command line */
+	unsigned parallel;         /* --parallel N */
+	const char *update_target; /* update --to PATH / --exec BINARY */
+	const char *qmp_path;      /* the QMP socket connected to */
 };
 
 struct command {
@@ -74,6 +78,9 @@ int run_migrate_set(struct qmp_client *c, const struct command *cmd, const struc
 		    char **argv);
 int run_migrate_cap(struct qmp_client *c, const struct command *cmd, const struct opts *o,
 		    char **argv);
+
+/* update.c */
+int run_update(struct qmp_client *c, const struct command *cmd, const struct opts *o, char **argv);
 
 /* analyze.c */
 int run_analyze(const struct opts *o, char **argv);

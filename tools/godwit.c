@@ -262,6 +262,28 @@ static const struct command commands[] = {
 	 "      --parallel N  N threads read the pages\n"
 	 "      --json        print only the final query-migrate reply\n",
 	 NULL, run_snapshot_restore, NULL},
+	{"update", " --to PATH | --exec BINARY", 0, 0, OPT_UPDATE_TO | OPT_UPDATE_EXEC,
+	 "move the guest onto a new godwit-vmm, RAM not copied",
+	 "Local live update: the guest goes on in a new godwit-vmm, which takes\n"
+	 "over its RAM where it is (the memfds) instead of a copy; only device and\n"
+	 "vCPU state moves, and the guest pauses for about a millisecond whatever\n"
+	 "its size. The QMP is QEMU's: migrate-set-parameters mode, then migrate\n"
+	 "(docs/format.md, \"Local live update\").\n"
+	 "\n"
+	 "      --to PATH       mode cpr-transfer: to a godwit-vmm started with the\n"
+	 "                      same vCPUs and --incoming unix:PATH (it takes the\n"
+	 "                      memory size from this one unless given -m); this\n"
+	 "                      process quits once the guest runs there\n"
+	 "      --exec BINARY   mode cpr-exec: this process becomes BINARY, run with\n"
+	 "                      its own command line: the same pid, the same QMP\n"
+	 "                      socket; BINARY is asked first whether it can take\n"
+	 "                      the guest, and if it cannot load it after all, the\n"
+	 "                      old binary takes the guest back\n"
+	 "      --json          print only the final query-migrate reply\n"
+	 "\n"
+	 "Prints the downtime, the bytes of state sent and the RAM bytes copied\n"
+	 "(0). Exit status 0 only if the guest runs in the new binary.\n",
+	 NULL, run_update, NULL},
 	{"analyze", " [--records] [--no-decode] FILE|-", 1, 1, OPT_RECORDS | OPT_NO_DECODE,
 	 "check and describe a godwit stream (no VMM needed)",
 	 "Walk a godwit stream, as written by 'migrate file:PATH' or sent over any\n"
@@ -311,7 +333,8 @@ static const struct {
 	{OPT_WAIT, "--wait"},           {OPT_RECORDS, "--records"},
 	{OPT_NO_DECODE, "--no-decode"}, {OPT_DIRECT_IO, "--direct-io"},
 	{OPT_PARALLEL, "--parallel"},   {OPT_INCREMENTAL, "--incremental"},
-	{OPT_LIVE, "--live"},
+	{OPT_LIVE, "--live"},           {OPT_UPDATE_TO, "--to"},
+	{OPT_UPDATE_EXEC, "--exec"},
 };
 
 static void global_help(FILE *f)
@@ -376,7 +399,9 @@ static int run(const struct command *cmd, const struct opts *o, char **argv)
 		fprintf(stderr, "godwit: %s\n", err);
 		return EXIT_FAILURE;
 	}
-	int status = cmd->run(c, cmd, o, argv);
+	struct opts with_path = *o;
+	with_path.qmp_path = path;
+	int status = cmd->run(c, cmd, &with_path, argv);
 	qmp_client_close(c);
 	return status;
 }
@@ -396,6 +421,8 @@ int main(int argc, char **argv)
 		{"parallel", required_argument, NULL, 'p'},
 		{"incremental", no_argument, NULL, 'i'},
 		{"live", no_argument, NULL, 'l'},
+		{"to", required_argument, NULL, 't'},
+		{"exec", required_argument, NULL, 'x'},
 		{0},
 	};
 	/* clang-format on */
@@ -438,6 +465,14 @@ int main(int argc, char **argv)
 		case 'l':
 			o.given |= OPT_LIVE;
 			break;
+		case 't':
+			o.given |= OPT_UPDATE_TO;
+			o.update_target = optarg;
+			break;
+		case 'x':
+			o.given |= OPT_UPDATE_EXEC;
+			o.update_target = optarg;
+			break;
 		case 'p': {
 			char *end;
 			errno = 0;
@@ -454,6 +489,9 @@ int main(int argc, char **argv)
 				return usage_error("option --socket needs a PATH");
 			if (optopt == 'p')
 				return usage_error("option --parallel needs a number");
+			if (optopt == 't' || optopt == 'x')
+				return usage_error("option --%s needs a path",
+						   optopt == 't' ? "to" : "exec");
 			return usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}

@@ -343,3 +343,12 @@ void qmp_client_close(struct qmp_client *c)
 	free(c->in);
 	free(c);
 }
+
+int qmp_client_peer_pid(struct qmp_client *c)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return -errno;
+	return cred.pid;
+}

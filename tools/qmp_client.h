@@ -51,6 +51,9 @@ int qmp_client_request(struct qmp_client *c, const char *text, json_t **reply);
  */
 int qmp_client_next_event(struct qmp_client *c, int timeout_ms, json_t **event);
 
+/* The pid of the process serving the socket (SO_PEERCRED), or -errno. */
+int qmp_client_peer_pid(struct qmp_client *c);
+
 /* Why the last call failed. */
 const char *qmp_client_error(struct qmp_client *c);
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import threading
 import time
 import unittest
@@ -592,6 +593,55 @@ class CprExec(unittest.TestCase):
             self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
             vm.wait_passes(2)
             self.assertFalse(vm.guest()["check-failed"], vm.serial_text())
+
+
+class Cli(unittest.TestCase):
+    def test_update_to(self):
+        with dirtier() as src:
+            src.wait_passes(1)
+            path = os.path.join(src.dir, "cpr.sock")
+            with new_process(src, path) as dst:
+                out = subprocess.run([gwtest.CLI, "--socket", src.sock, "update", "--to", path],
+                                     capture_output=True, text=True, timeout=60)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertRegex(out.stdout, r"downtime [0-9.]+ ms, state [0-9]+ bytes sent, "
+                                 r"RAM copied 0 bytes")
+                self.assertEqual(src.wait(), 0, "the old process quits")
+                self.assertEqual(wait_migration(dst)["status"], "completed")
+                dst.wait_passes(2)
+                self.assertFalse(dst.guest()["check-failed"])
+
+    def test_update_exec(self):
+        with dirtier() as vm:
+            vm.wait_passes(1)
+            for _ in range(2):
+                out = subprocess.run([gwtest.CLI, "--socket", vm.sock, "update", "--exec",
+                                      vm.argv[0]], capture_output=True, text=True, timeout=60)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+                self.assertIn(f"pid {vm.proc.pid}, unchanged", out.stdout)
+                self.assertRegex(out.stdout, r"downtime [0-9.]+ ms, state [0-9]+ bytes, "
+                                 r"RAM copied 0 bytes")
+            reconnect(vm)
+            vm.wait_passes(2)
+            self.assertFalse(vm.guest()["check-failed"])
+            self.assertEqual([f for f in os.listdir(vm.dir) if f.endswith(".state")], [])
+
+    def test_update_refused(self):
+        with dirtier() as vm:
+            script = os.path.join(vm.dir, "refuser")
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\necho 'this binary takes no guest' >&2\nexit 2\n")
+            os.chmod(script, 0o755)
+            out = subprocess.run([gwtest.CLI, "--socket", vm.sock, "update", "--exec", script],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 1)
+            self.assertIn("refuses", out.stderr)
+            self.assertIn("this binary takes no guest", out.stderr)
+            self.assertEqual(vm.qmp.cmd("query-migrate-parameters")["mode"], "normal")
+            self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
+            out = subprocess.run([gwtest.CLI, "--socket", vm.sock, "update"],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 2, out.stderr)
 
 
 if __name__ == "__main__":
