@@ -294,6 +294,9 @@ static void describe(const struct analysis *a, const struct gw_record_info *in, 
 	case GW_REC_VMDESC:
 		snprintf(buf, len, "device description, %zu bytes of JSON", data_len);
 		break;
+	case GW_REC_CPR:
+		snprintf(buf, len, "which inherited memfd holds each RAM block (cpr-exec)");
+		break;
 	case GW_REC_EOF:
 		snprintf(buf, len, "end of stream");
 		break;
@@ -823,6 +826,8 @@ int run_analyze(const struct opts *o, char **argv)
 			       " (live migration: the source asked for the switchover handshake)" :
 		       gw_walker_stream_flags(a.wk) & GW_HDRF_SNAPSHOT ?
 			       " (background snapshot: the guest at one instant, device state first)" :
+		       gw_walker_stream_flags(a.wk) & GW_HDRF_CPR ?
+			       " (local live update: device state only, the RAM stayed in its memfds)" :
 			       "");
 	}
 	json_decref(mapped);
