@@ -192,17 +192,26 @@ pid_t vmm_vcpu_tid(struct vmm *vm, unsigned index)
 
 uint64_t vmm_ram_size(struct vmm *vm)
 {
-	return vm->ram.size;
+	pthread_mutex_lock(&vm->ram_lock);
+	uint64_t size = vm->ram.size;
+	pthread_mutex_unlock(&vm->ram_lock);
+	return size;
 }
 
 int vmm_ram_read(struct vmm *vm, uint64_t gpa, void *buf, uint64_t len)
 {
-	return guest_ram_read(&vm->ram, gpa, buf, len);
+	pthread_mutex_lock(&vm->ram_lock);
+	int ret = guest_ram_read(&vm->ram, gpa, buf, len);
+	pthread_mutex_unlock(&vm->ram_lock);
+	return ret;
 }
 
 int vmm_ram_hash(struct vmm *vm, char out[33])
 {
-	return guest_ram_hash(&vm->ram, out);
+	pthread_mutex_lock(&vm->ram_lock);
+	int ret = guest_ram_hash(&vm->ram, out);
+	pthread_mutex_unlock(&vm->ram_lock);
+	return ret;
 }
 
 void vmm_guest_status(struct vmm *vm, struct vmm_guest_status *out)

@@ -27,6 +27,9 @@ struct vmm {
 	struct loop *loop;
 	struct kvm kvm;
 	struct guest_ram ram;
+	/* Held while a local live update swaps ram for the adopted one (the
+	 * incoming thread), and by the main loop's readers of ram. */
+	pthread_mutex_t ram_lock;
 	struct io_bus pio, mmio;
 	struct vcpu_set vcpus;
 	struct uart uart;

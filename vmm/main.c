@@ -370,6 +370,7 @@ static int cpr_check(const struct options *o)
 	if (loop_new(&vm.loop))
 		return 2;
 	pthread_mutex_init(&vm.run_lock, NULL);
+	pthread_mutex_init(&vm.ram_lock, NULL);
 	int ret = build_machine(&vm, o, -1, err, sizeof(err));
 	if (!ret)
 		ret = migration_init(&vm, err, sizeof(err));
@@ -413,6 +414,7 @@ int main(int argc, char **argv)
 	if (!ret && serial_input)
 		loop_add_fd(vm.loop, STDIN_FILENO, EPOLLIN, on_stdin, &vm);
 	pthread_mutex_init(&vm.run_lock, NULL);
+	pthread_mutex_init(&vm.ram_lock, NULL);
 	vm.main_thread = pthread_self();
 	vm.user_paused = o.paused;
 	vm.memory_given = o.memory_given;

@@ -182,8 +182,10 @@ static int op_adopt(void *opaque, struct gw_cpr_ram *ram, uint32_t n, struct gw_
 		guest_ram_destroy(&next);
 		return gw_error_set(err, ret, "%s", msg);
 	}
+	pthread_mutex_lock(&vm->ram_lock);
 	struct guest_ram old = vm->ram;
 	vm->ram = next;
+	pthread_mutex_unlock(&vm->ram_lock);
 	guest_ram_destroy(&old);
 	dirty_kvm_destroy(&mig->dirty);
 	mig->dirty = dirty;
