@@ -483,15 +483,36 @@ def _exec_done(vm):
         q.close()
 
 
+def open_fds(pid, sock):
+    """What the process has open: the names of its fds but sockets, and
+    the inode of its listening socket bound to sock (/proc/net/unix)."""
+    names = [os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd")]
+    listening = set()
+    with open("/proc/net/unix") as f:
+        for line in f.readlines()[1:]:
+            col = line.split()
+            if len(col) >= 8 and col[7] == sock and int(col[3], 16) & 0x10000:
+                listening.add(f"socket:[{col[6]}]")
+    return (sorted(n for n in names if not n.startswith("socket:")),
+            [n for n in names if n in listening])
+
+
 class CprExec(unittest.TestCase):
     def test_three_execs_in_a_row(self):
         with dirtier() as vm:
             vm.wait_passes(1)
             pid = vm.proc.pid
+            fds = open_fds(pid, vm.sock)
+            self.assertEqual(len(fds[1]), 1, fds)
             for hop in range(3):
                 with self.subTest(hop=hop):
                     state = os.path.join(vm.dir, f"state{hop}.gw")
                     r = exec_update(self, vm, state)
+                    # Nothing leaks into the new image (the way back, the
+                    # state file), the memfd is the same, and so is the
+                    # listening socket.
+                    wait_until(lambda: open_fds(pid, vm.sock) == fds, 10,
+                               f"the fds of the first image, {fds}, not {open_fds(pid, vm.sock)}")
                     self.assertEqual(r["status"], "completed", r)
                     self.assertEqual(vm.proc.pid, pid)
                     self.assertIsNone(vm.proc.poll())
