@@ -61,6 +61,10 @@ struct command {
 void print_json(const struct opts *o, json_t *v);
 /* Say why the last QMP call failed; returns EXIT_FAILURE. */
 int command_failed(struct qmp_client *c);
+/* Run a command whose return value does not matter (args stolen); 0 or
+ * -1 with the reason in qmp_client_error(). */
+int execute(struct qmp_client *c, const char *cmd, json_t *args);
+void sleep_ms(long ms);
 
 /* snapshot.c */
 int run_snapshot_save(struct qmp_client *c, const struct command *cmd, const struct opts *o,

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 void print_json(const struct opts *o, json_t *v)
@@ -35,6 +36,21 @@ int command_failed(struct qmp_client *c)
 {
 	fprintf(stderr, "godwit: %s\n", qmp_client_error(c));
 	return EXIT_FAILURE;
+}
+
+int execute(struct qmp_client *c, const char *cmd, json_t *args)
+{
+	json_t *ret;
+	if (qmp_client_execute(c, cmd, args, &ret) < 0)
+		return -1;
+	json_decref(ret);
+	return 0;
+}
+
+void sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
+	nanosleep(&ts, NULL);
 }
 
 static int run_status(struct qmp_client *c, const struct command *cmd, const struct opts *o,

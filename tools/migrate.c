@@ -52,12 +52,6 @@ static int cancel(struct qmp_client *c)
 	return 0;
 }
 
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
-	nanosleep(&ts, NULL); /* an interruption just polls sooner */
-}
-
 /* Poll query-migrate until the status is final; *final gets that reply. */
 static int follow(struct qmp_client *c, const struct opts *o, json_t **final)
 {

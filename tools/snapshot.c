@@ -45,15 +45,6 @@ static int file_uri(const char *arg, char *path, size_t path_len, char *uri, siz
 	return 0;
 }
 
-static int execute(struct qmp_client *c, const char *cmd, json_t *args)
-{
-	json_t *ret;
-	if (qmp_client_execute(c, cmd, args, &ret) < 0)
-		return -1;
-	json_decref(ret);
-	return 0;
-}
-
 /* direct-io and multifd-channels, as the command line gave them. */
 static int set_parameters(struct qmp_client *c, const struct opts *o)
 {
@@ -67,12 +58,6 @@ static int set_parameters(struct qmp_client *c, const struct opts *o)
 		return 0;
 	}
 	return execute(c, "migrate-set-parameters", p);
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
-	nanosleep(&ts, NULL);
 }
 
 /* Poll until the status is final; print how it ended. */

@@ -25,21 +25,6 @@
 /* How long the new image may take to answer on the old socket path. */
 #define RECONNECT_MS 30000
 
-static int execute(struct qmp_client *c, const char *cmd, json_t *args)
-{
-	json_t *ret;
-	if (qmp_client_execute(c, cmd, args, &ret) < 0)
-		return -1;
-	json_decref(ret);
-	return 0;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
-	nanosleep(&ts, NULL);
-}
-
 /* query-migrate until final; NULL if the connection went (cpr-exec). */
 static json_t *wait_final(struct qmp_client *c)
 {
@@ -84,6 +69,19 @@ static void back_to_normal(struct qmp_client *c)
 	execute(c, "migrate-set-parameters", json_pack("{s:s}", "mode", "normal"));
 }
 
+/* The parameters (stolen), then migrate uri; -1 after saying why. */
+static int start(struct qmp_client *c, json_t *params, const char *uri)
+{
+	if (execute(c, "migrate-set-parameters", params) < 0)
+		return command_failed(c), -1;
+	if (execute(c, "migrate", json_pack("{s:s}", "uri", uri)) < 0) {
+		command_failed(c);
+		back_to_normal(c);
+		return -1;
+	}
+	return 0;
+}
+
 static int update_to(struct qmp_client *c, const struct opts *o)
 {
 	char uri[PATH_MAX + 8], real[PATH_MAX];
@@ -93,13 +91,8 @@ static int update_to(struct qmp_client *c, const struct opts *o)
 		snprintf(uri, sizeof(uri), "unix:%s/%s", real, basename(strdupa(path)));
 	else
 		snprintf(uri, sizeof(uri), "unix:%s", path);
-	if (execute(c, "migrate-set-parameters", json_pack("{s:s}", "mode", "cpr-transfer")) < 0)
-		return command_failed(c);
-	if (execute(c, "migrate", json_pack("{s:s}", "uri", uri)) < 0) {
-		int rc = command_failed(c);
-		back_to_normal(c);
-		return rc;
-	}
+	if (start(c, json_pack("{s:s}", "mode", "cpr-transfer"), uri) < 0)
+		return EXIT_FAILURE;
 	json_t *info = wait_final(c);
 	if (!info)
 		return command_failed(c);
@@ -191,14 +184,8 @@ static int update_exec(struct qmp_client *c, const struct opts *o)
 	snprintf(state, sizeof(state), "%s/.godwit-update-%d.state", real, pid);
 	snprintf(uri, sizeof(uri), "file:%s", state);
 	json_t *cmd = exec_command(binary, args, len, uri);
-	if (execute(c, "migrate-set-parameters",
-		    json_pack("{s:s,s:o}", "mode", "cpr-exec", "cpr-exec-command", cmd)) < 0)
-		return command_failed(c);
-	if (execute(c, "migrate", json_pack("{s:s}", "uri", uri)) < 0) {
-		int rc = command_failed(c);
-		back_to_normal(c);
-		return rc;
-	}
+	if (start(c, json_pack("{s:s,s:o}", "mode", "cpr-exec", "cpr-exec-command", cmd), uri) < 0)
+		return EXIT_FAILURE;
 	/* The old image answers until it execs (or refuses): then the
 	 * connection ends, and the new image serves the same path. */
 	json_t *info = wait_final(c);

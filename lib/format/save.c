@@ -64,6 +64,25 @@ static int write_sections(const struct gw_migration *m, struct gw_writer *w, boo
 	return ret;
 }
 
+/* The stream header and the CONFIG record: how every stream opens. */
+static int write_head(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
+		      struct gw_error *err)
+{
+	struct gw_wbuf b;
+	int ret = gw_stream_put_header(w, hdr_flags, err);
+
+	if (ret < 0)
+		return ret;
+	gw_wbuf_init(&b, GW_CONFIG_MAX);
+	ret = gw_config_put(m, &b);
+	if (ret < 0)
+		ret = gw_error_set(err, ret, "CONFIG record: cannot encode the configuration");
+	else
+		ret = gw_record_write(w, GW_REC_CONFIG, 0, b.data, b.len, err);
+	gw_wbuf_release(&b);
+	return ret;
+}
+
 static int build_vmdesc(struct gw_migration *m, struct gw_error *err)
 {
 	int ret;
@@ -91,22 +110,12 @@ int gw_save_begin_flags(struct gw_migration *m, struct gw_writer *w, uint32_t hd
 int gw_save_begin_cpr(struct gw_migration *m, struct gw_writer *w, uint32_t hdr_flags,
 		      const void *cpr, size_t cpr_len, struct gw_error *err)
 {
-	struct gw_wbuf b;
 	int ret;
 
 	m->save_state = GW_SAVE_IDLE;
 	ret = build_vmdesc(m, err);
 	if (ret == 0)
-		ret = gw_stream_put_header(w, hdr_flags, err);
-	if (ret < 0)
-		return ret;
-	gw_wbuf_init(&b, GW_CONFIG_MAX);
-	ret = gw_config_put(m, &b);
-	if (ret < 0)
-		ret = gw_error_set(err, ret, "CONFIG record: cannot encode the configuration");
-	else
-		ret = gw_record_write(w, GW_REC_CONFIG, 0, b.data, b.len, err);
-	gw_wbuf_release(&b);
+		ret = write_head(m, w, hdr_flags, err);
 	if (ret == 0 && cpr)
 		ret = gw_record_write(w, GW_REC_CPR, 0, cpr, cpr_len, err);
 	if (ret == 0)
@@ -159,17 +168,7 @@ int gw_save_finish(struct gw_migration *m, struct gw_writer *w, struct gw_error 
 
 int gw_save_probe(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)
 {
-	struct gw_wbuf b;
-	int ret = gw_stream_put_header(w, GW_HDRF_CPR, err);
+	int ret = write_head(m, w, GW_HDRF_CPR, err);
 
-	if (ret < 0)
-		return ret;
-	gw_wbuf_init(&b, GW_CONFIG_MAX);
-	ret = gw_config_put(m, &b);
-	if (ret < 0)
-		ret = gw_error_set(err, ret, "CONFIG record: cannot encode the configuration");
-	else
-		ret = gw_record_write(w, GW_REC_CONFIG, 0, b.data, b.len, err);
-	gw_wbuf_release(&b);
 	return ret == 0 ? gw_writer_flush(w, err) : ret;
 }

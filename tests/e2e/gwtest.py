@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -170,6 +171,49 @@ class Vmm:
         with open(f"/proc/{self.proc.pid}/mem", "r+b", buffering=0) as f:
             f.seek(self.ram_mapping(block) + gpa)
             f.write(data)
+
+
+def _crc_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 & -(c & 1))
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc32c(data):
+    """CRC32C (Castagnoli), as the format's checksums (docs/format.md)."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
+    return crc ^ 0xFFFFFFFF
+
+
+def config_with_section_version(payload, section, version):
+    """A CONFIG payload with `section`'s version replaced: the CONFIG of a
+    VMM that saves another version of the section (docs/format.md)."""
+    payload = bytearray(payload)
+    pos = 8
+    for _ in range(3):                          # vmm name, version, machine
+        pos += 1 + payload[pos]
+    (nblocks,) = struct.unpack_from("<I", payload, pos)
+    pos += 4
+    for _ in range(nblocks):
+        pos += 1 + payload[pos] + 16
+    (nsections,) = struct.unpack_from("<I", payload, pos)
+    pos += 4
+    for _ in range(nsections):
+        name = bytes(payload[pos + 1:pos + 1 + payload[pos]]).decode()
+        pos += 1 + payload[pos]
+        if name == section:
+            struct.pack_into("<I", payload, pos + 4, version)
+        pos += 12
+    return bytes(payload)
 
 
 def free_port():

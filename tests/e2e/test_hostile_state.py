@@ -27,21 +27,6 @@ REC_VMDESC = 0x0007
 STREAM_HEADER = 16
 RECORD_HEADER = 24
 
-_CRC_TABLE = []
-for _n in range(256):
-    _c = _n
-    for _ in range(8):
-        _c = (_c >> 1) ^ (0x82F63B78 & -(_c & 1))
-    _CRC_TABLE.append(_c)
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
-
-
 def records(stream):
     """(offset, type, length) of every record of a stream."""
     off = STREAM_HEADER
@@ -92,8 +77,8 @@ def reseal_record(stream, rec):
     """Recompute both CRCs of the record at offset rec of a bytearray."""
     (length,) = struct.unpack_from("<Q", stream, rec + 8)
     payload = stream[rec + RECORD_HEADER:rec + RECORD_HEADER + length]
-    struct.pack_into("<I", stream, rec + 16, crc32c(payload))
-    struct.pack_into("<I", stream, rec + 20, crc32c(stream[rec:rec + 20]))
+    struct.pack_into("<I", stream, rec + 16, gwtest.crc32c(payload))
+    struct.pack_into("<I", stream, rec + 20, gwtest.crc32c(stream[rec:rec + 20]))
 
 
 def with_field(stream, section, instance, field, value, index=0):

@@ -189,7 +189,7 @@ class CprTransfer(unittest.TestCase):
             path = os.path.join(src.dir, "cpr.sock")
             with new_process(src, path) as dst:
                 proxy = HelloProxy(os.path.join(src.dir, "proxy.sock"), path,
-                                   lambda cfg: set_section_version(cfg, "uart", 7))
+                                   lambda cfg: gwtest.config_with_section_version(cfg, "uart", 7))
                 src.qmp.cmd("migrate-set-parameters", mode="cpr-transfer")
                 src.qmp.cmd("migrate", uri="unix:" + proxy.path)
                 r = wait_migration(src)
@@ -342,38 +342,6 @@ def rss_shmem_kib(pid):
 HELLO_HEAD = 24
 
 
-def crc32c(data, crc=0):
-    crc ^= 0xffffffff
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82f63b78 if crc & 1 else 0)
-    return crc ^ 0xffffffff
-
-
-def set_section_version(cfg, name, version):
-    """The CONFIG payload with section `name`'s version replaced
-    (docs/format.md, CONFIG)."""
-    cfg = bytearray(cfg)
-    pos = 8
-    for _ in range(3):                          # vmm name, version, machine
-        pos += 1 + cfg[pos]
-    nr_ram = struct.unpack_from("<I", cfg, pos)[0]
-    pos += 4
-    for _ in range(nr_ram):
-        pos += 1 + cfg[pos] + 16
-    nr_sec = struct.unpack_from("<I", cfg, pos)[0]
-    pos += 4
-    for _ in range(nr_sec):
-        n = cfg[pos]
-        sec = cfg[pos + 1:pos + 1 + n].decode()
-        pos += 1 + n
-        if sec == name:
-            struct.pack_into("<I", cfg, pos + 4, version)
-        pos += 12
-    return bytes(cfg)
-
-
 class HelloProxy:
     """A unix socket between the old and the new process that rewrites the
     CONFIG of the hello (fds passed on as they came), then relays bytes."""
@@ -403,7 +371,7 @@ class HelloProxy:
         cfg = self.rewrite(body[:cfg_len])
         table = body[cfg_len:cfg_len + table_len]
         msg = head + cfg + table
-        msg += struct.pack("<I", crc32c(msg))
+        msg += struct.pack("<I", gwtest.crc32c(msg))
         socket.send_fds(b, [msg], fds)
         for fd in fds:
             os.close(fd)

@@ -25,15 +25,6 @@ def assert_source_unharmed(test, src):
     test.assertFalse(src.guest()["check-failed"], src.serial_text())
 
 
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
-    return crc ^ 0xFFFFFFFF
-
-
 def with_section_version(stream, section, version):
     """The stream with `section`'s version in the CONFIG record replaced and
     both CRCs of that record recomputed: a well-formed stream from a VMM
@@ -41,25 +32,11 @@ def with_section_version(stream, section, version):
     hdr = 16
     rtype, _, _, length = struct.unpack_from("<HHIQ", stream, hdr)
     assert rtype == 1, "CONFIG is not the first record"
-    payload = bytearray(stream[hdr + 24:hdr + 24 + length])
-    pos = 8
-    for _ in range(3):                          # vmm name, version, machine
-        pos += 1 + payload[pos]
-    (nblocks,) = struct.unpack_from("<I", payload, pos)
-    pos += 4
-    for _ in range(nblocks):
-        pos += 1 + payload[pos] + 16
-    (nsections,) = struct.unpack_from("<I", payload, pos)
-    pos += 4
-    for _ in range(nsections):
-        name = bytes(payload[pos + 1:pos + 1 + payload[pos]]).decode()
-        pos += 1 + payload[pos]
-        if name == section:
-            struct.pack_into("<I", payload, pos + 4, version)
-        pos += 12
+    payload = gwtest.config_with_section_version(stream[hdr + 24:hdr + 24 + length],
+                                                 section, version)
     head = bytearray(stream[hdr:hdr + 24])
-    struct.pack_into("<I", head, 16, crc32c(payload))
-    struct.pack_into("<I", head, 20, crc32c(head[:20]))
+    struct.pack_into("<I", head, 16, gwtest.crc32c(payload))
+    struct.pack_into("<I", head, 20, gwtest.crc32c(head[:20]))
     return stream[:hdr] + bytes(head) + bytes(payload) + stream[hdr + 24 + length:]
 
 
