@@ -56,7 +56,11 @@ struct gw_incoming {
 	struct gw_incoming_stats stats;
 	uint64_t cpr_pause_ns; /* cpr-exec: the source's pause, for the downtime */
 	bool adopted;          /* cpr-transfer: the source is on this host */
-	uint64_t resumed_ns;   /* when vm_ops.resume returned */
+	/* When vm_ops.resume was called: the end of the downtime, as its
+	 * start is the call of the source's pause. The vCPUs run within
+	 * microseconds of it; the call's return may be later by a time slice,
+	 * when this thread is preempted by the very vCPUs it woke. */
+	uint64_t resumed_ns;
 };
 
 /*
@@ -226,15 +230,15 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 		pthread_mutex_unlock(&in->job.lock);
 		return 0;
 	}
+	in->resumed_ns = gw_now_ns();
 	if (ret == 0 && (ret = m->vm_ops.resume(m->vm_opaque, err)) < 0)
 		gw_error_prefix(err, ret, "the stream loaded, but the guest cannot be resumed: ");
-	in->resumed_ns = gw_now_ns();
 	/* cpr-exec: the source was this process, paused before its exec. */
 	if (ret == 0 && in->cpr_pause_ns) {
-		uint64_t now = gw_now_ns();
+		uint64_t end = in->resumed_ns;
 
 		pthread_mutex_lock(&in->job.lock);
-		in->stats.downtime_us = now > in->cpr_pause_ns ? (now - in->cpr_pause_ns) / 1000 :
+		in->stats.downtime_us = end > in->cpr_pause_ns ? (end - in->cpr_pause_ns) / 1000 :
 								 0;
 		pthread_mutex_unlock(&in->job.lock);
 	}
