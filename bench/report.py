@@ -672,6 +672,89 @@ def live_snapshot_section(paths):
     return out
 
 
+UPDATE_VARIANTS = ("godwit-cpr-transfer", "godwit-cpr-exec", "qemu-ignore-shared")
+
+
+def local_update_section(paths):
+    """Local live update (bench/update.py): the guest's blackout when a new
+    VMM process takes it over on the same host, RAM handed over, against
+    QEMU 7.2's x-ignore-shared and the host's own cost of handing memfds
+    over, with the host memory it took."""
+    out = []
+    for path in paths:
+        recs = [json.loads(line) for line in open(path) if line.strip()]
+        ups = [r for r in recs if r.get("type") == "update"]
+        if not ups:
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+        limits = {(r["memory_mib"], r["touched_mib"]): r for r in recs
+                  if r.get("type") == "update-limit"}
+        if not out:
+            out += ["## Local live update", "",
+                    "A running guest moved onto a new VMM process on the same host without a "
+                    "copy of its RAM: godwit's cpr-transfer (the memfds over a unix socket to a "
+                    "process already started) and cpr-exec (the process execs itself), and "
+                    "QEMU 7.2 with its RAM in a shared file (memory-backend-file share=on, "
+                    "capability x-ignore-shared) migrating to a second QEMU over a unix socket. "
+                    "The guest is the boot-sector dirtier, idle (rewriting 64 KiB) or dirtying "
+                    "(rewriting all of a touched part). *blackout*: the source's STOP event to "
+                    "the destination's RESUME event (QMP timestamps, one host clock; the same "
+                    "measure for both VMMs); for cpr-exec, whose new image resumes before a "
+                    "client can be back, godwit's own x-godwit-downtime-us (pause call to "
+                    "resume call, one monotonic clock); *VMM says*: what each VMM reports "
+                    "(QEMU in whole milliseconds). *limit*: this host sending the memfd over a "
+                    "unix socket and receiving it (SCM_RIGHTS), and mapping it with "
+                    "MADV_POPULATE_WRITE of the touched part, measured in the same run. "
+                    "*memory*: the host's MemAvailable, lowest drop during the update and "
+                    "change after, and the change in the VMM processes' PSS: a second copy of "
+                    "the RAM would show in all three.", ""]
+        rel = os.path.relpath(path, os.path.dirname(HERE))
+        out += [f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
+                f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).", "",
+                "| guest | variant | blackout ms | vs QEMU | VMM says ms | RAM copied | state "
+                "bytes | adopt ms (limit: send µs, map ms) | memory: lowest, after, PSS MiB |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        by = {}
+        for r in ups:
+            by.setdefault((r["memory_mib"], r["workload"], r["touched_mib"]), {}) \
+              .setdefault(r["variant"], []).append(r)
+        for (mem, work, touched), vs in sorted(by.items()):
+            shape = (f"{mem // 1024} GiB" if mem >= 1024 else f"{mem} MiB") + \
+                f" {work}" + (f" ({touched} MiB)" if touched else "")
+
+            def seen(r):
+                return r.get("events_us") or r["blackout_us"]
+
+            q = [seen(r) for r in vs.get("qemu-ignore-shared", []) if r.get("ok")]
+            qmed = statistics.median(q) if q else None
+            lim = limits.get((mem, touched), {})
+            for var in UPDATE_VARIANTS:
+                rows = vs.get(var, [])
+                ok = [r for r in rows if r.get("ok")]
+                if not ok:
+                    if rows:
+                        out.append(f"| {shape} | {var} | FAILED: "
+                                   f"{cell(rows[0].get('error', ''), 160)} | | | | | | |")
+                    continue
+                b = stats([seen(r) / 1000 for r in ok])
+                says = stats([r["blackout_us"] / 1000 for r in ok])
+                ram = max(r["ram_bytes"] for r in ok)
+                state = statistics.median(r["state_bytes"] for r in ok)
+                adopt = [r["adopt_us"] / 1000 for r in ok if r.get("adopt_us") is not None]
+                drop = max(r["mem_before"] - r["mem_lowest"] for r in ok) / (1 << 20)
+                after = statistics.median(r["mem_before"] - r["mem_after"] for r in ok) / (1 << 20)
+                dpss = statistics.median(r["pss_after"] - r["pss_before"] for r in ok) / (1 << 20)
+                vs_q = f"{b[0] * 1000 / qmed:.2f}×" if qmed and not var.startswith("qemu") else "–"
+                ad = (f"{statistics.median(adopt):.1f} ({lim.get('send_us', 0):.0f} µs, "
+                      f"{lim.get('map_us', 0) / 1000:.1f} ms)" if adopt else "–")
+                n = f" ({len(ok)} of {len(rows)} ok)" if len(ok) < len(rows) else ""
+                out.append(f"| {shape} | {var}{n} | {b[0]:.2f} ({b[1]:.2f}–{b[2]:.2f}) | {vs_q} | "
+                           f"{says[0]:.2f} | {ram} | {state:.0f} | {ad} | "
+                           f"{drop:.0f}, {after:.0f}, {dpss:+.0f} |")
+        out.append("")
+    return out
+
+
 def write(results_path, docs, extra=()):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
@@ -729,6 +812,7 @@ def write(results_path, docs, extra=()):
     out += notes_section(groups, numbers)
     out += snapshot_section(results_path, lv)
     out += live_snapshot_section([results_path, *extra])
+    out += local_update_section([results_path, *extra])
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))

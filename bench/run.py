@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import limits  # noqa: E402
 import report  # noqa: E402
 import snapshot  # noqa: E402
+import update  # noqa: E402
 import vmms  # noqa: E402
 from migration import MIB, CancelFailed, Chain, Link, Unavailable, Variant, Workload  # noqa: E402
 from netns import Hosts, LinkError  # noqa: E402
@@ -316,6 +317,9 @@ def main():
                     help="seconds before a migration counts as not converging")
     ap.add_argument("--no-links", action="store_true", help="skip the namespace link rows")
     ap.add_argument("--no-snapshots", action="store_true", help="skip the snapshot file rows")
+    ap.add_argument("--updates", action="store_true",
+                    help="only the local live update rows (bench/update.py), with the limits")
+    ap.add_argument("--no-updates", action="store_true", help="skip the local live update rows")
     ap.add_argument("--live-snapshots", action="store_true",
                     help="only the background-snapshot rows (with the stopped saves and "
                          "QEMU's background-snapshot of the same guests) and the limits")
@@ -351,12 +355,16 @@ def main():
     # The live rows, without the stopped ones plan() already has.
     snap_rows += [r for r in snapshot.plan_live(args.quick) if r not in snap_rows] \
         if not args.no_snapshots else []
+    update_rows = [] if args.no_updates else update.plan(args.quick)
     if args.live_snapshots:
         rows, note = [], "background snapshots only (bench/run.py --live-snapshots)"
-        snap_rows = snapshot.plan_live(args.quick)
+        snap_rows, update_rows = snapshot.plan_live(args.quick), []
+    if args.updates:
+        rows, snap_rows, note = [], [], "local live update only (bench/run.py --updates)"
     if args.only:
         rows = [r for r in rows if args.only in r.scenario or args.only in r.variant]
         snap_rows = [r for r in snap_rows if args.only in r.scenario or args.only in r.variant]
+        update_rows = [r for r in update_rows if args.only in r[3]]
     started = time.monotonic()
 
     def log(msg):
@@ -408,6 +416,9 @@ def main():
             if snap_rows:
                 log(f"snapshot files: {len(snap_rows)} rows x {reps} runs")
                 snapshot.run_rows(snap_rows, reps, tools, results, log)
+            if update_rows:
+                log(f"local live update: {len(update_rows)} rows x {reps} runs")
+                update.run_rows(update_rows, reps, tools, results.add, log)
     except BaseException as e:
         record_abort(results, started, e)
         raise
