@@ -306,9 +306,13 @@ class CprTransfer(unittest.TestCase):
                        f"after {after >> 20} MiB; PSS {pss_before >> 20} -> {pss_after >> 20} "
                        f"MiB; new process RssShmem {rss_shmem >> 10} MiB")
                 print(msg)
-                self.assertLess(before - lowest[0], 128 * MIB, msg)
-                self.assertLess(before - after, 128 * MIB, msg)
+                # The processes' own figures are the sharp test: a second
+                # copy would add ~1000 MiB to their PSS. MemAvailable is the
+                # whole host's, where the last test's processes may still be
+                # giving memory back (or a daemon taking some): half a copy.
                 self.assertLess(pss_after - pss_before, 64 * MIB, msg)
+                self.assertLess(before - lowest[0], 500 * MIB, msg)
+                self.assertLess(before - after, 500 * MIB, msg)
                 # The new process maps the guest's pages: they are shared.
                 self.assertGreater(rss_shmem << 10, 900 * MIB, msg)
 
