@@ -320,7 +320,8 @@ def run_qemu(tools, image, mem_mib, d):
         dst.wait_passes(passes + 1)
         return {"blackout_us": r["downtime"] * 1000, "events_us": events_us,
                 "ram_bytes": r["ram"]["transferred"],
-                "state_bytes": r["ram"]["transferred"], "adopt_us": None,
+                # QEMU does not report its device state's size apart.
+                "state_bytes": None, "adopt_us": None,
                 "dst_status": dst_r.get("status"),
                 "mem_before": before, "mem_lowest": lowest, "mem_after": mem_available(),
                 "pss_before": pss0, "pss_after": pss(src.proc.pid) + pss(dst.proc.pid)}
