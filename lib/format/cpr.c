@@ -162,10 +162,12 @@ int gw_cpr_adopt(struct gw_migration *m, const struct gw_config *cfg, const stru
 			fd = fds[e->fd];
 		else if (!fds)
 			fd = (int)e->fd;
-		/* Each fd once: two blocks sharing one is not a layout a source
-		 * of this format makes, and it would be adopted twice. */
+		/* Two blocks on the same pages of one memfd (known by its inode:
+		 * SCM_RIGHTS makes a new fd of each copy) would alias guest memory. */
 		for (uint32_t j = 0; j < i && fd >= 0; j++)
-			if (ram[j].fd == fd)
+			if (t->e[j].ino == e->ino &&
+			    e->fd_offset < t->e[j].fd_offset + cfg->ram[j].size &&
+			    t->e[j].fd_offset < e->fd_offset + cfg->ram[i].size)
 				fd = -1;
 		ret = check_fd(fd, cfg->ram[i].name, e, cfg->ram[i].size, err);
 		ram[i] = (struct gw_cpr_ram){

@@ -332,6 +332,10 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 	if (ret == 0 && l.cpr_stream && l.cpr == GW_LOAD_CPR_REFUSE)
 		ret = gw_error_set(err, -EPROTO,
 				   "this stream is a local live update (cpr-transfer or cpr-exec): it holds no RAM, only a process that adopted the source's memfds can load it");
+	/* The source of a hello still holds its guest: only GO may hand it over. */
+	if (ret == 0 && l.cpr == GW_LOAD_CPR_ADOPTED && !(flags & GW_HDRF_COMMIT))
+		ret = gw_error_set(err, -EPROTO,
+				   "the source handed its memfds over, but its stream does not ask for the switchover handshake (no COMMIT flag): the guest will not run here");
 	if (ret == 0 && !l.cpr_stream && l.cpr == GW_LOAD_CPR_ADOPTED)
 		ret = gw_error_set(err, -EPROTO,
 				   "the source handed its memfds over, but its stream is not a local live update (no CPR flag)");
