@@ -155,18 +155,18 @@ static int open_fds(void)
 	return n;
 }
 
-static void send_with_fds(int sock, const void *p, size_t len, const int *fds, int nfds,
-			  size_t first)
+/* One sendmsg of len bytes at p, with the fds attached if nfds. */
+static void send_part(int sock, const unsigned char *p, size_t len, const int *fds, int nfds)
 {
 	union {
 		struct cmsghdr h;
 		char space[CMSG_SPACE(sizeof(int) * 4)];
 	} u;
-	struct iovec iov = {.iov_base = (void *)p, .iov_len = first ? first : len};
+	struct iovec iov = {.iov_base = (void *)p, .iov_len = len};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
 
 	memset(&u, 0, sizeof(u));
-	if (nfds && !first) {
+	if (nfds) {
 		msg.msg_control = u.space;
 		msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
 		u.h.cmsg_level = SOL_SOCKET;
@@ -174,19 +174,17 @@ static void send_with_fds(int sock, const void *p, size_t len, const int *fds, i
 		u.h.cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
 		memcpy(CMSG_DATA(&u.h), fds, sizeof(int) * (size_t)nfds);
 	}
-	CHECK(sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)iov.iov_len);
-	if (first) {
-		/* fds with a later byte: the head first, then the rest with them. */
-		iov = (struct iovec){.iov_base = (char *)p + first, .iov_len = len - first};
-		msg = (struct msghdr){.msg_iov = &iov, .msg_iovlen = 1};
-		msg.msg_control = u.space;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-		u.h.cmsg_level = SOL_SOCKET;
-		u.h.cmsg_type = SCM_RIGHTS;
-		u.h.cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-		memcpy(CMSG_DATA(&u.h), fds, sizeof(int) * (size_t)nfds);
-		CHECK(sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)iov.iov_len);
-	}
+	CHECK(sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)len);
+}
+
+/* The fds with the first byte, or (first > 0) with byte first: the head
+ * first, then the rest with them. */
+static void send_with_fds(int sock, const void *p, size_t len, const int *fds, int nfds,
+			  size_t first)
+{
+	if (first)
+		send_part(sock, p, first, NULL, 0);
+	send_part(sock, (const unsigned char *)p + first, len - first, fds, nfds);
 }
 
 struct outcome {
