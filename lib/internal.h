@@ -243,9 +243,10 @@ int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_fla
 		  struct gw_error *err);
 /* What a loader does with a GW_HDRF_CPR stream (a local live update). */
 enum gw_load_cpr {
-	GW_LOAD_CPR_REFUSE,  /* refuse it: nobody adopted its RAM */
-	GW_LOAD_CPR_ADOPTED, /* require it: the hello's memfds were adopted */
-	GW_LOAD_CPR_EXEC,    /* take it with its CPR record: adopt inherited fds */
+	GW_LOAD_CPR_REFUSE,   /* refuse it: nobody adopted its RAM */
+	GW_LOAD_CPR_NO_HELLO, /* refuse it: a peer sent it without a hello */
+	GW_LOAD_CPR_ADOPTED,  /* require it: the hello's memfds were adopted */
+	GW_LOAD_CPR_EXEC,     /* take it with its CPR record: adopt inherited fds */
 };
 /* gw_load_flags() for the incoming engine; *adopted gets the RAM bytes a
  * cpr-exec state's CPR record adopted, *pause_ns its source's pause. */

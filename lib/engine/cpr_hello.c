@@ -73,6 +73,11 @@ static int take(struct gw_migration *m, const unsigned char *cfg_p, uint32_t cfg
 		gw_error_prefix(err, ret, "the source's machine does not fit this VMM: ");
 	if (ret == 0)
 		ret = gw_cpr_table_parse(table_p, table_len, &cfg, &t, err);
+	/* The source pauses its guest only after ADOPTED: no pause yet. */
+	if (ret == 0 && t.pause_ns)
+		ret = gw_error_set(err, -EBADMSG,
+				   "the hello: its CPR table has a pause time (%llu ns), where a hello has 0",
+				   (unsigned long long)t.pause_ns);
 	if (ret == 0)
 		ret = gw_cpr_adopt(m, &cfg, &t, fds, n, adopted, err);
 	gw_cpr_table_release(&t);
@@ -91,8 +96,10 @@ int gw_cpr_hello_receive(struct gw_migration *m, struct gw_cancel *c, int timeou
 	int ret;
 
 	ret = gw_fds_recv(c, timeout_ms, head, sizeof(head), fds, GW_MAX_RAM_BLOCKS, &n, err);
-	if (ret < 0)
+	if (ret < 0) {
+		gw_error_prefix(err, ret, "the hello's first %zu bytes: ", sizeof(head));
 		goto out;
+	}
 	version = gw_get_le32(head + 8);
 	nr_fds = gw_get_le32(head + 12);
 	cfg_len = gw_get_le32(head + 16);
@@ -117,6 +124,9 @@ int gw_cpr_hello_receive(struct gw_migration *m, struct gw_cancel *c, int timeou
 	/* No fd may come with the rest: gw_fds_recv() refuses it. */
 	ret = gw_fds_recv(c, timeout_ms, body, (size_t)cfg_len + table_len + 4, fds + n, 0, &extra,
 			  err);
+	if (ret < 0)
+		gw_error_prefix(err, ret, "the hello's bytes %zu to %zu: ", sizeof(head),
+				sizeof(head) + cfg_len + table_len + 3);
 	if (ret == 0) {
 		uint32_t crc = gw_crc32c(gw_crc32c(0, head, sizeof(head)), body,
 					 (size_t)cfg_len + table_len);

@@ -134,19 +134,25 @@ static int adopt_hello(struct gw_incoming *in, enum gw_load_cpr *cpr, struct gw_
  */
 static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_error *err)
 {
-	/* Without a hello, a cpr-exec state may say which inherited memfds
-	 * are the RAM (its CPR record); inode checks keep out any others. */
-	enum gw_load_cpr cpr = GW_LOAD_CPR_EXEC;
+	enum gw_load_cpr cpr;
 	uint64_t adopted = 0, t0;
 	struct gw_reader *r;
 	uint32_t flags = 0;
 	struct stat st;
+	bool file;
 	int ret;
 
 	*commit = false;
 	*hold = false;
 	if (is_mapped_file(in->ch.fd))
 		return load_mapped(in, err);
+	/* Without a hello, a cpr-exec state says which fds this process
+	 * inherited are the RAM (its CPR record); inode checks keep out any
+	 * others. Only the file the exec'd image reads brings one: a peer on
+	 * a socket or a pipe is another process, whose fd numbers mean nothing
+	 * here, and it hands memfds over in a hello or not at all. */
+	file = fstat(in->ch.fd, &st) == 0 && S_ISREG(st.st_mode);
+	cpr = file ? GW_LOAD_CPR_EXEC : GW_LOAD_CPR_NO_HELLO;
 
 	ret = adopt_hello(in, &cpr, err);
 	if (ret < 0)
@@ -161,7 +167,7 @@ static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_erro
 	if (adopted)
 		note_adopted(in, adopted, gw_now_ns() - t0);
 	*commit = flags & GW_HDRF_COMMIT;
-	*hold = (flags & GW_HDRF_SNAPSHOT) && !(fstat(in->ch.fd, &st) == 0 && S_ISREG(st.st_mode));
+	*hold = (flags & GW_HDRF_SNAPSHOT) && !file;
 	/* The source sends nothing after EOF until it has our READY. */
 	if (ret == 0 && *commit && gw_reader_buffered(r))
 		ret = gw_error_set(err, -EPROTO,

@@ -2,10 +2,15 @@
  * The CPR table and adopting memfds (cpr.h).
  */
 #include <errno.h>
-#include <fcntl.h>
+#include <linux/magic.h>
+#include <linux/memfd.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 
 #include "lib/format/cpr.h"
 
@@ -78,29 +83,119 @@ int gw_cpr_table_parse(const void *p, size_t len, const struct gw_config *cfg,
 	return 0;
 }
 
-/* The fd must be a memfd (its seals can be read) that holds the block. */
-static int check_fd(int fd, const char *name, const struct gw_cpr_entry *e, uint64_t size,
-		    struct gw_error *err)
+/*
+ * Whether fd (st its fstat) is a memfd. A memfd is a file of the kernel's
+ * own tmpfs mount (with MFD_HUGETLB, its hugetlbfs mount of that page
+ * size), which no path reaches: only memfds (and shared anonymous memory)
+ * have its device number, so a memfd made here tells which number that
+ * is. F_GET_SEALS cannot tell: any tmpfs file answers it. Nor can the
+ * name /proc/self/fd gives, "/memfd:...": a file so named at the root of
+ * a tmpfs out of this process's sight (another mount namespace's root, a
+ * detached mount) reads the same.
+ */
+static bool is_memfd(int fd, const struct stat *st)
+{
+	unsigned flags = MFD_CLOEXEC;
+	struct statfs fs;
+	struct stat own;
+	bool same;
+	int probe;
+
+	if (!S_ISREG(st->st_mode) || fstatfs(fd, &fs) < 0)
+		return false;
+	if (fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
+		/* The page size, as MFD_HUGE_2MB and its kind encode it. */
+		unsigned page_shift = (unsigned)__builtin_ctzll((unsigned long long)fs.f_bsize);
+
+		flags |= MFD_HUGETLB | page_shift << MFD_HUGE_SHIFT;
+	} else if (fs.f_type != TMPFS_MAGIC) {
+		return false;
+	}
+	probe = memfd_create("godwit-memfd-check", flags);
+	if (probe < 0)
+		return false;
+	same = fstat(probe, &own) == 0 && own.st_dev == st->st_dev;
+	close(probe);
+	return same;
+}
+
+/* The fd (what: how the table names it) must be a memfd that holds the
+ * block. */
+static int check_fd(int fd, const char *what, const char *name, const struct gw_cpr_entry *e,
+		    uint64_t size, struct gw_error *err)
 {
 	uint64_t off = e->fd_offset;
 	struct stat st;
 
-	if (fd < 0 || fstat(fd, &st) < 0)
-		return gw_error_set(err, -EBADF, "RAM block '%s': fd %d is not open", name, fd);
-	if (!S_ISREG(st.st_mode) || fcntl(fd, F_GET_SEALS) < 0)
-		return gw_error_set(err, -EINVAL, "RAM block '%s': fd %d is not a memfd", name, fd);
+	if (fstat(fd, &st) < 0)
+		return gw_error_set(err, -EBADF, "RAM block '%s': %s is not open in this process",
+				    name, what);
+	if (!is_memfd(fd, &st))
+		return gw_error_set(err, -EINVAL, "RAM block '%s': %s is not a memfd", name, what);
 	/* A process that did not inherit the source's fds has other files
 	 * at those numbers, its own memfds maybe: only the same inode will do. */
 	if ((uint64_t)st.st_ino != e->ino)
 		return gw_error_set(err, -EINVAL,
-				    "RAM block '%s': fd %d is not the source's memfd (inode %llu, expected %llu)",
-				    name, fd, (unsigned long long)st.st_ino,
+				    "RAM block '%s': %s is not the source's memfd (inode %llu, expected %llu)",
+				    name, what, (unsigned long long)st.st_ino,
 				    (unsigned long long)e->ino);
 	if ((uint64_t)st.st_size < off + size)
 		return gw_error_set(err, -EINVAL,
 				    "RAM block '%s': its memfd has %llu bytes, the block needs %llu from offset %llu",
 				    name, (unsigned long long)st.st_size, (unsigned long long)size,
 				    (unsigned long long)off);
+	return 0;
+}
+
+/*
+ * The fd of block i: the hello's fd the table's index names, each for one
+ * block only (every fd the hello brought becomes the VMM's: one named
+ * twice would be handed over twice, and another one never closed); or,
+ * for cpr-exec (fds NULL), the fd number itself, which blocks in one
+ * memfd share. *what says which it is, for the messages.
+ */
+static int fd_of(const struct gw_config *cfg, const struct gw_cpr_table *t, uint32_t i,
+		 const int *fds, unsigned n, int *fd, char *what, size_t what_len,
+		 struct gw_error *err)
+{
+	uint32_t k = t->e[i].fd;
+
+	if (!fds) {
+		snprintf(what, what_len, "the CPR record's fd %u", k);
+		*fd = (int)k;
+		return 0;
+	}
+	snprintf(what, what_len, "the hello's fd %u", k);
+	if (k >= n)
+		return gw_error_set(err, -EBADMSG,
+				    "RAM block '%s': the table names the hello's fd %u, but the hello brought %u",
+				    cfg->ram[i].name, k, n);
+	for (uint32_t j = 0; j < i; j++)
+		if (t->e[j].fd == k)
+			return gw_error_set(err, -EBADMSG,
+					    "RAM block '%s': the table names the hello's fd %u, which it named for block '%s' already",
+					    cfg->ram[i].name, k, cfg->ram[j].name);
+	*fd = fds[k];
+	return 0;
+}
+
+/* Two blocks on the same pages of one memfd (known by its inode, which
+ * check_fd() proved: SCM_RIGHTS makes a new fd of each copy) would alias
+ * guest memory. */
+static int check_apart(const struct gw_config *cfg, const struct gw_cpr_table *t, uint32_t i,
+		       struct gw_error *err)
+{
+	const struct gw_cpr_entry *e = &t->e[i];
+
+	for (uint32_t j = 0; j < i; j++)
+		if (t->e[j].ino == e->ino && e->fd_offset < t->e[j].fd_offset + cfg->ram[j].size &&
+		    t->e[j].fd_offset < e->fd_offset + cfg->ram[i].size)
+			return gw_error_set(err, -EINVAL,
+					    "RAM blocks '%s' and '%s' overlap in their memfd (inode %llu, from offsets %llu and %llu)",
+					    cfg->ram[j].name, cfg->ram[i].name,
+					    (unsigned long long)e->ino,
+					    (unsigned long long)t->e[j].fd_offset,
+					    (unsigned long long)e->fd_offset);
 	return 0;
 }
 
@@ -156,20 +251,14 @@ int gw_cpr_adopt(struct gw_migration *m, const struct gw_config *cfg, const stru
 	}
 	for (uint32_t i = 0; i < t->n && ret == 0; i++) {
 		const struct gw_cpr_entry *e = &t->e[i];
+		char what[64];
 		int fd = -1;
 
-		if (fds && e->fd < n)
-			fd = fds[e->fd];
-		else if (!fds)
-			fd = (int)e->fd;
-		/* Two blocks on the same pages of one memfd (known by its inode:
-		 * SCM_RIGHTS makes a new fd of each copy) would alias guest memory. */
-		for (uint32_t j = 0; j < i && fd >= 0; j++)
-			if (t->e[j].ino == e->ino &&
-			    e->fd_offset < t->e[j].fd_offset + cfg->ram[j].size &&
-			    t->e[j].fd_offset < e->fd_offset + cfg->ram[i].size)
-				fd = -1;
-		ret = check_fd(fd, cfg->ram[i].name, e, cfg->ram[i].size, err);
+		ret = fd_of(cfg, t, i, fds, n, &fd, what, sizeof(what), err);
+		if (ret == 0)
+			ret = check_fd(fd, what, cfg->ram[i].name, e, cfg->ram[i].size, err);
+		if (ret == 0)
+			ret = check_apart(cfg, t, i, err);
 		ram[i] = (struct gw_cpr_ram){
 			.name = cfg->ram[i].name,
 			.size = cfg->ram[i].size,

@@ -12,6 +12,7 @@
 
 #include <godwit/stream.h>
 
+#include "lib/clock.h"
 #include "lib/crc32c.h"
 #include "lib/internal.h"
 #include "lib/format/cpr.h"
@@ -55,6 +56,7 @@ static int load_cpr_record(struct load *l, struct gw_error *err)
 {
 	struct gw_cpr_table t;
 	struct gw_rec_hdr h;
+	uint64_t now;
 	int ret = gw_record_read_header(l->r, &h, err);
 
 	if (ret < 0)
@@ -69,7 +71,16 @@ static int load_cpr_record(struct load *l, struct gw_error *err)
 	if (ret < 0)
 		return gw_error_prefix(err, ret,
 				       "CPR record at offset %llu: ", (unsigned long long)h.offset);
-	ret = gw_cpr_adopt(l->m, &l->cfg, &t, NULL, 0, &l->adopted, err);
+	/* The pause happened on this host's CLOCK_MONOTONIC, in the process
+	 * that became this one: 0 (a hello's) or a later time is no pause. */
+	now = gw_now_ns();
+	if (t.pause_ns == 0 || t.pause_ns > now)
+		ret = gw_error_set(err, -EBADMSG,
+				   "CPR record at offset %llu: its pause time %llu ns is not a past time of this host's CLOCK_MONOTONIC (now %llu ns)",
+				   (unsigned long long)h.offset, (unsigned long long)t.pause_ns,
+				   (unsigned long long)now);
+	if (ret == 0)
+		ret = gw_cpr_adopt(l->m, &l->cfg, &t, NULL, 0, &l->adopted, err);
 	l->pause_ns = t.pause_ns;
 	gw_cpr_table_release(&t);
 	return ret;
@@ -332,6 +343,9 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 	if (ret == 0 && l.cpr_stream && l.cpr == GW_LOAD_CPR_REFUSE)
 		ret = gw_error_set(err, -EPROTO,
 				   "this stream is a local live update (cpr-transfer or cpr-exec): it holds no RAM, only a process that adopted the source's memfds can load it");
+	if (ret == 0 && l.cpr_stream && l.cpr == GW_LOAD_CPR_NO_HELLO)
+		ret = gw_error_set(err, -EPROTO,
+				   "a local live update's stream from a peer that sent no hello first: a peer hands its memfds over in a hello (cpr-transfer); a cpr-exec state, whose CPR record names fds this process inherited, is read from a file");
 	/* The source of a hello still holds its guest: only GO may hand it over. */
 	if (ret == 0 && l.cpr == GW_LOAD_CPR_ADOPTED && !(flags & GW_HDRF_COMMIT))
 		ret = gw_error_set(err, -EPROTO,

@@ -93,11 +93,11 @@ int gw_fds_send(struct gw_cancel *c, int timeout_ms, const void *buf, size_t len
 	return 0;
 }
 
-/* Take the fds of one received message; -EBADMSG for anything but
- * SCM_RIGHTS within max. */
-static int take_fds(struct msghdr *msg, int *fds, unsigned max, unsigned *n, struct gw_error *err)
+/* Take the fds of one received message into fds while *n < max; close
+ * the rest, and return how many that was. */
+static unsigned take_fds(struct msghdr *msg, int *fds, unsigned max, unsigned *n)
 {
-	int ret = 0;
+	unsigned closed = 0;
 
 	for (struct cmsghdr *h = CMSG_FIRSTHDR(msg); h; h = CMSG_NXTHDR(msg, h)) {
 		size_t k;
@@ -110,19 +110,15 @@ static int take_fds(struct msghdr *msg, int *fds, unsigned max, unsigned *n, str
 			int fd;
 
 			memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
-			if (*n < max)
+			if (*n < max) {
 				fds[(*n)++] = fd;
-			else {
+			} else {
 				close(fd);
-				ret = -EBADMSG;
+				closed++;
 			}
 		}
 	}
-	if (msg->msg_flags & MSG_CTRUNC)
-		ret = -EBADMSG;
-	if (ret < 0)
-		gw_error_set(err, ret, "fd passing: more than %u fds arrived", max);
-	return ret;
+	return closed;
 }
 
 int gw_fds_recv(struct gw_cancel *c, int timeout_ms, void *buf, size_t len, int *fds, unsigned max,
@@ -141,11 +137,19 @@ int gw_fds_recv(struct gw_cancel *c, int timeout_ms, void *buf, size_t len, int 
 	if (max > GW_FDS_MAX)
 		max = GW_FDS_MAX;
 	while (done < len) {
-		struct iovec iov = {.iov_base = p + done, .iov_len = len - done};
+		/*
+		 * The first byte is received alone. A longer read would go on
+		 * past the end of a send without fds into the next send, and
+		 * take that one's fds with it (the kernel ends a read after
+		 * fds, not before them): fds a sender attached to byte 10
+		 * would pass for the first byte's.
+		 */
+		struct iovec iov = {.iov_base = p + done, .iov_len = done ? len - done : 1};
 		struct msghdr msg = {.msg_iov = &iov,
 				     .msg_iovlen = 1,
 				     .msg_control = u.space,
 				     .msg_controllen = sizeof(u.space)};
+		unsigned extra;
 		ssize_t k;
 
 		ret = wait_for(c, POLLIN, deadline, "receiving fds", err);
@@ -160,15 +164,15 @@ int gw_fds_recv(struct gw_cancel *c, int timeout_ms, void *buf, size_t len, int 
 			return gw_error_set(err, -EPIPE,
 					    "the peer closed the connection after %zu of %zu bytes",
 					    done, len);
-		/* fds only with the first byte: later ones are not ours to take. */
-		unsigned before = *n;
-		ret = take_fds(&msg, fds, max, n, err);
-		if (ret == 0 && done > 0 && *n > before)
-			ret = gw_error_set(err, -EBADMSG,
-					   "fd passing: fds arrived with byte %zu, not with the first",
-					   done);
-		if (ret < 0)
-			return ret;
+		/* Past the first byte there is no room: any fd is closed. */
+		extra = take_fds(&msg, fds, done ? *n : max, n);
+		if (done && extra)
+			return gw_error_set(err, -EBADMSG,
+					    "fd passing: %u fds came with bytes %zu to %zu of %zu, not with the first byte",
+					    extra, done, done + (size_t)k - 1, len);
+		if (extra || (msg.msg_flags & MSG_CTRUNC))
+			return gw_error_set(err, -EBADMSG, "fd passing: more than %u fds came",
+					    max);
 		done += (size_t)k;
 	}
 	return 0;

@@ -34,11 +34,11 @@ int gw_fds_send(struct gw_cancel *c, int timeout_ms, const void *buf, size_t len
 		unsigned n, struct gw_error *err);
 
 /*
- * Receive exactly len bytes into buf and the fds that came with them
- * (at most max, close-on-exec), within timeout_ms. *n is how many came;
- * they are the caller's, also on failure after they arrived (it closes
- * them). More fds than max, or fds with a later byte, fail (-EBADMSG)
- * and are closed here.
+ * Receive exactly len bytes into buf and the fds attached to its first
+ * byte (at most max, close-on-exec), within timeout_ms. *n is how many
+ * came; they are the caller's, also on failure after they arrived (it
+ * closes them). More fds than max, or fds attached to any later byte
+ * (by a second sendmsg), fail (-EBADMSG) and are closed here.
  */
 int gw_fds_recv(struct gw_cancel *c, int timeout_ms, void *buf, size_t len, int *fds, unsigned max,
 		unsigned *n, struct gw_error *err);

@@ -18,7 +18,6 @@
 #include <godwit/precopy.h>
 
 #include "check.h"
-#include "lib/crc32c.h"
 #include "lib/format/cpr.h"
 #include "lib/internal.h"
 #include "lib/transport/return_path.h"
@@ -34,9 +33,9 @@ struct side {
 	struct gw_migration *m;
 	struct test_ram ram;
 	struct cpu_state cpu; /* the one section's state */
-	int adopts;       /* adopt op calls */
-	void *adopted;    /* its mapping */
-	int adopted_fd;   /* and its memfd, ours once adopted */
+	int adopts;           /* adopt op calls */
+	void *adopted;        /* its mapping */
+	int adopted_fd;       /* and its memfd, ours once adopted */
 };
 
 static const struct gw_field fields[] = {
@@ -80,8 +79,8 @@ static void side_init(struct side *s, uint32_t vcpus, uint32_t version)
 	CHECK_OK(gw_migration_new(&mach, &s->m, &err), &err);
 	test_ram_create(&s->ram, RAM_SIZE);
 	CHECK_OK(gw_migration_add_ram(s->m,
-				      &(struct gw_ram){"pc.ram", s->ram.host, RAM_SIZE, s->ram.fd, 0,
-						       0},
+				      &(struct gw_ram){"pc.ram", s->ram.host, RAM_SIZE, s->ram.fd,
+						       0, 0},
 				      &err),
 		 &err);
 	CHECK_OK(gw_migration_add_section(s->m,
@@ -105,86 +104,6 @@ static void side_free(struct side *s)
 	gw_migration_free(s->m);
 	munmap(s->ram.host, RAM_SIZE);
 	close(s->ram.fd);
-}
-
-/* A hello as the source builds it: head, CONFIG, table, CRC. */
-struct hello {
-	unsigned char *p;
-	size_t len, cfg_len, table_len;
-};
-
-static void reseal(struct hello *h)
-{
-	uint32_t crc = gw_crc32c(0, h->p, h->len - 4);
-
-	for (int i = 0; i < 4; i++)
-		h->p[h->len - 4 + i] = (unsigned char)(crc >> (8 * i));
-}
-
-static void hello_of(struct side *src, struct hello *h)
-{
-	struct gw_wbuf cfg, table;
-	struct gw_error err = {0};
-
-	gw_wbuf_init(&cfg, GW_CONFIG_MAX);
-	gw_wbuf_init(&table, GW_CPR_MAX);
-	CHECK(gw_config_put(src->m, &cfg) == 0);
-	CHECK_OK(gw_cpr_table_put(src->m, 0, false, &table, &err), &err);
-	h->cfg_len = cfg.len;
-	h->table_len = table.len;
-	h->len = GW_CPR_HELLO_HEAD + cfg.len + table.len + 4;
-	CHECK((h->p = calloc(1, h->len)));
-	memcpy(h->p, GW_CPR_HELLO_MAGIC, GW_CPR_HELLO_MAGIC_LEN);
-	gw_le32(h->p + 8, GW_CPR_HELLO_VERSION);
-	gw_le32(h->p + 12, 1);
-	gw_le32(h->p + 16, (uint32_t)cfg.len);
-	gw_le32(h->p + 20, (uint32_t)table.len);
-	memcpy(h->p + GW_CPR_HELLO_HEAD, cfg.data, cfg.len);
-	memcpy(h->p + GW_CPR_HELLO_HEAD + cfg.len, table.data, table.len);
-	reseal(h);
-	gw_wbuf_release(&cfg);
-	gw_wbuf_release(&table);
-}
-
-static int open_fds(void)
-{
-	int n = 0;
-
-	for (int fd = 0; fd < 1024; fd++)
-		n += fcntl(fd, F_GETFD) >= 0;
-	return n;
-}
-
-/* One sendmsg of len bytes at p, with the fds attached if nfds. */
-static void send_part(int sock, const unsigned char *p, size_t len, const int *fds, int nfds)
-{
-	union {
-		struct cmsghdr h;
-		char space[CMSG_SPACE(sizeof(int) * 4)];
-	} u;
-	struct iovec iov = {.iov_base = (void *)p, .iov_len = len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-
-	memset(&u, 0, sizeof(u));
-	if (nfds) {
-		msg.msg_control = u.space;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-		u.h.cmsg_level = SOL_SOCKET;
-		u.h.cmsg_type = SCM_RIGHTS;
-		u.h.cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-		memcpy(CMSG_DATA(&u.h), fds, sizeof(int) * (size_t)nfds);
-	}
-	CHECK(sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)len);
-}
-
-/* The fds with the first byte, or (first > 0) with byte first: the head
- * first, then the rest with them. */
-static void send_with_fds(int sock, const void *p, size_t len, const int *fds, int nfds,
-			  size_t first)
-{
-	if (first)
-		send_part(sock, p, first, NULL, 0);
-	send_part(sock, (const unsigned char *)p + first, len - first, fds, nfds);
 }
 
 struct outcome {
@@ -211,7 +130,7 @@ static struct outcome offer(struct side *dst, const void *p, size_t len, const i
 	ch = test_channel_of(sv[1]);
 	close(sv[1]);
 	CHECK_OK(gw_incoming_start(dst->m, &ch, &params, NULL, &in, &err), &err);
-	send_with_fds(sv[0], p, len, fds, nfds, fds_at);
+	test_send_fds(sv[0], p, len, fds, (unsigned)nfds, fds_at);
 	/* The stream after a hello never comes: the peer hangs up. */
 	shutdown(sv[0], SHUT_WR);
 	while (!gw_incoming_done(in))
@@ -241,14 +160,14 @@ static void refused(struct side *dst, const struct outcome *o, const char *what,
 int main(void)
 {
 	struct side src, dst, other;
-	struct hello h;
+	struct test_buf h;
 	int fds_before, pipefd[2], small, two[2];
 	struct outcome o;
 
 	side_init(&src, 1, 1);
 	side_init(&dst, 1, 1);
-	hello_of(&src, &h);
-	fds_before = open_fds();
+	test_hello_of(src.m, &h);
+	fds_before = test_open_fds();
 
 	/* The valid hello is adopted: the very memfd, not a copy. */
 	o = offer(&dst, h.p, h.len, &src.ram.fd, 1, 0);
@@ -260,7 +179,7 @@ int main(void)
 	CHECK(o.status == GW_MIG_FAILED);
 	side_free(&dst);
 	side_init(&dst, 1, 1);
-	fds_before = open_fds();
+	fds_before = test_open_fds();
 
 	struct {
 		const char *what, *word;
@@ -321,16 +240,16 @@ int main(void)
 	/* Machines the destination cannot take: refused before adopting. */
 	{
 		struct side two_vcpus, newer;
-		struct hello h2;
+		struct test_buf h2;
 
 		side_init(&two_vcpus, 2, 1);
-		hello_of(&two_vcpus, &h2);
+		test_hello_of(two_vcpus.m, &h2);
 		o = offer(&dst, h2.p, h2.len, &two_vcpus.ram.fd, 1, 0);
 		refused(&dst, &o, "2 vCPUs", "vCPUs");
 		free(h2.p);
 		side_free(&two_vcpus);
 		side_init(&newer, 1, 3);
-		hello_of(&newer, &h2);
+		test_hello_of(newer.m, &h2);
 		o = offer(&dst, h2.p, h2.len, &newer.ram.fd, 1, 0);
 		refused(&dst, &o, "section version 3", "accepts versions 1..1");
 		free(h2.p);
@@ -343,7 +262,7 @@ int main(void)
 	unsigned refusals = 0, adoptions = 0;
 	for (size_t i = GW_CPR_HELLO_HEAD; i < h.len - 4; i++) {
 		h.p[i] ^= 0x41;
-		reseal(&h);
+		test_hello_reseal(&h);
 		o = offer(&dst, h.p, h.len, &src.ram.fd, 1, 0);
 		if (o.adopted_reply) {
 			CHECK(dst.adopts == 1);
@@ -358,13 +277,13 @@ int main(void)
 		}
 		h.p[i] ^= 0x41;
 	}
-	reseal(&h);
+	test_hello_reseal(&h);
 	printf("resealed flips of %zu bytes: %u refused, %u adopted the right memfd\n",
 	       h.len - 4 - GW_CPR_HELLO_HEAD, refusals, adoptions);
 	CHECK(refusals > 0);
 
 	/* Nothing the destination was sent stays open. */
-	CHECK(open_fds() == fds_before);
+	CHECK(test_open_fds() == fds_before);
 	free(h.p);
 	side_free(&dst);
 	side_free(&src);

@@ -1,6 +1,7 @@
 /*
  * The test machine of testvm.h.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +11,15 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "lib/cancel.h"
+#include "lib/crc32c.h"
+#include "lib/format/cpr.h"
+#include "lib/internal.h"
+#include "lib/transport/fd_pass.h"
 #include "testvm.h"
+
+/* A send to a peer that does not read: only a hang reaches it. */
+#define TEST_SEND_TIMEOUT_MS 30000
 
 static const struct gw_field uart_fields_v1[] = {
 	GW_FIELD(U8, struct uart_state, ier),      GW_FIELD(U8, struct uart_state, lcr),
@@ -124,15 +133,23 @@ void test_vm_init(struct test_vm *vm, const struct test_vm_opts *opts)
 
 	for (int i = 0; i < 2; i++) {
 		uint64_t size = opts->ram_size[i] ? opts->ram_size[i] : (i ? 4 : 8) * GW_PAGE_SIZE;
+		uint64_t fd_offset = 0;
 		struct gw_ram ram;
 
-		test_ram_create(&vm->ram[i], size);
-		ram = (struct gw_ram){ram_names[i],
-				      vm->ram[i].host,
-				      size,
-				      vm->ram[i].fd,
-				      0,
-				      i ? 0x100000000ull : 0};
+		if (opts->one_memfd && i == 0) {
+			uint64_t size1 = opts->ram_size[1] ? opts->ram_size[1] : 4 * GW_PAGE_SIZE;
+
+			test_ram_create(&vm->ram[0], size + size1);
+			vm->ram[0].size = size;
+		} else if (opts->one_memfd) {
+			fd_offset = vm->ram[0].size;
+			vm->ram[1] = (struct test_ram){vm->ram[0].host + fd_offset, size,
+						       vm->ram[0].fd};
+		} else {
+			test_ram_create(&vm->ram[i], size);
+		}
+		ram = (struct gw_ram){ram_names[i],  vm->ram[i].host, size,
+				      vm->ram[i].fd, fd_offset,       i ? 0x100000000ull : 0};
 		if (i == 1 && opts->ram1_name)
 			ram.name = opts->ram1_name;
 		CHECK_OK(gw_migration_add_ram(vm->m, &ram, &err), &err);
@@ -198,7 +215,9 @@ void test_vm_free(struct test_vm *vm)
 		if (!vm->ram[i].size)
 			continue;
 		munmap(vm->ram[i].host, vm->ram[i].size);
-		close(vm->ram[i].fd);
+		/* one_memfd: block 1 is the rest of block 0's memfd. */
+		if (i == 0 || vm->ram[i].fd != vm->ram[0].fd)
+			close(vm->ram[i].fd);
 	}
 }
 
@@ -268,8 +287,14 @@ void test_vm_compare(const struct test_vm *a, const struct test_vm *b)
 			if (memcmp(a->ram[i].host + off, b->ram[i].host + off, GW_PAGE_SIZE))
 				FAIL("RAM block %d differs at offset 0x%llx", i,
 				     (unsigned long long)off);
-		compare_uart(&a->uart[i], &b->uart[i]);
 	}
+	test_vm_compare_devices(a, b);
+}
+
+void test_vm_compare_devices(const struct test_vm *a, const struct test_vm *b)
+{
+	for (int i = 0; i < 2; i++)
+		compare_uart(&a->uart[i], &b->uart[i]);
 	CHECK(a->blob.len == b->blob.len);
 	CHECK(memcmp(a->blob.data, b->blob.data, a->blob.len) == 0);
 	CHECK(b->live.received == LIVE_SIZE);
@@ -419,4 +444,65 @@ bool *test_populated(int fd, uint64_t size)
 		at = hole;
 	}
 	return p;
+}
+
+int test_open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	CHECK(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+void test_hello_make(struct test_buf *out, uint32_t nr_fds, const void *cfg, size_t cfg_len,
+		     const void *table, size_t table_len)
+{
+	out->len = GW_CPR_HELLO_HEAD + cfg_len + table_len + 4;
+	CHECK((out->p = calloc(1, out->len)));
+	memcpy(out->p, GW_CPR_HELLO_MAGIC, GW_CPR_HELLO_MAGIC_LEN);
+	gw_le32(out->p + 8, GW_CPR_HELLO_VERSION);
+	gw_le32(out->p + 12, nr_fds);
+	gw_le32(out->p + 16, (uint32_t)cfg_len);
+	gw_le32(out->p + 20, (uint32_t)table_len);
+	memcpy(out->p + GW_CPR_HELLO_HEAD, cfg, cfg_len);
+	memcpy(out->p + GW_CPR_HELLO_HEAD + cfg_len, table, table_len);
+	test_hello_reseal(out);
+}
+
+void test_hello_of(struct gw_migration *m, struct test_buf *out)
+{
+	struct gw_wbuf cfg, table;
+	struct gw_error err = {0};
+
+	gw_wbuf_init(&cfg, GW_CONFIG_MAX);
+	gw_wbuf_init(&table, GW_CPR_MAX);
+	CHECK(gw_config_put(m, &cfg) == 0);
+	CHECK_OK(gw_cpr_table_put(m, 0, false, &table, &err), &err);
+	test_hello_make(out, m->nr_ram, cfg.data, cfg.len, table.data, table.len);
+	gw_wbuf_release(&cfg);
+	gw_wbuf_release(&table);
+}
+
+void test_hello_reseal(struct test_buf *h)
+{
+	gw_le32(h->p + h->len - 4, gw_crc32c(0, h->p, h->len - 4));
+}
+
+void test_send_fds(int sock, const void *p, size_t len, const int *fds, unsigned n, size_t fds_at)
+{
+	struct gw_error err = {0};
+	struct gw_cancel c;
+
+	CHECK_OK(gw_cancel_init(&c, sock, &err), &err);
+	if (fds_at)
+		CHECK_OK(gw_fds_send(&c, TEST_SEND_TIMEOUT_MS, p, fds_at, NULL, 0, &err), &err);
+	CHECK_OK(gw_fds_send(&c, TEST_SEND_TIMEOUT_MS, (const unsigned char *)p + fds_at,
+			     len - fds_at, fds, n, &err),
+		 &err);
+	gw_cancel_fini(&c);
 }

@@ -56,6 +56,7 @@ struct test_vm_opts {
 	uint64_t ram_size[2];      /* 0: 8 and 4 pages */
 	const char *ram1_name;     /* NULL: "vga.vram" */
 	bool extra_ram;            /* add a third RAM block, "extra.ram" */
+	bool one_memfd;            /* blocks 0 and 1 in one memfd, 1 right after 0 */
 	uint32_t nr_vcpus;         /* 0: 2 */
 	const char *machine;       /* NULL: "test-machine" */
 	bool no_blob;              /* leave out the "blob" section */
@@ -79,6 +80,8 @@ void test_vm_free(struct test_vm *vm);
 void test_vm_fill(struct test_vm *vm, uint32_t seed);
 /* Fail the test unless a and b hold the same RAM and device state. */
 void test_vm_compare(const struct test_vm *a, const struct test_vm *b);
+/* The same for the device state alone (b's RAM may be a's, adopted). */
+void test_vm_compare_devices(const struct test_vm *a, const struct test_vm *b);
 
 #define SAVE_DATA_CRC 0x1u  /* pass GW_SAVE_DATA_CRC for every batch */
 #define SAVE_ONE_BATCH 0x2u /* all pages of a block in one batch */
@@ -117,5 +120,20 @@ bool test_page_zero(const unsigned char *p);
 /* Which pages of [0, size) of fd hold data, asked of the kernel (SEEK_DATA),
  * not of the library; malloc'd, one bool per page. */
 bool *test_populated(int fd, uint64_t size);
+/* How many fds this process has open. */
+int test_open_fds(void);
+
+/* Helpers of the local live update tests (test_cpr.c, test_cpr_hello.c). */
+/* A hello of cpr-transfer (lib/format/cpr.h) into out, malloc'd: the head
+ * announcing nr_fds, the CONFIG payload and CPR table given, its CRC. */
+void test_hello_make(struct test_buf *out, uint32_t nr_fds, const void *cfg, size_t cfg_len,
+		     const void *table, size_t table_len);
+/* The hello m's engine sends: its CONFIG and CPR table, one fd a block. */
+void test_hello_of(struct gw_migration *m, struct test_buf *out);
+/* The hello's CRC again, after a byte of it was changed. */
+void test_hello_reseal(struct test_buf *h);
+/* Send len bytes of p on sock with the n fds attached to byte fds_at
+ * (the bytes before it go first, in a sendmsg of their own). */
+void test_send_fds(int sock, const void *p, size_t len, const int *fds, unsigned n, size_t fds_at);
 
 #endif
