@@ -693,7 +693,8 @@ def local_update_section(paths):
             out += ["## Local live update", "",
                     "A running guest moved onto a new VMM process on the same host without a "
                     "copy of its RAM: godwit's cpr-transfer (the memfds over a unix socket to a "
-                    "process already started) and cpr-exec (the process execs itself), and "
+                    "process already started) and cpr-exec (the process execs itself; the guest "
+                    "waits in a stand-in, two cpr-transfers with a pause each), and "
                     "QEMU 7.2 with its RAM in a shared file (memory-backend-file share=on, "
                     "capability x-ignore-shared) migrating to a second QEMU over a unix socket. "
                     "The guest is the boot-sector dirtier, idle (rewriting 64 KiB) or dirtying "
@@ -701,8 +702,9 @@ def local_update_section(paths):
                     "the destination's RESUME event (QMP timestamps, one host clock; the same "
                     "measure for both VMMs); for cpr-exec, whose new image resumes before a "
                     "client can be back, godwit's own x-godwit-downtime-us (pause call to "
-                    "resume call, one monotonic clock); *VMM says*: what each VMM reports "
-                    "(QEMU in whole milliseconds). *limit*: this host sending the memfd over a "
+                    "resume call, one monotonic clock; both pauses summed); *VMM says*: what "
+                    "each VMM reports (QEMU in whole milliseconds; for cpr-exec, the longer of "
+                    "its two pauses in parentheses: the guest's longest blackout). *limit*: this host sending the memfd over a "
                     "unix socket and receiving it (SCM_RIGHTS), and mapping it with "
                     "MADV_POPULATE_WRITE of the touched part, measured in the same run. "
                     "*memory*: the host's MemAvailable, lowest drop during the update and "
@@ -751,8 +753,11 @@ def local_update_section(paths):
                 ad = (f"{statistics.median(adopt):.1f} ({lim.get('send_us', 0):.0f} µs, "
                       f"{lim.get('map_us', 0) / 1000:.1f} ms)" if adopt else "–")
                 n = f" ({len(ok)} of {len(rows)} ok)" if len(ok) < len(rows) else ""
+                longest = [max(r["pauses_us"]) / 1000 for r in ok if r.get("pauses_us")]
+                says_s = f"{says[0]:.2f}" + (
+                    f" ({statistics.median(longest):.2f})" if longest else "")
                 out.append(f"| {shape} | {var}{n} | {b[0]:.2f} ({b[1]:.2f}–{b[2]:.2f}) | {vs_q} | "
-                           f"{says[0]:.2f} | {ram} | {state} | {ad} | "
+                           f"{says_s} | {ram} | {state} | {ad} | "
                            f"{drop:.0f}, {after:.0f}, {dpss:+.0f} |")
         out.append("")
     return out

@@ -13,7 +13,9 @@ guest is mostly never touched), each moved by
   godwit-cpr-transfer  mode cpr-transfer to a godwit-vmm waiting on
                        --incoming unix:PATH (memfds over SCM_RIGHTS)
   godwit-cpr-exec      mode cpr-exec: the process execs godwit-vmm again
-                       with its own command line (memfds kept open)
+                       with its own command line; the guest waits in a
+                       stand-in (the new binary, by cpr-transfer) and
+                       comes back to the new image: two short pauses
   qemu-ignore-shared   QEMU 7.2 with its RAM in a shared file
                        (memory-backend-file share=on in /dev/shm) and the
                        x-ignore-shared capability on both sides, over a
@@ -27,8 +29,9 @@ What one run records (all from the VMMs' own query-migrate):
                 new image emits RESUME before a client can be back)
   blackout_us   godwit: x-godwit-downtime-us (the old process's pause to the
                 new one's resume, on the host's one monotonic clock; for
-                cpr-exec the new image reports it). QEMU: its `downtime`,
-                which it counts in whole milliseconds
+                cpr-exec the new image reports it: both pauses, summed;
+                pauses_us has each). QEMU: its `downtime`, which it counts
+                in whole milliseconds
   ram_bytes     RAM bytes copied (ram.transferred of godwit, whose stream
                 carries no page; ram.transferred of QEMU)
   state_bytes   bytes of state sent
@@ -285,7 +288,8 @@ def run_godwit_exec(tools, image, mem_mib, d):
             raise VmmError("cpr-exec: the pid changed or the process exited")
         passes = vm.passes()
         vm.wait_passes(passes + 1)
-        return {"blackout_us": r["x-godwit-downtime-us"], "ram_bytes": r["ram"]["transferred"],
+        return {"blackout_us": r["x-godwit-downtime-us"], "pauses_us": r["x-godwit-pauses-us"],
+                "ram_bytes": r["ram"]["transferred"],
                 "state_bytes": r["x-godwit-received"], "adopt_us": r["x-godwit-adopt-us"],
                 "mem_before": before, "mem_lowest": lowest, "mem_after": mem_available(),
                 "pss_before": pss0, "pss_after": pss(pid)}

@@ -63,6 +63,9 @@ struct vmm {
 	 * live update where this process stops itself (SIGSTOP): "adopted",
 	 * "loaded" or "go"; NULL for none. */
 	const char *test_stop_at;
+	/* --x-godwit-cpr-return-to: this process is a cpr-exec's stand-in; it
+	 * gives the guest back there once it runs it (cpr_exec.h) */
+	const char *cpr_return_to;
 	bool quitting;
 	bool fatal; /* a vCPU stopped for good */
 	struct vm_migration *mig;

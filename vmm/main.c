@@ -35,8 +35,8 @@ struct options {
 	bool paused;
 	bool debug;
 	bool memory_given;
-	const char *cpr_check; /* --x-godwit-cpr-check PATH */
-	const char *stop_at;   /* --x-godwit-stop-at POINT */
+	const char *cpr_return_to; /* --x-godwit-cpr-return-to URI (cpr_exec.h) */
+	const char *stop_at;       /* --x-godwit-stop-at POINT */
 };
 
 static void usage(FILE *f)
@@ -139,8 +139,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
-		/* cpr-exec's probe: can this binary load the state probed at PATH? */
-		{"x-godwit-cpr-check", required_argument, NULL, 'X'},
+		/* a cpr-exec's stand-in: where it gives the guest back */
+		{CPR_RETURN_OPTION, required_argument, NULL, 'X'},
 		/* fault tests: stop this process at a point of an incoming update */
 		{"x-godwit-stop-at", required_argument, NULL, 'Z'},
 		{0},
@@ -202,7 +202,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 			printf("godwit-vmm %s\n", GW_VERSION);
 			exit(0);
 		case 'X':
-			o->cpr_check = optarg;
+			o->cpr_return_to = optarg;
 			break;
 		case 'Z':
 			if (strcmp(optarg, "adopted") && strcmp(optarg, "loaded") &&
@@ -252,7 +252,7 @@ static int open_serial(const char *spec, bool *input)
 	}
 	if (!strncmp(spec, "file:", 5)) {
 		/* The new image of a cpr-exec goes on with the old one's log. */
-		int trunc = getenv(CPR_EXEC_ENV) ? 0 : O_TRUNC;
+		int trunc = getenv(CPR_EXEC_ENV) || getenv(CPR_STAND_IN_ENV) ? 0 : O_TRUNC;
 		int fd = open(spec + 5, O_WRONLY | O_CREAT | trunc | O_APPEND | O_CLOEXEC, 0644);
 		if (fd < 0)
 			fprintf(stderr, "godwit-vmm: --serial %s: %s\n", spec, strerror(errno));
@@ -329,11 +329,7 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 	int ret = kvm_create(&vm->kvm, err, errlen);
 	if (!ret)
 		ret = guest_ram_create(&vm->ram, o->memory, err, errlen);
-	/* The new image of a cpr-exec adopts the old one's RAM at once: a slot
-	 * for its own would only be deleted again, inside the downtime (a slot
-	 * costs milliseconds, more for larger ones). Without an adoption the
-	 * slots come before the guest runs (migration.c, prepare). */
-	if (!ret && !(o->incoming && getenv(CPR_EXEC_ENV)))
+	if (!ret)
 		ret = kvm_map_ram(&vm->kvm, &vm->ram, err, errlen);
 	if (ret)
 		return ret;
@@ -357,41 +353,11 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 	return boot_sector(&vm->ram, &vm->vcpus, o->bootsector, err, errlen);
 }
 
-/*
- * --x-godwit-cpr-check: the old image of a cpr-exec asks this binary,
- * started with the command line it will be exec'd with, whether it can
- * load the state: the machine is built as it would be (no QMP, no serial,
- * no incoming), and the probe checked against its registration.
- */
-static int cpr_check(const struct options *o)
-{
-	static struct vmm vm;
-	char err[512] = "";
-	if (loop_new(&vm.loop))
-		return 2;
-	pthread_mutex_init(&vm.run_lock, NULL);
-	pthread_mutex_init(&vm.ram_lock, NULL);
-	int ret = build_machine(&vm, o, -1, err, sizeof(err));
-	if (!ret)
-		ret = migration_init(&vm, err, sizeof(err));
-	int fd = ret ? -1 : open(o->cpr_check, O_RDONLY | O_CLOEXEC);
-	if (!ret && fd < 0) {
-		ret = -errno;
-		snprintf(err, sizeof(err), "%s: %s", o->cpr_check, strerror(errno));
-	}
-	if (!ret)
-		ret = migration_check_probe(&vm, fd, err, sizeof(err));
-	fprintf(stderr, "%s\n", ret ? err : "ok");
-	return ret ? 2 : 0;
-}
-
 int main(int argc, char **argv)
 {
 	struct options o;
 	if (parse_options(argc, argv, &o))
 		return 2;
-	if (o.cpr_check)
-		return cpr_check(&o);
 
 	static struct vmm vm;
 	char err[512] = "";
@@ -419,6 +385,7 @@ int main(int argc, char **argv)
 	vm.user_paused = o.paused;
 	vm.memory_given = o.memory_given;
 	vm.test_stop_at = o.stop_at;
+	vm.cpr_return_to = o.cpr_return_to;
 	vm.incoming = o.incoming != NULL;
 	vm.vcpus_paused = vm.user_paused || vm.incoming;
 	if (!ret)
@@ -436,6 +403,10 @@ int main(int argc, char **argv)
 			why);
 	if (!ret && o.incoming && strcmp(o.incoming, "defer"))
 		ret = migration_listen(&vm, o.incoming, err, sizeof(err));
+	/* A stand-in listens: the old image, reading its first words, may
+	 * connect now, and what it says from here goes where that one's does. */
+	if (!ret && o.cpr_return_to)
+		cpr_stand_in_ready();
 
 	if (ret) {
 		fprintf(stderr, "godwit-vmm: %s\n", err[0] ? err : strerror(-ret));
@@ -460,6 +431,8 @@ int main(int argc, char **argv)
 	vcpus_destroy(&vm.vcpus);
 	int status = vmm_exit_status(&vm);
 	qmp_server_free(vm.qmp);
+	if (o.cpr_return_to)
+		cpr_stand_in_exit();
 	uart_destroy(&vm.uart);
 	testdev_destroy(&vm.testdev);
 	guest_ram_destroy(&vm.ram);

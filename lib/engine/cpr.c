@@ -81,6 +81,7 @@ static int pause_guest(struct cpr *c, struct gw_error *err)
 	/* Set first: a pause that fails half-way is undone too. */
 	c->paused = true;
 	c->pause_ns = gw_now_ns();
+	c->ho.pause_ns = c->pause_ns; /* the new process reports the downtime too */
 	ret = c->m->vm_ops.pause(c->m->vm_opaque, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "cannot pause the guest: ");

@@ -455,6 +455,32 @@ def _exec_done(vm):
         q.close()
 
 
+def stand_ins(vm):
+    """The pids of cpr-exec stand-ins still running for this VMM (their
+    command line is its own, with the serial log in its directory)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == vm.proc.pid:
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--x-godwit-cpr-return-to" in args and \
+                any(vm.dir.encode() in a for a in args):
+            found.append(int(d))
+    return found
+
+
+def check_pauses(test, r):
+    """Two pauses, to the stand-in and back, and the downtime is both."""
+    pauses = r["x-godwit-pauses-us"]
+    test.assertEqual(len(pauses), 2, r)
+    test.assertTrue(all(p > 0 for p in pauses), r)
+    test.assertEqual(sum(pauses), r["x-godwit-downtime-us"], r)
+
+
 def open_fds(pid, sock):
     """What the process has open: the names of its fds but sockets, and
     the inode of its listening socket bound to sock (/proc/net/unix)."""
@@ -490,7 +516,9 @@ class CprExec(unittest.TestCase):
                     self.assertIsNone(vm.proc.poll())
                     self.assertEqual(r["x-godwit-adopted-bytes"], mem_bytes(vm))
                     self.assertEqual(r["ram"]["transferred"], 0)
-                    self.assertIn("x-godwit-downtime-us", r)
+                    check_pauses(self, r)
+                    # The stand-in gave the guest back and is gone.
+                    wait_until(lambda: not stand_ins(vm), 10, "the stand-in to exit")
                     # The QMP socket path is the same file, never recreated.
                     self.assertTrue(stat.S_ISSOCK(os.stat(vm.sock).st_mode))
                     self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
@@ -513,9 +541,10 @@ class CprExec(unittest.TestCase):
             self.assertFalse(vm.guest()["check-failed"], vm.serial_text())
 
     def test_refused_by_the_new_binary_before_the_pause(self):
-        # The new binary is asked first; one that cannot take the state
-        # (here: started with another vCPU count) refuses, the guest never
-        # pauses and the old image goes on, same process, same connection.
+        # The new binary, started as the stand-in, is asked first; one that
+        # cannot take the guest (here: started with another vCPU count)
+        # refuses its hello, the guest never pauses and the old image goes
+        # on, same process, same connection; the stand-in is gone.
         with dirtier() as vm:
             state = os.path.join(vm.dir, "state.gw")
             vm.qmp.cmd("migrate-set-parameters", mode="cpr-exec",
@@ -523,9 +552,10 @@ class CprExec(unittest.TestCase):
             vm.qmp.cmd("migrate", uri="file:" + state)
             r = wait_migration(vm)
             self.assertEqual(r["status"], "failed", r)
-            for w in ("refuses", "vCPUs"):
+            for w in ("new binary", "vCPUs"):
                 self.assertIn(w, r["error-desc"])
             self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
+            wait_until(lambda: not stand_ins(vm), 10, "the refusing stand-in to be ended")
             vm.wait_passes(2)
 
     def test_bad_settings_refused(self):
@@ -546,44 +576,50 @@ class CprExec(unittest.TestCase):
                 vm.qmp.cmd("migrate-set-parameters", **{"cpr-exec-command": ["relative"]})
             self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
 
-    def test_exec_that_fails_resumes_the_guest(self):
-        # The binary answers the probe and is gone when the exec comes: the
-        # exec fails, and the old image resumes its guest.
+    def test_exec_that_fails_gives_the_guest_to_the_old_binary(self):
+        # The binary runs as the stand-in and is gone when the exec comes:
+        # the exec fails, and this binary is executed again (same pid) and
+        # takes the guest back from the stand-in.
         with dirtier() as vm:
+            vm.wait_passes(1)
+            pid = vm.proc.pid
             script = os.path.join(vm.dir, "vanishing")
             with open(script, "w") as f:
-                f.write("#!/bin/sh\nrm -f \"$0\"\nexit 0\n")
+                f.write(f"#!/bin/sh\nrm -f \"$0\"\nexec {vm.argv[0]} \"$@\"\n")
             os.chmod(script, 0o755)
-            state = os.path.join(vm.dir, "state.gw")
-            vm.qmp.cmd("migrate-set-parameters", mode="cpr-exec",
-                       **{"cpr-exec-command": exec_command(vm, state, binary=script)})
-            vm.qmp.cmd("migrate", uri="file:" + state)
-            r = wait_migration(vm)
-            self.assertEqual(r["status"], "failed", r)
-            self.assertIn("cannot execute", r["error-desc"])
+            r = exec_update(self, vm, os.path.join(vm.dir, "state.gw"), binary=script)
+            self.assertIn("cannot execute", vm.stderr_text())
+            self.assertEqual(r["status"], "completed", r)
+            self.assertEqual(vm.proc.pid, pid)
+            self.assertEqual(r["x-godwit-adopted-bytes"], mem_bytes(vm))
+            check_pauses(self, r)
             self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
+            wait_until(lambda: not stand_ins(vm), 10, "the stand-in to exit")
             vm.wait_passes(2)
-            self.assertFalse(vm.guest()["check-failed"])
+            self.assertFalse(vm.guest()["check-failed"], vm.serial_text())
 
     def test_new_image_that_cannot_load_gives_the_guest_back(self):
-        # A binary that passes the probe but cannot load the state after the
-        # exec: it executes the old binary again, which adopts the guest.
+        # A binary that takes the guest as the stand-in, but whose image
+        # after the exec cannot (another vCPU count): that image executes
+        # the old binary, which takes the guest from the stand-in.
         with dirtier() as vm:
             vm.wait_passes(1)
             pid = vm.proc.pid
             script = os.path.join(vm.dir, "liar")
             with open(script, "w") as f:
-                f.write("#!/bin/sh\ncase \"$*\" in *x-godwit-cpr-check*) exit 0;; esac\n"
-                        f"exec {vm.argv[0]} \"$@\" --vcpus 1\n")
+                f.write(f"#!/bin/sh\nif [ -e \"$0.ran\" ]; then exec {vm.argv[0]} \"$@\" --vcpus 1; fi\n"
+                        f"touch \"$0.ran\"\nexec {vm.argv[0]} \"$@\"\n")
             os.chmod(script, 0o755)
-            r = exec_update(self, vm, os.path.join(vm.dir, "state.gw"), binary=script)
+            exec_update(self, vm, os.path.join(vm.dir, "state.gw"), binary=script)
             wait_until(lambda: "executing the old one again" in vm.stderr_text(), 30,
                        "the way back")
             r = wait_until(lambda: (lambda q: q if q.get("status") == "completed" else None)(
                 reconnect(vm).cmd("query-migrate")), 30, "the old binary to take the guest")
             self.assertEqual(vm.proc.pid, pid)
             self.assertEqual(r["x-godwit-adopted-bytes"], mem_bytes(vm))
+            check_pauses(self, r)
             self.assertEqual(vm.qmp.cmd("query-status")["status"], "running")
+            wait_until(lambda: not stand_ins(vm), 10, "the stand-in to exit")
             vm.wait_passes(2)
             self.assertFalse(vm.guest()["check-failed"], vm.serial_text())
 

@@ -71,7 +71,17 @@ struct vm_migration {
 	bool out_background; /* the latest outgoing migration is a background snapshot */
 	uint64_t out_mode;   /* ... and its GW_MODE_* */
 	char snapshot_hash[33];
+
+	/* cpr-exec: the stand-in that holds the guest through the exec; and,
+	 * in the stand-in, how often it tried to give the guest back */
+	struct cpr_stand_in stand_in;
+	unsigned returns;
+	uint64_t cpr_first_pause_us; /* the image after the exec: its first pause */
 };
+
+static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, char *errmsg,
+			  size_t errlen);
+static void stand_in_returned(struct vm_migration *mig, enum gw_mig_status s, bool unconfirmed);
 
 /* ---- vm ops: pause/resume around the switchover ----------------------- */
 
@@ -108,12 +118,6 @@ static int op_pause(void *opaque, struct gw_error *err)
 static int op_prepare(void *opaque, struct gw_error *err)
 {
 	struct vm_migration *mig = opaque;
-	struct vmm *vm = mig->vm;
-	char msg[GW_ERROR_MSG_MAX];
-	/* A stream that brought its RAM into a VMM that left its slots to an
-	 * adoption that did not come (main.c): the RAM becomes guest memory. */
-	if (!vm->kvm.nr_slots && kvm_map_ram(&vm->kvm, &vm->ram, msg, sizeof(msg)))
-		return gw_error_set(err, -EIO, "%s", msg);
 	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
 	if (!ret)
 		test_stop(mig, "loaded");
@@ -250,29 +254,86 @@ static void finish_outgoing(struct vm_migration *mig)
 	mig->role = ROLE_NONE;
 	pthread_mutex_unlock(&mig->lock);
 
-	/* cpr-exec: the state is saved, the guest paused; the new binary
-	 * takes over this process (and returns here only if it cannot). */
-	if (s == GW_MIG_COMPLETED && mig->out_mode == GW_MODE_CPR_EXEC) {
+	/* A local live update: the new process (for cpr-exec, the stand-in)
+	 * runs the guest on these very pages; nothing here may touch them
+	 * again, 'cont' included. */
+	bool handed = s == GW_MIG_COMPLETED && mig->out_mode != GW_MODE_NORMAL;
+	if (handed)
+		vmm_set_ram_handed_over(mig->vm);
+	/* cpr-exec: a stand-in that did not take the guest goes; one that may
+	 * run it (unconfirmed) stays. One that runs it gives it back to the
+	 * new binary, which replaces this process (here again only if it
+	 * cannot, and then the stand-in runs on). */
+	if (mig->out_mode == GW_MODE_CPR_EXEC && !handed && !unconfirmed)
+		cpr_stand_in_end(&mig->stand_in);
+	/* The first hop's errors name the new binary: it is its refusal. */
+	if (mig->out_mode == GW_MODE_CPR_EXEC && s == GW_MIG_FAILED &&
+	    strncmp(mig->error, "cpr-exec:", 9)) {
 		char msg[GW_ERROR_MSG_MAX];
-		cpr_exec(mig->vm, mig->exec_cmd, mig->uri, msg, sizeof(msg));
+		snprintf(msg, sizeof(msg),
+			 "cpr-exec: the new binary %.120s, as the stand-in: %.340s",
+			 mig->exec_cmd[0], mig->error);
+		pthread_mutex_lock(&mig->lock);
+		snprintf(mig->error, sizeof(mig->error), "%s", msg);
+		pthread_mutex_unlock(&mig->lock);
+	}
+	if (handed && mig->out_mode == GW_MODE_CPR_EXEC) {
+		char msg[GW_ERROR_MSG_MAX];
+		cpr_exec(mig->vm, mig->exec_cmd, mig->uri, &mig->stand_in, mig->last.downtime_us,
+			 msg, sizeof(msg));
 		pthread_mutex_lock(&mig->lock);
 		s = mig->status = GW_MIG_FAILED;
 		snprintf(mig->error, sizeof(mig->error), "%s", msg);
 		pthread_mutex_unlock(&mig->lock);
 	}
-	/* cpr-transfer: the new process runs the guest on these very pages;
-	 * nothing here may touch them again, 'cont' included. */
-	if (s == GW_MIG_COMPLETED && mig->out_mode == GW_MODE_CPR_TRANSFER)
-		vmm_set_ram_handed_over(mig->vm);
 	/* Unconfirmed: the destination may run the guest, so it stays paused
 	 * here, as after a completed migration; 'cont' is the operator's call.
 	 * A background snapshot never gives the guest away. */
-	if ((s == GW_MIG_COMPLETED && !mig->out_background) || unconfirmed)
+	if ((s == GW_MIG_COMPLETED && !mig->out_background) || unconfirmed || handed)
 		vmm_set_postmigrate(mig->vm);
 	else
 		vmm_mig_resume(mig->vm);
 	if (s == GW_MIG_FAILED)
 		fprintf(stderr, "godwit-vmm: migration failed: %s\n", mig->error);
+	if (mig->vm->cpr_return_to)
+		stand_in_returned(mig, s, unconfirmed);
+}
+
+/* A cpr-exec's stand-in: the guest runs here; give it back to the new
+ * image (the socket pair reaches it across its exec). */
+static void stand_in_return(struct vm_migration *mig)
+{
+	char msg[GW_ERROR_MSG_MAX];
+	pthread_mutex_lock(&mig->lock);
+	mig->params.mode = GW_MODE_CPR_TRANSFER;
+	pthread_mutex_unlock(&mig->lock);
+	mig->returns++;
+	if (start_outgoing(mig, mig->vm->cpr_return_to, -1, msg, sizeof(msg)))
+		fprintf(stderr, "godwit-vmm: cpr-exec stand-in: cannot give the guest back: %s\n",
+			msg);
+}
+
+/* Tries, each one a new hello: a new image that refuses the guest
+ * executes the old binary, which then takes it. */
+#define STAND_IN_RETURNS 3
+
+/* A stand-in's return ended: done, or the guest runs on here. */
+static void stand_in_returned(struct vm_migration *mig, enum gw_mig_status s, bool unconfirmed)
+{
+	if (s == GW_MIG_COMPLETED) {
+		vmm_quit(mig->vm, "cpr-exec-returned");
+		return;
+	}
+	if (!unconfirmed && mig->returns < STAND_IN_RETURNS) {
+		stand_in_return(mig);
+		return;
+	}
+	const char *v = getenv(CPR_STAND_IN_ENV);
+	const char *dir = v ? strchr(v, ',') : NULL;
+	fprintf(stderr,
+		"godwit-vmm: cpr-exec: the new image did not take the guest back; %s in this stand-in, pid %d, QMP at unix:%s/qmp.sock\n",
+		unconfirmed ? "it may run there, or stays paused" : "it runs on", (int)getpid(),
+		dir ? dir + 1 : "?");
 }
 
 static void finish_incoming(struct vm_migration *mig)
@@ -298,12 +359,20 @@ static void finish_incoming(struct vm_migration *mig)
 		fprintf(stderr,
 			"godwit-vmm: incoming migration failed, the guest stays stopped: %s\n",
 			mig->error);
-	/* The new image of a cpr-exec that cannot take the guest gives it back
-	 * to the old binary; one that runs it lets go of the way back. */
-	if (getenv(CPR_EXEC_ENV) && mig->status != GW_MIG_COMPLETED)
+	/* The image after a cpr-exec that cannot take the guest leaves it to
+	 * the old binary; one that runs it counts both pauses and lets go of
+	 * the way back. */
+	if (getenv(CPR_EXEC_ENV) && mig->status != GW_MIG_COMPLETED) {
 		cpr_exec_fall_back(mig->vm, mig->error);
-	else if (getenv(CPR_EXEC_ENV))
+	} else if (getenv(CPR_EXEC_ENV)) {
+		pthread_mutex_lock(&mig->lock);
+		mig->cpr_first_pause_us = cpr_exec_first_pause_us();
+		mig->in_last.downtime_us += mig->cpr_first_pause_us;
+		pthread_mutex_unlock(&mig->lock);
 		cpr_exec_done();
+	}
+	if (mig->status == GW_MIG_COMPLETED && mig->vm->cpr_return_to)
+		stand_in_return(mig);
 }
 
 static void status_main(void *opaque)
@@ -401,6 +470,24 @@ static int open_for_update(struct vm_migration *mig, struct gw_channel *ch, stru
 	return ret;
 }
 
+/* cpr-exec: the new binary, started as the stand-in, is the first hop's
+ * destination. */
+static int open_stand_in(struct vm_migration *mig, struct gw_channel *ch, struct gw_error *err)
+{
+	int fd;
+	int ret = cpr_stand_in_start(&mig->stand_in, mig->exec_cmd, mig->uri, mig->cancel_efd,
+				     mig->params.ready_timeout_ms, &fd, err->msg, sizeof(err->msg));
+	if (ret)
+		return ret;
+	char uri[32];
+	snprintf(uri, sizeof(uri), "fd:%d", fd);
+	ret = gw_channel_connect(uri, ch, err);
+	close(fd);
+	if (ret)
+		cpr_stand_in_end(&mig->stand_in);
+	return ret;
+}
+
 static void *connect_thread(void *opaque)
 {
 	struct vm_migration *mig = opaque;
@@ -408,6 +495,8 @@ static void *connect_thread(void *opaque)
 	struct gw_channel ch;
 	int ret = mig->update_path ?
 			  open_for_update(mig, &ch, &err) :
+		  mig->out_mode == GW_MODE_CPR_EXEC ?
+			  open_stand_in(mig, &ch, &err) :
 			  gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
 	/* The channel holds its own dup of a passed fd now. */
 	if (mig->passed_fd >= 0) {
@@ -418,21 +507,15 @@ static void *connect_thread(void *opaque)
 		return connect_failed(mig, GW_MIG_CANCELLED, "");
 	if (ret)
 		return connect_failed(mig, GW_MIG_FAILED, err.msg);
-	/* cpr-exec: the new binary must say it takes this state before the
-	 * guest pauses for it. */
-	if (mig->out_mode == GW_MODE_CPR_EXEC &&
-	    (ret = cpr_exec_check(mig->exec_cmd, mig->m, mig->cancel_efd,
-				  mig->params.ready_timeout_ms, err.msg, sizeof(err.msg)))) {
-		gw_channel_close(&ch, NULL);
-		return connect_failed(mig, ret == -ECANCELED ? GW_MIG_CANCELLED : GW_MIG_FAILED,
-				      ret == -ECANCELED ? "" : err.msg);
-	}
 	pthread_mutex_lock(&mig->lock);
 	struct gw_precopy_params p = mig->params;
 	p.auto_converge = mig->cap_auto_converge;
 	p.mapped_ram = mig->cap_mapped_ram;
 	p.incremental = mig->cap_incremental;
 	p.background_snapshot = mig->cap_background;
+	/* cpr-exec is a cpr-transfer to the stand-in, then the exec. */
+	if (p.mode == GW_MODE_CPR_EXEC)
+		p.mode = GW_MODE_CPR_TRANSFER;
 	/* What the guest was when it stopped: a background snapshot's instant,
 	 * or a local live update's RAM as the new process must find it. */
 	mig->hash_at_pause = (mig->cap_background || p.mode != GW_MODE_NORMAL) &&
@@ -477,9 +560,6 @@ static void signal_cancel(struct vm_migration *mig)
 	ssize_t n = write(mig->cancel_efd, &one, sizeof(one));
 	(void)n;
 }
-
-static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, char *errmsg,
-			  size_t errlen);
 
 /* What a local live update needs of the URI and the settings, said
  * before anything starts. */
@@ -737,6 +817,7 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 		gw_incoming_stats(mig->in, &out->in);
 	memcpy(out->dest_hash, mig->dest_hash, sizeof(out->dest_hash));
 	memcpy(out->snapshot_hash, mig->snapshot_hash, sizeof(out->snapshot_hash));
+	out->cpr_first_pause_us = mig->cpr_first_pause_us;
 	if (mig->listener)
 		snprintf(out->listening, sizeof(out->listening), "%s",
 			 gw_listener_address(mig->listener));
@@ -857,20 +938,6 @@ void migration_free_exec_command(char **argv)
 	free_argv(argv);
 }
 
-int migration_check_probe(struct vmm *vm, int fd, char *errmsg, size_t errlen)
-{
-	struct gw_error err = {0};
-	struct gw_reader *r;
-	int ret = gw_reader_new(fd, &r, &err);
-	if (!ret) {
-		ret = gw_load_probe(vm->mig->m, r, &err);
-		gw_reader_free(r);
-	}
-	if (ret)
-		snprintf(errmsg, errlen, "%s", err.msg[0] ? err.msg : strerror(-ret));
-	return ret;
-}
-
 /* ---- set-up ----------------------------------------------------------- */
 
 int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
@@ -882,6 +949,7 @@ int migration_init(struct vmm *vm, char *errmsg, size_t errlen)
 	mig->vm = vm;
 	pthread_mutex_init(&mig->lock, NULL);
 	mig->passed_fd = -1;
+	mig->stand_in = (struct cpr_stand_in){.back = -1, .pid = -1, .pidfd = -1};
 	mig->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (mig->cancel_efd < 0)
 		return -errno;
@@ -953,6 +1021,9 @@ void migration_destroy(struct vmm *vm)
 		gw_incoming_free(mig->in);
 	if (mig->listener)
 		gw_listener_free(mig->listener);
+	/* A stand-in that did not get the guest goes with this VMM. */
+	if (mig->stand_in.pidfd >= 0 && !vm->ram_handed_over)
+		cpr_stand_in_end(&mig->stand_in);
 	gw_migration_free(mig->m);
 	dirty_kvm_destroy(&mig->dirty);
 	free(mig->uri);

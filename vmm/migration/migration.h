@@ -61,10 +61,6 @@ int migration_set_exec_command(struct vmm *vm, const char *const *argv, size_t n
 size_t migration_get_exec_command(struct vmm *vm, char ***out);
 void migration_free_exec_command(char **argv);
 
-/* --x-godwit-cpr-check: can this VMM load the state whose probe is at
- * fd? 0, or -errno with the reason. */
-int migration_check_probe(struct vmm *vm, int fd, char *errmsg, size_t errlen);
-
 enum migration_kind { MIGRATION_NONE, MIGRATION_OUTGOING, MIGRATION_INCOMING };
 
 /* What query-migrate shows: the latest migration, a copy. */
@@ -84,6 +80,9 @@ struct migration_info {
 	/* a background snapshot with x-godwit-verify-hash: RAM at its instant */
 	char snapshot_hash[33];
 	char listening[256]; /* the address still listened on, or "" */
+	/* the image after a cpr-exec: the first of the guest's two pauses
+	 * (to the stand-in); in.downtime_us is both */
+	uint64_t cpr_first_pause_us;
 };
 
 void migration_query(struct vmm *vm, struct migration_info *out);

@@ -260,6 +260,12 @@ static json_t *incoming_info(const struct migration_info *mi)
 				    json_integer((json_int_t)(st->downtime_us / 1000)));
 		json_object_set_new(r, "x-godwit-downtime-us",
 				    json_integer((json_int_t)st->downtime_us));
+		/* cpr-exec: the guest paused twice, to the stand-in and back. */
+		if (mi->cpr_first_pause_us)
+			json_object_set_new(r, "x-godwit-pauses-us",
+					    json_pack("[I,I]", (json_int_t)mi->cpr_first_pause_us,
+						      (json_int_t)(st->downtime_us -
+								   mi->cpr_first_pause_us)));
 	}
 	return r;
 }
