@@ -14,6 +14,10 @@
  *             GW_STACK_BASE + (i + 1) * GW_STACK_SIZE
  *   0x100000  the ELF image (PT_LOAD segments at their physical addresses)
  *
+ * The identity map covers [0, max(top of RAM, 4 GiB)): the MMIO window
+ * of the virtio devices (GW_VIRTIO_MMIO_BASE, in the hole between the
+ * RAM below 3 GiB and the RAM above 4 GiB) is reachable too.
+ *
  * At the ELF entry every vCPU runs in long mode, interrupts off, with
  *   rdi = vCPU index, rsi = GW_CONFIG_ADDR, rsp = its stack top.
  *
@@ -39,8 +43,25 @@
 
 /* "GWCONF01" little-endian */
 #define GW_CONFIG_MAGIC 0x31304652434f4347ull
-#define GW_CONFIG_VERSION 1
+#define GW_CONFIG_VERSION 2
 #define GW_CMDLINE_MAX 1024
+
+/*
+ * virtio-mmio devices (virtio 1.x, MMIO transport version 2): slot i has
+ * its 4 KiB of registers at GW_VIRTIO_MMIO_BASE + i * GW_VIRTIO_MMIO_SIZE
+ * and raises IOAPIC pin GW_VIRTIO_IRQ_BASE + i (level: high while its
+ * InterruptStatus is not zero). The config block lists the slots in use.
+ */
+#define GW_VIRTIO_MMIO_BASE 0xd0000000ull
+#define GW_VIRTIO_MMIO_SIZE 0x1000ull
+#define GW_VIRTIO_MMIO_MAX 8
+#define GW_VIRTIO_IRQ_BASE 5
+
+struct gw_virtio_slot {
+	uint64_t base;      /* guest-physical address of its registers */
+	uint32_t irq;       /* IOAPIC pin */
+	uint32_t device_id; /* virtio device id: 2 block */
+};
 
 /*
  * Written by the VMM at GW_CONFIG_ADDR. The cmdline is the VMM's
@@ -55,6 +76,9 @@ struct gw_guest_config {
 	uint64_t ram_size;      /* bytes of guest RAM, starting at 0 */
 	uint64_t kernel_end;    /* first byte after the loaded ELF image */
 	char cmdline[GW_CMDLINE_MAX]; /* NUL-terminated */
+	uint32_t nr_virtio;           /* slots in use, first ones of virtio[] */
+	uint32_t reserved;
+	struct gw_virtio_slot virtio[GW_VIRTIO_MMIO_MAX];
 };
 
 /*

@@ -12,6 +12,7 @@
 #include "vmm/migration/cpu_sections.h"
 #include "vmm/dev/dev_testdev.h"
 #include "vmm/dev/dev_uart.h"
+#include "vmm/dev/virtio_blk.h"
 #include "vmm/kvm/guest_ram.h"
 #include "vmm/dev/io_bus.h"
 #include "vmm/kvm/kvm.h"
@@ -34,6 +35,8 @@ struct vmm {
 	struct vcpu_set vcpus;
 	struct uart uart;
 	struct testdev testdev;
+	struct virtio_blk drives[VIRTIO_BLK_MAX_DRIVES]; /* --drive, in order */
+	unsigned nr_drives;
 	struct cpu_sections cpu_state; /* vCPU and VM state as a migration moves it */
 	struct qmp_server *qmp;
 

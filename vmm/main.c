@@ -36,7 +36,9 @@ struct options {
 	bool debug;
 	bool memory_given;
 	const char *cpr_return_to; /* --x-godwit-cpr-return-to URI (cpr_exec.h) */
-	const char *stop_at;       /* --x-godwit-stop-at POINT */
+	struct drive_options drives[VIRTIO_BLK_MAX_DRIVES]; /* --drive */
+	unsigned nr_drives;
+	const char *stop_at; /* --x-godwit-stop-at POINT */
 };
 
 static void usage(FILE *f)
@@ -62,6 +64,11 @@ static void usage(FILE *f)
 		"                         A new process for a local live update (cpr-transfer)\n"
 		"                         is started with --incoming unix:PATH; it takes the\n"
 		"                         guest's memory size from the old one unless -m is given\n"
+		"      --drive file=PATH[,format=raw][,cache=none|writeback][,shared=on|off]\n"
+		"                         a virtio-blk disk (virtio-mmio) on a raw image; up to %d.\n"
+		"                         cache=none: O_DIRECT. shared=on (default): both hosts\n"
+		"                         of a migration see the image (it is flushed at the\n"
+		"                         switchover, not copied)\n"
 		"  -S, --paused           start with the vCPUs stopped (QMP 'cont' runs them)\n"
 		"  -d, --debug            log unclaimed port and MMIO accesses\n"
 		"  -h, --help             this text\n"
@@ -70,7 +77,7 @@ static void usage(FILE *f)
 		"Exit status: the guest's requested status; 1 if its self-check failed;\n"
 		"3 if a vCPU stopped on a fatal error; 2 for a usage or set-up error;\n"
 		"4 if shutting down took longer than 30 s and was cut short.\n",
-		GW_MAX_VCPUS);
+		GW_MAX_VCPUS, VIRTIO_BLK_MAX_DRIVES);
 }
 
 /* Decimal digits up to *end, nothing before them: strtoull() would skip
@@ -137,6 +144,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"incoming", required_argument, NULL, 'i'},
 		{"paused", no_argument, NULL, 'S'},
 		{"debug", no_argument, NULL, 'd'},
+		{"drive", required_argument, NULL, 'D'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		/* a cpr-exec's stand-in: where it gives the guest back */
@@ -204,6 +212,20 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case 'X':
 			o->cpr_return_to = optarg;
 			break;
+		case 'D': {
+			char why[256];
+			if (o->nr_drives == VIRTIO_BLK_MAX_DRIVES) {
+				fprintf(stderr, "godwit-vmm: at most %d --drive\n",
+					VIRTIO_BLK_MAX_DRIVES);
+				return -1;
+			}
+			if (drive_parse(optarg, &o->drives[o->nr_drives], why, sizeof(why))) {
+				fprintf(stderr, "godwit-vmm: %s\n", why);
+				return -1;
+			}
+			o->nr_drives++;
+			break;
+		}
 		case 'Z':
 			if (strcmp(optarg, "adopted") && strcmp(optarg, "loaded") &&
 			    strcmp(optarg, "go")) {
@@ -340,6 +362,20 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 		snprintf(err, errlen, "device set-up failed");
 		return -EINVAL;
 	}
+	/* The virtio devices take the slots in order; the guest finds them
+	 * in its config block (abi.h), a Linux guest on its command line. */
+	struct gw_virtio_slot slots[VIRTIO_BLK_MAX_DRIVES];
+	for (unsigned i = 0; i < o->nr_drives; i++, vm->nr_drives++) {
+		ret = virtio_blk_init(&vm->drives[i], vm, i, i, &o->drives[i], err, errlen);
+		if (ret)
+			return ret;
+		slots[i] = (struct gw_virtio_slot){GW_VIRTIO_MMIO_BASE + i * GW_VIRTIO_MMIO_SIZE,
+						   GW_VIRTIO_IRQ_BASE + i, 2};
+		if (o->debug)
+			fprintf(stderr, "godwit-vmm: %s: %s, virtio_mmio.device=4K@0x%llx:%u\n",
+				vm->drives[i].t.name, o->drives[i].path,
+				(unsigned long long)slots[i].base, slots[i].irq);
+	}
 	ret = vcpus_create(&vm->vcpus, &vm->kvm, o->vcpus, &vm->pio, &vm->mmio, vmm_on_vcpu_fatal,
 			   vm, err, errlen);
 	if (ret)
@@ -349,7 +385,8 @@ static int build_machine(struct vmm *vm, const struct options *o, int serial_fd,
 	if (o->incoming)
 		return 0;
 	if (o->kernel)
-		return boot_elf(&vm->ram, &vm->vcpus, o->kernel, o->append, err, errlen);
+		return boot_elf(&vm->ram, &vm->vcpus, o->kernel, o->append, slots, vm->nr_drives,
+				err, errlen);
 	return boot_sector(&vm->ram, &vm->vcpus, o->bootsector, err, errlen);
 }
 
@@ -433,6 +470,8 @@ int main(int argc, char **argv)
 	qmp_server_free(vm.qmp);
 	if (o.cpr_return_to)
 		cpr_stand_in_exit();
+	for (unsigned i = 0; i < vm.nr_drives; i++)
+		virtio_blk_destroy(&vm.drives[i]);
 	uart_destroy(&vm.uart);
 	testdev_destroy(&vm.testdev);
 	guest_ram_destroy(&vm.ram);

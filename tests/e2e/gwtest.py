@@ -28,6 +28,8 @@ VMM = os.path.join(BUILD, "vmm", "godwit-vmm")
 CLI = os.path.join(BUILD, "tools", "godwit")
 DIRTIER = os.path.join(BUILD, "guests", "dirtier.elf")
 IDLE = os.path.join(BUILD, "guests", "idle.elf")
+DISKCHECK = os.path.join(BUILD, "guests", "diskcheck.elf")
+BLKEVIL = os.path.join(BUILD, "guests", "blkevil.elf")
 BOOTDIRTIER = os.path.join(BUILD, "guests", "bootdirtier.bin")
 
 SKIP = 77  # meson's "skipped" exit code

@@ -194,19 +194,31 @@ const void *guest_ram_ptr(const struct guest_ram *ram, uint64_t gpa, uint64_t le
 	return b ? b->host + (gpa - b->gpa) : NULL;
 }
 
-int guest_ram_write(struct guest_ram *ram, uint64_t gpa, const void *buf, uint64_t len)
+void *guest_ram_dma(struct guest_ram *ram, uint64_t gpa, uint64_t len)
 {
 	const struct ram_block *b = find_block(ram, gpa, len);
-	if (!b)
-		return -EFAULT;
-	memcpy(b->host + (gpa - b->gpa), buf, len);
-	if (!len)
-		return 0;
-	/* Marked after the copy: a sync that takes the bit before the copy
-	 * ends would let the next round miss the rest of the write. */
+	return b ? b->host + (gpa - b->gpa) : NULL;
+}
+
+void guest_ram_dma_done(struct guest_ram *ram, uint64_t gpa, uint64_t len)
+{
+	const struct ram_block *b = find_block(ram, gpa, len);
+	if (!b || !len)
+		return;
+	/* Marked after the write: a sync that takes the bit before the write
+	 * ends would let the next round miss the rest of it. */
 	uint64_t first = (gpa - b->gpa) / 4096, last = (gpa - b->gpa + len - 1) / 4096;
 	for (uint64_t pg = first; pg <= last; pg++)
 		__atomic_fetch_or(&b->vmm_dirty[pg / 64], 1ull << (pg % 64), __ATOMIC_RELEASE);
+}
+
+int guest_ram_write(struct guest_ram *ram, uint64_t gpa, const void *buf, uint64_t len)
+{
+	void *p = guest_ram_dma(ram, gpa, len);
+	if (!p)
+		return -EFAULT;
+	memcpy(p, buf, len);
+	guest_ram_dma_done(ram, gpa, len);
 	return 0;
 }
 

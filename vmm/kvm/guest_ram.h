@@ -72,6 +72,16 @@ const void *guest_ram_ptr(const struct guest_ram *ram, uint64_t gpa, uint64_t le
  */
 int guest_ram_write(struct guest_ram *ram, uint64_t gpa, const void *buf, uint64_t len);
 
+/*
+ * Device DMA straight into guest RAM (a disk read into a guest buffer):
+ * the host address of [gpa, gpa+len) if it lies inside one block, to
+ * write through, and guest_ram_dma_done() once the write is over, which
+ * marks the pages dirty as guest_ram_write() does (after the write, or
+ * a dirty sync in between would miss its end).
+ */
+void *guest_ram_dma(struct guest_ram *ram, uint64_t gpa, uint64_t len);
+void guest_ram_dma_done(struct guest_ram *ram, uint64_t gpa, uint64_t len);
+
 /* Take (and clear) the VMM-written bits of block b, ORing them into
  * bitmap. Safe against concurrent guest_ram_write(). */
 void guest_ram_take_vmm_dirty(struct guest_ram *ram, unsigned b, uint64_t *bitmap);

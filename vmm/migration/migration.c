@@ -141,6 +141,10 @@ static int op_resume(void *opaque, struct gw_error *err)
 	(void)err;
 	if (mig->role == ROLE_INCOMING)
 		test_stop(mig, "go");
+	/* The side that runs the guest now takes its disk requests (those
+	 * that waited in the rings through the switchover too). */
+	for (unsigned i = 0; i < mig->vm->nr_drives; i++)
+		virtio_blk_resume(&mig->vm->drives[i]);
 	vmm_mig_resume(mig->vm);
 	return 0;
 }
@@ -421,6 +425,11 @@ static void cb_status(void *opaque, enum gw_mig_status s)
 
 static void cb_pass(void *opaque, uint64_t pass)
 {
+	struct vm_migration *mig = opaque;
+	/* The disks' writes so far go to stable storage while the guest
+	 * runs: the switchover's fdatasync then has only the last ones. */
+	for (unsigned i = 0; i < mig->vm->nr_drives; i++)
+		virtio_blk_flush_early(&mig->vm->drives[i]);
 	post_status(opaque, GW_MIG_ACTIVE, true, pass);
 }
 
@@ -606,6 +615,37 @@ static int check_mode(struct vm_migration *mig, const char *uri, char *errmsg, s
 	return 0;
 }
 
+/*
+ * What the disks allow. A snapshot (a file, a command's stream, a
+ * background snapshot) would be restored later beside an image that has
+ * changed since; and an image only this host sees cannot follow a guest
+ * to another host. A local live update keeps the very image.
+ */
+static int check_drives(struct vm_migration *mig, const char *uri, char *errmsg, size_t errlen)
+{
+	struct vmm *vm = mig->vm;
+	if (!vm->nr_drives || mig->params.mode != GW_MODE_NORMAL)
+		return 0;
+	bool snapshot = mig->cap_background || mig->cap_mapped_ram || !strncmp(uri, "file:", 5) ||
+			!strncmp(uri, "exec:", 5);
+	for (unsigned i = 0; i < vm->nr_drives; i++) {
+		const struct virtio_blk *b = &vm->drives[i];
+		if (snapshot) {
+			snprintf(errmsg, errlen,
+				 "%s (%.200s): a snapshot of a guest with a disk is not supported yet: it would not hold the disk, and a restore would pair this RAM with the image as it is by then",
+				 b->t.name, b->opt.path);
+			return -EOPNOTSUPP;
+		}
+		if (!b->opt.shared) {
+			snprintf(errmsg, errlen,
+				 "%s (%.200s) is shared=off: its contents cannot reach another host yet (block migration is not built); use an image both hosts see (shared=on)",
+				 b->t.name, b->opt.path);
+			return -EOPNOTSUPP;
+		}
+	}
+	return 0;
+}
+
 int migration_start(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
@@ -644,6 +684,8 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 		return -EINVAL;
 	}
 	int ret = check_mode(mig, uri, errmsg, errlen);
+	if (!ret)
+		ret = check_drives(mig, uri, errmsg, errlen);
 	if (ret)
 		return ret;
 
@@ -818,6 +860,9 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	memcpy(out->dest_hash, mig->dest_hash, sizeof(out->dest_hash));
 	memcpy(out->snapshot_hash, mig->snapshot_hash, sizeof(out->snapshot_hash));
 	out->cpr_first_pause_us = mig->cpr_first_pause_us;
+	out->disk_sync_us = vm->nr_drives ? 0 : -1;
+	for (unsigned i = 0; i < vm->nr_drives; i++)
+		out->disk_sync_us += (int64_t)virtio_blk_last_sync_us(&vm->drives[i]);
 	if (mig->listener)
 		snprintf(out->listening, sizeof(out->listening), "%s",
 			 gw_listener_address(mig->listener));

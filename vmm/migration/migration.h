@@ -83,6 +83,9 @@ struct migration_info {
 	/* the image after a cpr-exec: the first of the guest's two pauses
 	 * (to the stand-in); in.downtime_us is both */
 	uint64_t cpr_first_pause_us;
+	/* the disks: how long the switchover's fdatasync of their images took
+	 * (the source's latest pause), -1 without a disk */
+	int64_t disk_sync_us;
 };
 
 void migration_query(struct vmm *vm, struct migration_info *out);

@@ -213,6 +213,10 @@ static json_t *outgoing_info(const struct migration_info *mi)
 	if (st->downtime_us && mi->status == GW_MIG_COMPLETED)
 		json_object_set_new(r, "x-godwit-downtime-us",
 				    json_integer((json_int_t)st->downtime_us));
+	/* The part of the downtime that made the disks' writes durable. */
+	if (mi->disk_sync_us >= 0 && mi->status == GW_MIG_COMPLETED)
+		json_object_set_new(r, "x-godwit-disk-sync-us",
+				    json_integer((json_int_t)mi->disk_sync_us));
 	if (mi->background) {
 		json_object_set_new(r, "x-godwit-wp-faults",
 				    json_integer((json_int_t)st->wp_faults));

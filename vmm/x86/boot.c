@@ -78,7 +78,7 @@ static int load_segments(struct guest_ram *ram, const uint8_t *img, size_t size,
 	return 0;
 }
 
-/* Identity map [0, top) with 2 MiB pages: one PD per GiB. */
+/* Identity map [0, top) with 2 MiB pages: one PD per GiB (abi.h). */
 static int build_page_tables(struct guest_ram *ram, uint64_t top)
 {
 	uint64_t gib = (top + (1ull << 30) - 1) >> 30;
@@ -110,7 +110,8 @@ static int write_gdt(struct guest_ram *ram)
 }
 
 static int write_config(struct guest_ram *ram, unsigned nr_vcpus, uint64_t image_end,
-			const char *cmdline)
+			const char *cmdline, const struct gw_virtio_slot *virtio,
+			unsigned nr_virtio)
 {
 	struct gw_guest_config *cfg = calloc(1, sizeof(*cfg));
 	if (!cfg)
@@ -121,6 +122,8 @@ static int write_config(struct guest_ram *ram, unsigned nr_vcpus, uint64_t image
 	cfg->ram_size = ram->blocks[0].size;
 	cfg->kernel_end = image_end;
 	snprintf(cfg->cmdline, sizeof(cfg->cmdline), "%s", cmdline ? cmdline : "");
+	for (unsigned i = 0; i < nr_virtio && i < GW_VIRTIO_MMIO_MAX; i++)
+		cfg->virtio[cfg->nr_virtio++] = virtio[i];
 	int ret = guest_ram_write(ram, GW_CONFIG_ADDR, cfg, sizeof(*cfg));
 	free(cfg);
 	return ret;
@@ -206,7 +209,7 @@ static int read_file(const char *path, uint8_t **out, size_t *size, char *errmsg
 }
 
 int boot_elf(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path, const char *cmdline,
-	     char *errmsg, size_t errlen)
+	     const struct gw_virtio_slot *virtio, unsigned nr_virtio, char *errmsg, size_t errlen)
 {
 	if (cmdline && strlen(cmdline) >= GW_CMDLINE_MAX) {
 		snprintf(errmsg, errlen, "--append: longer than %d bytes", GW_CMDLINE_MAX - 1);
@@ -222,11 +225,13 @@ int boot_elf(struct guest_ram *ram, struct vcpu_set *vcpus, const char *path, co
 	free(img);
 	if (ret)
 		return ret;
-	ret = build_page_tables(ram, guest_ram_top(ram));
+	/* Past 4 GiB at least: the virtio MMIO window is in the hole below. */
+	uint64_t top = guest_ram_top(ram);
+	ret = build_page_tables(ram, top > (4ull << 30) ? top : 4ull << 30);
 	if (!ret)
 		ret = write_gdt(ram);
 	if (!ret)
-		ret = write_config(ram, vcpus->nr, image_end, cmdline);
+		ret = write_config(ram, vcpus->nr, image_end, cmdline, virtio, nr_virtio);
 	if (ret) {
 		snprintf(errmsg, errlen, "writing boot structures: %s", strerror(-ret));
 		return ret;
