@@ -4,52 +4,8 @@
  */
 #include "virtio.h"
 
-/* MMIO registers (4.2.2), all 32 bits wide. */
-enum {
-	REG_MAGIC = 0x000,
-	REG_VERSION = 0x004,
-	REG_DEVICE_ID = 0x008,
-	REG_DEVICE_FEATURES = 0x010,
-	REG_DEVICE_FEATURES_SEL = 0x014,
-	REG_DRIVER_FEATURES = 0x020,
-	REG_DRIVER_FEATURES_SEL = 0x024,
-	REG_QUEUE_SEL = 0x030,
-	REG_QUEUE_NUM_MAX = 0x034,
-	REG_QUEUE_NUM = 0x038,
-	REG_QUEUE_READY = 0x044,
-	REG_QUEUE_NOTIFY = 0x050,
-	REG_INTERRUPT_STATUS = 0x060,
-	REG_INTERRUPT_ACK = 0x064,
-	REG_STATUS = 0x070,
-	REG_QUEUE_DESC_LOW = 0x080,
-	REG_QUEUE_DESC_HIGH = 0x084,
-	REG_QUEUE_DRIVER_LOW = 0x090,
-	REG_QUEUE_DRIVER_HIGH = 0x094,
-	REG_QUEUE_DEVICE_LOW = 0x0a0,
-	REG_QUEUE_DEVICE_HIGH = 0x0a4,
-	REG_CONFIG_GENERATION = 0x0fc,
-	REG_CONFIG = 0x100,
-};
-
 #define VIRTIO_MMIO_MAGIC 0x74726976 /* "virt" */
 #define VIRTIO_MMIO_VERSION 2
-
-/* Device status bits (2.1). */
-enum {
-	STATUS_ACKNOWLEDGE = 1,
-	STATUS_DRIVER = 2,
-	STATUS_DRIVER_OK = 4,
-	STATUS_FEATURES_OK = 8,
-	STATUS_NEEDS_RESET = 64,
-};
-
-#define STATUS_PROBED (STATUS_ACKNOWLEDGE | STATUS_DRIVER)
-#define STATUS_NEGOTIATED (STATUS_PROBED | STATUS_FEATURES_OK)
-#define STATUS_RUNNING (STATUS_NEGOTIATED | STATUS_DRIVER_OK)
-
-/* InterruptStatus bits; the others are undefined and must be ignored. */
-#define INTERRUPT_USED 1
-#define INTERRUPT_CONFIG 2
 
 /* A device that resets synchronously reads 0 at once; one that takes
  * longer gets this many polls (each a VM exit, a few µs) before the guest
@@ -59,34 +15,6 @@ enum {
  * device that gave up (DEVICE_NEEDS_RESET) ends the guest instead of
  * hanging it. Each look is a VM exit: rarely enough not to slow the poll. */
 #define STATUS_POLL_SPINS (1u << 16)
-
-/* The split virtqueue (2.7): little-endian, as is x86. */
-struct gw_virtq_desc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-};
-
-#define VIRTQ_DESC_F_NEXT 1
-#define VIRTQ_DESC_F_WRITE 2
-
-struct gw_virtq_avail {
-	uint16_t flags;
-	uint16_t idx;
-	uint16_t ring[]; /* then used_event, unused without VIRTIO_F_EVENT_IDX */
-};
-
-struct gw_virtq_used_elem {
-	uint32_t id; /* head of the chain */
-	uint32_t len;
-};
-
-struct gw_virtq_used {
-	uint16_t flags;
-	uint16_t idx;
-	struct gw_virtq_used_elem ring[];
-};
 
 /*
  * Register accesses are single 32-bit movs written out in asm: KVM has to
@@ -121,9 +49,9 @@ static void expect_reg(const struct gw_virtio *dev, uint32_t reg, const char *na
 
 static void expect_status(const struct gw_virtio *dev, uint32_t want)
 {
-	uint32_t v = reg_read(dev, REG_STATUS);
+	uint32_t v = reg_read(dev, GW_VIRTIO_REG_STATUS);
 
-	if (v & STATUS_NEEDS_RESET)
+	if (v & GW_VIRTIO_STATUS_NEEDS_RESET)
 		gw_fatal("virtio@0x%lx: Status (0x070) = 0x%x: DEVICE_NEEDS_RESET\n", dev->base, v);
 	if (v != want)
 		gw_fatal("virtio@0x%lx: Status (0x070) = 0x%x, expected 0x%x\n", dev->base, v,
@@ -145,34 +73,34 @@ const struct gw_virtio_slot *gw_virtio_find(const struct gw_guest_config *cfg, u
 /* 2.4: a reset is complete once Status reads 0 again. */
 static void reset(const struct gw_virtio *dev)
 {
-	reg_write(dev, REG_STATUS, 0);
+	reg_write(dev, GW_VIRTIO_REG_STATUS, 0);
 	for (uint32_t i = 0; i < RESET_POLLS; i++)
-		if (reg_read(dev, REG_STATUS) == 0)
+		if (reg_read(dev, GW_VIRTIO_REG_STATUS) == 0)
 			return;
 	gw_fatal("virtio@0x%lx: Status (0x070) = 0x%x after %u polls, expected 0 after a reset\n",
-		 dev->base, reg_read(dev, REG_STATUS), RESET_POLLS);
+		 dev->base, reg_read(dev, GW_VIRTIO_REG_STATUS), RESET_POLLS);
 }
 
 static uint64_t device_features(const struct gw_virtio *dev)
 {
 	uint64_t lo, hi;
 
-	reg_write(dev, REG_DEVICE_FEATURES_SEL, 0);
-	lo = reg_read(dev, REG_DEVICE_FEATURES);
-	reg_write(dev, REG_DEVICE_FEATURES_SEL, 1);
-	hi = reg_read(dev, REG_DEVICE_FEATURES);
+	reg_write(dev, GW_VIRTIO_REG_DEVICE_FEATURES_SEL, 0);
+	lo = reg_read(dev, GW_VIRTIO_REG_DEVICE_FEATURES);
+	reg_write(dev, GW_VIRTIO_REG_DEVICE_FEATURES_SEL, 1);
+	hi = reg_read(dev, GW_VIRTIO_REG_DEVICE_FEATURES);
 	return hi << 32 | lo;
 }
 
 uint64_t gw_virtio_probe(struct gw_virtio *dev, uint64_t base, uint32_t device_id)
 {
 	dev->base = base;
-	expect_reg(dev, REG_MAGIC, "MagicValue", VIRTIO_MMIO_MAGIC);
-	expect_reg(dev, REG_VERSION, "Version", VIRTIO_MMIO_VERSION);
-	expect_reg(dev, REG_DEVICE_ID, "DeviceID", device_id);
+	expect_reg(dev, GW_VIRTIO_REG_MAGIC, "MagicValue", VIRTIO_MMIO_MAGIC);
+	expect_reg(dev, GW_VIRTIO_REG_VERSION, "Version", VIRTIO_MMIO_VERSION);
+	expect_reg(dev, GW_VIRTIO_REG_DEVICE_ID, "DeviceID", device_id);
 	reset(dev);
-	reg_write(dev, REG_STATUS, STATUS_ACKNOWLEDGE);
-	reg_write(dev, REG_STATUS, STATUS_PROBED);
+	reg_write(dev, GW_VIRTIO_REG_STATUS, GW_VIRTIO_STATUS_ACKNOWLEDGE);
+	reg_write(dev, GW_VIRTIO_REG_STATUS, GW_VIRTIO_STATUS_PROBED);
 	return device_features(dev);
 }
 
@@ -183,13 +111,13 @@ void gw_virtio_negotiate(struct gw_virtio *dev, uint64_t features)
 	if ((offered & want) != want)
 		gw_fatal("virtio@0x%lx: DeviceFeatures = 0x%lx, lacking 0x%lx of the needed 0x%lx\n",
 			 dev->base, offered, want & ~offered, want);
-	reg_write(dev, REG_DRIVER_FEATURES_SEL, 0);
-	reg_write(dev, REG_DRIVER_FEATURES, (uint32_t)want);
-	reg_write(dev, REG_DRIVER_FEATURES_SEL, 1);
-	reg_write(dev, REG_DRIVER_FEATURES, (uint32_t)(want >> 32));
-	reg_write(dev, REG_STATUS, STATUS_NEGOTIATED);
+	reg_write(dev, GW_VIRTIO_REG_DRIVER_FEATURES_SEL, 0);
+	reg_write(dev, GW_VIRTIO_REG_DRIVER_FEATURES, (uint32_t)want);
+	reg_write(dev, GW_VIRTIO_REG_DRIVER_FEATURES_SEL, 1);
+	reg_write(dev, GW_VIRTIO_REG_DRIVER_FEATURES, (uint32_t)(want >> 32));
+	reg_write(dev, GW_VIRTIO_REG_STATUS, GW_VIRTIO_STATUS_NEGOTIATED);
 	/* The device says no to a feature set by leaving FEATURES_OK clear. */
-	expect_status(dev, STATUS_NEGOTIATED);
+	expect_status(dev, GW_VIRTIO_STATUS_NEGOTIATED);
 }
 
 uint64_t gw_virtio_config64(const struct gw_virtio *dev, uint32_t offset)
@@ -197,10 +125,10 @@ uint64_t gw_virtio_config64(const struct gw_virtio *dev, uint32_t offset)
 	uint32_t generation, lo, hi;
 
 	do {
-		generation = reg_read(dev, REG_CONFIG_GENERATION);
-		lo = reg_read(dev, REG_CONFIG + offset);
-		hi = reg_read(dev, REG_CONFIG + offset + 4);
-	} while (reg_read(dev, REG_CONFIG_GENERATION) != generation);
+		generation = reg_read(dev, GW_VIRTIO_REG_CONFIG_GENERATION);
+		lo = reg_read(dev, GW_VIRTIO_REG_CONFIG + offset);
+		hi = reg_read(dev, GW_VIRTIO_REG_CONFIG + offset + 4);
+	} while (reg_read(dev, GW_VIRTIO_REG_CONFIG_GENERATION) != generation);
 	return (uint64_t)hi << 32 | lo;
 }
 
@@ -256,9 +184,9 @@ unsigned gw_virtio_start(struct gw_virtio *dev, unsigned max_size, void *mem)
 	    (uintptr_t)mem % 16)
 		gw_fatal("virtio@0x%lx: bad queue: %u entries at 0x%lx\n", dev->base, max_size,
 			 (uint64_t)(uintptr_t)mem);
-	reg_write(dev, REG_QUEUE_SEL, 0);
-	expect_reg(dev, REG_QUEUE_READY, "QueueReady", 0);
-	num_max = reg_read(dev, REG_QUEUE_NUM_MAX);
+	reg_write(dev, GW_VIRTIO_REG_QUEUE_SEL, 0);
+	expect_reg(dev, GW_VIRTIO_REG_QUEUE_READY, "QueueReady", 0);
+	num_max = reg_read(dev, GW_VIRTIO_REG_QUEUE_NUM_MAX);
 	if (num_max == 0)
 		gw_fatal("virtio@0x%lx: QueueNumMax (0x034) = 0: queue 0 is not available\n",
 			 dev->base);
@@ -268,13 +196,13 @@ unsigned gw_virtio_start(struct gw_virtio *dev, unsigned max_size, void *mem)
 		dev->size /= 2;
 	init_rings(dev, mem);
 
-	reg_write(dev, REG_QUEUE_NUM, dev->size);
-	write_address(dev, REG_QUEUE_DESC_LOW, dev->desc);
-	write_address(dev, REG_QUEUE_DRIVER_LOW, dev->avail);
-	write_address(dev, REG_QUEUE_DEVICE_LOW, dev->used);
-	reg_write(dev, REG_QUEUE_READY, 1);
-	reg_write(dev, REG_STATUS, STATUS_RUNNING);
-	expect_status(dev, STATUS_RUNNING);
+	reg_write(dev, GW_VIRTIO_REG_QUEUE_NUM, dev->size);
+	write_address(dev, GW_VIRTIO_REG_QUEUE_DESC_LOW, dev->desc);
+	write_address(dev, GW_VIRTIO_REG_QUEUE_DRIVER_LOW, dev->avail);
+	write_address(dev, GW_VIRTIO_REG_QUEUE_DEVICE_LOW, dev->used);
+	reg_write(dev, GW_VIRTIO_REG_QUEUE_READY, 1);
+	reg_write(dev, GW_VIRTIO_REG_STATUS, GW_VIRTIO_STATUS_RUNNING);
+	expect_status(dev, GW_VIRTIO_STATUS_RUNNING);
 	return dev->size;
 }
 
@@ -291,8 +219,8 @@ bool gw_virtq_add(struct gw_virtio *dev, const struct gw_virtq_buf *bufs, unsign
 
 		desc->addr = (uint64_t)(uintptr_t)bufs[i].addr;
 		desc->len = bufs[i].len;
-		desc->flags = (uint16_t)((bufs[i].device_writes ? VIRTQ_DESC_F_WRITE : 0) |
-					 (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0));
+		desc->flags = (uint16_t)((bufs[i].device_writes ? GW_VIRTQ_DESC_F_WRITE : 0) |
+					 (i + 1 < n ? GW_VIRTQ_DESC_F_NEXT : 0));
 		d = desc->next;
 	}
 	dev->free_head = d;
@@ -320,7 +248,7 @@ void gw_virtq_kick(struct gw_virtio *dev)
 	/* avail->idx must be globally visible before the device, woken on
 	 * another CPU by this write, looks at it. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	reg_write(dev, REG_QUEUE_NOTIFY, 0);
+	reg_write(dev, GW_VIRTIO_REG_QUEUE_NOTIFY, 0);
 }
 
 /* Acquire: the used elements are read only after the index that
@@ -339,7 +267,7 @@ static void wait_used(const struct gw_virtio *dev)
 {
 	for (uint32_t spins = 1; used_idx(dev) == dev->last_used; spins++) {
 		if (spins % STATUS_POLL_SPINS == 0)
-			expect_status(dev, STATUS_RUNNING);
+			expect_status(dev, GW_VIRTIO_STATUS_RUNNING);
 		gw_pause();
 	}
 }
@@ -355,7 +283,7 @@ static void *free_chain(struct gw_virtio *dev, uint32_t head)
 		gw_fatal("virtio@0x%lx: the used ring returns descriptor %u, not the head of a chain in flight\n",
 			 dev->base, head);
 	dev->token[head] = NULL;
-	while (dev->desc[tail].flags & VIRTQ_DESC_F_NEXT) {
+	while (dev->desc[tail].flags & GW_VIRTQ_DESC_F_NEXT) {
 		tail = dev->desc[tail].next;
 		n++;
 	}
@@ -373,13 +301,14 @@ static void *free_chain(struct gw_virtio *dev, uint32_t head)
  */
 static void ack_interrupt(const struct gw_virtio *dev)
 {
-	uint32_t isr = reg_read(dev, REG_INTERRUPT_STATUS) & (INTERRUPT_USED | INTERRUPT_CONFIG);
+	uint32_t isr = reg_read(dev, GW_VIRTIO_REG_INTERRUPT_STATUS) &
+		       (GW_VIRTIO_INT_USED | GW_VIRTIO_INT_CONFIG);
 
 	if (!isr)
 		return;
-	reg_write(dev, REG_INTERRUPT_ACK, isr);
-	if (isr & INTERRUPT_CONFIG)
-		expect_status(dev, STATUS_RUNNING);
+	reg_write(dev, GW_VIRTIO_REG_INTERRUPT_ACK, isr);
+	if (isr & GW_VIRTIO_INT_CONFIG)
+		expect_status(dev, GW_VIRTIO_STATUS_RUNNING);
 }
 
 unsigned gw_virtq_reap(struct gw_virtio *dev, void **tokens, unsigned max)

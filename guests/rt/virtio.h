@@ -15,6 +15,10 @@
  * (guest-physical = virtual: the identity map). Any answer from the device
  * that the spec does not allow ends the guest with gw_fatal, naming the
  * register and what it read.
+ *
+ * The register map and the ring layout are here too, for a guest that
+ * writes registers and rings by hand (blkevil.c, which breaks the rules on
+ * purpose).
  */
 #ifndef GW_GUEST_VIRTIO_H
 #define GW_GUEST_VIRTIO_H
@@ -22,6 +26,81 @@
 #include "rt.h"
 
 #define GW_VIRTIO_F_VERSION_1 (1ull << 32)
+
+/* The MMIO registers (4.2.2), offsets from the device's base, all 32 bits
+ * wide; the device-specific config space starts at GW_VIRTIO_REG_CONFIG. */
+enum {
+	GW_VIRTIO_REG_MAGIC = 0x000,
+	GW_VIRTIO_REG_VERSION = 0x004,
+	GW_VIRTIO_REG_DEVICE_ID = 0x008,
+	GW_VIRTIO_REG_DEVICE_FEATURES = 0x010,
+	GW_VIRTIO_REG_DEVICE_FEATURES_SEL = 0x014,
+	GW_VIRTIO_REG_DRIVER_FEATURES = 0x020,
+	GW_VIRTIO_REG_DRIVER_FEATURES_SEL = 0x024,
+	GW_VIRTIO_REG_QUEUE_SEL = 0x030,
+	GW_VIRTIO_REG_QUEUE_NUM_MAX = 0x034,
+	GW_VIRTIO_REG_QUEUE_NUM = 0x038,
+	GW_VIRTIO_REG_QUEUE_READY = 0x044,
+	GW_VIRTIO_REG_QUEUE_NOTIFY = 0x050,
+	GW_VIRTIO_REG_INTERRUPT_STATUS = 0x060,
+	GW_VIRTIO_REG_INTERRUPT_ACK = 0x064,
+	GW_VIRTIO_REG_STATUS = 0x070,
+	GW_VIRTIO_REG_QUEUE_DESC_LOW = 0x080,
+	GW_VIRTIO_REG_QUEUE_DESC_HIGH = 0x084,
+	GW_VIRTIO_REG_QUEUE_DRIVER_LOW = 0x090,
+	GW_VIRTIO_REG_QUEUE_DRIVER_HIGH = 0x094,
+	GW_VIRTIO_REG_QUEUE_DEVICE_LOW = 0x0a0,
+	GW_VIRTIO_REG_QUEUE_DEVICE_HIGH = 0x0a4,
+	GW_VIRTIO_REG_CONFIG_GENERATION = 0x0fc,
+	GW_VIRTIO_REG_CONFIG = 0x100,
+};
+
+/* Device status bits (2.1). */
+enum {
+	GW_VIRTIO_STATUS_ACKNOWLEDGE = 1,
+	GW_VIRTIO_STATUS_DRIVER = 2,
+	GW_VIRTIO_STATUS_DRIVER_OK = 4,
+	GW_VIRTIO_STATUS_FEATURES_OK = 8,
+	GW_VIRTIO_STATUS_NEEDS_RESET = 64,
+};
+
+/* What Status holds after each step of the calling sequence below. */
+#define GW_VIRTIO_STATUS_PROBED (GW_VIRTIO_STATUS_ACKNOWLEDGE | GW_VIRTIO_STATUS_DRIVER)
+#define GW_VIRTIO_STATUS_NEGOTIATED (GW_VIRTIO_STATUS_PROBED | GW_VIRTIO_STATUS_FEATURES_OK)
+#define GW_VIRTIO_STATUS_RUNNING (GW_VIRTIO_STATUS_NEGOTIATED | GW_VIRTIO_STATUS_DRIVER_OK)
+
+/* InterruptStatus bits; the others are undefined and must be ignored. */
+#define GW_VIRTIO_INT_USED 1
+#define GW_VIRTIO_INT_CONFIG 2
+
+/* The split virtqueue (2.7): little-endian, as is x86. */
+struct gw_virtq_desc {
+	uint64_t addr;
+	uint32_t len;
+	uint16_t flags;
+	uint16_t next;
+};
+
+#define GW_VIRTQ_DESC_F_NEXT 1
+#define GW_VIRTQ_DESC_F_WRITE 2
+#define GW_VIRTQ_DESC_F_INDIRECT 4 /* never offered to this driver */
+
+struct gw_virtq_avail {
+	uint16_t flags;
+	uint16_t idx;
+	uint16_t ring[]; /* then used_event, unused without VIRTIO_F_EVENT_IDX */
+};
+
+struct gw_virtq_used_elem {
+	uint32_t id; /* head of the chain */
+	uint32_t len;
+};
+
+struct gw_virtq_used {
+	uint16_t flags;
+	uint16_t idx;
+	struct gw_virtq_used_elem ring[];
+};
 /* Big enough for 64 requests of 3 descriptors, small enough that the
  * per-head table below stays a few KiB. */
 #define GW_VIRTQ_MAX_SIZE 256
