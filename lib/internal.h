@@ -198,7 +198,8 @@ struct gw_section_hdr {
 int gw_section_put_hdr(struct gw_wbuf *b, uint16_t type, uint32_t id,
 		       const struct gw_section_reg *sec);
 int gw_section_get_hdr(struct gw_rbuf *b, uint16_t type, struct gw_section_hdr *h);
-/* Run the section's save/load callback for a record of this type. */
+/* Run the section's save/load callback for a record of this type; a
+ * progressive save returns GW_LIVE_MORE when it has more to send. */
 int gw_section_save(const struct gw_section_reg *sec, uint16_t type, struct gw_wbuf *out,
 		    struct gw_error *err);
 int gw_section_load(const struct gw_section_reg *sec, uint16_t type, uint32_t version,

@@ -72,17 +72,29 @@ static void emit_later(struct vmm *vm, const char *name)
 		free(msg);
 }
 
+void vmm_devices_run(struct vmm *vm, bool run)
+{
+	for (unsigned i = 0; i < vm->nr_drives; i++) {
+		if (run)
+			virtio_blk_resume(&vm->drives[i]);
+		else
+			virtio_blk_hold(&vm->drives[i]);
+	}
+}
+
 /* Make the vCPUs do what the flags say; run_lock held. */
 static void apply_locked(struct vmm *vm)
 {
 	bool run = !vm->user_paused && !vm->mig_paused && !vm->incoming && !vm->fatal &&
 		   !vm->shut_down;
 	if (run && vm->vcpus_paused) {
+		vmm_devices_run(vm, true);
 		vcpus_resume(&vm->vcpus);
 		vm->vcpus_paused = false;
 		emit_later(vm, "RESUME");
 	} else if (!run && !vm->vcpus_paused) {
 		vcpus_pause(&vm->vcpus);
+		vmm_devices_run(vm, false);
 		vm->vcpus_paused = true;
 		emit_later(vm, "STOP");
 	}

@@ -90,6 +90,11 @@ void vmm_set_postmigrate(struct vmm *vm);
 /* A cpr-transfer completed: the guest may never run here again. */
 void vmm_set_ram_handed_over(struct vmm *vm);
 
+/* The devices that work for the guest by themselves (a disk's requests)
+ * go on only while it runs, as its vCPUs do: a paused guest's queued
+ * requests wait, and a migration's switchover finds none in flight. */
+void vmm_devices_run(struct vmm *vm, bool run);
+
 /* Exit status of the process: a failed self-check or a dead vCPU is a
  * failure whatever the guest asked for. */
 int vmm_exit_status(struct vmm *vm);

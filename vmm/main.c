@@ -429,6 +429,8 @@ int main(int argc, char **argv)
 		ret = migration_init(&vm, err, sizeof(err));
 	if (!ret)
 		ret = vcpus_start(&vm.vcpus, vm.vcpus_paused, err, sizeof(err));
+	if (!ret && !vm.vcpus_paused)
+		vmm_devices_run(&vm, true);
 	/* After the vCPU threads exist, so only the threads that must run the
 	 * moment they wake (this loop, the migration and connect threads it
 	 * starts) get the short slice (vmm/sched_slice.c). Not fatal: it

@@ -72,6 +72,9 @@ GW_API int gw_migration_add_ram(struct gw_migration *m, const struct gw_ram *ram
 			 struct gw_error *err);
 
 /* Phases of a progressive section: which record the data goes in. */
+/* save_live: the record is written, and there is more to send now. */
+#define GW_LIVE_MORE 1
+
 enum gw_phase {
 	GW_PHASE_START = 1, /* migration begins, the guest runs */
 	GW_PHASE_PART,      /* each iteration, the guest runs */
@@ -87,7 +90,14 @@ enum gw_phase {
  *    guest paused; save fills out, load reads in (version is the one in
  *    the stream, already checked to be in [min_version, version]).
  *  - save_live + load_live: progressive (SECTION_START/PART/END): for
- *    state too big to save during downtime.
+ *    state too big to save during downtime. Each save_live call writes
+ *    one record; one that has more to send than a record holds returns
+ *    GW_LIVE_MORE and is called again: at START and END until it returns
+ *    0, at PART as long as the round's budget lasts
+ *    (gw_save_iterate_budget()). live_pending (optional) says how many
+ *    bytes it still has to send: the pre-copy engine counts them with
+ *    the dirty RAM when it decides whether the rest fits the downtime
+ *    limit, and keeps sending PART records while there are any.
  *
  * Callbacks return 0 or -errno and may fill err; the library adds the
  * section's name and instance to the message. A load callback must read
@@ -154,6 +164,7 @@ struct gw_section {
 			 struct gw_error *err);
 	int (*load_live)(void *opaque, enum gw_phase phase, struct gw_rbuf *in,
 			 uint32_t version, struct gw_error *err);
+	uint64_t (*live_pending)(void *opaque);
 
 	int (*validate)(const void *state, uint32_t version, struct gw_error *err);
 	int (*pre_save)(void *opaque, struct gw_error *err);

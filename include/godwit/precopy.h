@@ -124,6 +124,8 @@ struct gw_precopy_stats {
 	uint64_t expected_downtime_ms;
 	uint64_t transferred;         /* bytes written to the fd */
 	uint64_t remaining;           /* bytes of dirty pages not sent yet */
+	uint64_t live_sent;           /* bytes of progressive sections' records (a disk) */
+	uint64_t live_pending;        /* what they said was left at the last round */
 	uint64_t total;               /* bytes of guest RAM */
 	uint64_t duplicate;           /* zero pages sent as a flag */
 	uint64_t normal;              /* pages sent with their data */

@@ -8,6 +8,7 @@
  *
  *     gw_save_begin()       header, CONFIG, SECTION_START of progressive sections
  *     gw_save_iterate()     SECTION_PART of progressive sections  } any number,
+ *     (or _budget())                                              }
  *     gw_save_pages()       a RAM_PAGES batch                     } interleaved
  *     gw_save_devices()     SECTION_END / SECTION_FULL of every section (guest paused)
  *     gw_save_pages()       more pages may follow (background snapshot)
@@ -44,6 +45,22 @@ extern "C" {
 
 GW_API int gw_save_begin(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
 GW_API int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error *err);
+
+/*
+ * gw_save_iterate() writes every progressive section's PART records until
+ * none has more to send (GW_LIVE_MORE, <godwit/migration.h>). This one
+ * stops once about budget bytes were written: one record per section
+ * first, then more of those that have more, while the budget lasts
+ * (budget 0: one record each).
+ * *sent (if not NULL) gets the bytes written. Returns 1 if a section
+ * still had more when the budget ran out, 0 if none had, or -errno.
+ */
+GW_API int gw_save_iterate_budget(struct gw_migration *m, struct gw_writer *w, uint64_t budget,
+				  uint64_t *sent, struct gw_error *err);
+
+/* What the progressive sections say they still have to send (their
+ * live_pending), in bytes. */
+GW_API uint64_t gw_save_live_pending(struct gw_migration *m);
 
 /*
  * Send n (1..GW_PAGES_MAX) pages of RAM block `block` (registration

@@ -71,6 +71,11 @@
 #define EXPLAIN_TIMEOUT_MS 1000
 #define SMALL_ROUND 64
 #define IDLE_NS (5 * 1000000ull)
+/* Progressive sections (a disk's blocks) between two RAM rounds: in
+ * slices paced like RAM, and at most a round's worth, so a guest that
+ * dirties RAM fast still gets its RAM rounds often. */
+#define LIVE_SLICE (4ull << 20)
+#define LIVE_ROUND (64ull << 20)
 /* Longest sleep between two looks at max-bandwidth and cancel. */
 #define RATE_SLICE_NS (10 * 1000000ull)
 #define HOT_PERCENT 50
@@ -331,9 +336,20 @@ static uint64_t drain_bandwidth(const struct precopy *p, const struct gw_precopy
 }
 
 /* After a sync: does the rest fit the downtime limit? Fills blocked if not. */
+/* What must still go, RAM and progressive sections (a disk) alike. */
+static uint64_t remaining_bytes(struct precopy *p)
+{
+	uint64_t live = gw_save_live_pending(p->m);
+
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.live_pending = live;
+	pthread_mutex_unlock(&p->h.job.lock);
+	return p->pending * PAGE + live;
+}
+
 static bool fits(struct precopy *p, const struct gw_precopy_params *pp)
 {
-	uint64_t remaining = p->pending * PAGE;
+	uint64_t remaining = remaining_bytes(p);
 	uint64_t bw = drain_bandwidth(p, pp);
 	uint64_t expected = 0;
 	char blocked[sizeof(p->h.stats.blocked)] = "";
@@ -342,7 +358,7 @@ static bool fits(struct precopy *p, const struct gw_precopy_params *pp)
 		expected = (uint64_t)((double)remaining * 1000 / (double)bw);
 	if (remaining && !bw)
 		snprintf(blocked, sizeof(blocked),
-			 "first pass: %llu MiB of guest RAM to send before the downtime can be estimated",
+			 "first pass: %llu MiB of guest RAM and state to send before the downtime can be estimated",
 			 (unsigned long long)(remaining >> 20));
 	else if (expected > pp->downtime_limit_ms)
 		snprintf(blocked, sizeof(blocked),
@@ -363,9 +379,11 @@ static bool settled(struct precopy *p, const struct gw_precopy_params *pp)
 	uint64_t bw = drain_bandwidth(p, pp);
 	double rest_ns;
 
-	if (!p->pending || !bw)
+	uint64_t rest = remaining_bytes(p);
+
+	if (!rest || !bw)
 		return true;
-	rest_ns = (double)(p->pending * PAGE) * 1e9 / (double)bw;
+	rest_ns = (double)rest * 1e9 / (double)bw;
 	if (rest_ns <= (double)SETTLE_NS || p->settle_rounds >= SETTLE_ROUNDS ||
 	    p->synced * 4 > p->synced_before * 3)
 		return true;
@@ -449,6 +467,27 @@ static int setup(struct precopy *p, struct gw_error *err)
 	return 0;
 }
 
+/* PART records of the progressive sections, paced, up to LIVE_ROUND. */
+static int send_live(struct precopy *p, struct gw_error *err)
+{
+	uint64_t total = 0, sent;
+	int more;
+
+	do {
+		more = gw_save_iterate_budget(p->m, p->w, LIVE_SLICE, &sent, err);
+		if (more < 0)
+			return more;
+		total += sent;
+		int ret = limit_bandwidth(p, sent, err);
+		if (ret < 0)
+			return ret;
+	} while (more && total < LIVE_ROUND);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.live_sent += total;
+	pthread_mutex_unlock(&p->h.job.lock);
+	return 0;
+}
+
 static int iterate(struct precopy *p, struct gw_error *err)
 {
 	for (;;) {
@@ -466,10 +505,10 @@ static int iterate(struct precopy *p, struct gw_error *err)
 			ret = converge(p, &pp, err);
 		}
 		if (ret == 0)
-			ret = gw_save_iterate(p->m, p->w, err);
+			ret = send_live(p, err);
 		if (ret == 0)
 			ret = send_round(p, false, err);
-		if (ret == 0 && p->round_pages < SMALL_ROUND &&
+		if (ret == 0 && p->round_pages < SMALL_ROUND && !gw_save_live_pending(p->m) &&
 		    gw_cancel_sleep(&p->h.job.cancel, IDLE_NS) < 0)
 			ret = cancelled(err);
 		if (ret < 0)
@@ -504,8 +543,16 @@ static int switchover(struct precopy *p, struct gw_error *err)
 		ret = send_round(p, true, err);
 	if (ret == 0)
 		ret = gw_sink_flush(p->sink, err);
+	uint64_t live_left = gw_save_live_pending(m), before = gw_writer_offset(p->w);
 	if (ret == 0)
 		ret = gw_save_devices(m, p->w, err);
+	/* The END records took what was left of the progressive sections. */
+	if (ret == 0 && live_left) {
+		pthread_mutex_lock(&p->h.job.lock);
+		p->h.stats.live_sent += gw_writer_offset(p->w) - before;
+		p->h.stats.live_pending = gw_save_live_pending(m);
+		pthread_mutex_unlock(&p->h.job.lock);
+	}
 	if (ret == 0)
 		ret = gw_save_finish(m, p->w, err);
 	if (ret == 0)

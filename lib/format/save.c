@@ -29,39 +29,62 @@ static int save_failed(struct gw_migration *m, int ret)
 	return ret;
 }
 
+/* One record of section id; GW_LIVE_MORE if it has more to send. */
 static int write_section(const struct gw_migration *m, struct gw_writer *w, uint32_t id,
 			 uint16_t type, struct gw_wbuf *b, struct gw_error *err)
 {
 	const struct gw_section_reg *sec = &m->sections[id];
 	uint64_t offset = gw_writer_offset(w);
-	int ret;
+	int ret, more;
 
 	gw_wbuf_reset(b);
 	gw_section_put_hdr(b, type, id, sec);
-	ret = gw_section_save(sec, type, b, err);
-	if (ret == 0)
+	ret = more = gw_section_save(sec, type, b, err);
+	if (ret >= 0)
 		ret = gw_record_write(w, type, 0, b->data, b->len, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret,
 				       "section '%s' instance %u (%s record at offset %llu): ",
 				       sec->name, sec->s.instance, gw_record_type_name(type),
 				       (unsigned long long)offset);
-	return 0;
+	return more;
 }
 
-/* Write a record of type for every section that is progressive (or not). */
-static int write_sections(const struct gw_migration *m, struct gw_writer *w, bool progressive,
-			  uint16_t type, struct gw_error *err)
+/*
+ * Records of type for every section that is progressive (or not): one
+ * each, then, for progressive ones, more while a section has more and
+ * the budget (bytes, 0 for none) lasts. 1 if one still had more.
+ */
+static int write_sections_budget(const struct gw_migration *m, struct gw_writer *w,
+				 bool progressive, uint16_t type, uint64_t budget, uint64_t *sent,
+				 struct gw_error *err)
 {
+	uint64_t start = gw_writer_offset(w);
+	bool more_left = false;
 	struct gw_wbuf b;
 	int ret = 0;
 
 	gw_wbuf_init(&b, GW_SECTION_RECORD_MAX);
-	for (uint32_t i = 0; ret == 0 && i < m->nr_sections; i++)
-		if (gw_section_progressive(&m->sections[i].s) == progressive)
+	for (uint32_t i = 0; ret >= 0 && i < m->nr_sections; i++) {
+		if (gw_section_progressive(&m->sections[i].s) != progressive)
+			continue;
+		do
 			ret = write_section(m, w, i, type, &b, err);
+		while (ret == GW_LIVE_MORE && (!budget || gw_writer_offset(w) - start < budget));
+		more_left |= ret == GW_LIVE_MORE;
+	}
 	gw_wbuf_release(&b);
-	return ret;
+	if (sent)
+		*sent = gw_writer_offset(w) - start;
+	return ret < 0 ? ret : more_left;
+}
+
+static int write_sections(const struct gw_migration *m, struct gw_writer *w, bool progressive,
+			  uint16_t type, struct gw_error *err)
+{
+	int ret = write_sections_budget(m, w, progressive, type, 0, NULL, err);
+
+	return ret < 0 ? ret : 0;
 }
 
 /* The stream header and the CONFIG record: how every stream opens. */
@@ -131,6 +154,31 @@ int gw_save_iterate(struct gw_migration *m, struct gw_writer *w, struct gw_error
 	if (m->save_state != GW_SAVE_LIVE)
 		return wrong_step(m, "gw_save_iterate", err);
 	return save_failed(m, write_sections(m, w, true, GW_REC_SECTION_PART, err));
+}
+
+int gw_save_iterate_budget(struct gw_migration *m, struct gw_writer *w, uint64_t budget,
+			   uint64_t *sent, struct gw_error *err)
+{
+	if (sent)
+		*sent = 0;
+	if (m->save_state != GW_SAVE_LIVE)
+		return wrong_step(m, "gw_save_iterate_budget", err);
+	/* Budget 0: one record each and no more (0 is "no limit" inside). */
+	return save_failed(m, write_sections_budget(m, w, true, GW_REC_SECTION_PART,
+						    budget ? budget : 1, sent, err));
+}
+
+uint64_t gw_save_live_pending(struct gw_migration *m)
+{
+	uint64_t bytes = 0;
+
+	for (uint32_t i = 0; i < m->nr_sections; i++) {
+		const struct gw_section *s = &m->sections[i].s;
+
+		if (s->live_pending)
+			bytes += s->live_pending(s->opaque);
+	}
+	return bytes;
 }
 
 int gw_save_devices(struct gw_migration *m, struct gw_writer *w, struct gw_error *err)

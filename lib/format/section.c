@@ -29,6 +29,8 @@ static int check_ways(const struct gw_section *s, struct gw_error *err)
 		return gw_error_set(err, -EINVAL, "save and load must be set together");
 	if ((s->save_live || s->load_live) && !(s->save_live && s->load_live))
 		return gw_error_set(err, -EINVAL, "save_live and load_live must be set together");
+	if (s->live_pending && !s->save_live)
+		return gw_error_set(err, -EINVAL, "live_pending needs save_live");
 	if (s->validate && !s->vmstate)
 		return gw_error_set(err, -EINVAL,
 				    "validate needs a vmstate: a hand-written loader checks its own data");
@@ -133,7 +135,10 @@ int gw_section_save(const struct gw_section_reg *sec, uint16_t type, struct gw_w
 		ret = s->save(s->opaque, out, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "save callback failed: ");
-	return check_saved(out, err);
+	if (ret > (type != GW_REC_SECTION_FULL ? GW_LIVE_MORE : 0))
+		return gw_error_set(err, -EINVAL, "save callback returned %d", ret);
+	int checked = check_saved(out, err);
+	return checked < 0 ? checked : ret;
 }
 
 /* What a loader must have done with the data: read all of it and no more. */

@@ -195,7 +195,7 @@ class SharedStorage(unittest.TestCase):
             with disk_destination(src, other, uri) as dst:
                 src.qmp.cmd("migrate", uri=uri)
                 self.assertEqual(wait_migration(src)["status"], "failed")
-                assert_destination_refused(self, dst, "capacity", "sectors")
+                assert_destination_refused(self, dst, "bytes", "4194304")
             self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
             src.wait_passes(1, timeout=60)
             self.assertFalse(src.guest()["check-failed"], src.serial_text())
@@ -241,6 +241,204 @@ class SharedStorage(unittest.TestCase):
             self.assertIn("shared=off", str(cm.exception))
             self.assertEqual(local.qmp.cmd("query-status")["status"], "running")
         gwtest.shutil.rmtree(d, ignore_errors=True)
+
+
+def seeded_image(directory, name, size=4 << 20):
+    """An image whose guest range (the first MiB) the guest writes, with a
+    MiB of data it never touches after it and a hole (the rest)."""
+    path = make_image(directory, name, size)
+    data = os.urandom(1 << 20)
+    with open(path, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(data)
+    return path, data
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+def block_on(vm):
+    vm.qmp.cmd("migrate-set-capabilities",
+               capabilities=[{"capability": "block", "state": True}])
+
+
+class NonSharedStorage(unittest.TestCase):
+    """Each host its own image: the disk is copied live with the RAM."""
+
+    def test_three_hops(self):
+        """Writes in flight, the image copied hop after hop (capability
+        block, then migrate's blk): the guest's check passes everywhere, the
+        data it never touched arrives, and the hole stays a hole."""
+        d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
+        image, data = seeded_image(d, "hop0.img")
+        src = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                  append=f"blocks={BLOCKS} depth=8 flush=16",
+                  extra=["--drive", f"file={image},cache=none,shared=off"])
+        try:
+            src.wait_passes(1, timeout=60)
+            for hop in range(3):
+                nxt = make_image(d, f"hop{hop + 1}.img", 4 << 20)
+                uri = f"unix:{os.path.join(d, f'blk{hop}.sock')}"
+                dst = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                          extra=["--drive", f"file={nxt},cache=none,shared=off",
+                                 "--incoming", uri])
+                try:
+                    if hop == 0:
+                        block_on(src)
+                        src.qmp.cmd("migrate", uri=uri)
+                    else:
+                        src.qmp.cmd("migrate", uri=uri, blk=True)
+                    r = wait_migration(src)
+                    self.assertEqual(r["status"], "completed", r)
+                    self.assertEqual(r["disk"]["total"], 4 << 20, r)
+                    self.assertEqual(r["disk"]["remaining"], 0, r)
+                    self.assertEqual(wait_migration(dst)["status"], "completed")
+                    dst.wait_passes(2, timeout=60)
+                    self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+                except BaseException:
+                    dst.kill()
+                    raise
+                src.kill()
+                src, image = dst, nxt
+            src.qmp.cmd("stop")
+            time.sleep(0.2)
+            check_image(self, src, image)
+            with open(image, "rb") as f:
+                f.seek(1 << 20)
+                self.assertEqual(f.read(1 << 20), data, "the untouched MiB did not arrive")
+                self.assertEqual(f.read(), bytes(2 << 20))
+            self.assertLessEqual(allocated(image), 2 << 20, "the hole was written")
+        finally:
+            src.kill()
+            gwtest.shutil.rmtree(d, ignore_errors=True)
+
+    def test_paused_guest_images_identical(self):
+        """A stopped guest's disk arrives byte for byte."""
+        d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
+        image, _ = seeded_image(d, "src.img")
+        other = make_image(d, "dst.img", 4 << 20)
+        with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1, append=f"blocks={BLOCKS}",
+                 extra=["--drive", f"file={image},shared=off"]) as src:
+            src.wait_passes(1, timeout=60)
+            src.qmp.cmd("stop")
+            uri = f"unix:{os.path.join(d, 'p.sock')}"
+            with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                     extra=["--drive", f"file={other},shared=off", "--incoming", uri]) as dst:
+                src.qmp.cmd("migrate", uri=uri, blk=True)
+                self.assertEqual(wait_migration(src)["status"], "completed")
+                self.assertEqual(wait_migration(dst)["status"], "completed")
+                with open(image, "rb") as a, open(other, "rb") as b:
+                    x, y = a.read(), b.read()
+                diff = [i for i in range(0, len(x), 4096) if x[i:i + 4096] != y[i:i + 4096]]
+                self.assertEqual(diff[:8], [], f"the images differ in {len(diff)} blocks")
+                dst.qmp.cmd("cont")
+                dst.wait_passes(1, timeout=60)
+                self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+        gwtest.shutil.rmtree(d, ignore_errors=True)
+
+    def test_cancel_mid_copy_leaves_the_source_whole(self):
+        d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
+        image, data = seeded_image(d, "src.img", 64 << 20)
+        other = make_image(d, "dst.img", 64 << 20)
+        with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1, append=f"blocks={BLOCKS}",
+                 extra=["--drive", f"file={image},shared=off"]) as src:
+            src.wait_passes(1, timeout=60)
+            uri = f"unix:{os.path.join(d, 'c.sock')}"
+            with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                     extra=["--drive", f"file={other},shared=off", "--incoming", uri]):
+                src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
+                src.qmp.cmd("migrate", uri=uri, blk=True)
+                wait_until(lambda: src.qmp.cmd("query-migrate").get("disk", {})
+                           .get("transferred", 0) > 0, 30, "the disk copy to start")
+                r = src.qmp.cmd("query-migrate")
+                self.assertGreater(r["disk"]["remaining"], 0, r)
+                src.qmp.cmd("migrate-cancel")
+                self.assertEqual(wait_migration(src)["status"], "cancelled")
+            self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+            src.wait_passes(2, timeout=60)
+            self.assertFalse(src.guest()["check-failed"], src.serial_text())
+            with open(image, "rb") as f:
+                f.seek(1 << 20)
+                self.assertEqual(f.read(1 << 20), data)
+        gwtest.shutil.rmtree(d, ignore_errors=True)
+
+    def test_destination_refusals(self):
+        """Another size, a shared image where the copy would land, a full
+        file system: refused, the source runs on."""
+        d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
+        image, _ = seeded_image(d, "src.img")
+        small = os.path.join(d, "small")
+        os.mkdir(small)
+        mounted = subprocess_ok(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small])
+        cases = [(make_image(d, "bigger.img", 8 << 20), "shared=off", ("bytes", "8388608")),
+                 (make_image(d, "shared.img", 4 << 20), "shared=on", ("shared=on",))]
+        if mounted:
+            cases.append((make_image(small, "full.img", 4 << 20), "shared=off",
+                          ("No space left",)))
+        try:
+            with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1, append=f"blocks={BLOCKS}",
+                     extra=["--drive", f"file={image},shared=off"]) as src:
+                src.wait_passes(1, timeout=60)
+                for n, (target, shared, words) in enumerate(cases):
+                    with self.subTest(target=target):
+                        uri = f"unix:{os.path.join(d, f'r{n}.sock')}"
+                        with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                                 extra=["--drive", f"file={target},{shared}",
+                                        "--incoming", uri]) as dst:
+                            src.qmp.cmd("migrate", uri=uri, blk=True)
+                            self.assertEqual(wait_migration(src)["status"], "failed")
+                            assert_destination_refused(self, dst, *words)
+                        self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+                src.wait_passes(1, timeout=60)
+                self.assertFalse(src.guest()["check-failed"], src.serial_text())
+        finally:
+            if mounted:
+                subprocess_ok(["umount", small])
+            gwtest.shutil.rmtree(d, ignore_errors=True)
+
+    def test_snapshot_holds_the_disk(self):
+        """With block on, a stream into a file holds the disk: restored
+        beside an empty image, the guest finds every block it wrote. A
+        flipped byte in a chunk is refused, and nothing runs."""
+        d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
+        image, data = seeded_image(d, "src.img")
+        snap = os.path.join(d, "snap.gw")
+        with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1, append=f"blocks={BLOCKS}",
+                 extra=["--drive", f"file={image},shared=off"]) as src:
+            src.wait_passes(1, timeout=60)
+            with self.assertRaises(QmpError) as cm:
+                src.qmp.cmd("migrate", uri="file:" + snap)
+            self.assertIn("block migration", str(cm.exception))
+            src.qmp.cmd("migrate", uri="file:" + snap, blk=True)
+            self.assertEqual(wait_migration(src)["status"], "completed")
+        with open(snap, "rb") as f:
+            stream = bytearray(f.read())
+        at = stream.find(data[:4096])
+        self.assertGreater(at, 0, "the untouched MiB is not in the snapshot")
+        restored = make_image(d, "restored.img", 4 << 20)
+        with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                 extra=["--drive", f"file={restored},shared=off",
+                        "--incoming", "file:" + snap]) as dst:
+            self.assertEqual(wait_migration(dst)["status"], "completed")
+            dst.wait_passes(2, timeout=60)
+            self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+        with open(restored, "rb") as f:
+            f.seek(1 << 20)
+            self.assertEqual(f.read(1 << 20), data)
+        stream[at + 100] ^= 0x40
+        bad = os.path.join(d, "bad.gw")
+        with open(bad, "wb") as f:
+            f.write(stream)
+        with Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                 extra=["--drive", f"file={make_image(d, 'r2.img', 4 << 20)},shared=off",
+                        "--incoming", "file:" + bad]) as dst:
+            assert_destination_refused(self, dst, "SECTION_PART", "crc")
+        gwtest.shutil.rmtree(d, ignore_errors=True)
+
+
+def subprocess_ok(argv):
+    return gwtest.subprocess.run(argv, capture_output=True).returncode == 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 /* At most this many unclaimed-access lines per second: a guest probing
  * hardware in a loop must not flood the log or slow down its vCPU. */
@@ -14,6 +13,7 @@ void io_bus_init(struct io_bus *bus, const char *name, bool debug)
 	memset(bus, 0, sizeof(*bus));
 	bus->name = name;
 	bus->debug = debug;
+	snprintf(bus->what, sizeof(bus->what), "unclaimed %s accesses", name);
 }
 
 int io_bus_register(struct io_bus *bus, uint64_t base, uint64_t len, io_handler fn, void *opaque)
@@ -32,22 +32,8 @@ int io_bus_register(struct io_bus *bus, uint64_t base, uint64_t len, io_handler 
 static void log_unclaimed(struct io_bus *bus, uint64_t addr, const uint8_t *data, unsigned len,
 			  bool is_write)
 {
-	/* Racy counters across vCPU threads are fine: this only bounds a log. */
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	uint64_t now = (uint64_t)ts.tv_sec;
-	if (now != bus->log_window) {
-		if (bus->log_dropped)
-			fprintf(stderr, "godwit-vmm: %llu more unclaimed %s accesses not logged\n",
-				(unsigned long long)bus->log_dropped, bus->name);
-		bus->log_window = now;
-		bus->log_count = 0;
-		bus->log_dropped = 0;
-	}
-	if (bus->log_count++ >= LOG_LINES_PER_SEC) {
-		bus->log_dropped++;
+	if (!ratelog_allow(&bus->log, LOG_LINES_PER_SEC, bus->what))
 		return;
-	}
 	uint64_t v = 0;
 	memcpy(&v, data, len);
 	if (is_write)

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "vmm/ratelog.h"
+
 /* data is len (1, 2, 4 or 8) bytes, little-endian; fill it on reads.
  * vcpu is the index of the vCPU making the access. */
 typedef void (*io_handler)(void *opaque, unsigned vcpu, uint64_t offset, uint8_t *data,
@@ -27,10 +29,9 @@ struct io_bus {
 	const char *name; /* "pio" or "mmio", for the log */
 	unsigned nr;
 	struct io_range ranges[IO_BUS_MAX_RANGES];
-	bool debug;          /* log unclaimed accesses (rate-limited) */
-	uint64_t log_window; /* start of the current one-second log window */
-	unsigned log_count;  /* lines logged in that window */
-	uint64_t log_dropped;
+	bool debug; /* log unclaimed accesses (rate-limited) */
+	struct ratelog log;
+	char what[40]; /* "unclaimed pio accesses" */
 };
 
 void io_bus_init(struct io_bus *bus, const char *name, bool debug);

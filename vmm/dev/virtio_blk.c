@@ -161,9 +161,14 @@ static uint8_t run(struct virtio_blk *b, struct blk_req *r, uint32_t *written)
 		if (r->data_bytes % SECTOR || r->sector > b->capacity ||
 		    r->data_bytes / SECTOR > b->capacity - r->sector)
 			return VIRTIO_BLK_S_IOERR;
+		if (!r->data_bytes)
+			return VIRTIO_BLK_S_OK; /* nothing to move */
 		ret = data_io(b, r, r->type == VIRTIO_BLK_T_OUT);
 		if (r->type == VIRTIO_BLK_T_IN && !ret)
 			*written = (uint32_t)r->data_bytes;
+		/* Marked once written, for a copy that runs (disk_copy.h). */
+		if (r->type == VIRTIO_BLK_T_OUT)
+			disk_copy_mark(&b->copy, r->sector * SECTOR, r->data_bytes);
 		break;
 	case VIRTIO_BLK_T_FLUSH:
 		ret = sync_image(b);
@@ -174,7 +179,7 @@ static uint8_t run(struct virtio_blk *b, struct blk_req *r, uint32_t *written)
 	default:
 		return VIRTIO_BLK_S_UNSUPP;
 	}
-	if (ret)
+	if (ret && ratelog_allow(&b->log, 10, "failed requests"))
 		fprintf(stderr, "godwit-vmm: %s: request type %u at sector %llu: %s\n", b->t.name,
 			r->type, (unsigned long long)r->sector, strerror(-ret));
 	return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
@@ -234,12 +239,32 @@ static void enqueue(struct virtio_blk *b, struct blk_req *r)
 	pthread_cond_signal(&b->work);
 }
 
-/* A chain as a request: the header in the first readable buffer, the
- * status the last writable byte, the data between. false if the chain
- * has no room for a status (it cannot even be answered). */
+/* The header from the readable buffers, however the driver split it
+ * (virtio 1.x lets it): *last the buffer it ends in, *rest what is left
+ * of that one. false if they hold less than a header. */
+static bool read_header(const struct guest_ram *ram, const struct vq_chain *c,
+			uint8_t hdr[HEADER_BYTES], unsigned *last, uint32_t *rest)
+{
+	uint32_t got = 0;
+	for (unsigned i = 0; i < c->nr_in; i++) {
+		uint32_t n = c->in[i].len < HEADER_BYTES - got ? c->in[i].len : HEADER_BYTES - got;
+		if (guest_ram_read(ram, c->in[i].gpa, hdr + got, n))
+			return false;
+		got += n;
+		if (got == HEADER_BYTES) {
+			*last = i;
+			*rest = c->in[i].len - n;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A chain as a request: the header its first readable bytes, the status
+ * the last writable byte, the data between. false if the chain has no
+ * room for a status (it cannot even be answered). */
 static bool parse(struct virtio_blk *b, const struct vq_chain *c, struct blk_req *r)
 {
-	struct guest_ram *ram = b->t.ram;
 	if (c->nr_out == 0 || c->out[c->nr_out - 1].len == 0)
 		return false;
 	const struct vq_buf *st = &c->out[c->nr_out - 1];
@@ -249,19 +274,20 @@ static bool parse(struct virtio_blk *b, const struct vq_chain *c, struct blk_req
 	r->nr_data = 0;
 	r->data_bytes = 0;
 	uint8_t hdr[HEADER_BYTES];
-	if (c->nr_in == 0 || c->in[0].len < HEADER_BYTES ||
-	    guest_ram_read(ram, c->in[0].gpa, hdr, sizeof(hdr))) {
-		r->type = UINT32_MAX; /* answered IOERR below */
+	unsigned last;
+	uint32_t rest;
+	if (!read_header(b->t.ram, c, hdr, &last, &rest)) {
+		r->type = UINT32_MAX; /* no header: answered UNSUPP */
 		return true;
 	}
 	memcpy(&r->type, hdr, 4);
 	memcpy(&r->sector, hdr + 8, 8);
 	/* Driver to device for OUT: the readable bytes after the header. */
 	if (r->type == VIRTIO_BLK_T_OUT) {
-		if (c->in[0].len > HEADER_BYTES)
-			r->data[r->nr_data++] = (struct vq_buf){c->in[0].gpa + HEADER_BYTES,
-								c->in[0].len - HEADER_BYTES};
-		for (unsigned i = 1; i < c->nr_in; i++)
+		const struct vq_buf *h = &c->in[last];
+		if (rest)
+			r->data[r->nr_data++] = (struct vq_buf){h->gpa + h->len - rest, rest};
+		for (unsigned i = last + 1; i < c->nr_in; i++)
 			r->data[r->nr_data++] = c->in[i];
 	} else {
 		/* Device to driver: the writable bytes before the status. */
@@ -362,17 +388,45 @@ uint64_t virtio_blk_last_sync_us(struct virtio_blk *b)
 	return us;
 }
 
-/* Source, vCPUs paused: no request half done in the state, and the image
- * holds every write the guest was told is complete. */
-static int blk_pre_save(void *opaque, struct gw_error *err)
+void virtio_blk_copy(struct virtio_blk *b, bool on)
 {
-	struct virtio_blk *b = container_of(opaque, struct virtio_blk, mig);
+	disk_copy_want(&b->copy, on);
+}
+
+uint64_t virtio_blk_copy_bytes(struct virtio_blk *b)
+{
+	pthread_mutex_lock(&b->copy.lock);
+	uint64_t bytes = b->copy.wanted ? b->copy.bytes : 0;
+	pthread_mutex_unlock(&b->copy.lock);
+	return bytes;
+}
+
+static void blk_hold(void *dev)
+{
+	virtio_blk_hold(dev);
+}
+
+void virtio_blk_hold(struct virtio_blk *b)
+{
 	virtio_mmio_lock(&b->t);
 	b->held = true;
 	drain(b);
+	virtio_mmio_unlock(&b->t);
+}
+
+/* Source, vCPUs paused: no request half done in the state, and the image
+ * holds every write the guest was told is complete (on shared storage;
+ * an image of this host only was copied, and the copy synced there). */
+static int blk_pre_save(void *opaque, struct gw_error *err)
+{
+	struct virtio_blk *b = container_of(opaque, struct virtio_blk, mig);
+	blk_hold(b);
+	virtio_mmio_lock(&b->t);
 	b->mig.t = b->t.st;
 	b->mig.capacity = b->capacity;
 	virtio_mmio_unlock(&b->t);
+	if (!b->opt.shared)
+		return 0;
 	uint64_t t0 = now_us();
 	int ret = sync_image(b);
 	virtio_mmio_lock(&b->t);
@@ -502,6 +556,7 @@ int virtio_blk_init(struct virtio_blk *b, struct vmm *vm, unsigned index, unsign
 	}
 	b->opt = *opt;
 	b->index = index;
+	b->held = true; /* until the guest runs */
 	b->fd = open(opt->path, O_RDWR | O_CLOEXEC | (opt->direct ? O_DIRECT : 0));
 	struct stat st;
 	if (b->fd < 0 || fstat(b->fd, &st) < 0) {
@@ -516,6 +571,12 @@ int virtio_blk_init(struct virtio_blk *b, struct vmm *vm, unsigned index, unsign
 		return -EINVAL;
 	}
 	b->capacity = (uint64_t)st.st_size / SECTOR;
+	ret = disk_copy_init(&b->copy, b->fd, (uint64_t)st.st_size, opt->direct, opt->shared,
+			     b->opt.path, blk_hold, b);
+	if (ret) {
+		snprintf(errmsg, errlen, "%s: out of memory", name);
+		return ret;
+	}
 	/* The serial is the image's identity on this host: device and inode. */
 	char serial[32];
 	snprintf(serial, sizeof(serial), "gw%llx-%llx", (unsigned long long)st.st_dev,
@@ -558,6 +619,7 @@ void virtio_blk_destroy(struct virtio_blk *b)
 	}
 	if (b->fd >= 0)
 		close(b->fd);
+	disk_copy_destroy(&b->copy);
 	virtio_mmio_destroy(&b->t);
 }
 
@@ -576,7 +638,20 @@ static int blk_sections_init(struct vmm *vm, struct gw_migration *m, struct gw_e
 			.post_load = blk_post_load,
 			.opaque = &b->mig,
 		};
+		/* The image itself, when the other side does not see it. */
+		const struct gw_section data = {
+			.name = "virtio-blk-data",
+			.instance = i,
+			.version = 1,
+			.min_version = 1,
+			.save_live = disk_copy_save,
+			.load_live = disk_copy_load,
+			.live_pending = disk_copy_pending,
+			.opaque = &b->copy,
+		};
 		int ret = gw_migration_add_section(m, &s, err);
+		if (!ret)
+			ret = gw_migration_add_section(m, &data, err);
 		if (ret)
 			return ret;
 	}

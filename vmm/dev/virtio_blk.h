@@ -20,6 +20,7 @@
 #ifndef GW_VMM_VIRTIO_BLK_H
 #define GW_VMM_VIRTIO_BLK_H
 
+#include "vmm/dev/disk_copy.h"
 #include "vmm/dev/virtio_mmio.h"
 
 #include <pthread.h>
@@ -61,6 +62,8 @@ struct virtio_blk {
 	bool flush_queued;  /* an early flush is waiting for a worker */
 	bool stopping;
 	uint64_t last_sync_us; /* the switchover's fdatasync, for the logs */
+	struct ratelog log;    /* failed requests */
+	struct disk_copy copy; /* block migration: the image, sent live */
 
 	struct virtio_blk_state mig;
 };
@@ -73,11 +76,18 @@ int virtio_blk_init(struct virtio_blk *b, struct vmm *vm, unsigned index, unsign
 		    const struct drive_options *opt, char *errmsg, size_t errlen);
 void virtio_blk_destroy(struct virtio_blk *b);
 
-/* Whichever side runs the guest now takes requests again (and those that
- * waited in the ring). */
+/* The guest runs: take requests again (and those that waited in the ring). */
 void virtio_blk_resume(struct virtio_blk *b);
+/* The guest stops: take no more requests, and wait for those taken (they
+ * wait in the ring). A drive starts held. */
+void virtio_blk_hold(struct virtio_blk *b);
 /* While the guest runs: ask an I/O thread to fdatasync the image. */
 void virtio_blk_flush_early(struct virtio_blk *b);
+/* Whether the next outgoing migration copies the image (block migration:
+ * shared=off drives only). */
+void virtio_blk_copy(struct virtio_blk *b, bool on);
+/* The bytes of the image the latest outgoing migration copies (0: none). */
+uint64_t virtio_blk_copy_bytes(struct virtio_blk *b);
 /* How long the latest switchover's fdatasync took. */
 uint64_t virtio_blk_last_sync_us(struct virtio_blk *b);
 

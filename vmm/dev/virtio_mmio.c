@@ -72,9 +72,10 @@ void virtio_mmio_needs_reset(struct virtio_mmio *t, const char *why)
 {
 	if (t->st.status & VIRTIO_STATUS_NEEDS_RESET)
 		return;
-	fprintf(stderr,
-		"godwit-vmm: %s: the driver broke the rules (%s); the device needs a reset\n",
-		t->name, why);
+	if (ratelog_allow(&t->log, 10, "broken-ring messages"))
+		fprintf(stderr,
+			"godwit-vmm: %s: the driver broke the rules (%s); the device needs a reset\n",
+			t->name, why);
 	t->st.status |= VIRTIO_STATUS_NEEDS_RESET;
 	interrupt(t, VIRTIO_INT_CONFIG);
 }
@@ -157,7 +158,9 @@ static uint32_t read_reg(struct virtio_mmio *t, uint64_t off)
 static void reset(struct virtio_mmio *t)
 {
 	/* The device finishes what it took first, without the lock that its
-	 * completions take; the driver is resetting, so it sends nothing. */
+	 * completions take; with DRIVER_OK gone, a notify from another vCPU
+	 * meanwhile takes nothing. */
+	t->st.status = 0;
 	virtio_mmio_unlock(t);
 	t->ops->reset(t->dev);
 	virtio_mmio_lock(t);

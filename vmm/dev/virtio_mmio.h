@@ -14,6 +14,7 @@
 #define GW_VMM_VIRTIO_MMIO_H
 
 #include "vmm/dev/virtqueue.h"
+#include "vmm/ratelog.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -74,6 +75,7 @@ struct virtio_mmio {
 	unsigned slot, irq;
 	int irq_level;
 	char name[32]; /* "virtio-blk 0", for messages */
+	struct ratelog log;
 };
 
 int virtio_mmio_init(struct virtio_mmio *t, struct io_bus *mmio, struct kvm *kvm,

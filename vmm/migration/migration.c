@@ -37,6 +37,7 @@ struct vm_migration {
 	uint64_t go_timeout_ms; /* destination: READY until GO */
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
 	bool cap_background;       /* background-snapshot */
+	bool cap_block;            /* block: copy the disks that are not shared */
 	char **exec_cmd;           /* cpr-exec-command, NULL-terminated; or NULL */
 	enum role role;            /* what runs now */
 	enum role shown;           /* what query-migrate reports: the latest migration */
@@ -79,8 +80,8 @@ struct vm_migration {
 	uint64_t cpr_first_pause_us; /* the image after the exec: its first pause */
 };
 
-static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, char *errmsg,
-			  size_t errlen);
+static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, bool blk,
+			  char *errmsg, size_t errlen);
 static void stand_in_returned(struct vm_migration *mig, enum gw_mig_status s, bool unconfirmed);
 
 /* ---- vm ops: pause/resume around the switchover ----------------------- */
@@ -141,10 +142,6 @@ static int op_resume(void *opaque, struct gw_error *err)
 	(void)err;
 	if (mig->role == ROLE_INCOMING)
 		test_stop(mig, "go");
-	/* The side that runs the guest now takes its disk requests (those
-	 * that waited in the rings through the switchover too). */
-	for (unsigned i = 0; i < mig->vm->nr_drives; i++)
-		virtio_blk_resume(&mig->vm->drives[i]);
 	vmm_mig_resume(mig->vm);
 	return 0;
 }
@@ -312,7 +309,7 @@ static void stand_in_return(struct vm_migration *mig)
 	mig->params.mode = GW_MODE_CPR_TRANSFER;
 	pthread_mutex_unlock(&mig->lock);
 	mig->returns++;
-	if (start_outgoing(mig, mig->vm->cpr_return_to, -1, msg, sizeof(msg)))
+	if (start_outgoing(mig, mig->vm->cpr_return_to, -1, false, msg, sizeof(msg)))
 		fprintf(stderr, "godwit-vmm: cpr-exec stand-in: cannot give the guest back: %s\n",
 			msg);
 }
@@ -621,42 +618,42 @@ static int check_mode(struct vm_migration *mig, const char *uri, char *errmsg, s
  * changed since; and an image only this host sees cannot follow a guest
  * to another host. A local live update keeps the very image.
  */
-static int check_drives(struct vm_migration *mig, const char *uri, char *errmsg, size_t errlen)
+static int check_drives(struct vm_migration *mig, const char *uri, bool block, char *errmsg,
+			size_t errlen)
 {
 	struct vmm *vm = mig->vm;
 	if (!vm->nr_drives || mig->params.mode != GW_MODE_NORMAL)
 		return 0;
-	bool snapshot = mig->cap_background || mig->cap_mapped_ram || !strncmp(uri, "file:", 5) ||
-			!strncmp(uri, "exec:", 5);
+	bool stream_snapshot = !strncmp(uri, "file:", 5) || !strncmp(uri, "exec:", 5);
 	for (unsigned i = 0; i < vm->nr_drives; i++) {
 		const struct virtio_blk *b = &vm->drives[i];
-		if (snapshot) {
-			snprintf(errmsg, errlen,
-				 "%s (%.200s): a snapshot of a guest with a disk is not supported yet: it would not hold the disk, and a restore would pair this RAM with the image as it is by then",
-				 b->t.name, b->opt.path);
-			return -EOPNOTSUPP;
-		}
-		if (!b->opt.shared) {
-			snprintf(errmsg, errlen,
-				 "%s (%.200s) is shared=off: its contents cannot reach another host yet (block migration is not built); use an image both hosts see (shared=on)",
-				 b->t.name, b->opt.path);
+		const char *why = NULL;
+		if (mig->cap_background || mig->cap_mapped_ram)
+			why = "a background snapshot or a mapped-ram file cannot hold the disk yet";
+		else if (stream_snapshot && (!block || b->opt.shared))
+			why = "a snapshot holds the disk only with block migration on (capability block, or migrate's blk) and the drive shared=off; without it a restore would pair this RAM with the image as it is by then";
+		else if (!b->opt.shared && !block)
+			why = "shared=off: its contents reach another host only with block migration (capability block, or migrate's blk); or use an image both hosts see (shared=on)";
+		if (why) {
+			snprintf(errmsg, errlen, "%s (%.200s): %s", b->t.name, b->opt.path, why);
 			return -EOPNOTSUPP;
 		}
 	}
 	return 0;
 }
 
-int migration_start(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen)
+int migration_start(struct vmm *vm, const char *uri, int passed_fd, bool blk, char *errmsg,
+		    size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
-	int ret = start_outgoing(mig, uri, passed_fd, errmsg, errlen);
+	int ret = start_outgoing(mig, uri, passed_fd, blk, errmsg, errlen);
 	if (ret && passed_fd >= 0)
 		close(passed_fd);
 	return ret;
 }
 
-static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, char *errmsg,
-			  size_t errlen)
+static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_fd, bool blk,
+			  char *errmsg, size_t errlen)
 {
 	struct vmm *vm = mig->vm;
 	enum vmm_runstate rs = vmm_runstate(vm);
@@ -683,11 +680,14 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 			 "the guest's RAM was handed over to the new process by a local live update");
 		return -EINVAL;
 	}
+	bool block = (blk || mig->cap_block) && mig->params.mode == GW_MODE_NORMAL;
 	int ret = check_mode(mig, uri, errmsg, errlen);
 	if (!ret)
-		ret = check_drives(mig, uri, errmsg, errlen);
+		ret = check_drives(mig, uri, block, errmsg, errlen);
 	if (ret)
 		return ret;
+	for (unsigned i = 0; i < vm->nr_drives; i++)
+		virtio_blk_copy(&vm->drives[i], block);
 
 	pthread_mutex_lock(&mig->lock);
 	free(mig->uri);
@@ -861,8 +861,10 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	memcpy(out->snapshot_hash, mig->snapshot_hash, sizeof(out->snapshot_hash));
 	out->cpr_first_pause_us = mig->cpr_first_pause_us;
 	out->disk_sync_us = vm->nr_drives ? 0 : -1;
-	for (unsigned i = 0; i < vm->nr_drives; i++)
+	for (unsigned i = 0; i < vm->nr_drives; i++) {
 		out->disk_sync_us += (int64_t)virtio_blk_last_sync_us(&vm->drives[i]);
+		out->disk_total += virtio_blk_copy_bytes(&vm->drives[i]);
+	}
 	if (mig->listener)
 		snprintf(out->listening, sizeof(out->listening), "%s",
 			 gw_listener_address(mig->listener));
@@ -882,6 +884,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.mapped_ram = mig->cap_mapped_ram,
 		.incremental = mig->cap_incremental,
 		.background_snapshot = mig->cap_background,
+		.block = mig->cap_block,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -927,6 +930,7 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 		gw_migration_end_tracking(mig->m);
 	mig->cap_incremental = want->incremental;
 	mig->cap_background = want->background_snapshot;
+	mig->cap_block = want->block;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }

@@ -30,7 +30,8 @@ int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errle
  * message when the guest cannot migrate now. passed_fd (or -1) is an fd
  * the URI names as fd:NUM (vmm/qmp/qmp_fds.c); the migration owns it and
  * closes it once its channel holds a dup, or at once if it fails. */
-int migration_start(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen);
+int migration_start(struct vmm *vm, const char *uri, int passed_fd, bool blk, char *errmsg,
+		    size_t errlen);
 /* migrate-cancel: before the engine runs, end the connect; after, the
  * engine takes the cancel or refuses it (after GO). */
 void migration_cancel(struct vmm *vm);
@@ -44,6 +45,7 @@ struct migration_settings {
 	uint64_t go_timeout_ms; /* destination: READY until GO */
 	/* capabilities */
 	bool events, auto_converge, verify_hash, mapped_ram, incremental, background_snapshot;
+	bool block; /* copy the disks that are not shared (QEMU's block migration) */
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);
@@ -86,6 +88,8 @@ struct migration_info {
 	/* the disks: how long the switchover's fdatasync of their images took
 	 * (the source's latest pause), -1 without a disk */
 	int64_t disk_sync_us;
+	/* block migration: the bytes of the images the outgoing one copies */
+	uint64_t disk_total;
 };
 
 void migration_query(struct vmm *vm, struct migration_info *out);

@@ -104,6 +104,8 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 		{"channels", QMP_ARG_ARRAY, false},
 		{"detach", QMP_ARG_BOOL, false},
 		{"resume", QMP_ARG_BOOL, false},
+		/* QEMU's old block migration: copy the disks, for this one */
+		{"blk", QMP_ARG_BOOL, false},
 	};
 	(void)ret;
 	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
@@ -123,7 +125,8 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 		given = from_channels;
 	int passed;
 	if (qmp_fds_resolve(vm->qmp, given, true, uri, sizeof(uri), &passed, msg, sizeof(msg)) ||
-	    migration_start(vm, uri, passed, msg, sizeof(msg)))
+	    migration_start(vm, uri, passed, json_is_true(json_object_get(args, "blk")), msg,
+			    sizeof(msg)))
 		return fail_with(err, msg);
 	return 0;
 }
@@ -156,13 +159,15 @@ static int cmd_migrate_incoming(struct vmm *vm, json_t *args, json_t **ret, stru
 
 static json_t *ram_stats(const struct gw_precopy_stats *st)
 {
+	/* The stream less the disks' chunks ("disk"), as QEMU counts. */
+	uint64_t ram = st->transferred > st->live_sent ? st->transferred - st->live_sent : 0;
 	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}", "transferred",
-			 (json_int_t)st->transferred, "remaining", (json_int_t)st->remaining,
-			 "total", (json_int_t)st->total, "duplicate", (json_int_t)st->duplicate,
-			 "normal", (json_int_t)st->normal, "normal-bytes",
-			 (json_int_t)st->normal_bytes, "dirty-pages-rate",
-			 (json_int_t)st->dirty_pages_rate, "mbps", st->mbps, "dirty-sync-count",
-			 (json_int_t)st->dirty_sync_count, "page-size", (json_int_t)st->page_size);
+			 (json_int_t)ram, "remaining", (json_int_t)st->remaining, "total",
+			 (json_int_t)st->total, "duplicate", (json_int_t)st->duplicate, "normal",
+			 (json_int_t)st->normal, "normal-bytes", (json_int_t)st->normal_bytes,
+			 "dirty-pages-rate", (json_int_t)st->dirty_pages_rate, "mbps", st->mbps,
+			 "dirty-sync-count", (json_int_t)st->dirty_sync_count, "page-size",
+			 (json_int_t)st->page_size);
 }
 
 static const char *const mode_names[] = {"normal", "cpr-transfer", "cpr-exec"};
@@ -189,6 +194,13 @@ static json_t *outgoing_info(const struct migration_info *mi)
 		json_object_set_new(r, "expected-downtime",
 				    json_integer((json_int_t)st->expected_downtime_ms));
 	json_object_set_new(r, "ram", ram_stats(st));
+	/* QEMU's block migration figures: the disks' chunks, sent and left. */
+	if (mi->disk_total)
+		json_object_set_new(r, "disk",
+				    json_pack("{s:I,s:I,s:I}", "transferred",
+					      (json_int_t)st->live_sent, "remaining",
+					      (json_int_t)st->live_pending, "total",
+					      (json_int_t)mi->disk_total));
 	if (mi->auto_converge)
 		json_object_set_new(r, "cpu-throttle-percentage",
 				    json_integer(st->throttle_percent));
@@ -480,6 +492,8 @@ static const struct capability capabilities[] = {
 	/* migrate saves the guest as it was at the command, while it runs on
 	 * (userfaultfd write-protect; docs/format.md, "Background snapshot") */
 	{"background-snapshot", offsetof(struct migration_settings, background_snapshot)},
+	/* copy the disks that both hosts do not see, live (disk_copy.h) */
+	{"block", offsetof(struct migration_settings, block)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)

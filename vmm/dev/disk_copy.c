@@ -1,0 +1,311 @@
+/*
+ * Copying a disk image live (disk_copy.h).
+ */
+#include "vmm/dev/disk_copy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <godwit/error.h>
+#include <godwit/payload.h>
+
+/* 64 KiB: a bitmap of 2 KiB per GiB, and a chunk re-sent for a 4 KiB
+ * write costs 16 times the write, which a guest rewriting the same
+ * blocks (a journal) pays once per round, not per write. */
+#define CHUNK (64u << 10)
+/* Chunks per record: 2 MiB, a few milliseconds of the link. */
+#define CHUNKS_PER_RECORD 32
+#define CHUNK_MIN 4096u
+#define CHUNK_MAX (16u << 20)
+
+static uint64_t chunk_len(uint64_t bytes, uint64_t chunk, uint64_t i)
+{
+	uint64_t off = i * chunk;
+	return bytes - off < chunk ? bytes - off : chunk;
+}
+
+int disk_copy_init(struct disk_copy *c, int fd, uint64_t bytes, bool direct, bool shared,
+		   const char *path, void (*hold)(void *dev), void *dev)
+{
+	memset(c, 0, sizeof(*c));
+	c->fd = fd;
+	c->bytes = bytes;
+	c->direct = direct;
+	c->shared = shared;
+	c->path = path;
+	c->hold = hold;
+	c->dev = dev;
+	pthread_mutex_init(&c->lock, NULL);
+	c->chunk = CHUNK;
+	c->nr_chunks = (bytes + CHUNK - 1) / CHUNK;
+	c->dirty = calloc((c->nr_chunks + 63) / 64, sizeof(uint64_t));
+	if (!c->dirty || posix_memalign(&c->buf, 4096, CHUNK))
+		return -ENOMEM;
+	return 0;
+}
+
+void disk_copy_destroy(struct disk_copy *c)
+{
+	free(c->dirty);
+	free(c->buf);
+	pthread_mutex_destroy(&c->lock);
+	memset(c, 0, sizeof(*c));
+}
+
+void disk_copy_want(struct disk_copy *c, bool on)
+{
+	pthread_mutex_lock(&c->lock);
+	c->wanted = on && !c->shared;
+	pthread_mutex_unlock(&c->lock);
+}
+
+static bool test_and_set(uint64_t *bits, uint64_t i)
+{
+	bool was = bits[i / 64] & (1ull << (i % 64));
+	bits[i / 64] |= 1ull << (i % 64);
+	return was;
+}
+
+void disk_copy_mark(struct disk_copy *c, uint64_t offset, uint64_t len)
+{
+	if (!len)
+		return;
+	pthread_mutex_lock(&c->lock);
+	for (uint64_t i = offset / CHUNK;
+	     c->copying && i <= (offset + len - 1) / CHUNK && i < c->nr_chunks; i++)
+		if (!test_and_set(c->dirty, i))
+			c->nr_dirty++;
+	pthread_mutex_unlock(&c->lock);
+}
+
+uint64_t disk_copy_pending(void *opaque)
+{
+	struct disk_copy *c = opaque;
+	pthread_mutex_lock(&c->lock);
+	uint64_t bytes = c->copying ? c->nr_dirty * CHUNK : 0;
+	pthread_mutex_unlock(&c->lock);
+	return bytes;
+}
+
+/* ---- source --------------------------------------------------------------- */
+
+/* Up to max dirty chunks from the cursor on, their bits cleared: a write
+ * that completes from now on marks its chunk again, so the copy read
+ * below is sent again if it missed the write. */
+static unsigned take_dirty(struct disk_copy *c, uint64_t *out, unsigned max)
+{
+	unsigned n = 0;
+	pthread_mutex_lock(&c->lock);
+	for (uint64_t seen = 0; n < max && c->nr_dirty && seen < c->nr_chunks; seen++) {
+		uint64_t i = c->cursor;
+		c->cursor = (c->cursor + 1) % c->nr_chunks;
+		if (c->dirty[i / 64] & (1ull << (i % 64))) {
+			c->dirty[i / 64] &= ~(1ull << (i % 64));
+			c->nr_dirty--;
+			out[n++] = i;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}
+
+/* A hole of the image, asked of the file system, not read. */
+static bool is_hole(const struct disk_copy *c, uint64_t off, uint64_t len)
+{
+	off_t data = lseek(c->fd, (off_t)off, SEEK_DATA);
+	return (data < 0 && errno == ENXIO) || (data >= 0 && (uint64_t)data >= off + len);
+}
+
+static bool all_zero(const void *p, uint64_t len)
+{
+	const uint64_t *q = p;
+	for (uint64_t i = 0; i < len / 8; i++)
+		if (q[i])
+			return false;
+	return true;
+}
+
+static int read_full(int fd, void *buf, uint64_t len, uint64_t off)
+{
+	for (uint64_t done = 0; done < len;) {
+		ssize_t k = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		done += (uint64_t)k;
+	}
+	return 0;
+}
+
+static int put_chunk(struct disk_copy *c, uint64_t i, struct gw_wbuf *out, struct gw_error *err)
+{
+	uint64_t off = i * CHUNK, len = chunk_len(c->bytes, CHUNK, i);
+	bool zero = is_hole(c, off, len);
+	if (!zero) {
+		int ret = read_full(c->fd, c->buf, len, off);
+		if (ret)
+			return gw_error_set(err, ret, "reading chunk %llu (offset %llu) of %s: %s",
+					    (unsigned long long)i, (unsigned long long)off, c->path,
+					    strerror(-ret));
+		zero = all_zero(c->buf, len);
+	}
+	gw_put_u64(out, i);
+	gw_put_u8(out, zero ? 0 : 1);
+	if (!zero)
+		gw_put_bytes(out, c->buf, len);
+	c->sent += len;
+	return 0;
+}
+
+int disk_copy_save(void *opaque, enum gw_phase phase, struct gw_wbuf *out, struct gw_error *err)
+{
+	struct disk_copy *c = opaque;
+	if (phase == GW_PHASE_START) {
+		pthread_mutex_lock(&c->lock);
+		c->copying = c->wanted;
+		/* Every chunk, once; the guest's writes from now on, again. */
+		memset(c->dirty, 0, (c->nr_chunks + 63) / 64 * sizeof(uint64_t));
+		for (uint64_t i = 0; c->copying && i < c->nr_chunks; i++)
+			test_and_set(c->dirty, i);
+		c->nr_dirty = c->copying ? c->nr_chunks : 0;
+		c->cursor = 0;
+		c->sent = 0;
+		bool copying = c->copying;
+		pthread_mutex_unlock(&c->lock);
+		gw_put_u8(out, copying);
+		gw_put_u64(out, c->bytes);
+		gw_put_u32(out, CHUNK);
+		return 0;
+	}
+	/* The last chunks with no request in flight: the device takes none
+	 * until the guest runs again, here or there. */
+	if (phase == GW_PHASE_END && c->copying)
+		c->hold(c->dev);
+	uint64_t chunks[CHUNKS_PER_RECORD];
+	unsigned n = c->copying ? take_dirty(c, chunks, CHUNKS_PER_RECORD) : 0;
+	gw_put_u32(out, n);
+	for (unsigned k = 0; k < n; k++) {
+		int ret = put_chunk(c, chunks[k], out, err);
+		if (ret)
+			return ret;
+	}
+	return disk_copy_pending(c) ? GW_LIVE_MORE : 0;
+}
+
+/* ---- destination ------------------------------------------------------ */
+
+static int write_full(int fd, const void *buf, uint64_t len, uint64_t off)
+{
+	for (uint64_t done = 0; done < len;) {
+		ssize_t k = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		done += (uint64_t)k;
+	}
+	return 0;
+}
+
+/* Zeros as a hole where the file system can, written where it cannot. */
+static int write_zeros(struct disk_copy *c, uint64_t off, uint64_t len)
+{
+	if (fallocate(c->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) ==
+	    0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	memset(c->buf, 0, len);
+	return write_full(c->fd, c->buf, len, off);
+}
+
+static int load_start(struct disk_copy *c, struct gw_rbuf *in, struct gw_error *err)
+{
+	uint8_t copied;
+	uint64_t bytes;
+	uint32_t chunk;
+	if (gw_get_u8(in, &copied) || gw_get_u64(in, &bytes) || gw_get_u32(in, &chunk))
+		return gw_error_set(err, -EBADMSG, "START record too short");
+	if (copied > 1 || chunk < CHUNK_MIN || chunk > CHUNK_MAX || (chunk & (chunk - 1)))
+		return gw_error_set(err, -EBADMSG, "START: copied %u, chunk %u bytes", copied,
+				    chunk);
+	if (bytes != c->bytes)
+		return gw_error_set(err, -EBADMSG,
+				    "the source's disk has %llu bytes, this drive's image %s %llu",
+				    (unsigned long long)bytes, c->path,
+				    (unsigned long long)c->bytes);
+	if (copied && c->shared)
+		return gw_error_set(err, -EBADMSG,
+				    "the source copies its disk, but this drive's image %s is shared=on (the source's own image, which a copy would overwrite): give a drive of its own, shared=off",
+				    c->path);
+	if (!copied && !c->shared)
+		return gw_error_set(err, -EBADMSG,
+				    "the source does not copy its disk (its image is shared there, or block migration is off), but this drive's image %s is shared=off",
+				    c->path);
+	free(c->buf);
+	c->buf = NULL;
+	if (copied && posix_memalign(&c->buf, 4096, chunk))
+		return gw_error_set(err, -ENOMEM, "out of memory for a %u-byte chunk", chunk);
+	pthread_mutex_lock(&c->lock);
+	c->receiving = copied;
+	c->chunk = chunk;
+	c->nr_chunks = (bytes + chunk - 1) / chunk;
+	c->written = 0;
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+static int load_chunk(struct disk_copy *c, struct gw_rbuf *in, struct gw_error *err)
+{
+	uint64_t chunk = c->chunk, i;
+	uint8_t kind;
+	if (gw_get_u64(in, &i) || gw_get_u8(in, &kind))
+		return gw_error_set(err, -EBADMSG, "chunk entry cut short");
+	if (i >= c->nr_chunks || kind > 1)
+		return gw_error_set(err, -EBADMSG, "chunk %llu of %llu, kind %u",
+				    (unsigned long long)i, (unsigned long long)c->nr_chunks, kind);
+	uint64_t off = i * chunk, len = chunk_len(c->bytes, chunk, i);
+	if (kind == 1 && gw_get_bytes(in, c->buf, len))
+		return gw_error_set(err, -EBADMSG, "chunk %llu: its %llu bytes are cut short",
+				    (unsigned long long)i, (unsigned long long)len);
+	int ret = kind ? write_full(c->fd, c->buf, len, off) : write_zeros(c, off, len);
+	if (ret)
+		return gw_error_set(err, ret, "writing chunk %llu (offset %llu) into %s: %s",
+				    (unsigned long long)i, (unsigned long long)off, c->path,
+				    strerror(-ret));
+	c->written += len;
+	return 0;
+}
+
+int disk_copy_load(void *opaque, enum gw_phase phase, struct gw_rbuf *in, uint32_t version,
+		   struct gw_error *err)
+{
+	struct disk_copy *c = opaque;
+	uint32_t n;
+	(void)version;
+	if (phase == GW_PHASE_START)
+		return load_start(c, in, err);
+	if (gw_get_u32(in, &n))
+		return gw_error_set(err, -EBADMSG, "record too short for its count");
+	if (n && !c->receiving)
+		return gw_error_set(err, -EBADMSG,
+				    "%u chunks of a disk its START said is not copied", n);
+	/* Each entry is at least 9 bytes: a count beyond that is a lie. */
+	if (n > gw_rbuf_remaining(in) / 9)
+		return gw_error_set(err, -EBADMSG, "%u chunks announced in %zu bytes", n,
+				    gw_rbuf_remaining(in));
+	for (uint32_t k = 0; k < n; k++) {
+		int ret = load_chunk(c, in, err);
+		if (ret)
+			return ret;
+	}
+	/* Durable before the source may let go of the guest (READY comes
+	 * after the stream): then there is always a whole copy somewhere. */
+	if (phase == GW_PHASE_END && c->receiving && fdatasync(c->fd) < 0)
+		return gw_error_set(err, -errno, "fdatasync of %s: %s", c->path, strerror(errno));
+	return 0;
+}
