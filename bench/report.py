@@ -763,6 +763,76 @@ def local_update_section(paths):
     return out
 
 
+def disk_section(paths):
+    """Disks (bench/disk.py): block migration of an image against QEMU 7.2
+    and the machine's own copy, and the flush in a shared-storage pause."""
+    out = []
+    for path in paths:
+        recs = [json.loads(line) for line in open(path) if line.strip()]
+        disks = [r for r in recs if r.get("type") == "disk"]
+        if not disks:
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+        limits = {}
+        for r in recs:
+            if r.get("type") == "disk-limit":
+                limits.setdefault(r["image_mib"], []).append(r["copy_ms"])
+        if not out:
+            out += ["## Disks", "",
+                    "**Block migration**: an idle guest (the boot-sector dirtier) with an image "
+                    "half random data, half hole, migrated over a unix socket to a VMM with an "
+                    "empty image of the same size, and the images compared byte for byte "
+                    "after: godwit-vmm (`--drive ...,shared=off`, `migrate` with `blk`) and "
+                    "QEMU 7.2 (virtio-blk, capability `block`). *total*: the source's "
+                    "total-time; *blackout*: STOP to RESUME events (QMP timestamps, one host "
+                    "clock); *limit*: this machine reading the image and writing it into "
+                    "another file with fdatasync, in the same run. **Shared storage**: the "
+                    "diskcheck guest writing a 16 MiB range of its image, 8 requests in "
+                    "flight; both sides open the one image, which is only flushed at the "
+                    "switchover: the downtime and the fdatasync's part of it.", ""]
+        rel = os.path.relpath(path, os.path.dirname(HERE))
+        out += [f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
+                f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).", "",
+                "| image | variant | total ms | vs QEMU | vs limit | blackout ms | disk bytes sent |",
+                "|---|---|---|---|---|---|---|"]
+        by = {}
+        for r in disks:
+            if r["kind"] == "block":
+                by.setdefault(r["image_mib"], {}).setdefault(r["variant"], []).append(r)
+        for mib, vs in sorted(by.items()):
+            q = [r["total_ms"] for r in vs.get("qemu-block", []) if r.get("ok")]
+            lim = statistics.median(limits[mib]) if limits.get(mib) else None
+            for var in ("godwit-block", "qemu-block"):
+                rows = vs.get(var, [])
+                ok = [r for r in rows if r.get("ok")]
+                if not ok:
+                    if rows:
+                        out.append(f"| {mib} MiB | {var} | FAILED: "
+                                   f"{cell(rows[0].get('error', ''), 160)} | | | | |")
+                    continue
+                t = stats([r["total_ms"] for r in ok])
+                bl = [r["downtime_ms"] for r in ok if r.get("downtime_ms") is not None]
+                vq = f"{t[0] / statistics.median(q):.2f}×" if q and var != "qemu-block" else "–"
+                vl = f"{t[0] / lim:.2f}×" if lim else "–"
+                sent = [r["disk_bytes"] for r in ok if r.get("disk_bytes")]
+                out.append(f"| {mib} MiB | {var} | {t[0]:.0f} ({t[1]:.0f}–{t[2]:.0f}) | {vq} | "
+                           f"{vl} | {statistics.median(bl) if bl else float('nan'):.2f} | "
+                           f"{statistics.median(sent) if sent else '–'} |")
+        shared = [r for r in disks if r["kind"] == "shared" and r.get("ok")]
+        if shared:
+            out += ["", "| shared storage | blackout ms | fdatasync in the pause ms | share |",
+                    "|---|---|---|---|"]
+            for cache in ("writeback", "none"):
+                rows = [r for r in shared if r["cache"] == cache]
+                if not rows:
+                    continue
+                bl = statistics.median(r["vmm_downtime_us"] for r in rows) / 1000
+                sy = statistics.median(r["sync_us"] for r in rows) / 1000
+                out.append(f"| cache={cache} | {bl:.2f} | {sy:.2f} | {sy / bl:.0%} |")
+        out.append("")
+    return out
+
+
 def write(results_path, docs, extra=()):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
@@ -821,6 +891,7 @@ def write(results_path, docs, extra=()):
     out += snapshot_section(results_path, lv)
     out += live_snapshot_section([results_path, *extra])
     out += local_update_section([results_path, *extra])
+    out += disk_section([results_path, *extra])
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))

@@ -92,9 +92,11 @@ enum gw_phase {
  *  - save_live + load_live: progressive (SECTION_START/PART/END): for
  *    state too big to save during downtime. Each save_live call writes
  *    one record; one that has more to send than a record holds returns
- *    GW_LIVE_MORE and is called again: at START and END until it returns
- *    0, at PART as long as the round's budget lasts
- *    (gw_save_iterate_budget()). live_pending (optional) says how many
+ *    GW_LIVE_MORE and is called again: at PART as long as the round's
+ *    budget lasts (gw_save_iterate_budget()), at END until it returns 0
+ *    (its records but the last go as SECTION_PART, so the section still
+ *    ends once; the loader sees phase PART for them). START is one
+ *    record: what more there is goes in the PARTs. live_pending (optional) says how many
  *    bytes it still has to send: the pre-copy engine counts them with
  *    the dirty RAM when it decides whether the rest fits the downtime
  *    limit, and keeps sending PART records while there are any.

@@ -60,7 +60,7 @@ GW_API int gw_save_iterate_budget(struct gw_migration *m, struct gw_writer *w, u
 
 /* What the progressive sections say they still have to send (their
  * live_pending), in bytes. */
-GW_API uint64_t gw_save_live_pending(struct gw_migration *m);
+GW_API uint64_t gw_save_live_pending(const struct gw_migration *m);
 
 /*
  * Send n (1..GW_PAGES_MAX) pages of RAM block `block` (registration

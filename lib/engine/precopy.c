@@ -13,7 +13,8 @@
  * for users):
  *
  *  - Switch over only after a sync where remaining / bandwidth <=
- *    downtime limit. remaining is the bytes of the dirty populated pages;
+ *    downtime limit. remaining is the bytes of the dirty populated pages
+ *    and what progressive sections (a disk) say they have left;
  *    bandwidth is how fast the last round that sent anything drained
  *    dirty pages (page bytes per second, zero pages included: draining
  *    them is what the downtime is spent on), or max-bandwidth if that is
@@ -24,7 +25,8 @@
  *    bandwidth, or a cancel) ends a migration that does not converge.
  *  - Within the limit, the engine does not stop the guest at once while
  *    another round still pays: it keeps sending rounds as long as each
- *    sync finds at most 3/4 of the pages the previous one found, and the
+ *    sync finds at most 3/4 of the pages the previous one found (or the
+ *    progressive sections have less left than at the sync before), and the
  *    rest would take more than SETTLE_NS to send, for at most
  *    SETTLE_ROUNDS rounds. Each such round is shorter than the one before
  *    (the set shrinks geometrically), so they cost little total time and
@@ -99,6 +101,8 @@ struct precopy {
 	uint64_t synced;          /* pending found by the last sync */
 	uint64_t synced_before;   /* ... and by the one before it */
 	uint32_t settle_rounds;   /* rounds sent within the limit */
+	uint64_t live_now,
+		live_before; /* progressive sections' bytes left at this sync and the one before */
 	bool dirty_started;
 	bool update;           /* the file sink writes only what changed since its last save */
 	bool paused;           /* this engine paused the guest */
@@ -303,6 +307,8 @@ static int sync_all(struct precopy *p, struct gw_error *err)
 	xfer = gw_sink_taken(p->sink);
 	p->pending = pending;
 	p->synced_before = p->synced;
+	p->live_before = p->live_now;
+	p->live_now = gw_save_live_pending(m);
 	p->synced = pending;
 	/* The first sync only re-arms tracking under the all-ones first round. */
 	if (++p->pass > 1) {
@@ -339,7 +345,7 @@ static uint64_t drain_bandwidth(const struct precopy *p, const struct gw_precopy
 /* What must still go, RAM and progressive sections (a disk) alike. */
 static uint64_t remaining_bytes(struct precopy *p)
 {
-	uint64_t live = gw_save_live_pending(p->m);
+	uint64_t live = p->live_now;
 
 	pthread_mutex_lock(&p->h.job.lock);
 	p->h.stats.live_pending = live;
@@ -377,15 +383,17 @@ static bool fits(struct precopy *p, const struct gw_precopy_params *pp)
 static bool settled(struct precopy *p, const struct gw_precopy_params *pp)
 {
 	uint64_t bw = drain_bandwidth(p, pp);
-	double rest_ns;
-
 	uint64_t rest = remaining_bytes(p);
+	double rest_ns;
+	/* A disk being copied shrinks by a round's worth at a time, not
+	 * geometrically: any progress pays, within SETTLE_ROUNDS. */
+	bool shrinking = p->synced * 4 <= p->synced_before * 3 ||
+			 (p->live_now && p->live_now < p->live_before);
 
 	if (!rest || !bw)
 		return true;
 	rest_ns = (double)rest * 1e9 / (double)bw;
-	if (rest_ns <= (double)SETTLE_NS || p->settle_rounds >= SETTLE_ROUNDS ||
-	    p->synced * 4 > p->synced_before * 3)
+	if (rest_ns <= (double)SETTLE_NS || p->settle_rounds >= SETTLE_ROUNDS || !shrinking)
 		return true;
 	p->settle_rounds++;
 	return false;

@@ -40,6 +40,10 @@ static int write_section(const struct gw_migration *m, struct gw_writer *w, uint
 	gw_wbuf_reset(b);
 	gw_section_put_hdr(b, type, id, sec);
 	ret = more = gw_section_save(sec, type, b, err);
+	/* A section ends once: what it sends at the pause before its last
+	 * record goes as PART (whose sub-header is END's). */
+	if (type == GW_REC_SECTION_END && more == GW_LIVE_MORE)
+		type = GW_REC_SECTION_PART;
 	if (ret >= 0)
 		ret = gw_record_write(w, type, 0, b->data, b->len, err);
 	if (ret < 0)
@@ -68,9 +72,11 @@ static int write_sections_budget(const struct gw_migration *m, struct gw_writer 
 	for (uint32_t i = 0; ret >= 0 && i < m->nr_sections; i++) {
 		if (gw_section_progressive(&m->sections[i].s) != progressive)
 			continue;
+		/* START is one record: the rest follows as PART. */
 		do
 			ret = write_section(m, w, i, type, &b, err);
-		while (ret == GW_LIVE_MORE && (!budget || gw_writer_offset(w) - start < budget));
+		while (ret == GW_LIVE_MORE && type != GW_REC_SECTION_START &&
+		       (!budget || gw_writer_offset(w) - start < budget));
 		more_left |= ret == GW_LIVE_MORE;
 	}
 	gw_wbuf_release(&b);
@@ -168,7 +174,7 @@ int gw_save_iterate_budget(struct gw_migration *m, struct gw_writer *w, uint64_t
 						    budget ? budget : 1, sent, err));
 }
 
-uint64_t gw_save_live_pending(struct gw_migration *m)
+uint64_t gw_save_live_pending(const struct gw_migration *m)
 {
 	uint64_t bytes = 0;
 

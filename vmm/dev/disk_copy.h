@@ -43,10 +43,14 @@ struct disk_copy {
 	bool copying;    /* source: a copy runs, writes are marked */
 	bool receiving;  /* destination: START said copied */
 	uint64_t *dirty; /* one bit per chunk */
+	uint64_t *hole;  /* source: a hole of the image at START, not written since */
 	uint64_t chunk;  /* bytes: this side's, or the source's (destination) */
 	uint64_t nr_chunks, nr_dirty, cursor;
-	void *buf;              /* one chunk, aligned for O_DIRECT */
-	uint64_t sent, written; /* bytes of chunks: sent (source), written (destination) */
+	uint64_t nr_dirty_holes; /* dirty chunks that are holes: 9 bytes each to send */
+	uint64_t *take;          /* the chunks of the record being written */
+	void *buf;               /* one chunk, aligned for O_DIRECT */
+	uint64_t sent, written;  /* bytes of chunks: sent (source), written (destination) */
+	uint64_t unsynced;       /* destination: written since its last fdatasync */
 };
 
 int disk_copy_init(struct disk_copy *c, int fd, uint64_t bytes, bool direct, bool shared,

@@ -613,8 +613,8 @@ static int check_mode(struct vm_migration *mig, const char *uri, char *errmsg, s
 }
 
 /*
- * What the disks allow. A snapshot (a file, a command's stream, a
- * background snapshot) would be restored later beside an image that has
+ * What the disks allow. A snapshot (a file, a background snapshot, a
+ * mapped-ram file) would be restored later beside an image that has
  * changed since; and an image only this host sees cannot follow a guest
  * to another host. A local live update keeps the very image.
  */
@@ -624,7 +624,10 @@ static int check_drives(struct vm_migration *mig, const char *uri, bool block, c
 	struct vmm *vm = mig->vm;
 	if (!vm->nr_drives || mig->params.mode != GW_MODE_NORMAL)
 		return 0;
-	bool stream_snapshot = !strncmp(uri, "file:", 5) || !strncmp(uri, "exec:", 5);
+	/* A file is a snapshot; a command may be one (exec:cat > f) or carry
+	 * the stream to a live destination (ssh), which only its user knows:
+	 * it is not refused. */
+	bool stream_snapshot = !strncmp(uri, "file:", 5);
 	for (unsigned i = 0; i < vm->nr_drives; i++) {
 		const struct virtio_blk *b = &vm->drives[i];
 		const char *why = NULL;
