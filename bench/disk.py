@@ -93,6 +93,23 @@ def same(a, b):
                 return True
 
 
+def finish(src, dst, src_img, dst_img, who):
+    """The migration ended: its figures, once the guest ran on at the
+    destination and the two images proved equal."""
+    r = src.wait_migration(timeout=600)
+    if r["status"] != "completed":
+        raise VmmError(f"{who}: {r.get('error-desc')}")
+    blackout = event_blackout_us(src, dst)
+    dst.wait_passes(dst.passes() + 1)
+    dst.qmp.cmd("stop")
+    src.kill()
+    time.sleep(0.2)
+    if not same(src_img, dst_img):
+        raise VmmError(f"{who}: the images differ after the migration")
+    return {"total_ms": r["total-time"], "downtime_ms": blackout / 1000 if blackout else None,
+            "disk_bytes": r.get("disk", {}).get("transferred")}
+
+
 def godwit_block(tools, boot, size, d):
     src_img, dst_img = f"{d}/src.img", f"{d}/dst.img"
     make_image(src_img, size, size // 2)
@@ -109,18 +126,7 @@ def godwit_block(tools, boot, size, d):
                             "--incoming", "unix:" + sock], d, "dst", "godwit dst")
         src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": UNLIMITED})
         src.qmp.cmd("migrate", uri="unix:" + sock, blk=True)
-        r = src.wait_migration(timeout=600)
-        if r["status"] != "completed":
-            raise VmmError(f"godwit: {r.get('error-desc')}")
-        blackout = event_blackout_us(src, dst)
-        dst.wait_passes(dst.passes() + 1)
-        dst.qmp.cmd("stop")
-        src.kill()
-        time.sleep(0.2)
-        if not same(src_img, dst_img):
-            raise VmmError("godwit: the images differ after the migration")
-        return {"total_ms": r["total-time"], "downtime_ms": blackout / 1000 if blackout else None,
-                "disk_bytes": r["disk"]["transferred"]}
+        return finish(src, dst, src_img, dst_img, "godwit")
     finally:
         src.kill()
         if dst:
@@ -160,18 +166,7 @@ def qemu_block(tools, boot, size, d):
         src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": UNLIMITED})
         time.sleep(0.1)
         src.qmp.cmd("migrate", uri="unix:" + sock)
-        r = src.wait_migration(timeout=600)
-        if r["status"] != "completed":
-            raise VmmError(f"QEMU: {r.get('error-desc')}")
-        blackout = event_blackout_us(src, dst)
-        dst.wait_passes(dst.passes() + 1)
-        dst.qmp.cmd("stop")
-        src.kill()
-        time.sleep(0.2)
-        if not same(src_img, dst_img):
-            raise VmmError("QEMU: the images differ after the migration")
-        return {"total_ms": r["total-time"], "downtime_ms": blackout / 1000 if blackout else None,
-                "disk_bytes": r.get("disk", {}).get("transferred")}
+        return finish(src, dst, src_img, dst_img, "QEMU")
     finally:
         src.kill()
         if dst:

@@ -93,16 +93,6 @@ static uint64_t mix(uint64_t x)
 	return x ^ (x >> 31);
 }
 
-static uint64_t xorshift64(uint64_t *s)
-{
-	uint64_t x = *s;
-
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *s = x;
-}
-
 static void setup_share(struct share *sh, unsigned cpu)
 {
 	uint64_t pages = (opt.end - opt.start) >> GW_PAGE_SHIFT;
@@ -191,7 +181,7 @@ static void linear_pass(struct share *sh, uint64_t pass)
 static void random_pass(struct share *sh, uint64_t pass)
 {
 	for (uint64_t n = 0; n < sh->per_pass; n++) {
-		uint64_t i = xorshift64(&sh->rng) % sh->nr_pages;
+		uint64_t i = gw_xorshift64(&sh->rng) % sh->nr_pages;
 
 		if (sh->last_pass[i])
 			check_page(sh, sh->first_pfn + i, sh->last_pass[i]);

@@ -145,16 +145,6 @@ static void setup(const struct gw_guest_config *cfg)
 
 /* --- the block format (README.md) --------------------------------------- */
 
-static uint64_t xorshift64(uint64_t *s)
-{
-	uint64_t x = *s;
-
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *s = x;
-}
-
 /* xorshift64 never leaves 0, so 0 is replaced. */
 static uint64_t pattern_seed(uint64_t lba, uint64_t pass)
 {
@@ -183,7 +173,7 @@ static void fill_block(uint64_t *q, uint64_t lba, uint64_t pass)
 	q[Q_PASS] = pass;
 	h = header_hash(q);
 	for (uint64_t i = Q_PATTERN; i < opt.bs / sizeof(uint64_t); i++) {
-		q[i] = xorshift64(&x);
+		q[i] = gw_xorshift64(&x);
 		h = fnv(h, q[i]);
 	}
 	q[Q_CHECKSUM] = h;
@@ -212,7 +202,7 @@ static struct fault check_block(const uint64_t *q, uint64_t lba, uint64_t pass)
 		return fault("pass", Q_PASS, q[Q_PASS], pass);
 	h = header_hash(q);
 	for (uint64_t i = Q_PATTERN; i < opt.bs / sizeof(uint64_t); i++) {
-		uint64_t want = xorshift64(&x);
+		uint64_t want = gw_xorshift64(&x);
 
 		if (q[i] != want && !pattern.field)
 			pattern = fault("pattern", (unsigned)i, q[i], want);

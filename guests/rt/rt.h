@@ -118,6 +118,17 @@ static inline void gw_stamp_page(uint64_t pfn, uint64_t pass)
 	q[GW_PAGE_QWORDS - 1] = ~stamp;
 }
 
+/* xorshift64 (13, 7, 17): a cheap generator; the state must not be 0. */
+static inline uint64_t gw_xorshift64(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
 /* --- synchronisation between vCPUs ---------------------------------------- */
 
 static inline void gw_pause(void)

@@ -177,10 +177,14 @@ static bool all_zero(const void *p, uint64_t len)
 	return true;
 }
 
-static int read_full(int fd, void *buf, uint64_t len, uint64_t off)
+/* All of [off, off+len) read or written, however many calls it takes;
+ * -EIO for an image that ends early. */
+static int full_io(int fd, bool write, void *buf, uint64_t len, uint64_t off)
 {
 	for (uint64_t done = 0; done < len;) {
-		ssize_t k = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		char *p = (char *)buf + done;
+		ssize_t k = write ? pwrite(fd, p, len - done, (off_t)(off + done)) :
+				    pread(fd, p, len - done, (off_t)(off + done));
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0)
@@ -196,7 +200,7 @@ static int put_chunk(struct disk_copy *c, uint64_t taken, struct gw_wbuf *out, s
 	uint64_t off = i * CHUNK, len = chunk_len(c->bytes, CHUNK, i);
 	bool zero = (taken & TAKE_HOLE) || is_hole(c, off, len);
 	if (!zero) {
-		int ret = read_full(c->fd, c->buf, len, off);
+		int ret = full_io(c->fd, false, c->buf, len, off);
 		if (ret)
 			return gw_error_set(err, ret, "reading chunk %llu (offset %llu) of %s: %s",
 					    (unsigned long long)i, (unsigned long long)off, c->path,
@@ -250,19 +254,6 @@ int disk_copy_save(void *opaque, enum gw_phase phase, struct gw_wbuf *out, struc
 
 /* ---- destination ------------------------------------------------------ */
 
-static int write_full(int fd, const void *buf, uint64_t len, uint64_t off)
-{
-	for (uint64_t done = 0; done < len;) {
-		ssize_t k = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -errno : -EIO;
-		done += (uint64_t)k;
-	}
-	return 0;
-}
-
 /* Zeros as a hole where the file system can, written where it cannot. */
 static int write_zeros(struct disk_copy *c, uint64_t off, uint64_t len)
 {
@@ -272,7 +263,7 @@ static int write_zeros(struct disk_copy *c, uint64_t off, uint64_t len)
 	if (errno != EOPNOTSUPP)
 		return -errno;
 	memset(c->buf, 0, len);
-	return write_full(c->fd, c->buf, len, off);
+	return full_io(c->fd, true, c->buf, len, off);
 }
 
 static int load_start(struct disk_copy *c, struct gw_rbuf *in, struct gw_error *err)
@@ -358,7 +349,7 @@ static int load_chunk(struct disk_copy *c, struct gw_rbuf *in, struct zero_run *
 	if (gw_get_bytes(in, c->buf, len))
 		return gw_error_set(err, -EBADMSG, "chunk %llu: its %llu bytes are cut short",
 				    (unsigned long long)i, (unsigned long long)len);
-	ret = write_full(c->fd, c->buf, len, off);
+	ret = full_io(c->fd, true, c->buf, len, off);
 	if (ret)
 		return gw_error_set(err, ret, "writing chunk %llu (offset %llu) into %s: %s",
 				    (unsigned long long)i, (unsigned long long)off, c->path,
