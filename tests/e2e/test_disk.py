@@ -442,6 +442,63 @@ class NonSharedStorage(unittest.TestCase):
         gwtest.shutil.rmtree(d, ignore_errors=True)
 
 
+class LocalUpdate(unittest.TestCase):
+    """A local live update keeps the very image, shared or not: the new
+    process opens it and goes on with the requests in flight."""
+
+    def test_cpr_transfer_and_exec_keep_the_disk(self):
+        d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
+        image = make_image(d)
+        drive = ["--drive", f"file={image},cache=none,shared=off"]
+        src = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                  append=f"blocks={BLOCKS} depth=8 flush=16", extra=drive)
+        try:
+            src.wait_passes(1, timeout=60)
+            path = os.path.join(d, "cpr.sock")
+            dst = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
+                      extra=drive + ["--incoming", "unix:" + path])
+            try:
+                src.qmp.cmd("migrate-set-parameters", mode="cpr-transfer")
+                src.qmp.cmd("migrate", uri="unix:" + path)
+                self.assertEqual(wait_migration(src)["status"], "completed")
+                self.assertEqual(wait_migration(dst)["status"], "completed")
+                dst.wait_passes(2, timeout=60)
+                self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+            except BaseException:
+                dst.kill()
+                raise
+            src.kill()
+            src = dst
+            # cpr-exec: the stand-in and the new image open it too.
+            state = os.path.join(d, "state.gw")
+            pid = src.proc.pid
+            src.qmp.cmd("migrate-set-parameters", mode="cpr-exec", **{
+                "cpr-exec-command": src.argv[:-2] + ["--incoming", "file:" + state]})
+            src.qmp.cmd("migrate", uri="file:" + state)
+            r = wait_until(lambda: (lambda q: q if q and q.get("status") == "completed" and
+                                    "x-godwit-adopted-bytes" in q else None)(_query(src)),
+                           60, "the new image to run the guest")
+            self.assertEqual(src.proc.pid, pid)
+            self.assertEqual(len(r["x-godwit-pauses-us"]), 2, r)
+            src.wait_passes(2, timeout=60)
+            self.assertFalse(src.guest()["check-failed"], src.serial_text())
+        finally:
+            src.kill()
+            gwtest.shutil.rmtree(d, ignore_errors=True)
+
+
+def _query(vm):
+    """query-migrate on a fresh connection (the VMM may have exec'd)."""
+    try:
+        if vm.qmp:
+            vm.qmp.close()
+        vm.qmp = gwtest.Qmp(vm.sock)
+        return vm.qmp.cmd("query-migrate")
+    except (OSError, EOFError, QmpError):
+        vm.qmp = None
+        return None
+
+
 def subprocess_ok(argv):
     return gwtest.subprocess.run(argv, capture_output=True).returncode == 0
 

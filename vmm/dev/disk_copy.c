@@ -65,10 +65,14 @@ void disk_copy_destroy(struct disk_copy *c)
 	memset(c, 0, sizeof(*c));
 }
 
-void disk_copy_want(struct disk_copy *c, bool on)
+/* START's first byte. */
+enum { NOT_COPIED, COPIED, SAME_IMAGE };
+
+void disk_copy_want(struct disk_copy *c, bool on, bool local)
 {
 	pthread_mutex_lock(&c->lock);
-	c->wanted = on && !c->shared;
+	c->wanted = on && !c->shared && !local;
+	c->local = local;
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -231,9 +235,9 @@ int disk_copy_save(void *opaque, enum gw_phase phase, struct gw_wbuf *out, struc
 			find_holes(c);
 		c->cursor = 0;
 		c->sent = 0;
-		bool copying = c->copying;
+		uint8_t copied = c->copying ? COPIED : c->local ? SAME_IMAGE : NOT_COPIED;
 		pthread_mutex_unlock(&c->lock);
-		gw_put_u8(out, copying);
+		gw_put_u8(out, copied);
 		gw_put_u64(out, c->bytes);
 		gw_put_u32(out, CHUNK);
 		return 0;
@@ -273,7 +277,7 @@ static int load_start(struct disk_copy *c, struct gw_rbuf *in, struct gw_error *
 	uint32_t chunk;
 	if (gw_get_u8(in, &copied) || gw_get_u64(in, &bytes) || gw_get_u32(in, &chunk))
 		return gw_error_set(err, -EBADMSG, "START record too short");
-	if (copied > 1 || chunk < CHUNK_MIN || chunk > CHUNK_MAX || (chunk & (chunk - 1)))
+	if (copied > SAME_IMAGE || chunk < CHUNK_MIN || chunk > CHUNK_MAX || (chunk & (chunk - 1)))
 		return gw_error_set(err, -EBADMSG, "START: copied %u, chunk %u bytes", copied,
 				    chunk);
 	if (bytes != c->bytes)
@@ -281,20 +285,20 @@ static int load_start(struct disk_copy *c, struct gw_rbuf *in, struct gw_error *
 				    "the source's disk has %llu bytes, this drive's image %s %llu",
 				    (unsigned long long)bytes, c->path,
 				    (unsigned long long)c->bytes);
-	if (copied && c->shared)
+	if (copied == COPIED && c->shared)
 		return gw_error_set(err, -EBADMSG,
 				    "the source copies its disk, but this drive's image %s is shared=on (the source's own image, which a copy would overwrite): give a drive of its own, shared=off",
 				    c->path);
-	if (!copied && !c->shared)
+	if (copied == NOT_COPIED && !c->shared)
 		return gw_error_set(err, -EBADMSG,
 				    "the source does not copy its disk (its image is shared there, or block migration is off), but this drive's image %s is shared=off",
 				    c->path);
 	free(c->buf);
 	c->buf = NULL;
-	if (copied && posix_memalign(&c->buf, 4096, chunk))
+	if (copied == COPIED && posix_memalign(&c->buf, 4096, chunk))
 		return gw_error_set(err, -ENOMEM, "out of memory for a %u-byte chunk", chunk);
 	pthread_mutex_lock(&c->lock);
-	c->receiving = copied;
+	c->receiving = copied == COPIED;
 	c->chunk = chunk;
 	c->nr_chunks = (bytes + chunk - 1) / chunk;
 	c->written = 0;

@@ -11,7 +11,8 @@
  * decides to switch over.
  *
  * Records (docs/format.md, "Disk copy"):
- *   START     u8 copied (0: the image is shared, nothing else follows),
+ *   START     u8 copied (0: the image is shared, nothing else follows;
+ *             2: a local live update, the image stays where it is),
  *             u64 image bytes, u32 chunk bytes
  *   PART/END  u32 n, then n x {u64 chunk, u8 kind (0 zeros, 1 data),
  *             kind 1: the chunk's bytes (the last chunk: what is left)}
@@ -40,6 +41,7 @@ struct disk_copy {
 
 	pthread_mutex_t lock;
 	bool wanted;     /* the next outgoing migration copies (block capability) */
+	bool local;      /* ... or is a local live update: the image stays put */
 	bool copying;    /* source: a copy runs, writes are marked */
 	bool receiving;  /* destination: START said copied */
 	uint64_t *dirty; /* one bit per chunk */
@@ -61,8 +63,10 @@ void disk_copy_destroy(struct disk_copy *c);
 void disk_copy_mark(struct disk_copy *c, uint64_t offset, uint64_t len);
 
 /* Whether the next outgoing migration copies this image (the VMM's
- * block capability; a shared image is never copied). */
-void disk_copy_want(struct disk_copy *c, bool on);
+ * block capability; a shared image is never copied), or is a local live
+ * update, whose new process opens this very image (it says so in START,
+ * and the new process takes it whether shared or not). */
+void disk_copy_want(struct disk_copy *c, bool on, bool local);
 
 /* The progressive section's callbacks (opaque: the struct disk_copy). */
 int disk_copy_save(void *opaque, enum gw_phase phase, struct gw_wbuf *out, struct gw_error *err);

@@ -388,9 +388,9 @@ uint64_t virtio_blk_last_sync_us(struct virtio_blk *b)
 	return us;
 }
 
-void virtio_blk_copy(struct virtio_blk *b, bool on)
+void virtio_blk_copy(struct virtio_blk *b, bool on, bool local)
 {
-	disk_copy_want(&b->copy, on);
+	disk_copy_want(&b->copy, on, local);
 }
 
 uint64_t virtio_blk_copy_bytes(struct virtio_blk *b)

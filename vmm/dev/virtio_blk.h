@@ -84,8 +84,8 @@ void virtio_blk_hold(struct virtio_blk *b);
 /* While the guest runs: ask an I/O thread to fdatasync the image. */
 void virtio_blk_flush_early(struct virtio_blk *b);
 /* Whether the next outgoing migration copies the image (block migration:
- * shared=off drives only). */
-void virtio_blk_copy(struct virtio_blk *b, bool on);
+ * shared=off drives only), or is a local live update (disk_copy.h). */
+void virtio_blk_copy(struct virtio_blk *b, bool on, bool local);
 /* The bytes of the image the latest outgoing migration copies (0: none). */
 uint64_t virtio_blk_copy_bytes(struct virtio_blk *b);
 /* How long the latest switchover's fdatasync took. */

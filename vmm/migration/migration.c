@@ -690,7 +690,7 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 	if (ret)
 		return ret;
 	for (unsigned i = 0; i < vm->nr_drives; i++)
-		virtio_blk_copy(&vm->drives[i], block);
+		virtio_blk_copy(&vm->drives[i], block, mig->params.mode != GW_MODE_NORMAL);
 
 	pthread_mutex_lock(&mig->lock);
 	free(mig->uri);
