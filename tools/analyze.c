@@ -297,6 +297,9 @@ static void describe(const struct analysis *a, const struct gw_record_info *in, 
 	case GW_REC_CPR:
 		snprintf(buf, len, "which inherited memfd holds each RAM block (cpr-exec)");
 		break;
+	case GW_REC_PAUSE:
+		snprintf(buf, len, "when the source paused (a local live update)");
+		break;
 	case GW_REC_EOF:
 		snprintf(buf, len, "end of stream");
 		break;

@@ -47,6 +47,11 @@ enum gw_record_type {
 	GW_REC_VMDESC        = 0x0007,
 	GW_REC_EOF           = 0x0008,
 	GW_REC_CPR           = 0x0009,
+	/* A local live update's source paused the guest at this time of the
+	 * host's CLOCK_MONOTONIC (u64 ns): the destination reports the
+	 * downtime the guest saw. Skippable: a reader without it loses only
+	 * that figure. */
+	GW_REC_PAUSE         = 0x000a,
 };
 
 /* Stream header flags. */

@@ -81,7 +81,6 @@ static int pause_guest(struct cpr *c, struct gw_error *err)
 	/* Set first: a pause that fails half-way is undone too. */
 	c->paused = true;
 	c->pause_ns = gw_now_ns();
-	c->ho.pause_ns = c->pause_ns; /* the new process reports the downtime too */
 	ret = c->m->vm_ops.pause(c->m->vm_opaque, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "cannot pause the guest: ");
@@ -121,6 +120,12 @@ static int transfer(struct cpr *c, struct gw_error *err)
 		ret = gw_writer_flush(c->w, err);
 	if (ret == 0)
 		ret = pause_guest(c, err);
+	/* The new process reports the downtime too: from this instant. */
+	if (ret == 0) {
+		unsigned char t[8];
+		gw_le64(t, c->pause_ns);
+		ret = gw_record_write(c->w, GW_REC_PAUSE, GW_RECF_SKIPPABLE, t, sizeof(t), err);
+	}
 	if (ret == 0)
 		ret = device_state(c, err);
 	if (ret == -ETIMEDOUT)

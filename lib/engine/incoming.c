@@ -54,7 +54,7 @@ struct gw_incoming {
 	bool return_path;  /* the channel can answer */
 	uint64_t received; /* atomic: the reader adds to it */
 	struct gw_incoming_stats stats;
-	uint64_t cpr_pause_ns; /* a local source's pause (its GO, or a cpr-exec state), for the downtime */
+	uint64_t cpr_pause_ns; /* a local source's pause (its PAUSE or CPR record), for the downtime */
 	bool adopted;          /* cpr-transfer: the source is on this host */
 	/* When vm_ops.resume was called: the end of the downtime, as its
 	 * start is the call of the source's pause. The vCPUs run within
@@ -196,11 +196,6 @@ static int await_go(struct gw_incoming *in, struct gw_error *err)
 	if (go.status != GW_REPORT_GO)
 		return gw_error_set(err, -EPROTO, "the source sent %s where its GO belongs",
 				    gw_report_name(go.status));
-	/* A local source says when it paused, on this host's clock; a time
-	 * still to come is not believed. */
-	uint64_t paused = gw_report_time_ns(&go);
-	if (in->adopted && paused && paused <= gw_now_ns())
-		in->cpr_pause_ns = paused;
 	pthread_mutex_lock(&in->job.lock);
 	in->stats.go_wait_us = (gw_now_ns() - t0) / 1000;
 	pthread_mutex_unlock(&in->job.lock);

@@ -245,12 +245,10 @@ int gw_outgoing_expect(struct gw_precopy *h, struct gw_handover *ho, uint64_t ti
 int gw_outgoing_handshake(struct gw_precopy *h, struct gw_handover *ho,
 			  const struct gw_precopy_params *pp, struct gw_error *err)
 {
-	struct gw_report go = {GW_REPORT_GO, 0, ""};
+	const struct gw_report go = {GW_REPORT_GO, 0, ""};
 	uint64_t ready_ns;
 	int ret;
 
-	if (ho->pause_ns)
-		snprintf(go.msg, sizeof(go.msg), "%llu", (unsigned long long)ho->pause_ns);
 	ret = gw_outgoing_expect(h, ho, pp->ready_timeout_ms, GW_REPORT_READY,
 				 "the destination's READY (x-godwit-ready-timeout)", err);
 	if (ret == 0 && !gw_job_commit(&h->job))

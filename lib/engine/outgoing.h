@@ -36,7 +36,6 @@ struct gw_handover {
 	bool dest_failed;    /* ... but it said it will not */
 	bool confirmed;      /* ... and it said RUNNING */
 	uint64_t resumed_ns; /* ... at this time of its clock, if it said (0) */
-	uint64_t pause_ns;   /* set by a local engine: GO says when the guest paused */
 };
 
 /*

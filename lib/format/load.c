@@ -86,6 +86,27 @@ static int load_cpr_record(struct load *l, struct gw_error *err)
 	return ret;
 }
 
+/* A local live update's PAUSE record: when the source paused, on this
+ * host's CLOCK_MONOTONIC. Only a figure: a time that cannot be is an
+ * error all the same, as any field out of its range. */
+static int load_pause(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	int ret = h->length == 8 ? read_payload(l, h, err) :
+				   gw_error_set(err, -EBADMSG, "PAUSE record of %llu bytes, not 8",
+						(unsigned long long)h->length);
+	uint64_t t = ret ? 0 : gw_get_le64(l->buf), now = gw_now_ns();
+
+	if (ret == 0 && (t == 0 || t > now))
+		ret = gw_error_set(err, -EBADMSG,
+				   "its pause time %llu ns is not a past time of this host's CLOCK_MONOTONIC (now %llu ns)",
+				   (unsigned long long)t, (unsigned long long)now);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "PAUSE record at offset %llu: ",
+				       (unsigned long long)h->offset);
+	l->pause_ns = t;
+	return 0;
+}
+
 static int load_config(struct load *l, struct gw_error *err)
 {
 	struct gw_rec_hdr h;
@@ -302,6 +323,10 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 	case GW_REC_EOF:
 		*eof = true;
 		return check_complete(l, &h, err);
+	case GW_REC_PAUSE:
+		if (l->cpr_stream)
+			return load_pause(l, &h, err);
+		break;
 	}
 	return skip_record(l, &h, err);
 }

@@ -34,6 +34,8 @@ const char *gw_record_type_name(uint16_t type)
 		return "EOF";
 	case GW_REC_CPR:
 		return "CPR";
+	case GW_REC_PAUSE:
+		return "PAUSE";
 	}
 	return "unknown";
 }
@@ -56,6 +58,8 @@ uint64_t gw_record_max(uint16_t type)
 		return 0;
 	case GW_REC_CPR:
 		return GW_CPR_MAX;
+	case GW_REC_PAUSE:
+		return 8;
 	}
 	return GW_RECORD_MAX_UNKNOWN;
 }

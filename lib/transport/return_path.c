@@ -34,11 +34,11 @@ const char *gw_report_name(enum gw_report_status s)
 size_t gw_report_encode(const struct gw_report *r, unsigned char *buf)
 {
 	bool failed = r->status == GW_REPORT_FAILED;
-	/* A RUNNING or a GO may carry a time (gw_report_time_ns): digits
-	 * only, anything else is not sent. */
+	/* A RUNNING may say when the guest resumed (gw_report_time_ns):
+	 * digits only, anything else is not sent. */
 	size_t n = failed ? strnlen(r->msg, GW_REPORT_MSG_MAX) : 0;
 
-	if (r->status == GW_REPORT_RUNNING || r->status == GW_REPORT_GO) {
+	if (r->status == GW_REPORT_RUNNING) {
 		n = strnlen(r->msg, GW_REPORT_TIME_MAX);
 		for (size_t i = 0; i < n; i++)
 			if (r->msg[i] < '0' || r->msg[i] > '9')
@@ -79,9 +79,8 @@ static int check_head(const unsigned char *h, uint32_t *msg_len, struct gw_error
 				    version, GW_REPORT_VERSION);
 	if (status > GW_REPORT_ADOPTED ||
 	    (status == GW_REPORT_FAILED ? code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
-	     status == GW_REPORT_RUNNING || status == GW_REPORT_GO ?
-					  code != 0 || *msg_len > GW_REPORT_TIME_MAX :
-					  code != 0 || *msg_len != 0))
+	     status == GW_REPORT_RUNNING ? code != 0 || *msg_len > GW_REPORT_TIME_MAX :
+					   code != 0 || *msg_len != 0))
 		return gw_error_set(err, -EBADMSG,
 				    "return path: malformed message (status %u, code %u, %u bytes of text)",
 				    status, code, *msg_len);
@@ -114,12 +113,10 @@ int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
 			return gw_error_set(err, -EBADMSG,
 					    "return path: report text has an unprintable byte 0x%02x",
 					    buf[GW_REPORT_HEAD_SIZE + i]);
-	uint32_t status = gw_get_le32(buf + 12);
-	for (uint32_t i = 0; i < n && status != GW_REPORT_FAILED; i++)
+	for (uint32_t i = 0; i < n && gw_get_le32(buf + 12) == GW_REPORT_RUNNING; i++)
 		if (buf[GW_REPORT_HEAD_SIZE + i] < '0' || buf[GW_REPORT_HEAD_SIZE + i] > '9')
 			return gw_error_set(err, -EBADMSG,
-					    "return path: %s with a time that is not decimal digits",
-					    gw_report_name((enum gw_report_status)status));
+					    "return path: RUNNING with a time that is not decimal digits");
 	r->status = (enum gw_report_status)gw_get_le32(buf + 12);
 	r->code = -(int)gw_get_le32(buf + 16);
 	memcpy(r->msg, buf + GW_REPORT_HEAD_SIZE, n);
@@ -226,6 +223,5 @@ int gw_report_recv(struct gw_cancel *c, int timeout_ms, const char *what, struct
 
 uint64_t gw_report_time_ns(const struct gw_report *r)
 {
-	bool timed = r->status == GW_REPORT_RUNNING || r->status == GW_REPORT_GO;
-	return timed && r->msg[0] ? strtoull(r->msg, NULL, 10) : 0;
+	return r->status == GW_REPORT_RUNNING && r->msg[0] ? strtoull(r->msg, NULL, 10) : 0;
 }

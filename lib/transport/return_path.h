@@ -44,11 +44,10 @@ struct gw_report {
 	char msg[GW_ERROR_MSG_MAX]; /* "" unless failed */
 };
 
-/* The text of a RUNNING or a GO, if any: a CLOCK_MONOTONIC time in decimal
- * nanoseconds, the destination's resume (RUNNING) or the source's pause
- * (GO). Sent only between processes on one host (a local live update),
- * whose clock it is, so both sides report the downtime the guest saw:
- * from the pause to the resume, not to the report's arrival. */
+/* A RUNNING's text, if any: the destination's CLOCK_MONOTONIC time of the
+ * resume in decimal nanoseconds. Sent only to a source on the same host
+ * (a local live update), whose clock it is, so the downtime it reports
+ * ends when the guest ran, not when the report came back. */
 #define GW_REPORT_TIME_MAX 20
 /* That time, or 0. */
 uint64_t gw_report_time_ns(const struct gw_report *r);
