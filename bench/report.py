@@ -44,8 +44,13 @@ LINK_TEXT = {
 }
 
 
+def records(path):
+    """The records of a results file (one JSON object per line)."""
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
 def load(path):
-    recs = [json.loads(line) for line in open(path) if line.strip()]
+    recs = records(path)
     by_type = {}
     for r in recs:
         by_type.setdefault(r["type"], []).append(r)
@@ -580,6 +585,13 @@ SAME_FILE = {"godwit-live-stream": "godwit-stream", "godwit-live-mapped-dio-4": 
              "qemu-live": "qemu-stream"}
 
 
+def run_source(path, machine):
+    """The line that says which run a table's figures come from."""
+    rel = os.path.relpath(path, os.path.dirname(HERE))
+    return (f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
+            f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).")
+
+
 def live_snapshot_section(paths):
     """Background snapshots (bench/snapshot.py, variants *-live): the time
     to save a running guest as it was at the command, against the stopped
@@ -588,7 +600,7 @@ def live_snapshot_section(paths):
     was the guest at the command."""
     out = []
     for path in paths:
-        recs = [json.loads(line) for line in open(path) if line.strip()]
+        recs = records(path)
         snaps = [r for r in recs if r.get("type") == "snapshot"]
         if not any(r["variant"] in LIVE for r in snaps):
             continue
@@ -610,9 +622,7 @@ def live_snapshot_section(paths):
                     "restore was the guest at the command, checked page by page against the "
                     "pass counter the guest had between the command and the end of the "
                     "snapshot's set-up.", ""]
-        rel = os.path.relpath(path, os.path.dirname(HERE))
-        out += [f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
-                f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).", "",
+        out += [run_source(path, machine), "",
                 "| guest | variant | save ms | vs stopped save | vs stopped, same file | vs QEMU "
                 "live | pause ms | faults | max wait ms | restored |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
@@ -682,7 +692,7 @@ def local_update_section(paths):
     over, with the host memory it took."""
     out = []
     for path in paths:
-        recs = [json.loads(line) for line in open(path) if line.strip()]
+        recs = records(path)
         ups = [r for r in recs if r.get("type") == "update"]
         if not ups:
             continue
@@ -710,9 +720,7 @@ def local_update_section(paths):
                     "*memory*: the host's MemAvailable, lowest drop during the update and "
                     "change after, and the change in the VMM processes' PSS: a second copy of "
                     "the RAM would show in all three.", ""]
-        rel = os.path.relpath(path, os.path.dirname(HERE))
-        out += [f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
-                f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).", "",
+        out += [run_source(path, machine), "",
                 "| guest | variant | blackout ms | vs QEMU | VMM says ms | RAM copied | state "
                 "bytes | adopt ms (limit: send µs, map ms) | memory: lowest, after, PSS MiB |",
                 "|---|---|---|---|---|---|---|---|---|"]
@@ -768,7 +776,7 @@ def disk_section(paths):
     and the machine's own copy, and the flush in a shared-storage pause."""
     out = []
     for path in paths:
-        recs = [json.loads(line) for line in open(path) if line.strip()]
+        recs = records(path)
         disks = [r for r in recs if r.get("type") == "disk"]
         if not disks:
             continue
@@ -790,9 +798,7 @@ def disk_section(paths):
                     "diskcheck guest writing a 16 MiB range of its image, 8 requests in "
                     "flight; both sides open the one image, which is only flushed at the "
                     "switchover: the downtime and the fdatasync's part of it.", ""]
-        rel = os.path.relpath(path, os.path.dirname(HERE))
-        out += [f"From [`{rel}`](../{rel}) ({machine.get('date', '?')}, godwit "
-                f"{machine.get('godwit_commit', '?')}, `{machine.get('command', '?')}`).", "",
+        out += [run_source(path, machine), "",
                 "| image | variant | total ms | vs QEMU | vs limit | blackout ms | disk bytes sent |",
                 "|---|---|---|---|---|---|---|"]
         by = {}

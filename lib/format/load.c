@@ -51,12 +51,28 @@ static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_er
 	return gw_record_check_crc(h, gw_crc32c(0, l->buf, h->length), err);
 }
 
+/*
+ * A local source's pause, on this host's CLOCK_MONOTONIC (the source is
+ * this process before its exec, or a process beside it): 0 or a time
+ * still to come is no pause. what names the record, for the message.
+ */
+static int check_pause(uint64_t t, const char *what, uint64_t offset, struct gw_error *err)
+{
+	uint64_t now = gw_now_ns();
+
+	if (t == 0 || t > now)
+		return gw_error_set(err, -EBADMSG,
+				    "%s record at offset %llu: its pause time %llu ns is not a past time of this host's CLOCK_MONOTONIC (now %llu ns)",
+				    what, (unsigned long long)offset, (unsigned long long)t,
+				    (unsigned long long)now);
+	return 0;
+}
+
 /* The CPR record right after CONFIG of a cpr-exec state: adopt its fds. */
 static int load_cpr_record(struct load *l, struct gw_error *err)
 {
 	struct gw_cpr_table t;
 	struct gw_rec_hdr h;
-	uint64_t now;
 	int ret = gw_record_read_header(l->r, &h, err);
 
 	if (ret < 0)
@@ -71,14 +87,7 @@ static int load_cpr_record(struct load *l, struct gw_error *err)
 	if (ret < 0)
 		return gw_error_prefix(err, ret,
 				       "CPR record at offset %llu: ", (unsigned long long)h.offset);
-	/* The pause happened on this host's CLOCK_MONOTONIC, in the process
-	 * that became this one: 0 (a hello's) or a later time is no pause. */
-	now = gw_now_ns();
-	if (t.pause_ns == 0 || t.pause_ns > now)
-		ret = gw_error_set(err, -EBADMSG,
-				   "CPR record at offset %llu: its pause time %llu ns is not a past time of this host's CLOCK_MONOTONIC (now %llu ns)",
-				   (unsigned long long)h.offset, (unsigned long long)t.pause_ns,
-				   (unsigned long long)now);
+	ret = check_pause(t.pause_ns, "CPR", h.offset, err);
 	if (ret == 0)
 		ret = gw_cpr_adopt(l->m, &l->cfg, &t, NULL, 0, &l->adopted, err);
 	l->pause_ns = t.pause_ns;
@@ -92,19 +101,16 @@ static int load_cpr_record(struct load *l, struct gw_error *err)
 static int load_pause(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
 {
 	int ret = h->length == 8 ? read_payload(l, h, err) :
-				   gw_error_set(err, -EBADMSG, "PAUSE record of %llu bytes, not 8",
+				   gw_error_set(err, -EBADMSG,
+						"PAUSE record at offset %llu: %llu bytes, not 8",
+						(unsigned long long)h->offset,
 						(unsigned long long)h->length);
-	uint64_t t = ret ? 0 : gw_get_le64(l->buf), now = gw_now_ns();
 
-	if (ret == 0 && (t == 0 || t > now))
-		ret = gw_error_set(err, -EBADMSG,
-				   "its pause time %llu ns is not a past time of this host's CLOCK_MONOTONIC (now %llu ns)",
-				   (unsigned long long)t, (unsigned long long)now);
-	if (ret < 0)
-		return gw_error_prefix(err, ret, "PAUSE record at offset %llu: ",
-				       (unsigned long long)h->offset);
-	l->pause_ns = t;
-	return 0;
+	if (ret == 0)
+		ret = check_pause(gw_get_le64(l->buf), "PAUSE", h->offset, err);
+	if (ret == 0)
+		l->pause_ns = gw_get_le64(l->buf);
+	return ret;
 }
 
 static int load_config(struct load *l, struct gw_error *err)

@@ -73,6 +73,21 @@ def disk_destination(src, image, uri, cache="none", extra=()):
     return dst
 
 
+def hop(test, src, dst, migrate):
+    """migrate() moves src's guest to dst (and checks what it expects of
+    the migration); the guest's own check then passes there, src is gone
+    and dst is returned. A failure kills dst too."""
+    try:
+        migrate()
+        dst.wait_passes(2, timeout=60)
+        test.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+    except BaseException:
+        dst.kill()
+        raise
+    src.kill()
+    return dst
+
+
 def check_image(test, vm, image):
     """With the guest stopped and its requests done: every block holds the
     pass the guest finished last or the one it was writing."""
@@ -138,19 +153,11 @@ class SharedStorage(unittest.TestCase):
         src = disk_guest(image)
         try:
             src.wait_passes(1, timeout=60)
-            for hop, kind in enumerate(("tcp", "unix", "tcp")):
+            for n, kind in enumerate(("tcp", "unix", "tcp")):
                 uri = (f"tcp:127.0.0.1:{free_port()}" if kind == "tcp" else
-                       f"unix:{os.path.join(d, f'mig{hop}.sock')}")
+                       f"unix:{os.path.join(d, f'mig{n}.sock')}")
                 dst = disk_destination(src, image, uri)
-                try:
-                    self.migrate(src, dst, uri)
-                    dst.wait_passes(2, timeout=60)
-                    self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
-                except BaseException:
-                    dst.kill()
-                    raise
-                src.kill()
-                src = dst
+                src = hop(self, src, dst, lambda: self.migrate(src, dst, uri))
             src.qmp.cmd("stop")
             time.sleep(0.2)  # requests taken before the stop complete
             check_image(self, src, image)
@@ -276,14 +283,15 @@ class NonSharedStorage(unittest.TestCase):
                   extra=["--drive", f"file={image},cache=none,shared=off"])
         try:
             src.wait_passes(1, timeout=60)
-            for hop in range(3):
-                nxt = make_image(d, f"hop{hop + 1}.img", 4 << 20)
-                uri = f"unix:{os.path.join(d, f'blk{hop}.sock')}"
+            for n in range(3):
+                nxt = make_image(d, f"hop{n + 1}.img", 4 << 20)
+                uri = f"unix:{os.path.join(d, f'blk{n}.sock')}"
                 dst = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
                           extra=["--drive", f"file={nxt},cache=none,shared=off",
                                  "--incoming", uri])
-                try:
-                    if hop == 0:
+
+                def migrate(first=n == 0):
+                    if first:
                         block_on(src)
                         src.qmp.cmd("migrate", uri=uri)
                     else:
@@ -293,13 +301,8 @@ class NonSharedStorage(unittest.TestCase):
                     self.assertEqual(r["disk"]["total"], 4 << 20, r)
                     self.assertEqual(r["disk"]["remaining"], 0, r)
                     self.assertEqual(wait_migration(dst)["status"], "completed")
-                    dst.wait_passes(2, timeout=60)
-                    self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
-                except BaseException:
-                    dst.kill()
-                    raise
-                src.kill()
-                src, image = dst, nxt
+
+                src, image = hop(self, src, dst, migrate), nxt
             src.qmp.cmd("stop")
             time.sleep(0.2)
             check_image(self, src, image)
@@ -457,18 +460,14 @@ class LocalUpdate(unittest.TestCase):
             path = os.path.join(d, "cpr.sock")
             dst = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
                       extra=drive + ["--incoming", "unix:" + path])
-            try:
+
+            def cpr_transfer():
                 src.qmp.cmd("migrate-set-parameters", mode="cpr-transfer")
                 src.qmp.cmd("migrate", uri="unix:" + path)
                 self.assertEqual(wait_migration(src)["status"], "completed")
                 self.assertEqual(wait_migration(dst)["status"], "completed")
-                dst.wait_passes(2, timeout=60)
-                self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
-            except BaseException:
-                dst.kill()
-                raise
-            src.kill()
-            src = dst
+
+            src = hop(self, src, dst, cpr_transfer)
             # cpr-exec: the stand-in and the new image open it too.
             state = os.path.join(d, "state.gw")
             pid = src.proc.pid

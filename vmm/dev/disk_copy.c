@@ -2,6 +2,7 @@
  * Copying a disk image live (disk_copy.h).
  */
 #include "vmm/dev/disk_copy.h"
+#include "vmm/dev/image_io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -181,21 +182,11 @@ static bool all_zero(const void *p, uint64_t len)
 	return true;
 }
 
-/* All of [off, off+len) read or written, however many calls it takes;
- * -EIO for an image that ends early. */
+/* One buffer of an image, whole (image_io.h). */
 static int full_io(int fd, bool write, void *buf, uint64_t len, uint64_t off)
 {
-	for (uint64_t done = 0; done < len;) {
-		char *p = (char *)buf + done;
-		ssize_t k = write ? pwrite(fd, p, len - done, (off_t)(off + done)) :
-				    pread(fd, p, len - done, (off_t)(off + done));
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -errno : -EIO;
-		done += (uint64_t)k;
-	}
-	return 0;
+	struct iovec iov = {buf, len};
+	return image_io(fd, write, &iov, 1, (off_t)off);
 }
 
 static int put_chunk(struct disk_copy *c, uint64_t taken, struct gw_wbuf *out, struct gw_error *err)

@@ -2,6 +2,7 @@
  * virtio-blk over virtio-mmio (virtio_blk.h).
  */
 #include "vmm/dev/virtio_blk.h"
+#include "vmm/dev/image_io.h"
 #include "vmm/kvm/guest_ram.h"
 #include "vmm/machine.h"
 #include "vmm/migration/migratable.h"
@@ -68,32 +69,6 @@ static bool aligned(const struct blk_req *r, struct iovec *iov)
 	return true;
 }
 
-/* All of iov at off, however many calls it takes; -errno, or -EIO for an
- * image that ends early (it shrank under us). */
-static int rw_full(int fd, bool write, struct iovec *iov, int n, off_t off)
-{
-	while (n > 0) {
-		ssize_t k = write ? pwritev(fd, iov, n, off) : preadv(fd, iov, n, off);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			return -EIO;
-		off += k;
-		while (n > 0 && (size_t)k >= iov->iov_len) {
-			k -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + k;
-			iov->iov_len -= (size_t)k;
-		}
-	}
-	return 0;
-}
-
 /* Guest buffers straight to or from the image, or through one aligned
  * bounce buffer when O_DIRECT cannot take them as they are. */
 static int data_io(struct virtio_blk *b, struct blk_req *r, bool write)
@@ -109,7 +84,7 @@ static int data_io(struct virtio_blk *b, struct blk_req *r, bool write)
 	}
 	int ret;
 	if (!b->opt.direct || aligned(r, iov)) {
-		ret = rw_full(b->fd, write, iov, (int)r->nr_data, off);
+		ret = image_io(b->fd, write, iov, (int)r->nr_data, off);
 	} else {
 		void *bounce;
 		if (posix_memalign(&bounce, 4096, r->data_bytes))
@@ -118,7 +93,7 @@ static int data_io(struct virtio_blk *b, struct blk_req *r, bool write)
 		uint64_t pos = 0;
 		for (unsigned i = 0; write && i < r->nr_data; pos += iov[i].iov_len, i++)
 			memcpy((char *)bounce + pos, iov[i].iov_base, iov[i].iov_len);
-		ret = rw_full(b->fd, write, &one, 1, off);
+		ret = image_io(b->fd, write, &one, 1, off);
 		for (unsigned i = 0, p = 0; !write && !ret && i < r->nr_data;
 		     p += (unsigned)iov[i].iov_len, i++)
 			memcpy(iov[i].iov_base, (char *)bounce + p, iov[i].iov_len);

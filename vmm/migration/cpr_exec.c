@@ -510,10 +510,16 @@ void cpr_stand_in_ready(void)
 	close(fd);
 }
 
-void cpr_stand_in_exit(void)
+const char *cpr_stand_in_dir(void)
 {
 	const char *v = getenv(CPR_STAND_IN_ENV);
-	const char *dir = v ? strchr(v, ',') : NULL;
+	const char *comma = v ? strchr(v, ',') : NULL;
+	return comma ? comma + 1 : NULL;
+}
+
+void cpr_stand_in_exit(void)
+{
+	const char *dir = cpr_stand_in_dir();
 	if (dir)
-		remove_dir(dir + 1);
+		remove_dir(dir);
 }

@@ -88,6 +88,10 @@ void cpr_exec_done(void);
  * ready. */
 void cpr_stand_in_ready(void);
 
+/* In the stand-in: its directory (its QMP socket is qmp.sock there), or
+ * NULL in any other process. */
+const char *cpr_stand_in_dir(void);
+
 /* In the stand-in, as it exits having given the guest back. */
 void cpr_stand_in_exit(void);
 

@@ -329,12 +329,11 @@ static void stand_in_returned(struct vm_migration *mig, enum gw_mig_status s, bo
 		stand_in_return(mig);
 		return;
 	}
-	const char *v = getenv(CPR_STAND_IN_ENV);
-	const char *dir = v ? strchr(v, ',') : NULL;
+	const char *dir = cpr_stand_in_dir();
 	fprintf(stderr,
 		"godwit-vmm: cpr-exec: the new image did not take the guest back; %s in this stand-in, pid %d, QMP at unix:%s/qmp.sock\n",
 		unconfirmed ? "it may run there, or stays paused" : "it runs on", (int)getpid(),
-		dir ? dir + 1 : "?");
+		dir ? dir : "?");
 }
 
 static void finish_incoming(struct vm_migration *mig)

@@ -1,0 +1,27 @@
+#include "vmm/dev/image_io.h"
+
+#include <errno.h>
+
+int image_io(int fd, bool write, struct iovec *iov, int n, off_t off)
+{
+	while (n > 0) {
+		ssize_t k = write ? pwritev(fd, iov, n, off) : preadv(fd, iov, n, off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			return -EIO;
+		off += k;
+		while (n > 0 && (size_t)k >= iov->iov_len) {
+			k -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + k;
+			iov->iov_len -= (size_t)k;
+		}
+	}
+	return 0;
+}
