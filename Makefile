@@ -7,7 +7,7 @@
 #   make fuzz    run the stream and load fuzzers (clang, libFuzzer; FUZZ_SECONDS=60 each)
 
 DEPS := meson ninja-build pkg-config gcc libc6-dev python3 libjansson-dev \
-        libxxhash-dev clang-format
+        libxxhash-dev liburing-dev clang-format
 BUILD := build-release
 TESTBUILD := build
 
@@ -35,7 +35,7 @@ demo: build
 	./scripts/demo $(BUILD)
 
 # Writes docs/benchmarks.md, its plots and bench/results/<date>.jsonl.
-BENCH_DEPS := qemu-system-x86 gnuplot-nox iproute2
+BENCH_DEPS := qemu-system-x86 gnuplot-nox iproute2 fio
 
 bench:
 	@./scripts/install-deps $(BENCH_DEPS)

@@ -839,6 +839,62 @@ def disk_section(paths):
     return out
 
 
+def diskio_section(paths):
+    """Disk throughput (bench/diskio.py): fio, the device driven from a
+    host thread, and the guest, per I/O engine, at depth 1 and 32."""
+    out = []
+    for path in paths:
+        recs = records(path)
+        rows = [r for r in recs if r.get("type") == "diskio"]
+        if not rows:
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+
+        def med(who, aio, rw, bs, depth, key="iops"):
+            v = [r[key] for r in rows if r["who"] == who and r["aio"] == aio and r["rw"] == rw
+                 and r["bs"] == bs and r["depth"] == depth and r.get("ok") and key in r]
+            return statistics.median(v) if v else None
+
+        def vs(x, limit, cpu=None):
+            if x is None:
+                return "–"
+            text = f"{x:,.0f} ({x / limit:.2f}×)" if limit else f"{x:,.0f}"
+            return text + (f", {cpu:.1f} µs" if cpu is not None else "")
+
+        if not out:
+            out += ["## Disk throughput", "",
+                    "A virtio-blk drive with cache=none (O_DIRECT) on a 256 MiB image of "
+                    "random data, random requests for 2 s, median of the runs. *fio*: "
+                    "`fio --ioengine=io_uring --direct=1` on the same image, the disk's limit "
+                    "at that depth; the ratios are to it. *device*: godwit-vmm's virtio-blk "
+                    "device and its I/O engine driven from a host thread through the MMIO "
+                    "registers and the virtqueue a guest uses (bench/blkdev/), with the "
+                    "device's CPU time per request (the process's less the driving thread's); "
+                    "*guest*: the diskcheck guest in load mode, timed over its passes from "
+                    "the host. This machine's vCPUs are emulated, so the guest's own driver "
+                    "bounds the guest rows, whichever engine serves it.", ""]
+        out += [run_source(path, machine), ""]
+        for bs, unit, key in ((4096, "IOPS", "iops"), (65536, "MB/s", "mbps")):
+            guest = bs == 4096
+            out += [f"| {bs // 1024} KiB {unit} | depth | fio | device threads (CPU/req) | "
+                    f"device io_uring (CPU/req) |" + (" guest threads | guest io_uring |"
+                                                      if guest else ""),
+                    "|---|---|---|---|---|" + ("---|---|" if guest else "")]
+            for rw in ("randread", "randwrite"):
+                for depth in (1, 32):
+                    lim = med("fio", None, rw, bs, depth, key)
+                    cells = [vs(lim, None)]
+                    for aio in ("threads", "io_uring"):
+                        cells.append(vs(med("device", aio, rw, bs, depth, key), lim,
+                                        med("device", aio, rw, bs, depth, "cpu_us")))
+                    if guest:
+                        cells += [vs(med("guest", aio, rw, bs, depth, key), lim)
+                                  for aio in ("threads", "io_uring")]
+                    out.append(f"| {rw} | {depth} | " + " | ".join(cells) + " |")
+            out.append("")
+    return out
+
+
 def write(results_path, docs, extra=()):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
@@ -898,6 +954,7 @@ def write(results_path, docs, extra=()):
     out += live_snapshot_section([results_path, *extra])
     out += local_update_section([results_path, *extra])
     out += disk_section([results_path, *extra])
+    out += diskio_section([results_path, *extra])
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))

@@ -25,6 +25,11 @@
 /* The qwords of a block before its pattern. */
 enum { Q_MAGIC, Q_LBA, Q_PASS, Q_CHECKSUM, Q_PATTERN };
 
+/* load=: no pattern and no check, only requests, for a throughput figure
+ * that is the device's and not this guest's arithmetic. */
+enum load { LOAD_NONE, LOAD_READ, LOAD_WRITE };
+static const char *const load_names[] = { "none", "read", "write" };
+
 static struct {
 	unsigned disk;
 	uint64_t start;  /* first sector */
@@ -34,6 +39,9 @@ static struct {
 	uint64_t flush; /* writes between flushes, 0: only at the end of a pass */
 	uint64_t passes;
 	bool verify;
+	enum load load;
+	uint64_t ops;  /* load: requests per pass */
+	bool random;   /* load: blocks drawn at random, else in order */
 } opt;
 
 static struct gw_blk blk;
@@ -60,9 +68,12 @@ struct fault {
 static void parse_options(const struct gw_guest_config *cfg)
 {
 	static const char *const known[] = {
-		"disk", "start", "blocks", "bs", "depth", "flush", "passes", "verify", NULL,
+		"disk", "start", "blocks", "bs", "depth", "flush", "passes", "verify",
+		"load", "ops", "random", NULL,
 	};
 	uint64_t disk, bs, depth;
+	const char *load;
+	size_t len;
 
 	gw_param_warn_unknown(cfg, known);
 	disk = gw_param_u64(cfg, "disk", 0);
@@ -73,6 +84,16 @@ static void parse_options(const struct gw_guest_config *cfg)
 	opt.flush = gw_param_u64(cfg, "flush", 0);
 	opt.passes = gw_param_u64(cfg, "passes", 0);
 	opt.verify = gw_param_u64(cfg, "verify", 1) != 0;
+	opt.ops = gw_param_u64(cfg, "ops", 0);
+	opt.random = gw_param_u64(cfg, "random", 1) != 0;
+	load = gw_param(cfg, "load", &len);
+	if (load) {
+		while (opt.load <= LOAD_WRITE && !gw_param_is(load, len, load_names[opt.load]))
+			opt.load++;
+		if (opt.load > LOAD_WRITE)
+			gw_fatal("diskcheck: load=%.*s: expected none, read or write\n", (int)len,
+				 load);
+	}
 	if (disk >= GW_VIRTIO_MMIO_MAX)
 		gw_fatal("diskcheck: disk=%lu: there are at most %u virtio devices\n", disk,
 			 GW_VIRTIO_MMIO_MAX);
@@ -337,6 +358,52 @@ static void run_pass(uint64_t pass)
 		  stats.flushes, opt.verify ? ", verified" : "");
 }
 
+/* --- load: requests only ------------------------------------------------- */
+
+/* opt.ops requests of the load's type, blk.depth in flight, on blocks of
+ * the range drawn at random or in order; the buffers' contents are left
+ * as they are. */
+static void load_pass(uint64_t pass, uint64_t *rng)
+{
+	enum gw_blk_type type = opt.load == LOAD_WRITE ? GW_BLK_T_OUT : GW_BLK_T_IN;
+	struct gw_blk_done done[MAX_DEPTH];
+	uint64_t issued = 0, next = 0;
+
+	while (issued < opt.ops || blk.in_flight) {
+		unsigned n;
+
+		while (issued < opt.ops && blk.in_flight < blk.depth) {
+			unsigned b = free_buffers[--nr_free_buffers];
+			uint64_t block = opt.random ? gw_xorshift64(rng) % opt.blocks : next++ % opt.blocks;
+
+			gw_blk_submit(&blk, type, lba_of(block), buffer(b), opt.bs, b);
+			buffer_block[b] = block;
+			issued++;
+		}
+		n = gw_blk_reap(&blk, done, MAX_DEPTH);
+		for (unsigned k = 0; k < n; k++) {
+			if (done[k].status != GW_BLK_S_OK)
+				request_failed(type == GW_BLK_T_OUT ? "write" : "read",
+					       buffer_block[done[k].tag], done[k].status);
+			free_buffers[nr_free_buffers++] = (uint8_t)done[k].tag;
+		}
+	}
+	gw_testdev(GW_TD_PASS, (uint32_t)pass);
+}
+
+static int run_load(void)
+{
+	uint64_t rng = GOLDEN;
+
+	if (!opt.ops)
+		opt.ops = opt.blocks;
+	for (uint64_t pass = 1; !opt.passes || pass <= opt.passes; pass++)
+		load_pass(pass, &rng);
+	gw_printf("diskcheck: %lu passes of %lu %s requests\n", opt.passes, opt.ops,
+		  load_names[opt.load]);
+	return GW_EXIT_OK;
+}
+
 /* --- start-up ------------------------------------------------------------- */
 
 static void read_id(char *id)
@@ -392,6 +459,8 @@ int main(unsigned cpu, const struct gw_guest_config *cfg)
 		  "depth %u\n",
 		  opt.disk, id, blk.capacity, opt.blocks, opt.bs, opt.start, blk.depth);
 	gw_testdev(GW_TD_READY, 0);
+	if (opt.load != LOAD_NONE)
+		return run_load();
 
 	found = pass_on_disk();
 	if (found) {

@@ -59,15 +59,16 @@ def make_image(directory, name="disk.img", size=2 << 20):
     return path
 
 
-def disk_guest(image, cache="none", append="", extra=(), **kw):
+def disk_guest(image, cache="none", append="", extra=(), aio="threads", **kw):
     return Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
                append=f"blocks={BLOCKS} depth=8 flush=16 {append}".strip(),
-               extra=["--drive", f"file={image},cache={cache}"] + list(extra), **kw)
+               extra=["--drive", f"file={image},cache={cache},aio={aio}"] + list(extra), **kw)
 
 
-def disk_destination(src, image, uri, cache="none", extra=()):
+def disk_destination(src, image, uri, cache="none", extra=(), aio="threads"):
     dst = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
-              extra=["--drive", f"file={image},cache={cache}", "--incoming", uri] + list(extra))
+              extra=["--drive", f"file={image},cache={cache},aio={aio}", "--incoming", uri]
+              + list(extra))
     dst.qmp.cmd("migrate-set-capabilities", capabilities=[
         {"capability": "x-godwit-verify-hash", "state": True}])
     return dst
@@ -100,17 +101,19 @@ def check_image(test, vm, image):
 class Boot(unittest.TestCase):
     def test_passes_and_image(self):
         """The guest writes, flushes and verifies two passes and exits; the
-        image holds exactly pass 2 in every block, for both cache modes."""
-        for cache in ("none", "writeback"):
-            with self.subTest(cache=cache):
+        image holds exactly pass 2 in every block, for both cache modes and
+        both I/O engines."""
+        for cache, aio in (("none", "threads"), ("writeback", "threads"),
+                           ("none", "io_uring"), ("writeback", "io_uring")):
+            with self.subTest(cache=cache, aio=aio):
                 d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
                 image = make_image(d)
-                with disk_guest(image, cache, "passes=2") as vm:
+                with disk_guest(image, cache, "passes=2", aio=aio) as vm:
                     self.assertEqual(vm.wait(60), 0, vm.serial_text() + vm.stderr_text())
                     self.assertIn("diskcheck", vm.serial_text())
                 self.assertEqual(image_passes(image), [2] * BLOCKS)
                 # A restart on the image finds pass 2 and goes on from it.
-                with disk_guest(image, cache, "passes=1") as vm:
+                with disk_guest(image, cache, "passes=1", aio=aio) as vm:
                     self.assertEqual(vm.wait(60), 0, vm.serial_text())
                 self.assertEqual(image_passes(image), [3] * BLOCKS)
                 gwtest.shutil.rmtree(d, ignore_errors=True)
@@ -124,7 +127,8 @@ class Boot(unittest.TestCase):
                             (f"file={odd}", "whole 512-byte sectors"),
                             ("cache=none", "file=PATH"),
                             (f"file={odd},format=qcow2", "format=raw"),
-                            (f"file={odd},bogus=1", "expected")):
+                            (f"file={odd},bogus=1", "expected"),
+                            (f"file={odd},aio=native", "aio=threads|io_uring")):
             with self.subTest(spec=spec):
                 vm = Vmm(kernel=DISKCHECK, extra=["--drive", spec], qmp=False)
                 self.assertEqual(vm.wait(10), 2)
@@ -147,7 +151,8 @@ class SharedStorage(unittest.TestCase):
 
     def test_three_hops_each_transport(self):
         """Writes in flight at every switchover: the guest's own check of
-        every block passes on each destination, and the image is whole."""
+        every block passes on each destination, and the image is whole.
+        The hops alternate the I/O engine: the device state is the same."""
         d = gwtest.tempfile.mkdtemp(prefix="gw-e2e-disk-")
         image = make_image(d)
         src = disk_guest(image)
@@ -156,7 +161,8 @@ class SharedStorage(unittest.TestCase):
             for n, kind in enumerate(("tcp", "unix", "tcp")):
                 uri = (f"tcp:127.0.0.1:{free_port()}" if kind == "tcp" else
                        f"unix:{os.path.join(d, f'mig{n}.sock')}")
-                dst = disk_destination(src, image, uri)
+                dst = disk_destination(src, image, uri,
+                                       aio=("io_uring", "threads")[n % 2])
                 src = hop(self, src, dst, lambda: self.migrate(src, dst, uri))
             src.qmp.cmd("stop")
             time.sleep(0.2)  # requests taken before the stop complete
@@ -286,8 +292,9 @@ class NonSharedStorage(unittest.TestCase):
             for n in range(3):
                 nxt = make_image(d, f"hop{n + 1}.img", 4 << 20)
                 uri = f"unix:{os.path.join(d, f'blk{n}.sock')}"
+                aio = ("io_uring", "threads")[n % 2]
                 dst = Vmm(kernel=DISKCHECK, memory="64M", vcpus=1,
-                          extra=["--drive", f"file={nxt},cache=none,shared=off",
+                          extra=["--drive", f"file={nxt},cache=none,shared=off,aio={aio}",
                                  "--incoming", uri])
 
                 def migrate(first=n == 0):

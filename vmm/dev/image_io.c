@@ -13,15 +13,20 @@ int image_io(int fd, bool write, struct iovec *iov, int n, off_t off)
 		if (k == 0)
 			return -EIO;
 		off += k;
-		while (n > 0 && (size_t)k >= iov->iov_len) {
-			k -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + k;
-			iov->iov_len -= (size_t)k;
-		}
+		iov_advance(&iov, &n, (size_t)k);
 	}
 	return 0;
+}
+
+void iov_advance(struct iovec **iov, int *n, size_t k)
+{
+	while (*n > 0 && k >= (*iov)->iov_len) {
+		k -= (*iov)->iov_len;
+		(*iov)++;
+		(*n)--;
+	}
+	if (*n > 0) {
+		(*iov)->iov_base = (char *)(*iov)->iov_base + k;
+		(*iov)->iov_len -= k;
+	}
 }

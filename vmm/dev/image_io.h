@@ -14,4 +14,8 @@
  * consumed. -errno, or -EIO for an image that ends early (it shrank). */
 int image_io(int fd, bool write, struct iovec *iov, int n, off_t off);
 
+/* Past the first k bytes of *iov (*n buffers), for a transfer that moved
+ * only those: the buffers done are dropped, the next one shortened. */
+void iov_advance(struct iovec **iov, int *n, size_t k);
+
 #endif

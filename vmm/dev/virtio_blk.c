@@ -2,6 +2,8 @@
  * virtio-blk over virtio-mmio (virtio_blk.h).
  */
 #include "vmm/dev/virtio_blk.h"
+#include "vmm/dev/blk_req.h"
+#include "vmm/dev/blk_uring.h"
 #include "vmm/dev/image_io.h"
 #include "vmm/kvm/guest_ram.h"
 #include "vmm/machine.h"
@@ -40,18 +42,6 @@
  * not goes through a bounce buffer. */
 #define DIRECT_ALIGN 512
 
-struct blk_req {
-	struct blk_req *next;
-	bool internal; /* an early flush, no chain */
-	uint16_t head;
-	uint32_t type;
-	uint64_t sector;
-	uint64_t status_gpa;
-	unsigned nr_data;
-	uint64_t data_bytes;
-	struct vq_buf data[VQ_MAX_CHAIN];
-};
-
 static uint64_t now_us(void)
 {
 	struct timespec ts;
@@ -59,50 +49,15 @@ static uint64_t now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
-/* ---- the I/O, on a worker ---------------------------------------------- */
+/* ---- a request, in an I/O engine ---------------------------------------- */
 
-static bool aligned(const struct blk_req *r, struct iovec *iov)
+static bool aligned(const struct blk_req *r)
 {
-	for (unsigned i = 0; i < r->nr_data; i++)
-		if ((uintptr_t)iov[i].iov_base % DIRECT_ALIGN || iov[i].iov_len % DIRECT_ALIGN)
+	for (int i = 0; i < r->nr_iov; i++)
+		if ((uintptr_t)r->iov[i].iov_base % DIRECT_ALIGN ||
+		    r->iov[i].iov_len % DIRECT_ALIGN)
 			return false;
 	return true;
-}
-
-/* Guest buffers straight to or from the image, or through one aligned
- * bounce buffer when O_DIRECT cannot take them as they are. */
-static int data_io(struct virtio_blk *b, struct blk_req *r, bool write)
-{
-	struct iovec iov[VQ_MAX_CHAIN];
-	struct guest_ram *ram = b->t.ram;
-	off_t off = (off_t)(r->sector * SECTOR);
-	for (unsigned i = 0; i < r->nr_data; i++) {
-		iov[i].iov_base = guest_ram_dma(ram, r->data[i].gpa, r->data[i].len);
-		iov[i].iov_len = r->data[i].len;
-		if (!iov[i].iov_base)
-			return -EFAULT;
-	}
-	int ret;
-	if (!b->opt.direct || aligned(r, iov)) {
-		ret = image_io(b->fd, write, iov, (int)r->nr_data, off);
-	} else {
-		void *bounce;
-		if (posix_memalign(&bounce, 4096, r->data_bytes))
-			return -ENOMEM;
-		struct iovec one = {bounce, r->data_bytes};
-		uint64_t pos = 0;
-		for (unsigned i = 0; write && i < r->nr_data; pos += iov[i].iov_len, i++)
-			memcpy((char *)bounce + pos, iov[i].iov_base, iov[i].iov_len);
-		ret = image_io(b->fd, write, &one, 1, off);
-		for (unsigned i = 0, p = 0; !write && !ret && i < r->nr_data;
-		     p += (unsigned)iov[i].iov_len, i++)
-			memcpy(iov[i].iov_base, (char *)bounce + p, iov[i].iov_len);
-		free(bounce);
-	}
-	/* What a read put in guest memory is dirty, however it ended. */
-	for (unsigned i = 0; !write && i < r->nr_data; i++)
-		guest_ram_dma_done(ram, r->data[i].gpa, r->data[i].len);
-	return ret;
 }
 
 /* The serial, into the writable data buffers (20 bytes at most). */
@@ -125,39 +80,66 @@ static int sync_image(struct virtio_blk *b)
 	return fdatasync(b->fd) < 0 ? -errno : 0;
 }
 
-/* Run r; returns the status byte, *written the bytes put in guest memory. */
-static uint8_t run(struct virtio_blk *b, struct blk_req *r, uint32_t *written)
+static enum blk_op answer(struct blk_req *r, uint8_t status, uint32_t written)
 {
-	int ret = 0;
-	*written = 0;
-	switch (r->type) {
-	case VIRTIO_BLK_T_IN:
-	case VIRTIO_BLK_T_OUT:
-		if (r->data_bytes % SECTOR || r->sector > b->capacity ||
-		    r->data_bytes / SECTOR > b->capacity - r->sector)
-			return VIRTIO_BLK_S_IOERR;
-		if (!r->data_bytes)
-			return VIRTIO_BLK_S_OK; /* nothing to move */
-		ret = data_io(b, r, r->type == VIRTIO_BLK_T_OUT);
-		if (r->type == VIRTIO_BLK_T_IN && !ret)
-			*written = (uint32_t)r->data_bytes;
-		/* Marked once written, for a copy that runs (disk_copy.h). */
-		if (r->type == VIRTIO_BLK_T_OUT)
-			disk_copy_mark(&b->copy, r->sector * SECTOR, r->data_bytes);
-		break;
-	case VIRTIO_BLK_T_FLUSH:
-		ret = sync_image(b);
-		break;
-	case VIRTIO_BLK_T_GET_ID:
-		*written = get_id(b, r);
-		break;
-	default:
-		return VIRTIO_BLK_S_UNSUPP;
-	}
-	if (ret && ratelog_allow(&b->log, 10, "failed requests"))
+	r->status = status;
+	r->written = written;
+	return BLK_OP_ANSWERED;
+}
+
+static void log_failure(struct virtio_blk *b, const struct blk_req *r, int ret)
+{
+	if (ratelog_allow(&b->log, 10, "failed requests"))
 		fprintf(stderr, "godwit-vmm: %s: request type %u at sector %llu: %s\n", b->t.name,
 			r->type, (unsigned long long)r->sector, strerror(-ret));
-	return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
+}
+
+/* Guest buffers straight to or from the image, or through one aligned
+ * bounce buffer when O_DIRECT cannot take them as they are. */
+static enum blk_op start(struct virtio_blk *b, struct blk_req *r)
+{
+	r->bounce = NULL;
+	r->nr_iov = 0;
+	if (r->internal || r->type == VIRTIO_BLK_T_FLUSH)
+		return BLK_OP_SYNC;
+	if (r->type == VIRTIO_BLK_T_GET_ID)
+		return answer(r, VIRTIO_BLK_S_OK, get_id(b, r));
+	if (r->type != VIRTIO_BLK_T_IN && r->type != VIRTIO_BLK_T_OUT)
+		return answer(r, VIRTIO_BLK_S_UNSUPP, 0);
+	bool write = r->type == VIRTIO_BLK_T_OUT;
+	if (r->data_bytes % SECTOR || r->sector > b->capacity ||
+	    r->data_bytes / SECTOR > b->capacity - r->sector)
+		return answer(r, VIRTIO_BLK_S_IOERR, 0);
+	if (!r->data_bytes)
+		return answer(r, VIRTIO_BLK_S_OK, 0); /* nothing to move */
+	for (unsigned i = 0; i < r->nr_data; i++) {
+		r->iov[i].iov_base = guest_ram_dma(b->t.ram, r->data[i].gpa, r->data[i].len);
+		r->iov[i].iov_len = r->data[i].len;
+		if (!r->iov[i].iov_base) {
+			log_failure(b, r, -EFAULT);
+			return answer(r, VIRTIO_BLK_S_IOERR, 0);
+		}
+	}
+	r->nr_iov = (int)r->nr_data;
+	r->off = (off_t)(r->sector * SECTOR);
+	if (b->opt.direct && !aligned(r)) {
+		if (posix_memalign(&r->bounce, 4096, r->data_bytes)) {
+			r->bounce = NULL;
+			log_failure(b, r, -ENOMEM);
+			return answer(r, VIRTIO_BLK_S_IOERR, 0);
+		}
+		uint64_t pos = 0;
+		for (int i = 0; write && i < r->nr_iov; pos += r->iov[i].iov_len, i++)
+			memcpy((char *)r->bounce + pos, r->iov[i].iov_base, r->iov[i].iov_len);
+		r->iov[0] = (struct iovec){r->bounce, r->data_bytes};
+		r->nr_iov = 1;
+	}
+	return write ? BLK_OP_WRITE : BLK_OP_READ;
+}
+
+enum blk_op blk_req_start(struct virtio_blk *b, struct blk_req *r)
+{
+	return r->op = start(b, r);
 }
 
 static void complete(struct virtio_blk *b, struct blk_req *r, uint8_t status, uint32_t written)
@@ -176,27 +158,67 @@ static void complete(struct virtio_blk *b, struct blk_req *r, uint8_t status, ui
 	virtio_mmio_unlock(&b->t);
 }
 
-static void *worker(void *opaque)
+void blk_req_end(struct virtio_blk *b, struct blk_req *r, enum blk_op op, int ret)
 {
-	struct virtio_blk *b = opaque;
+	if (op == BLK_OP_ANSWERED) {
+		complete(b, r, r->status, r->written);
+		return;
+	}
+	uint32_t written = 0;
+	if (op == BLK_OP_READ) {
+		/* r->iov was consumed: the guest's buffers again, from data[]. */
+		uint64_t pos = 0;
+		for (unsigned i = 0; i < r->nr_data; pos += r->data[i].len, i++) {
+			void *p = guest_ram_dma(b->t.ram, r->data[i].gpa, r->data[i].len);
+			if (r->bounce && !ret && p)
+				memcpy(p, (char *)r->bounce + pos, r->data[i].len);
+			/* What a read put in guest memory is dirty, however it ended. */
+			guest_ram_dma_done(b->t.ram, r->data[i].gpa, r->data[i].len);
+		}
+		if (!ret)
+			written = (uint32_t)r->data_bytes;
+	} else if (op == BLK_OP_WRITE) {
+		/* Marked once written, for a copy that runs (disk_copy.h). */
+		disk_copy_mark(&b->copy, r->sector * SECTOR, r->data_bytes);
+	}
+	free(r->bounce);
+	r->bounce = NULL;
+	if (ret)
+		log_failure(b, r, ret);
+	complete(b, r, ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK, written);
+}
+
+struct blk_req *blk_req_take(struct virtio_blk *b, bool wait, bool *stopping)
+{
 	virtio_mmio_lock(&b->t);
-	for (;;) {
-		while (!b->queue && !b->stopping)
-			pthread_cond_wait(&b->work, &b->t.lock);
-		if (!b->queue)
-			break;
-		struct blk_req *r = b->queue;
+	while (wait && !b->queue && !b->stopping)
+		pthread_cond_wait(&b->work, &b->t.lock);
+	struct blk_req *r = b->queue;
+	if (r) {
 		b->queue = r->next;
 		if (!b->queue)
 			b->queue_tail = NULL;
-		virtio_mmio_unlock(&b->t);
-		uint32_t written = 0;
-		uint8_t status = r->internal ? (sync_image(b) ? VIRTIO_BLK_S_IOERR : 0) :
-					       run(b, r, &written);
-		complete(b, r, status, r->internal ? 0 : written);
-		virtio_mmio_lock(&b->t);
 	}
+	*stopping = b->stopping;
 	virtio_mmio_unlock(&b->t);
+	return r;
+}
+
+/* aio=threads: each worker runs one request at a time, start to end. */
+static void *worker(void *opaque)
+{
+	struct virtio_blk *b = opaque;
+	struct blk_req *r;
+	bool stopping;
+	while ((r = blk_req_take(b, true, &stopping))) {
+		enum blk_op op = blk_req_start(b, r);
+		int ret = 0;
+		if (op == BLK_OP_SYNC)
+			ret = sync_image(b);
+		else if (op != BLK_OP_ANSWERED)
+			ret = image_io(b->fd, op == BLK_OP_WRITE, r->iov, r->nr_iov, r->off);
+		blk_req_end(b, r, op, ret);
+	}
 	return NULL;
 }
 
@@ -211,7 +233,10 @@ static void enqueue(struct virtio_blk *b, struct blk_req *r)
 		b->queue = r;
 	b->queue_tail = r;
 	b->in_flight++;
-	pthread_cond_signal(&b->work);
+	if (b->uring)
+		blk_uring_kick(b->uring);
+	else
+		pthread_cond_signal(&b->work);
 }
 
 /* The header from the readable buffers, however the driver split it
@@ -503,11 +528,15 @@ int drive_parse(const char *spec, struct drive_options *out, char *errmsg, size_
 			ok = (out->direct = !strcmp(v, "none")) || !strcmp(v, "writeback");
 		else if (!strcmp(kv, "shared"))
 			ok = (out->shared = !strcmp(v, "on")) || !strcmp(v, "off");
+		else if (!strcmp(kv, "aio") && !strcmp(v, "threads"))
+			out->aio = DRIVE_AIO_THREADS;
+		else if (!strcmp(kv, "aio") && !strcmp(v, "io_uring"))
+			out->aio = DRIVE_AIO_IO_URING;
 		else
 			ok = false;
 		if (!ok) {
 			snprintf(errmsg, errlen,
-				 "--drive: %.40s=%.100s: expected file=PATH, format=raw, cache=none|writeback, shared=on|off",
+				 "--drive: %.40s=%.100s: expected file=PATH, format=raw, cache=none|writeback, shared=on|off, aio=threads|io_uring",
 				 kv, v);
 			return -EINVAL;
 		}
@@ -568,6 +597,12 @@ int virtio_blk_init(struct virtio_blk *b, struct vmm *vm, unsigned index, unsign
 		r->next = b->free_reqs;
 		b->free_reqs = r;
 	}
+	if (opt->aio != DRIVE_AIO_THREADS) {
+		ret = blk_uring_start(b, QUEUE_MAX + 1, &b->uring, errmsg, errlen);
+		if (!ret || opt->aio == DRIVE_AIO_IO_URING)
+			return ret;
+		fprintf(stderr, "godwit-vmm: %s; using aio=threads\n", errmsg);
+	}
 	for (; b->nr_workers < VIRTIO_BLK_WORKERS; b->nr_workers++)
 		if ((ret = pthread_create(&b->workers[b->nr_workers], NULL, worker, b))) {
 			snprintf(errmsg, errlen, "%s: cannot start an I/O thread: %s", name,
@@ -587,6 +622,8 @@ void virtio_blk_destroy(struct virtio_blk *b)
 	virtio_mmio_unlock(&b->t);
 	for (unsigned i = 0; i < b->nr_workers; i++)
 		pthread_join(b->workers[i], NULL);
+	if (b->uring)
+		blk_uring_stop(b->uring);
 	while (b->free_reqs) {
 		struct blk_req *r = b->free_reqs;
 		b->free_reqs = r->next;
