@@ -21,13 +21,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1 << 20
 TOUCHED = 100 * MIB   # what the dirtying and paused guests write (run.py)
 MAIN = ("godwit", "qemu")   # the variants the ratio columns compare
-VARIANT_MULTIFD = {"godwit-multifd2": 2, "qemu-multifd2": 2}
-COLOR = {"godwit": "#1b7837", "godwit-multifd2": "#7fbf7b", "qemu": "#762a83",
-         "qemu-multifd2": "#c2a5cf", "qemu-default-bw": "#e08214"}
+VARIANT_MULTIFD = {"godwit-multifd2": 2, "qemu-multifd2": 2, "godwit-multifd4": 4,
+                   "qemu-multifd4": 4}
+COLOR = {"godwit": "#1b7837", "godwit-multifd2": "#7fbf7b", "godwit-multifd4": "#a6dba0",
+         "qemu": "#762a83", "qemu-multifd2": "#c2a5cf", "qemu-multifd4": "#e7d4e8",
+         "qemu-default-bw": "#e08214"}
 VARIANT_LABEL = {
     "godwit": "godwit", "qemu": "QEMU",
     "qemu-default-bw": "QEMU, default max-bandwidth",
     "godwit-multifd2": "godwit, 2 channels", "qemu-multifd2": "QEMU, multifd 2 channels",
+    "godwit-multifd4": "godwit, 4 channels", "qemu-multifd4": "QEMU, multifd 4 channels",
 }
 WORKLOAD_TEXT = {
     "idle": "rewrites a 64-page (256 KiB) working set and never touches the rest of its RAM",

@@ -86,6 +86,8 @@ VARIANTS = {v.name: v for v in (
     Variant("qemu-default-bw", "qemu", max_bandwidth=None),
     Variant("godwit-multifd2", "godwit", multifd=2),
     Variant("qemu-multifd2", "qemu", multifd=2),
+    Variant("godwit-multifd4", "godwit", multifd=4),
+    Variant("qemu-multifd4", "qemu", multifd=4),
 )}
 
 
@@ -116,7 +118,8 @@ def plan(quick):
         # link for the one workload it changes most.
         for wl, variants in (("idle", ["godwit", "qemu"]),
                              ("dirtying", ["godwit", "qemu", "godwit-multifd2",
-                                           "qemu-multifd2"]),
+                                           "qemu-multifd2", "godwit-multifd4",
+                                           "qemu-multifd4"]),
                              ("paused", ["godwit", "qemu", "qemu-default-bw"])):
             rows += [Row(1024, wl, "local", v) for v in variants]
         rows += [Row(1024, "dirtying", "1gbit-1ms", v) for v in ("godwit", "qemu")]

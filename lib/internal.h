@@ -250,9 +250,12 @@ enum gw_load_cpr {
 	GW_LOAD_CPR_EXEC,     /* take it with its CPR record: adopt inherited fds */
 };
 /* gw_load_flags() for the incoming engine; *adopted gets the RAM bytes a
- * cpr-exec state's CPR record adopted, *pause_ns its source's pause. */
+ * cpr-exec state's CPR record adopted, *pause_ns its source's pause. rx
+ * (may be NULL: a multifd stream is refused) reads multifd channels. */
+struct gw_multifd_rx;
 int gw_load_cpr(struct gw_migration *m, struct gw_reader *r, enum gw_load_cpr cpr,
-		uint32_t *hdr_flags, uint64_t *adopted, uint64_t *pause_ns, struct gw_error *err);
+		struct gw_multifd_rx *rx, uint32_t *hdr_flags, uint64_t *adopted,
+		uint64_t *pause_ns, struct gw_error *err);
 /* The stream embedded in a mapped-ram file: ram() loads the RAM from the
  * file's regions between CONFIG (matched) and the sections. */
 int gw_load_mapped_stream(struct gw_migration *m, struct gw_reader *r,

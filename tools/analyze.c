@@ -266,12 +266,17 @@ static void add_to_run(struct analysis *a, const struct gw_record_info *in)
 }
 
 /* What a record holds, in words, for the table. */
+static uint32_t le32(const unsigned char *p)
+{
+	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 static void describe(const struct analysis *a, const struct gw_record_info *in, char *buf,
 		     size_t len)
 {
 	const char *block = block_name(a, in->block_id);
 	size_t data_len;
-	gw_walker_data(a->wk, &data_len);
+	const unsigned char *data = gw_walker_data(a->wk, &data_len);
 	buf[0] = '\0';
 	switch (in->type) {
 	case GW_REC_CONFIG:
@@ -299,6 +304,20 @@ static void describe(const struct analysis *a, const struct gw_record_info *in, 
 		break;
 	case GW_REC_PAUSE:
 		snprintf(buf, len, "when the source paused (a local live update)");
+		break;
+	case GW_REC_MULTIFD:
+		if (data_len == GW_MULTIFD_SIZE && data)
+			snprintf(buf, len, "multifd: %u channels; this stream is %s", le32(data),
+				 le32(data + 4) == GW_MULTIFD_MAIN ? "the main one" : "a channel");
+		else
+			snprintf(buf, len, "multifd, %zu bytes", data_len);
+		break;
+	case GW_REC_MULTIFD_SYNC:
+		if (data_len == 8 && data)
+			snprintf(buf, len, "multifd: end of round %llu on every channel",
+				 (unsigned long long)(le32(data) | (uint64_t)le32(data + 4) << 32));
+		else
+			snprintf(buf, len, "multifd round, %zu bytes", data_len);
 		break;
 	case GW_REC_EOF:
 		snprintf(buf, len, "end of stream");

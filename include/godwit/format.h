@@ -52,6 +52,14 @@ enum gw_record_type {
 	 * downtime the guest saw. Skippable: a reader without it loses only
 	 * that figure. */
 	GW_REC_PAUSE         = 0x000a,
+	/* multifd (docs/format.md, "multifd"): the first record after CONFIG
+	 * of the main stream, and the first record of each channel's stream:
+	 * u32 channels, u32 index (GW_MULTIFD_MAIN in the main stream), a
+	 * 16-byte id of the migration. */
+	GW_REC_MULTIFD       = 0x000b,
+	/* u64 round: every RAM_PAGES record sent before it, on every channel,
+	 * is in place once it is passed. */
+	GW_REC_MULTIFD_SYNC  = 0x000c,
 };
 
 /* Stream header flags. */
@@ -72,7 +80,22 @@ enum gw_record_type {
  * the socket before the stream (cpr-transfer) or by fd number from a CPR
  * record after CONFIG (cpr-exec). Only such a destination may load it. */
 #define GW_HDRF_CPR        0x8u
-#define GW_HDRF_KNOWN      (GW_HDRF_COMMIT | GW_HDRF_MAPPED_RAM | GW_HDRF_SNAPSHOT | GW_HDRF_CPR)
+/* multifd: the main stream carries no RAM_PAGES; its pages travel on
+ * channels, further connections to the same address, each a stream with
+ * GW_HDRF_CHANNEL. */
+#define GW_HDRF_MULTIFD    0x10u
+#define GW_HDRF_CHANNEL    0x20u
+#define GW_HDRF_KNOWN      (GW_HDRF_COMMIT | GW_HDRF_MAPPED_RAM | GW_HDRF_SNAPSHOT | GW_HDRF_CPR | \
+			    GW_HDRF_MULTIFD | GW_HDRF_CHANNEL)
+
+/* multifd. */
+#define GW_MULTIFD_MAX_CHANNELS 64u
+#define GW_MULTIFD_MAIN         0xffffffffu /* the index of the main stream */
+#define GW_MULTIFD_ID_SIZE      16u
+#define GW_MULTIFD_SIZE         24u         /* a MULTIFD record's payload */
+/* A page at byte offset o of the block listed i-th in CONFIG travels on
+ * channel (i + o / GW_MULTIFD_CHUNK) % channels, always the same one. */
+#define GW_MULTIFD_CHUNK        (2u << 20)
 
 /* Mapped-ram files. */
 #define GW_MAPPED_FIXED_SIZE   64u   /* file header before the block entries */

@@ -176,7 +176,10 @@ struct gw_precopy;
 
 /*
  * Start migrating m (RAM blocks, sections, vm ops and dirty ops all
- * registered) over the connected channels (one, for now). On success the
+ * registered) over the connected channels: the stream's, then for a
+ * live migration over sockets up to GW_MULTIFD_MAX_CHANNELS multifd
+ * channels to the same destination, which carry its pages (docs/format.md,
+ * "multifd"; the destination must have params.multifd). On success the
  * engine owns them: it closes them, and waits for an exec: command's exit,
  * before it publishes the outcome, so the outcome includes whether the
  * command took the whole stream; *channels is then cleared. A channel
@@ -235,7 +238,11 @@ struct gw_incoming_params {
 	/* A mapped-ram file (recognised from the file itself): */
 	bool direct_io;            /* read page data with O_DIRECT */
 	uint32_t multifd_channels; /* threads reading pages, 1..64; 0 = 1 */
-	uint64_t reserved[7];      /* 0 (export.h) */
+	/* A stream may send its pages on multifd channels, further
+	 * connections handed over with gw_incoming_add_channel() (QEMU: the
+	 * multifd capability, on both sides). */
+	bool multifd;
+	uint64_t reserved[6]; /* 0 (export.h) */
 };
 
 struct gw_incoming_callbacks {
@@ -264,6 +271,16 @@ GW_API int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 		      const struct gw_incoming_params *params,
 		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
 		      struct gw_error *err);
+/*
+ * A further connection of the migration (params.multifd): a multifd
+ * channel, read by a thread of its own from now on. It becomes the
+ * engine's (*ch cleared) on success; it proves it belongs to this
+ * migration from its first bytes, and a stranger fails the migration.
+ * From any thread, while the engine runs; -EPROTO once its stream is
+ * over, or without multifd.
+ */
+GW_API int gw_incoming_add_channel(struct gw_incoming *in, struct gw_channel *ch,
+				   struct gw_error *err);
 GW_API void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out);
 GW_API void gw_incoming_cancel(struct gw_incoming *in);
 /* As gw_precopy_done(). */

@@ -841,7 +841,7 @@ static int snapshot(struct background *b, struct gw_error *err)
 	ret = gw_writer_new(b->h.job.cancel.fd, &b->w, err);
 	if (ret == 0) {
 		gw_writer_bind(b->w, b->h.job.cancel.efd);
-		ret = gw_outgoing_open_sink(m, b->ch.fd, b->w, &pp, &b->h.job.cancel,
+		ret = gw_outgoing_open_sink(m, b->ch.fd, b->w, &pp, &b->h.job.cancel, NULL, 0,
 					    &b->stream_sink, &b->sink, &hdr_flags, &update, err);
 	}
 	if (ret == 0 && !b->sink->ops->put)

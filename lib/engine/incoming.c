@@ -36,6 +36,7 @@
 #include "lib/format/cpr.h"
 #include "lib/format/mapped.h"
 #include "lib/format/mapped_load.h"
+#include "lib/ram/multifd_rx.h"
 #include "lib/transport/fd_pass.h"
 #include "lib/transport/return_path.h"
 
@@ -56,6 +57,9 @@ struct gw_incoming {
 	struct gw_incoming_stats stats;
 	uint64_t cpr_pause_ns; /* a local source's pause (its PAUSE or CPR record), for the downtime */
 	bool adopted;          /* cpr-transfer: the source is on this host */
+	/* params.multifd: reads the channels handed over (under job.lock,
+	 * freed when the stream is over). */
+	struct gw_multifd_rx *rx;
 	/* When vm_ops.resume was called: the end of the downtime, as its
 	 * start is the call of the source's pause. The vCPUs run within
 	 * microseconds of it; the call's return may be later by a time slice,
@@ -163,7 +167,10 @@ static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_erro
 	gw_reader_bind(r, in->job.cancel.efd);
 	gw_reader_count_into(r, &in->received);
 	t0 = gw_now_ns();
-	ret = gw_load_cpr(in->m, r, cpr, &flags, &adopted, &in->cpr_pause_ns, err);
+	ret = gw_load_cpr(in->m, r, cpr, in->rx, &flags, &adopted, &in->cpr_pause_ns, err);
+	/* The main stream broke because a channel failed first: its reason. */
+	if ((ret == -EPIPE || ret == -ECONNRESET) && in->rx)
+		gw_multifd_rx_failure(in->rx, err);
 	if (adopted)
 		note_adopted(in, adopted, gw_now_ns() - t0);
 	*commit = flags & GW_HDRF_COMMIT;
@@ -302,6 +309,11 @@ static void incoming_after(struct gw_job *j)
 {
 	struct gw_incoming *in = j->engine;
 
+	pthread_mutex_lock(&in->job.lock);
+	struct gw_multifd_rx *rx = in->rx;
+	in->rx = NULL;
+	pthread_mutex_unlock(&in->job.lock);
+	gw_multifd_rx_free(rx);
 	if (gw_job_status(j, NULL, NULL, NULL, 0) == GW_MIG_FAILED && in->return_path)
 		drain(in);
 	gw_channel_close_stream(&in->ch, NULL);
@@ -345,15 +357,37 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
 	if (cb)
 		in->cb = *cb;
+	if (in->params.multifd && (ret = gw_multifd_rx_new(m, &in->job.cancel, in->ch.fd,
+							   &in->received, &in->rx, err)) < 0) {
+		free(in);
+		return ret;
+	}
 	ret = gw_job_start(&in->job, &incoming_ops, in, "gw-incoming", in->ch.fd, GW_MIG_ACTIVE,
 			   in->cb.status, in->cb.opaque, err);
 	if (ret < 0) {
+		gw_multifd_rx_free(in->rx);
 		free(in);
 		return gw_error_prefix(err, ret, "incoming migration: ");
 	}
 	*ch = (struct gw_channel){.fd = -1};
 	*out = in;
 	return 0;
+}
+
+int gw_incoming_add_channel(struct gw_incoming *in, struct gw_channel *ch, struct gw_error *err)
+{
+	int ret;
+
+	pthread_mutex_lock(&in->job.lock);
+	if (!in->rx)
+		ret = gw_error_set(err, -EPROTO,
+				   in->params.multifd ?
+					   "a connection after the migration's stream was over" :
+					   "a second connection, and multifd is not on here");
+	else
+		ret = gw_multifd_rx_add(in->rx, ch, err);
+	pthread_mutex_unlock(&in->job.lock);
+	return ret;
 }
 
 void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)

@@ -11,6 +11,7 @@
 #include "lib/engine/outgoing.h"
 #include "lib/internal.h"
 #include "lib/ram/sink_file.h"
+#include "lib/ram/sink_multifd.h"
 
 void gw_precopy_params_default(struct gw_precopy_params *p)
 {
@@ -55,10 +56,10 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	if (!m || !out || !channels)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: no migration object, channel or result pointer");
-	if (nr_channels != 1)
+	if (nr_channels < 1 || nr_channels > 1 + GW_MULTIFD_MAX_CHANNELS)
 		return gw_error_set(err, -EINVAL,
-				    "pre-copy: %u channels given; one stream channel is supported",
-				    nr_channels);
+				    "pre-copy: %u channels given; one stream channel and up to %u multifd channels",
+				    nr_channels, GW_MULTIFD_MAX_CHANNELS);
 	if (!m->vm_ops.pause)
 		return gw_error_set(err, -EINVAL,
 				    "pre-copy: the VMM has not set pause/resume (gw_migration_set_vm_ops)");
@@ -76,11 +77,15 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	if (pp.mode != GW_MODE_NORMAL && (pp.background_snapshot || pp.mapped_ram))
 		return gw_error_set(err, -EINVAL,
 				    "a local live update (cpr-transfer, cpr-exec) hands RAM over: it is neither a background snapshot nor a mapped-ram save");
+	if (nr_channels > 1 && (pp.mode != GW_MODE_NORMAL || pp.background_snapshot ||
+				pp.mapped_ram || !channels[0].bidirectional))
+		return gw_error_set(err, -EINVAL,
+				    "multifd channels are for a live migration over sockets: not a local live update, a background snapshot, a mapped-ram file or a one-way channel");
 	if (pp.mode != GW_MODE_NORMAL)
 		return gw_cpr_start(m, channels, &pp, cb, out, err);
 	if (pp.background_snapshot)
 		return gw_background_start(m, channels, &pp, cb, out, err);
-	return gw_precopy_engine_start(m, channels, &pp, cb, out, err);
+	return gw_precopy_engine_start(m, channels, nr_channels, &pp, cb, out, err);
 }
 
 int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
@@ -171,10 +176,15 @@ void gw_precopy_free(struct gw_precopy *p)
 
 int gw_outgoing_open_sink(struct gw_migration *m, int fd, struct gw_writer *w,
 			  const struct gw_precopy_params *pp, struct gw_cancel *cancel,
-			  struct gw_stream_sink *ss, struct gw_ram_sink **sink, uint32_t *hdr_flags,
-			  bool *update, struct gw_error *err)
+			  struct gw_channel *extra, unsigned nr_extra, struct gw_stream_sink *ss,
+			  struct gw_ram_sink **sink, uint32_t *hdr_flags, bool *update,
+			  struct gw_error *err)
 {
 	*update = false;
+	if (nr_extra) {
+		*hdr_flags = GW_HDRF_MULTIFD;
+		return gw_multifd_sink_open(m, w, extra, nr_extra, cancel, sink, err);
+	}
 	if (!pp->mapped_ram) {
 		gw_stream_sink_init(ss, m, w);
 		*sink = &ss->sink;

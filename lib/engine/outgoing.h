@@ -59,8 +59,9 @@ int gw_outgoing_handshake(struct gw_precopy *h, struct gw_handover *ho,
  * publish the downtime since pause_ns (stats.downtime_ms and _us). */
 void gw_outgoing_downtime(struct gw_precopy *h, uint64_t pause_ns, uint64_t end_ns);
 
-/* The engines behind gw_precopy_start(). params are clamped, checked. */
-int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
+/* The engines behind gw_precopy_start(). params are clamped, checked.
+ * Pre-copy takes channels past the first as multifd channels. */
+int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch, unsigned nr_channels,
 			    const struct gw_precopy_params *params,
 			    const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
 			    struct gw_error *err);
@@ -89,15 +90,18 @@ void gw_outgoing_params(struct gw_precopy *h, struct gw_precopy_params *out);
 
 /*
  * Where RAM goes, as pp says: RAM_PAGES records in the stream w (ss is
- * the caller's, initialised here), or one fixed slot per page of the
- * mapped-ram file fd (allocated; gw_sink_release() frees it). *hdr_flags
- * gets the header flags the sink's layout needs, *update whether a file
- * sink updates the last incremental save.
+ * the caller's, initialised here), one fixed slot per page of the
+ * mapped-ram file fd, or with nr_extra channels, spread over them
+ * (multifd; the sink takes them, *extra cleared). The last two are
+ * allocated: gw_sink_release() frees them. *hdr_flags gets the header
+ * flags the sink's layout needs, *update whether a file sink updates the
+ * last incremental save.
  */
 int gw_outgoing_open_sink(struct gw_migration *m, int fd, struct gw_writer *w,
 			  const struct gw_precopy_params *pp, struct gw_cancel *cancel,
-			  struct gw_stream_sink *ss, struct gw_ram_sink **sink, uint32_t *hdr_flags,
-			  bool *update, struct gw_error *err);
+			  struct gw_channel *extra, unsigned nr_extra, struct gw_stream_sink *ss,
+			  struct gw_ram_sink **sink, uint32_t *hdr_flags, bool *update,
+			  struct gw_error *err);
 
 /*
  * The stream is over (ret says how it went): close the channel and, for

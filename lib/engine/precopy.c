@@ -91,6 +91,11 @@ struct precopy {
 	struct gw_precopy_callbacks cb;
 	struct gw_channel ch; /* ours: closed, and its command ended, before the outcome */
 	bool return_path;
+	/* multifd: the channels the sink takes at setup; the engine's once
+	 * its thread runs (until then, on a failed start, the caller's). */
+	struct gw_channel extra[GW_MULTIFD_MAX_CHANNELS];
+	unsigned nr_extra;
+	bool extra_owned;
 
 	/* The migration thread's own. */
 	struct gw_writer *w; /* the stream: header, sections, EOF */
@@ -426,8 +431,10 @@ static int open_sink(struct precopy *p, uint32_t *hdr_flags, struct gw_error *er
 	int ret;
 
 	get_params(p, &pp);
-	ret = gw_outgoing_open_sink(p->m, p->ch.fd, p->w, &pp, &p->h.job.cancel, &p->stream_sink,
-				    &p->sink, hdr_flags, &p->update, err);
+	ret = gw_outgoing_open_sink(p->m, p->ch.fd, p->w, &pp, &p->h.job.cancel, p->extra,
+				    p->nr_extra, &p->stream_sink, &p->sink, hdr_flags, &p->update,
+				    err);
+	p->nr_extra = 0; /* the sink's now, whatever it returned */
 	if (ret == 0 && !pp.mapped_ram && p->return_path)
 		*hdr_flags |= GW_HDRF_COMMIT;
 	return ret;
@@ -458,6 +465,8 @@ static int setup(struct precopy *p, struct gw_error *err)
 	}
 	if (ret == 0)
 		ret = gw_save_begin_flags(m, p->w, hdr_flags, err);
+	if (ret == 0)
+		ret = gw_sink_begin(p->sink, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "setup: ");
 	/* Round one sends every page that is there; the syncs say what changed
@@ -542,6 +551,7 @@ static int switchover(struct precopy *p, struct gw_error *err)
 	/* A destination that stops reading cannot keep the guest paused
 	 * for longer than this. */
 	gw_writer_set_deadline(p->w, p->pause_ns + pp.switchover_timeout_ms * 1000000);
+	gw_sink_set_deadline(p->sink, p->pause_ns + pp.switchover_timeout_ms * 1000000);
 	ret = stop_point(p, err);
 	if (ret == 0)
 		ret = set_throttle(p, 0, err);
@@ -565,7 +575,7 @@ static int switchover(struct precopy *p, struct gw_error *err)
 		ret = gw_save_finish(m, p->w, err);
 	if (ret == 0)
 		ret = gw_sink_finish(p->sink, err);
-	if (ret == 0 && p->sink != &p->stream_sink.sink) {
+	if (ret == 0 && pp.mapped_ram) {
 		pthread_mutex_lock(&p->h.job.lock);
 		p->h.stats.incremental = p->update;
 		p->h.stats.generation = gw_file_sink_generation(p->sink);
@@ -634,7 +644,8 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 	if (p->w)
 		publish_transferred(p);
 	/* A file sink's writers stop, and let go of its fds, before the
-	 * channel closes: no write may land in a file that reuses the fd. */
+	 * channel closes: no write may land in a file that reuses the fd; a
+	 * multifd sink's channels end or are shut down. */
 	if (p->sink != &p->stream_sink.sink)
 		gw_sink_release(p->sink);
 	p->sink = NULL;
@@ -689,6 +700,7 @@ static enum gw_mig_status precopy_conclude(struct gw_job *j, int ret, struct gw_
 
 static int precopy_run(struct gw_job *j, struct gw_error *err)
 {
+	((struct precopy *)j->engine)->extra_owned = true;
 	return migrate(j->engine, err);
 }
 
@@ -703,13 +715,17 @@ static void precopy_release(struct gw_precopy *h)
 
 	if (p->sink && p->sink != &p->stream_sink.sink)
 		gw_sink_release(p->sink);
+	for (unsigned i = 0; p->extra_owned && i < p->nr_extra; i++) {
+		gw_channel_abort(&p->extra[i]);
+		gw_channel_close(&p->extra[i], NULL);
+	}
 	for (uint32_t i = 0; p->dirty && i < p->m->nr_ram; i++)
 		free(p->dirty[i]);
 	free(p->dirty);
 	free(p);
 }
 
-int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
+int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch, unsigned nr_channels,
 			    const struct gw_precopy_params *params,
 			    const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
 			    struct gw_error *err)
@@ -731,6 +747,8 @@ int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
 	if (cb)
 		p->cb = *cb;
 	p->ch = *ch;
+	for (unsigned i = 1; i < nr_channels; i++)
+		p->extra[p->nr_extra++] = ch[i];
 	/* A socket can answer: the handshake runs over it. */
 	p->return_path = p->ch.bidirectional;
 	p->dirty = calloc(m->nr_ram + 1, sizeof(*p->dirty));
@@ -746,6 +764,9 @@ int gw_precopy_engine_start(struct gw_migration *m, struct gw_channel *ch,
 					    "pre-copy: out of memory for the dirty bitmaps");
 		}
 	}
-	return gw_outgoing_launch(&p->h, m, &precopy_ops, p, "gw-precopy", cb, ch, out,
-				  "pre-copy: ", err);
+	int ret = gw_outgoing_launch(&p->h, m, &precopy_ops, p, "gw-precopy", cb, ch, out,
+				     "pre-copy: ", err);
+	for (unsigned i = 1; ret == 0 && i < nr_channels; i++)
+		ch[i] = (struct gw_channel){.fd = -1};
+	return ret;
 }

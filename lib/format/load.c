@@ -15,7 +15,9 @@
 #include "lib/clock.h"
 #include "lib/crc32c.h"
 #include "lib/internal.h"
+#include "lib/ram/multifd_rx.h"
 #include "lib/format/cpr.h"
+#include "lib/format/multifd.h"
 #include "lib/format/torn.h"
 
 enum section_progress {
@@ -40,6 +42,11 @@ struct load {
 	bool cpr_stream;   /* GW_HDRF_CPR: no RAM in it, adopted instead */
 	uint64_t adopted;  /* cpr-exec: RAM bytes its CPR record adopted */
 	uint64_t pause_ns; /* ... and its source's pause */
+	/* GW_HDRF_MULTIFD: the pages come on channels that rx reads. */
+	struct gw_multifd_rx *rx;
+	bool multifd;
+	bool multifd_hello; /* its MULTIFD record came */
+	uint64_t round;     /* of its last MULTIFD_SYNC */
 };
 
 static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
@@ -259,11 +266,67 @@ static int load_pages(struct load *l, const struct gw_rec_hdr *h, struct gw_erro
 			     err);
 }
 
+/* The main stream's MULTIFD record: once, before any MULTIFD_SYNC. */
+static int load_multifd(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	struct gw_multifd_hello hello;
+	int ret;
+
+	if (!l->multifd || l->multifd_hello)
+		return gw_error_set(err, -EPROTO, "MULTIFD record at offset %llu: %s",
+				    (unsigned long long)h->offset,
+				    !l->multifd ? "the stream header does not say multifd" :
+						  "a second one");
+	ret = read_payload(l, h, err);
+	if (ret == 0)
+		ret = gw_multifd_parse_hello(l->buf, h->length, &hello, "main stream", h->offset,
+					     err);
+	if (ret == 0 && hello.index != GW_MULTIFD_MAIN)
+		ret = gw_error_set(err, -EBADMSG,
+				   "MULTIFD record at offset %llu: the main stream says it is channel %u",
+				   (unsigned long long)h->offset, hello.index);
+	if (ret < 0)
+		return ret;
+	l->multifd_hello = true;
+	return gw_multifd_rx_setup(l->rx, &hello, l->ram_map, l->cfg.nr_ram, err);
+}
+
+static int load_multifd_sync(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	int ret;
+
+	if (!l->multifd_hello)
+		return gw_error_set(err, -EPROTO,
+				    "MULTIFD_SYNC record at offset %llu in a stream without multifd",
+				    (unsigned long long)h->offset);
+	ret = h->length == 8 ?
+		      read_payload(l, h, err) :
+		      gw_error_set(err, -EBADMSG,
+				   "MULTIFD_SYNC record at offset %llu: %llu bytes, not 8",
+				   (unsigned long long)h->offset, (unsigned long long)h->length);
+	if (ret == 0 && gw_get_le64(l->buf) != l->round + 1)
+		ret = gw_error_set(err, -EBADMSG,
+				   "MULTIFD_SYNC record at offset %llu: round %llu after round %llu",
+				   (unsigned long long)h->offset,
+				   (unsigned long long)gw_get_le64(l->buf),
+				   (unsigned long long)l->round);
+	if (ret < 0)
+		return ret;
+	l->round++;
+	return gw_multifd_rx_sync(l->rx, l->round, err);
+}
+
 /* At EOF: every page and every section of the stream must have arrived whole. */
 static int check_complete(const struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
 {
 	int ret = gw_torn_check(&l->torn, h->offset, err);
 
+	if (ret == 0 && l->multifd && !l->multifd_hello)
+		ret = gw_error_set(err, -EPROTO,
+				   "EOF at offset %llu of a multifd stream that had no MULTIFD record",
+				   (unsigned long long)h->offset);
+	if (ret == 0 && l->multifd)
+		ret = gw_multifd_rx_finish(l->rx, l->round, err);
 	if (ret < 0)
 		return ret;
 	for (uint32_t i = 0; i < l->cfg.nr_sections; i++) {
@@ -325,7 +388,15 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 			return gw_error_set(err, -EBADMSG,
 					    "RAM_PAGES record at offset %llu in a mapped-ram file, whose pages are at fixed offsets",
 					    (unsigned long long)h.offset);
+		if (l->multifd)
+			return gw_error_set(err, -EBADMSG,
+					    "RAM_PAGES record at offset %llu in the main stream of a multifd migration, whose pages come on its channels",
+					    (unsigned long long)h.offset);
 		return load_pages(l, &h, err);
+	case GW_REC_MULTIFD:
+		return load_multifd(l, &h, err);
+	case GW_REC_MULTIFD_SYNC:
+		return load_multifd_sync(l, &h, err);
 	case GW_REC_EOF:
 		*eof = true;
 		return check_complete(l, &h, err);
@@ -351,7 +422,11 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 		       int (*ram)(void *opaque, struct gw_error *err), void *opaque,
 		       struct load *out, struct gw_error *err)
 {
-	struct load l = {.m = m, .r = r, .mapped = ram != NULL, .cpr = out ? out->cpr : 0};
+	struct load l = {.m = m,
+			 .r = r,
+			 .mapped = ram != NULL,
+			 .cpr = out ? out->cpr : 0,
+			 .rx = out ? out->rx : NULL};
 	bool eof = false;
 	uint32_t flags;
 	int ret;
@@ -386,6 +461,17 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 				   "the source handed its memfds over, but its stream is not a local live update (no CPR flag)");
 	if (ret == 0 && l.cpr_stream && (ram || (flags & GW_HDRF_MAPPED_RAM)))
 		ret = gw_error_set(err, -EBADMSG, "a local live update in a mapped-ram file");
+	if (ret == 0 && (flags & GW_HDRF_CHANNEL))
+		ret = gw_error_set(err, -EPROTO,
+				   "this is a multifd channel, not the main stream of a migration: the source connects the main stream first");
+	l.multifd = flags & GW_HDRF_MULTIFD;
+	if (ret == 0 && l.multifd && (ram || l.cpr_stream || (flags & GW_HDRF_MAPPED_RAM)))
+		ret = gw_error_set(err, -EBADMSG,
+				   "stream header flags 0x%x: multifd with a mapped-ram file or a local live update",
+				   flags);
+	if (ret == 0 && l.multifd && !l.rx)
+		ret = gw_error_set(err, -EPROTO,
+				   "the source sends its pages on multifd channels: turn on the multifd capability on this side too (migrate-set-capabilities), with the same multifd-channels");
 	if (ret == 0 && hdr_flags)
 		*hdr_flags = flags;
 	if (ret == 0)
@@ -415,9 +501,10 @@ int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_fla
 }
 
 int gw_load_cpr(struct gw_migration *m, struct gw_reader *r, enum gw_load_cpr cpr,
-		uint32_t *hdr_flags, uint64_t *adopted, uint64_t *pause_ns, struct gw_error *err)
+		struct gw_multifd_rx *rx, uint32_t *hdr_flags, uint64_t *adopted,
+		uint64_t *pause_ns, struct gw_error *err)
 {
-	struct load l = {.cpr = cpr};
+	struct load l = {.cpr = cpr, .rx = rx};
 	int ret = load_stream(m, r, hdr_flags, NULL, NULL, &l, err);
 
 	*adopted = l.adopted;

@@ -36,6 +36,10 @@ const char *gw_record_type_name(uint16_t type)
 		return "CPR";
 	case GW_REC_PAUSE:
 		return "PAUSE";
+	case GW_REC_MULTIFD:
+		return "MULTIFD";
+	case GW_REC_MULTIFD_SYNC:
+		return "MULTIFD_SYNC";
 	}
 	return "unknown";
 }
@@ -59,6 +63,10 @@ uint64_t gw_record_max(uint16_t type)
 	case GW_REC_CPR:
 		return GW_CPR_MAX;
 	case GW_REC_PAUSE:
+		return 8;
+	case GW_REC_MULTIFD:
+		return GW_MULTIFD_SIZE;
+	case GW_REC_MULTIFD_SYNC:
 		return 8;
 	}
 	return GW_RECORD_MAX_UNKNOWN;

@@ -2,11 +2,11 @@
  * Where RAM pages go: the interface between an engine that decides which
  * pages to send and the encoding that carries them. The engine walks the
  * dirty pages in batches (ram_batch.h) and hands each batch to a sink;
- * the sink writes it — as RAM_PAGES records into one ordered stream
- * (sink_stream.c), and, as the next capabilities arrive, at fixed offsets
- * of a file, over several channels, or ahead of the bulk for a page a
- * write fault caught. Accounting, rate limiting and cancel checks stay
- * with the engine: a sink only moves pages and says how many bytes left.
+ * the sink writes it: as RAM_PAGES records into one ordered stream
+ * (sink_stream.c), at fixed offsets of a file (sink_file.c), or spread
+ * over several channels (sink_multifd.c). Accounting, rate limiting and
+ * cancel checks stay with the engine: a sink only moves pages and says
+ * how many bytes left.
  */
 #ifndef GW_LIB_RAM_SINK_H
 #define GW_LIB_RAM_SINK_H
@@ -18,6 +18,8 @@
 struct gw_ram_sink;
 
 struct gw_ram_sink_ops {
+	/* Optional. After the stream's CONFIG: what must come before any page. */
+	int (*begin)(struct gw_ram_sink *s, struct gw_error *err);
 	/*
 	 * n (1..GW_PAGES_MAX) pages of RAM block `block`, in increasing
 	 * offset order: entries are byte offsets ORed with GW_PAGE_ZERO for
@@ -36,6 +38,9 @@ struct gw_ram_sink_ops {
 	/* Optional. After the stream's EOF is written: what the sink's
 	 * layout needs to be complete (a file's metadata and header). */
 	int (*finish)(struct gw_ram_sink *s, struct gw_error *err);
+	/* Optional: writes of its own past this time (CLOCK_MONOTONIC ns)
+	 * fail, as the stream's do after gw_writer_set_deadline(). */
+	void (*set_deadline)(struct gw_ram_sink *s, uint64_t deadline_ns);
 	/* Optional: free a sink that was allocated for the engine. */
 	void (*release)(struct gw_ram_sink *s);
 	/*
@@ -59,6 +64,17 @@ static inline int gw_sink_pages(struct gw_ram_sink *s, uint32_t block, const uin
 				uint32_t n, unsigned flags, struct gw_error *err)
 {
 	return s->ops->pages(s, block, entries, n, flags, err);
+}
+
+static inline int gw_sink_begin(struct gw_ram_sink *s, struct gw_error *err)
+{
+	return s->ops->begin ? s->ops->begin(s, err) : 0;
+}
+
+static inline void gw_sink_set_deadline(struct gw_ram_sink *s, uint64_t deadline_ns)
+{
+	if (s->ops->set_deadline)
+		s->ops->set_deadline(s, deadline_ns);
 }
 
 static inline int gw_sink_flush(struct gw_ram_sink *s, struct gw_error *err)

@@ -24,6 +24,8 @@
 #include <godwit/precopy.h>
 
 #include "check.h"
+#include "lib/format/multifd.h"
+#include "lib/internal.h"
 #include "testvm.h"
 
 #define PAGE GW_PAGE_SIZE
@@ -1106,8 +1108,11 @@ static void test_bad_start(void)
 	params.auto_converge = true;
 	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
 		  "throttle callback");
+	CHECK_ERR(gw_precopy_start(m, &ch, 66, &params, NULL, &p, &err), -EINVAL, &err,
+		  "66 channels given");
+	/* stderr is no socket: no multifd channels beside it. */
 	CHECK_ERR(gw_precopy_start(m, &ch, 2, &params, NULL, &p, &err), -EINVAL, &err,
-		  "2 channels given");
+		  "multifd channels are for a live migration over sockets");
 	params.auto_converge = false;
 	params.reserved[3] = 1;
 	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
@@ -1224,6 +1229,158 @@ static void test_live_section_pending(bool generous_limit)
 	free(dst);
 }
 
+
+/* ---- multifd ------------------------------------------------------------ */
+
+/* n socketpairs beside the stream's: [i][0] the source's end. */
+struct channels {
+	unsigned n;
+	int fds[GW_MULTIFD_MAX_CHANNELS][2];
+};
+
+static void channels_init(struct channels *c, unsigned n)
+{
+	c->n = n;
+	for (unsigned i = 0; i < n; i++)
+		CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c->fds[i]) == 0);
+}
+
+static void channels_free(struct channels *c)
+{
+	for (unsigned i = 0; i < c->n; i++) {
+		close(c->fds[i][0]);
+		close(c->fds[i][1]);
+	}
+}
+
+/* The destination with the capability on (or not), its channels handed
+ * over last first, as a VMM may accept them in any order. */
+static void start_multifd_destination(struct mig *t, struct channels *c, bool multifd)
+{
+	struct gw_incoming_callbacks cb = { on_status, &t->dst };
+	struct gw_incoming_params params = { .multifd = multifd };
+	struct gw_channel ch = test_channel_of(t->fds[1]);
+	struct gw_error err = { 0 };
+
+	CHECK_OK(gw_incoming_start(t->dst.m, &ch, &params, &cb, &t->in, &err), &err);
+	for (unsigned i = c->n; multifd && i-- > 0;) {
+		struct gw_channel x = test_channel_of(c->fds[i][1]);
+
+		CHECK_OK(gw_incoming_add_channel(t->in, &x, &err), &err);
+		CHECK(x.fd == -1);
+	}
+}
+
+static void start_multifd_source(struct mig *t, struct channels *c)
+{
+	struct gw_precopy_callbacks cb = callbacks(&t->src);
+	struct gw_channel ch[1 + GW_MULTIFD_MAX_CHANNELS];
+	struct gw_error err = { 0 };
+
+	ch[0] = test_channel_of(t->fds[0]);
+	for (unsigned i = 0; i < c->n; i++)
+		ch[1 + i] = test_channel_of(c->fds[i][0]);
+	CHECK_OK(gw_precopy_start(t->src.m, ch, 1 + c->n, &t->params, &cb, &t->out, &err), &err);
+	for (unsigned i = 0; i <= c->n; i++)
+		CHECK(ch[i].fd == -1);
+}
+
+/* A dirtying guest over n channels: the same memory on both sides, and
+ * every byte the channels carried counted on both. */
+static void test_multifd(unsigned n)
+{
+	struct channels c;
+	struct mig t;
+
+	printf("multifd, %u channels: ", n);
+	mig_init(&t, &big, true);
+	channels_init(&c, n);
+	start_multifd_destination(&t, &c, true);
+	test_sleep_ms(20);
+	start_multifd_source(&t, &c);
+	wait_until(both_done, &t, "the migration to end");
+	check_completed(&t);
+	mig_free(&t);
+	channels_free(&c);
+}
+
+/* A channel cut mid-migration: both sides fail, the source guest runs. */
+static void test_multifd_cut(void)
+{
+	struct gw_incoming_stats in;
+	struct channels c;
+	struct mig t;
+
+	mig_init(&t, &big, true);
+	t.params.max_bandwidth = 4 << 20; /* still sending when it is cut */
+	channels_init(&c, 2);
+	start_multifd_destination(&t, &c, true);
+	start_multifd_source(&t, &c);
+	wait_until(source_active, &t, "the first pages");
+	shutdown(c.fds[1][1], SHUT_RDWR);
+	wait_until(both_done, &t, "the failure");
+	check_failed(&t, "", NULL, NULL);
+	gw_incoming_stats(t.in, &in);
+	printf("destination: %s\n", in.error);
+	CHECK(in.status == GW_MIG_FAILED);
+	CHECK(t.dst.resumes == 0);
+	mig_free(&t);
+	channels_free(&c);
+}
+
+/* Without the capability the destination refuses, and says what to do. */
+static void test_multifd_not_on(void)
+{
+	struct channels c;
+	struct mig t;
+
+	mig_init(&t, &tiny, true);
+	channels_init(&c, 2);
+	start_multifd_destination(&t, &c, false);
+	start_multifd_source(&t, &c);
+	wait_until(both_done, &t, "the refusal");
+	check_failed(&t, "turn on the multifd capability", NULL, NULL);
+	CHECK(t.dst.resumes == 0);
+	mig_free(&t);
+	channels_free(&c);
+}
+
+/* A connection that is not one of the migration's channels (another id)
+ * fails the migration on both sides; the source guest runs on. */
+static void test_multifd_stranger(void)
+{
+	struct gw_multifd_hello h = { .channels = 2, .index = 1 };
+	struct gw_incoming_stats in;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	struct channels c;
+	int pair[2];
+	struct mig t;
+
+	mig_init(&t, &tiny, true);
+	channels_init(&c, 2);
+	start_multifd_destination(&t, &c, true);
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+	CHECK_OK(gw_writer_new(pair[0], &w, &err), &err);
+	CHECK_OK(gw_stream_put_header(w, GW_HDRF_CHANNEL, &err), &err);
+	CHECK_OK(gw_multifd_put_hello(w, &h, &err), &err);
+	CHECK_OK(gw_writer_flush(w, &err), &err);
+	gw_writer_free(w);
+	struct gw_channel x = test_channel_of(pair[1]);
+	CHECK_OK(gw_incoming_add_channel(t.in, &x, &err), &err);
+	start_multifd_source(&t, &c);
+	wait_until(both_done, &t, "the refusal");
+	gw_incoming_stats(t.in, &in);
+	printf("destination: %s\n", in.error);
+	CHECK(in.status == GW_MIG_FAILED && strstr(in.error, "another migration"));
+	check_failed(&t, "another migration", NULL, NULL);
+	CHECK(t.dst.resumes == 0);
+	mig_free(&t);
+	channels_free(&c);
+	close(pair[0]);
+	close(pair[1]);
+}
+
 int main(void)
 {
 	/* Writes to a pipe whose reader is gone must fail, not kill the test. */
@@ -1247,5 +1404,11 @@ int main(void)
 	test_corrupted(GW_REC_EOF, true);
 	test_incoming_cancel();
 	test_handshake_one_way();
+	test_multifd(1);
+	test_multifd(2);
+	test_multifd(4);
+	test_multifd_cut();
+	test_multifd_not_on();
+	test_multifd_stranger();
 	return 0;
 }

@@ -192,9 +192,16 @@ static void test_header(void)
 	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTONOSUPPORT, &err,
 		  "format version 2 is not supported", "supports version 1");
 	s.p[8] = 1;
-	s.p[12] = 0x10;
+	s.p[12] = 0x40;
 	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTONOSUPPORT, &err,
-		  "header flags 0x10");
+		  "header flags 0x40");
+	/* multifd: only the incoming engine reads channels; and a channel's
+	 * stream is no migration of its own. */
+	s.p[12] = GW_HDRF_MULTIFD;
+	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTO, &err,
+		  "turn on the multifd capability");
+	s.p[12] = GW_HDRF_CHANNEL;
+	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTO, &err, "a multifd channel");
 	/* A local live update holds no RAM: only an adopting loader takes it. */
 	s.p[12] = GW_HDRF_CPR;
 	CHECK_ERR(test_load(dst.m, s.p, s.len, &err), -EPROTO, &err, "local live update",

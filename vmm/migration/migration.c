@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <godwit/channel.h>
+#include <godwit/format.h>
 #include <godwit/migration.h>
 #include <godwit/io.h>
 #include <godwit/precopy.h>
@@ -38,6 +39,7 @@ struct vm_migration {
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
 	bool cap_background;       /* background-snapshot */
 	bool cap_block;            /* block: copy the disks that are not shared */
+	bool cap_multifd;          /* pages over more connections (tcp:, unix:) */
 	char **exec_cmd;           /* cpr-exec-command, NULL-terminated; or NULL */
 	enum role role;            /* what runs now */
 	enum role shown;           /* what query-migrate reports: the latest migration */
@@ -54,6 +56,7 @@ struct vm_migration {
 	char *uri;
 	int passed_fd;    /* an fd the URI names (fd:NUM), closed once connected; or -1 */
 	bool update_path; /* incremental mapped-ram save into file:PATH: no truncation */
+	bool out_multifd; /* the pages go over multifd channels */
 	bool to_file;     /* the latest outgoing migration went into a regular file */
 	pthread_t connect_thread;
 	bool connect_thread_live;
@@ -336,10 +339,13 @@ static void stand_in_returned(struct vm_migration *mig, enum gw_mig_status s, bo
 		dir ? dir : "?");
 }
 
+static void close_listener(struct vm_migration *mig);
+
 static void finish_incoming(struct vm_migration *mig)
 {
 	struct gw_incoming *in = mig->in;
 	mig->in = NULL;
+	close_listener(mig);
 	if (in) {
 		struct gw_incoming_stats st;
 		gw_incoming_stats(in, &st);
@@ -493,16 +499,41 @@ static int open_stand_in(struct vm_migration *mig, struct gw_channel *ch, struct
 	return ret;
 }
 
+/* multifd: the channels, once the main stream is connected (the
+ * destination takes the first connection for it). */
+static int connect_channels(struct vm_migration *mig, struct gw_channel *ch, unsigned n,
+			    struct gw_error *err)
+{
+	int ret = 0;
+	unsigned i;
+	for (i = 0; i < n && !ret; i++) {
+		ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch[i], err);
+		if (ret && ret != -ECANCELED)
+			gw_error_prefix(err, ret, "multifd channel %u: ", i);
+	}
+	for (unsigned k = 0; ret && k + 1 < i; k++)
+		gw_channel_close(&ch[k], NULL);
+	return ret;
+}
+
 static void *connect_thread(void *opaque)
 {
 	struct vm_migration *mig = opaque;
 	struct gw_error err = {0};
-	struct gw_channel ch;
+	struct gw_channel chs[1 + GW_MULTIFD_MAX_CHANNELS];
+	unsigned nr = 1;
 	int ret = mig->update_path ?
-			  open_for_update(mig, &ch, &err) :
+			  open_for_update(mig, &chs[0], &err) :
 		  mig->out_mode == GW_MODE_CPR_EXEC ?
-			  open_stand_in(mig, &ch, &err) :
-			  gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch, &err);
+			  open_stand_in(mig, &chs[0], &err) :
+			  gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &chs[0], &err);
+	if (!ret && mig->out_multifd) {
+		ret = connect_channels(mig, chs + 1, mig->params.multifd_channels, &err);
+		if (ret)
+			gw_channel_close(&chs[0], NULL);
+		else
+			nr += mig->params.multifd_channels;
+	}
 	/* The channel holds its own dup of a passed fd now. */
 	if (mig->passed_fd >= 0) {
 		close(mig->passed_fd);
@@ -537,11 +568,13 @@ static void *connect_thread(void *opaque)
 	};
 	struct gw_precopy *out;
 	struct stat st;
-	bool to_file = fstat(ch.fd, &st) == 0 && S_ISREG(st.st_mode);
-	ret = gw_precopy_start(mig->m, &ch, 1, &p, &cb, &out, &err);
+	bool to_file = fstat(chs[0].fd, &st) == 0 && S_ISREG(st.st_mode);
+	ret = gw_precopy_start(mig->m, chs, nr, &p, &cb, &out, &err);
 	if (ret) {
-		gw_channel_abort(&ch);
-		gw_channel_close(&ch, NULL);
+		for (unsigned i = 0; i < nr; i++) {
+			gw_channel_abort(&chs[i]);
+			gw_channel_close(&chs[i], NULL);
+		}
 		return connect_failed(mig, GW_MIG_FAILED, err.msg);
 	}
 	pthread_mutex_lock(&mig->lock);
@@ -606,6 +639,26 @@ static int check_mode(struct vm_migration *mig, const char *uri, char *errmsg, s
 		snprintf(errmsg, errlen,
 			 "cpr-exec-command must tell the new binary where the state is: add --incoming %.200s",
 			 uri);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* multifd opens more connections to the same address: a socket address.
+ * Into a mapped-ram file its channels are the file's writers instead. */
+static int check_multifd(struct vm_migration *mig, const char *uri, char *errmsg, size_t errlen)
+{
+	if (!mig->cap_multifd || mig->cap_mapped_ram)
+		return 0;
+	if (mig->params.mode != GW_MODE_NORMAL || mig->cap_background) {
+		snprintf(errmsg, errlen,
+			 "multifd is for a live migration: turn it off for a local live update or a background snapshot");
+		return -EINVAL;
+	}
+	if (strncmp(uri, "tcp:", 4) && strncmp(uri, "unix:", 5)) {
+		snprintf(errmsg, errlen,
+			 "multifd opens %u more connections to the destination: use tcp: or unix:, not '%.200s'",
+			 (unsigned)mig->params.multifd_channels, uri);
 		return -EINVAL;
 	}
 	return 0;
@@ -685,6 +738,8 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 	bool block = (blk || mig->cap_block) && mig->params.mode == GW_MODE_NORMAL;
 	int ret = check_mode(mig, uri, errmsg, errlen);
 	if (!ret)
+		ret = check_multifd(mig, uri, errmsg, errlen);
+	if (!ret)
 		ret = check_drives(mig, uri, block, errmsg, errlen);
 	if (ret)
 		return ret;
@@ -701,6 +756,8 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 	mig->have_last = false;
 	mig->passed_fd = passed_fd;
 	mig->update_path = mig->cap_incremental && mig->cap_mapped_ram && !strncmp(uri, "file:", 5);
+	/* Into a mapped-ram file, multifd-channels are its writers. */
+	mig->out_multifd = mig->cap_multifd && !mig->cap_mapped_ram;
 	mig->out_mode = mig->params.mode;
 	/* The previous migration's cancel is over: reset the counter. */
 	uint64_t count;
@@ -744,6 +801,7 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 		.go_timeout_ms = mig->go_timeout_ms,
 		.direct_io = mig->params.direct_io,
 		.multifd_channels = mig->params.multifd_channels,
+		.multifd = mig->cap_multifd,
 	};
 	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
 	if (ret) {
@@ -760,6 +818,28 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 	return 0;
 }
 
+static void close_listener(struct vm_migration *mig)
+{
+	if (!mig->listener)
+		return;
+	if (gw_listener_fd(mig->listener) >= 0)
+		loop_del_fd(mig->vm->loop, gw_listener_fd(mig->listener));
+	gw_listener_free(mig->listener);
+	mig->listener = NULL;
+}
+
+/* multifd: a connection after the main stream's is one of its channels.
+ * One that is not fails the migration in the engine, which says why. */
+static void on_channel(struct vm_migration *mig, struct gw_channel *ch)
+{
+	struct gw_error err = {0};
+	if (gw_incoming_add_channel(mig->in, ch, &err)) {
+		fprintf(stderr, "godwit-vmm: incoming migration: %s (%s)\n", err.msg, ch->desc);
+		gw_channel_abort(ch);
+		gw_channel_close(ch, NULL);
+	}
+}
+
 static void on_incoming_connection(void *opaque, uint32_t events)
 {
 	struct vm_migration *mig = opaque;
@@ -769,13 +849,21 @@ static void on_incoming_connection(void *opaque, uint32_t events)
 	int ret = gw_listener_accept(mig->listener, &ch, &err);
 	if (ret == -EAGAIN)
 		return;
-	loop_del_fd(mig->vm->loop, gw_listener_fd(mig->listener));
-	gw_listener_free(mig->listener);
-	mig->listener = NULL;
+	if (!ret && mig->in) {
+		on_channel(mig, &ch);
+		return;
+	}
+	/* A socket listener stays until the migration ends (finish_incoming()):
+	 * multifd channels follow the main stream on it, and a source that
+	 * sends with multifd to a destination without it gets that reason
+	 * back, not a connection refused. */
+	if (ret || gw_listener_fd(mig->listener) < 0)
+		close_listener(mig);
 	char msg[GW_ERROR_MSG_MAX];
 	if (ret)
 		snprintf(msg, sizeof(msg), "%s", err.msg);
 	if (ret || start_incoming(mig, &ch, msg, sizeof(msg))) {
+		close_listener(mig);
 		pthread_mutex_lock(&mig->lock);
 		mig->status = GW_MIG_FAILED;
 		snprintf(mig->error, sizeof(mig->error), "%s", msg);
@@ -887,6 +975,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.incremental = mig->cap_incremental,
 		.background_snapshot = mig->cap_background,
 		.block = mig->cap_block,
+		.multifd = mig->cap_multifd,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -933,6 +1022,7 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	mig->cap_incremental = want->incremental;
 	mig->cap_background = want->background_snapshot;
 	mig->cap_block = want->block;
+	mig->cap_multifd = want->multifd;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }

@@ -45,7 +45,8 @@ struct migration_settings {
 	uint64_t go_timeout_ms; /* destination: READY until GO */
 	/* capabilities */
 	bool events, auto_converge, verify_hash, mapped_ram, incremental, background_snapshot;
-	bool block; /* copy the disks that are not shared (QEMU's block migration) */
+	bool block;   /* copy the disks that are not shared (QEMU's block migration) */
+	bool multifd; /* pages over multifd-channels more connections (tcp:, unix:) */
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);

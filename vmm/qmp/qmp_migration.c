@@ -494,6 +494,9 @@ static const struct capability capabilities[] = {
 	{"background-snapshot", offsetof(struct migration_settings, background_snapshot)},
 	/* copy the disks that both hosts do not see, live (disk_copy.h) */
 	{"block", offsetof(struct migration_settings, block)},
+	/* pages over multifd-channels more connections (tcp:, unix:), on
+	 * both sides (docs/format.md, "multifd") */
+	{"multifd", offsetof(struct migration_settings, multifd)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)
