@@ -898,6 +898,52 @@ def diskio_section(paths):
     return out
 
 
+def multifd_section(paths):
+    """multifd (bench/run.py --only ...): one stream against 2 and 4
+    channels of the same VMM, and against QEMU's, from runs made after
+    the main one (whose godwit multifd rows predate the capability)."""
+    out = []
+    for path in paths:
+        recs = records(path)
+        runs = [r for r in recs if r.get("type") == "run"]
+        if not any(r.get("multifd") for r in runs):
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+        lv = limit_values([r for r in recs if r.get("type") == "limit"])
+        if not out:
+            out += ["## multifd", "",
+                    "Pages on 2 or 4 connections beside the main one (capability `multifd`, "
+                    "`multifd-channels`), against one stream of the same VMM and against QEMU "
+                    "7.2's multifd, same guest, same run; median (min–max) of the runs. "
+                    "*total*: the source's total-time; *blackout*: STOP to RESUME events. "
+                    "This machine has 2 cores, which the guest's vCPUs, the sending threads "
+                    "and the receiving threads share, so more channels can only add "
+                    "threads to the same two cores: the figures say whether that helps here, "
+                    "not what it does on a host with a core per channel.", ""]
+        lim = ", ".join(f"{n} {lv[n]['gbps']:.2f} GB/s" for n in ("unix-1", "unix-2", "tcp-1",
+                                                                  "tcp-2") if n in lv)
+        out += [run_source(path, machine), "",
+                f"Loopback limits measured in the same run: {lim}." if lim else "", "",
+                "| scenario | variant | total ms | vs one stream | blackout ms | vs one stream |",
+                "|---|---|---|---|---|---|"]
+        for scen, rows in group(runs).items():
+            for v, row in rows.items():
+                t, d = row.s("total_ms"), row.s("downtime_ms")
+                if not t:
+                    out.append(f"| {scen} | {VARIANT_LABEL.get(v, v)} | "
+                               f"{cell(row.status() or 'no figure', 160)} | | | |")
+                    continue
+                base = rows.get("godwit" if v.startswith("godwit") else "qemu")
+                bt = base.s("total_ms") if base else None
+                bd = base.s("downtime_ms") if base else None
+                same = base is row
+                out.append(f"| {scen} | {VARIANT_LABEL.get(v, v)} | {fmt(t)} | "
+                           f"{'–' if same else ratio(t, bt)} | {fmt(d, 1)} | "
+                           f"{'–' if same else ratio(d, bd)} |")
+        out.append("")
+    return out
+
+
 def write(results_path, docs, extra=()):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
@@ -958,6 +1004,7 @@ def write(results_path, docs, extra=()):
     out += local_update_section([results_path, *extra])
     out += disk_section([results_path, *extra])
     out += diskio_section([results_path, *extra])
+    out += multifd_section(list(extra))
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))

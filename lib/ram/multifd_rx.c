@@ -50,7 +50,7 @@ struct gw_multifd_rx {
 	/* From the main stream's MULTIFD record: */
 	bool ready;
 	struct gw_multifd_hello hello;
-	const uint32_t *ram_map;
+	uint32_t ram_map[GW_MAX_RAM_BLOCKS]; /* a copy: the loader's goes with it */
 	uint32_t nr_ram;
 	/* Every connection handed over, in order; by index once it said. */
 	struct rx_chan *conns[GW_MULTIFD_MAX_CHANNELS];
@@ -84,7 +84,8 @@ static int read_record(struct rx_chan *c, struct gw_rec_hdr *h, unsigned char *p
 	if (ret < 0)
 		return ret;
 	if (h->length > cap)
-		return gw_error_set(err, -EBADMSG, "%s record at offset %llu: %llu bytes, at most %zu",
+		return gw_error_set(err, -EBADMSG,
+				    "%s record at offset %llu: %llu bytes, at most %zu",
 				    gw_record_type_name(h->type), (unsigned long long)h->offset,
 				    (unsigned long long)h->length, cap);
 	ret = gw_reader_read(c->r, p, h->length, err);
@@ -136,7 +137,8 @@ static int hello(struct rx_chan *c, struct gw_error *err)
 	if (ret == 0)
 		ret = gw_multifd_parse_hello(p, rh.length, &h, "multifd channel", rh.offset, err);
 	if (ret == 0 && h.index == GW_MULTIFD_MAIN)
-		ret = gw_error_set(err, -EPROTO, "a multifd channel that says it is the main stream");
+		ret = gw_error_set(err, -EPROTO,
+				   "a multifd channel that says it is the main stream");
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&rx->lock);
@@ -146,9 +148,8 @@ static int hello(struct rx_chan *c, struct gw_error *err)
 				   "channel %u belongs to another migration (its id differs from the main stream's)",
 				   h.index);
 	else if (ret == 0 && h.channels != rx->hello.channels)
-		ret = gw_error_set(err, -EPROTO,
-				   "channel %u says %u channels, the main stream %u", h.index,
-				   h.channels, rx->hello.channels);
+		ret = gw_error_set(err, -EPROTO, "channel %u says %u channels, the main stream %u",
+				   h.index, h.channels, rx->hello.channels);
 	else if (ret == 0 && rx->by_index[h.index])
 		ret = gw_error_set(err, -EPROTO, "a second channel %u", h.index);
 	if (ret == 0) {
@@ -203,11 +204,12 @@ static int sync_record(struct rx_chan *c, const struct gw_rec_hdr *h, struct gw_
 {
 	struct gw_multifd_rx *rx = c->rx;
 	unsigned char p[8];
-	int ret = h->length == 8 ? gw_reader_read(c->r, p, 8, err) :
-				   gw_error_set(err, -EBADMSG,
-						"MULTIFD_SYNC record at offset %llu: %llu bytes, not 8",
-						(unsigned long long)h->offset,
-						(unsigned long long)h->length);
+	int ret = h->length == 8 ?
+			  gw_reader_read(c->r, p, 8, err) :
+			  gw_error_set(err, -EBADMSG,
+				       "MULTIFD_SYNC record at offset %llu: %llu bytes, not 8",
+				       (unsigned long long)h->offset,
+				       (unsigned long long)h->length);
 
 	if (ret == 0)
 		ret = gw_record_check_crc(h, gw_crc32c(0, p, 8), err);
@@ -218,7 +220,8 @@ static int sync_record(struct rx_chan *c, const struct gw_rec_hdr *h, struct gw_
 		ret = gw_error_set(err, -EBADMSG,
 				   "MULTIFD_SYNC record at offset %llu: round %llu after round %llu",
 				   (unsigned long long)h->offset,
-				   (unsigned long long)gw_get_le64(p), (unsigned long long)c->round);
+				   (unsigned long long)gw_get_le64(p),
+				   (unsigned long long)c->round);
 	} else {
 		c->round++;
 		c->pages_since_sync = false;
@@ -344,10 +347,11 @@ int gw_multifd_rx_add(struct gw_multifd_rx *rx, struct gw_channel *ch, struct gw
 int gw_multifd_rx_setup(struct gw_multifd_rx *rx, const struct gw_multifd_hello *h,
 			const uint32_t *ram_map, uint32_t nr_ram, struct gw_error *err)
 {
-	(void)err;
+	if (nr_ram > GW_MAX_RAM_BLOCKS)
+		return gw_error_set(err, -EINVAL, "multifd: %u RAM blocks", nr_ram);
 	pthread_mutex_lock(&rx->lock);
 	rx->hello = *h;
-	rx->ram_map = ram_map;
+	memcpy(rx->ram_map, ram_map, sizeof(*ram_map) * nr_ram);
 	rx->nr_ram = nr_ram;
 	rx->ready = true;
 	pthread_cond_broadcast(&rx->cond);

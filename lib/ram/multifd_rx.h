@@ -27,7 +27,7 @@ int gw_multifd_rx_new(struct gw_migration *m, struct gw_cancel *cancel, int main
 /* A further connection: the receiver's (and closed by it) from now on. */
 int gw_multifd_rx_add(struct gw_multifd_rx *rx, struct gw_channel *ch, struct gw_error *err);
 /* The main stream's MULTIFD record; ram_map maps its CONFIG's nr_ram
- * block ids to m's blocks and must stay valid until finish. */
+ * block ids to m's blocks (copied: channels may outlive the loader). */
 int gw_multifd_rx_setup(struct gw_multifd_rx *rx, const struct gw_multifd_hello *h,
 			const uint32_t *ram_map, uint32_t nr_ram, struct gw_error *err);
 /* The main stream's MULTIFD_SYNC: wait until every channel passed round. */

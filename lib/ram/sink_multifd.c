@@ -355,7 +355,10 @@ int gw_multifd_sink_open(struct gw_migration *m, struct gw_writer *main, struct 
 		}
 		return ret;
 	}
-	*s = (struct multifd){.sink = {&multifd_ops}, .m = m, .main = main, .cancel = cancel,
+	*s = (struct multifd){.sink = {&multifd_ops},
+			      .m = m,
+			      .main = main,
+			      .cancel = cancel,
 			      .nr = nr};
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);

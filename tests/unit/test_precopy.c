@@ -1381,6 +1381,88 @@ static void test_multifd_stranger(void)
 	close(pair[1]);
 }
 
+/* What a hostile source writes on channel 0 of 2 (after its header and
+ * MULTIFD record), and on the main stream after CONFIG and MULTIFD. */
+enum multifd_lie {
+	LIE_WRONG_CHANNEL, /* a page of channel 1 on channel 0 */
+	LIE_ROUND_SKIPPED, /* MULTIFD_SYNC 2 first */
+	LIE_PAGES_AFTER,   /* pages after the last MULTIFD_SYNC */
+	LIE_SECOND_INDEX,  /* two channels say index 0 */
+};
+
+static void put_channel(struct gw_migration *m, int fd, const struct gw_multifd_hello *h,
+			enum multifd_lie lie, bool liar)
+{
+	uint64_t at_2m = 2ull << 20, at_0 = 0;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+
+	CHECK_OK(gw_writer_new(fd, &w, &err), &err);
+	CHECK_OK(gw_stream_put_header(w, GW_HDRF_CHANNEL, &err), &err);
+	CHECK_OK(gw_multifd_put_hello(w, h, &err), &err);
+	if (liar && lie == LIE_WRONG_CHANNEL)
+		CHECK_OK(gw_save_pages(m, w, 0, &at_2m, 1, 0, &err), &err);
+	if (liar && lie == LIE_ROUND_SKIPPED)
+		CHECK_OK(gw_multifd_put_sync(w, 2, &err), &err);
+	if (h->index == 0)
+		CHECK_OK(gw_save_pages(m, w, 0, &at_0, 1, 0, &err), &err);
+	if (!(liar && lie == LIE_ROUND_SKIPPED))
+		CHECK_OK(gw_multifd_put_sync(w, 1, &err), &err);
+	if (liar && lie == LIE_PAGES_AFTER)
+		CHECK_OK(gw_save_pages(m, w, 0, &at_0, 1, 0, &err), &err);
+	CHECK_OK(gw_record_write(w, GW_REC_EOF, 0, NULL, 0, &err), &err);
+	CHECK_OK(gw_writer_flush(w, &err), &err);
+	gw_writer_free(w);
+}
+
+/* A source that breaks the rules of multifd: the destination fails,
+ * says which rule, and never runs what it loaded. */
+static void test_multifd_hostile(enum multifd_lie lie, const char *want)
+{
+	struct gw_multifd_hello h = { .channels = 2, .index = GW_MULTIFD_MAIN, .id = { 7 } };
+	struct gw_incoming_stats in;
+	struct gw_error err = { 0 };
+	struct gw_writer *w;
+	struct channels c;
+	struct mig t;
+
+	mig_init(&t, &tiny, true);
+	channels_init(&c, 2);
+	start_multifd_destination(&t, &c, true);
+	CHECK_OK(vm_pause(&t.src, &err), &err);
+	CHECK_OK(gw_writer_new(t.fds[0], &w, &err), &err);
+	CHECK_OK(gw_save_begin_flags(t.src.m, w, GW_HDRF_MULTIFD, &err), &err);
+	CHECK_OK(gw_multifd_put_hello(w, &h, &err), &err);
+	CHECK_OK(gw_writer_flush(w, &err), &err);
+	for (uint32_t i = 0; i < 2; i++) {
+		h.index = lie == LIE_SECOND_INDEX ? 0 : i;
+		put_channel(t.src.m, c.fds[i][0], &h, lie, i == 0);
+	}
+	/* The rest of a stream as it should be: what the lie must spoil. */
+	if (gw_multifd_put_sync(w, 1, &err) == 0 && gw_save_devices(t.src.m, w, &err) == 0)
+		gw_save_finish(t.src.m, w, &err);
+	gw_writer_free(w);
+	for (int ms = 0; !gw_incoming_done(t.in); ms++) {
+		if (ms > WAIT_MAX_MS)
+			FAIL("the destination did not end");
+		test_sleep_ms(1);
+	}
+	gw_incoming_stats(t.in, &in);
+	printf("multifd lie %d: %s\n", lie, in.error);
+	CHECK(in.status == GW_MIG_FAILED);
+	if (!strstr(in.error, want))
+		FAIL("\"%s\" lacks \"%s\"", in.error, want);
+	CHECK(t.dst.resumes == 0);
+	gw_incoming_free(t.in);
+	t.in = NULL;
+	CHECK_OK(vm_resume(&t.src, &err), &err);
+	channels_free(&c);
+	close(t.fds[0]);
+	close(t.fds[1]);
+	guest_free(&t.src);
+	guest_free(&t.dst);
+}
+
 int main(void)
 {
 	/* Writes to a pipe whose reader is gone must fail, not kill the test. */
@@ -1410,5 +1492,9 @@ int main(void)
 	test_multifd_cut();
 	test_multifd_not_on();
 	test_multifd_stranger();
+	test_multifd_hostile(LIE_WRONG_CHANNEL, "belongs on channel 1");
+	test_multifd_hostile(LIE_ROUND_SKIPPED, "round 2 after round 0");
+	test_multifd_hostile(LIE_PAGES_AFTER, "came after the last sync");
+	test_multifd_hostile(LIE_SECOND_INDEX, "a second channel 0");
 	return 0;
 }
