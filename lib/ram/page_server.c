@@ -270,7 +270,7 @@ static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
 			fail(ps, &e);
 			return;
 		}
-		done(ps, b, page, 1, &ps->st.faulted);
+		done(ps, b, page, 1, has(b, page) ? &ps->st.faulted : &ps->st.zero);
 	} else if (__atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == FILLING) {
 		add(&ps->st.waited, 1);
 		if (!await_fill(ps, b, page))
@@ -419,6 +419,7 @@ int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, struct gw_err
 void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out)
 {
 	out->faulted = __atomic_load_n(&ps->st.faulted, __ATOMIC_RELAXED);
+	out->zero = __atomic_load_n(&ps->st.zero, __ATOMIC_RELAXED);
 	out->background = __atomic_load_n(&ps->st.background, __ATOMIC_RELAXED);
 	out->waited = __atomic_load_n(&ps->st.waited, __ATOMIC_RELAXED);
 	out->faults = __atomic_load_n(&ps->st.faults, __ATOMIC_RELAXED);

@@ -75,7 +75,8 @@ struct gw_ps_params {
 };
 
 struct gw_ps_stats {
-	uint64_t faulted;    /* pages filled for a fault (zero pages included) */
+	uint64_t faulted;    /* pages the source has, filled for a fault */
+	uint64_t zero;       /* pages it lacks, filled with zeros for a fault */
 	uint64_t background; /* pages filled by the background */
 	uint64_t remaining;  /* pages the source has that are not filled yet */
 	uint64_t waited;     /* faults on a page the background was filling */
