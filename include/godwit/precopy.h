@@ -229,7 +229,17 @@ struct gw_incoming_stats {
 	uint64_t adopted_bytes;
 	uint64_t adopt_us;
 	uint64_t downtime_us;
-	uint64_t reserved[4];    /* for fields of later versions: do not read */
+	/* A lazy restore (x-godwit-lazy-restore): pages of the file read for
+	 * a fault and by the background (each checked against its hash in the
+	 * file before it was mapped: together, once all are in, every page
+	 * the file has), pages of the file not in yet, and the faults' latency
+	 * (fault read until the page is mapped; faults on pages the file
+	 * lacks, filled with zeros, included), mean and max in µs. */
+	uint64_t lazy_faulted;
+	uint64_t lazy_background;
+	uint64_t lazy_remaining;
+	uint32_t lazy_fault_mean_us;
+	uint32_t lazy_fault_max_us;
 };
 
 struct gw_incoming_params {
@@ -238,11 +248,19 @@ struct gw_incoming_params {
 	/* A mapped-ram file (recognised from the file itself): */
 	bool direct_io;            /* read page data with O_DIRECT */
 	uint32_t multifd_channels; /* threads reading pages, 1..64; 0 = 1 */
+	/* Run the guest as soon as the sections are in and serve its RAM
+	 * from the file meanwhile (lib/format/mapped_lazy.h); the status is
+	 * postcopy-active until every page is in. lazy_copy: fill pages
+	 * with UFFDIO_COPY instead of a second mapping and UFFDIO_CONTINUE.
+	 * A stream that is not a mapped-ram file is refused. */
+	bool lazy_restore;
+	bool lazy_copy;
 	/* A stream may send its pages on multifd channels, further
 	 * connections handed over with gw_incoming_add_channel() (QEMU: the
 	 * multifd capability, on both sides). */
 	bool multifd;
-	uint64_t reserved[6]; /* 0 (export.h) */
+	uint64_t lazy_max_bandwidth; /* bytes/s the background reads, 0 = unlimited */
+	uint64_t reserved[5];        /* 0 (export.h) */
 };
 
 struct gw_incoming_callbacks {

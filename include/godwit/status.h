@@ -23,6 +23,9 @@ enum gw_mig_status {
 	GW_MIG_FAILED,
 	GW_MIG_CANCELLING,
 	GW_MIG_CANCELLED,
+	/* destination: the guest runs while RAM still arrives (a lazy restore
+	 * of a mapped-ram file), QEMU's post-copy phase */
+	GW_MIG_POSTCOPY_ACTIVE,
 };
 
 /* "setup", "active", ... as QEMU spells them; "unknown" for anything else. */

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +36,7 @@
 #include "lib/engine/job.h"
 #include "lib/format/cpr.h"
 #include "lib/format/mapped.h"
+#include "lib/format/mapped_lazy.h"
 #include "lib/format/mapped_load.h"
 #include "lib/ram/multifd_rx.h"
 #include "lib/transport/fd_pass.h"
@@ -45,6 +47,9 @@
 #define EXEC_END_GRACE_MS 1000
 /* The last word to the source: a few bytes into a socket it reads. */
 #define REPORT_SEND_TIMEOUT_MS 5000
+/* A failed lazy restore: how long the vCPUs' pause may take before the
+ * page server lets go of a vCPU that waits for a page (pause_for_good). */
+#define PAUSE_KICK_MS 200
 
 struct gw_incoming {
 	struct gw_job job; /* its lock guards stats too */
@@ -65,6 +70,11 @@ struct gw_incoming {
 	 * microseconds of it; the call's return may be later by a time slice,
 	 * when this thread is preempted by the very vCPUs it woke. */
 	uint64_t resumed_ns;
+	/* A lazy restore: serving RAM from the file (set and cleared by the
+	 * job's thread under the job's lock, so stats can read it); and
+	 * whether its guest ran, after which a failure pauses it for good. */
+	struct gw_mapped_lazy *lazy;
+	bool lazy_resumed;
 };
 
 /*
@@ -90,6 +100,130 @@ static int load_mapped(struct gw_incoming *in, struct gw_error *err)
 	};
 
 	return gw_mapped_load(in->m, in->ch.fd, &mp, &in->job.cancel, &in->received, err);
+}
+
+static int start_lazy(struct gw_incoming *in, struct gw_error *err)
+{
+	const struct gw_mapped_lazy_params lp = {
+		.direct_io = in->params.direct_io,
+		.mode = in->params.lazy_copy ? GW_PS_MISSING : GW_PS_MINOR,
+		.rate = in->params.lazy_max_bandwidth,
+	};
+	struct gw_mapped_lazy *lz = NULL;
+	int ret = gw_mapped_lazy_start(in->m, in->ch.fd, &lp, &in->job.cancel, &in->received, &lz,
+				       err);
+
+	pthread_mutex_lock(&in->job.lock);
+	in->lazy = lz;
+	pthread_mutex_unlock(&in->job.lock);
+	return ret;
+}
+
+static void lazy_figures(struct gw_mapped_lazy *lz, struct gw_incoming_stats *st)
+{
+	struct gw_ps_stats ps;
+	uint64_t max_us;
+
+	gw_mapped_lazy_stats(lz, &ps);
+	max_us = ps.fault_max_ns / 1000;
+	st->lazy_faulted = ps.faulted;
+	st->lazy_background = ps.background;
+	st->lazy_remaining = ps.remaining;
+	st->lazy_fault_mean_us = ps.faults ? (uint32_t)(ps.fault_ns / ps.faults / 1000) : 0;
+	st->lazy_fault_max_us = max_us > UINT32_MAX ? UINT32_MAX : (uint32_t)max_us;
+}
+
+/* Stop serving RAM; its figures stay in the stats. */
+static void end_lazy(struct gw_incoming *in)
+{
+	struct gw_mapped_lazy *lz = in->lazy;
+
+	if (!lz)
+		return;
+	pthread_mutex_lock(&in->job.lock);
+	lazy_figures(lz, &in->stats);
+	in->lazy = NULL;
+	pthread_mutex_unlock(&in->job.lock);
+	gw_mapped_lazy_free(lz);
+}
+
+struct lazy_pause {
+	struct gw_migration *m;
+	int efd; /* readable once pause returned */
+	int ret;
+	struct gw_error err;
+};
+
+static void *pause_thread(void *opaque)
+{
+	struct lazy_pause *p = opaque;
+	uint64_t one = 1;
+
+	p->ret = p->m->vm_ops.pause(p->m->vm_opaque, &p->err);
+	while (write(p->efd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+	return NULL;
+}
+
+/*
+ * Stop the guest for good, then stop serving. A vCPU that waits for a
+ * page that will never come cannot park: KVM retries the page without
+ * looking at signals (its get_user_pages is not interruptible), so it
+ * only moves on once the page server lets go of the range. Letting go
+ * first would let it run on with a page of zeros; so the pause is asked
+ * for first, in a thread (its kick reaches the vCPUs at once), and the
+ * server lets go once the pause returned, or after PAUSE_KICK_MS if it
+ * has not (a vCPU held by a missing page): the vCPU, kicked by then,
+ * leaves KVM_RUN before the guest runs another instruction.
+ */
+static int pause_for_good(struct gw_incoming *in, struct gw_error *err)
+{
+	struct lazy_pause p = {.m = in->m, .efd = eventfd(0, EFD_CLOEXEC)};
+	struct pollfd pfd = {.fd = p.efd, .events = POLLIN};
+	pthread_t t;
+	int ret;
+
+	if (p.efd < 0 || (ret = pthread_create(&t, NULL, pause_thread, &p)) != 0) {
+		/* No thread: pause here, after letting go (see above). */
+		end_lazy(in);
+		if (p.efd >= 0)
+			close(p.efd);
+		return in->m->vm_ops.pause(in->m->vm_opaque, err);
+	}
+	if (poll(&pfd, 1, PAUSE_KICK_MS) <= 0)
+		end_lazy(in);
+	pthread_join(t, NULL);
+	end_lazy(in);
+	close(p.efd);
+	if (p.ret < 0)
+		*err = p.err;
+	return p.ret;
+}
+
+/*
+ * The guest runs; RAM still arrives. Wait for the last page, or for the
+ * first that fails or a cancel: then the guest must not go on with
+ * memory that will never be whole, and is paused for good.
+ */
+static int serve_lazily(struct gw_incoming *in, struct gw_error *err)
+{
+	struct gw_error perr = {0};
+	int ret;
+
+	gw_job_set_status(&in->job, GW_MIG_POSTCOPY_ACTIVE);
+	ret = gw_mapped_lazy_wait(in->lazy, in->job.cancel.efd, err);
+	if (ret < 0 && pause_for_good(in, &perr) < 0) {
+		struct gw_error first = *err;
+
+		gw_error_set(err, ret, "%s (and pausing the guest failed: %s)", first.msg,
+			     perr.msg);
+	}
+	end_lazy(in);
+	if (ret == -ECANCELED)
+		gw_error_set(err, ret,
+			     "cancelled during a lazy restore, with %llu pages of the file not loaded yet: the guest is paused and cannot run again here",
+			     (unsigned long long)in->stats.lazy_remaining);
+	return ret;
 }
 
 static void note_adopted(struct gw_incoming *in, uint64_t bytes, uint64_t ns)
@@ -149,7 +283,10 @@ static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_erro
 	*commit = false;
 	*hold = false;
 	if (is_mapped_file(in->ch.fd))
-		return load_mapped(in, err);
+		return in->params.lazy_restore ? start_lazy(in, err) : load_mapped(in, err);
+	if (in->params.lazy_restore)
+		return gw_error_set(err, -EINVAL,
+				    "x-godwit-lazy-restore restores mapped-ram files only (file:PATH of a mapped-ram save), and this stream is not one: turn the capability off to load it");
 	/* Without a hello, a cpr-exec state says which fds this process
 	 * inherited are the RAM (its CPR record); inode checks keep out any
 	 * others. Only the file the exec'd image reads brings one: a peer on
@@ -233,9 +370,13 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 				"the stream loaded, but its state cannot be put into effect: ");
 	if (ret == 0 && commit)
 		ret = await_go(in, err);
-	/* The destination's commit point: a cancel from here is refused. */
-	if (ret == 0 && !gw_job_commit(&in->job))
+	/* The destination's commit point: a cancel from here is refused.
+	 * Not for a lazy restore: its guest can be stopped until the last
+	 * page is in. */
+	if (ret == 0 && !in->lazy && !gw_job_commit(&in->job))
 		ret = gw_error_set(err, -ECANCELED, "cancelled on the destination");
+	if (ret < 0)
+		end_lazy(in);
 	if (ret == 0 && hold) {
 		/* Its source still runs it: this copy waits for the operator. */
 		pthread_mutex_lock(&in->job.lock);
@@ -246,6 +387,10 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	in->resumed_ns = gw_now_ns();
 	if (ret == 0 && (ret = m->vm_ops.resume(m->vm_opaque, err)) < 0)
 		gw_error_prefix(err, ret, "the stream loaded, but the guest cannot be resumed: ");
+	if (in->lazy) {
+		in->lazy_resumed = ret == 0;
+		ret = ret == 0 ? serve_lazily(in, err) : (end_lazy(in), ret);
+	}
 	/* A local live update: the source paused on this host's clock. */
 	if (ret == 0 && in->cpr_pause_ns) {
 		uint64_t end = in->resumed_ns;
@@ -300,7 +445,8 @@ static enum gw_mig_status incoming_conclude(struct gw_job *j, int ret, struct gw
 		gw_cancel_shutdown(&in->job.cancel);
 	if (ret == 0)
 		return GW_MIG_COMPLETED;
-	return gw_job_cancelled(j) ? GW_MIG_CANCELLED : GW_MIG_FAILED;
+	/* A lazy restore's guest ran: cancelled or not, it is lost here. */
+	return gw_job_cancelled(j) && !in->lazy_resumed ? GW_MIG_CANCELLED : GW_MIG_FAILED;
 }
 
 /* After the outcome: a failed destination drains its source (see the top),
@@ -394,6 +540,8 @@ void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 {
 	pthread_mutex_lock(&in->job.lock);
 	*out = in->stats;
+	if (in->lazy)
+		lazy_figures(in->lazy, out);
 	out->status = gw_job_status_locked(&in->job, &out->total_time_ms, NULL, out->error,
 					   sizeof(out->error));
 	pthread_mutex_unlock(&in->job.lock);

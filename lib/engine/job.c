@@ -28,6 +28,8 @@ const char *gw_mig_status_name(enum gw_mig_status s)
 		return "cancelling";
 	case GW_MIG_CANCELLED:
 		return "cancelled";
+	case GW_MIG_POSTCOPY_ACTIVE:
+		return "postcopy-active";
 	}
 	return "unknown";
 }

@@ -126,37 +126,46 @@ static void fail(struct mload *l, const struct gw_error *e)
 	pthread_mutex_unlock(&l->lock);
 }
 
-static int read_run(struct mload *l, const struct run *r, struct gw_error *err)
+int gw_mapped_read_pages(int fd, const struct gw_mapped_block *mb, const uint64_t *hashes,
+			 uint64_t first, uint64_t n, uint64_t rank, void *dst, struct gw_error *err)
 {
-	const struct gw_mapped_block *mb = &l->h->blocks[r->entry];
-	const struct gw_ram_block *b = &l->m->ram[r->block];
-	uint64_t off = r->first * PAGE, len = r->pages * PAGE, at = mb->pages_offset + off, got;
-	int ret = gw_pread_full(l->pfd, b->host + off, len, at, &got);
+	uint64_t off = first * PAGE, len = n * PAGE, at = mb->pages_offset + off, got;
+	unsigned char *to = dst;
+	int ret = gw_pread_full(fd, to, len, at, &got);
 
 	if (ret == -ENODATA)
 		return gw_error_set(err, -EBADMSG,
 				    "mapped-ram file, RAM block '%s': the file ends inside the page region (page at 0x%llx, file offset 0x%llx; truncated)",
-				    b->name, (unsigned long long)(off + got),
+				    mb->name, (unsigned long long)(off + got),
 				    (unsigned long long)(at + got));
 	if (ret < 0)
 		return gw_error_set(err, ret,
-				    "mapped-ram file, RAM block '%s': reading 0x%llx bytes at file offset 0x%llx: %s",
-				    b->name, (unsigned long long)len, (unsigned long long)at,
-				    gw_strerror(-ret));
-	if (l->received)
-		__atomic_add_fetch(l->received, len, __ATOMIC_RELAXED);
-	for (uint64_t k = 0; k < r->pages; k++) {
-		uint64_t want = l->hashes[r->entry][r->hash + k];
-		uint64_t got_hash = gw_page_hash(b->host + off + k * PAGE);
+				    "mapped-ram file, RAM block '%s': reading 0x%llx bytes at file offset 0x%llx (pages from 0x%llx): %s",
+				    mb->name, (unsigned long long)len, (unsigned long long)at,
+				    (unsigned long long)off, gw_strerror(-ret));
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t want = hashes[rank + k];
+		uint64_t got_hash = gw_page_hash(to + k * PAGE);
 
 		if (got_hash != want)
 			return gw_error_set(err, -EBADMSG,
 					    "mapped-ram file, RAM block '%s': the page at 0x%llx (file offset 0x%llx) is corrupted: page hash 0x%016llx in the file, computed 0x%016llx",
-					    b->name, (unsigned long long)(off + k * PAGE),
+					    mb->name, (unsigned long long)(off + k * PAGE),
 					    (unsigned long long)(at + k * PAGE),
 					    (unsigned long long)want, (unsigned long long)got_hash);
 	}
 	return 0;
+}
+
+static int read_run(struct mload *l, const struct run *r, struct gw_error *err)
+{
+	const struct gw_ram_block *b = &l->m->ram[r->block];
+	int ret = gw_mapped_read_pages(l->pfd, &l->h->blocks[r->entry], l->hashes[r->entry],
+				       r->first, r->pages, r->hash, b->host + r->first * PAGE, err);
+
+	if (ret == 0 && l->received)
+		__atomic_add_fetch(l->received, r->pages * PAGE, __ATOMIC_RELAXED);
+	return ret;
 }
 
 static void *reader_thread(void *opaque)
@@ -213,16 +222,15 @@ static int load_ram(void *opaque, struct gw_error *err)
 }
 
 /* Every block of the registration is in the file with the same size. */
-static int match_blocks(struct mload *l, struct gw_error *err)
+static int match_blocks(const struct gw_migration *m, const struct gw_mapped_hdr *h, uint32_t *map,
+			struct gw_error *err)
 {
-	const struct gw_migration *m = l->m;
-
-	if (l->h->nr_blocks != m->nr_ram)
+	if (h->nr_blocks != m->nr_ram)
 		return gw_error_set(err, -EINVAL,
 				    "the file is of another guest: %u RAM blocks in the file, %u here",
-				    l->h->nr_blocks, m->nr_ram);
-	for (uint32_t e = 0; e < l->h->nr_blocks; e++) {
-		const struct gw_mapped_block *mb = &l->h->blocks[e];
+				    h->nr_blocks, m->nr_ram);
+	for (uint32_t e = 0; e < h->nr_blocks; e++) {
+		const struct gw_mapped_block *mb = &h->blocks[e];
 		uint32_t j = 0;
 
 		while (j < m->nr_ram && strcmp(m->ram[j].name, mb->name))
@@ -236,12 +244,12 @@ static int match_blocks(struct mload *l, struct gw_error *err)
 					    "the file is of another guest: RAM block '%s' is %llu bytes in the file, %llu here",
 					    mb->name, (unsigned long long)mb->size,
 					    (unsigned long long)m->ram[j].size);
-		l->map[e] = j;
+		map[e] = j;
 	}
 	return 0;
 }
 
-static int read_header(struct mload *l, struct gw_error *err)
+static int read_header(int fd, struct gw_mapped_hdr *h, struct gw_error *err)
 {
 	unsigned char fixed[GW_MAPPED_FIXED_SIZE], *buf;
 	uint32_t len;
@@ -249,7 +257,7 @@ static int read_header(struct mload *l, struct gw_error *err)
 	struct stat st;
 	int ret;
 
-	ret = gw_pread_full(l->fd, fixed, sizeof(fixed), 0, &got);
+	ret = gw_pread_full(fd, fixed, sizeof(fixed), 0, &got);
 	if (ret < 0)
 		return gw_error_set(err, ret == -ENODATA ? -EBADMSG : ret,
 				    "mapped-ram file: the header: %s",
@@ -262,21 +270,29 @@ static int read_header(struct mload *l, struct gw_error *err)
 		ret = gw_mapped_peek_length(fixed, &len, err);
 	if (ret < 0)
 		return ret;
-	if (fstat(l->fd, &st) < 0)
+	if (fstat(fd, &st) < 0)
 		return gw_error_set(err, -errno, "mapped-ram file: fstat: %s", gw_strerror(errno));
 	buf = malloc(len);
 	if (!buf)
 		return gw_error_set(err, -ENOMEM, "mapped-ram load: out of memory for the header");
-	ret = gw_pread_full(l->fd, buf, len, 0, &got);
+	ret = gw_pread_full(fd, buf, len, 0, &got);
 	if (ret < 0)
 		ret = gw_error_set(err, ret == -ENODATA ? -EBADMSG : ret,
 				   "mapped-ram file: the header (%u bytes): %s", len,
 				   ret == -ENODATA ? "the file is shorter than its header" :
 						     gw_strerror(-ret));
 	else
-		ret = gw_mapped_decode(buf, len, (uint64_t)st.st_size, l->h, err);
+		ret = gw_mapped_decode(buf, len, (uint64_t)st.st_size, h, err);
 	free(buf);
 	return ret;
+}
+
+int gw_mapped_open(const struct gw_migration *m, int fd, struct gw_mapped_hdr *h, uint32_t *map,
+		   struct gw_error *err)
+{
+	int ret = read_header(fd, h, err);
+
+	return ret < 0 ? ret : match_blocks(m, h, map, err);
 }
 
 int gw_mapped_load(struct gw_migration *m, int fd, const struct gw_mapped_load_params *params,
@@ -295,10 +311,8 @@ int gw_mapped_load(struct gw_migration *m, int fd, const struct gw_mapped_load_p
 
 	pthread_mutex_init(&l.lock, NULL);
 	l.h = calloc(1, sizeof(*l.h));
-	ret = l.h ? read_header(&l, err) :
+	ret = l.h ? gw_mapped_open(m, fd, l.h, l.map, err) :
 		    gw_error_set(err, -ENOMEM, "mapped-ram load: out of memory");
-	if (ret == 0)
-		ret = match_blocks(&l, err);
 	if (ret == 0 && params->direct_io)
 		ret = gw_dio_reopen(fd, O_RDONLY, &l.pfd, err);
 	if (ret == 0 && lseek(fd, (off_t)l.h->stream_offset, SEEK_SET) < 0)

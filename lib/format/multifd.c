@@ -41,8 +41,8 @@ int gw_multifd_parse_hello(const unsigned char *p, uint64_t len, struct gw_multi
 	memcpy(h->id, p + 8, GW_MULTIFD_ID_SIZE);
 	if (h->channels == 0 || h->channels > GW_MULTIFD_MAX_CHANNELS)
 		return gw_error_set(err, -EBADMSG,
-				    "%s: MULTIFD record at offset %llu: %u channels, not 1 to %u", what,
-				    (unsigned long long)offset, h->channels,
+				    "%s: MULTIFD record at offset %llu: %u channels, not 1 to %u",
+				    what, (unsigned long long)offset, h->channels,
 				    GW_MULTIFD_MAX_CHANNELS);
 	if (h->index != GW_MULTIFD_MAIN && h->index >= h->channels)
 		return gw_error_set(err, -EBADMSG,

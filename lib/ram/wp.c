@@ -20,7 +20,7 @@
  * out the same object to whoever may open the device. Either way the
  * flags leave out UFFD_USER_MODE_ONLY (wp.h says why).
  */
-static int create(struct gw_error *err)
+int gw_uffd_new(struct gw_error *err)
 {
 	int sys_errno, dev_errno, dev, fd;
 
@@ -48,7 +48,7 @@ int gw_wp_open(struct gw_wp *wp, struct gw_error *err)
 	struct uffdio_api api = {.api = UFFD_API};
 	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
 			UFFD_FEATURE_MISSING_SHMEM;
-	int fd = create(err);
+	int fd = gw_uffd_new(err);
 
 	wp->fd = -1;
 	wp->zero = NULL;
@@ -73,7 +73,7 @@ int gw_wp_open(struct gw_wp *wp, struct gw_error *err)
 		want |= UFFD_FEATURE_WP_UNPOPULATED;
 	/* UFFDIO_API may be called once per fd: a new one for the real call. */
 	close(fd);
-	fd = create(err);
+	fd = gw_uffd_new(err);
 	if (fd < 0)
 		return fd;
 	api = (struct uffdio_api){.api = UFFD_API, .features = want};

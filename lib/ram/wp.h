@@ -26,6 +26,10 @@ struct gw_wp {
 	void *zero;        /* a page of zeros, the source of gw_wp_fill_zero() */
 };
 
+/* A new userfaultfd, O_NONBLOCK | O_CLOEXEC, for kernel-mode faults too
+ * (the fd, or -errno with what would allow one); its UFFDIO_API is the
+ * caller's to make. The page server (page_server.h) makes its own too. */
+int gw_uffd_new(struct gw_error *err);
 /* A userfaultfd able to write-protect shared memory; the error says what
  * the kernel refused and what would allow it. */
 int gw_wp_open(struct gw_wp *wp, struct gw_error *err);

@@ -35,7 +35,11 @@ struct vm_migration {
 	/* Everything below is shared with migration threads. */
 	pthread_mutex_t lock;
 	struct gw_precopy_params params;
-	uint64_t go_timeout_ms; /* destination: READY until GO */
+	uint64_t go_timeout_ms;      /* destination: READY until GO */
+	uint64_t postcopy_bandwidth; /* destination: a lazy restore's background */
+	bool lazy_copy;
+	bool cap_lazy; /* x-godwit-lazy-restore */
+	bool in_lazy;  /* the latest incoming migration is a lazy restore */
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
 	bool cap_background;       /* background-snapshot */
 	bool cap_block;            /* block: copy the disks that are not shared */
@@ -125,7 +129,9 @@ static int op_prepare(void *opaque, struct gw_error *err)
 	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
 	if (!ret)
 		test_stop(mig, "loaded");
-	if (ret || !mig->cap_verify_hash)
+	/* A lazy restore's RAM is not there yet: hash it once it is in
+	 * (x-godwit-ram-hash after completion, with the guest held paused). */
+	if (ret || !mig->cap_verify_hash || mig->cap_lazy)
 		return ret;
 	char hash[33];
 	ret = guest_ram_hash(&mig->vm->ram, hash);
@@ -361,6 +367,11 @@ static void finish_incoming(struct vm_migration *mig)
 	 * held paused here ('cont' runs this copy, the operator's call). */
 	if (mig->status == GW_MIG_COMPLETED && mig->in_last.held)
 		vmm_mig_resume_paused(mig->vm);
+	/* A lazy restore that failed after its guest ran: the engine paused
+	 * it, and it is back where a failed load leaves a guest (never to
+	 * run: part of its memory is missing). */
+	if (mig->status != GW_MIG_COMPLETED)
+		vmm_set_incoming(mig->vm, true);
 	if (mig->status != GW_MIG_COMPLETED)
 		fprintf(stderr,
 			"godwit-vmm: incoming migration failed, the guest stays stopped: %s\n",
@@ -785,6 +796,11 @@ void migration_cancel(struct vmm *vm)
 	} else if (mig->role == ROLE_OUTGOING) {
 		mig->cancel = true;
 		signal_cancel(mig);
+	} else if (mig->role == ROLE_INCOMING && mig->in && mig->in_lazy) {
+		/* A lazy restore can be stopped while its RAM arrives: its
+		 * guest is then paused for good (docs/qmp.md, "Lazy restore").
+		 * Other incoming migrations end by their source, as in QEMU. */
+		gw_incoming_cancel(mig->in);
 	}
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -802,6 +818,9 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 		.direct_io = mig->params.direct_io,
 		.multifd_channels = mig->params.multifd_channels,
 		.multifd = mig->cap_multifd,
+		.lazy_restore = mig->cap_lazy,
+		.lazy_copy = mig->lazy_copy,
+		.lazy_max_bandwidth = mig->postcopy_bandwidth,
 	};
 	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
 	if (ret) {
@@ -813,6 +832,7 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 	}
 	pthread_mutex_lock(&mig->lock);
 	mig->status = GW_MIG_ACTIVE;
+	mig->in_lazy = params.lazy_restore;
 	pthread_mutex_unlock(&mig->lock);
 	emit_status(mig, GW_MIG_ACTIVE);
 	return 0;
@@ -945,6 +965,7 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 		out->have_stats = true;
 	}
 	out->in = mig->in_last;
+	out->lazy = mig->in_lazy;
 	if (mig->in)
 		gw_incoming_stats(mig->in, &out->in);
 	memcpy(out->dest_hash, mig->dest_hash, sizeof(out->dest_hash));
@@ -976,16 +997,22 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.background_snapshot = mig->cap_background,
 		.block = mig->cap_block,
 		.multifd = mig->cap_multifd,
+		.postcopy_bandwidth = mig->postcopy_bandwidth,
+		.lazy_copy = mig->lazy_copy,
+		.lazy_restore = mig->cap_lazy,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
 
-void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p, uint64_t go_timeout_ms)
+void migration_set_params(struct vmm *vm, const struct migration_settings *s)
 {
 	struct vm_migration *mig = vm->mig;
+	const struct gw_precopy_params *p = &s->precopy;
 	pthread_mutex_lock(&mig->lock);
 	mig->params = *p;
-	mig->go_timeout_ms = go_timeout_ms;
+	mig->go_timeout_ms = s->go_timeout_ms;
+	mig->postcopy_bandwidth = s->postcopy_bandwidth;
+	mig->lazy_copy = s->lazy_copy;
 	if (mig->out) {
 		struct gw_precopy_params now = *p;
 		now.auto_converge = mig->cap_auto_converge;
@@ -1023,6 +1050,7 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	mig->cap_background = want->background_snapshot;
 	mig->cap_block = want->block;
 	mig->cap_multifd = want->multifd;
+	mig->cap_lazy = want->lazy_restore;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }

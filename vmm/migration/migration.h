@@ -43,16 +43,20 @@ int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *err
 struct migration_settings {
 	struct gw_precopy_params precopy;
 	uint64_t go_timeout_ms; /* destination: READY until GO */
+	/* destination, a lazy restore: the background's bytes/s (0 = no
+	 * limit), and UFFDIO_COPY instead of UFFDIO_CONTINUE */
+	uint64_t postcopy_bandwidth;
+	bool lazy_copy;
 	/* capabilities */
 	bool events, auto_converge, verify_hash, mapped_ram, incremental, background_snapshot;
-	bool block;   /* copy the disks that are not shared (QEMU's block migration) */
-	bool multifd; /* pages over multifd-channels more connections (tcp:, unix:) */
+	bool block;        /* copy the disks that are not shared (QEMU's block migration) */
+	bool multifd;      /* pages over multifd-channels more connections (tcp:, unix:) */
+	bool lazy_restore; /* destination: run before RAM is in (x-godwit-lazy-restore) */
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);
 /* Parameters apply at once, to a running migration too. */
-void migration_set_params(struct vmm *vm, const struct gw_precopy_params *p,
-			  uint64_t go_timeout_ms);
+void migration_set_params(struct vmm *vm, const struct migration_settings *s);
 /* The capabilities of want, only between outgoing migrations: -EBUSY
  * otherwise. */
 int migration_set_caps(struct vmm *vm, const struct migration_settings *want, char *errmsg,
@@ -80,6 +84,7 @@ struct migration_info {
 	/* incoming */
 	struct gw_incoming_stats in;
 	char dest_hash[33]; /* "" unless x-godwit-verify-hash */
+	bool lazy;          /* the incoming one is a lazy restore */
 	/* a background snapshot with x-godwit-verify-hash: RAM at its instant */
 	char snapshot_hash[33];
 	char listening[256]; /* the address still listened on, or "" */

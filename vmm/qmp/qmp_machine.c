@@ -5,6 +5,7 @@
  * carry the x-godwit- prefix, as QEMU marks its unstable ones with x-.
  */
 #include "vmm/loop.h"
+#include "vmm/migration/migration.h"
 #include "vmm/qmp/qmp.h"
 #include "vmm/vmm.h"
 
@@ -192,6 +193,12 @@ static int cmd_ram_hash(struct vmm *vm, json_t *args, json_t **ret, struct qmp_e
 {
 	if (no_args(args, err))
 		return -1;
+	/* Pages not in yet are holes: they would be hashed as zeros. */
+	struct migration_info mi;
+	migration_query(vm, &mi);
+	if (mi.kind == MIGRATION_INCOMING && mi.status == GW_MIG_POSTCOPY_ACTIVE)
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"guest RAM is still being restored lazily (query-migrate says postcopy-active): ask again once it completed");
 	char hash[33];
 	int rc = vmm_ram_hash(vm, hash);
 	if (rc < 0)

@@ -261,6 +261,16 @@ static json_t *incoming_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
 	if (st->held)
 		json_object_set_new(r, "x-godwit-held", json_true());
+	if (mi->lazy)
+		json_object_set_new(r, "x-godwit-lazy",
+				    json_pack("{s:I,s:I,s:I,s:I,s:I}", "pages-faulted",
+					      (json_int_t)st->lazy_faulted, "background-pages",
+					      (json_int_t)st->lazy_background, "remaining-pages",
+					      (json_int_t)st->lazy_remaining,
+					      "fault-latency-mean-us",
+					      (json_int_t)st->lazy_fault_mean_us,
+					      "fault-latency-max-us",
+					      (json_int_t)st->lazy_fault_max_us));
 	if (st->adopted_bytes) {
 		json_object_set_new(r, "x-godwit-adopted-bytes",
 				    json_integer((json_int_t)st->adopted_bytes));
@@ -319,6 +329,8 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 		{"x-godwit-exec-grace", QMP_ARG_INT, false},
 		{"direct-io", QMP_ARG_BOOL, false},
 		{"multifd-channels", QMP_ARG_INT, false},
+		{"max-postcopy-bandwidth", QMP_ARG_INT, false},
+		{"x-godwit-lazy-fill", QMP_ARG_STR, false},
 		{"mode", QMP_ARG_STR, false},
 		{"cpr-exec-command", QMP_ARG_ARRAY, false},
 	};
@@ -330,6 +342,20 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 	struct gw_precopy_params p = cur.precopy;
 	uint64_t go_timeout = cur.go_timeout_ms;
 	json_t *v;
+	if ((v = json_object_get(args, "max-postcopy-bandwidth"))) {
+		if (json_integer_value(v) < 0)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'max-postcopy-bandwidth' expects a non-negative number of bytes per second");
+		cur.postcopy_bandwidth = (uint64_t)json_integer_value(v);
+	}
+	if ((v = json_object_get(args, "x-godwit-lazy-fill"))) {
+		const char *fill = json_string_value(v);
+		if (strcmp(fill, "continue") && strcmp(fill, "copy"))
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'x-godwit-lazy-fill' does not accept value '%s' (continue or copy)",
+					fill);
+		cur.lazy_copy = !strcmp(fill, "copy");
+	}
 	if ((v = json_object_get(args, "downtime-limit"))) {
 		json_int_t n = json_integer_value(v);
 		if (n < 0 || n > 2000000)
@@ -429,7 +455,9 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 					rc == -EBUSY ? "There's a migration process in progress" :
 						       "out of memory");
 	}
-	migration_set_params(vm, &p, go_timeout);
+	cur.precopy = p;
+	cur.go_timeout_ms = go_timeout;
+	migration_set_params(vm, &cur);
 	return 0;
 }
 
@@ -443,6 +471,16 @@ static int add_cpr_parameters(struct vmm *vm, const struct gw_precopy_params *p,
 	migration_free_exec_command(argv);
 	json_object_set_new(r, "mode", json_string(mode_name(p->mode)));
 	json_object_set_new(r, "cpr-exec-command", list);
+	return 0;
+}
+
+/* A lazy restore's (destination) parameters. */
+static int add_dest_parameters(const struct migration_settings *s, json_t *r)
+{
+	json_object_set_new(r, "max-postcopy-bandwidth",
+			    json_integer((json_int_t)s->postcopy_bandwidth));
+	json_object_set_new(r, "x-godwit-lazy-fill",
+			    json_string(s->lazy_copy ? "copy" : "continue"));
 	return 0;
 }
 
@@ -468,7 +506,8 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 				    "multifd-channels", (json_int_t)p->multifd_channels),
 			  ret, err) ?
 		       -1 :
-		       add_cpr_parameters(vm, p, *ret);
+	       add_dest_parameters(&cur, *ret) ? -1 :
+						 add_cpr_parameters(vm, p, *ret);
 }
 
 /* ---- capabilities --------------------------------------------------------- */
@@ -497,6 +536,10 @@ static const struct capability capabilities[] = {
 	/* pages over multifd-channels more connections (tcp:, unix:), on
 	 * both sides (docs/format.md, "multifd") */
 	{"multifd", offsetof(struct migration_settings, multifd)},
+	/* destination, a mapped-ram file: run the guest once the sections
+	 * are in, and serve its RAM from the file until all of it is
+	 * (docs/qmp.md, "Lazy restore") */
+	{"x-godwit-lazy-restore", offsetof(struct migration_settings, lazy_restore)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)

@@ -1,0 +1,116 @@
+/*
+ * A userfaultfd page server for destination memory: the guest runs on
+ * RAM that is not there yet, and each page arrives either because
+ * something touched it (a fault, served at once from the source) or
+ * because a background thread got to it first (everything else, pulled
+ * in large contiguous runs). Every page the source has is filled exactly
+ * once, whichever comes first: a per-page state (empty, filling, done),
+ * changed atomically, decides who fills it; a fault on a page the
+ * background is filling waits for that fill instead of making a second.
+ *
+ * Two ways to fill (enum gw_ps_mode). MINOR: the source writes straight
+ * into a second mapping of the block's memfd, which is not registered, so
+ * the data lands in the page cache with one copy; UFFDIO_CONTINUE then
+ * maps the run into the guest mapping, one call per contiguous run.
+ * MISSING: the source writes into a buffer and UFFDIO_COPY copies it in
+ * (two copies; what works without a memfd). In both modes a page the
+ * source lacks reads as zeros once touched.
+ *
+ * The userfaultfd handles kernel-mode faults too (wp.h): KVM's own
+ * accesses to guest memory wait for their page like a vCPU's.
+ *
+ * A page that fails to arrive (the source's read fails, its check fails)
+ * is never mapped: its bytes are dropped from the memfd, it stays
+ * "filling", whoever waits on it keeps waiting, and the first failure is
+ * kept for gw_page_server_wait(). The owner then stops whatever runs on
+ * the memory (vCPUs) before gw_page_server_free(), which wakes the
+ * waiters on memory that may now read as zeros.
+ *
+ * The page source is the one thing the server does not own: a file read
+ * by offset today (lazy restore, lib/format/mapped_lazy.c), a socket
+ * later (post-copy). It is called from the fault thread and from the
+ * background thread at once, for disjoint pages.
+ */
+#ifndef GW_LIB_RAM_PAGE_SERVER_H
+#define GW_LIB_RAM_PAGE_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <godwit/error.h>
+
+enum gw_ps_mode {
+	GW_PS_MINOR,   /* fill through a second mapping, map with UFFDIO_CONTINUE */
+	GW_PS_MISSING, /* fill from a buffer with UFFDIO_COPY */
+};
+
+struct gw_page_source {
+	/*
+	 * Write pages [first, first + n) of block `block` (its index in the
+	 * server's blocks), all of which the source has, into dst, checked.
+	 * 0, or -errno with what failed (block, page, where from) in err.
+	 */
+	int (*read)(void *opaque, uint32_t block, uint64_t first, uint64_t n, void *dst,
+		    struct gw_error *err);
+	void *opaque;
+};
+
+struct gw_ps_block {
+	const char *name;    /* for messages */
+	unsigned char *host; /* the guest's mapping, MAP_SHARED of fd; registered */
+	uint64_t size;       /* bytes, a multiple of the page size */
+	int fd;              /* the memfd (MINOR needs it) */
+	uint64_t fd_offset;
+	/* One bit per page the source has (borrowed until free); the others
+	 * are zeros. The memfd range must hold no data (punch it first):
+	 * pages are filled, never overwritten, and a page already in the
+	 * page cache would be mapped as it is. */
+	const uint64_t *present;
+};
+
+struct gw_ps_params {
+	enum gw_ps_mode mode;
+	uint64_t rate;      /* bytes per second of the background, 0 = unlimited */
+	uint64_t run_pages; /* pages per background run; 0 = 512 (2 MiB) */
+};
+
+struct gw_ps_stats {
+	uint64_t faulted;    /* pages the source has, filled for a fault */
+	uint64_t zero;       /* pages it lacks, filled with zeros for a fault */
+	uint64_t background; /* pages filled by the background */
+	uint64_t remaining;  /* pages the source has that are not filled yet */
+	uint64_t waited;     /* faults on a page the background was filling */
+	uint64_t faults;     /* faults resolved: the count of the latencies */
+	uint64_t fault_ns;   /* their latencies added up */
+	uint64_t fault_max_ns;
+};
+
+struct gw_page_server;
+
+/*
+ * Register the n blocks (their guest mappings) and start the fault and
+ * background threads; src and the present bitmaps are borrowed until
+ * gw_page_server_free(). The error says what the kernel refused.
+ */
+int gw_page_server_start(const struct gw_ps_block *blocks, uint32_t n,
+			 const struct gw_ps_params *params, const struct gw_page_source *src,
+			 struct gw_page_server **out, struct gw_error *err);
+
+/*
+ * Wait until every page the source has is in: 0; the first failure
+ * (-errno, err says which page); or -ECANCELED as soon as cancel_efd
+ * (an eventfd, -1 for none) is readable.
+ */
+int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, struct gw_error *err);
+
+/* From any thread, at any time. */
+void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out);
+
+/*
+ * Stop both threads, unregister the ranges (which wakes every waiter:
+ * a page never filled then reads as zeros, so stop whatever must not
+ * see that first), unmap, close. NULL is fine.
+ */
+void gw_page_server_free(struct gw_page_server *ps);
+
+#endif
