@@ -23,6 +23,9 @@ enum gw_mig_status {
 	GW_MIG_FAILED,
 	GW_MIG_CANCELLING,
 	GW_MIG_CANCELLED,
+	/* Guest paused at the switchover, nothing of the final state sent:
+	 * waiting for gw_precopy_continue() (QEMU's pause-before-switchover). */
+	GW_MIG_PRE_SWITCHOVER,
 };
 
 /* "setup", "active", ... as QEMU spells them; "unknown" for anything else. */

@@ -28,6 +28,8 @@ const char *gw_mig_status_name(enum gw_mig_status s)
 		return "cancelling";
 	case GW_MIG_CANCELLED:
 		return "cancelled";
+	case GW_MIG_PRE_SWITCHOVER:
+		return "pre-switchover";
 	}
 	return "unknown";
 }
