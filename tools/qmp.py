@@ -16,8 +16,8 @@ a dash, and has renamed a few over the years (QEMU 7.2 knows only
 `migrate_cancel`; later releases add `migrate-cancel`). A connection made
 with probe=True asks its VMM once which commands it has (`query-commands`)
 and sends each command under the spelling that VMM offers; the caller
-writes the dashed name. A VMM without `query-commands` (godwit-vmm) gets
-the names as written, and answers for itself. `refuse` makes a connection
+writes the dashed name. A VMM without `query-commands` gets the names as
+written, and answers for itself. `refuse` makes a connection
 treat commands as absent, to exercise that failure on purpose.
 
 Failures: everything a VMM can do wrong to its client -- an error reply,

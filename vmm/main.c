@@ -414,7 +414,7 @@ int main(int argc, char **argv)
 		ret = qmp_server_start(&vm, vm.loop, &o.qmp_addr, &vm.qmp, err, sizeof(err));
 	if (!ret && vm.qmp)
 		ret = qmp_machine_register(vm.qmp) || qmp_migration_register(vm.qmp) ||
-				      qmp_fds_register(vm.qmp) ?
+				      qmp_fds_register(vm.qmp) || qmp_discovery_register(vm.qmp) ?
 			      -EINVAL :
 			      0;
 	if (!ret && serial_input)

@@ -90,7 +90,12 @@ struct gw_precopy_params {
 	/* GW_MODE_*: a local live update hands the RAM's memfds to the new
 	 * process instead of copying pages (QEMU: mode). */
 	uint64_t mode;
-	uint64_t reserved[5]; /* 0: later versions give them a meaning (export.h) */
+	/* Pre-copy: stop at the switchover point with the guest paused and
+	 * nothing of the final state sent (status GW_MIG_PRE_SWITCHOVER) until
+	 * gw_precopy_continue(), so the caller can act (move storage, networks)
+	 * before the destination may take over (QEMU: pause-before-switchover). */
+	bool pause_before_switchover;
+	uint64_t reserved[4]; /* 0: later versions give them a meaning (export.h) */
 };
 
 /* gw_precopy_params.mode, QEMU's MigMode. */
@@ -131,7 +136,7 @@ struct gw_precopy_stats {
 	uint64_t normal;              /* pages sent with their data */
 	uint64_t normal_bytes;
 	uint64_t dirty_pages_rate;    /* pages per second, last round */
-	double mbps;                  /* throughput of the last round, megabits per second */
+	double mbps;                  /* megabits per second of the round under way (so far), else the last */
 	uint64_t dirty_sync_count;    /* bitmap syncs = rounds */
 	uint64_t page_size;
 	uint32_t throttle_percent;    /* current auto-converge throttle */
@@ -191,11 +196,15 @@ struct gw_precopy;
 GW_API int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsigned nr_channels,
 		     const struct gw_precopy_params *params, const struct gw_precopy_callbacks *cb,
 		     struct gw_precopy **out, struct gw_error *err);
-/* New limits take effect at the next round (max-bandwidth at once). */
+/* New limits take effect at the next round (max-bandwidth at once);
+ * background_snapshot, mode and pause_before_switchover stay as started. */
 /* -EINVAL if a reserved word is set. */
 GW_API int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *params,
 				 struct gw_error *err);
 GW_API void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out);
+/* Let a migration stopped in GW_MIG_PRE_SWITCHOVER go on to its final
+ * pass. -EINVAL, and nothing changes, in any other status. */
+GW_API int gw_precopy_continue(struct gw_precopy *p, struct gw_error *err);
 /* Ask the migration to stop; it ends CANCELLED with the source guest
  * running. Every wait of the engine ends at once (sockets and pipes are
  * written without blocking; a socket is also shut down so the peer

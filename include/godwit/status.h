@@ -26,6 +26,9 @@ enum gw_mig_status {
 	/* destination: the guest runs while RAM still arrives (a lazy restore
 	 * of a mapped-ram file), QEMU's post-copy phase */
 	GW_MIG_POSTCOPY_ACTIVE,
+	/* Guest paused at the switchover, nothing of the final state sent:
+	 * waiting for gw_precopy_continue() (QEMU's pause-before-switchover). */
+	GW_MIG_PRE_SWITCHOVER,
 };
 
 /* "setup", "active", ... as QEMU spells them; "unknown" for anything else. */

@@ -30,6 +30,8 @@ const char *gw_mig_status_name(enum gw_mig_status s)
 		return "cancelled";
 	case GW_MIG_POSTCOPY_ACTIVE:
 		return "postcopy-active";
+	case GW_MIG_PRE_SWITCHOVER:
+		return "pre-switchover";
 	}
 	return "unknown";
 }

@@ -81,6 +81,11 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 				pp.mapped_ram || !channels[0].bidirectional))
 		return gw_error_set(err, -EINVAL,
 				    "multifd channels are for a live migration over sockets: not a local live update, a background snapshot, a mapped-ram file or a one-way channel");
+	/* Their pauses are not a switchover a manager can act in: a
+	 * snapshot's guest stays here, a local update's RAM never moves. */
+	if (pp.pause_before_switchover && (pp.mode != GW_MODE_NORMAL || pp.background_snapshot))
+		return gw_error_set(err, -EINVAL,
+				    "pause-before-switchover applies to a pre-copy migration, not to a background snapshot or a local live update");
 	if (pp.mode != GW_MODE_NORMAL)
 		return gw_cpr_start(m, channels, &pp, cb, out, err);
 	if (pp.background_snapshot)
@@ -93,7 +98,7 @@ int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *
 {
 	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
 				    "pre-copy parameters", err);
-	bool background;
+	bool background, pause;
 	uint64_t mode;
 
 	if (ret < 0)
@@ -102,9 +107,11 @@ int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *
 	/* What the engine is cannot change under it. */
 	background = p->params.background_snapshot;
 	mode = p->params.mode;
+	pause = p->params.pause_before_switchover;
 	p->params = *params;
 	p->params.background_snapshot = background;
 	p->params.mode = mode;
+	p->params.pause_before_switchover = pause;
 	clamp_params(&p->params);
 	pthread_mutex_unlock(&p->job.lock);
 	return 0;

@@ -24,6 +24,10 @@ struct gw_precopy {
 	struct gw_precopy_params params;
 	struct gw_precopy_stats stats;
 	void (*release)(struct gw_precopy *h); /* frees the engine, thread joined */
+	/* pause-before-switchover (pre_switchover.c): while the engine waits,
+	 * an eventfd that gw_precopy_continue() makes readable */
+	bool pre_switchover_waiting;
+	int continue_efd;
 };
 
 /*
@@ -54,6 +58,14 @@ int gw_outgoing_expect(struct gw_precopy *h, struct gw_handover *ho, uint64_t ti
  */
 int gw_outgoing_handshake(struct gw_precopy *h, struct gw_handover *ho,
 			  const struct gw_precopy_params *pp, struct gw_error *err);
+
+/*
+ * pause-before-switchover: with the guest paused by the engine, report
+ * GW_MIG_PRE_SWITCHOVER and wait for gw_precopy_continue(), a cancel, or
+ * (return_path) the destination's failure, however long the caller takes.
+ */
+int gw_outgoing_pre_switchover(struct gw_precopy *h, struct gw_handover *ho, bool return_path,
+			       struct gw_error *err);
 
 /* The guest ran again on the other side (at end_ns, or now for 0):
  * publish the downtime since pause_ns (stats.downtime_ms and _us). */

@@ -122,6 +122,8 @@ struct precopy {
 	uint64_t dirty_rate;  /* pages per second, last period */
 	uint64_t bandwidth;   /* page bytes per second drained, 0 = not measured */
 	uint64_t round_pages; /* pages the last round sent */
+	uint64_t round_ns;    /* time and stream offset the current round started at */
+	uint64_t round_taken;
 	struct gw_ratelimit rl;
 };
 
@@ -207,12 +209,25 @@ static int limit_bandwidth(struct precopy *p, uint64_t bytes, struct gw_error *e
 	}
 }
 
+/* Megabits per second of stream since the round began: a manager
+ * (libvirt's progress, KubeVirt's stall check) reads mbps while a round
+ * runs, and a first round of a large guest lasts many seconds. */
+static double round_mbps(struct precopy *p)
+{
+	uint64_t dt = gw_now_ns() - p->round_ns;
+
+	return (double)(gw_sink_taken(p->sink) - p->round_taken) * 8e3 / (double)(dt ? dt : 1);
+}
+
 /* A batch has left: count it (query-migrate reads these). */
 static void account(struct precopy *p, const struct gw_ram_batch *b)
 {
+	double mbps = round_mbps(p);
+
 	p->pending -= b->n;
 	p->round_pages += b->n;
 	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.mbps = mbps;
 	p->h.stats.transferred = gw_sink_sent(p->sink);
 	p->h.stats.remaining = p->pending * PAGE;
 	p->h.stats.duplicate += b->zero;
@@ -268,8 +283,10 @@ static int send_block(struct precopy *p, uint32_t block, bool final, struct gw_e
 
 static int send_round(struct precopy *p, bool final, struct gw_error *err)
 {
-	uint64_t t0 = gw_now_ns(), x0 = gw_sink_taken(p->sink), dt;
+	uint64_t t0 = gw_now_ns(), dt;
 
+	p->round_ns = t0;
+	p->round_taken = gw_sink_taken(p->sink);
 	p->round_pages = 0;
 	for (uint32_t i = 0; i < p->m->nr_ram; i++) {
 		int ret = send_block(p, i, final, err);
@@ -283,7 +300,7 @@ static int send_round(struct precopy *p, bool final, struct gw_error *err)
 	dt = dt ? dt : 1;
 	p->bandwidth = (uint64_t)((double)(p->round_pages * PAGE) * 1e9 / (double)dt);
 	pthread_mutex_lock(&p->h.job.lock);
-	p->h.stats.mbps = (double)(gw_sink_taken(p->sink) - x0) * 8e3 / (double)dt;
+	p->h.stats.mbps = round_mbps(p);
 	pthread_mutex_unlock(&p->h.job.lock);
 	return 0;
 }
@@ -547,11 +564,18 @@ static int switchover(struct precopy *p, struct gw_error *err)
 	ret = m->vm_ops.pause(m->vm_opaque, err);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "switchover: cannot pause the guest: ");
+	if (pp.pause_before_switchover) {
+		ret = gw_outgoing_pre_switchover(&p->h, &p->ho, p->return_path, err);
+		if (ret < 0)
+			return gw_error_prefix(err, ret, "switchover: ");
+	}
 	gw_job_set_status(&p->h.job, GW_MIG_DEVICE);
 	/* A destination that stops reading cannot keep the guest paused
-	 * for longer than this. */
-	gw_writer_set_deadline(p->w, p->pause_ns + pp.switchover_timeout_ms * 1000000);
-	gw_sink_set_deadline(p->sink, p->pause_ns + pp.switchover_timeout_ms * 1000000);
+	 * for longer than this (counted from here: the manager's time in
+	 * pre-switchover is not the destination's). */
+	uint64_t deadline = gw_now_ns() + pp.switchover_timeout_ms * 1000000;
+	gw_writer_set_deadline(p->w, deadline);
+	gw_sink_set_deadline(p->sink, deadline);
 	ret = stop_point(p, err);
 	if (ret == 0)
 		ret = set_throttle(p, 0, err);

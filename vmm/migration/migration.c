@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <godwit/channel.h>
 #include <godwit/format.h>
 #include <godwit/migration.h>
@@ -44,6 +45,7 @@ struct vm_migration {
 	bool cap_background;       /* background-snapshot */
 	bool cap_block;            /* block: copy the disks that are not shared */
 	bool cap_multifd;          /* pages over more connections (tcp:, unix:) */
+	bool cap_pause;            /* pause-before-switchover */
 	char **exec_cmd;           /* cpr-exec-command, NULL-terminated; or NULL */
 	enum role role;            /* what runs now */
 	enum role shown;           /* what query-migrate reports: the latest migration */
@@ -560,6 +562,7 @@ static void *connect_thread(void *opaque)
 	p.mapped_ram = mig->cap_mapped_ram;
 	p.incremental = mig->cap_incremental;
 	p.background_snapshot = mig->cap_background;
+	p.pause_before_switchover = mig->cap_pause;
 	/* cpr-exec is a cpr-transfer to the stand-in, then the exec. */
 	if (p.mode == GW_MODE_CPR_EXEC)
 		p.mode = GW_MODE_CPR_TRANSFER;
@@ -615,6 +618,11 @@ static void signal_cancel(struct vm_migration *mig)
 static int check_mode(struct vm_migration *mig, const char *uri, char *errmsg, size_t errlen)
 {
 	uint64_t mode = mig->params.mode;
+	if (mig->cap_pause && (mode != GW_MODE_NORMAL || mig->cap_background)) {
+		snprintf(errmsg, errlen,
+			 "pause-before-switchover applies to a pre-copy migration: turn it off for a background snapshot or a local live update");
+		return -EINVAL;
+	}
 	if (mode == GW_MODE_NORMAL)
 		return 0;
 	if (mig->cap_background || mig->cap_mapped_ram) {
@@ -676,30 +684,37 @@ static int check_multifd(struct vm_migration *mig, const char *uri, char *errmsg
 }
 
 /*
- * What the disks allow. A snapshot (a file, a background snapshot, a
- * mapped-ram file) would be restored later beside an image that has
- * changed since; and an image only this host sees cannot follow a guest
- * to another host. A local live update keeps the very image.
+ * What a disk allows (NULL: nothing against it). A snapshot (a file, a
+ * background snapshot, a mapped-ram file) would be restored later beside
+ * an image that has changed since; and an image only this host sees
+ * cannot follow a guest to another host. A local live update keeps the
+ * very image. uri NULL: whatever the URI (query-migrate's blocked-reasons).
  */
+static const char *drive_blocker(struct vm_migration *mig, const struct virtio_blk *b,
+				 const char *uri, bool block)
+{
+	if (mig->params.mode != GW_MODE_NORMAL)
+		return NULL;
+	/* A file is a snapshot; a command may be one (exec:cat > f) or carry
+	 * the stream to a live destination (ssh), which only its user knows:
+	 * it is not refused. */
+	bool stream_snapshot = uri && !strncmp(uri, "file:", 5);
+	if (mig->cap_background || mig->cap_mapped_ram)
+		return "a background snapshot or a mapped-ram file cannot hold the disk yet";
+	if (stream_snapshot && (!block || b->opt.shared))
+		return "a snapshot holds the disk only with block migration on (capability block, or migrate's blk) and the drive shared=off; without it a restore would pair this RAM with the image as it is by then";
+	if (!b->opt.shared && !block)
+		return "shared=off: its contents reach another host only with block migration (capability block, or migrate's blk); or use an image both hosts see (shared=on)";
+	return NULL;
+}
+
 static int check_drives(struct vm_migration *mig, const char *uri, bool block, char *errmsg,
 			size_t errlen)
 {
 	struct vmm *vm = mig->vm;
-	if (!vm->nr_drives || mig->params.mode != GW_MODE_NORMAL)
-		return 0;
-	/* A file is a snapshot; a command may be one (exec:cat > f) or carry
-	 * the stream to a live destination (ssh), which only its user knows:
-	 * it is not refused. */
-	bool stream_snapshot = !strncmp(uri, "file:", 5);
 	for (unsigned i = 0; i < vm->nr_drives; i++) {
 		const struct virtio_blk *b = &vm->drives[i];
-		const char *why = NULL;
-		if (mig->cap_background || mig->cap_mapped_ram)
-			why = "a background snapshot or a mapped-ram file cannot hold the disk yet";
-		else if (stream_snapshot && (!block || b->opt.shared))
-			why = "a snapshot holds the disk only with block migration on (capability block, or migrate's blk) and the drive shared=off; without it a restore would pair this RAM with the image as it is by then";
-		else if (!b->opt.shared && !block)
-			why = "shared=off: its contents reach another host only with block migration (capability block, or migrate's blk); or use an image both hosts see (shared=on)";
+		const char *why = drive_blocker(mig, b, uri, block);
 		if (why) {
 			snprintf(errmsg, errlen, "%s (%.200s): %s", b->t.name, b->opt.path, why);
 			return -EOPNOTSUPP;
@@ -803,6 +818,20 @@ void migration_cancel(struct vmm *vm)
 		gw_incoming_cancel(mig->in);
 	}
 	pthread_mutex_unlock(&mig->lock);
+}
+
+int migration_continue(struct vmm *vm, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	struct gw_error err = {0};
+	pthread_mutex_lock(&mig->lock);
+	int ret = mig->role == ROLE_OUTGOING && mig->out ? gw_precopy_continue(mig->out, &err) :
+							   -EINVAL;
+	pthread_mutex_unlock(&mig->lock);
+	if (ret)
+		snprintf(errmsg, errlen, "%s",
+			 err.msg[0] ? err.msg : "no outgoing migration is running");
+	return ret;
 }
 
 /* ---- incoming ------------------------------------------------------- */
@@ -944,6 +973,38 @@ static int start_incoming_uri(struct vmm *vm, const char *uri, char *errmsg, siz
 
 /* ---- what QMP reads and sets ------------------------------------------ */
 
+static void add_blocker(struct migration_info *out, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void add_blocker(struct migration_info *out, const char *fmt, ...)
+{
+	if (out->nr_blocked >= MIGRATION_MAX_BLOCKERS)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(out->blocked[out->nr_blocked++], sizeof(out->blocked[0]), fmt, ap);
+	va_end(ap);
+}
+
+/* What would refuse a `migrate` now, whatever its URI: the reasons
+ * start_outgoing() gives that do not depend on the command's arguments
+ * (a guest in the middle of a migration is busy, not blocked). */
+static void migration_blockers(struct vmm *vm, struct migration_info *out)
+{
+	struct vm_migration *mig = vm->mig;
+	if (vm->fatal)
+		add_blocker(out, "the guest has stopped for good");
+	if (vm->ram_handed_over)
+		add_blocker(out,
+			    "the guest's RAM was handed over to the new process by a local live update");
+	for (unsigned i = 0; i < vm->nr_drives; i++) {
+		const struct virtio_blk *b = &vm->drives[i];
+		const char *why = drive_blocker(mig, b, NULL, mig->cap_block);
+		if (why)
+			add_blocker(out, "%s (%.200s): %s", b->t.name, b->opt.path, why);
+	}
+}
+
 void migration_query(struct vmm *vm, struct migration_info *out)
 {
 	struct vm_migration *mig = vm->mig;
@@ -980,6 +1041,7 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 		snprintf(out->listening, sizeof(out->listening), "%s",
 			 gw_listener_address(mig->listener));
 	pthread_mutex_unlock(&mig->lock);
+	migration_blockers(vm, out);
 }
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out)
@@ -1000,6 +1062,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.postcopy_bandwidth = mig->postcopy_bandwidth,
 		.lazy_copy = mig->lazy_copy,
 		.lazy_restore = mig->cap_lazy,
+		.pause_before_switchover = mig->cap_pause,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -1051,6 +1114,7 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	mig->cap_block = want->block;
 	mig->cap_multifd = want->multifd;
 	mig->cap_lazy = want->lazy_restore;
+	mig->cap_pause = want->pause_before_switchover;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }

@@ -35,6 +35,9 @@ int migration_start(struct vmm *vm, const char *uri, int passed_fd, bool blk, ch
 /* migrate-cancel: before the engine runs, end the connect; after, the
  * engine takes the cancel or refuses it (after GO). */
 void migration_cancel(struct vmm *vm);
+/* migrate-continue: let an outgoing migration in pre-switchover go on.
+ * -EINVAL with a message in any other status. */
+int migration_continue(struct vmm *vm, char *errmsg, size_t errlen);
 /* migrate-incoming on a VMM started with --incoming defer; passed_fd as
  * for migration_start(), closed before it returns. */
 int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen);
@@ -52,6 +55,7 @@ struct migration_settings {
 	bool block;        /* copy the disks that are not shared (QEMU's block migration) */
 	bool multifd;      /* pages over multifd-channels more connections (tcp:, unix:) */
 	bool lazy_restore; /* destination: run before RAM is in (x-godwit-lazy-restore) */
+	bool pause_before_switchover; /* stop, guest paused, until migrate-continue */
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);
@@ -69,6 +73,8 @@ size_t migration_get_exec_command(struct vmm *vm, char ***out);
 void migration_free_exec_command(char **argv);
 
 enum migration_kind { MIGRATION_NONE, MIGRATION_OUTGOING, MIGRATION_INCOMING };
+
+#define MIGRATION_MAX_BLOCKERS 8
 
 /* What query-migrate shows: the latest migration, a copy. */
 struct migration_info {
@@ -96,6 +102,10 @@ struct migration_info {
 	int64_t disk_sync_us;
 	/* block migration: the bytes of the images the outgoing one copies */
 	uint64_t disk_total;
+	/* QEMU's blocked-reasons: why a migrate would be refused now,
+	 * whatever its URI (none: it may start) */
+	char blocked[MIGRATION_MAX_BLOCKERS][512];
+	unsigned nr_blocked;
 };
 
 void migration_query(struct vmm *vm, struct migration_info *out);

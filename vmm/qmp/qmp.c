@@ -14,6 +14,7 @@
 #include "gw_version.h"
 #include "vmm/loop.h"
 #include "vmm/qmp/qmp_framer.h"
+#include "vmm/machine.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -366,17 +367,17 @@ int qmp_register(struct qmp_server *s, const struct qmp_command *cmds, size_t n)
 	return 0;
 }
 
+static const struct qmp_arg capabilities_args[] = {{"enable", QMP_ARG_ARRAY, false}};
+
 /* qmp_capabilities is the one command that changes the session, so it
  * lives here rather than in a table. godwit offers no capabilities (no
  * out-of-band execution), so "enable" may only be empty. */
 static int qmp_capabilities(struct qmp_client *c, json_t *args, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {{"enable", QMP_ARG_ARRAY, false}};
-
 	if (c->negotiated)
 		return qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
 				"Capabilities negotiation is already complete, command ignored");
-	if (qmp_check_args(args, spec, 1, err))
+	if (qmp_check_args(args, QMP_ARGS(capabilities_args), err))
 		return -1;
 	size_t i;
 	json_t *cap;
@@ -439,9 +440,13 @@ static int execute(struct qmp_client *c, json_t *req, json_t **ret, struct qmp_e
 	} else {
 		const struct qmp_command *cmd = find_command(c->srv, name);
 		c->srv->current = c;
-		rc = cmd ? cmd->fn(c->srv->vm, args, ret, err) :
-			   qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
-				    "The command %s has not been found", name);
+		if (!cmd)
+			rc = qmp_fail(err, QMP_ERR_COMMAND_NOT_FOUND,
+				      "The command %s has not been found", name);
+		else if (qmp_check_args(args, cmd->args, cmd->nr_args, err))
+			rc = -1;
+		else
+			rc = cmd->fn(c->srv->vm, args, ret, err);
 		c->srv->current = NULL;
 	}
 	json_decref(empty);
@@ -929,4 +934,102 @@ void qmp_server_free(struct qmp_server *s)
 	qmp_fds_free(s->fds);
 	free(s->tables);
 	free(s);
+}
+
+/* ---- what the server offers --------------------------------------------- */
+
+/* QEMU's CommandInfo list: every command a negotiated client may send. */
+static int cmd_query_commands(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	struct qmp_server *s = vm->qmp;
+	json_t *list = json_array();
+	(void)args;
+	for (size_t t = 0; list && t < s->nr_tables; t++)
+		for (size_t i = 0; i < s->tables[t].n; i++)
+			json_array_append_new(list, json_pack("{s:s}", "name",
+							      s->tables[t].cmds[i].name));
+	json_array_append_new(list, json_pack("{s:s}", "name", "qmp_capabilities"));
+	return qmp_return(list, ret, err);
+}
+
+/* The schema's names for the argument types a table can say. */
+static const char *const schema_types[] = {
+	[QMP_ARG_INT] = "int",       [QMP_ARG_STR] = "str",    [QMP_ARG_BOOL] = "bool",
+	[QMP_ARG_NUMBER] = "number", [QMP_ARG_OBJECT] = "any", [QMP_ARG_ARRAY] = "[any]",
+};
+
+static json_t *arg_object(const struct qmp_command *cmd, const char *type_name)
+{
+	json_t *members = json_array();
+	for (size_t i = 0; members && i < cmd->nr_args; i++) {
+		json_t *m = json_pack("{s:s,s:s}", "name", cmd->args[i].name, "type",
+				      schema_types[cmd->args[i].type]);
+		/* QEMU marks an optional member with "default": null. */
+		if (m && !cmd->args[i].required)
+			json_object_set_new(m, "default", json_null());
+		json_array_append_new(members, m);
+	}
+	return json_pack("{s:s,s:s,s:o}", "name", type_name, "meta-type", "object", "members",
+			 members);
+}
+
+static json_t *command_info(const char *name, const char *arg_type)
+{
+	return json_pack("{s:s,s:s,s:s,s:s,s:b}", "name", name, "meta-type", "command", "arg-type",
+			 arg_type, "ret-type", "any", "allow-oob", 0);
+}
+
+/*
+ * A minimal QEMU SchemaInfo list, from the command tables: each command
+ * with its arguments' names, types and optionality (what libvirt probes,
+ * e.g. migrate's arg-type members). Return types are not described
+ * ("any"), nor are events. Type names are the command's own ("migrate-arg")
+ * where QEMU masks them as numbers; clients follow the references either way.
+ */
+static int cmd_query_qmp_schema(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	struct qmp_server *s = vm->qmp;
+	static const char *const builtins[][2] = {
+		{"str", "string"},    {"int", "int"},   {"bool", "boolean"},
+		{"number", "number"}, {"any", "value"},
+	};
+	json_t *list = json_array();
+	(void)args;
+	for (size_t i = 0; list && i < sizeof(builtins) / sizeof(builtins[0]); i++)
+		json_array_append_new(list, json_pack("{s:s,s:s,s:s}", "name", builtins[i][0],
+						      "meta-type", "builtin", "json-type",
+						      builtins[i][1]));
+	json_array_append_new(list, json_pack("{s:s,s:s,s:s}", "name", "[any]", "meta-type",
+					      "array", "element-type", "any"));
+	json_array_append_new(list, json_pack("{s:s,s:s,s:[]}", "name", "0", "meta-type", "object",
+					      "members"));
+	for (size_t t = 0; list && t < s->nr_tables; t++)
+		for (size_t i = 0; i < s->tables[t].n; i++) {
+			const struct qmp_command *cmd = &s->tables[t].cmds[i];
+			char type_name[128] = "0"; /* the empty object */
+			if (cmd->nr_args) {
+				snprintf(type_name, sizeof(type_name), "%s-arg", cmd->name);
+				json_array_append_new(list, arg_object(cmd, type_name));
+			}
+			json_array_append_new(list, command_info(cmd->name, type_name));
+		}
+	if (list) {
+		const struct qmp_command caps = {"qmp_capabilities", NULL,
+						 QMP_ARGS(capabilities_args)};
+		json_array_append_new(list, arg_object(&caps, "qmp_capabilities-arg"));
+		json_array_append_new(list,
+				      command_info("qmp_capabilities", "qmp_capabilities-arg"));
+	}
+	return qmp_return(list, ret, err);
+}
+
+static const struct qmp_command discovery_commands[] = {
+	{"query-commands", cmd_query_commands},
+	{"query-qmp-schema", cmd_query_qmp_schema},
+};
+
+int qmp_discovery_register(struct qmp_server *s)
+{
+	return qmp_register(s, discovery_commands,
+			    sizeof(discovery_commands) / sizeof(discovery_commands[0]));
 }

@@ -38,15 +38,26 @@ int qmp_fail(struct qmp_error *err, enum qmp_error_class cls, const char *fmt, .
 
 /*
  * A command handler. args is the "arguments" object (an empty object
- * when the client sent none; borrowed). On success return 0 and set *ret
- * to a new reference (NULL means {}); on failure return -1 with err set.
+ * when the client sent none; borrowed), already checked against the
+ * command's argument table. On success return 0 and set *ret to a new
+ * reference (NULL means {}); on failure return -1 with err set.
  */
 typedef int (*qmp_handler)(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err);
 
+struct qmp_arg;
+
+/* One command: the server checks the arguments against args[0..nr_args)
+ * before fn runs, and query-commands and query-qmp-schema describe the
+ * command from the same table, so what is listed is what is accepted. */
 struct qmp_command {
 	const char *name;
 	qmp_handler fn;
+	const struct qmp_arg *args; /* NULL: the command takes none */
+	size_t nr_args;
 };
+
+/* For a table entry: {"name", fn, QMP_ARGS(name_args)}. */
+#define QMP_ARGS(a) (a), (sizeof(a) / sizeof((a)[0]))
 
 /* For handlers: *ret = value (stolen) and return 0, or, when value is NULL
  * because jansson ran out of memory, fail with GenericError. */
@@ -140,6 +151,9 @@ void qmp_fds_free(struct qmp_fds *t);
 int qmp_fds_resolve(struct qmp_server *s, const char *uri, bool writing, char *out, size_t outlen,
 		    int *owned, char *errmsg, size_t errlen);
 
+/* query-commands and query-qmp-schema, derived from the registered
+ * tables (qmp.c). */
+int qmp_discovery_register(struct qmp_server *s);
 /* Machine commands (qmp_machine.c). */
 int qmp_machine_register(struct qmp_server *s);
 /* QEMU's migration commands (vmm/qmp/qmp_migration.c). */

@@ -60,13 +60,12 @@ static void drop_named(struct qmp_fds *t, struct named_fd *n)
 	*n = t->named[--t->nr_named];
 }
 
+static const struct qmp_arg cmd_getfd_args[] = {{"fdname", QMP_ARG_STR, true}};
+
 static int cmd_getfd(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {{"fdname", QMP_ARG_STR, true}};
 	struct qmp_fds *t = fds_of(vm);
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
-		return -1;
 	const char *name = json_string_value(json_object_get(args, "fdname"));
 	/* A number would read as fd:N, the process's own fd N. */
 	if (!name[0] || strlen(name) > NAME_MAX_LEN || (name[0] >= '0' && name[0] <= '9'))
@@ -94,13 +93,12 @@ static int cmd_getfd(struct vmm *vm, json_t *args, json_t **ret, struct qmp_erro
 	return 0;
 }
 
+static const struct qmp_arg cmd_closefd_args[] = {{"fdname", QMP_ARG_STR, true}};
+
 static int cmd_closefd(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {{"fdname", QMP_ARG_STR, true}};
 	struct qmp_fds *t = fds_of(vm);
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
-		return -1;
 	const char *name = json_string_value(json_object_get(args, "fdname"));
 	struct named_fd *n = find_named(t, name);
 	if (!n)
@@ -118,15 +116,14 @@ static struct fdset *find_set(struct qmp_fds *t, int64_t id)
 	return NULL;
 }
 
+static const struct qmp_arg cmd_add_fd_args[] = {
+	{"fdset-id", QMP_ARG_INT, false},
+	{"opaque", QMP_ARG_STR, false},
+};
+
 static int cmd_add_fd(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {
-		{"fdset-id", QMP_ARG_INT, false},
-		{"opaque", QMP_ARG_STR, false},
-	};
 	struct qmp_fds *t = fds_of(vm);
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
-		return -1;
 	json_t *v = json_object_get(args, "fdset-id");
 	int64_t id = 0;
 	if (v) {
@@ -168,16 +165,15 @@ static void drop_set_fd(struct fdset *set, unsigned i)
 	set->opaque[i] = set->opaque[set->nr];
 }
 
+static const struct qmp_arg cmd_remove_fd_args[] = {
+	{"fdset-id", QMP_ARG_INT, true},
+	{"fd", QMP_ARG_INT, false},
+};
+
 static int cmd_remove_fd(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {
-		{"fdset-id", QMP_ARG_INT, true},
-		{"fd", QMP_ARG_INT, false},
-	};
 	struct qmp_fds *t = fds_of(vm);
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
-		return -1;
 	int64_t id = json_integer_value(json_object_get(args, "fdset-id"));
 	json_t *v = json_object_get(args, "fd");
 	struct fdset *set = find_set(t, id);
@@ -205,9 +201,8 @@ static int cmd_remove_fd(struct vmm *vm, json_t *args, json_t **ret, struct qmp_
 
 static int cmd_query_fdsets(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
+	(void)args;
 	struct qmp_fds *t = fds_of(vm);
-	if (qmp_check_args(args, NULL, 0, err))
-		return -1;
 	json_t *list = json_array();
 	for (unsigned i = 0; i < t->nr_sets; i++) {
 		json_t *fds = json_array();
@@ -224,8 +219,11 @@ static int cmd_query_fdsets(struct vmm *vm, json_t *args, json_t **ret, struct q
 }
 
 static const struct qmp_command fd_commands[] = {
-	{"getfd", cmd_getfd},         {"closefd", cmd_closefd},           {"add-fd", cmd_add_fd},
-	{"remove-fd", cmd_remove_fd}, {"query-fdsets", cmd_query_fdsets},
+	{"getfd", cmd_getfd, QMP_ARGS(cmd_getfd_args)},
+	{"closefd", cmd_closefd, QMP_ARGS(cmd_closefd_args)},
+	{"add-fd", cmd_add_fd, QMP_ARGS(cmd_add_fd_args)},
+	{"remove-fd", cmd_remove_fd, QMP_ARGS(cmd_remove_fd_args)},
+	{"query-fdsets", cmd_query_fdsets},
 };
 
 struct qmp_fds *qmp_fds_new(void)

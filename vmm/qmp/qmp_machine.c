@@ -19,15 +19,9 @@
 /* pmemsave copies guest RAM to the file through a buffer of this size. */
 #define PMEMSAVE_CHUNK (1u << 20)
 
-static int no_args(json_t *args, struct qmp_error *err)
-{
-	return qmp_check_args(args, NULL, 0, err);
-}
-
 static int cmd_query_status(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	if (no_args(args, err))
-		return -1;
+	(void)args;
 	enum vmm_runstate st = vmm_runstate(vm);
 	return qmp_return(json_pack("{s:b,s:b,s:s}", "running", st == VMM_RUNNING, "singlestep", 0,
 				    "status", vmm_runstate_name(st)),
@@ -36,9 +30,8 @@ static int cmd_query_status(struct vmm *vm, json_t *args, json_t **ret, struct q
 
 static int cmd_stop(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
+	(void)args;
 	(void)ret;
-	if (no_args(args, err))
-		return -1;
 	int rc = vmm_stop(vm);
 	if (rc < 0)
 		return qmp_fail(err, QMP_ERR_GENERIC, "cannot pause the guest: %s", strerror(-rc));
@@ -47,9 +40,8 @@ static int cmd_stop(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error
 
 static int cmd_cont(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
+	(void)args;
 	(void)ret;
-	if (no_args(args, err))
-		return -1;
 	int rc = vmm_cont(vm);
 	if (rc == -EPERM)
 		return qmp_fail(err, QMP_ERR_GENERIC,
@@ -69,9 +61,8 @@ static void quit_now(void *opaque)
  * loop iteration, after the dispatcher has sent {}. */
 static int cmd_quit(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
+	(void)args;
 	(void)ret;
-	if (no_args(args, err))
-		return -1;
 	int rc = loop_call(vmm_loop(vm), quit_now, vm);
 	if (rc < 0)
 		return qmp_fail(err, QMP_ERR_GENERIC, "cannot quit: %s", strerror(-rc));
@@ -80,16 +71,14 @@ static int cmd_quit(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error
 
 static int cmd_query_version(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
+	(void)args;
 	(void)vm;
-	if (no_args(args, err))
-		return -1;
 	return qmp_return(qmp_version(), ret, err);
 }
 
 static int cmd_query_cpus_fast(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	if (no_args(args, err))
-		return -1;
+	(void)args;
 	json_t *cpus = json_array();
 	int bad = 0;
 	for (unsigned i = 0; i < vmm_nr_vcpus(vm); i++) {
@@ -144,16 +133,15 @@ static int save_range(struct vmm *vm, uint64_t addr, uint64_t size, int fd, cons
 	return rc;
 }
 
+static const struct qmp_arg cmd_pmemsave_args[] = {
+	{"val", QMP_ARG_INT, true},
+	{"size", QMP_ARG_INT, true},
+	{"filename", QMP_ARG_STR, true},
+};
+
 static int cmd_pmemsave(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {
-		{"val", QMP_ARG_INT, true},
-		{"size", QMP_ARG_INT, true},
-		{"filename", QMP_ARG_STR, true},
-	};
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
-		return -1;
 	json_int_t addr = json_integer_value(json_object_get(args, "val"));
 	json_int_t size = json_integer_value(json_object_get(args, "size"));
 	const char *filename = json_string_value(json_object_get(args, "filename"));
@@ -191,8 +179,7 @@ static int cmd_pmemsave(struct vmm *vm, json_t *args, json_t **ret, struct qmp_e
 
 static int cmd_ram_hash(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	if (no_args(args, err))
-		return -1;
+	(void)args;
 	/* Pages not in yet are holes: they would be hashed as zeros. */
 	struct migration_info mi;
 	migration_query(vm, &mi);
@@ -212,8 +199,7 @@ static int cmd_ram_hash(struct vmm *vm, json_t *args, json_t **ret, struct qmp_e
  * result is built unconditionally and checked once. */
 static int cmd_query_guest(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	if (no_args(args, err))
-		return -1;
+	(void)args;
 	struct vmm_guest_status st;
 	vmm_guest_status(vm, &st);
 	unsigned n = st.nr_vcpus < ARRAY_SIZE(st.passes) ? st.nr_vcpus : ARRAY_SIZE(st.passes);
@@ -247,7 +233,7 @@ static const struct qmp_command machine_commands[] = {
 	{"quit", cmd_quit},
 	{"query-version", cmd_query_version},
 	{"query-cpus-fast", cmd_query_cpus_fast},
-	{"pmemsave", cmd_pmemsave},
+	{"pmemsave", cmd_pmemsave, QMP_ARGS(cmd_pmemsave_args)},
 	{"x-godwit-ram-hash", cmd_ram_hash},
 	{"x-godwit-query-guest", cmd_query_guest},
 };

@@ -97,22 +97,31 @@ static int channels_uri(json_t *channels, char *out, size_t cap, char *msg, size
 	return 0;
 }
 
+/* QEMU's resume continues a post-copy migration whose connection broke
+ * (postcopy-paused). godwit runs no post-copy, so no migration is ever
+ * paused that way; false is what libvirt sends and is accepted. */
+static int refuse_resume(json_t *args, struct qmp_error *err)
+{
+	if (!json_is_true(json_object_get(args, "resume")))
+		return 0;
+	return qmp_fail(err, QMP_ERR_GENERIC,
+			"resume of a paused migration is not supported: godwit has no post-copy, so no migration is ever paused to be resumed (post-copy recovery does not exist yet); start a new migration with resume false");
+}
+
+static const struct qmp_arg cmd_migrate_args[] = {
+	{"uri", QMP_ARG_STR, false},
+	{"channels", QMP_ARG_ARRAY, false},
+	{"detach", QMP_ARG_BOOL, false},
+	{"resume", QMP_ARG_BOOL, false},
+	/* QEMU's old block migration: copy the disks, for this one */
+	{"blk", QMP_ARG_BOOL, false},
+};
+
 static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {
-		{"uri", QMP_ARG_STR, false},
-		{"channels", QMP_ARG_ARRAY, false},
-		{"detach", QMP_ARG_BOOL, false},
-		{"resume", QMP_ARG_BOOL, false},
-		/* QEMU's old block migration: copy the disks, for this one */
-		{"blk", QMP_ARG_BOOL, false},
-	};
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+	if (refuse_resume(args, err))
 		return -1;
-	if (json_is_true(json_object_get(args, "resume")))
-		return qmp_fail(err, QMP_ERR_GENERIC,
-				"resume of a paused migration is not supported");
 	json_t *channels = json_object_get(args, "channels");
 	const char *given = json_string_value(json_object_get(args, "uri"));
 	if (!given == !channels)
@@ -133,18 +142,67 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 
 static int cmd_migrate_cancel(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
+	(void)args;
+	(void)err;
 	(void)ret;
-	if (qmp_check_args(args, NULL, 0, err))
-		return -1;
 	migration_cancel(vm);
 	return 0;
 }
 
+/* QEMU's MigrationStatus names, the values its migrate-continue takes. */
+static const char *const qemu_statuses[] = {
+	"none",
+	"setup",
+	"cancelling",
+	"cancelled",
+	"active",
+	"postcopy-active",
+	"postcopy-paused",
+	"postcopy-recover-setup",
+	"postcopy-recover",
+	"completed",
+	"failed",
+	"colo",
+	"pre-switchover",
+	"device",
+	"wait-unplug",
+};
+
+static const struct qmp_arg cmd_migrate_continue_args[] = {{"state", QMP_ARG_STR, true}};
+
+static int cmd_migrate_continue(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	(void)ret;
+	const char *state = json_string_value(json_object_get(args, "state"));
+	size_t i = 0;
+	while (i < ARRAY_SIZE(qemu_statuses) && strcmp(qemu_statuses[i], state))
+		i++;
+	if (i == ARRAY_SIZE(qemu_statuses))
+		return qmp_fail(err, QMP_ERR_GENERIC,
+				"Parameter 'state' does not accept value '%s'", state);
+	/* QEMU's check: the migration must be in the state the manager saw. */
+	struct migration_info mi;
+	migration_query(vm, &mi);
+	const char *now = mi.kind == MIGRATION_OUTGOING ? gw_mig_status_name(mi.status) : "none";
+	if (strcmp(now, state) || strcmp(state, "pre-switchover"))
+		return qmp_fail(err, QMP_ERR_GENERIC, "Migration not in expected state: %s", now);
+	char msg[GW_ERROR_MSG_MAX];
+	if (migration_continue(vm, msg, sizeof(msg)))
+		return fail_with(err, msg);
+	return 0;
+}
+
+static const struct qmp_arg cmd_migrate_incoming_args[] = {
+	{"uri", QMP_ARG_STR, true},
+	/* as migrate's: the command always returns at once */
+	{"detach", QMP_ARG_BOOL, false},
+	{"resume", QMP_ARG_BOOL, false},
+};
+
 static int cmd_migrate_incoming(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {{"uri", QMP_ARG_STR, true}};
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
+	if (refuse_resume(args, err))
 		return -1;
 	char msg[GW_ERROR_MSG_MAX], uri[4096];
 	int passed;
@@ -161,13 +219,15 @@ static json_t *ram_stats(const struct gw_precopy_stats *st)
 {
 	/* The stream less the disks' chunks ("disk"), as QEMU counts. */
 	uint64_t ram = st->transferred > st->live_sent ? st->transferred - st->live_sent : 0;
-	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}", "transferred",
+	/* postcopy-requests: pages the destination asked for in post-copy,
+	 * which godwit does not run; libvirt reads the member. */
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I}", "transferred",
 			 (json_int_t)ram, "remaining", (json_int_t)st->remaining, "total",
 			 (json_int_t)st->total, "duplicate", (json_int_t)st->duplicate, "normal",
 			 (json_int_t)st->normal, "normal-bytes", (json_int_t)st->normal_bytes,
 			 "dirty-pages-rate", (json_int_t)st->dirty_pages_rate, "mbps", st->mbps,
 			 "dirty-sync-count", (json_int_t)st->dirty_sync_count, "page-size",
-			 (json_int_t)st->page_size);
+			 (json_int_t)st->page_size, "postcopy-requests", (json_int_t)0);
 }
 
 static const char *const mode_names[] = {"normal", "cpr-transfer", "cpr-exec"};
@@ -298,8 +358,7 @@ static json_t *incoming_info(const struct migration_info *mi)
 
 static int cmd_query_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	if (qmp_check_args(args, NULL, 0, err))
-		return -1;
+	(void)args;
 	struct migration_info mi;
 	migration_query(vm, &mi);
 	json_t *r;
@@ -309,34 +368,41 @@ static int cmd_query_migrate(struct vmm *vm, json_t *args, json_t **ret, struct 
 		r = incoming_info(&mi);
 	else
 		r = outgoing_info(&mi);
+	/* As QEMU: present, before any migration too, while something
+	 * would refuse a migrate (libvirt shows them as the reason). */
+	if (r && mi.nr_blocked) {
+		json_t *list = json_array();
+		for (unsigned i = 0; i < mi.nr_blocked; i++)
+			json_array_append_new(list, json_string(mi.blocked[i]));
+		json_object_set_new(r, "blocked-reasons", list);
+	}
 	return qmp_return(r, ret, err);
 }
 
 /* ---- parameters ----------------------------------------------------------- */
 
+static const struct qmp_arg cmd_set_parameters_args[] = {
+	{"downtime-limit", QMP_ARG_INT, false},
+	{"max-bandwidth", QMP_ARG_INT, false},
+	{"cpu-throttle-initial", QMP_ARG_INT, false},
+	{"cpu-throttle-increment", QMP_ARG_INT, false},
+	{"max-cpu-throttle", QMP_ARG_INT, false},
+	{"x-godwit-switchover-timeout", QMP_ARG_INT, false},
+	{"x-godwit-ready-timeout", QMP_ARG_INT, false},
+	{"x-godwit-confirm-timeout", QMP_ARG_INT, false},
+	{"x-godwit-go-timeout", QMP_ARG_INT, false},
+	{"x-godwit-exec-grace", QMP_ARG_INT, false},
+	{"direct-io", QMP_ARG_BOOL, false},
+	{"multifd-channels", QMP_ARG_INT, false},
+	{"max-postcopy-bandwidth", QMP_ARG_INT, false},
+	{"x-godwit-lazy-fill", QMP_ARG_STR, false},
+	{"mode", QMP_ARG_STR, false},
+	{"cpr-exec-command", QMP_ARG_ARRAY, false},
+};
+
 static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {
-		{"downtime-limit", QMP_ARG_INT, false},
-		{"max-bandwidth", QMP_ARG_INT, false},
-		{"cpu-throttle-initial", QMP_ARG_INT, false},
-		{"cpu-throttle-increment", QMP_ARG_INT, false},
-		{"max-cpu-throttle", QMP_ARG_INT, false},
-		{"x-godwit-switchover-timeout", QMP_ARG_INT, false},
-		{"x-godwit-ready-timeout", QMP_ARG_INT, false},
-		{"x-godwit-confirm-timeout", QMP_ARG_INT, false},
-		{"x-godwit-go-timeout", QMP_ARG_INT, false},
-		{"x-godwit-exec-grace", QMP_ARG_INT, false},
-		{"direct-io", QMP_ARG_BOOL, false},
-		{"multifd-channels", QMP_ARG_INT, false},
-		{"max-postcopy-bandwidth", QMP_ARG_INT, false},
-		{"x-godwit-lazy-fill", QMP_ARG_STR, false},
-		{"mode", QMP_ARG_STR, false},
-		{"cpr-exec-command", QMP_ARG_ARRAY, false},
-	};
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
-		return -1;
 	struct migration_settings cur;
 	migration_get_settings(vm, &cur);
 	struct gw_precopy_params p = cur.precopy;
@@ -486,8 +552,7 @@ static int add_dest_parameters(const struct migration_settings *s, json_t *r)
 
 static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	if (qmp_check_args(args, NULL, 0, err))
-		return -1;
+	(void)args;
 	struct migration_settings cur;
 	migration_get_settings(vm, &cur);
 	const struct gw_precopy_params *p = &cur.precopy;
@@ -540,6 +605,8 @@ static const struct capability capabilities[] = {
 	 * are in, and serve its RAM from the file until all of it is
 	 * (docs/qmp.md, "Lazy restore") */
 	{"x-godwit-lazy-restore", offsetof(struct migration_settings, lazy_restore)},
+	/* stop at the switchover, guest paused, until migrate-continue */
+	{"pause-before-switchover", offsetof(struct migration_settings, pause_before_switchover)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)
@@ -547,12 +614,11 @@ static bool *cap_field(struct migration_settings *s, const struct capability *c)
 	return (bool *)((char *)s + c->offset);
 }
 
+static const struct qmp_arg cmd_set_capabilities_args[] = {{"capabilities", QMP_ARG_ARRAY, true}};
+
 static int cmd_set_capabilities(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	static const struct qmp_arg spec[] = {{"capabilities", QMP_ARG_ARRAY, true}};
 	(void)ret;
-	if (qmp_check_args(args, spec, ARRAY_SIZE(spec), err))
-		return -1;
 	struct migration_settings want;
 	migration_get_settings(vm, &want);
 	json_t *list = json_object_get(args, "capabilities"), *item;
@@ -585,8 +651,7 @@ static int cmd_set_capabilities(struct vmm *vm, json_t *args, json_t **ret, stru
 
 static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
-	if (qmp_check_args(args, NULL, 0, err))
-		return -1;
+	(void)args;
 	struct migration_settings cur;
 	migration_get_settings(vm, &cur);
 	json_t *list = json_array();
@@ -598,15 +663,16 @@ static int cmd_query_capabilities(struct vmm *vm, json_t *args, json_t **ret, st
 }
 
 static const struct qmp_command migration_commands[] = {
-	{"migrate", cmd_migrate},
+	{"migrate", cmd_migrate, QMP_ARGS(cmd_migrate_args)},
 	{"migrate-cancel", cmd_migrate_cancel},
 	/* QEMU spells it with an underscore; libvirt sends that. */
 	{"migrate_cancel", cmd_migrate_cancel},
-	{"migrate-incoming", cmd_migrate_incoming},
+	{"migrate-incoming", cmd_migrate_incoming, QMP_ARGS(cmd_migrate_incoming_args)},
+	{"migrate-continue", cmd_migrate_continue, QMP_ARGS(cmd_migrate_continue_args)},
 	{"query-migrate", cmd_query_migrate},
-	{"migrate-set-parameters", cmd_set_parameters},
+	{"migrate-set-parameters", cmd_set_parameters, QMP_ARGS(cmd_set_parameters_args)},
 	{"query-migrate-parameters", cmd_query_parameters},
-	{"migrate-set-capabilities", cmd_set_capabilities},
+	{"migrate-set-capabilities", cmd_set_capabilities, QMP_ARGS(cmd_set_capabilities_args)},
 	{"query-migrate-capabilities", cmd_query_capabilities},
 };
 
