@@ -364,7 +364,9 @@ static uint64_t drain_bandwidth(const struct precopy *p, const struct gw_precopy
 }
 
 /* After a sync: does the rest fit the downtime limit? Fills blocked if not. */
-/* What must still go, RAM and progressive sections (a disk) alike. */
+/* What must still go, RAM and progressive sections (a disk) alike, and
+ * what the sink took but has not sent yet (multifd's queues): at the
+ * pause it all goes before the device state. */
 static uint64_t remaining_bytes(struct precopy *p)
 {
 	uint64_t live = p->live_now;
@@ -372,7 +374,7 @@ static uint64_t remaining_bytes(struct precopy *p)
 	pthread_mutex_lock(&p->h.job.lock);
 	p->h.stats.live_pending = live;
 	pthread_mutex_unlock(&p->h.job.lock);
-	return p->pending * PAGE + live;
+	return p->pending * PAGE + live + gw_sink_backlog(p->sink);
 }
 
 static bool fits(struct precopy *p, const struct gw_precopy_params *pp)

@@ -38,6 +38,9 @@ struct gw_ram_sink_ops {
 	/* Optional. After the stream's EOF is written: what the sink's
 	 * layout needs to be complete (a file's metadata and header). */
 	int (*finish)(struct gw_ram_sink *s, struct gw_error *err);
+	/* Optional: bytes taken that have not left yet (queued for a
+	 * thread of its own): still to send, as a dirty page is. */
+	uint64_t (*backlog)(const struct gw_ram_sink *s);
 	/* Optional: writes of its own past this time (CLOCK_MONOTONIC ns)
 	 * fail, as the stream's do after gw_writer_set_deadline(). */
 	void (*set_deadline)(struct gw_ram_sink *s, uint64_t deadline_ns);
@@ -69,6 +72,11 @@ static inline int gw_sink_pages(struct gw_ram_sink *s, uint32_t block, const uin
 static inline int gw_sink_begin(struct gw_ram_sink *s, struct gw_error *err)
 {
 	return s->ops->begin ? s->ops->begin(s, err) : 0;
+}
+
+static inline uint64_t gw_sink_backlog(const struct gw_ram_sink *s)
+{
+	return s->ops->backlog ? s->ops->backlog(s) : 0;
 }
 
 static inline void gw_sink_set_deadline(struct gw_ram_sink *s, uint64_t deadline_ns)

@@ -28,8 +28,9 @@
 #include "lib/ram/sink_multifd.h"
 
 /* Pieces waiting per channel: enough to keep a thread busy while pages()
- * cuts the next batch, few enough that a round's tail is short. */
-#define QUEUE 8
+ * cuts the next batch, few enough that a round's tail is short (what
+ * waits counts as still to send: backlog()). */
+#define QUEUE 4
 
 enum item_kind { ITEM_PAGES, ITEM_SYNC, ITEM_END };
 
@@ -38,6 +39,7 @@ struct item {
 	uint32_t block, n;
 	unsigned flags;
 	uint64_t round;
+	uint64_t bytes; /* of its record, counted in taken and backlog */
 	uint64_t entries[GW_PAGES_MAX];
 };
 
@@ -68,6 +70,7 @@ struct multifd {
 	pthread_cond_t cond;
 	uint64_t round; /* of the last flush */
 	uint64_t taken;
+	uint64_t backlog; /* of taken, still queued or being written */
 	uint32_t nr;
 	struct chan chans[GW_MULTIFD_MAX_CHANNELS];
 };
@@ -141,6 +144,8 @@ static void *channel_thread(void *opaque)
 			c->err = err;
 		} else if (it->kind == ITEM_SYNC) {
 			c->synced = it->round;
+		} else if (it->kind == ITEM_PAGES) {
+			s->backlog -= it->bytes;
 		} else if (it->kind == ITEM_END) {
 			c->ended = true;
 		}
@@ -176,9 +181,11 @@ static int multifd_pages(struct gw_ram_sink *sk, uint32_t block, const uint64_t 
 			break;
 		*it = (struct item){.kind = ITEM_PAGES, .block = block, .n = j - i, .flags = flags};
 		memcpy(it->entries, entries + i, sizeof(*entries) * (j - i));
+		it->bytes = GW_RECORD_HEADER_SIZE + GW_PAGES_DESC_SIZE(j - i);
 		for (uint32_t k = i; k < j; k++)
-			s->taken += 8 + 8 + (entries[k] & GW_PAGE_ZERO ? 0 : GW_PAGE_SIZE);
-		s->taken += GW_RECORD_HEADER_SIZE + 16;
+			it->bytes += entries[k] & GW_PAGE_ZERO ? 0 : GW_PAGE_SIZE;
+		s->taken += it->bytes;
+		s->backlog += it->bytes;
 		queued(s, &s->chans[ch]);
 		i = j;
 	}
@@ -260,6 +267,16 @@ static uint64_t multifd_taken(const struct gw_ram_sink *sk)
 	return t;
 }
 
+static uint64_t multifd_backlog(const struct gw_ram_sink *sk)
+{
+	struct multifd *s = of(sk);
+
+	pthread_mutex_lock(&s->lock);
+	uint64_t b = s->backlog;
+	pthread_mutex_unlock(&s->lock);
+	return b;
+}
+
 static void multifd_set_deadline(struct gw_ram_sink *sk, uint64_t deadline_ns)
 {
 	struct multifd *s = of(sk);
@@ -309,6 +326,7 @@ static const struct gw_ram_sink_ops multifd_ops = {
 	.flush = multifd_flush,
 	.sent = multifd_sent,
 	.taken = multifd_taken,
+	.backlog = multifd_backlog,
 	.finish = multifd_finish,
 	.set_deadline = multifd_set_deadline,
 	.release = multifd_release,
