@@ -63,15 +63,25 @@ static uint64_t now_ms(void)
  * virsh's --timeout-suspend: a migration that has not ended after the
  * timeout gets the guest paused (QMP stop), and a paused guest dirties
  * nothing, so the next pass finds nothing left and the switchover comes.
+ * *suspended: the guest is paused by the stop now; not if the migration
+ * already held it for the switchover (finish-migrate), where a stop does
+ * nothing and the guest travels running.
  */
-static int suspend_for_timeout(struct qmp_client *c, const struct opts *o, struct progress *p)
+static int suspend_for_timeout(struct qmp_client *c, const struct opts *o, struct progress *p,
+			       bool *suspended)
 {
+	json_t *st;
 	progress_end(p);
 	fprintf(stderr,
 		"godwit: --timeout: the migration is still running after %llu s: suspending "
 		"the guest so that it completes\n",
 		(unsigned long long)o->policy.timeout_s);
-	return execute(c, "stop", NULL);
+	if (execute(c, "stop", NULL) < 0 || qmp_client_execute(c, "query-status", NULL, &st) < 0)
+		return -1;
+	const char *status = json_string_value(json_object_get(st, "status"));
+	*suspended = status && !strcmp(status, "paused");
+	json_decref(st);
+	return 0;
 }
 
 /* Poll query-migrate until the status is final; *final gets that reply,
@@ -79,7 +89,7 @@ static int suspend_for_timeout(struct qmp_client *c, const struct opts *o, struc
 static int follow(struct qmp_client *c, const struct opts *o, json_t **final, bool *suspended)
 {
 	struct progress p;
-	bool cancelled = false;
+	bool cancelled = false, timed_out = false;
 	uint64_t deadline = now_ms() + o->policy.timeout_s * 1000;
 	progress_init(&p, o->tty);
 	catch_sigint();
@@ -114,10 +124,10 @@ static int follow(struct qmp_client *c, const struct opts *o, json_t **final, bo
 			cancelled = true;
 			continue;
 		}
-		if ((o->given & OPT_TIMEOUT) && !*suspended && !cancelled && now_ms() >= deadline) {
-			if (suspend_for_timeout(c, o, &p) < 0)
+		if ((o->given & OPT_TIMEOUT) && !timed_out && !cancelled && now_ms() >= deadline) {
+			if (suspend_for_timeout(c, o, &p, suspended) < 0)
 				return command_failed(c);
-			*suspended = true;
+			timed_out = true;
 			continue;
 		}
 		sleep_ms(POLL_MS);

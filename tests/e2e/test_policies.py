@@ -218,6 +218,47 @@ class Policies(gwtest.unittest.TestCase):
                 self.assertEqual(len(stops), 1, src.qmp.events)
                 assert_passes_consecutive(self, src, r)
 
+    def stop_in_pre_switchover(self, then_continue):
+        """A stop while the source holds the guest paused for the
+        switchover does nothing, as in QEMU: the guest ran when the
+        migration paused it, so it runs at the destination, or here again
+        if the migration is cancelled."""
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        with small_dirtier() as src:
+            src.wait_passes(1)
+            with destination(src, uri) as dst:
+                src.qmp.cmd("migrate-set-capabilities", capabilities=[
+                    {"capability": "events", "state": True},
+                    {"capability": "pause-before-switchover", "state": True}])
+                src.qmp.cmd("migrate", uri=uri)
+                src.qmp.wait_event("MIGRATION", lambda e: e["data"]["status"] ==
+                                   "pre-switchover", 60)
+                self.assertTrue(src.qmp.wait_event("STOP"))
+                self.assertEqual(src.qmp.cmd("stop"), {})
+                self.assertIsNone(src.qmp.find_event("STOP"))
+                self.assertEqual(src.qmp.cmd("query-status")["status"], "finish-migrate")
+                if then_continue:
+                    src.qmp.cmd("migrate-continue", state="pre-switchover")
+                    self.assertEqual(wait_migration(src)["status"], "completed")
+                    d = wait_migration(dst)
+                    self.assertEqual(d["status"], "completed", d)
+                    self.assertEqual(d["x-godwit-ram-hash"], src.ram_hash())
+                    self.assertEqual(dst.qmp.cmd("query-status")["status"], "running")
+                    dst.wait_passes(2)
+                    self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+                else:
+                    src.qmp.cmd("migrate-cancel")
+                    self.assertEqual(wait_migration(src)["status"], "cancelled")
+                    self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+                    src.wait_passes(1)
+                    self.assertFalse(src.guest()["check-failed"])
+
+    def test_stop_in_pre_switchover_then_continue(self):
+        self.stop_in_pre_switchover(then_continue=True)
+
+    def test_stop_in_pre_switchover_then_cancel(self):
+        self.stop_in_pre_switchover(then_continue=False)
+
 
 if __name__ == "__main__":
     gwtest.main()
