@@ -12,6 +12,7 @@
 #include "qmp_client.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 enum { EXIT_USAGE = 2 };
@@ -27,6 +28,21 @@ enum {
 	OPT_LIVE = 1u << 6,        /* snapshot-save: the guest at the command, running on */
 	OPT_UPDATE_TO = 1u << 7,   /* update: cpr-transfer to the process on this socket */
 	OPT_UPDATE_EXEC = 1u << 8, /* update: cpr-exec into this binary */
+	/* migrate: virsh migrate's policy options (opts.policy) */
+	OPT_BANDWIDTH = 1u << 9,
+	OPT_DOWNTIME = 1u << 10,
+	OPT_AUTO_CONVERGE = 1u << 11,
+	OPT_TIMEOUT = 1u << 12,
+	OPT_TIMEOUT_SUSPEND = 1u << 13,
+	OPT_DEST_SOCKET = 1u << 14, /* migrate: the destination's QMP socket */
+};
+
+/* What `migrate` sets before it starts, and how it follows. */
+struct migrate_policy {
+	uint64_t bandwidth_mib; /* --bandwidth: MiB/s, as virsh */
+	uint64_t downtime_ms;   /* --downtime */
+	uint64_t timeout_s;     /* --timeout: then suspend the guest */
+	const char *dest_socket;
 };
 
 struct opts {
@@ -37,6 +53,7 @@ struct opts {
 	unsigned parallel;         /* --parallel N */
 	const char *update_target; /* update --to PATH / --exec BINARY */
 	const char *qmp_path;      /* the QMP socket connected to */
+	struct migrate_policy policy;
 };
 
 struct command {
@@ -75,6 +92,8 @@ int run_snapshot_restore(struct qmp_client *c, const struct command *cmd, const 
 /* migrate.c */
 int check_set_parameters(char **argv);
 int check_set_capabilities(char **argv);
+/* The combinations of options migrate refuses; 0, or -1 after saying why. */
+int check_migrate(const struct opts *o);
 int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o, char **argv);
 int run_migrate_status(struct qmp_client *c, const struct command *cmd, const struct opts *o,
 		       char **argv);

@@ -185,7 +185,10 @@ static const struct command commands[] = {
 	 "name and data. With --json, print each event object as one line. Ends\n"
 	 "when interrupted or when godwit-vmm exits.\n",
 	 NULL, run_events, NULL},
-	{"migrate", " [--wait] URI", 1, 1, OPT_WAIT, "migrate the guest to URI",
+	{"migrate", " [--wait] [OPTION...] URI", 1, 1,
+	 OPT_WAIT | OPT_BANDWIDTH | OPT_DOWNTIME | OPT_AUTO_CONVERGE | OPT_PARALLEL | OPT_TIMEOUT |
+		 OPT_TIMEOUT_SUSPEND | OPT_DEST_SOCKET,
+	 "migrate the guest to URI",
 	 "Start migrating the guest to URI (QMP migrate): tcp:HOST:PORT, unix:PATH,\n"
 	 "fd:N, exec:COMMAND or file:PATH, as seen from godwit-vmm. The destination\n"
 	 "must already be waiting (godwit-vmm --incoming URI).\n"
@@ -204,6 +207,30 @@ static const struct command commands[] = {
 	 "               Ctrl-C cancels the migration (QMP migrate-cancel) and waits\n"
 	 "               for it to end; a second Ctrl-C stops waiting.\n"
 	 "      --json   print only the final query-migrate reply, as JSON.\n"
+	 "\n"
+	 "virsh migrate's options, set before the migration starts (and kept for\n"
+	 "later ones, as migrate-set and migrate-cap do):\n"
+	 "  --bandwidth MIB      at most MIB MiB/s while the guest runs\n"
+	 "                       (max-bandwidth; 0 = unlimited)\n"
+	 "  --downtime MS        switch over once the rest fits MS milliseconds\n"
+	 "                       (downtime-limit, 0 to 2000000)\n"
+	 "  --auto-converge      throttle the vCPUs while the guest dirties memory\n"
+	 "                       faster than it is sent (capability auto-converge)\n"
+	 "  --parallel N         the pages on N more connections (capability multifd\n"
+	 "                       and multifd-channels N; tcp: and unix: only). The\n"
+	 "                       destination needs multifd on too: --dest-socket sets\n"
+	 "                       it, or 'godwit -s DEST migrate-cap multifd=on'\n"
+	 "  --timeout SECONDS    with --wait: a migration still running after SECONDS\n"
+	 "                       gets the guest suspended (QMP stop), so that nothing\n"
+	 "                       is dirtied and it completes (virsh's default action)\n"
+	 "  --timeout-suspend    that action, said explicitly (needs --timeout)\n"
+	 "  --dest-socket PATH   the destination's QMP socket: --parallel turns\n"
+	 "                       multifd on there, and after --timeout suspended the\n"
+	 "                       guest it is resumed there once the migration has\n"
+	 "                       completed. Without it such a guest arrives paused\n"
+	 "                       (QEMU's rule for a guest stopped on the source).\n"
+	 "A migration that does not complete leaves the guest running here: a\n"
+	 "guest suspended by --timeout is resumed.\n"
 	 "\n"
 	 "Exit status with --wait: 0 only if the migration completed.\n",
 	 NULL, run_migrate, NULL},
@@ -346,11 +373,21 @@ static const struct {
 	unsigned opt;
 	const char *name;
 } command_options[] = {
-	{OPT_WAIT, "--wait"},           {OPT_RECORDS, "--records"},
-	{OPT_NO_DECODE, "--no-decode"}, {OPT_DIRECT_IO, "--direct-io"},
-	{OPT_PARALLEL, "--parallel"},   {OPT_INCREMENTAL, "--incremental"},
-	{OPT_LIVE, "--live"},           {OPT_UPDATE_TO, "--to"},
+	{OPT_WAIT, "--wait"},
+	{OPT_RECORDS, "--records"},
+	{OPT_NO_DECODE, "--no-decode"},
+	{OPT_DIRECT_IO, "--direct-io"},
+	{OPT_PARALLEL, "--parallel"},
+	{OPT_INCREMENTAL, "--incremental"},
+	{OPT_LIVE, "--live"},
+	{OPT_UPDATE_TO, "--to"},
 	{OPT_UPDATE_EXEC, "--exec"},
+	{OPT_BANDWIDTH, "--bandwidth"},
+	{OPT_DOWNTIME, "--downtime"},
+	{OPT_AUTO_CONVERGE, "--auto-converge"},
+	{OPT_TIMEOUT, "--timeout"},
+	{OPT_TIMEOUT_SUSPEND, "--timeout-suspend"},
+	{OPT_DEST_SOCKET, "--dest-socket"},
 };
 
 static void global_help(FILE *f)
@@ -373,6 +410,18 @@ static void command_help(const struct command *cmd)
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A decimal number from min to max, nothing else on the argument. */
+static int parse_count(const char *text, uint64_t min, uint64_t max, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long n = strtoull(text, &end, 10);
+	if (!*text || *end || errno || *text == '-' || n < min || n > max)
+		return -1;
+	*out = n;
+	return 0;
+}
 
 static int usage_error(const char *fmt, ...)
 {
@@ -439,6 +488,12 @@ int main(int argc, char **argv)
 		{"live", no_argument, NULL, 'l'},
 		{"to", required_argument, NULL, 't'},
 		{"exec", required_argument, NULL, 'x'},
+		{"bandwidth", required_argument, NULL, 'B'},
+		{"downtime", required_argument, NULL, 'D'},
+		{"auto-converge", no_argument, NULL, 'A'},
+		{"timeout", required_argument, NULL, 'T'},
+		{"timeout-suspend", no_argument, NULL, 'S'},
+		{"dest-socket", required_argument, NULL, 'E'},
 		{0},
 	};
 	/* clang-format on */
@@ -490,21 +545,51 @@ int main(int argc, char **argv)
 			o.update_target = optarg;
 			break;
 		case 'p': {
-			char *end;
-			errno = 0;
-			unsigned long n = strtoul(optarg, &end, 10);
-			if (*end || !*optarg || errno || n < 1 || n > 64)
+			uint64_t n;
+			if (parse_count(optarg, 1, 64, &n) < 0)
 				return usage_error("--parallel '%s': must be a number from 1 to 64",
 						   optarg);
 			o.parallel = (unsigned)n;
 			o.given |= OPT_PARALLEL;
 			break;
 		}
+		case 'B':
+			/* MiB/s in bytes must fit QMP's int64. */
+			if (parse_count(optarg, 0, INT64_MAX >> 20, &o.policy.bandwidth_mib) < 0)
+				return usage_error("--bandwidth '%s': must be a number of MiB/s",
+						   optarg);
+			o.given |= OPT_BANDWIDTH;
+			break;
+		case 'D':
+			/* The range is the VMM's to check, with QEMU's message. */
+			if (parse_count(optarg, 0, INT64_MAX, &o.policy.downtime_ms) < 0)
+				return usage_error("--downtime '%s': must be a number of milliseconds",
+						   optarg);
+			o.given |= OPT_DOWNTIME;
+			break;
+		case 'A':
+			o.given |= OPT_AUTO_CONVERGE;
+			break;
+		case 'T':
+			if (parse_count(optarg, 1, UINT32_MAX, &o.policy.timeout_s) < 0)
+				return usage_error("--timeout '%s': must be a number of seconds, 1 or more",
+						   optarg);
+			o.given |= OPT_TIMEOUT;
+			break;
+		case 'S':
+			o.given |= OPT_TIMEOUT_SUSPEND;
+			break;
+		case 'E':
+			o.policy.dest_socket = optarg;
+			o.given |= OPT_DEST_SOCKET;
+			break;
 		default:
 			if (optopt == 's')
 				return usage_error("option --socket needs a PATH");
-			if (optopt == 'p')
-				return usage_error("option --parallel needs a number");
+			if (optopt == 'p' || optopt == 'B' || optopt == 'D' || optopt == 'T')
+				return usage_error("option %s needs a number", argv[optind - 1]);
+			if (optopt == 'E')
+				return usage_error("option --dest-socket needs a PATH");
 			if (optopt == 't' || optopt == 'x')
 				return usage_error("option --%s needs a path",
 						   optopt == 't' ? "to" : "exec");
@@ -548,6 +633,8 @@ int main(int argc, char **argv)
 			cmd->max_args == 0 ? "no arguments" : "one argument", cmd->name, cmd->args);
 		return EXIT_USAGE;
 	}
+	if (cmd->run == run_migrate && check_migrate(&o) < 0)
+		return EXIT_USAGE;
 	if (cmd->check && cmd->check(argv + optind + 1) < 0)
 		return EXIT_USAGE;
 	int status = run(cmd, &o, argv + optind + 1);

@@ -52,11 +52,45 @@ static int cancel(struct qmp_client *c)
 	return 0;
 }
 
-/* Poll query-migrate until the status is final; *final gets that reply. */
-static int follow(struct qmp_client *c, const struct opts *o, json_t **final)
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * virsh's --timeout-suspend: a migration that has not ended after the
+ * timeout gets the guest paused (QMP stop), and a paused guest dirties
+ * nothing, so the next pass finds nothing left and the switchover comes.
+ * *suspended: the guest is paused by the stop now; not if the migration
+ * already held it for the switchover (finish-migrate), where a stop does
+ * nothing and the guest travels running.
+ */
+static int suspend_for_timeout(struct qmp_client *c, const struct opts *o, struct progress *p,
+			       bool *suspended)
+{
+	json_t *st;
+	progress_end(p);
+	fprintf(stderr,
+		"godwit: --timeout: the migration is still running after %llu s: suspending "
+		"the guest so that it completes\n",
+		(unsigned long long)o->policy.timeout_s);
+	if (execute(c, "stop", NULL) < 0 || qmp_client_execute(c, "query-status", NULL, &st) < 0)
+		return -1;
+	const char *status = json_string_value(json_object_get(st, "status"));
+	*suspended = status && !strcmp(status, "paused");
+	json_decref(st);
+	return 0;
+}
+
+/* Poll query-migrate until the status is final; *final gets that reply,
+ * *suspended says whether --timeout paused the guest. */
+static int follow(struct qmp_client *c, const struct opts *o, json_t **final, bool *suspended)
 {
 	struct progress p;
-	bool cancelled = false;
+	bool cancelled = false, timed_out = false;
+	uint64_t deadline = now_ms() + o->policy.timeout_s * 1000;
 	progress_init(&p, o->tty);
 	catch_sigint();
 	for (;;) {
@@ -90,15 +124,131 @@ static int follow(struct qmp_client *c, const struct opts *o, json_t **final)
 			cancelled = true;
 			continue;
 		}
+		if ((o->given & OPT_TIMEOUT) && !timed_out && !cancelled && now_ms() >= deadline) {
+			if (suspend_for_timeout(c, o, &p, suspended) < 0)
+				return command_failed(c);
+			timed_out = true;
+			continue;
+		}
 		sleep_ms(POLL_MS);
 	}
 }
 
-int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o, char **argv)
+/*
+ * virsh migrate's options, as the QMP libvirt sends before migrate.
+ * Parameters first: the VMM checks all of them before it applies any, so
+ * a wrong value changes nothing. Like migrate-set and migrate-cap, what is
+ * set stays set for later migrations.
+ */
+static int apply_policy(struct qmp_client *c, const struct opts *o)
 {
-	(void)cmd;
+	json_t *params = json_object(), *caps = json_array();
+	int ret = 0;
+	if (o->given & OPT_BANDWIDTH)
+		json_object_set_new(params, "max-bandwidth",
+				    json_integer((json_int_t)(o->policy.bandwidth_mib << 20)));
+	if (o->given & OPT_DOWNTIME)
+		json_object_set_new(params, "downtime-limit",
+				    json_integer((json_int_t)o->policy.downtime_ms));
+	if (o->given & OPT_PARALLEL)
+		json_object_set_new(params, "multifd-channels", json_integer(o->parallel));
+	if (o->given & OPT_AUTO_CONVERGE)
+		json_array_append_new(caps, json_pack("{s:s,s:b}", "capability", "auto-converge",
+						      "state", 1));
+	if (o->given & OPT_PARALLEL)
+		json_array_append_new(caps,
+				      json_pack("{s:s,s:b}", "capability", "multifd", "state", 1));
+	if (json_object_size(params))
+		ret = execute(c, "migrate-set-parameters", json_incref(params));
+	if (ret == 0 && json_array_size(caps))
+		ret = execute(c, "migrate-set-capabilities",
+			      json_pack("{s:O}", "capabilities", caps));
+	json_decref(params);
+	json_decref(caps);
+	return ret;
+}
+
+/* --dest-socket with --parallel: the destination reads multifd channels
+ * only with the capability on (it takes their count from the stream). */
+static int prepare_destination(struct qmp_client *dst, const struct opts *o)
+{
+	if (!(o->given & OPT_PARALLEL))
+		return 0;
+	return execute(dst, "migrate-set-capabilities",
+		       json_pack("{s:[{s:s,s:b}]}", "capabilities", "capability", "multifd",
+				 "state", 1));
+}
+
+static struct qmp_client *open_destination(const struct opts *o)
+{
+	const char *path = o->policy.dest_socket;
+	struct qmp_client *dst;
+	char err[512];
+	if (!strncmp(path, "unix:", 5))
+		path += 5;
+	if (qmp_client_open(path, &dst, err, sizeof(err)) < 0) {
+		fprintf(stderr, "godwit: --dest-socket: %s\n", err);
+		return NULL;
+	}
+	return dst;
+}
+
+/* The destination completes a moment after the source: wait for it,
+ * then run its guest. */
+static int resume_destination(struct qmp_client *dst)
+{
+	for (;;) {
+		json_t *info;
+		if (qmp_client_execute(dst, "query-migrate", NULL, &info) < 0)
+			return command_failed(dst);
+		const char *s = json_string_value(json_object_get(info, "status"));
+		bool done = s && !strcmp(s, "completed");
+		if (s && !done && migration_status_final(s)) {
+			fprintf(stderr,
+				"godwit: the destination's migration ended %s: "
+				"its guest is not resumed\n",
+				s);
+			json_decref(info);
+			return EXIT_FAILURE;
+		}
+		json_decref(info);
+		if (done)
+			return execute(dst, "cont", NULL) < 0 ? command_failed(dst) : EXIT_SUCCESS;
+		sleep_ms(POLL_MS);
+	}
+}
+
+/*
+ * After --timeout suspended the guest. A guest paused by the user arrives
+ * paused (QEMU's rule, which godwit-vmm follows), but virsh's
+ * --timeout-suspend means the guest runs on at the destination once the
+ * migration has completed (libvirt's finish step starts it there); that
+ * takes the destination's socket, and without it the user is told how. A
+ * migration that did not complete leaves the source guest running, as it
+ * was before the timeout.
+ */
+static int after_suspend(struct qmp_client *c, struct qmp_client *dst, bool completed)
+{
+	if (!completed) {
+		fprintf(stderr, "godwit: resuming the guest suspended by --timeout\n");
+		return execute(c, "cont", NULL) < 0 ? command_failed(c) : EXIT_SUCCESS;
+	}
+	if (dst)
+		return resume_destination(dst);
+	fprintf(stderr, "godwit: the guest was suspended by --timeout and arrives paused; "
+			"'godwit --socket DEST cont' runs it at the destination\n");
+	return EXIT_SUCCESS;
+}
+
+static int start_and_follow(struct qmp_client *c, struct qmp_client *dst, const struct opts *o,
+			    const char *uri)
+{
 	json_t *ret;
-	if (qmp_client_execute(c, "migrate", json_pack("{s:s}", "uri", argv[0]), &ret) < 0)
+	if (dst && prepare_destination(dst, o) < 0)
+		return command_failed(dst);
+	if (apply_policy(c, o) < 0)
+		return command_failed(c);
+	if (qmp_client_execute(c, "migrate", json_pack("{s:s}", "uri", uri), &ret) < 0)
 		return command_failed(c);
 	if (!(o->given & OPT_WAIT)) {
 		if (o->json)
@@ -109,21 +259,52 @@ int run_migrate(struct qmp_client *c, const struct command *cmd, const struct op
 	json_decref(ret);
 
 	json_t *info = NULL;
-	int status = follow(c, o, &info);
-	if (status != EXIT_SUCCESS)
+	bool suspended = false;
+	int status = follow(c, o, &info, &suspended);
+	if (status != EXIT_SUCCESS) {
+		if (suspended)
+			after_suspend(c, NULL, false);
 		return status;
+	}
 	if (o->json)
 		print_json(o, info);
 	else
 		migration_print_summary(stdout, info);
 	const char *s = json_string_value(json_object_get(info, "status"));
-	if (strcmp(s, "completed") != 0) {
+	bool completed = strcmp(s, "completed") == 0;
+	if (!completed) {
 		const char *desc = json_string_value(json_object_get(info, "error-desc"));
 		fprintf(stderr, "godwit: migration %s%s%s\n", s, desc ? ": " : "",
 			desc ? desc : "");
 		status = EXIT_FAILURE;
 	}
 	json_decref(info);
+	if (suspended && after_suspend(c, dst, completed) != EXIT_SUCCESS)
+		status = EXIT_FAILURE;
+	return status;
+}
+
+int check_migrate(const struct opts *o)
+{
+	const char *why = NULL;
+	if ((o->given & OPT_TIMEOUT_SUSPEND) && !(o->given & OPT_TIMEOUT))
+		why = "--timeout-suspend needs --timeout";
+	else if ((o->given & OPT_TIMEOUT) && !(o->given & OPT_WAIT))
+		why = "--timeout needs --wait: only a command that follows the migration acts on it";
+	if (why)
+		fprintf(stderr, "godwit: migrate: %s\n", why);
+	return why ? -1 : 0;
+}
+
+int run_migrate(struct qmp_client *c, const struct command *cmd, const struct opts *o, char **argv)
+{
+	(void)cmd;
+	struct qmp_client *dst = NULL;
+	if ((o->given & OPT_DEST_SOCKET) && !(dst = open_destination(o)))
+		return EXIT_FAILURE;
+	int status = start_and_follow(c, dst, o, argv[0]);
+	if (dst)
+		qmp_client_close(dst);
 	return status;
 }
 

@@ -103,7 +103,12 @@ static void apply_locked(struct vmm *vm)
 int vmm_stop(struct vmm *vm)
 {
 	pthread_mutex_lock(&vm->run_lock);
-	vm->user_paused = true;
+	/* A guest the migration holds paused (finish-migrate) does not run,
+	 * so there is nothing to stop, as QEMU has it: what travels is
+	 * whether the guest ran when the migration paused it, and a
+	 * migration that fails gives it back as it was then. */
+	if (!vm->mig_paused)
+		vm->user_paused = true;
 	apply_locked(vm);
 	pthread_mutex_unlock(&vm->run_lock);
 	return 0;

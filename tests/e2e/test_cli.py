@@ -187,6 +187,153 @@ class Migrate(unittest.TestCase):
             self.assertIn("no-such-cap", r.stderr)
 
 
+MIB = 1 << 20
+
+
+def caps_of(vm):
+    return {c["capability"]: c["state"] for c in vm.qmp.cmd("query-migrate-capabilities")}
+
+
+def small_dirtier():
+    """6 MiB rewritten over and over: at 1 MiB/s and a 1 ms limit the
+    migration never converges while the guest runs."""
+    return dirtier(memory="32M", append="end=8M")
+
+
+class MigratePolicy(unittest.TestCase):
+    """virsh migrate's options, each as the QMP it stands for."""
+
+    def test_bandwidth_downtime_auto_converge(self):
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        with small_dirtier() as src:
+            src.wait_passes(1)
+            with destination(src, uri) as dst:
+                # A wrong value is the VMM's to refuse, and all-or-nothing:
+                # nothing is set and nothing starts.
+                r = cli("-s", src.sock, "migrate", "--bandwidth", "5", "--downtime", "2000001",
+                        uri)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn("downtime_limit", r.stderr)
+                self.assertEqual(src.qmp.cmd("query-migrate-parameters")["max-bandwidth"],
+                                 128 * MIB)
+                self.assertEqual(src.qmp.cmd("query-migrate"), {})
+                for bad in (["--bandwidth", "-1"], ["--bandwidth", "1.5"], ["--downtime", "x"],
+                            ["--timeout", "0", "--wait"], ["--timeout", "5"],
+                            ["--timeout-suspend", "--wait"]):
+                    r = cli("-s", src.sock, "migrate", *bad, uri)
+                    self.assertEqual(r.returncode, 2, (bad, r.stderr))
+                self.assertEqual(src.qmp.cmd("query-migrate"), {})
+
+                r = cli("-s", src.sock, "migrate", "--bandwidth", "1", "--downtime", "250",
+                        "--auto-converge", uri)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                p = src.qmp.cmd("query-migrate-parameters")
+                self.assertEqual((p["max-bandwidth"], p["downtime-limit"]), (MIB, 250))
+                self.assertTrue(caps_of(src)["auto-converge"])
+                # At 1 MiB/s the guest outruns the link: the throttle shows.
+                wait_until(lambda: src.qmp.cmd("query-migrate").get(
+                    "cpu-throttle-percentage", 0) > 0, 120, "the throttle")
+                self.assertEqual(cli("-s", src.sock, "migrate-set",
+                                     "max-bandwidth=0").returncode, 0)
+                self.assertEqual(wait_migration(src, timeout=120)["status"], "completed")
+                d = wait_migration(dst)
+                self.assertEqual(d["status"], "completed", d)
+                self.assertEqual(d["x-godwit-ram-hash"], src.ram_hash())
+
+    def timeout_suspend(self, with_dest):
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        with small_dirtier() as src:
+            src.wait_passes(1)
+            with destination(src, uri) as dst:
+                args = ["--dest-socket", "unix:" + dst.sock] if with_dest else []
+                r = cli("-s", src.sock, "migrate", "--wait", "--bandwidth", "1", "--downtime",
+                        "1", "--timeout", "1", "--timeout-suspend", *args, uri)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertIn("migration completed", r.stdout)
+                self.assertIn("--timeout: the migration is still running after 1 s: "
+                              "suspending the guest", r.stderr)
+                self.assertEqual(src.qmp.cmd("query-status")["status"], "postmigrate")
+                # The one STOP was the suspend: the switchover found the
+                # guest paused already.
+                self.assertTrue(src.qmp.wait_event("STOP"))
+                self.assertIsNone(src.qmp.find_event("STOP"))
+                d = wait_migration(dst)
+                self.assertEqual(d["status"], "completed", d)
+                self.assertEqual(d["x-godwit-ram-hash"], src.ram_hash())
+                if with_dest:
+                    # virsh's meaning: the guest runs on at the destination.
+                    self.assertEqual(dst.qmp.cmd("query-status")["status"], "running")
+                    self.assertNotIn("arrives paused", r.stderr)
+                else:
+                    # QEMU's rule for a guest stopped on the source.
+                    self.assertEqual(dst.qmp.cmd("query-status")["status"], "paused")
+                    self.assertIn("arrives paused", r.stderr)
+                    dst.qmp.cmd("cont")
+                dst.wait_passes(2)
+                self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+
+    def test_timeout_suspend_resumes_at_the_destination(self):
+        self.timeout_suspend(with_dest=True)
+
+    def test_timeout_suspend_without_the_destination(self):
+        self.timeout_suspend(with_dest=False)
+
+    def test_timeout_then_cancel_resumes_the_source(self):
+        """The migration did not complete after the suspend (here the
+        manager cancels it in pre-switchover): the source guest runs on."""
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        with small_dirtier() as src:
+            src.wait_passes(1)
+            with destination(src, uri):
+                src.qmp.cmd("migrate-set-capabilities", capabilities=[
+                    {"capability": "pause-before-switchover", "state": True}])
+                p = subprocess.Popen([gwtest.CLI, "-s", src.sock, "migrate", "--wait",
+                                      "--bandwidth", "1", "--downtime", "1", "--timeout", "1",
+                                      uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+                try:
+                    wait_until(lambda: src.qmp.cmd("query-migrate").get("status") ==
+                               "pre-switchover", 120, "pre-switchover after the suspend")
+                    src.qmp.cmd("migrate-cancel")
+                    out, err = p.communicate(timeout=60)
+                finally:
+                    p.kill()
+                self.assertEqual(p.returncode, 1, out + err)
+                self.assertIn("suspending the guest", err)
+                self.assertIn("resuming the guest suspended by --timeout", err)
+                self.assertIn("migration cancelled", out)
+                self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+                src.wait_passes(1)
+                self.assertFalse(src.guest()["check-failed"])
+
+    def test_parallel(self):
+        """--parallel N: multifd with N channels; --dest-socket turns the
+        capability on at the destination too. Without it a destination
+        that lacks it refuses, and says what to do."""
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        with small_dirtier() as src:
+            src.wait_passes(1)
+            with destination(src, uri) as dst:
+                r = cli("-s", src.sock, "--json", "migrate", "--wait", "--parallel", "3", uri)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn("turn on the multifd capability on this side too",
+                              json.loads(r.stdout)["error-desc"])
+                self.assertEqual(src.qmp.cmd("query-status")["status"], "running")
+                self.assertFalse(caps_of(dst)["multifd"])
+            uri = f"tcp:127.0.0.1:{free_port()}"
+            with destination(src, uri) as dst:
+                r = cli("-s", src.sock, "migrate", "--wait", "--parallel", "3",
+                        "--dest-socket", dst.sock, uri)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertEqual(src.qmp.cmd("query-migrate-parameters")["multifd-channels"], 3)
+                self.assertTrue(caps_of(src)["multifd"] and caps_of(dst)["multifd"])
+                d = wait_migration(dst)
+                self.assertEqual(d["status"], "completed", d)
+                self.assertEqual(d["x-godwit-ram-hash"], src.ram_hash())
+                dst.wait_passes(2)
+                self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
+
+
 class Analyze(unittest.TestCase):
     """One stream written by `migrate file:` of a stopped dirtier guest,
     analyzed whole, corrupted, truncated and through a pipe."""
