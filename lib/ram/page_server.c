@@ -205,6 +205,11 @@ static int fill(struct gw_page_server *ps, uint32_t bi, uint64_t first, uint64_t
 					   b->b.name, (unsigned long long)(first * PAGE),
 					   gw_strerror(errno));
 	} else if (!zero) {
+		/* A run's pages allocated and mapped in the second mapping in one
+		 * call, not one page fault each as the read first touches them;
+		 * a failure only costs those faults. */
+		if (b->alias && n > 1)
+			madvise(dst, n * PAGE, MADV_POPULATE_WRITE);
 		ret = ps->src.read(ps->src.opaque, bi, first, n, dst, err);
 	}
 	if (ret == 0)
