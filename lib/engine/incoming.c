@@ -169,8 +169,11 @@ static void *pause_thread(void *opaque)
  * first would let it run on with a page of zeros; so the pause is asked
  * for first, in a thread (its kick reaches the vCPUs at once), and the
  * server lets go once the pause returned, or after PAUSE_KICK_MS if it
- * has not (a vCPU held by a missing page): the vCPU, kicked by then,
- * leaves KVM_RUN before the guest runs another instruction.
+ * has not (a vCPU held by a missing page): kicked by then, the vCPU gets
+ * its page (zeros) in KVM, whose pending signal check stops it before it
+ * enters the guest again, so the guest never reads the page. A machine so
+ * loaded that the pause thread has not even kicked within PAUSE_KICK_MS
+ * would let that vCPU run on briefly: the only timing this relies on.
  */
 static int pause_for_good(struct gw_incoming *in, struct gw_error *err)
 {

@@ -8,13 +8,14 @@
  * changed atomically, decides who fills it; a fault on a page the
  * background is filling waits for that fill instead of making a second.
  *
- * Two ways to fill (enum gw_ps_mode). MINOR: the source writes straight
- * into a second mapping of the block's memfd, which is not registered, so
- * the data lands in the page cache with one copy; UFFDIO_CONTINUE then
- * maps the run into the guest mapping, one call per contiguous run.
- * MISSING: the source writes into a buffer and UFFDIO_COPY copies it in
- * (two copies; what works without a memfd). In both modes a page the
- * source lacks reads as zeros once touched.
+ * Two ways to fill (enum gw_ps_mode), both from a buffer the source
+ * writes into and checks. MINOR: the buffer is written into the block's
+ * memfd (its page cache, outside the registered mapping), and
+ * UFFDIO_CONTINUE maps the pages into the guest mapping, one call per
+ * contiguous run; minor faults are what post-copy needs to fill pages
+ * ahead of the guest without a userfaultfd call per run. MISSING: the
+ * buffer is copied in with UFFDIO_COPY. In both modes a page the source
+ * lacks reads as zeros once touched.
  *
  * The userfaultfd handles kernel-mode faults too (wp.h): KVM's own
  * accesses to guest memory wait for their page like a vCPU's.
@@ -40,7 +41,7 @@
 #include <godwit/error.h>
 
 enum gw_ps_mode {
-	GW_PS_MINOR,   /* fill through a second mapping, map with UFFDIO_CONTINUE */
+	GW_PS_MINOR,   /* fill the memfd's page cache, map with UFFDIO_CONTINUE */
 	GW_PS_MISSING, /* fill from a buffer with UFFDIO_COPY */
 };
 
