@@ -6,9 +6,12 @@
  * background for each page of its run. Neither ever fills a page it did
  * not win, so each page is read from the source and mapped once. The
  * background maps a run only after the whole run is in and checked; a
- * fault on one of its pages waits on the condition variable the fills
- * signal, which also ends on a failure or a stop, so no wait outlives the
- * server.
+ * fault on one of its pages is left to wait in the kernel, which wakes it
+ * when the run is mapped, while the fault thread serves the next faults
+ * (its latency is counted then, by the background). Only past WAITS_MAX
+ * such faults at once does the fault thread wait itself, on the condition
+ * variable the fills signal, which also ends on a failure or a stop, so
+ * no wait outlives the server.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,8 +38,17 @@
 #define RUN_PAGES_DEFAULT 512
 /* Fault messages taken per read(): several vCPUs may fault at once. */
 #define MSGS_PER_READ 16
+/* Faults on pages of background runs being read, counted when the run is
+ * in: one per thread that can fault is plenty. */
+#define WAITS_MAX 64
 
 enum { EMPTY, FILLING, DONE };
+
+struct wait {
+	const struct ps_block *b;
+	uint64_t page;
+	uint64_t t0; /* when the fault was read */
+};
 
 struct ps_block {
 	struct gw_ps_block b;
@@ -64,6 +76,8 @@ struct gw_page_server {
 	bool stopping;
 	bool failed;
 	struct gw_error error; /* the first failure */
+	struct wait waits[WAITS_MAX];
+	uint32_t nr_waits;
 
 	/* atomic */
 	uint64_t filled; /* pages the source has, filled */
@@ -108,7 +122,19 @@ static void fail(struct gw_page_server *ps, const struct gw_error *e)
 	pthread_mutex_unlock(&ps->lock);
 }
 
-/* Pages [first, first + n) are mapped: publish them and wake the waiters. */
+static void note_latency(struct gw_page_server *ps, uint64_t t0, uint64_t now)
+{
+	uint64_t ns = now - t0, max = __atomic_load_n(&ps->st.fault_max_ns, __ATOMIC_RELAXED);
+
+	add(&ps->st.faults, 1);
+	add(&ps->st.fault_ns, ns);
+	while (ns > max && !__atomic_compare_exchange_n(&ps->st.fault_max_ns, &max, ns, false,
+							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+/* Pages [first, first + n) are mapped: publish them, count the faults
+ * that waited for them, wake the fault thread if it waits itself. */
 static void done(struct gw_page_server *ps, struct ps_block *b, uint64_t first, uint64_t n,
 		 uint64_t *counter)
 {
@@ -122,6 +148,16 @@ static void done(struct gw_page_server *ps, struct ps_block *b, uint64_t first, 
 	pthread_mutex_lock(&ps->lock);
 	if (present && __atomic_add_fetch(&ps->filled, present, __ATOMIC_RELAXED) == ps->nr_present)
 		signal_efd(ps->done_efd);
+	for (uint32_t i = 0; i < ps->nr_waits;) {
+		const struct wait *w = &ps->waits[i];
+
+		if (w->b == b && w->page >= first && w->page < first + n) {
+			note_latency(ps, w->t0, gw_now_ns());
+			ps->waits[i] = ps->waits[--ps->nr_waits];
+		} else {
+			i++;
+		}
+	}
 	pthread_cond_broadcast(&ps->cond);
 	pthread_mutex_unlock(&ps->lock);
 }
@@ -251,30 +287,30 @@ static struct ps_block *find(struct gw_page_server *ps, uint64_t addr, uint64_t 
 	return NULL;
 }
 
-/* The background is filling the page: wait until it is in. False if it
- * never will be (a failure or a stop). */
-static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t page)
+/*
+ * The background is filling the page. Leave the fault to its run (done()
+ * counts it), or, with WAITS_MAX such faults already, wait until the page
+ * is in. True if it is in now; false if it is left, or never comes (a
+ * failure or a stop).
+ */
+static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t page, uint64_t t0)
 {
 	bool in;
 
 	pthread_mutex_lock(&ps->lock);
+	/* done() stores DONE before it takes the lock to look at the waits:
+	 * seen FILLING here, its look comes after this wait is listed. */
+	in = __atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == DONE;
+	if (!in && ps->nr_waits < WAITS_MAX) {
+		ps->waits[ps->nr_waits++] = (struct wait){b, page, t0};
+		pthread_mutex_unlock(&ps->lock);
+		return false;
+	}
 	while (!(in = __atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == DONE) && !ps->failed &&
 	       !ps->stopping)
 		pthread_cond_wait(&ps->cond, &ps->lock);
 	pthread_mutex_unlock(&ps->lock);
 	return in;
-}
-
-static void note_latency(struct gw_page_server *ps, uint64_t t0)
-{
-	uint64_t ns = gw_now_ns() - t0,
-		 max = __atomic_load_n(&ps->st.fault_max_ns, __ATOMIC_RELAXED);
-
-	add(&ps->st.faults, 1);
-	add(&ps->st.fault_ns, ns);
-	while (ns > max && !__atomic_compare_exchange_n(&ps->st.fault_max_ns, &max, ns, false,
-							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
-		;
 }
 
 /* One fault: fill its page if nobody does, else wait for whoever does. */
@@ -296,7 +332,7 @@ static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
 		done(ps, b, page, 1, has(b, page) ? &ps->st.faulted : &ps->st.zero);
 	} else if (__atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == FILLING) {
 		add(&ps->st.waited, 1);
-		if (!await_fill(ps, b, page))
+		if (!await_fill(ps, b, page, t0))
 			return;
 	} else {
 		/*
@@ -310,7 +346,7 @@ static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
 		if (ps->params.mode != GW_PS_MINOR || ioctl(ps->uffd, UFFDIO_CONTINUE, &c) < 0)
 			ioctl(ps->uffd, UFFDIO_WAKE, &r);
 	}
-	note_latency(ps, t0);
+	note_latency(ps, t0, gw_now_ns());
 }
 
 static void *fault_thread(void *opaque)
