@@ -71,6 +71,9 @@ struct gw_incoming {
 	 * whether its guest ran, after which a failure pauses it for good. */
 	struct gw_mapped_lazy *lazy;
 	bool lazy_resumed;
+	/* its faults by thread, kept when it ends (under the job's lock) */
+	struct gw_ps_thread_stats threads[GW_PS_THREADS_MAX];
+	unsigned nr_threads;
 };
 
 /*
@@ -115,18 +118,21 @@ static int start_lazy(struct gw_incoming *in, struct gw_error *err)
 	return ret;
 }
 
+static uint32_t us_of(uint64_t ns)
+{
+	return ns / 1000 > UINT32_MAX ? UINT32_MAX : (uint32_t)(ns / 1000);
+}
+
 static void lazy_figures(struct gw_mapped_lazy *lz, struct gw_incoming_stats *st)
 {
 	struct gw_ps_stats ps;
-	uint64_t max_us;
 
 	gw_mapped_lazy_stats(lz, &ps);
-	max_us = ps.fault_max_ns / 1000;
 	st->lazy_faulted = ps.faulted;
 	st->lazy_background = ps.background;
 	st->lazy_remaining = ps.remaining;
-	st->lazy_fault_mean_us = ps.faults ? (uint32_t)(ps.fault_ns / ps.faults / 1000) : 0;
-	st->lazy_fault_max_us = max_us > UINT32_MAX ? UINT32_MAX : (uint32_t)max_us;
+	st->lazy_fault_mean_us = ps.faults ? us_of(ps.fault_ns / ps.faults) : 0;
+	st->lazy_fault_max_us = us_of(ps.fault_max_ns);
 }
 
 /* Stop serving RAM; its figures stay in the stats. */
@@ -138,6 +144,7 @@ static void end_lazy(struct gw_incoming *in)
 		return;
 	pthread_mutex_lock(&in->job.lock);
 	lazy_figures(lz, &in->stats);
+	in->nr_threads = gw_mapped_lazy_thread_stats(lz, in->threads);
 	in->lazy = NULL;
 	pthread_mutex_unlock(&in->job.lock);
 	gw_mapped_lazy_free(lz);
@@ -515,6 +522,29 @@ void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 					   sizeof(out->error));
 	pthread_mutex_unlock(&in->job.lock);
 	out->received = __atomic_load_n(&in->received, __ATOMIC_RELAXED);
+}
+
+unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_thread_stats *out,
+				   unsigned max)
+{
+	struct gw_ps_thread_stats t[GW_PS_THREADS_MAX];
+	unsigned n;
+
+	pthread_mutex_lock(&in->job.lock);
+	n = in->lazy ? gw_mapped_lazy_thread_stats(in->lazy, t) : in->nr_threads;
+	if (!in->lazy)
+		memcpy(t, in->threads, n * sizeof(t[0]));
+	pthread_mutex_unlock(&in->job.lock);
+	if (n > max)
+		n = max;
+	for (unsigned i = 0; i < n; i++)
+		out[i] = (struct gw_fault_thread_stats){
+			.tid = t[i].tid,
+			.faults = t[i].faults,
+			.fault_mean_us = t[i].faults ? us_of(t[i].fault_ns / t[i].faults) : 0,
+			.fault_max_us = us_of(t[i].fault_max_ns),
+		};
+	return n;
 }
 
 void gw_incoming_cancel(struct gw_incoming *in)

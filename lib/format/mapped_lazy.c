@@ -154,6 +154,12 @@ void gw_mapped_lazy_stats(struct gw_mapped_lazy *lz, struct gw_ps_stats *out)
 	gw_page_server_stats(lz->ps, out);
 }
 
+unsigned gw_mapped_lazy_thread_stats(struct gw_mapped_lazy *lz,
+				     struct gw_ps_thread_stats out[GW_PS_THREADS_MAX])
+{
+	return gw_page_server_thread_stats(lz->ps, out);
+}
+
 void gw_mapped_lazy_free(struct gw_mapped_lazy *lz)
 {
 	if (!lz)

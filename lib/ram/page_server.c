@@ -48,6 +48,7 @@ struct wait {
 	const struct ps_block *b;
 	uint64_t page;
 	uint64_t t0; /* when the fault was read */
+	int32_t tid; /* who faulted */
 };
 
 struct ps_block {
@@ -78,6 +79,10 @@ struct gw_page_server {
 	struct gw_error error; /* the first failure */
 	struct wait waits[WAITS_MAX];
 	uint32_t nr_waits;
+
+	pthread_mutex_t threads_lock; /* the two below */
+	struct gw_ps_thread_stats threads[GW_PS_THREADS_MAX];
+	unsigned nr_threads;
 
 	/* atomic */
 	uint64_t filled; /* pages the source has, filled */
@@ -122,7 +127,25 @@ static void fail(struct gw_page_server *ps, const struct gw_error *e)
 	pthread_mutex_unlock(&ps->lock);
 }
 
-static void note_latency(struct gw_page_server *ps, uint64_t t0, uint64_t now)
+static void note_thread(struct gw_page_server *ps, int32_t tid, uint64_t ns)
+{
+	unsigned i = 0;
+
+	pthread_mutex_lock(&ps->threads_lock);
+	while (i < ps->nr_threads && ps->threads[i].tid != tid)
+		i++;
+	if (i == ps->nr_threads && i < GW_PS_THREADS_MAX)
+		ps->threads[ps->nr_threads++] = (struct gw_ps_thread_stats){.tid = tid};
+	if (i < ps->nr_threads) {
+		ps->threads[i].faults++;
+		ps->threads[i].fault_ns += ns;
+		if (ns > ps->threads[i].fault_max_ns)
+			ps->threads[i].fault_max_ns = ns;
+	}
+	pthread_mutex_unlock(&ps->threads_lock);
+}
+
+static void note_latency(struct gw_page_server *ps, int32_t tid, uint64_t t0, uint64_t now)
 {
 	uint64_t ns = now - t0, max = __atomic_load_n(&ps->st.fault_max_ns, __ATOMIC_RELAXED);
 
@@ -131,6 +154,7 @@ static void note_latency(struct gw_page_server *ps, uint64_t t0, uint64_t now)
 	while (ns > max && !__atomic_compare_exchange_n(&ps->st.fault_max_ns, &max, ns, false,
 							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
 		;
+	note_thread(ps, tid, ns);
 }
 
 /* Pages [first, first + n) are mapped: publish them, count the faults
@@ -152,7 +176,7 @@ static void done(struct gw_page_server *ps, struct ps_block *b, uint64_t first, 
 		const struct wait *w = &ps->waits[i];
 
 		if (w->b == b && w->page >= first && w->page < first + n) {
-			note_latency(ps, w->t0, gw_now_ns());
+			note_latency(ps, w->tid, w->t0, gw_now_ns());
 			ps->waits[i] = ps->waits[--ps->nr_waits];
 		} else {
 			i++;
@@ -293,7 +317,8 @@ static struct ps_block *find(struct gw_page_server *ps, uint64_t addr, uint64_t 
  * is in. True if it is in now; false if it is left, or never comes (a
  * failure or a stop).
  */
-static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t page, uint64_t t0)
+static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t page, int32_t tid,
+		       uint64_t t0)
 {
 	bool in;
 
@@ -302,7 +327,7 @@ static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t p
 	 * seen FILLING here, its look comes after this wait is listed. */
 	in = __atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == DONE;
 	if (!in && ps->nr_waits < WAITS_MAX) {
-		ps->waits[ps->nr_waits++] = (struct wait){b, page, t0};
+		ps->waits[ps->nr_waits++] = (struct wait){b, page, t0, tid};
 		pthread_mutex_unlock(&ps->lock);
 		return false;
 	}
@@ -314,7 +339,7 @@ static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t p
 }
 
 /* One fault: fill its page if nobody does, else wait for whoever does. */
-static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
+static void serve(struct gw_page_server *ps, uint64_t addr, int32_t tid, uint64_t t0)
 {
 	struct gw_error e = {0};
 	uint64_t page;
@@ -332,7 +357,7 @@ static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
 		done(ps, b, page, 1, has(b, page) ? &ps->st.faulted : &ps->st.zero);
 	} else if (__atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == FILLING) {
 		add(&ps->st.waited, 1);
-		if (!await_fill(ps, b, page, t0))
+		if (!await_fill(ps, b, page, tid, t0))
 			return;
 	} else {
 		/*
@@ -346,7 +371,7 @@ static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
 		if (ps->params.mode != GW_PS_MINOR || ioctl(ps->uffd, UFFDIO_CONTINUE, &c) < 0)
 			ioctl(ps->uffd, UFFDIO_WAKE, &r);
 	}
-	note_latency(ps, t0, gw_now_ns());
+	note_latency(ps, tid, t0, gw_now_ns());
 }
 
 static void *fault_thread(void *opaque)
@@ -369,7 +394,8 @@ static void *fault_thread(void *opaque)
 		t0 = gw_now_ns();
 		for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof(msgs[0]); i++)
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				serve(ps, msgs[i].arg.pagefault.address, t0);
+				serve(ps, msgs[i].arg.pagefault.address,
+				      (int32_t)msgs[i].arg.pagefault.feat.ptid, t0);
 	}
 	return NULL;
 }
@@ -487,9 +513,22 @@ void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out)
 	out->remaining = ps->nr_present - __atomic_load_n(&ps->filled, __ATOMIC_RELAXED);
 }
 
+unsigned gw_page_server_thread_stats(struct gw_page_server *ps,
+				     struct gw_ps_thread_stats out[GW_PS_THREADS_MAX])
+{
+	unsigned n;
+
+	pthread_mutex_lock(&ps->threads_lock);
+	n = ps->nr_threads;
+	memcpy(out, ps->threads, n * sizeof(*out));
+	pthread_mutex_unlock(&ps->threads_lock);
+	return n;
+}
+
 static int open_uffd(struct gw_page_server *ps, struct gw_error *err)
 {
-	uint64_t want = UFFD_FEATURE_MISSING_SHMEM |
+	/* THREAD_ID: faults counted per faulting thread (a vCPU's). */
+	uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_THREAD_ID |
 			(ps->params.mode == GW_PS_MINOR ? UFFD_FEATURE_MINOR_SHMEM : 0);
 	struct uffdio_api api = {.api = UFFD_API, .features = want};
 
@@ -585,6 +624,7 @@ int gw_page_server_start(const struct gw_ps_block *blocks, uint32_t n,
 	ps->src = *src;
 	ps->nr = n;
 	pthread_mutex_init(&ps->lock, NULL);
+	pthread_mutex_init(&ps->threads_lock, NULL);
 	pthread_cond_init(&ps->cond, NULL);
 	ps->blocks = calloc(n ? n : 1, sizeof(*ps->blocks));
 	ret = ps->blocks ? setup(ps, blocks, err) :
@@ -630,6 +670,7 @@ void gw_page_server_free(struct gw_page_server *ps)
 	free(ps->page_buf);
 	free(ps->run_buf);
 	pthread_cond_destroy(&ps->cond);
+	pthread_mutex_destroy(&ps->threads_lock);
 	pthread_mutex_destroy(&ps->lock);
 	free(ps);
 }

@@ -86,6 +86,16 @@ struct gw_ps_stats {
 	uint64_t fault_max_ns;
 };
 
+/* Faults by the thread that took them (userfaultfd's thread id): a
+ * vCPU's, or a VMM thread's reading guest memory. */
+#define GW_PS_THREADS_MAX 64
+struct gw_ps_thread_stats {
+	int32_t tid;
+	uint64_t faults;
+	uint64_t fault_ns;
+	uint64_t fault_max_ns;
+};
+
 struct gw_page_server;
 
 /*
@@ -106,6 +116,10 @@ int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, struct gw_err
 
 /* From any thread, at any time. */
 void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out);
+/* The same by faulting thread, the first GW_PS_THREADS_MAX threads that
+ * faulted (the others count in gw_ps_stats only): how many are in out. */
+unsigned gw_page_server_thread_stats(struct gw_page_server *ps,
+				     struct gw_ps_thread_stats out[GW_PS_THREADS_MAX]);
 
 /*
  * Stop both threads, unregister the ranges (which wakes every waiter:

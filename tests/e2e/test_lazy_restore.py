@@ -117,6 +117,11 @@ class LazyRestore(unittest.TestCase):
             self.assertGreater(lazy["background-pages"], EXTRA_LEN // 4096 - 1, d)
             self.assertGreaterEqual(lazy["fault-latency-max-us"],
                                     lazy["fault-latency-mean-us"], d)
+            # Both vCPUs rewrite their own share: each took faults of its own.
+            self.assertEqual([v["cpu-index"] for v in lazy["vcpus"]], [0, 1], d)
+            for v in lazy["vcpus"]:
+                self.assertGreater(v["faults"], 0, d)
+                self.assertGreaterEqual(v["fault-latency-max-us"], v["fault-latency-mean-us"], d)
             self.assertEqual(read_guest(dst, EXTRA_AT, EXTRA_LEN), self.extra)
             dst.wait_passes(2)
             self.assertFalse(dst.guest()["check-failed"], dst.serial_text())

@@ -153,6 +153,7 @@ static void check_page(const unsigned char *host, uint64_t p)
 struct toucher {
 	unsigned char *host;
 	unsigned seed;
+	pid_t tid;
 };
 
 /* Touch every page once, in a shuffled order, and check each. */
@@ -162,6 +163,7 @@ static void *touch_all(void *opaque)
 	static uint64_t order[2][PAGES];
 	uint64_t *o = order[t->seed & 1];
 
+	t->tid = gettid();
 	for (uint64_t p = 0; p < PAGES; p++)
 		o[p] = p;
 	for (uint64_t p = PAGES - 1; p > 0; p--) {
@@ -215,6 +217,21 @@ static void test_faults_and_background(enum gw_ps_mode mode)
 	CHECK(st.faults >= st.faulted + st.zero && st.fault_max_ns > 0 &&
 	      st.fault_ns >= st.fault_max_ns);
 	check_exactly_once();
+	/* Each thread's faults, by the thread id the kernel gave. */
+	{
+		struct gw_ps_thread_stats th_st[GW_PS_THREADS_MAX];
+		unsigned n = gw_page_server_thread_stats(ps, th_st), seen = 0;
+		uint64_t sum = 0;
+
+		for (unsigned i = 0; i < n; i++) {
+			sum += th_st[i].faults;
+			for (int k = 0; k < 2; k++)
+				if (th_st[i].tid == t[k].tid && th_st[i].faults > 0 &&
+				    th_st[i].fault_ns >= th_st[i].fault_max_ns)
+					seen++;
+		}
+		CHECK(seen == 2 && sum == st.faults);
+	}
 	gw_page_server_free(ps);
 	/* After the unregister: the memory is just memory, and right. */
 	for (uint64_t p = 0; p < PAGES; p++)
