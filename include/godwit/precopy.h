@@ -295,6 +295,11 @@ GW_API int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
 		      struct gw_error *err);
 GW_API void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out);
+/* New parameters: only lazy_max_bandwidth takes effect (at once, during
+ * a lazy restore); the others were read at the start. -EINVAL if a
+ * reserved word is set. */
+GW_API int gw_incoming_set_params(struct gw_incoming *in, const struct gw_incoming_params *params,
+				  struct gw_error *err);
 /* A lazy restore's faults by thread, now (and once it ended): at most max
  * into out; returns how many. 0 for any other incoming migration. */
 GW_API unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_thread_stats *out,

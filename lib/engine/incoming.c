@@ -114,6 +114,9 @@ static int start_lazy(struct gw_incoming *in, struct gw_error *err)
 
 	pthread_mutex_lock(&in->job.lock);
 	in->lazy = lz;
+	/* A rate set while it started (gw_incoming_set_params). */
+	if (lz)
+		gw_mapped_lazy_set_rate(lz, in->params.lazy_max_bandwidth);
 	pthread_mutex_unlock(&in->job.lock);
 	return ret;
 }
@@ -522,6 +525,22 @@ void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 					   sizeof(out->error));
 	pthread_mutex_unlock(&in->job.lock);
 	out->received = __atomic_load_n(&in->received, __ATOMIC_RELAXED);
+}
+
+int gw_incoming_set_params(struct gw_incoming *in, const struct gw_incoming_params *params,
+			   struct gw_error *err)
+{
+	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
+				    "incoming parameters", err);
+
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&in->job.lock);
+	in->params.lazy_max_bandwidth = params->lazy_max_bandwidth;
+	if (in->lazy)
+		gw_mapped_lazy_set_rate(in->lazy, params->lazy_max_bandwidth);
+	pthread_mutex_unlock(&in->job.lock);
+	return 0;
 }
 
 unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_thread_stats *out,

@@ -38,6 +38,8 @@
 #define RUN_PAGES_DEFAULT 512
 /* Fault messages taken per read(): several vCPUs may fault at once. */
 #define MSGS_PER_READ 16
+/* The background's longest sleep before it looks at its rate again. */
+#define PACE_MAX_SLEEP_MS 50
 /* Faults on pages of background runs being read, counted when the run is
  * in: one per thread that can fault is plenty. */
 #define WAITS_MAX 64
@@ -410,19 +412,27 @@ static bool stopping(struct gw_page_server *ps)
 	return s;
 }
 
-/* Keep to the rate; false if the server stops meanwhile. */
+/* Keep to the rate; false if the server stops meanwhile. The rate may
+ * change while it sleeps: it looks again every PACE_MAX_SLEEP_MS. */
 static bool pace(struct gw_page_server *ps, struct gw_ratelimit *rl, uint64_t bytes)
 {
 	uint64_t ns;
 
 	gw_ratelimit_spend(rl, bytes);
-	while ((ns = gw_ratelimit_delay_ns(rl, ps->params.rate, gw_now_ns())) > 0) {
+	while ((ns = gw_ratelimit_delay_ns(rl, __atomic_load_n(&ps->params.rate, __ATOMIC_RELAXED),
+					   gw_now_ns())) > 0) {
 		struct pollfd p = {.fd = ps->stop_efd, .events = POLLIN};
+		uint64_t ms = ns / 1000000 + 1;
 
-		if (poll(&p, 1, (int)(ns / 1000000) + 1) > 0)
+		if (poll(&p, 1, ms < PACE_MAX_SLEEP_MS ? (int)ms : PACE_MAX_SLEEP_MS) > 0)
 			return false;
 	}
 	return true;
+}
+
+void gw_page_server_set_rate(struct gw_page_server *ps, uint64_t rate)
+{
+	__atomic_store_n(&ps->params.rate, rate, __ATOMIC_RELAXED);
 }
 
 /* Pages [s, t) of block bi, all present: fill the ones still empty, in

@@ -114,6 +114,10 @@ int gw_page_server_start(const struct gw_ps_block *blocks, uint32_t n,
  */
 int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, struct gw_error *err);
 
+/* A new rate for the background (bytes per second, 0 = no limit), from
+ * any thread: it applies within PACE_MAX_SLEEP_MS (50 ms). */
+void gw_page_server_set_rate(struct gw_page_server *ps, uint64_t rate);
+
 /* From any thread, at any time. */
 void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out);
 /* The same by faulting thread, the first GW_PS_THREADS_MAX threads that

@@ -945,6 +945,11 @@ void migration_set_params(struct vmm *vm, const struct migration_settings *s)
 	mig->go_timeout_ms = s->go_timeout_ms;
 	mig->postcopy_bandwidth = s->postcopy_bandwidth;
 	mig->lazy_copy = s->lazy_copy;
+	/* A lazy restore under way takes its new rate at once. */
+	if (mig->in) {
+		const struct gw_incoming_params in = {.lazy_max_bandwidth = s->postcopy_bandwidth};
+		gw_incoming_set_params(mig->in, &in, NULL);
+	}
 	if (mig->out) {
 		struct gw_precopy_params now = *p;
 		now.auto_converge = mig->cap_auto_converge;
