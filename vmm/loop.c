@@ -145,6 +145,14 @@ int loop_call(struct loop *l, loop_call_fn fn, void *opaque)
 	c->opaque = opaque;
 	c->next = NULL;
 	pthread_mutex_lock(&l->lock);
+	/* A stopped loop runs no more calls: refused, the caller keeps (and
+	 * frees) what it passed, as a migration thread that still reports
+	 * while the VMM exits does. */
+	if (l->stop) {
+		pthread_mutex_unlock(&l->lock);
+		free(c);
+		return -ESHUTDOWN;
+	}
 	*l->calls_tail = c;
 	l->calls_tail = &c->next;
 	pthread_mutex_unlock(&l->lock);

@@ -27,7 +27,8 @@ int loop_mod_fd(struct loop *l, int fd, uint32_t events);
  * whose callback is running. */
 void loop_del_fd(struct loop *l, int fd);
 
-/* Thread-safe: run fn(opaque) on the loop thread soon. */
+/* Thread-safe: run fn(opaque) on the loop thread soon; -ESHUTDOWN once
+ * the loop was stopped (fn will never run: opaque is still the caller's). */
 int loop_call(struct loop *l, loop_call_fn fn, void *opaque);
 
 /* Run until loop_stop(); returns 0 or -errno. */

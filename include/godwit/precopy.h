@@ -251,6 +251,18 @@ struct gw_incoming_stats {
 	uint32_t lazy_fault_max_us;
 };
 
+/* A lazy restore's faults by the thread that took them: a vCPU's, or a
+ * VMM thread's that read guest RAM (the first GW_FAULT_THREADS_MAX
+ * threads that faulted). Latency as in gw_incoming_stats. */
+#define GW_FAULT_THREADS_MAX 64
+struct gw_fault_thread_stats {
+	int32_t tid; /* the thread's id (gettid()) */
+	uint32_t fault_mean_us;
+	uint32_t fault_max_us;
+	uint64_t faults;
+	uint64_t reserved[2]; /* for fields of later versions: do not read */
+};
+
 struct gw_incoming_params {
 	uint64_t go_timeout_ms; /* READY sent until GO; 0 = 30000. Past it the
 				   guest never runs here, and the source is told */
@@ -309,6 +321,15 @@ GW_API int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 GW_API int gw_incoming_add_channel(struct gw_incoming *in, struct gw_channel *ch,
 				   struct gw_error *err);
 GW_API void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out);
+/* New parameters: only lazy_max_bandwidth takes effect (at once, during
+ * a lazy restore); the others were read at the start. -EINVAL if a
+ * reserved word is set. */
+GW_API int gw_incoming_set_params(struct gw_incoming *in, const struct gw_incoming_params *params,
+				  struct gw_error *err);
+/* A lazy restore's faults by thread, now (and once it ended): at most max
+ * into out; returns how many. 0 for any other incoming migration. */
+GW_API unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_thread_stats *out,
+					  unsigned max);
 GW_API void gw_incoming_cancel(struct gw_incoming *in);
 /* As gw_precopy_done(). */
 GW_API bool gw_incoming_done(struct gw_incoming *in);

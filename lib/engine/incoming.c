@@ -75,6 +75,9 @@ struct gw_incoming {
 	 * whether its guest ran, after which a failure pauses it for good. */
 	struct gw_mapped_lazy *lazy;
 	bool lazy_resumed;
+	/* its faults by thread, kept when it ends (under the job's lock) */
+	struct gw_ps_thread_stats threads[GW_PS_THREADS_MAX];
+	unsigned nr_threads;
 };
 
 /*
@@ -115,22 +118,28 @@ static int start_lazy(struct gw_incoming *in, struct gw_error *err)
 
 	pthread_mutex_lock(&in->job.lock);
 	in->lazy = lz;
+	/* A rate set while it started (gw_incoming_set_params). */
+	if (lz)
+		gw_mapped_lazy_set_rate(lz, in->params.lazy_max_bandwidth);
 	pthread_mutex_unlock(&in->job.lock);
 	return ret;
+}
+
+static uint32_t us_of(uint64_t ns)
+{
+	return ns / 1000 > UINT32_MAX ? UINT32_MAX : (uint32_t)(ns / 1000);
 }
 
 static void lazy_figures(struct gw_mapped_lazy *lz, struct gw_incoming_stats *st)
 {
 	struct gw_ps_stats ps;
-	uint64_t max_us;
 
 	gw_mapped_lazy_stats(lz, &ps);
-	max_us = ps.fault_max_ns / 1000;
 	st->lazy_faulted = ps.faulted;
 	st->lazy_background = ps.background;
 	st->lazy_remaining = ps.remaining;
-	st->lazy_fault_mean_us = ps.faults ? (uint32_t)(ps.fault_ns / ps.faults / 1000) : 0;
-	st->lazy_fault_max_us = max_us > UINT32_MAX ? UINT32_MAX : (uint32_t)max_us;
+	st->lazy_fault_mean_us = ps.faults ? us_of(ps.fault_ns / ps.faults) : 0;
+	st->lazy_fault_max_us = us_of(ps.fault_max_ns);
 }
 
 /* Stop serving RAM; its figures stay in the stats. */
@@ -142,6 +151,7 @@ static void end_lazy(struct gw_incoming *in)
 		return;
 	pthread_mutex_lock(&in->job.lock);
 	lazy_figures(lz, &in->stats);
+	in->nr_threads = gw_mapped_lazy_thread_stats(lz, in->threads);
 	in->lazy = NULL;
 	pthread_mutex_unlock(&in->job.lock);
 	gw_mapped_lazy_free(lz);
@@ -173,8 +183,11 @@ static void *pause_thread(void *opaque)
  * first would let it run on with a page of zeros; so the pause is asked
  * for first, in a thread (its kick reaches the vCPUs at once), and the
  * server lets go once the pause returned, or after PAUSE_KICK_MS if it
- * has not (a vCPU held by a missing page): the vCPU, kicked by then,
- * leaves KVM_RUN before the guest runs another instruction.
+ * has not (a vCPU held by a missing page): kicked by then, the vCPU gets
+ * its page (zeros) in KVM, whose pending signal check stops it before it
+ * enters the guest again, so the guest never reads the page. A machine so
+ * loaded that the pause thread has not even kicked within PAUSE_KICK_MS
+ * would let that vCPU run on briefly: the only timing this relies on.
  */
 static int pause_for_good(struct gw_incoming *in, struct gw_error *err)
 {
@@ -546,6 +559,45 @@ void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 					   sizeof(out->error));
 	pthread_mutex_unlock(&in->job.lock);
 	out->received = __atomic_load_n(&in->received, __ATOMIC_RELAXED);
+}
+
+int gw_incoming_set_params(struct gw_incoming *in, const struct gw_incoming_params *params,
+			   struct gw_error *err)
+{
+	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
+				    "incoming parameters", err);
+
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&in->job.lock);
+	in->params.lazy_max_bandwidth = params->lazy_max_bandwidth;
+	if (in->lazy)
+		gw_mapped_lazy_set_rate(in->lazy, params->lazy_max_bandwidth);
+	pthread_mutex_unlock(&in->job.lock);
+	return 0;
+}
+
+unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_thread_stats *out,
+				   unsigned max)
+{
+	struct gw_ps_thread_stats t[GW_PS_THREADS_MAX];
+	unsigned n;
+
+	pthread_mutex_lock(&in->job.lock);
+	n = in->lazy ? gw_mapped_lazy_thread_stats(in->lazy, t) : in->nr_threads;
+	if (!in->lazy)
+		memcpy(t, in->threads, n * sizeof(t[0]));
+	pthread_mutex_unlock(&in->job.lock);
+	if (n > max)
+		n = max;
+	for (unsigned i = 0; i < n; i++)
+		out[i] = (struct gw_fault_thread_stats){
+			.tid = t[i].tid,
+			.faults = t[i].faults,
+			.fault_mean_us = t[i].faults ? us_of(t[i].fault_ns / t[i].faults) : 0,
+			.fault_max_us = us_of(t[i].fault_max_ns),
+		};
+	return n;
 }
 
 void gw_incoming_cancel(struct gw_incoming *in)

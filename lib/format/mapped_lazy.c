@@ -149,9 +149,20 @@ int gw_mapped_lazy_wait(struct gw_mapped_lazy *lz, int cancel_efd, struct gw_err
 	return ret < 0 ? gw_error_prefix(err, ret, "restoring a mapped-ram file lazily: ") : 0;
 }
 
+void gw_mapped_lazy_set_rate(struct gw_mapped_lazy *lz, uint64_t rate)
+{
+	gw_page_server_set_rate(lz->ps, rate);
+}
+
 void gw_mapped_lazy_stats(struct gw_mapped_lazy *lz, struct gw_ps_stats *out)
 {
 	gw_page_server_stats(lz->ps, out);
+}
+
+unsigned gw_mapped_lazy_thread_stats(struct gw_mapped_lazy *lz,
+				     struct gw_ps_thread_stats out[GW_PS_THREADS_MAX])
+{
+	return gw_page_server_thread_stats(lz->ps, out);
 }
 
 void gw_mapped_lazy_free(struct gw_mapped_lazy *lz)

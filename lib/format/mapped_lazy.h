@@ -43,7 +43,10 @@ int gw_mapped_lazy_start(struct gw_migration *m, int fd, const struct gw_mapped_
  * block and file offset), or cancel_efd is readable (-ECANCELED). */
 int gw_mapped_lazy_wait(struct gw_mapped_lazy *lz, int cancel_efd, struct gw_error *err);
 
+void gw_mapped_lazy_set_rate(struct gw_mapped_lazy *lz, uint64_t rate);
 void gw_mapped_lazy_stats(struct gw_mapped_lazy *lz, struct gw_ps_stats *out);
+unsigned gw_mapped_lazy_thread_stats(struct gw_mapped_lazy *lz,
+				     struct gw_ps_thread_stats out[GW_PS_THREADS_MAX]);
 
 /* Stop serving: see gw_page_server_free() for what a waiter then sees. */
 void gw_mapped_lazy_free(struct gw_mapped_lazy *lz);

@@ -6,9 +6,12 @@
  * background for each page of its run. Neither ever fills a page it did
  * not win, so each page is read from the source and mapped once. The
  * background maps a run only after the whole run is in and checked; a
- * fault on one of its pages waits on the condition variable the fills
- * signal, which also ends on a failure or a stop, so no wait outlives the
- * server.
+ * fault on one of its pages is left to wait in the kernel, which wakes it
+ * when the run is mapped, while the fault thread serves the next faults
+ * (its latency is counted then, by the background). Only past WAITS_MAX
+ * such faults at once does the fault thread wait itself, on the condition
+ * variable the fills signal, which also ends on a failure or a stop, so
+ * no wait outlives the server.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,7 +21,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "lib/bitmap.h"
@@ -28,6 +30,7 @@
 #include "lib/ram/page_server.h"
 #include "lib/ram/wp.h"
 #include "lib/ratelimit.h"
+#include "lib/transport/pio.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
 /* 2 MiB: one read of that size runs at the disk's speed, and a fault that
@@ -35,13 +38,24 @@
 #define RUN_PAGES_DEFAULT 512
 /* Fault messages taken per read(): several vCPUs may fault at once. */
 #define MSGS_PER_READ 16
+/* The background's longest sleep before it looks at its rate again. */
+#define PACE_MAX_SLEEP_MS 50
+/* Faults on pages of background runs being read, counted when the run is
+ * in: one per thread that can fault is plenty. */
+#define WAITS_MAX 64
 
 enum { EMPTY, FILLING, DONE };
 
+struct wait {
+	const struct ps_block *b;
+	uint64_t page;
+	uint64_t t0; /* when the fault was read */
+	int32_t tid; /* who faulted */
+};
+
 struct ps_block {
 	struct gw_ps_block b;
-	unsigned char *alias; /* MINOR: the unregistered second mapping */
-	uint8_t *state;       /* per page, atomic */
+	uint8_t *state; /* per page, atomic */
 	uint64_t pages;
 	bool registered;
 };
@@ -53,8 +67,8 @@ struct gw_page_server {
 	struct ps_block *blocks;
 	uint32_t nr;
 	uint64_t nr_present;
-	void *page_buf; /* MISSING: the fault thread's page */
-	void *run_buf;  /* MISSING: the background's run */
+	void *page_buf; /* the fault thread's page */
+	void *run_buf;  /* the background's run */
 	int stop_efd;   /* readable: both threads end */
 	int done_efd;   /* readable: every page is in, or a fill failed */
 	pthread_t fault_thread, bg_thread;
@@ -65,6 +79,12 @@ struct gw_page_server {
 	bool stopping;
 	bool failed;
 	struct gw_error error; /* the first failure */
+	struct wait waits[WAITS_MAX];
+	uint32_t nr_waits;
+
+	pthread_mutex_t threads_lock; /* the two below */
+	struct gw_ps_thread_stats threads[GW_PS_THREADS_MAX];
+	unsigned nr_threads;
 
 	/* atomic */
 	uint64_t filled; /* pages the source has, filled */
@@ -109,7 +129,38 @@ static void fail(struct gw_page_server *ps, const struct gw_error *e)
 	pthread_mutex_unlock(&ps->lock);
 }
 
-/* Pages [first, first + n) are mapped: publish them and wake the waiters. */
+static void note_thread(struct gw_page_server *ps, int32_t tid, uint64_t ns)
+{
+	unsigned i = 0;
+
+	pthread_mutex_lock(&ps->threads_lock);
+	while (i < ps->nr_threads && ps->threads[i].tid != tid)
+		i++;
+	if (i == ps->nr_threads && i < GW_PS_THREADS_MAX)
+		ps->threads[ps->nr_threads++] = (struct gw_ps_thread_stats){.tid = tid};
+	if (i < ps->nr_threads) {
+		ps->threads[i].faults++;
+		ps->threads[i].fault_ns += ns;
+		if (ns > ps->threads[i].fault_max_ns)
+			ps->threads[i].fault_max_ns = ns;
+	}
+	pthread_mutex_unlock(&ps->threads_lock);
+}
+
+static void note_latency(struct gw_page_server *ps, int32_t tid, uint64_t t0, uint64_t now)
+{
+	uint64_t ns = now - t0, max = __atomic_load_n(&ps->st.fault_max_ns, __ATOMIC_RELAXED);
+
+	add(&ps->st.faults, 1);
+	add(&ps->st.fault_ns, ns);
+	while (ns > max && !__atomic_compare_exchange_n(&ps->st.fault_max_ns, &max, ns, false,
+							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+	note_thread(ps, tid, ns);
+}
+
+/* Pages [first, first + n) are mapped: publish them, count the faults
+ * that waited for them, wake the fault thread if it waits itself. */
 static void done(struct gw_page_server *ps, struct ps_block *b, uint64_t first, uint64_t n,
 		 uint64_t *counter)
 {
@@ -123,17 +174,49 @@ static void done(struct gw_page_server *ps, struct ps_block *b, uint64_t first, 
 	pthread_mutex_lock(&ps->lock);
 	if (present && __atomic_add_fetch(&ps->filled, present, __ATOMIC_RELAXED) == ps->nr_present)
 		signal_efd(ps->done_efd);
+	for (uint32_t i = 0; i < ps->nr_waits;) {
+		const struct wait *w = &ps->waits[i];
+
+		if (w->b == b && w->page >= first && w->page < first + n) {
+			note_latency(ps, w->tid, w->t0, gw_now_ns());
+			ps->waits[i] = ps->waits[--ps->nr_waits];
+		} else {
+			i++;
+		}
+	}
 	pthread_cond_broadcast(&ps->cond);
 	pthread_mutex_unlock(&ps->lock);
 }
 
 /* Drop what a failed fill left in the page cache (MINOR): the pages stay
- * holes, so nothing can ever map the bytes that did not check out. */
-static void drop(struct ps_block *b, uint64_t first, uint64_t n)
+ * holes, so nothing can ever map them. */
+static void drop(struct gw_page_server *ps, struct ps_block *b, uint64_t first, uint64_t n)
 {
-	if (b->alias)
+	if (ps->params.mode == GW_PS_MINOR)
 		fallocate(b->b.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			  (off_t)(b->b.fd_offset + first * PAGE), (off_t)(n * PAGE));
+}
+
+/*
+ * MINOR: checked pages into the memfd's page cache, outside the
+ * registered mapping, for UFFDIO_CONTINUE to map. A write(2) rather than
+ * a copy through a second mapping: a page a mapping touches first is
+ * cleared by the kernel before the copy overwrites it, which a write of
+ * whole pages skips (bench/lazy.py measured the mapping at 0.6-0.8 GB/s,
+ * the write at 1.1 GB/s, as fast as UFFDIO_COPY).
+ */
+static int put_in_cache(struct ps_block *b, uint64_t first, uint64_t n, const void *buf,
+			struct gw_error *err)
+{
+	uint64_t at = b->b.fd_offset + first * PAGE;
+	int ret = gw_pwrite_full(b->b.fd, buf, n * PAGE, at, NULL);
+
+	if (ret < 0)
+		return gw_error_set(err, ret,
+				    "page server, RAM block '%s': writing 0x%llx bytes at 0x%llx into its memfd: %s",
+				    b->b.name, (unsigned long long)(n * PAGE),
+				    (unsigned long long)(first * PAGE), gw_strerror(-ret));
+	return 0;
 }
 
 /* One userfaultfd ioctl over [first, first + n), resumed where the kernel
@@ -187,16 +270,16 @@ static int map_range(struct gw_page_server *ps, struct ps_block *b, uint64_t fir
 
 /*
  * Fill [first, first + n), pages this thread won: from the source (all of
- * them present) into the page cache or buf, or zeros; then map them.
+ * them present) through buf, checked, or zeros; then map them.
  */
 static int fill(struct gw_page_server *ps, uint32_t bi, uint64_t first, uint64_t n, bool zero,
 		void *buf, struct gw_error *err)
 {
 	struct ps_block *b = &ps->blocks[bi];
-	unsigned char *dst = b->alias ? b->alias + first * PAGE : buf;
+	bool minor = ps->params.mode == GW_PS_MINOR;
 	int ret = 0;
 
-	if (zero && b->alias) {
+	if (zero && minor) {
 		/* A zeroed page in the page cache, for UFFDIO_CONTINUE. */
 		if (fallocate(b->b.fd, 0, (off_t)(b->b.fd_offset + first * PAGE),
 			      (off_t)(n * PAGE)) < 0)
@@ -205,12 +288,14 @@ static int fill(struct gw_page_server *ps, uint32_t bi, uint64_t first, uint64_t
 					   b->b.name, (unsigned long long)(first * PAGE),
 					   gw_strerror(errno));
 	} else if (!zero) {
-		ret = ps->src.read(ps->src.opaque, bi, first, n, dst, err);
+		ret = ps->src.read(ps->src.opaque, bi, first, n, buf, err);
+		if (ret == 0 && minor)
+			ret = put_in_cache(b, first, n, buf, err);
 	}
 	if (ret == 0)
 		ret = map_range(ps, b, first, n, zero ? NULL : buf, err);
 	if (ret < 0)
-		drop(b, first, n);
+		drop(ps, b, first, n);
 	return ret;
 }
 
@@ -228,13 +313,26 @@ static struct ps_block *find(struct gw_page_server *ps, uint64_t addr, uint64_t 
 	return NULL;
 }
 
-/* The background is filling the page: wait until it is in. False if it
- * never will be (a failure or a stop). */
-static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t page)
+/*
+ * The background is filling the page. Leave the fault to its run (done()
+ * counts it), or, with WAITS_MAX such faults already, wait until the page
+ * is in. True if it is in now; false if it is left, or never comes (a
+ * failure or a stop).
+ */
+static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t page, int32_t tid,
+		       uint64_t t0)
 {
 	bool in;
 
 	pthread_mutex_lock(&ps->lock);
+	/* done() stores DONE before it takes the lock to look at the waits:
+	 * seen FILLING here, its look comes after this wait is listed. */
+	in = __atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == DONE;
+	if (!in && ps->nr_waits < WAITS_MAX) {
+		ps->waits[ps->nr_waits++] = (struct wait){b, page, t0, tid};
+		pthread_mutex_unlock(&ps->lock);
+		return false;
+	}
 	while (!(in = __atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == DONE) && !ps->failed &&
 	       !ps->stopping)
 		pthread_cond_wait(&ps->cond, &ps->lock);
@@ -242,20 +340,8 @@ static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t p
 	return in;
 }
 
-static void note_latency(struct gw_page_server *ps, uint64_t t0)
-{
-	uint64_t ns = gw_now_ns() - t0,
-		 max = __atomic_load_n(&ps->st.fault_max_ns, __ATOMIC_RELAXED);
-
-	add(&ps->st.faults, 1);
-	add(&ps->st.fault_ns, ns);
-	while (ns > max && !__atomic_compare_exchange_n(&ps->st.fault_max_ns, &max, ns, false,
-							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
-		;
-}
-
 /* One fault: fill its page if nobody does, else wait for whoever does. */
-static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
+static void serve(struct gw_page_server *ps, uint64_t addr, int32_t tid, uint64_t t0)
 {
 	struct gw_error e = {0};
 	uint64_t page;
@@ -273,7 +359,7 @@ static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
 		done(ps, b, page, 1, has(b, page) ? &ps->st.faulted : &ps->st.zero);
 	} else if (__atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == FILLING) {
 		add(&ps->st.waited, 1);
-		if (!await_fill(ps, b, page))
+		if (!await_fill(ps, b, page, tid, t0))
 			return;
 	} else {
 		/*
@@ -287,7 +373,7 @@ static void serve(struct gw_page_server *ps, uint64_t addr, uint64_t t0)
 		if (ps->params.mode != GW_PS_MINOR || ioctl(ps->uffd, UFFDIO_CONTINUE, &c) < 0)
 			ioctl(ps->uffd, UFFDIO_WAKE, &r);
 	}
-	note_latency(ps, t0);
+	note_latency(ps, tid, t0, gw_now_ns());
 }
 
 static void *fault_thread(void *opaque)
@@ -310,7 +396,8 @@ static void *fault_thread(void *opaque)
 		t0 = gw_now_ns();
 		for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof(msgs[0]); i++)
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				serve(ps, msgs[i].arg.pagefault.address, t0);
+				serve(ps, msgs[i].arg.pagefault.address,
+				      (int32_t)msgs[i].arg.pagefault.feat.ptid, t0);
 	}
 	return NULL;
 }
@@ -325,19 +412,27 @@ static bool stopping(struct gw_page_server *ps)
 	return s;
 }
 
-/* Keep to the rate; false if the server stops meanwhile. */
+/* Keep to the rate; false if the server stops meanwhile. The rate may
+ * change while it sleeps: it looks again every PACE_MAX_SLEEP_MS. */
 static bool pace(struct gw_page_server *ps, struct gw_ratelimit *rl, uint64_t bytes)
 {
 	uint64_t ns;
 
 	gw_ratelimit_spend(rl, bytes);
-	while ((ns = gw_ratelimit_delay_ns(rl, ps->params.rate, gw_now_ns())) > 0) {
+	while ((ns = gw_ratelimit_delay_ns(rl, __atomic_load_n(&ps->params.rate, __ATOMIC_RELAXED),
+					   gw_now_ns())) > 0) {
 		struct pollfd p = {.fd = ps->stop_efd, .events = POLLIN};
+		uint64_t ms = ns / 1000000 + 1;
 
-		if (poll(&p, 1, (int)(ns / 1000000) + 1) > 0)
+		if (poll(&p, 1, ms < PACE_MAX_SLEEP_MS ? (int)ms : PACE_MAX_SLEEP_MS) > 0)
 			return false;
 	}
 	return true;
+}
+
+void gw_page_server_set_rate(struct gw_page_server *ps, uint64_t rate)
+{
+	__atomic_store_n(&ps->params.rate, rate, __ATOMIC_RELAXED);
 }
 
 /* Pages [s, t) of block bi, all present: fill the ones still empty, in
@@ -428,9 +523,22 @@ void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out)
 	out->remaining = ps->nr_present - __atomic_load_n(&ps->filled, __ATOMIC_RELAXED);
 }
 
+unsigned gw_page_server_thread_stats(struct gw_page_server *ps,
+				     struct gw_ps_thread_stats out[GW_PS_THREADS_MAX])
+{
+	unsigned n;
+
+	pthread_mutex_lock(&ps->threads_lock);
+	n = ps->nr_threads;
+	memcpy(out, ps->threads, n * sizeof(*out));
+	pthread_mutex_unlock(&ps->threads_lock);
+	return n;
+}
+
 static int open_uffd(struct gw_page_server *ps, struct gw_error *err)
 {
-	uint64_t want = UFFD_FEATURE_MISSING_SHMEM |
+	/* THREAD_ID: faults counted per faulting thread (a vCPU's). */
+	uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_THREAD_ID |
 			(ps->params.mode == GW_PS_MINOR ? UFFD_FEATURE_MINOR_SHMEM : 0);
 	struct uffdio_api api = {.api = UFFD_API, .features = want};
 
@@ -460,16 +568,6 @@ static int setup_block(struct gw_page_server *ps, struct ps_block *b, struct gw_
 	if (!b->state)
 		return gw_error_set(err, -ENOMEM, "page server: out of memory for block '%s'",
 				    b->b.name);
-	if (minor) {
-		void *a = mmap(NULL, b->b.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-			       b->b.fd, (off_t)b->b.fd_offset);
-
-		if (a == MAP_FAILED)
-			return gw_error_set(err, -errno,
-					    "page server: a second mapping of RAM block '%s' (fd %d): %s",
-					    b->b.name, b->b.fd, gw_strerror(errno));
-		b->alias = a;
-	}
 	if (ioctl(ps->uffd, UFFDIO_REGISTER, &r) < 0)
 		return gw_error_set(err, -errno,
 				    "userfaultfd: cannot register RAM block '%s' (%p, 0x%llx bytes) for %s faults: %s",
@@ -499,12 +597,10 @@ static int setup(struct gw_page_server *ps, const struct gw_ps_block *blocks, st
 	}
 	if (ret < 0)
 		return ret;
-	if (ps->params.mode == GW_PS_MISSING) {
-		ps->page_buf = aligned_alloc(PAGE, PAGE);
-		ps->run_buf = aligned_alloc(PAGE, ps->params.run_pages * PAGE);
-		if (!ps->page_buf || !ps->run_buf)
-			return gw_error_set(err, -ENOMEM, "page server: out of memory for buffers");
-	}
+	ps->page_buf = aligned_alloc(PAGE, PAGE);
+	ps->run_buf = aligned_alloc(PAGE, ps->params.run_pages * PAGE);
+	if (!ps->page_buf || !ps->run_buf)
+		return gw_error_set(err, -ENOMEM, "page server: out of memory for buffers");
 	ps->stop_efd = eventfd(0, EFD_CLOEXEC);
 	ps->done_efd = eventfd(0, EFD_CLOEXEC);
 	if (ps->stop_efd < 0 || ps->done_efd < 0)
@@ -538,6 +634,7 @@ int gw_page_server_start(const struct gw_ps_block *blocks, uint32_t n,
 	ps->src = *src;
 	ps->nr = n;
 	pthread_mutex_init(&ps->lock, NULL);
+	pthread_mutex_init(&ps->threads_lock, NULL);
 	pthread_cond_init(&ps->cond, NULL);
 	ps->blocks = calloc(n ? n : 1, sizeof(*ps->blocks));
 	ret = ps->blocks ? setup(ps, blocks, err) :
@@ -571,8 +668,6 @@ void gw_page_server_free(struct gw_page_server *ps)
 		/* Unregistering wakes every waiter on the range. */
 		if (b->registered)
 			ioctl(ps->uffd, UFFDIO_UNREGISTER, &r);
-		if (b->alias)
-			munmap(b->alias, b->b.size);
 		free(b->state);
 	}
 	free(ps->blocks);
@@ -585,6 +680,7 @@ void gw_page_server_free(struct gw_page_server *ps)
 	free(ps->page_buf);
 	free(ps->run_buf);
 	pthread_cond_destroy(&ps->cond);
+	pthread_mutex_destroy(&ps->threads_lock);
 	pthread_mutex_destroy(&ps->lock);
 	free(ps);
 }

@@ -8,13 +8,14 @@
  * changed atomically, decides who fills it; a fault on a page the
  * background is filling waits for that fill instead of making a second.
  *
- * Two ways to fill (enum gw_ps_mode). MINOR: the source writes straight
- * into a second mapping of the block's memfd, which is not registered, so
- * the data lands in the page cache with one copy; UFFDIO_CONTINUE then
- * maps the run into the guest mapping, one call per contiguous run.
- * MISSING: the source writes into a buffer and UFFDIO_COPY copies it in
- * (two copies; what works without a memfd). In both modes a page the
- * source lacks reads as zeros once touched.
+ * Two ways to fill (enum gw_ps_mode), both from a buffer the source
+ * writes into and checks. MINOR: the buffer is written into the block's
+ * memfd (its page cache, outside the registered mapping), and
+ * UFFDIO_CONTINUE maps the pages into the guest mapping, one call per
+ * contiguous run; minor faults are what post-copy needs to fill pages
+ * ahead of the guest without a userfaultfd call per run. MISSING: the
+ * buffer is copied in with UFFDIO_COPY. In both modes a page the source
+ * lacks reads as zeros once touched.
  *
  * The userfaultfd handles kernel-mode faults too (wp.h): KVM's own
  * accesses to guest memory wait for their page like a vCPU's.
@@ -40,7 +41,7 @@
 #include <godwit/error.h>
 
 enum gw_ps_mode {
-	GW_PS_MINOR,   /* fill through a second mapping, map with UFFDIO_CONTINUE */
+	GW_PS_MINOR,   /* fill the memfd's page cache, map with UFFDIO_CONTINUE */
 	GW_PS_MISSING, /* fill from a buffer with UFFDIO_COPY */
 };
 
@@ -85,6 +86,16 @@ struct gw_ps_stats {
 	uint64_t fault_max_ns;
 };
 
+/* Faults by the thread that took them (userfaultfd's thread id): a
+ * vCPU's, or a VMM thread's reading guest memory. */
+#define GW_PS_THREADS_MAX 64
+struct gw_ps_thread_stats {
+	int32_t tid;
+	uint64_t faults;
+	uint64_t fault_ns;
+	uint64_t fault_max_ns;
+};
+
 struct gw_page_server;
 
 /*
@@ -103,8 +114,16 @@ int gw_page_server_start(const struct gw_ps_block *blocks, uint32_t n,
  */
 int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, struct gw_error *err);
 
+/* A new rate for the background (bytes per second, 0 = no limit), from
+ * any thread: it applies within PACE_MAX_SLEEP_MS (50 ms). */
+void gw_page_server_set_rate(struct gw_page_server *ps, uint64_t rate);
+
 /* From any thread, at any time. */
 void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out);
+/* The same by faulting thread, the first GW_PS_THREADS_MAX threads that
+ * faulted (the others count in gw_ps_stats only): how many are in out. */
+unsigned gw_page_server_thread_stats(struct gw_page_server *ps,
+				     struct gw_ps_thread_stats out[GW_PS_THREADS_MAX]);
 
 /*
  * Stop both threads, unregister the ranges (which wakes every waiter:

@@ -29,7 +29,8 @@ struct source {
 	uint32_t reads[PAGES];   /* atomic: times each page was read */
 	uint64_t present[PAGES / 64];
 	uint64_t bad_page;       /* a page whose read fails after writing garbage; or PAGES */
-	/* race test: the first background run waits until a fault waits on it */
+	/* race test: the first background run waits until a fault waits on
+	 * it and another fault was served */
 	bool gate;
 	uint64_t gate_first;     /* atomic: its first page + 1, once known */
 	struct gw_page_server *ps; /* atomic: for the gate */
@@ -67,8 +68,9 @@ static int src_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, vo
 		uint64_t t0 = now_ns();
 
 		__atomic_store_n(&src.gate_first, first + 1, __ATOMIC_RELEASE);
-		/* Until a fault on this run is known to wait for it. */
-		while (st.waited == 0) {
+		/* Until a fault on this run is known to wait for it, and a fault
+		 * elsewhere was served meanwhile. */
+		while (st.waited == 0 || st.faulted == 0) {
 			CHECK(now_ns() - t0 < WAIT_MAX_NS);
 			if ((ps = __atomic_load_n(&src.ps, __ATOMIC_ACQUIRE)))
 				gw_page_server_stats(ps, &st);
@@ -151,6 +153,7 @@ static void check_page(const unsigned char *host, uint64_t p)
 struct toucher {
 	unsigned char *host;
 	unsigned seed;
+	pid_t tid;
 };
 
 /* Touch every page once, in a shuffled order, and check each. */
@@ -160,6 +163,7 @@ static void *touch_all(void *opaque)
 	static uint64_t order[2][PAGES];
 	uint64_t *o = order[t->seed & 1];
 
+	t->tid = gettid();
 	for (uint64_t p = 0; p < PAGES; p++)
 		o[p] = p;
 	for (uint64_t p = PAGES - 1; p > 0; p--) {
@@ -213,6 +217,21 @@ static void test_faults_and_background(enum gw_ps_mode mode)
 	CHECK(st.faults >= st.faulted + st.zero && st.fault_max_ns > 0 &&
 	      st.fault_ns >= st.fault_max_ns);
 	check_exactly_once();
+	/* Each thread's faults, by the thread id the kernel gave. */
+	{
+		struct gw_ps_thread_stats th_st[GW_PS_THREADS_MAX];
+		unsigned n = gw_page_server_thread_stats(ps, th_st), seen = 0;
+		uint64_t sum = 0;
+
+		for (unsigned i = 0; i < n; i++) {
+			sum += th_st[i].faults;
+			for (int k = 0; k < 2; k++)
+				if (th_st[i].tid == t[k].tid && th_st[i].faults > 0 &&
+				    th_st[i].fault_ns >= th_st[i].fault_max_ns)
+					seen++;
+		}
+		CHECK(seen == 2 && sum == st.faults);
+	}
 	gw_page_server_free(ps);
 	/* After the unregister: the memory is just memory, and right. */
 	for (uint64_t p = 0; p < PAGES; p++)
@@ -259,7 +278,9 @@ static void *touch_one(void *opaque)
 }
 
 /* A fault on a page of the run the background is filling waits for that
- * fill: it is not filled a second time, and reads the source's data. */
+ * fill: it is not filled a second time, and reads the source's data; and
+ * the fault thread serves other faults meanwhile (the run's read waits
+ * until one was served). */
 static void test_fault_races_background(enum gw_ps_mode mode)
 {
 	struct ram r = ram_new();
@@ -268,7 +289,7 @@ static void test_fault_races_background(enum gw_ps_mode mode)
 	struct gw_page_server *ps;
 	struct one_touch o = {r.host, 0, 0};
 	pthread_t th;
-	uint64_t t0 = now_ns(), first;
+	uint64_t t0 = now_ns(), first, far;
 
 	source_reset();
 	src.gate = true;
@@ -280,11 +301,22 @@ static void test_fault_races_background(enum gw_ps_mode mode)
 	o.page = first; /* gate_first is the first page + 1: the run's second page */
 	CHECK(is_present(o.page));
 	CHECK(pthread_create(&th, NULL, touch_one, &o) == 0);
+	do {
+		CHECK(now_ns() - t0 < WAIT_MAX_NS);
+		usleep(1000);
+		gw_page_server_stats(ps, &st);
+	} while (st.waited == 0);
+	far = PAGES - 2;
+	CHECK(is_present(far) && far > o.page + 64);
+	check_page(r.host, far);
 	pthread_join(th, NULL);
 	CHECK(o.word == word_of(o.page));
 	CHECK_OK(gw_page_server_wait(ps, -1, &err), &err);
 	gw_page_server_stats(ps, &st);
-	CHECK(st.waited >= 1);
+	CHECK(st.waited >= 1 && st.faulted >= 1);
+	/* Both faults counted: the far one at once, the other when its run
+	 * was in. */
+	CHECK(st.faults >= 2);
 	check_exactly_once();
 	gw_page_server_free(ps);
 	ram_free(&r);

@@ -41,6 +41,9 @@ struct vm_migration {
 	bool lazy_copy;
 	bool cap_lazy; /* x-godwit-lazy-restore */
 	bool in_lazy;  /* the latest incoming migration is a lazy restore */
+	/* its faults by thread, kept once the engine is freed */
+	struct gw_fault_thread_stats in_threads[GW_FAULT_THREADS_MAX];
+	unsigned nr_in_threads;
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
 	bool cap_background;       /* background-snapshot */
 	bool cap_block;            /* block: copy the disks that are not shared */
@@ -356,9 +359,13 @@ static void finish_incoming(struct vm_migration *mig)
 	close_listener(mig);
 	if (in) {
 		struct gw_incoming_stats st;
+		struct gw_fault_thread_stats threads[GW_FAULT_THREADS_MAX];
 		gw_incoming_stats(in, &st);
+		unsigned nr_threads = gw_incoming_fault_threads(in, threads, GW_FAULT_THREADS_MAX);
 		gw_incoming_free(in);
 		pthread_mutex_lock(&mig->lock);
+		memcpy(mig->in_threads, threads, nr_threads * sizeof(threads[0]));
+		mig->nr_in_threads = nr_threads;
 		mig->in_last = st;
 		mig->status = st.status;
 		snprintf(mig->error, sizeof(mig->error), "%s", st.error);
@@ -1027,6 +1034,20 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	}
 	out->in = mig->in_last;
 	out->lazy = mig->in_lazy;
+	/* The faults of a lazy restore, by vCPU: its threads are the vCPUs'. */
+	struct gw_fault_thread_stats threads[GW_FAULT_THREADS_MAX];
+	unsigned nr_threads = mig->nr_in_threads;
+	if (mig->in)
+		nr_threads = gw_incoming_fault_threads(mig->in, threads, GW_FAULT_THREADS_MAX);
+	else
+		memcpy(threads, mig->in_threads, nr_threads * sizeof(threads[0]));
+	for (unsigned i = 0; out->lazy && i < vm->vcpus.nr; i++) {
+		out->lazy_vcpus[i] = (struct gw_fault_thread_stats){.tid = vm->vcpus.vcpus[i].tid};
+		for (unsigned t = 0; t < nr_threads; t++)
+			if (threads[t].tid == vm->vcpus.vcpus[i].tid)
+				out->lazy_vcpus[i] = threads[t];
+		out->nr_lazy_vcpus = i + 1;
+	}
 	if (mig->in)
 		gw_incoming_stats(mig->in, &out->in);
 	memcpy(out->dest_hash, mig->dest_hash, sizeof(out->dest_hash));
@@ -1076,6 +1097,11 @@ void migration_set_params(struct vmm *vm, const struct migration_settings *s)
 	mig->go_timeout_ms = s->go_timeout_ms;
 	mig->postcopy_bandwidth = s->postcopy_bandwidth;
 	mig->lazy_copy = s->lazy_copy;
+	/* A lazy restore under way takes its new rate at once. */
+	if (mig->in) {
+		const struct gw_incoming_params in = {.lazy_max_bandwidth = s->postcopy_bandwidth};
+		gw_incoming_set_params(mig->in, &in, NULL);
+	}
 	if (mig->out) {
 		struct gw_precopy_params now = *p;
 		now.auto_converge = mig->cap_auto_converge;

@@ -321,16 +321,28 @@ static json_t *incoming_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
 	if (st->held)
 		json_object_set_new(r, "x-godwit-held", json_true());
-	if (mi->lazy)
+	if (mi->lazy) {
+		/* By vCPU: the faults its thread took (KVM's for it included). */
+		json_t *vcpus = json_array();
+		for (unsigned i = 0; i < mi->nr_lazy_vcpus; i++)
+			json_array_append_new(vcpus,
+					      json_pack("{s:I,s:I,s:I,s:I}", "cpu-index",
+							(json_int_t)i, "faults",
+							(json_int_t)mi->lazy_vcpus[i].faults,
+							"fault-latency-mean-us",
+							(json_int_t)mi->lazy_vcpus[i].fault_mean_us,
+							"fault-latency-max-us",
+							(json_int_t)mi->lazy_vcpus[i].fault_max_us));
 		json_object_set_new(r, "x-godwit-lazy",
-				    json_pack("{s:I,s:I,s:I,s:I,s:I}", "pages-faulted",
+				    json_pack("{s:I,s:I,s:I,s:I,s:I,s:o}", "pages-faulted",
 					      (json_int_t)st->lazy_faulted, "background-pages",
 					      (json_int_t)st->lazy_background, "remaining-pages",
 					      (json_int_t)st->lazy_remaining,
 					      "fault-latency-mean-us",
 					      (json_int_t)st->lazy_fault_mean_us,
 					      "fault-latency-max-us",
-					      (json_int_t)st->lazy_fault_max_us));
+					      (json_int_t)st->lazy_fault_max_us, "vcpus", vcpus));
+	}
 	if (st->adopted_bytes) {
 		json_object_set_new(r, "x-godwit-adopted-bytes",
 				    json_integer((json_int_t)st->adopted_bytes));
