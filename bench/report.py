@@ -944,6 +944,51 @@ def multifd_section(paths):
     return out
 
 
+def lazy_section(paths):
+    """Lazy restore (bench/lazy.py): how soon a guest restored from a
+    mapped-ram file runs, lazily or after a full restore, and how fast
+    the page server fills RAM in each of its modes."""
+    out = []
+    for path in paths:
+        recs = records(path)
+        rows = [r for r in recs if r.get("type") == "lazy" and r.get("ok")]
+        if not rows:
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+        if not out:
+            out += ["## Lazy restore", "",
+                    "A dirtier guest that wrote half its RAM, saved stopped into a mapped-ram "
+                    "file (read back from the page cache), restored into a fresh godwit-vmm. "
+                    "*running*: `migrate-incoming` sent until the guest runs (`cont` returned); "
+                    "*full*: RAM read whole first; *lazy*: `x-godwit-lazy-restore`, the guest "
+                    "runs once its sections are in and its faults are served from the file "
+                    "while a background thread reads the rest; *complete*: the restore's "
+                    "total-time; *fill*: the file's pages over the time the background alone "
+                    "took to fill them (guest held paused), with MINOR faults and "
+                    "UFFDIO_CONTINUE or with UFFDIO_COPY. Median (min–max).", ""]
+        out += [run_source(path, machine), "",
+                "| guest | running, full ms | running, lazy ms | lazy vs full | lazy complete ms "
+                "| faults (mean / max latency µs) | fill CONTINUE MiB/s | fill COPY MiB/s |",
+                "|---|---|---|---|---|---|---|---|"]
+        for mib in sorted({r["memory_mib"] for r in rows}):
+            def pick(variant, key):
+                return stats([r[key] for r in rows if r["memory_mib"] == mib and
+                              r["variant"] == variant and r.get(key) is not None])
+            full, lazy = pick("full", "running_ms"), pick("lazy", "running_ms")
+            lz = [r["lazy"] for r in rows if r["memory_mib"] == mib and r["variant"] == "lazy"]
+            faults = stats([z["pages-faulted"] for z in lz])
+            mean = stats([z["fault-latency-mean-us"] for z in lz])
+            mx = stats([z["fault-latency-max-us"] for z in lz])
+            out.append(f"| {mib // 1024 if mib >= 1024 else mib} {'GiB' if mib >= 1024 else 'MiB'} "
+                       f"| {fmt(full)} | {fmt(lazy, 1)} | {ratio(lazy, full, 3)} | "
+                       f"{fmt(pick('lazy', 'completed_ms'))} | "
+                       f"{fmt(faults)} ({fmt(mean)} / {fmt(mx)}) | "
+                       f"{fmt(pick('fill-continue', 'fill_mib_s'))} | "
+                       f"{fmt(pick('fill-copy', 'fill_mib_s'))} |")
+        out.append("")
+    return out
+
+
 def write(results_path, docs, extra=()):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
@@ -1005,6 +1050,7 @@ def write(results_path, docs, extra=()):
     out += disk_section([results_path, *extra])
     out += diskio_section([results_path, *extra])
     out += multifd_section(list(extra))
+    out += lazy_section(list(extra))
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))
