@@ -397,6 +397,12 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 		return load_multifd(l, &h, err);
 	case GW_REC_MULTIFD_SYNC:
 		return load_multifd_sync(l, &h, err);
+	case GW_REC_POSTCOPY:
+		/* Only a post-copy destination could use it, and none is built:
+		 * loading on without it would run stale pages as valid. */
+		return gw_error_set(err, -EPROTONOSUPPORT,
+				    "POSTCOPY record at offset %llu: this destination does not run post-copy",
+				    (unsigned long long)h.offset);
 	case GW_REC_EOF:
 		*eof = true;
 		return check_complete(l, &h, err);

@@ -1,0 +1,121 @@
+/*
+ * The POSTCOPY record and the page request check (postcopy.h).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "lib/format/postcopy.h"
+#include "lib/internal.h"
+#include "lib/transport/return_path.h"
+
+#define PAGE ((uint64_t)GW_PAGE_SIZE)
+
+uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, const uint64_t *bits,
+			    unsigned char *buf)
+{
+	uint64_t words = (count + 63) / 64;
+
+	gw_le32(buf, block);
+	gw_le32(buf + 4, 0);
+	gw_le64(buf + 8, first);
+	gw_le64(buf + 16, count);
+	for (uint64_t i = 0; i < words; i++) {
+		uint64_t w = bits[first / 64 + i];
+
+		/* The last word of a piece that ends mid-word carries only
+		 * its own bits: the reader refuses any other. */
+		if (i == words - 1 && count % 64)
+			w &= (1ull << (count % 64)) - 1;
+		gw_le64(buf + GW_POSTCOPY_HEAD_SIZE + i * 8, w);
+	}
+	return gw_postcopy_len(count);
+}
+
+static int bad(struct gw_error *err, uint64_t offset, const char *what, unsigned long long a,
+	       unsigned long long b)
+{
+	return gw_error_set(err, -EBADMSG, "POSTCOPY record at offset %llu: %s (%llu, %llu)",
+			    (unsigned long long)offset, what, a, b);
+}
+
+int gw_postcopy_accept(struct gw_postcopy_cursor *c, const unsigned char *p, uint64_t len,
+		       const struct gw_ram_block *ram, uint32_t nr, uint64_t *const *bits,
+		       uint64_t offset, struct gw_error *err)
+{
+	uint32_t block, flags;
+	uint64_t first, count, pages, words;
+
+	if (len < GW_POSTCOPY_HEAD_SIZE)
+		return bad(err, offset, "shorter than its head (bytes, head)",
+			   (unsigned long long)len, GW_POSTCOPY_HEAD_SIZE);
+	block = gw_get_le32(p);
+	flags = gw_get_le32(p + 4);
+	first = gw_get_le64(p + 8);
+	count = gw_get_le64(p + 16);
+	if (flags)
+		return bad(err, offset, "unknown flags (flags, known)", flags, 0);
+	if (block >= nr)
+		return bad(err, offset, "block index past CONFIG's blocks (index, blocks)", block,
+			   nr);
+	pages = ram[block].size / PAGE;
+	/* In order: a skipped block or piece would leave stale pages valid. */
+	if (block != c->block || first != c->next)
+		return gw_error_set(err, -EBADMSG,
+				    "POSTCOPY record at offset %llu: block %u page %llu, expected block %u page %llu (the records tile every block in order)",
+				    (unsigned long long)offset, block, (unsigned long long)first,
+				    c->block, (unsigned long long)c->next);
+	if (count == 0 || count > GW_POSTCOPY_BITS_MAX || count > pages - first)
+		return bad(err, offset, "bit count out of range (count, pages left in the block)",
+			   (unsigned long long)count, (unsigned long long)(pages - first));
+	if (first + count < pages && count % 64)
+		return bad(err, offset, "a piece that does not end the block ends mid-word (count, 64)",
+			   (unsigned long long)count, 64);
+	words = (count + 63) / 64;
+	if (len != gw_postcopy_len(count))
+		return bad(err, offset, "length does not match its bit count (bytes, expected)",
+			   (unsigned long long)len, (unsigned long long)gw_postcopy_len(count));
+	for (uint64_t i = 0; i < words; i++) {
+		uint64_t w = gw_get_le64(p + GW_POSTCOPY_HEAD_SIZE + i * 8);
+
+		if (i == words - 1 && count % 64 && w >> (count % 64))
+			return bad(err, offset, "bits set past the block's last page (word, bits)",
+				   (unsigned long long)i, (unsigned long long)(count % 64));
+		bits[block][first / 64 + i] = w;
+	}
+	c->next = first + count;
+	if (c->next == pages) {
+		c->block++;
+		c->next = 0;
+	}
+	return 0;
+}
+
+int gw_postcopy_complete(const struct gw_postcopy_cursor *c, const struct gw_ram_block *ram,
+			 uint32_t nr, struct gw_error *err)
+{
+	if (c->block >= nr)
+		return 0;
+	return gw_error_set(err, -EBADMSG,
+			    "post-copy: the stale-page bitmap of RAM block '%s' stops at page %llu of %llu",
+			    ram[c->block].name, (unsigned long long)c->next,
+			    (unsigned long long)(ram[c->block].size / PAGE));
+}
+
+int gw_page_request_check(const struct gw_page_request *rq, const struct gw_ram_block *ram,
+			  uint32_t nr, struct gw_error *err)
+{
+	uint64_t pages;
+
+	if (rq->block >= nr)
+		return gw_error_set(err, -EBADMSG,
+				    "post-copy: the destination asked for block %u, and there are %u",
+				    rq->block, nr);
+	pages = ram[rq->block].size / PAGE;
+	if (rq->count == 0 || rq->count > GW_PAGES_MAX || rq->first >= pages ||
+	    rq->count > pages - rq->first)
+		return gw_error_set(err, -EBADMSG,
+				    "post-copy: the destination asked for %u pages from page %llu of RAM block '%s', which has %llu",
+				    rq->count, (unsigned long long)rq->first, ram[rq->block].name,
+				    (unsigned long long)pages);
+	return 0;
+}
