@@ -68,7 +68,8 @@ int gw_postcopy_accept(struct gw_postcopy_cursor *c, const unsigned char *p, uin
 		return bad(err, offset, "bit count out of range (count, pages left in the block)",
 			   (unsigned long long)count, (unsigned long long)(pages - first));
 	if (first + count < pages && count % 64)
-		return bad(err, offset, "a piece that does not end the block ends mid-word (count, 64)",
+		return bad(err, offset,
+			   "a piece that does not end the block ends mid-word (count, 64)",
 			   (unsigned long long)count, 64);
 	words = (count + 63) / 64;
 	if (len != gw_postcopy_len(count))

@@ -75,8 +75,15 @@ static void test_round_trip(void)
 
 /* A record of block 0 from page 0, altered by `lie`, must be refused. */
 enum lie {
-	LIE_SHORT, LIE_FLAGS, LIE_BLOCK, LIE_ORDER, LIE_ZERO, LIE_PAST_END, LIE_MID_WORD,
-	LIE_LENGTH, LIE_TOO_MANY,
+	LIE_SHORT,
+	LIE_FLAGS,
+	LIE_BLOCK,
+	LIE_ORDER,
+	LIE_ZERO,
+	LIE_PAST_END,
+	LIE_MID_WORD,
+	LIE_LENGTH,
+	LIE_TOO_MANY,
 };
 
 static void check_lie(enum lie lie, const char *why)
@@ -171,12 +178,12 @@ static void round_trip_request(const struct gw_page_request *rq, struct gw_repor
 static void test_requests(void)
 {
 	static const struct gw_page_request bad[] = {
-		{2, 1, 0},                   /* a third block */
-		{0, 0, 0},                   /* nothing */
-		{0, 1, PAGES0},              /* one past the end */
-		{1, 2, PAGES1 - 1},          /* across the end */
-		{1, 1, UINT64_MAX},          /* first + count wraps */
-		{0, GW_PAGES_MAX + 1, 0},    /* more than a batch */
+		{2, 1, 0},                /* a third block */
+		{0, 0, 0},                /* nothing */
+		{0, 1, PAGES0},           /* one past the end */
+		{1, 2, PAGES1 - 1},       /* across the end */
+		{1, 1, UINT64_MAX},       /* first + count wraps */
+		{0, GW_PAGES_MAX + 1, 0}, /* more than a batch */
 	};
 	const struct gw_page_request ok = {1, 2, PAGES1 - 2};
 	struct gw_report r = {GW_REPORT_REQUEST, 0, "", {0, 0, 0}};
