@@ -312,6 +312,11 @@ uint64_t gw_page_hash(const void *page);
 int gw_save_pages_from(struct gw_migration *m, struct gw_writer *w, uint32_t block,
 		       const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
 		       struct gw_error *err);
+/* The record itself, whatever the save's state: post-copy's answers come
+ * after the stream's EOF (docs/format.md, "Post-copy"). */
+int gw_pages_put(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+		 const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
+		 struct gw_error *err);
 
 /*
  * Read a RAM_PAGES descriptor (head, entries, page hashes) into p, checking

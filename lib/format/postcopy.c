@@ -4,8 +4,12 @@
 #include <errno.h>
 #include <string.h>
 
+#include <godwit/stream.h>
+
+#include "lib/bitmap.h"
 #include "lib/format/postcopy.h"
 #include "lib/internal.h"
+#include "lib/ram/ram_land.h"
 #include "lib/transport/return_path.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
@@ -118,5 +122,42 @@ int gw_page_request_check(const struct gw_page_request *rq, const struct gw_ram_
 				    "post-copy: the destination asked for %u pages from page %llu of RAM block '%s', which has %llu",
 				    rq->count, (unsigned long long)rq->first, ram[rq->block].name,
 				    (unsigned long long)pages);
+	return 0;
+}
+
+int gw_postcopy_answer(struct gw_migration *m, struct gw_writer *w,
+		       const struct gw_page_request *rq, struct gw_error *err)
+{
+	uint64_t entries[GW_PAGES_MAX];
+	const struct gw_ram_block *b;
+	int ret = gw_page_request_check(rq, m->ram, m->nr_ram, err);
+
+	if (ret < 0)
+		return ret;
+	b = &m->ram[rq->block];
+	for (uint32_t i = 0; i < rq->count; i++) {
+		uint64_t off = (rq->first + i) * PAGE;
+
+		entries[i] = off | (gw_page_is_zero(b->host + off) ? GW_PAGE_ZERO : 0);
+	}
+	return gw_pages_put(m, w, rq->block, entries, rq->count, NULL, GW_SAVE_DATA_CRC, err);
+}
+
+int gw_postcopy_discard(struct gw_ram_block *b, const uint64_t *bits, struct gw_error *err)
+{
+	uint64_t pages = b->size / PAGE;
+
+	if (b->fd < 0)
+		return gw_error_set(err, -EINVAL,
+				    "post-copy: RAM block '%s' has no memfd to drop its stale pages from",
+				    b->name);
+	for (uint64_t p = gw_bitmap_next_set(bits, pages, 0); p < pages;) {
+		uint64_t e = gw_bitmap_next_clear(bits, pages, p);
+		int ret = gw_land_zero(b, p * PAGE, (e - p) * PAGE, err);
+
+		if (ret < 0)
+			return ret;
+		p = gw_bitmap_next_set(bits, pages, e);
+	}
 	return 0;
 }

@@ -20,8 +20,10 @@
 #include <godwit/error.h>
 #include <godwit/format.h>
 
-struct gw_ram_block;
+struct gw_migration;
 struct gw_page_request;
+struct gw_ram_block;
+struct gw_writer;
 
 /* Payload bytes of a POSTCOPY record carrying `count` bits. */
 static inline uint64_t gw_postcopy_len(uint64_t count)
@@ -67,5 +69,21 @@ int gw_postcopy_complete(const struct gw_postcopy_cursor *c, const struct gw_ram
  */
 int gw_page_request_check(const struct gw_page_request *rq, const struct gw_ram_block *ram,
 			  uint32_t nr, struct gw_error *err);
+
+/*
+ * The source's answer to a request: the range checked first (a request
+ * out of range fails, and nothing is read), then one RAM_PAGES record
+ * under DATA_CRC of exactly those pages of m's guest RAM, which must be
+ * paused; zero pages go as ZERO entries. The caller flushes w.
+ */
+int gw_postcopy_answer(struct gw_migration *m, struct gw_writer *w,
+		       const struct gw_page_request *rq, struct gw_error *err);
+
+/*
+ * The destination at the switch: drop the stale pages (bits: one per page
+ * of b, set = stale) from b's memfd, so that they are holes the page
+ * server fills and no stale byte can be mapped. -EINVAL if b has no fd.
+ */
+int gw_postcopy_discard(struct gw_ram_block *b, const uint64_t *bits, struct gw_error *err);
 
 #endif

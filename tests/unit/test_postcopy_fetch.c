@@ -40,10 +40,11 @@ enum lie { HONEST, BAD_HASH, OTHER_PAGES, DIES };
 struct source {
 	int fd;
 	enum lie lie;
-	uint64_t lie_page;     /* the page the lie is about (or after which it dies) */
-	unsigned char *ram;    /* the source's copy */
-	uint32_t reads[PAGES]; /* times each page was sent */
-	struct gw_error error; /* why it stopped */
+	uint64_t lie_page;      /* the page the lie is about (or after which it dies) */
+	unsigned char *ram;     /* the source's copy */
+	void *extra[STREAM_ID]; /* the blocks before it */
+	uint32_t reads[PAGES];  /* times each page was sent */
+	struct gw_error error;  /* why it stopped */
 };
 
 static uint64_t stale[PAGES / 64];
@@ -58,15 +59,15 @@ static bool is_stale(uint64_t p)
 	return stale[p / 64] >> (p % 64) & 1;
 }
 
-/* One answer: the pages asked for, zero pages as ZERO entries. */
-static int answer(struct source *s, struct gw_writer *w, const struct gw_page_request *rq,
-		  struct gw_error *err)
+/* A lying answer: a page whose bytes do not match its hash, or the pages
+ * from one after the one asked for. */
+static int lie(struct source *s, struct gw_writer *w, const struct gw_page_request *rq,
+	       struct gw_error *err)
 {
 	static unsigned char desc[GW_PAGES_DESC_SIZE(GW_PAGES_MAX)];
 	static unsigned char data[GW_PAGES_MAX * PAGE];
 	uint32_t n = rq->count, d = 0;
 	struct iovec iov[2];
-	int ret;
 
 	gw_le32(desc, STREAM_ID);
 	gw_le32(desc + 4, n);
@@ -79,7 +80,6 @@ static int answer(struct source *s, struct gw_writer *w, const struct gw_page_re
 		bool zero = word_of(p) == 0;
 
 		CHECK(p < PAGES);
-		s->reads[rq->first + i]++;
 		gw_le64(desc + 16 + 8 * i, p * PAGE | (zero ? GW_PAGE_ZERO : 0));
 		gw_le64(desc + 16 + 8 * n + 8 * i, zero ? 0 : gw_page_hash(page));
 		if (zero)
@@ -91,41 +91,74 @@ static int answer(struct source *s, struct gw_writer *w, const struct gw_page_re
 	}
 	iov[0] = (struct iovec){desc, GW_PAGES_DESC_SIZE(n)};
 	iov[1] = (struct iovec){data, d * PAGE};
-	ret = gw_record_writev(w, GW_REC_RAM_PAGES, GW_RECF_DATA_CRC,
-			       gw_crc32c(0, desc, GW_PAGES_DESC_SIZE(n)), iov, 2, err);
-	return ret < 0 ? ret : gw_writer_flush(w, err);
+	return gw_record_writev(w, GW_REC_RAM_PAGES, GW_RECF_DATA_CRC,
+				gw_crc32c(0, desc, GW_PAGES_DESC_SIZE(n)), iov, 2, err);
+}
+
+/* The source's migration object: three small blocks before the real one,
+ * so a block's index in CONFIG is not the page server's. */
+static struct gw_migration *source_migration(struct source *s)
+{
+	static const struct gw_machine machine = {"test", "0", "test-machine", 1};
+	static const char *const names[] = {"ram-a", "ram-b", "ram-c"};
+	struct gw_migration *m;
+	struct gw_error err = {0};
+
+	CHECK_OK(gw_migration_new(&machine, &m, &err), &err);
+	for (int i = 0; i < STREAM_ID; i++) {
+		void *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			       0);
+		const struct gw_ram extra = {names[i], p, PAGE, -1, 0, GW_GPA_NONE};
+
+		CHECK(p != MAP_FAILED);
+		s->extra[i] = p;
+		CHECK_OK(gw_migration_add_ram(m, &extra, &err), &err);
+	}
+	const struct gw_ram ram = {"ram-test", s->ram, PAGES * PAGE, -1, 0, GW_GPA_NONE};
+	CHECK_OK(gw_migration_add_ram(m, &ram, &err), &err);
+	return m;
 }
 
 static void *source_thread(void *opaque)
 {
 	struct source *s = opaque;
-	struct gw_ram_block blocks[STREAM_ID + 1];
+	struct gw_migration *m = source_migration(s);
+	struct gw_page_request out = {STREAM_ID, 1, PAGES};
 	struct gw_cancel c;
 	struct gw_writer *w;
+	struct gw_error err = {0};
 
-	memset(blocks, 0, sizeof(blocks));
-	for (int i = 0; i <= STREAM_ID; i++) {
-		strcpy(blocks[i].name, "ram");
-		blocks[i].size = i == STREAM_ID ? PAGES * PAGE : PAGE;
-	}
 	CHECK_OK(gw_cancel_init(&c, s->fd, &s->error), &s->error);
 	CHECK_OK(gw_writer_new(s->fd, &w, &s->error), &s->error);
+	/* A request past the block, or of a block past CONFIG's, is refused
+	 * before anything is read or written: the writer stays empty. */
+	CHECK_ERR(gw_postcopy_answer(m, w, &out, &err), -EBADMSG, &err, "'ram-test', which has");
+	out = (struct gw_page_request){STREAM_ID + 1, 1, 0};
+	CHECK_ERR(gw_postcopy_answer(m, w, &out, &err), -EBADMSG, &err, "block 4, and there are 4");
+	CHECK(gw_writer_offset(w) == 0);
 	for (;;) {
 		struct gw_report r;
+		int ret;
 
 		if (gw_report_recv(&c, 60000, "a request", &r, &s->error) < 0)
 			break; /* the destination is done, or gone */
-		CHECK(r.status == GW_REPORT_REQUEST);
-		CHECK_OK(gw_page_request_check(&r.req, blocks, STREAM_ID + 1, &s->error),
-			 &s->error);
-		CHECK(r.req.block == STREAM_ID);
+		CHECK(r.status == GW_REPORT_REQUEST && r.req.block == STREAM_ID);
 		if (s->lie == DIES && r.req.first + r.req.count > s->lie_page)
 			break;
-		if (answer(s, w, &r.req, &s->error) < 0)
+		for (uint32_t i = 0; i < r.req.count; i++)
+			s->reads[r.req.first + i]++;
+		if (s->lie == HONEST || s->lie == DIES)
+			ret = gw_postcopy_answer(m, w, &r.req, &s->error);
+		else
+			ret = lie(s, w, &r.req, &s->error);
+		if (ret < 0 || gw_writer_flush(w, &s->error) < 0)
 			break;
 	}
 	gw_writer_free(w);
 	gw_cancel_fini(&c);
+	gw_migration_free(m);
+	for (int i = 0; i < STREAM_ID; i++)
+		munmap(s->extra[i], PAGE);
 	/* Both directions: the destination must see the end, not wait. */
 	shutdown(s->fd, SHUT_RDWR);
 	return NULL;
@@ -158,10 +191,12 @@ static void dest_start(struct dest *d, enum gw_ps_mode mode, int fd)
 
 		for (uint64_t k = 0; k < PAGE / 8 && v; k++)
 			((uint64_t *)(d->host + p * PAGE))[k] = v;
-		if (is_stale(p))
-			CHECK(fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					(off_t)(p * PAGE), (off_t)PAGE) == 0);
 	}
+	struct gw_ram_block rb = {.name = "ram-test",
+				  .host = d->host,
+				  .size = PAGES * PAGE,
+				  .fd = d->fd};
+	CHECK_OK(gw_postcopy_discard(&rb, stale, &err), &err);
 	CHECK(madvise(d->host, PAGES * PAGE, MADV_DONTNEED) == 0);
 	CHECK_OK(gw_cancel_init(&d->c, fd, &err), &err);
 	CHECK_OK(gw_postcopy_fetch_new(&d->c, 10000, &pf, 1, &d->f, &err), &err);
@@ -205,8 +240,9 @@ static void setup_source(struct source *s, enum lie lie, uint64_t lie_page, int 
 	s->fd = fd;
 	s->lie = lie;
 	s->lie_page = lie_page;
-	s->ram = malloc(PAGES * PAGE);
-	CHECK(s->ram);
+	s->ram = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		      0);
+	CHECK(s->ram != MAP_FAILED);
 	for (uint64_t p = 0; p < PAGES; p++)
 		for (uint64_t k = 0; k < PAGE / 8; k++)
 			((uint64_t *)(s->ram + p * PAGE))[k] = word_of(p);
@@ -252,7 +288,7 @@ static void test_fetch(enum gw_ps_mode mode)
 	pthread_join(src_th, NULL);
 	close(sv[0]);
 	close(sv[1]);
-	free(s.ram);
+	munmap(s.ram, PAGES * PAGE);
 	printf("ok fetch (%s): %llu pages of the set, %llu for faults, %llu kept\n",
 	       mode == GW_PS_MINOR ? "minor" : "missing", (unsigned long long)nr_stale,
 	       (unsigned long long)st.faulted, (unsigned long long)st.kept);
@@ -282,7 +318,7 @@ static void test_lie(enum gw_ps_mode mode, enum lie lie, uint64_t page, int code
 	pthread_join(src_th, NULL);
 	close(sv[0]);
 	close(sv[1]);
-	free(s.ram);
+	munmap(s.ram, PAGES * PAGE);
 	printf("ok %s refused (%s)\n", why, mode == GW_PS_MINOR ? "minor" : "missing");
 }
 
