@@ -25,6 +25,7 @@
 
 #include "check.h"
 #include "lib/crc32c.h"
+#include "lib/engine/postcopy_serve.h"
 #include "lib/format/postcopy.h"
 #include "lib/internal.h"
 #include "lib/ram/page_server.h"
@@ -43,8 +44,11 @@ struct source {
 	uint64_t lie_page;      /* the page the lie is about (or after which it dies) */
 	unsigned char *ram;     /* the source's copy */
 	void *extra[STREAM_ID]; /* the blocks before it */
-	uint32_t reads[PAGES];  /* times each page was sent */
-	struct gw_error error;  /* why it stopped */
+	bool serve;             /* answer with gw_postcopy_serve() */
+	int serve_ret;
+	struct gw_pc_serve_stats stats;
+	uint32_t reads[PAGES]; /* times each page was sent */
+	struct gw_error error; /* why it stopped */
 };
 
 static uint64_t stale[PAGES / 64];
@@ -136,7 +140,14 @@ static void *source_thread(void *opaque)
 	out = (struct gw_page_request){STREAM_ID + 1, 1, 0};
 	CHECK_ERR(gw_postcopy_answer(m, w, &out, &err), -EBADMSG, &err, "block 4, and there are 4");
 	CHECK(gw_writer_offset(w) == 0);
-	for (;;) {
+	if (s->serve) {
+		uint64_t none[STREAM_ID] = {0}, owed[PAGES / 64];
+		uint64_t *const bits[STREAM_ID + 1] = {&none[0], &none[1], &none[2], owed};
+
+		memcpy(owed, stale, sizeof(owed));
+		s->serve_ret = gw_postcopy_serve(m, &c, w, bits, 60000, &s->stats, &s->error);
+	}
+	for (; !s->serve;) {
 		struct gw_report r;
 		int ret;
 
@@ -254,8 +265,9 @@ static void setup_source(struct source *s, enum lie lie, uint64_t lie_page, int 
 }
 
 /* The whole fetch: every page right, each page of the set sent once,
- * the requests counted. */
-static void test_fetch(enum gw_ps_mode mode)
+ * the requests counted; with serve, the source's own loop answers and
+ * returns by itself once the last page of the set has left. */
+static void test_fetch(enum gw_ps_mode mode, bool serve)
 {
 	int sv[2];
 	struct source s;
@@ -267,6 +279,7 @@ static void test_fetch(enum gw_ps_mode mode)
 
 	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	setup_source(&s, HONEST, 0, sv[1]);
+	s.serve = serve;
 	CHECK(pthread_create(&src_th, NULL, source_thread, &s) == 0);
 	dest_start(&d, mode, sv[0]);
 	for (int i = 0; i < 2; i++)
@@ -277,21 +290,30 @@ static void test_fetch(enum gw_ps_mode mode)
 	gw_page_server_stats(d.ps, &st);
 	for (uint64_t p = 0; p < PAGES; p++) {
 		nr_stale += is_stale(p);
-		if (s.reads[p] != (is_stale(p) ? 1u : 0u))
+		/* Counted by the test's loop; serve refuses a page twice itself. */
+		if (!serve && s.reads[p] != (is_stale(p) ? 1u : 0u))
 			FAIL("page %llu sent %u times", (unsigned long long)p, s.reads[p]);
 	}
 	CHECK(gw_postcopy_fetch_requested(d.f) == nr_stale);
 	CHECK(st.remaining == 0 && st.faulted + st.background == nr_stale);
 	CHECK(st.faulted > 0);
+	if (serve) {
+		/* Done without the destination closing first. */
+		pthread_join(src_th, NULL);
+		CHECK_OK(s.serve_ret, &s.error);
+		CHECK(s.stats.pages == nr_stale && s.stats.requests > 0);
+	}
 	dest_end(&d);
 	shutdown(sv[0], SHUT_RDWR); /* the source's next read ends */
-	pthread_join(src_th, NULL);
+	if (!serve)
+		pthread_join(src_th, NULL);
 	close(sv[0]);
 	close(sv[1]);
 	munmap(s.ram, PAGES * PAGE);
-	printf("ok fetch (%s): %llu pages of the set, %llu for faults, %llu kept\n",
-	       mode == GW_PS_MINOR ? "minor" : "missing", (unsigned long long)nr_stale,
-	       (unsigned long long)st.faulted, (unsigned long long)st.kept);
+	printf("ok fetch%s (%s): %llu pages of the set, %llu for faults, %llu kept\n",
+	       serve ? " served" : "", mode == GW_PS_MINOR ? "minor" : "missing",
+	       (unsigned long long)nr_stale, (unsigned long long)st.faulted,
+	       (unsigned long long)st.kept);
 }
 
 /* Nothing touches the set: the background pulls into the lie and fails. */
@@ -322,15 +344,82 @@ static void test_lie(enum gw_ps_mode mode, enum lie lie, uint64_t page, int code
 	printf("ok %s refused (%s)\n", why, mode == GW_PS_MINOR ? "minor" : "missing");
 }
 
+/*
+ * A destination out of step or gone: the source's loop stops with the
+ * reason, and sends nothing for the request that broke the rule.
+ */
+enum dest_lie { ASKS_VALID, ASKS_TWICE, SENDS_FAILED, SENDS_READY, HANGS_UP };
+
+static void test_serve_refuses(enum dest_lie what, int code, const char *why)
+{
+	struct source s;
+	struct gw_migration *m;
+	struct gw_cancel c;
+	struct gw_writer *w;
+	struct gw_error err = {0};
+	uint64_t none[STREAM_ID] = {0}, owed[PAGES / 64];
+	uint64_t *const bits[STREAM_ID + 1] = {&none[0], &none[1], &none[2], owed};
+	struct gw_pc_serve_stats st = {0};
+	struct gw_report r = {GW_REPORT_REQUEST, 0, "", {STREAM_ID, 1, 0}};
+	uint64_t before;
+	int sv[2];
+
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	setup_source(&s, HONEST, 0, sv[1]);
+	m = source_migration(&s);
+	memcpy(owed, stale, sizeof(owed));
+	CHECK_OK(gw_cancel_init(&c, sv[0], &err), &err);
+	switch (what) {
+	case ASKS_VALID: /* page 48 was valid at the switch */
+		r.req.first = 48;
+		break;
+	case ASKS_TWICE:
+		CHECK_OK(gw_report_send(&c, 1000, &r, &err), &err);
+		break;
+	case SENDS_FAILED:
+		r = (struct gw_report){GW_REPORT_FAILED, -EIO, "boom"};
+		break;
+	case SENDS_READY:
+		r = (struct gw_report){GW_REPORT_READY, 0, ""};
+		break;
+	case HANGS_UP:
+		break;
+	}
+	if (what != HANGS_UP)
+		CHECK_OK(gw_report_send(&c, 1000, &r, &err), &err);
+	shutdown(sv[0], SHUT_WR);
+	gw_cancel_fini(&c);
+	CHECK_OK(gw_cancel_init(&c, sv[1], &err), &err);
+	CHECK_OK(gw_writer_new(sv[1], &w, &err), &err);
+	CHECK_ERR(gw_postcopy_serve(m, &c, w, bits, 10000, &st, &err), code, &err, why);
+	before = what == ASKS_TWICE ? 1 : 0;
+	CHECK(st.pages == before && st.requests == before);
+	gw_writer_free(w);
+	gw_cancel_fini(&c);
+	gw_migration_free(m);
+	for (int i = 0; i < STREAM_ID; i++)
+		munmap(s.extra[i], PAGE);
+	munmap(s.ram, PAGES * PAGE);
+	close(sv[0]);
+	close(sv[1]);
+	printf("ok serve stops: %s\n", why);
+}
+
 int main(void)
 {
 	static const enum gw_ps_mode modes[] = {GW_PS_MINOR, GW_PS_MISSING};
 
 	for (size_t i = 0; i < 2; i++) {
-		test_fetch(modes[i]);
+		test_fetch(modes[i], false);
+		test_fetch(modes[i], true);
 		test_lie(modes[i], BAD_HASH, 200, -EBADMSG, "does not match its hash");
 		test_lie(modes[i], OTHER_PAGES, 100, -EBADMSG, "the one asked for");
 		test_lie(modes[i], DIES, 500, -EPIPE, "truncated stream");
 	}
+	test_serve_refuses(ASKS_VALID, -EBADMSG, "which it has already");
+	test_serve_refuses(ASKS_TWICE, -EBADMSG, "which it has already");
+	test_serve_refuses(SENDS_FAILED, -EIO, "the destination failed: boom");
+	test_serve_refuses(SENDS_READY, -EBADMSG, "sent READY where only page requests belong");
+	test_serve_refuses(HANGS_UP, -EPIPE, "closed the connection");
 	return 0;
 }
