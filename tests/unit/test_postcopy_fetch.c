@@ -275,7 +275,7 @@ static void test_fetch(enum gw_ps_mode mode, bool serve)
 	struct gw_error err = {0};
 	struct gw_ps_stats st;
 	pthread_t src_th, th[2];
-	uint64_t nr_stale = 0;
+	uint64_t nr_stale = 0, kept = 0, holes = 0;
 
 	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	setup_source(&s, HONEST, 0, sv[1]);
@@ -297,6 +297,14 @@ static void test_fetch(enum gw_ps_mode mode, bool serve)
 	CHECK(gw_postcopy_fetch_requested(d.f) == nr_stale);
 	CHECK(st.remaining == 0 && st.faulted + st.background == nr_stale);
 	CHECK(st.faulted > 0);
+	/* Every page is touched: under MINOR each valid page the memfd holds
+	 * is mapped as it is, each hole outside the set zero-filled. */
+	for (uint64_t p = 0; p < PAGES; p++)
+		if (!is_stale(p)) {
+			kept += word_of(p) != 0;
+			holes += word_of(p) == 0;
+		}
+	CHECK(st.kept == (mode == GW_PS_MINOR ? kept : 0) && st.zero == holes);
 	if (serve) {
 		/* Done without the destination closing first. */
 		pthread_join(src_th, NULL);
