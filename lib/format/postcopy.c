@@ -2,6 +2,7 @@
  * The POSTCOPY record and the page request check (postcopy.h).
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <godwit/stream.h>
@@ -33,6 +34,34 @@ uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, cons
 		gw_le64(buf + GW_POSTCOPY_HEAD_SIZE + i * 8, w);
 	}
 	return gw_postcopy_len(count);
+}
+
+int gw_postcopy_put(struct gw_writer *w, const struct gw_migration *m, uint64_t *const *bits,
+		    uint64_t piece_bits, struct gw_error *err)
+{
+	uint64_t piece = piece_bits ? piece_bits : GW_POSTCOPY_BITS_MAX;
+	unsigned char *buf;
+	int ret = 0;
+
+	if (piece % 64 || piece > GW_POSTCOPY_BITS_MAX)
+		return gw_error_set(err, -EINVAL,
+				    "post-copy: pieces of %llu bits: not a multiple of 64 up to %u",
+				    (unsigned long long)piece, GW_POSTCOPY_BITS_MAX);
+	buf = malloc(gw_postcopy_len(piece));
+	if (!buf)
+		return gw_error_set(err, -ENOMEM, "post-copy: out of memory for the bitmap");
+	for (uint32_t i = 0; ret == 0 && i < m->nr_ram; i++) {
+		uint64_t pages = m->ram[i].size / PAGE;
+
+		for (uint64_t first = 0; ret == 0 && first < pages; first += piece) {
+			uint64_t count = pages - first < piece ? pages - first : piece;
+			uint64_t len = gw_postcopy_encode(i, first, count, bits[i], buf);
+
+			ret = gw_record_write(w, GW_REC_POSTCOPY, 0, buf, len, err);
+		}
+	}
+	free(buf);
+	return ret < 0 ? gw_error_prefix(err, ret, "post-copy: the stale-page bitmap: ") : 0;
 }
 
 static int bad(struct gw_error *err, uint64_t offset, const char *what, unsigned long long a,

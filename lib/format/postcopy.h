@@ -40,6 +40,14 @@ uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, cons
 			    unsigned char *buf);
 
 /*
+ * The POSTCOPY records of m's stale set (bits: one bitmap per RAM block of
+ * m, in CONFIG's order, which is m's), in pieces of piece_bits (a multiple
+ * of 64; 0 = GW_POSTCOPY_BITS_MAX). The caller flushes w.
+ */
+int gw_postcopy_put(struct gw_writer *w, const struct gw_migration *m, uint64_t *const *bits,
+		    uint64_t piece_bits, struct gw_error *err);
+
+/*
  * The destination's side: the records must cover every block of CONFIG,
  * in its order, each from page 0 to its last page in consecutive pieces.
  */

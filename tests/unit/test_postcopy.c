@@ -9,6 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <godwit/io.h>
+#include <godwit/migration.h>
 
 #include "check.h"
 #include "lib/crc32c.h"
@@ -24,6 +29,7 @@
 static struct gw_ram_block ram[2];
 static uint64_t want0[PAGES0 / 64], want1[(PAGES1 + 63) / 64];
 static uint64_t got0[PAGES0 / 64], got1[(PAGES1 + 63) / 64];
+static uint64_t *const want[2] = {want0, want1};
 static uint64_t *const got[2] = {got0, got1};
 static unsigned char buf[GW_POSTCOPY_HEAD_SIZE + 4096];
 
@@ -211,11 +217,74 @@ static void test_requests(void)
 	printf("ok page requests\n");
 }
 
+/*
+ * Through the real framing: gw_postcopy_put() into a pipe, records read
+ * back with their headers and CRCs and accepted, in pieces of 64 bits
+ * and whole; the bitmaps arrive bit for bit and cover every block.
+ */
+static void test_through_stream(uint64_t piece, unsigned want_records)
+{
+	static const struct gw_machine machine = {"test", "0", "test-machine", 1};
+	struct gw_postcopy_cursor c = {0};
+	struct gw_migration *m;
+	struct gw_writer *w;
+	struct gw_reader *r;
+	struct gw_error err = {0};
+	unsigned char *payload = NULL;
+	size_t cap = 0;
+	unsigned records = 0;
+	int fds[2];
+
+	CHECK_OK(gw_migration_new(&machine, &m, &err), &err);
+	for (int i = 0; i < 2; i++) {
+		void *host = mmap(NULL, ram[i].size, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		const struct gw_ram g = {ram[i].name, host, ram[i].size, -1, 0, GW_GPA_NONE};
+
+		CHECK(host != MAP_FAILED);
+		CHECK_OK(gw_migration_add_ram(m, &g, &err), &err);
+	}
+	CHECK(pipe(fds) == 0);
+	CHECK_OK(gw_writer_new(fds[1], &w, &err), &err);
+	CHECK_OK(gw_postcopy_put(w, m, want, piece, &err), &err);
+	CHECK_OK(gw_writer_flush(w, &err), &err);
+	gw_writer_free(w);
+	close(fds[1]);
+	memset(got0, 0, sizeof(got0));
+	memset(got1, 0, sizeof(got1));
+	CHECK_OK(gw_reader_new(fds[0], &r, &err), &err);
+	while (gw_postcopy_complete(&c, ram, 2, NULL) < 0) {
+		struct gw_rec_hdr h;
+
+		CHECK_OK(gw_record_read_header(r, &h, &err), &err);
+		CHECK(h.type == GW_REC_POSTCOPY && h.flags == 0);
+		CHECK_OK(gw_record_read_payload(r, &h, &payload, &cap, &err), &err);
+		CHECK_OK(gw_record_check_crc(&h, gw_crc32c(0, payload, h.length), &err), &err);
+		CHECK_OK(gw_postcopy_accept(&c, payload, h.length, ram, 2, got, h.offset, &err),
+			 &err);
+		records++;
+	}
+	CHECK(records == want_records);
+	CHECK(memcmp(got0, want0, sizeof(got0)) == 0 && memcmp(got1, want1, sizeof(got1)) == 0);
+	CHECK_ERR(gw_postcopy_put(NULL, m, want, 100, &err), -EINVAL, &err, "multiple of 64");
+	free(payload);
+	gw_reader_free(r);
+	close(fds[0]);
+	for (uint32_t i = 0; i < 2; i++)
+		munmap(m->ram[i].host, ram[i].size);
+	gw_migration_free(m);
+	printf("ok through the stream in pieces of %llu bits: %u records\n",
+	       (unsigned long long)(piece ? piece : GW_POSTCOPY_BITS_MAX), records);
+}
+
 int main(void)
 {
 	setup();
 	test_round_trip();
 	test_hostile_bitmaps();
 	test_requests();
+	/* 256 bits in 4 pieces and 130 in 3; or one record a block. */
+	test_through_stream(64, 7);
+	test_through_stream(0, 2);
 	return 0;
 }
