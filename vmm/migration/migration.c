@@ -39,8 +39,9 @@ struct vm_migration {
 	uint64_t go_timeout_ms;      /* destination: READY until GO */
 	uint64_t postcopy_bandwidth; /* destination: a lazy restore's background */
 	bool lazy_copy;
-	bool cap_lazy; /* x-godwit-lazy-restore */
-	bool in_lazy;  /* the latest incoming migration is a lazy restore */
+	bool cap_lazy;     /* x-godwit-lazy-restore */
+	bool cap_postcopy; /* postcopy-ram */
+	bool in_lazy;      /* the latest incoming migration is a lazy restore */
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
 	bool cap_background;       /* background-snapshot */
 	bool cap_block;            /* block: copy the disks that are not shared */
@@ -131,9 +132,9 @@ static int op_prepare(void *opaque, struct gw_error *err)
 	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
 	if (!ret)
 		test_stop(mig, "loaded");
-	/* A lazy restore's RAM is not there yet: hash it once it is in
-	 * (x-godwit-ram-hash after completion, with the guest held paused). */
-	if (ret || !mig->cap_verify_hash || mig->cap_lazy)
+	/* A lazy restore's RAM is not there yet, nor, perhaps, post-copy's:
+	 * hash it once it is in (x-godwit-ram-hash after completion). */
+	if (ret || !mig->cap_verify_hash || mig->cap_lazy || mig->cap_postcopy)
 		return ret;
 	char hash[33];
 	ret = guest_ram_hash(&mig->vm->ram, hash);
@@ -563,6 +564,7 @@ static void *connect_thread(void *opaque)
 	p.incremental = mig->cap_incremental;
 	p.background_snapshot = mig->cap_background;
 	p.pause_before_switchover = mig->cap_pause;
+	p.postcopy = mig->cap_postcopy;
 	/* cpr-exec is a cpr-transfer to the stand-in, then the exec. */
 	if (p.mode == GW_MODE_CPR_EXEC)
 		p.mode = GW_MODE_CPR_TRANSFER;
@@ -820,6 +822,21 @@ void migration_cancel(struct vmm *vm)
 	pthread_mutex_unlock(&mig->lock);
 }
 
+int migration_start_postcopy(struct vmm *vm, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	struct gw_error err = {0};
+	pthread_mutex_lock(&mig->lock);
+	int ret = mig->role == ROLE_OUTGOING && mig->out ?
+			  gw_precopy_start_postcopy(mig->out, &err) :
+			  -EINVAL;
+	pthread_mutex_unlock(&mig->lock);
+	if (ret)
+		snprintf(errmsg, errlen, "%s",
+			 err.msg[0] ? err.msg : "no outgoing migration is running");
+	return ret;
+}
+
 int migration_continue(struct vmm *vm, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
@@ -850,6 +867,7 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 		.lazy_restore = mig->cap_lazy,
 		.lazy_copy = mig->lazy_copy,
 		.lazy_max_bandwidth = mig->postcopy_bandwidth,
+		.postcopy = mig->cap_postcopy,
 	};
 	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
 	if (ret) {
@@ -1063,6 +1081,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.lazy_copy = mig->lazy_copy,
 		.lazy_restore = mig->cap_lazy,
 		.pause_before_switchover = mig->cap_pause,
+		.postcopy = mig->cap_postcopy,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -1115,6 +1134,7 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	mig->cap_multifd = want->multifd;
 	mig->cap_lazy = want->lazy_restore;
 	mig->cap_pause = want->pause_before_switchover;
+	mig->cap_postcopy = want->postcopy;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }
