@@ -253,9 +253,18 @@ enum gw_load_cpr {
  * cpr-exec state's CPR record adopted, *pause_ns its source's pause. rx
  * (may be NULL: a multifd stream is refused) reads multifd channels. */
 struct gw_multifd_rx;
+/* A post-copy destination's share of a load (docs/format.md, "Post-copy"):
+ * POSTCOPY records fill stale (one zeroed bitmap per RAM block of m, the
+ * caller's); once one came, active is set and stream_id[i] is block i's
+ * index in CONFIG. */
+struct gw_load_postcopy {
+	uint64_t **stale;
+	uint32_t stream_id[GW_MAX_RAM_BLOCKS];
+	bool active;
+};
 int gw_load_cpr(struct gw_migration *m, struct gw_reader *r, enum gw_load_cpr cpr,
-		struct gw_multifd_rx *rx, uint32_t *hdr_flags, uint64_t *adopted,
-		uint64_t *pause_ns, struct gw_error *err);
+		struct gw_multifd_rx *rx, struct gw_load_postcopy *pc, uint32_t *hdr_flags,
+		uint64_t *adopted, uint64_t *pause_ns, struct gw_error *err);
 /* The stream embedded in a mapped-ram file: ram() loads the RAM from the
  * file's regions between CONFIG (matched) and the sections. */
 int gw_load_mapped_stream(struct gw_migration *m, struct gw_reader *r,
@@ -312,6 +321,11 @@ uint64_t gw_page_hash(const void *page);
 int gw_save_pages_from(struct gw_migration *m, struct gw_writer *w, uint32_t block,
 		       const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
 		       struct gw_error *err);
+/* The record itself, whatever the save's state: post-copy's answers come
+ * after the stream's EOF (docs/format.md, "Post-copy"). */
+int gw_pages_put(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+		 const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
+		 struct gw_error *err);
 
 /*
  * Read a RAM_PAGES descriptor (head, entries, page hashes) into p, checking

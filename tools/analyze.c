@@ -319,6 +319,18 @@ static void describe(const struct analysis *a, const struct gw_record_info *in, 
 		else
 			snprintf(buf, len, "multifd round, %zu bytes", data_len);
 		break;
+	case GW_REC_POSTCOPY:
+		if (data_len >= GW_POSTCOPY_HEAD_SIZE && data)
+			snprintf(buf, len,
+				 "post-copy: pages to fetch of block %u, %llu bits from page %llu",
+				 le32(data),
+				 (unsigned long long)(le32(data + 16) | (uint64_t)le32(data + 20)
+										<< 32),
+				 (unsigned long long)(le32(data + 8) | (uint64_t)le32(data + 12)
+									       << 32));
+		else
+			snprintf(buf, len, "post-copy bitmap, %zu bytes", data_len);
+		break;
 	case GW_REC_EOF:
 		snprintf(buf, len, "end of stream");
 		break;

@@ -60,6 +60,9 @@ enum gw_record_type {
 	/* u64 round: every RAM_PAGES record sent before it, on every channel,
 	 * is in place once it is passed. */
 	GW_REC_MULTIFD_SYNC  = 0x000c,
+	/* Post-copy (docs/format.md, "Post-copy"): a piece of one block's
+	 * bitmap of the pages the destination must fetch. */
+	GW_REC_POSTCOPY      = 0x000d,
 };
 
 /* Stream header flags. */
@@ -96,6 +99,12 @@ enum gw_record_type {
 /* A page at byte offset o of the block listed i-th in CONFIG travels on
  * channel (i + o / GW_MULTIFD_CHUNK) % channels, always the same one. */
 #define GW_MULTIFD_CHUNK        (2u << 20)
+
+/* Post-copy. A POSTCOPY record: u32 block, u32 flags (0), u64 first page
+ * (a multiple of 64), u64 count of bits, then the bits in u64 words. */
+#define GW_POSTCOPY_HEAD_SIZE  24u
+#define GW_POSTCOPY_BITS_MAX   (8u << 20) /* 1 MiB of bitmap: 32 GiB of RAM a record */
+#define GW_POSTCOPY_MAX        (GW_POSTCOPY_HEAD_SIZE + GW_POSTCOPY_BITS_MAX / 8ull)
 
 /* Mapped-ram files. */
 #define GW_MAPPED_FIXED_SIZE   64u   /* file header before the block entries */

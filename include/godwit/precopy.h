@@ -95,7 +95,12 @@ struct gw_precopy_params {
 	 * gw_precopy_continue(), so the caller can act (move storage, networks)
 	 * before the destination may take over (QEMU: pause-before-switchover). */
 	bool pause_before_switchover;
-	uint64_t reserved[4]; /* 0: later versions give them a meaning (export.h) */
+	/* Post-copy may be started (QEMU: postcopy-ram, on both sides):
+	 * gw_precopy_start_postcopy() then switches at the next round
+	 * boundary (docs/format.md, "Post-copy"). A live migration over one
+	 * socket only. */
+	bool postcopy;
+	uint64_t reserved[3]; /* 0: later versions give them a meaning (export.h) */
 };
 
 /* gw_precopy_params.mode, QEMU's MigMode. */
@@ -163,7 +168,9 @@ struct gw_precopy_stats {
 	/* A local live update: bytes of device and vCPU state written (its RAM
 	 * is handed over, so transferred, normal and duplicate stay 0). */
 	uint64_t state_bytes;
-	uint64_t reserved[2]; /* for fields of later versions: do not read */
+	/* Post-copy: page requests the destination sent (pages asked for). */
+	uint64_t postcopy_requests;
+	uint64_t reserved[1]; /* for fields of later versions: do not read */
 };
 
 struct gw_precopy_callbacks {
@@ -205,6 +212,11 @@ GW_API void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
 /* Let a migration stopped in GW_MIG_PRE_SWITCHOVER go on to its final
  * pass. -EINVAL, and nothing changes, in any other status. */
 GW_API int gw_precopy_continue(struct gw_precopy *p, struct gw_error *err);
+/* Switch to post-copy at the next round boundary: the guest is paused
+ * here, the destination runs it and fetches the pages it lacks; from
+ * then on neither side alone holds the whole guest. -EINVAL, and nothing
+ * changes, without the postcopy parameter or past the pre-copy rounds. */
+GW_API int gw_precopy_start_postcopy(struct gw_precopy *p, struct gw_error *err);
 /* Ask the migration to stop; it ends CANCELLED with the source guest
  * running. Every wait of the engine ends at once (sockets and pipes are
  * written without blocking; a socket is also shut down so the peer
@@ -249,6 +261,8 @@ struct gw_incoming_stats {
 	uint64_t lazy_remaining;
 	uint32_t lazy_fault_mean_us;
 	uint32_t lazy_fault_max_us;
+	/* Post-copy: pages asked of the source. */
+	uint64_t postcopy_requests;
 };
 
 /* A lazy restore's faults by the thread that took them: a vCPU's, or a
@@ -281,7 +295,13 @@ struct gw_incoming_params {
 	 * multifd capability, on both sides). */
 	bool multifd;
 	uint64_t lazy_max_bandwidth; /* bytes/s the background reads, 0 = unlimited */
-	uint64_t reserved[5];        /* 0 (export.h) */
+	/* A source may switch to post-copy (QEMU: postcopy-ram, on both
+	 * sides): the guest then runs here while the pages the stream named
+	 * are fetched from the source; lazy_max_bandwidth bounds the fetch
+	 * in the background, and the lazy_* figures are its page server's.
+	 * If it breaks, the vCPUs stop for good: GW_MIG_POSTCOPY_PAUSED. */
+	bool postcopy;
+	uint64_t reserved[4]; /* 0 (export.h) */
 };
 
 struct gw_incoming_callbacks {

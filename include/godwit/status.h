@@ -29,6 +29,10 @@ enum gw_mig_status {
 	/* Guest paused at the switchover, nothing of the final state sent:
 	 * waiting for gw_precopy_continue() (QEMU's pause-before-switchover). */
 	GW_MIG_PRE_SWITCHOVER,
+	/* Post-copy broke (the source died, the link broke, a page failed its
+	 * check): the destination's vCPUs are paused for good, part of its
+	 * RAM is missing, and recovery is not built: the guest is lost. */
+	GW_MIG_POSTCOPY_PAUSED,
 };
 
 /* "setup", "active", ... as QEMU spells them; "unknown" for anything else. */

@@ -29,6 +29,7 @@
 #include <godwit/precopy.h>
 #include <godwit/stream.h>
 
+#include "lib/bitmap.h"
 #include "lib/cancel.h"
 #include "lib/clock.h"
 #include "lib/internal.h"
@@ -38,6 +39,9 @@
 #include "lib/format/mapped.h"
 #include "lib/format/mapped_lazy.h"
 #include "lib/format/mapped_load.h"
+#include "lib/format/postcopy.h"
+#include "lib/ram/page_server.h"
+#include "lib/ram/postcopy_fetch.h"
 #include "lib/ram/multifd_rx.h"
 #include "lib/transport/fd_pass.h"
 #include "lib/transport/return_path.h"
@@ -78,6 +82,12 @@ struct gw_incoming {
 	/* its faults by thread, kept when it ends (under the job's lock) */
 	struct gw_ps_thread_stats threads[GW_PS_THREADS_MAX];
 	unsigned nr_threads;
+	/* Post-copy (params.postcopy): the set the stream named; once the
+	 * guest runs, the page server fetching it (under the job's lock, as
+	 * lazy). */
+	struct gw_load_postcopy pc;
+	struct gw_postcopy_fetch *fetch;
+	struct gw_page_server *ps;
 };
 
 /*
@@ -130,31 +140,55 @@ static uint32_t us_of(uint64_t ns)
 	return ns / 1000 > UINT32_MAX ? UINT32_MAX : (uint32_t)(ns / 1000);
 }
 
+/* The page server's figures, a lazy restore's or post-copy's. */
+static void ps_figures(const struct gw_ps_stats *ps, struct gw_incoming_stats *st)
+{
+	st->lazy_faulted = ps->faulted;
+	st->lazy_background = ps->background;
+	st->lazy_remaining = ps->remaining;
+	st->lazy_fault_mean_us = ps->faults ? us_of(ps->fault_ns / ps->faults) : 0;
+	st->lazy_fault_max_us = us_of(ps->fault_max_ns);
+}
+
 static void lazy_figures(struct gw_mapped_lazy *lz, struct gw_incoming_stats *st)
 {
 	struct gw_ps_stats ps;
 
 	gw_mapped_lazy_stats(lz, &ps);
-	st->lazy_faulted = ps.faulted;
-	st->lazy_background = ps.background;
-	st->lazy_remaining = ps.remaining;
-	st->lazy_fault_mean_us = ps.faults ? us_of(ps.fault_ns / ps.faults) : 0;
-	st->lazy_fault_max_us = us_of(ps.fault_max_ns);
+	ps_figures(&ps, st);
 }
 
-/* Stop serving RAM; its figures stay in the stats. */
+static void postcopy_figures(struct gw_incoming *in, struct gw_incoming_stats *st)
+{
+	struct gw_ps_stats ps;
+
+	gw_page_server_stats(in->ps, &ps);
+	ps_figures(&ps, st);
+	st->postcopy_requests = gw_postcopy_fetch_requested(in->fetch);
+}
+
+/* Stop serving RAM (a lazy restore's or post-copy's); its figures stay in
+ * the stats. */
 static void end_lazy(struct gw_incoming *in)
 {
 	struct gw_mapped_lazy *lz = in->lazy;
+	struct gw_page_server *ps = in->ps;
+	struct gw_postcopy_fetch *f = in->fetch;
 
-	if (!lz)
-		return;
 	pthread_mutex_lock(&in->job.lock);
-	lazy_figures(lz, &in->stats);
-	in->nr_threads = gw_mapped_lazy_thread_stats(lz, in->threads);
+	if (lz) {
+		lazy_figures(lz, &in->stats);
+		in->nr_threads = gw_mapped_lazy_thread_stats(lz, in->threads);
+	}
+	if (ps)
+		postcopy_figures(in, &in->stats);
 	in->lazy = NULL;
+	in->ps = NULL;
+	in->fetch = NULL;
 	pthread_mutex_unlock(&in->job.lock);
 	gw_mapped_lazy_free(lz);
+	gw_page_server_free(ps);
+	gw_postcopy_fetch_free(f);
 }
 
 struct lazy_pause {
@@ -239,6 +273,87 @@ static int serve_lazily(struct gw_incoming *in, struct gw_error *err)
 	return ret;
 }
 
+/*
+ * Post-copy, before READY: the pages the source named are stale here;
+ * drop them, so that only the page server can fill them.
+ */
+static int discard_stale(struct gw_incoming *in, struct gw_error *err)
+{
+	for (uint32_t i = 0; i < in->m->nr_ram; i++) {
+		int ret = gw_postcopy_discard(&in->m->ram[i], in->pc.stale[i], err);
+
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* Post-copy, after GO: serve the guest's RAM, the stale set fetched from
+ * the source, the rest mapped as it is. */
+static int start_postcopy(struct gw_incoming *in, struct gw_error *err)
+{
+	struct gw_migration *m = in->m;
+	const struct gw_ps_params pp = {.mode = GW_PS_MINOR, .rate = in->params.lazy_max_bandwidth};
+	struct gw_ps_block *blocks = calloc(m->nr_ram + 1, sizeof(*blocks));
+	struct gw_pf_block *pf = calloc(m->nr_ram + 1, sizeof(*pf));
+	struct gw_postcopy_fetch *f = NULL;
+	struct gw_page_server *ps = NULL;
+	struct gw_page_source src;
+	int ret;
+
+	if (!blocks || !pf) {
+		free(blocks);
+		free(pf);
+		return gw_error_set(err, -ENOMEM, "post-copy: out of memory");
+	}
+	for (uint32_t i = 0; i < m->nr_ram; i++) {
+		const struct gw_ram_block *b = &m->ram[i];
+
+		blocks[i] = (struct gw_ps_block){b->name,      b->host,         b->size, b->fd,
+						 b->fd_offset, in->pc.stale[i], true};
+		pf[i] = (struct gw_pf_block){b->name, in->pc.stream_id[i], b->size};
+	}
+	ret = gw_postcopy_fetch_new(&in->job.cancel, REPORT_SEND_TIMEOUT_MS, pf, m->nr_ram, &f,
+				    err);
+	if (ret == 0) {
+		src = gw_postcopy_fetch_source(f);
+		ret = gw_page_server_start(blocks, m->nr_ram, &pp, &src, &ps, err);
+	}
+	free(blocks);
+	free(pf);
+	if (ret < 0) {
+		gw_postcopy_fetch_free(f);
+		return gw_error_prefix(err, ret, "post-copy: ");
+	}
+	pthread_mutex_lock(&in->job.lock);
+	in->fetch = f;
+	in->ps = ps;
+	pthread_mutex_unlock(&in->job.lock);
+	return 0;
+}
+
+/* The guest runs; its stale pages arrive. A failure (the source gone, a
+ * page that fails its check) or a cancel pauses it for good. */
+static int serve_postcopy(struct gw_incoming *in, struct gw_error *err)
+{
+	struct gw_error perr = {0};
+	int ret;
+
+	gw_job_set_status(&in->job, GW_MIG_POSTCOPY_ACTIVE);
+	ret = gw_page_server_wait(in->ps, in->job.cancel.efd, err);
+	if (ret < 0 && pause_for_good(in, &perr) < 0) {
+		struct gw_error first = *err;
+
+		gw_error_set(err, ret, "%s (and pausing the guest failed: %s)", first.msg,
+			     perr.msg);
+	}
+	end_lazy(in);
+	if (ret < 0)
+		gw_error_prefix(err, ret,
+				"post-copy broke with pages still at the source: the guest is paused here for good (recovery is not built): ");
+	return ret;
+}
+
 static void note_adopted(struct gw_incoming *in, uint64_t bytes, uint64_t ns)
 {
 	pthread_mutex_lock(&in->job.lock);
@@ -317,7 +432,8 @@ static int load(struct gw_incoming *in, bool *commit, bool *hold, struct gw_erro
 	gw_reader_bind(r, in->job.cancel.efd);
 	gw_reader_count_into(r, &in->received);
 	t0 = gw_now_ns();
-	ret = gw_load_cpr(in->m, r, cpr, in->rx, &flags, &adopted, &in->cpr_pause_ns, err);
+	ret = gw_load_cpr(in->m, r, cpr, in->rx, in->params.postcopy ? &in->pc : NULL, &flags,
+			  &adopted, &in->cpr_pause_ns, err);
 	/* The main stream broke because a channel failed first: its reason. */
 	if ((ret == -EPIPE || ret == -ECONNRESET) && in->rx)
 		gw_multifd_rx_failure(in->rx, err);
@@ -378,6 +494,10 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 				   "the source waits for the switchover handshake, but this channel cannot answer it (it is not a socket): the guest will not run here");
 	if (ret == 0)
 		ret = cancelled_here(in, err);
+	if (ret == 0 && in->pc.active && !commit)
+		ret = gw_error_set(err, -EPROTO, "post-copy without the switchover handshake");
+	if (ret == 0 && in->pc.active)
+		ret = discard_stale(in, err);
 	if (ret == 0 && m->vm_ops.prepare && (ret = m->vm_ops.prepare(m->vm_opaque, err)) < 0)
 		gw_error_prefix(err, ret,
 				"the stream loaded, but its state cannot be put into effect: ");
@@ -388,6 +508,8 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	 * page is in. */
 	if (ret == 0 && !in->lazy && !gw_job_commit(&in->job))
 		ret = gw_error_set(err, -ECANCELED, "cancelled on the destination");
+	if (ret == 0 && in->pc.active)
+		ret = start_postcopy(in, err);
 	if (ret < 0)
 		end_lazy(in);
 	if (ret == 0 && hold) {
@@ -403,6 +525,9 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	if (in->lazy) {
 		in->lazy_resumed = ret == 0;
 		ret = ret == 0 ? serve_lazily(in, err) : (end_lazy(in), ret);
+	} else if (in->ps) {
+		in->lazy_resumed = ret == 0;
+		ret = ret == 0 ? serve_postcopy(in, err) : (end_lazy(in), ret);
 	}
 	/* A local live update: the source paused on this host's clock. */
 	if (ret == 0 && in->cpr_pause_ns) {
@@ -458,6 +583,9 @@ static enum gw_mig_status incoming_conclude(struct gw_job *j, int ret, struct gw
 		gw_cancel_shutdown(&in->job.cancel);
 	if (ret == 0)
 		return GW_MIG_COMPLETED;
+	/* A post-copy guest ran with pages missing: paused for good. */
+	if (in->pc.active && in->lazy_resumed)
+		return GW_MIG_POSTCOPY_PAUSED;
 	/* A lazy restore's guest ran: cancelled or not, it is lost here. */
 	return gw_job_cancelled(j) && !in->lazy_resumed ? GW_MIG_CANCELLED : GW_MIG_FAILED;
 }
@@ -486,6 +614,16 @@ static const struct gw_job_ops incoming_ops = {
 	.conclude = incoming_conclude,
 	.after = incoming_after,
 };
+
+static void free_incoming(struct gw_incoming *in)
+{
+	for (uint32_t i = 0; in->pc.stale && i < in->m->nr_ram; i++)
+		free(in->pc.stale[i]);
+	free(in->pc.stale);
+	free(in);
+}
+
+static int alloc_stale(struct gw_incoming *in, struct gw_error *err);
 
 int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 		      const struct gw_incoming_params *params,
@@ -516,20 +654,40 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 						 GW_SWITCHOVER_TIMEOUT_DEFAULT_MS);
 	if (cb)
 		in->cb = *cb;
+	if (in->params.postcopy && (ret = alloc_stale(in, err)) < 0) {
+		free_incoming(in);
+		return ret;
+	}
 	if (in->params.multifd && (ret = gw_multifd_rx_new(m, &in->job.cancel, in->ch.fd,
 							   &in->received, &in->rx, err)) < 0) {
-		free(in);
+		free_incoming(in);
 		return ret;
 	}
 	ret = gw_job_start(&in->job, &incoming_ops, in, "gw-incoming", in->ch.fd, GW_MIG_ACTIVE,
 			   in->cb.status, in->cb.opaque, err);
 	if (ret < 0) {
 		gw_multifd_rx_free(in->rx);
-		free(in);
+		free_incoming(in);
 		return gw_error_prefix(err, ret, "incoming migration: ");
 	}
 	*ch = (struct gw_channel){.fd = -1};
 	*out = in;
+	return 0;
+}
+
+/* Post-copy: one bitmap per RAM block for the set the stream may name. */
+static int alloc_stale(struct gw_incoming *in, struct gw_error *err)
+{
+	in->pc.stale = calloc(in->m->nr_ram + 1, sizeof(*in->pc.stale));
+	if (!in->pc.stale)
+		return gw_error_set(err, -ENOMEM, "incoming migration: out of memory");
+	for (uint32_t i = 0; i < in->m->nr_ram; i++) {
+		in->pc.stale[i] = calloc(gw_bitmap_words(in->m->ram[i].size / GW_PAGE_SIZE) + 1,
+					 sizeof(uint64_t));
+		if (!in->pc.stale[i])
+			return gw_error_set(err, -ENOMEM,
+					    "incoming migration: out of memory for the post-copy bitmaps");
+	}
 	return 0;
 }
 
@@ -555,6 +713,8 @@ void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 	*out = in->stats;
 	if (in->lazy)
 		lazy_figures(in->lazy, out);
+	if (in->ps)
+		postcopy_figures(in, out);
 	out->status = gw_job_status_locked(&in->job, &out->total_time_ms, NULL, out->error,
 					   sizeof(out->error));
 	pthread_mutex_unlock(&in->job.lock);
@@ -618,5 +778,5 @@ void gw_incoming_free(struct gw_incoming *in)
 	/* A failed destination may still be draining; that ends here too. */
 	gw_job_stop(&in->job);
 	gw_job_join(&in->job);
-	free(in);
+	free_incoming(in);
 }

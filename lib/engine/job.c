@@ -32,13 +32,17 @@ const char *gw_mig_status_name(enum gw_mig_status s)
 		return "postcopy-active";
 	case GW_MIG_PRE_SWITCHOVER:
 		return "pre-switchover";
+	case GW_MIG_POSTCOPY_PAUSED:
+		return "postcopy-paused";
 	}
 	return "unknown";
 }
 
 bool gw_mig_status_is_final(enum gw_mig_status s)
 {
-	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED;
+	/* Post-copy cannot be recovered here: its pause is an end too. */
+	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED ||
+	       s == GW_MIG_POSTCOPY_PAUSED;
 }
 
 static void notify(struct gw_job *j, enum gw_mig_status s)
@@ -55,7 +59,7 @@ static void publish(struct gw_job *j, enum gw_mig_status outcome, int ret,
 	pthread_mutex_lock(&j->lock);
 	j->status = outcome;
 	j->end_ns = gw_now_ns();
-	if (outcome == GW_MIG_FAILED) {
+	if (outcome == GW_MIG_FAILED || outcome == GW_MIG_POSTCOPY_PAUSED) {
 		j->error_code = ret < 0 ? ret : -EIO;
 		snprintf(j->error, sizeof(j->error), "%s",
 			 err->msg[0] ? err->msg : gw_strerror(j->error_code));

@@ -86,6 +86,10 @@ int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsign
 	if (pp.pause_before_switchover && (pp.mode != GW_MODE_NORMAL || pp.background_snapshot))
 		return gw_error_set(err, -EINVAL,
 				    "pause-before-switchover applies to a pre-copy migration, not to a background snapshot or a local live update");
+	if (pp.postcopy && (pp.mode != GW_MODE_NORMAL || pp.background_snapshot || pp.mapped_ram ||
+			    nr_channels > 1 || !channels[0].bidirectional))
+		return gw_error_set(err, -EINVAL,
+				    "post-copy (postcopy-ram) is for a live migration over one socket: not a local live update, a background snapshot, a mapped-ram file, multifd or a one-way channel");
 	if (pp.mode != GW_MODE_NORMAL)
 		return gw_cpr_start(m, channels, &pp, cb, out, err);
 	if (pp.background_snapshot)
@@ -98,7 +102,7 @@ int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *
 {
 	int ret = gw_check_reserved(params->reserved, GW_ARRAY_SIZE(params->reserved),
 				    "pre-copy parameters", err);
-	bool background, pause;
+	bool background, pause, postcopy;
 	uint64_t mode;
 
 	if (ret < 0)
@@ -108,7 +112,9 @@ int gw_precopy_set_params(struct gw_precopy *p, const struct gw_precopy_params *
 	background = p->params.background_snapshot;
 	mode = p->params.mode;
 	pause = p->params.pause_before_switchover;
+	postcopy = p->params.postcopy;
 	p->params = *params;
+	p->params.postcopy = postcopy;
 	p->params.background_snapshot = background;
 	p->params.mode = mode;
 	p->params.pause_before_switchover = pause;

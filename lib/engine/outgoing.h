@@ -28,6 +28,7 @@ struct gw_precopy {
 	 * an eventfd that gw_precopy_continue() makes readable */
 	bool pre_switchover_waiting;
 	int continue_efd;
+	bool postcopy_requested; /* atomic: gw_precopy_start_postcopy() */
 };
 
 /*

@@ -61,6 +61,8 @@
 #include "lib/internal.h"
 #include "lib/engine/job.h"
 #include "lib/engine/outgoing.h"
+#include "lib/engine/postcopy_serve.h"
+#include "lib/format/postcopy.h"
 #include "lib/ram/populated.h"
 #include "lib/ram/ram_batch.h"
 #include "lib/ram/ram_sink.h"
@@ -524,12 +526,21 @@ static int send_live(struct precopy *p, struct gw_error *err)
 	return 0;
 }
 
+/* 1 once post-copy was asked for: checked at each round boundary. */
+static bool postcopy_asked(struct precopy *p)
+{
+	return __atomic_load_n(&p->h.postcopy_requested, __ATOMIC_ACQUIRE);
+}
+
+/* 0: switch over; 1: switch to post-copy. */
 static int iterate(struct precopy *p, struct gw_error *err)
 {
 	for (;;) {
 		struct gw_precopy_params pp;
 		int ret;
 
+		if (postcopy_asked(p))
+			return 1;
 		get_params(p, &pp);
 		ret = stop_point(p, err);
 		if (ret == 0)
@@ -626,6 +637,95 @@ static int switchover(struct precopy *p, struct gw_error *err)
 }
 
 /*
+ * Post-copy's switch (docs/format.md, "Post-copy"): pause, sync, and send
+ * the set of pages the destination lacks instead of the pages, then the
+ * device state and EOF; READY and GO as at a switchover; then serve the
+ * destination's requests until every page of the set has left, and wait
+ * for its RUNNING, which says the last page is in. From GO on the guest
+ * is the destination's: any failure leaves this copy paused (conclude).
+ */
+static int postcopy_switchover(struct precopy *p, struct gw_error *err)
+{
+	const struct gw_report go = {GW_REPORT_GO, 0, ""};
+	struct gw_migration *m = p->m;
+	struct gw_pc_serve_stats st = {0};
+	struct gw_precopy_params pp;
+	int ret;
+
+	get_params(p, &pp);
+	p->paused = true;
+	p->pause_ns = gw_now_ns();
+	ret = m->vm_ops.pause(m->vm_opaque, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "post-copy: cannot pause the guest: ");
+	gw_job_set_status(&p->h.job, GW_MIG_DEVICE);
+	gw_writer_set_deadline(p->w, gw_now_ns() + pp.switchover_timeout_ms * 1000000);
+	ret = set_throttle(p, 0, err);
+	if (ret == 0)
+		ret = sync_all(p, err);
+	if (ret == 0)
+		ret = gw_sink_flush(p->sink, err);
+	if (ret == 0)
+		ret = gw_postcopy_put(p->w, m, p->dirty, 0, err);
+	if (ret == 0)
+		ret = gw_save_devices(m, p->w, err);
+	if (ret == 0)
+		ret = gw_save_finish(m, p->w, err);
+	if (ret == 0)
+		ret = gw_sink_finish(p->sink, err);
+	if (ret == 0)
+		ret = gw_outgoing_expect(&p->h, &p->ho, pp.ready_timeout_ms, GW_REPORT_READY,
+					 "the destination's READY (x-godwit-ready-timeout)", err);
+	if (ret == 0 && !gw_job_commit(&p->h.job))
+		ret = cancelled(err);
+	if (ret == 0)
+		ret = gw_report_send(&p->h.job.cancel, (int)pp.confirm_timeout_ms, &go, err);
+	if (ret < 0)
+		return gw_error_prefix(err, ret, "post-copy switch: ");
+	p->ho.handed_over = true;
+	/* The guest runs there from now: the blackout ended. */
+	gw_outgoing_downtime(&p->h, p->pause_ns, 0);
+	gw_job_set_status(&p->h.job, GW_MIG_POSTCOPY_ACTIVE);
+	gw_writer_set_deadline(p->w, 0);
+	ret = gw_postcopy_serve(m, &p->h.job.cancel, p->w, p->dirty, (int)pp.confirm_timeout_ms,
+				&st, err);
+	pthread_mutex_lock(&p->h.job.lock);
+	p->h.stats.postcopy_requests = st.pages;
+	p->h.stats.normal += st.pages;
+	p->h.stats.normal_bytes += st.pages * PAGE;
+	pthread_mutex_unlock(&p->h.job.lock);
+	publish_transferred(p);
+	if (ret == 0)
+		ret = gw_outgoing_expect(&p->h, &p->ho, pp.confirm_timeout_ms, GW_REPORT_RUNNING,
+					 "the destination's RUNNING once every page is in", err);
+	p->ho.confirmed = ret == 0;
+	if (ret < 0)
+		return gw_error_prefix(err, ret,
+				       "post-copy: the guest runs at the destination with pages missing, and this copy stays paused (recovery is not built): ");
+	return 0;
+}
+
+int gw_precopy_start_postcopy(struct gw_precopy *h, struct gw_error *err)
+{
+	enum gw_mig_status s;
+	bool on;
+
+	pthread_mutex_lock(&h->job.lock);
+	on = h->params.postcopy;
+	s = gw_job_status_locked(&h->job, NULL, NULL, NULL, 0);
+	pthread_mutex_unlock(&h->job.lock);
+	if (!on)
+		return gw_error_set(err, -EINVAL,
+				    "post-copy is not enabled: set the postcopy-ram capability on both sides before the migration starts");
+	if (s != GW_MIG_SETUP && s != GW_MIG_ACTIVE)
+		return gw_error_set(err, -EINVAL,
+				    "post-copy can only start while the pre-copy rounds run (status %s)",
+				    gw_mig_status_name(s));
+	__atomic_store_n(&h->postcopy_requested, true, __ATOMIC_RELEASE);
+	return 0;
+}
+
+/*
  * A write failed because the destination hung up: it may have said why
  * on the return path first. Its reason replaces "broken pipe".
  */
@@ -651,7 +751,9 @@ static int migrate(struct precopy *p, struct gw_error *err)
 		gw_job_set_status(&p->h.job, GW_MIG_ACTIVE);
 		ret = iterate(p, err);
 	}
-	if (ret == 0)
+	if (ret == 1)
+		ret = postcopy_switchover(p, err);
+	else if (ret == 0)
 		ret = switchover(p, err);
 	if (ret < 0 && !gw_cancel_requested(&p->h.job.cancel))
 		explain(p, ret, err);

@@ -12,8 +12,10 @@
 
 #include <godwit/stream.h>
 
+#include "lib/bitmap.h"
 #include "lib/clock.h"
 #include "lib/crc32c.h"
+#include "lib/format/postcopy.h"
 #include "lib/internal.h"
 #include "lib/ram/multifd_rx.h"
 #include "lib/format/cpr.h"
@@ -47,6 +49,12 @@ struct load {
 	bool multifd;
 	bool multifd_hello; /* its MULTIFD record came */
 	uint64_t round;     /* of its last MULTIFD_SYNC */
+	/* Post-copy: the caller's bitmaps; the blocks and bitmaps in CONFIG's
+	 * order, for the records' checks, and how far they got. */
+	struct gw_load_postcopy *pc;
+	struct gw_ram_block *pc_ram;
+	uint64_t **pc_bits;
+	struct gw_postcopy_cursor pc_cursor;
 };
 
 static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
@@ -316,6 +324,51 @@ static int load_multifd_sync(struct load *l, const struct gw_rec_hdr *h, struct 
 	return gw_multifd_rx_sync(l->rx, l->round, err);
 }
 
+/* A POSTCOPY record: the pages this destination must fetch. */
+static int load_postcopy(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
+{
+	struct gw_load_postcopy *pc = l->pc;
+	int ret;
+
+	if (!pc || l->multifd || l->cpr_stream || l->mapped)
+		return gw_error_set(err, -EPROTONOSUPPORT,
+				    "POSTCOPY record at offset %llu: the source switched to post-copy, which needs the postcopy-ram capability on this side too",
+				    (unsigned long long)h->offset);
+	ret = read_payload(l, h, err);
+	if (ret < 0)
+		return ret;
+	if (!pc->active) {
+		l->pc_ram = calloc(l->cfg.nr_ram + 1, sizeof(*l->pc_ram));
+		l->pc_bits = calloc(l->cfg.nr_ram + 1, sizeof(*l->pc_bits));
+		if (!l->pc_ram || !l->pc_bits)
+			return gw_error_set(err, -ENOMEM, "post-copy: out of memory");
+		for (uint32_t id = 0; id < l->cfg.nr_ram; id++) {
+			l->pc_ram[id] = l->m->ram[l->ram_map[id]];
+			l->pc_bits[id] = pc->stale[l->ram_map[id]];
+			pc->stream_id[l->ram_map[id]] = id;
+		}
+		pc->active = true;
+	}
+	return gw_postcopy_accept(&l->pc_cursor, l->buf, h->length, l->pc_ram, l->cfg.nr_ram,
+				  l->pc_bits, h->offset, err);
+}
+
+/*
+ * Post-copy, at EOF: a page torn in a pre-copy round was being written,
+ * so it is in the set the POSTCOPY records named, and its copy here is
+ * dropped and fetched again: it is no damage.
+ */
+static void forgive_stale(struct load *l)
+{
+	for (uint32_t i = 0; l->torn.count && i < l->m->nr_ram; i++) {
+		uint64_t pages = l->m->ram[i].size / GW_PAGE_SIZE;
+
+		for (uint64_t p = gw_bitmap_next_set(l->pc->stale[i], pages, 0); p < pages;
+		     p = gw_bitmap_next_set(l->pc->stale[i], pages, p + 1))
+			gw_torn_clear(&l->torn, i, p);
+	}
+}
+
 /* At EOF: every page and every section of the stream must have arrived whole. */
 static int check_complete(const struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
 {
@@ -327,6 +380,8 @@ static int check_complete(const struct load *l, const struct gw_rec_hdr *h, stru
 				   (unsigned long long)h->offset);
 	if (ret == 0 && l->multifd)
 		ret = gw_multifd_rx_finish(l->rx, l->round, err);
+	if (ret == 0 && l->pc && l->pc->active)
+		ret = gw_postcopy_complete(&l->pc_cursor, l->pc_ram, l->cfg.nr_ram, err);
 	if (ret < 0)
 		return ret;
 	for (uint32_t i = 0; i < l->cfg.nr_sections; i++) {
@@ -380,6 +435,10 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 				    "a CPR record at offset %llu, not right after CONFIG of a cpr-exec state",
 				    (unsigned long long)h.offset);
 	case GW_REC_RAM_PAGES:
+		if (l->pc && l->pc->active)
+			return gw_error_set(err, -EBADMSG,
+					    "RAM_PAGES record at offset %llu after the post-copy bitmap: the pages come when asked for",
+					    (unsigned long long)h.offset);
 		if (l->cpr_stream)
 			return gw_error_set(err, -EBADMSG,
 					    "RAM_PAGES record at offset %llu in a local live update, whose RAM was adopted",
@@ -397,8 +456,12 @@ static int load_record(struct load *l, bool *eof, struct gw_error *err)
 		return load_multifd(l, &h, err);
 	case GW_REC_MULTIFD_SYNC:
 		return load_multifd_sync(l, &h, err);
+	case GW_REC_POSTCOPY:
+		return load_postcopy(l, &h, err);
 	case GW_REC_EOF:
 		*eof = true;
+		if (l->pc && l->pc->active)
+			forgive_stale(l);
 		return check_complete(l, &h, err);
 	case GW_REC_PAUSE:
 		if (l->cpr_stream)
@@ -426,7 +489,8 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 			 .r = r,
 			 .mapped = ram != NULL,
 			 .cpr = out ? out->cpr : 0,
-			 .rx = out ? out->rx : NULL};
+			 .rx = out ? out->rx : NULL,
+			 .pc = out ? out->pc : NULL};
 	bool eof = false;
 	uint32_t flags;
 	int ret;
@@ -487,6 +551,8 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 	free(l.progress);
 	free(l.buf);
 	free(l.pages);
+	free(l.pc_ram);
+	free(l.pc_bits);
 	if (out) {
 		out->adopted = l.adopted;
 		out->pause_ns = l.pause_ns;
@@ -501,10 +567,10 @@ int gw_load_flags(struct gw_migration *m, struct gw_reader *r, uint32_t *hdr_fla
 }
 
 int gw_load_cpr(struct gw_migration *m, struct gw_reader *r, enum gw_load_cpr cpr,
-		struct gw_multifd_rx *rx, uint32_t *hdr_flags, uint64_t *adopted,
-		uint64_t *pause_ns, struct gw_error *err)
+		struct gw_multifd_rx *rx, struct gw_load_postcopy *pc, uint32_t *hdr_flags,
+		uint64_t *adopted, uint64_t *pause_ns, struct gw_error *err)
 {
-	struct load l = {.cpr = cpr, .rx = rx};
+	struct load l = {.cpr = cpr, .rx = rx, .pc = pc};
 	int ret = load_stream(m, r, hdr_flags, NULL, NULL, &l, err);
 
 	*adopted = l.adopted;

@@ -40,6 +40,8 @@ const char *gw_record_type_name(uint16_t type)
 		return "MULTIFD";
 	case GW_REC_MULTIFD_SYNC:
 		return "MULTIFD_SYNC";
+	case GW_REC_POSTCOPY:
+		return "POSTCOPY";
 	}
 	return "unknown";
 }
@@ -68,6 +70,8 @@ uint64_t gw_record_max(uint16_t type)
 		return GW_MULTIFD_SIZE;
 	case GW_REC_MULTIFD_SYNC:
 		return 8;
+	case GW_REC_POSTCOPY:
+		return GW_POSTCOPY_MAX;
 	}
 	return GW_RECORD_MAX_UNKNOWN;
 }

@@ -262,6 +262,7 @@ int gw_walker_next(struct gw_walker *wk, struct gw_record_info *info, struct gw_
 	case GW_REC_PAUSE:
 	case GW_REC_MULTIFD:
 	case GW_REC_MULTIFD_SYNC:
+	case GW_REC_POSTCOPY:
 	case GW_REC_CPR: /* which memfd is which block: for the analyzer to show */
 		wk->data = wk->buf;
 		wk->data_len = h.length;

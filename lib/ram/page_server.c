@@ -340,8 +340,24 @@ static bool await_fill(struct gw_page_server *ps, struct ps_block *b, uint64_t p
 	return in;
 }
 
+/*
+ * A page the source lacks, in a block whose other pages are valid: a
+ * minor fault says the memfd holds it, so it is mapped as it is (a zero
+ * fill would lose it); a missing fault says it is a hole, i.e. zeros.
+ */
+static int keep_or_zero(struct gw_page_server *ps, struct ps_block *b, uint64_t page, bool minor,
+			uint64_t **counter, struct gw_error *err)
+{
+	if (minor) {
+		*counter = &ps->st.kept;
+		return map_range(ps, b, page, 1, NULL, err);
+	}
+	*counter = &ps->st.zero;
+	return fill(ps, (uint32_t)(b - ps->blocks), page, 1, true, ps->page_buf, err);
+}
+
 /* One fault: fill its page if nobody does, else wait for whoever does. */
-static void serve(struct gw_page_server *ps, uint64_t addr, int32_t tid, uint64_t t0)
+static void serve(struct gw_page_server *ps, uint64_t addr, bool minor, int32_t tid, uint64_t t0)
 {
 	struct gw_error e = {0};
 	uint64_t page;
@@ -351,12 +367,17 @@ static void serve(struct gw_page_server *ps, uint64_t addr, int32_t tid, uint64_
 	if (!b)
 		return; /* not ours: cannot happen for registered ranges */
 	if (claim(b, page)) {
-		if (fill(ps, (uint32_t)(b - ps->blocks), page, 1, !has(b, page), ps->page_buf, &e) <
-		    0) {
+		uint64_t *counter = has(b, page) ? &ps->st.faulted : &ps->st.zero;
+		int ret = !has(b, page) && b->b.valid_outside ?
+				  keep_or_zero(ps, b, page, minor, &counter, &e) :
+				  fill(ps, (uint32_t)(b - ps->blocks), page, 1, !has(b, page),
+				       ps->page_buf, &e);
+
+		if (ret < 0) {
 			fail(ps, &e);
 			return;
 		}
-		done(ps, b, page, 1, has(b, page) ? &ps->st.faulted : &ps->st.zero);
+		done(ps, b, page, 1, counter);
 	} else if (__atomic_load_n(&b->state[page], __ATOMIC_ACQUIRE) == FILLING) {
 		add(&ps->st.waited, 1);
 		if (!await_fill(ps, b, page, tid, t0))
@@ -397,6 +418,7 @@ static void *fault_thread(void *opaque)
 		for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof(msgs[0]); i++)
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
 				serve(ps, msgs[i].arg.pagefault.address,
+				      msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR,
 				      (int32_t)msgs[i].arg.pagefault.feat.ptid, t0);
 	}
 	return NULL;
@@ -519,6 +541,7 @@ void gw_page_server_stats(struct gw_page_server *ps, struct gw_ps_stats *out)
 	out->waited = __atomic_load_n(&ps->st.waited, __ATOMIC_RELAXED);
 	out->faults = __atomic_load_n(&ps->st.faults, __ATOMIC_RELAXED);
 	out->fault_ns = __atomic_load_n(&ps->st.fault_ns, __ATOMIC_RELAXED);
+	out->kept = __atomic_load_n(&ps->st.kept, __ATOMIC_RELAXED);
 	out->fault_max_ns = __atomic_load_n(&ps->st.fault_max_ns, __ATOMIC_RELAXED);
 	out->remaining = ps->nr_present - __atomic_load_n(&ps->filled, __ATOMIC_RELAXED);
 }

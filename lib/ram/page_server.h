@@ -15,7 +15,8 @@
  * contiguous run; minor faults are what post-copy needs to fill pages
  * ahead of the guest without a userfaultfd call per run. MISSING: the
  * buffer is copied in with UFFDIO_COPY. In both modes a page the source
- * lacks reads as zeros once touched.
+ * lacks reads as zeros once touched, unless its block says such pages
+ * are valid already (valid_outside): then only a hole reads as zeros.
  *
  * The userfaultfd handles kernel-mode faults too (wp.h): KVM's own
  * accesses to guest memory wait for their page like a vCPU's.
@@ -63,10 +64,18 @@ struct gw_ps_block {
 	int fd;              /* the memfd (MINOR needs it) */
 	uint64_t fd_offset;
 	/* One bit per page the source has (borrowed until free); the others
-	 * are zeros. The memfd range must hold no data (punch it first):
-	 * pages are filled, never overwritten, and a page already in the
-	 * page cache would be mapped as it is. */
+	 * are zeros. The memfd must hold no data at those pages (punch them
+	 * first): pages are filled, never overwritten, and a page already in
+	 * the page cache would be mapped as it is. */
 	const uint64_t *present;
+	/*
+	 * False: the memfd range holds no data at all, every page outside
+	 * present reads as zeros (lazy restore). True: a page outside
+	 * present is already valid where the memfd holds it (post-copy: the
+	 * pre-copy rounds put it there) and is mapped as it is, never
+	 * zero-filled; one that is a hole there reads as zeros.
+	 */
+	bool valid_outside;
 };
 
 struct gw_ps_params {
@@ -78,6 +87,7 @@ struct gw_ps_params {
 struct gw_ps_stats {
 	uint64_t faulted;    /* pages the source has, filled for a fault */
 	uint64_t zero;       /* pages it lacks, filled with zeros for a fault */
+	uint64_t kept;       /* pages it lacks, valid already (valid_outside), mapped for a fault */
 	uint64_t background; /* pages filled by the background */
 	uint64_t remaining;  /* pages the source has that are not filled yet */
 	uint64_t waited;     /* faults on a page the background was filling */

@@ -159,6 +159,16 @@ int gw_save_pages_from(struct gw_migration *m, struct gw_writer *w, uint32_t blo
 		       const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
 		       struct gw_error *err)
 {
+	if (m->save_state == GW_SAVE_IDLE)
+		return gw_error_set(err, -EINVAL,
+				    "gw_save_pages: no stream begun (call gw_save_begin first)");
+	return gw_pages_put(m, w, block, entries, n, data, flags, err);
+}
+
+int gw_pages_put(struct gw_migration *m, struct gw_writer *w, uint32_t block,
+		 const uint64_t *entries, uint32_t n, const void *data, unsigned flags,
+		 struct gw_error *err)
+{
 	unsigned char desc[GW_PAGES_DESC_SIZE(GW_PAGES_MAX)];
 	unsigned char *hashes;
 	struct iovec iov[1 + GW_PAGES_MAX];
@@ -166,9 +176,6 @@ int gw_save_pages_from(struct gw_migration *m, struct gw_writer *w, uint32_t blo
 	uint32_t nr_data;
 	int k, ret;
 
-	if (m->save_state == GW_SAVE_IDLE)
-		return gw_error_set(err, -EINVAL,
-				    "gw_save_pages: no stream begun (call gw_save_begin first)");
 	if (block >= m->nr_ram)
 		return gw_error_set(err, -EINVAL, "gw_save_pages: no RAM block %u (%u registered)",
 				    block, m->nr_ram);

@@ -27,6 +27,8 @@ const char *gw_report_name(enum gw_report_status s)
 		return "GO";
 	case GW_REPORT_ADOPTED:
 		return "ADOPTED";
+	case GW_REPORT_REQUEST:
+		return "REQUEST";
 	}
 	return "unknown";
 }
@@ -50,9 +52,16 @@ size_t gw_report_encode(const struct gw_report *r, unsigned char *buf)
 	gw_le32(buf + 12, r->status);
 	/* A failure always has a code, so "failed" cannot read as anything else. */
 	gw_le32(buf + 16, !failed ? 0 : r->code < 0 && r->code > -4096 ? (uint32_t)-r->code : EIO);
+	if (r->status == GW_REPORT_REQUEST) {
+		/* Binary, fixed size: the one body that is not text. */
+		n = GW_PAGE_REQUEST_SIZE;
+		gw_le32(buf + GW_REPORT_HEAD_SIZE, r->req.block);
+		gw_le32(buf + GW_REPORT_HEAD_SIZE + 4, r->req.count);
+		gw_le64(buf + GW_REPORT_HEAD_SIZE + 8, r->req.first);
+	}
 	gw_le32(buf + 20, (uint32_t)n);
 	/* The text goes out printable whatever a callback put in it. */
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n && r->status != GW_REPORT_REQUEST; i++) {
 		unsigned char ch = (unsigned char)r->msg[i];
 
 		buf[GW_REPORT_HEAD_SIZE + i] = ch >= 0x20 && ch <= 0x7e ? ch : '?';
@@ -77,9 +86,10 @@ static int check_head(const unsigned char *h, uint32_t *msg_len, struct gw_error
 		return gw_error_set(err, -EPROTONOSUPPORT,
 				    "return path: handshake version %u is not supported (this side speaks version %u)",
 				    version, GW_REPORT_VERSION);
-	if (status > GW_REPORT_ADOPTED ||
+	if (status > GW_REPORT_REQUEST ||
 	    (status == GW_REPORT_FAILED ? code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
 	     status == GW_REPORT_RUNNING ? code != 0 || *msg_len > GW_REPORT_TIME_MAX :
+	     status == GW_REPORT_REQUEST ? code != 0 || *msg_len != GW_PAGE_REQUEST_SIZE :
 					   code != 0 || *msg_len != 0))
 		return gw_error_set(err, -EBADMSG,
 				    "return path: malformed message (status %u, code %u, %u bytes of text)",
@@ -108,6 +118,15 @@ int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
 		return gw_error_set(err, -EBADMSG,
 				    "return path: corrupted report (CRC 0x%08x, computed 0x%08x)",
 				    gw_get_le32(buf + GW_REPORT_HEAD_SIZE + n), crc);
+	r->status = (enum gw_report_status)gw_get_le32(buf + 12);
+	if (r->status == GW_REPORT_REQUEST) {
+		r->code = 0;
+		r->msg[0] = '\0';
+		r->req.block = gw_get_le32(buf + GW_REPORT_HEAD_SIZE);
+		r->req.count = gw_get_le32(buf + GW_REPORT_HEAD_SIZE + 4);
+		r->req.first = gw_get_le64(buf + GW_REPORT_HEAD_SIZE + 8);
+		return 0;
+	}
 	for (uint32_t i = 0; i < n; i++)
 		if (buf[GW_REPORT_HEAD_SIZE + i] < 0x20 || buf[GW_REPORT_HEAD_SIZE + i] > 0x7e)
 			return gw_error_set(err, -EBADMSG,

@@ -33,6 +33,17 @@ enum gw_report_status {
 	GW_REPORT_GO = 3,      /* source: the guest is the destination's to run */
 	GW_REPORT_ADOPTED = 4, /* destination of a local live update: the memfds
 				  are mapped, send the state */
+	GW_REPORT_REQUEST = 5, /* post-copy destination: send these pages first */
+};
+
+/* A REQUEST's body (docs/format.md, "Post-copy"): count pages from page
+ * first of the block listed block-th in CONFIG. The framing only bounds
+ * its size; gw_page_request_check() (format/postcopy.h) checks the range. */
+#define GW_PAGE_REQUEST_SIZE 16u
+struct gw_page_request {
+	uint32_t block;
+	uint32_t count;
+	uint64_t first;
 };
 
 /* "RUNNING", "FAILED", ... for messages. */
@@ -42,6 +53,7 @@ struct gw_report {
 	enum gw_report_status status;
 	int code;                   /* negative errno when failed, else 0 */
 	char msg[GW_ERROR_MSG_MAX]; /* "" unless failed */
+	struct gw_page_request req; /* REQUEST only */
 };
 
 /* A RUNNING's text, if any: the destination's CLOCK_MONOTONIC time of the

@@ -1114,9 +1114,15 @@ static void test_bad_start(void)
 	CHECK_ERR(gw_precopy_start(m, &ch, 2, &params, NULL, &p, &err), -EINVAL, &err,
 		  "multifd channels are for a live migration over sockets");
 	params.auto_converge = false;
-	params.reserved[3] = 1;
+	params.reserved[2] = 1;
 	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
-		  "reserved word 3 is 0x1, must be 0");
+		  "reserved word 2 is 0x1, must be 0");
+	params.reserved[2] = 0;
+	/* stderr is no socket: post-copy needs one. */
+	params.postcopy = true;
+	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
+		  "post-copy (postcopy-ram) is for a live migration over one socket");
+	params.postcopy = false;
 	/* Refused: the channel is still the caller's. */
 	CHECK(ch.fd > STDERR_FILENO);
 	CHECK_OK(gw_channel_close(&ch, &err), &err);

@@ -39,8 +39,9 @@ struct vm_migration {
 	uint64_t go_timeout_ms;      /* destination: READY until GO */
 	uint64_t postcopy_bandwidth; /* destination: a lazy restore's background */
 	bool lazy_copy;
-	bool cap_lazy; /* x-godwit-lazy-restore */
-	bool in_lazy;  /* the latest incoming migration is a lazy restore */
+	bool cap_lazy;     /* x-godwit-lazy-restore */
+	bool cap_postcopy; /* postcopy-ram */
+	bool in_lazy;      /* the latest incoming migration is a lazy restore */
 	/* its faults by thread, kept once the engine is freed */
 	struct gw_fault_thread_stats in_threads[GW_FAULT_THREADS_MAX];
 	unsigned nr_in_threads;
@@ -134,9 +135,9 @@ static int op_prepare(void *opaque, struct gw_error *err)
 	int ret = cpu_sections_apply(&mig->vm->cpu_state, err);
 	if (!ret)
 		test_stop(mig, "loaded");
-	/* A lazy restore's RAM is not there yet: hash it once it is in
-	 * (x-godwit-ram-hash after completion, with the guest held paused). */
-	if (ret || !mig->cap_verify_hash || mig->cap_lazy)
+	/* A lazy restore's RAM is not there yet, nor, perhaps, post-copy's:
+	 * hash it once it is in (x-godwit-ram-hash after completion). */
+	if (ret || !mig->cap_verify_hash || mig->cap_lazy || mig->cap_postcopy)
 		return ret;
 	char hash[33];
 	ret = guest_ram_hash(&mig->vm->ram, hash);
@@ -570,6 +571,7 @@ static void *connect_thread(void *opaque)
 	p.incremental = mig->cap_incremental;
 	p.background_snapshot = mig->cap_background;
 	p.pause_before_switchover = mig->cap_pause;
+	p.postcopy = mig->cap_postcopy;
 	/* cpr-exec is a cpr-transfer to the stand-in, then the exec. */
 	if (p.mode == GW_MODE_CPR_EXEC)
 		p.mode = GW_MODE_CPR_TRANSFER;
@@ -827,6 +829,21 @@ void migration_cancel(struct vmm *vm)
 	pthread_mutex_unlock(&mig->lock);
 }
 
+int migration_start_postcopy(struct vmm *vm, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	struct gw_error err = {0};
+	pthread_mutex_lock(&mig->lock);
+	int ret = mig->role == ROLE_OUTGOING && mig->out ?
+			  gw_precopy_start_postcopy(mig->out, &err) :
+			  -EINVAL;
+	pthread_mutex_unlock(&mig->lock);
+	if (ret)
+		snprintf(errmsg, errlen, "%s",
+			 err.msg[0] ? err.msg : "no outgoing migration is running");
+	return ret;
+}
+
 int migration_continue(struct vmm *vm, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
@@ -857,6 +874,7 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 		.lazy_restore = mig->cap_lazy,
 		.lazy_copy = mig->lazy_copy,
 		.lazy_max_bandwidth = mig->postcopy_bandwidth,
+		.postcopy = mig->cap_postcopy,
 	};
 	int ret = gw_incoming_start(mig->m, ch, &params, &cb, &mig->in, &err);
 	if (ret) {
@@ -1054,6 +1072,8 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	memcpy(out->snapshot_hash, mig->snapshot_hash, sizeof(out->snapshot_hash));
 	out->cpr_first_pause_us = mig->cpr_first_pause_us;
 	out->disk_sync_us = vm->nr_drives ? 0 : -1;
+	for (unsigned i = 0; i < vm->ram.nr_blocks; i++)
+		out->ram_total += vm->ram.blocks[i].size;
 	for (unsigned i = 0; i < vm->nr_drives; i++) {
 		out->disk_sync_us += (int64_t)virtio_blk_last_sync_us(&vm->drives[i]);
 		out->disk_total += virtio_blk_copy_bytes(&vm->drives[i]);
@@ -1084,6 +1104,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.lazy_copy = mig->lazy_copy,
 		.lazy_restore = mig->cap_lazy,
 		.pause_before_switchover = mig->cap_pause,
+		.postcopy = mig->cap_postcopy,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -1141,6 +1162,7 @@ int migration_set_caps(struct vmm *vm, const struct migration_settings *want, ch
 	mig->cap_multifd = want->multifd;
 	mig->cap_lazy = want->lazy_restore;
 	mig->cap_pause = want->pause_before_switchover;
+	mig->cap_postcopy = want->postcopy;
 	pthread_mutex_unlock(&mig->lock);
 	return 0;
 }

@@ -38,6 +38,8 @@ void migration_cancel(struct vmm *vm);
 /* migrate-continue: let an outgoing migration in pre-switchover go on.
  * -EINVAL with a message in any other status. */
 int migration_continue(struct vmm *vm, char *errmsg, size_t errlen);
+/* migrate-start-postcopy: switch at the next round boundary. */
+int migration_start_postcopy(struct vmm *vm, char *errmsg, size_t errlen);
 /* migrate-incoming on a VMM started with --incoming defer; passed_fd as
  * for migration_start(), closed before it returns. */
 int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen);
@@ -56,6 +58,7 @@ struct migration_settings {
 	bool multifd;      /* pages over multifd-channels more connections (tcp:, unix:) */
 	bool lazy_restore; /* destination: run before RAM is in (x-godwit-lazy-restore) */
 	bool pause_before_switchover; /* stop, guest paused, until migrate-continue */
+	bool postcopy; /* both sides: migrate-start-postcopy may switch (postcopy-ram) */
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);
@@ -97,6 +100,7 @@ struct migration_info {
 	/* a background snapshot with x-godwit-verify-hash: RAM at its instant */
 	char snapshot_hash[33];
 	char listening[256]; /* the address still listened on, or "" */
+	uint64_t ram_total;  /* bytes of guest RAM */
 	/* the image after a cpr-exec: the first of the guest's two pauses
 	 * (to the stand-in); in.downtime_us is both */
 	uint64_t cpr_first_pause_us;

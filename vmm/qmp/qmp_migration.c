@@ -98,14 +98,14 @@ static int channels_uri(json_t *channels, char *out, size_t cap, char *msg, size
 }
 
 /* QEMU's resume continues a post-copy migration whose connection broke
- * (postcopy-paused). godwit runs no post-copy, so no migration is ever
- * paused that way; false is what libvirt sends and is accepted. */
+ * (postcopy-paused). godwit has no such recovery: a postcopy-paused guest
+ * is lost; false is what libvirt sends and is accepted. */
 static int refuse_resume(json_t *args, struct qmp_error *err)
 {
 	if (!json_is_true(json_object_get(args, "resume")))
 		return 0;
 	return qmp_fail(err, QMP_ERR_GENERIC,
-			"resume of a paused migration is not supported: godwit has no post-copy, so no migration is ever paused to be resumed (post-copy recovery does not exist yet); start a new migration with resume false");
+			"resume of a paused migration is not supported: post-copy recovery is not built, and a postcopy-paused guest is lost; start a new migration with resume false");
 }
 
 static const struct qmp_arg cmd_migrate_args[] = {
@@ -192,6 +192,17 @@ static int cmd_migrate_continue(struct vmm *vm, json_t *args, json_t **ret, stru
 	return 0;
 }
 
+static int cmd_migrate_start_postcopy(struct vmm *vm, json_t *args, json_t **ret,
+				      struct qmp_error *err)
+{
+	(void)args;
+	(void)ret;
+	char msg[GW_ERROR_MSG_MAX];
+	if (migration_start_postcopy(vm, msg, sizeof(msg)))
+		return fail_with(err, msg);
+	return 0;
+}
+
 static const struct qmp_arg cmd_migrate_incoming_args[] = {
 	{"uri", QMP_ARG_STR, true},
 	/* as migrate's: the command always returns at once */
@@ -219,15 +230,16 @@ static json_t *ram_stats(const struct gw_precopy_stats *st)
 {
 	/* The stream less the disks' chunks ("disk"), as QEMU counts. */
 	uint64_t ram = st->transferred > st->live_sent ? st->transferred - st->live_sent : 0;
-	/* postcopy-requests: pages the destination asked for in post-copy,
-	 * which godwit does not run; libvirt reads the member. */
+	/* postcopy-requests: pages the destination asked for in post-copy
+	 * (libvirt reads the member). */
 	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I,s:I}", "transferred",
 			 (json_int_t)ram, "remaining", (json_int_t)st->remaining, "total",
 			 (json_int_t)st->total, "duplicate", (json_int_t)st->duplicate, "normal",
 			 (json_int_t)st->normal, "normal-bytes", (json_int_t)st->normal_bytes,
 			 "dirty-pages-rate", (json_int_t)st->dirty_pages_rate, "mbps", st->mbps,
 			 "dirty-sync-count", (json_int_t)st->dirty_sync_count, "page-size",
-			 (json_int_t)st->page_size, "postcopy-requests", (json_int_t)0);
+			 (json_int_t)st->page_size, "postcopy-requests",
+			 (json_int_t)st->postcopy_requests);
 }
 
 static const char *const mode_names[] = {"normal", "cpr-transfer", "cpr-exec"};
@@ -321,6 +333,30 @@ static json_t *incoming_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
 	if (st->held)
 		json_object_set_new(r, "x-godwit-held", json_true());
+	/* Post-copy: QEMU's postcopy-requests, and its blocktime as the
+	 * page server's fault latency. */
+	if (!mi->lazy && (st->postcopy_requests || mi->status == GW_MIG_POSTCOPY_ACTIVE ||
+			  mi->status == GW_MIG_POSTCOPY_PAUSED)) {
+		/* libvirt reads ram's transferred, remaining and total
+		 * whenever ram is there. */
+		json_object_set_new(r, "ram",
+				    json_pack("{s:I,s:I,s:I,s:I}", "transferred",
+					      (json_int_t)st->received, "remaining",
+					      (json_int_t)(st->lazy_remaining * 4096), "total",
+					      (json_int_t)mi->ram_total, "postcopy-requests",
+					      (json_int_t)st->postcopy_requests));
+		json_object_set_new(r, "x-godwit-postcopy",
+				    json_pack("{s:I,s:I,s:I,s:I,s:I}", "pages-faulted",
+					      (json_int_t)st->lazy_faulted, "background-pages",
+					      (json_int_t)st->lazy_background, "remaining-pages",
+					      (json_int_t)st->lazy_remaining,
+					      "fault-latency-mean-us",
+					      (json_int_t)st->lazy_fault_mean_us,
+					      "fault-latency-max-us",
+					      (json_int_t)st->lazy_fault_max_us));
+	}
+	if (mi->status == GW_MIG_POSTCOPY_PAUSED)
+		json_object_set_new(r, "error-desc", json_string(mi->error));
 	if (mi->lazy) {
 		/* By vCPU: the faults its thread took (KVM's for it included). */
 		json_t *vcpus = json_array();
@@ -619,6 +655,9 @@ static const struct capability capabilities[] = {
 	{"x-godwit-lazy-restore", offsetof(struct migration_settings, lazy_restore)},
 	/* stop at the switchover, guest paused, until migrate-continue */
 	{"pause-before-switchover", offsetof(struct migration_settings, pause_before_switchover)},
+	/* migrate-start-postcopy may switch to post-copy, on both sides
+	 * (docs/format.md, "Post-copy") */
+	{"postcopy-ram", offsetof(struct migration_settings, postcopy)},
 };
 
 static bool *cap_field(struct migration_settings *s, const struct capability *c)
@@ -681,6 +720,7 @@ static const struct qmp_command migration_commands[] = {
 	{"migrate_cancel", cmd_migrate_cancel},
 	{"migrate-incoming", cmd_migrate_incoming, QMP_ARGS(cmd_migrate_incoming_args)},
 	{"migrate-continue", cmd_migrate_continue, QMP_ARGS(cmd_migrate_continue_args)},
+	{"migrate-start-postcopy", cmd_migrate_start_postcopy},
 	{"query-migrate", cmd_query_migrate},
 	{"migrate-set-parameters", cmd_set_parameters, QMP_ARGS(cmd_set_parameters_args)},
 	{"query-migrate-parameters", cmd_query_parameters},

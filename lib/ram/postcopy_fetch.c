@@ -1,0 +1,171 @@
+/*
+ * The post-copy page source (postcopy_fetch.h).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <godwit/io.h>
+
+#include "lib/internal.h"
+#include "lib/ram/postcopy_fetch.h"
+#include "lib/transport/return_path.h"
+
+#define PAGE ((uint64_t)GW_PAGE_SIZE)
+
+struct gw_postcopy_fetch {
+	struct gw_cancel *c;
+	int send_timeout_ms;
+	struct gw_pf_block *blocks;
+	uint32_t nr;
+	pthread_mutex_t lock; /* one exchange at a time; the three below */
+	struct gw_reader *r;
+	struct gw_pages pages;
+	int failed; /* the first failure's code: every later read fails */
+	struct gw_error error;
+	uint64_t requested; /* atomic */
+};
+
+/* The record that answers a request of n pages from first: exactly those. */
+static int check_answer(const struct gw_pf_block *b, const struct gw_rec_hdr *h,
+			const struct gw_pages *p, uint64_t first, uint32_t n, struct gw_error *err)
+{
+	if (h->type != GW_REC_RAM_PAGES || !(h->flags & GW_RECF_DATA_CRC))
+		return gw_error_set(err, -EBADMSG,
+				    "a %s record (flags 0x%x) at offset %llu where the pages of RAM block '%s' asked for were due",
+				    gw_record_type_name(h->type), h->flags,
+				    (unsigned long long)h->offset, b->name);
+	if (p->block_id != b->stream_id || p->nr_pages != n)
+		return gw_error_set(err, -EBADMSG,
+				    "RAM_PAGES record at offset %llu holds %u pages of block %u, not the %u of block %u ('%s') asked for",
+				    (unsigned long long)h->offset, p->nr_pages, p->block_id, n,
+				    b->stream_id, b->name);
+	for (uint32_t i = 0; i < n; i++)
+		if ((p->entries[i] & ~GW_PAGE_FLAGS_MASK) != (first + i) * PAGE)
+			return gw_error_set(err, -EBADMSG,
+					    "RAM_PAGES record at offset %llu: entry %u is the page at 0x%llx of '%s', the one asked for is at 0x%llx",
+					    (unsigned long long)h->offset, i,
+					    (unsigned long long)(p->entries[i] &
+								 ~GW_PAGE_FLAGS_MASK),
+					    b->name, (unsigned long long)((first + i) * PAGE));
+	return 0;
+}
+
+/* The answer's pages into dst, each checked against its hash. */
+static int read_answer(struct gw_postcopy_fetch *f, const struct gw_pf_block *b, uint64_t first,
+		       uint32_t n, unsigned char *dst, struct gw_error *err)
+{
+	struct gw_pages *p = &f->pages;
+	struct gw_rec_hdr h;
+	uint32_t crc;
+	int ret = gw_record_read_header(f->r, &h, err);
+
+	if (ret == 0 && h.type == GW_REC_RAM_PAGES)
+		ret = gw_pages_read_desc(f->r, &h, p, &crc, err);
+	if (ret == 0 && h.type == GW_REC_RAM_PAGES)
+		ret = gw_record_check_crc(&h, crc, err);
+	if (ret == 0 && h.type == GW_REC_RAM_PAGES)
+		ret = gw_pages_check_desc(&h, p, err);
+	if (ret == 0)
+		ret = check_answer(b, &h, p, first, n, err);
+	for (uint32_t i = 0; ret == 0 && i < n; i++) {
+		unsigned char *page = dst + i * PAGE;
+
+		if (p->entries[i] & GW_PAGE_ZERO) {
+			memset(page, 0, PAGE);
+			continue;
+		}
+		ret = gw_reader_read(f->r, page, PAGE, err);
+		/* The guest was paused at the source: a mismatch is damage. */
+		if (ret == 0 && gw_page_hash(page) != p->hashes[i])
+			ret = gw_error_set(err, -EBADMSG,
+					   "the page at 0x%llx of RAM block '%s' does not match its hash (RAM_PAGES record at offset %llu): corrupted on the way",
+					   (unsigned long long)((first + i) * PAGE), b->name,
+					   (unsigned long long)h.offset);
+	}
+	return ret;
+}
+
+static int fetch_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, void *dst,
+		      struct gw_error *err)
+{
+	struct gw_postcopy_fetch *f = opaque;
+	const struct gw_pf_block *b = &f->blocks[block];
+	int ret = 0;
+
+	pthread_mutex_lock(&f->lock);
+	if (f->failed) {
+		*err = f->error;
+		pthread_mutex_unlock(&f->lock);
+		return f->failed;
+	}
+	for (uint64_t done = 0; ret == 0 && done < n;) {
+		uint32_t k = n - done > GW_PAGES_MAX ? GW_PAGES_MAX : (uint32_t)(n - done);
+		struct gw_report rq = {.status = GW_REPORT_REQUEST,
+				       .req = {b->stream_id, k, first + done}};
+
+		ret = gw_report_send(f->c, f->send_timeout_ms, &rq, err);
+		if (ret == 0) {
+			__atomic_add_fetch(&f->requested, k, __ATOMIC_RELAXED);
+			ret = read_answer(f, b, first + done, k, (unsigned char *)dst + done * PAGE,
+					  err);
+		}
+		done += k;
+	}
+	if (ret < 0) {
+		gw_error_prefix(err, ret,
+				"post-copy: fetching %llu pages from 0x%llx of RAM block '%s' from the source: ",
+				(unsigned long long)n, (unsigned long long)(first * PAGE), b->name);
+		f->failed = ret;
+		f->error = *err;
+	}
+	pthread_mutex_unlock(&f->lock);
+	return ret;
+}
+
+int gw_postcopy_fetch_new(struct gw_cancel *c, int send_timeout_ms,
+			  const struct gw_pf_block *blocks, uint32_t nr,
+			  struct gw_postcopy_fetch **out, struct gw_error *err)
+{
+	struct gw_postcopy_fetch *f = calloc(1, sizeof(*f));
+	int ret;
+
+	if (!f || !(f->blocks = calloc(nr ? nr : 1, sizeof(*blocks)))) {
+		free(f);
+		return gw_error_set(err, -ENOMEM, "post-copy: out of memory");
+	}
+	memcpy(f->blocks, blocks, nr * sizeof(*blocks));
+	f->nr = nr;
+	f->c = c;
+	f->send_timeout_ms = send_timeout_ms;
+	pthread_mutex_init(&f->lock, NULL);
+	ret = gw_reader_new(c->fd, &f->r, err);
+	if (ret < 0) {
+		gw_postcopy_fetch_free(f);
+		return ret;
+	}
+	gw_reader_bind(f->r, c->efd);
+	*out = f;
+	return 0;
+}
+
+struct gw_page_source gw_postcopy_fetch_source(struct gw_postcopy_fetch *f)
+{
+	return (struct gw_page_source){fetch_read, f};
+}
+
+uint64_t gw_postcopy_fetch_requested(struct gw_postcopy_fetch *f)
+{
+	return __atomic_load_n(&f->requested, __ATOMIC_RELAXED);
+}
+
+void gw_postcopy_fetch_free(struct gw_postcopy_fetch *f)
+{
+	if (!f)
+		return;
+	gw_reader_free(f->r);
+	pthread_mutex_destroy(&f->lock);
+	free(f->blocks);
+	free(f);
+}

@@ -1,0 +1,54 @@
+/*
+ * The destination's page source in post-copy (docs/format.md,
+ * "Post-copy"): the page server (page_server.h) asks for a run of pages
+ * of its fetch set; they are asked for on the return path (a REQUEST per
+ * at most GW_PAGES_MAX pages) and read from the stream, where the source
+ * answers each request, in order, with one RAM_PAGES record under
+ * DATA_CRC holding exactly the pages asked for. Each page is checked
+ * against its hash before the page server can map it.
+ *
+ * One exchange at a time: the fault thread and the background thread of
+ * the page server take turns, so a fault waits at most for one
+ * background run already asked for. Anything but the answer asked for (a
+ * record of another type or block, other pages, a page that fails its
+ * hash, a stream that ends) fails that read and every later one: the
+ * stream is out of step, and nothing more from it can be trusted.
+ */
+#ifndef GW_LIB_RAM_POSTCOPY_FETCH_H
+#define GW_LIB_RAM_POSTCOPY_FETCH_H
+
+#include <stdint.h>
+
+#include <godwit/error.h>
+
+#include "lib/cancel.h"
+#include "lib/ram/page_server.h"
+
+/* The page server's block i is the block listed stream_id-th in CONFIG. */
+struct gw_pf_block {
+	const char *name; /* for messages */
+	uint32_t stream_id;
+	uint64_t size;
+};
+
+struct gw_postcopy_fetch;
+
+/*
+ * Fetch over c's stream fd (a socket: requests go out on it too); a
+ * cancel of c ends any wait. blocks (nr of them) are copied, their names
+ * borrowed until free. A request that cannot leave within
+ * send_timeout_ms fails.
+ */
+int gw_postcopy_fetch_new(struct gw_cancel *c, int send_timeout_ms,
+			  const struct gw_pf_block *blocks, uint32_t nr,
+			  struct gw_postcopy_fetch **out, struct gw_error *err);
+
+/* The page source to give the page server; f must outlive the server. */
+struct gw_page_source gw_postcopy_fetch_source(struct gw_postcopy_fetch *f);
+
+/* Pages asked for so far (query-migrate's postcopy-requests). Any thread. */
+uint64_t gw_postcopy_fetch_requested(struct gw_postcopy_fetch *f);
+
+void gw_postcopy_fetch_free(struct gw_postcopy_fetch *f);
+
+#endif
