@@ -94,20 +94,28 @@ static int read_record(struct rx_chan *c, struct gw_rec_hdr *h, unsigned char *p
 	return gw_record_check_crc(h, gw_crc32c(0, p, h->length), err);
 }
 
+/* One slice of a wait on rx->cond (lock held): a cancel or a hang-up
+ * wakes nobody, so every wait looks again this often. */
+static void wait_slice(struct gw_multifd_rx *rx)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_REALTIME, &t);
+	t.tv_nsec += WAIT_SLICE_MS * 1000000l;
+	if (t.tv_nsec >= 1000000000l) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000l;
+	}
+	pthread_cond_timedwait(&rx->cond, &rx->lock, &t);
+}
+
 /* The wait for the main stream's MULTIFD record, cancellable. */
 static int wait_ready(struct gw_multifd_rx *rx, struct gw_error *err)
 {
 	while (!rx->ready && !rx->error && !rx->stopping) {
 		if (gw_cancel_requested(rx->cancel))
 			return gw_error_set(err, -ECANCELED, "cancelled");
-		struct timespec t;
-		clock_gettime(CLOCK_REALTIME, &t);
-		t.tv_nsec += WAIT_SLICE_MS * 1000000l;
-		if (t.tv_nsec >= 1000000000l) {
-			t.tv_sec++;
-			t.tv_nsec -= 1000000000l;
-		}
-		pthread_cond_timedwait(&rx->cond, &rx->lock, &t);
+		wait_slice(rx);
 	}
 	if (rx->stopping || rx->error)
 		return gw_error_set(err, -ECANCELED, "the migration ended");
@@ -395,14 +403,7 @@ static int wait_for(struct gw_multifd_rx *rx, bool (*done)(struct gw_multifd_rx 
 					   what, have, rx->hello.channels);
 			break;
 		}
-		struct timespec t;
-		clock_gettime(CLOCK_REALTIME, &t);
-		t.tv_nsec += WAIT_SLICE_MS * 1000000l;
-		if (t.tv_nsec >= 1000000000l) {
-			t.tv_sec++;
-			t.tv_nsec -= 1000000000l;
-		}
-		pthread_cond_timedwait(&rx->cond, &rx->lock, &t);
+		wait_slice(rx);
 	}
 	pthread_mutex_unlock(&rx->lock);
 	return ret;

@@ -829,14 +829,14 @@ void migration_cancel(struct vmm *vm)
 	pthread_mutex_unlock(&mig->lock);
 }
 
-int migration_start_postcopy(struct vmm *vm, char *errmsg, size_t errlen)
+/* A call into the running outgoing engine, with its reason on failure. */
+static int outgoing_call(struct vmm *vm, int (*fn)(struct gw_precopy *, struct gw_error *),
+			 char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
 	struct gw_error err = {0};
 	pthread_mutex_lock(&mig->lock);
-	int ret = mig->role == ROLE_OUTGOING && mig->out ?
-			  gw_precopy_start_postcopy(mig->out, &err) :
-			  -EINVAL;
+	int ret = mig->role == ROLE_OUTGOING && mig->out ? fn(mig->out, &err) : -EINVAL;
 	pthread_mutex_unlock(&mig->lock);
 	if (ret)
 		snprintf(errmsg, errlen, "%s",
@@ -844,18 +844,14 @@ int migration_start_postcopy(struct vmm *vm, char *errmsg, size_t errlen)
 	return ret;
 }
 
+int migration_start_postcopy(struct vmm *vm, char *errmsg, size_t errlen)
+{
+	return outgoing_call(vm, gw_precopy_start_postcopy, errmsg, errlen);
+}
+
 int migration_continue(struct vmm *vm, char *errmsg, size_t errlen)
 {
-	struct vm_migration *mig = vm->mig;
-	struct gw_error err = {0};
-	pthread_mutex_lock(&mig->lock);
-	int ret = mig->role == ROLE_OUTGOING && mig->out ? gw_precopy_continue(mig->out, &err) :
-							   -EINVAL;
-	pthread_mutex_unlock(&mig->lock);
-	if (ret)
-		snprintf(errmsg, errlen, "%s",
-			 err.msg[0] ? err.msg : "no outgoing migration is running");
-	return ret;
+	return outgoing_call(vm, gw_precopy_continue, errmsg, errlen);
 }
 
 /* ---- incoming ------------------------------------------------------- */

@@ -316,6 +316,16 @@ static json_t *outgoing_info(const struct migration_info *mi)
 	return r;
 }
 
+/* What the page server of a lazy restore or of post-copy did. */
+static json_t *page_server_json(const struct gw_incoming_stats *st)
+{
+	return json_pack("{s:I,s:I,s:I,s:I,s:I}", "pages-faulted", (json_int_t)st->lazy_faulted,
+			 "background-pages", (json_int_t)st->lazy_background, "remaining-pages",
+			 (json_int_t)st->lazy_remaining, "fault-latency-mean-us",
+			 (json_int_t)st->lazy_fault_mean_us, "fault-latency-max-us",
+			 (json_int_t)st->lazy_fault_max_us);
+}
+
 static json_t *incoming_info(const struct migration_info *mi)
 {
 	const struct gw_incoming_stats *st = &mi->in;
@@ -345,15 +355,7 @@ static json_t *incoming_info(const struct migration_info *mi)
 					      (json_int_t)(st->lazy_remaining * 4096), "total",
 					      (json_int_t)mi->ram_total, "postcopy-requests",
 					      (json_int_t)st->postcopy_requests));
-		json_object_set_new(r, "x-godwit-postcopy",
-				    json_pack("{s:I,s:I,s:I,s:I,s:I}", "pages-faulted",
-					      (json_int_t)st->lazy_faulted, "background-pages",
-					      (json_int_t)st->lazy_background, "remaining-pages",
-					      (json_int_t)st->lazy_remaining,
-					      "fault-latency-mean-us",
-					      (json_int_t)st->lazy_fault_mean_us,
-					      "fault-latency-max-us",
-					      (json_int_t)st->lazy_fault_max_us));
+		json_object_set_new(r, "x-godwit-postcopy", page_server_json(st));
 	}
 	if (mi->status == GW_MIG_POSTCOPY_PAUSED)
 		json_object_set_new(r, "error-desc", json_string(mi->error));
@@ -369,15 +371,9 @@ static json_t *incoming_info(const struct migration_info *mi)
 							(json_int_t)mi->lazy_vcpus[i].fault_mean_us,
 							"fault-latency-max-us",
 							(json_int_t)mi->lazy_vcpus[i].fault_max_us));
-		json_object_set_new(r, "x-godwit-lazy",
-				    json_pack("{s:I,s:I,s:I,s:I,s:I,s:o}", "pages-faulted",
-					      (json_int_t)st->lazy_faulted, "background-pages",
-					      (json_int_t)st->lazy_background, "remaining-pages",
-					      (json_int_t)st->lazy_remaining,
-					      "fault-latency-mean-us",
-					      (json_int_t)st->lazy_fault_mean_us,
-					      "fault-latency-max-us",
-					      (json_int_t)st->lazy_fault_max_us, "vcpus", vcpus));
+		json_t *lazy = page_server_json(st);
+		json_object_set_new(lazy, "vcpus", vcpus);
+		json_object_set_new(r, "x-godwit-lazy", lazy);
 	}
 	if (st->adopted_bytes) {
 		json_object_set_new(r, "x-godwit-adopted-bytes",
