@@ -146,6 +146,10 @@ class LibvirtSequence(gwtest.unittest.TestCase):
                     moved.append(total)
                 t = threading.Thread(target=tunnel, daemon=True)
                 t.start()
+                # At the default 128 MiB/s this dirtier converges only when
+                # the machine is busy enough to slow it (one CI run sat
+                # 120 s in active); the tunnel's bytes are what is checked.
+                src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 10 << 30})
                 try:
                     src.qmp.cmd("migrate", {"uri": "fd:migrate", "detach": True,
                                             "resume": False})
