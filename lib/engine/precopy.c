@@ -564,6 +564,18 @@ static int iterate(struct precopy *p, struct gw_error *err)
 	}
 }
 
+/* Pause the guest for a switchover (what names it in the message). */
+static int pause_guest(struct precopy *p, const char *what, struct gw_error *err)
+{
+	int ret;
+
+	/* Set first: a pause that fails half-way is undone too. */
+	p->paused = true;
+	p->pause_ns = gw_now_ns();
+	ret = p->m->vm_ops.pause(p->m->vm_opaque, err);
+	return ret < 0 ? gw_error_prefix(err, ret, "%s: cannot pause the guest: ", what) : 0;
+}
+
 static int switchover(struct precopy *p, struct gw_error *err)
 {
 	struct gw_migration *m = p->m;
@@ -571,12 +583,9 @@ static int switchover(struct precopy *p, struct gw_error *err)
 	int ret;
 
 	get_params(p, &pp);
-	/* Set first: a pause that fails half-way is undone too. */
-	p->paused = true;
-	p->pause_ns = gw_now_ns();
-	ret = m->vm_ops.pause(m->vm_opaque, err);
+	ret = pause_guest(p, "switchover", err);
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "switchover: cannot pause the guest: ");
+		return ret;
 	if (pp.pause_before_switchover) {
 		ret = gw_outgoing_pre_switchover(&p->h, &p->ho, p->return_path, err);
 		if (ret < 0)
@@ -653,11 +662,9 @@ static int postcopy_switchover(struct precopy *p, struct gw_error *err)
 	int ret;
 
 	get_params(p, &pp);
-	p->paused = true;
-	p->pause_ns = gw_now_ns();
-	ret = m->vm_ops.pause(m->vm_opaque, err);
+	ret = pause_guest(p, "post-copy", err);
 	if (ret < 0)
-		return gw_error_prefix(err, ret, "post-copy: cannot pause the guest: ");
+		return ret;
 	gw_job_set_status(&p->h.job, GW_MIG_DEVICE);
 	gw_writer_set_deadline(p->w, gw_now_ns() + pp.switchover_timeout_ms * 1000000);
 	ret = set_throttle(p, 0, err);
