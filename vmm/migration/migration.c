@@ -1070,6 +1070,15 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	out->disk_sync_us = vm->nr_drives ? 0 : -1;
 	for (unsigned i = 0; i < vm->ram.nr_blocks; i++)
 		out->ram_total += vm->ram.blocks[i].size;
+	/* The engine announces "active" from its own thread before the
+	 * connect thread records it: in that instant nothing has moved yet,
+	 * and a manager reading ram (libvirt, KubeVirt) still finds it. */
+	if (out->kind == MIGRATION_OUTGOING && !out->have_stats && out->status == GW_MIG_ACTIVE) {
+		out->out = (struct gw_precopy_stats){.total = out->ram_total,
+						     .remaining = out->ram_total,
+						     .page_size = GW_PAGE_SIZE};
+		out->have_stats = true;
+	}
 	for (unsigned i = 0; i < vm->nr_drives; i++) {
 		out->disk_sync_us += (int64_t)virtio_blk_last_sync_us(&vm->drives[i]);
 		out->disk_total += virtio_blk_copy_bytes(&vm->drives[i]);
