@@ -100,7 +100,11 @@ struct gw_precopy_params {
 	 * boundary (docs/format.md, "Post-copy"). A live migration over one
 	 * socket only. */
 	bool postcopy;
-	uint64_t reserved[3]; /* 0: later versions give them a meaning (export.h) */
+	/* With postcopy: switch to post-copy by itself once this many passes
+	 * have synced without the rest fitting the downtime limit (0: only
+	 * gw_precopy_start_postcopy() switches). */
+	uint64_t postcopy_after_passes;
+	uint64_t reserved[2]; /* 0: later versions give them a meaning (export.h) */
 };
 
 /* gw_precopy_params.mode, QEMU's MigMode. */
@@ -217,6 +221,12 @@ GW_API int gw_precopy_continue(struct gw_precopy *p, struct gw_error *err);
  * then on neither side alone holds the whole guest. -EINVAL, and nothing
  * changes, without the postcopy parameter or past the pre-copy rounds. */
 GW_API int gw_precopy_start_postcopy(struct gw_precopy *p, struct gw_error *err);
+/* A post-copy in GW_MIG_POSTCOPY_PAUSED goes on over ch, a new connection
+ * to the destination, which must be waiting for it (gw_incoming_recover):
+ * the engine takes ch (*ch cleared) and runs the resume handshake
+ * (docs/format.md, "Post-copy recovery"); if that fails, the post-copy
+ * stays paused for another try. -EINVAL in any other status. */
+GW_API int gw_precopy_resume(struct gw_precopy *p, struct gw_channel *ch, struct gw_error *err);
 /* Ask the migration to stop; it ends CANCELLED with the source guest
  * running. Every wait of the engine ends at once (sockets and pipes are
  * written without blocking; a socket is also shut down so the peer
@@ -299,7 +309,8 @@ struct gw_incoming_params {
 	 * sides): the guest then runs here while the pages the stream named
 	 * are fetched from the source; lazy_max_bandwidth bounds the fetch
 	 * in the background, and the lazy_* figures are its page server's.
-	 * If it breaks, the vCPUs stop for good: GW_MIG_POSTCOPY_PAUSED. */
+	 * If the connection breaks: GW_MIG_POSTCOPY_PAUSED until
+	 * gw_incoming_recover(). */
 	bool postcopy;
 	uint64_t reserved[4]; /* 0 (export.h) */
 };
@@ -340,6 +351,15 @@ GW_API int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
  */
 GW_API int gw_incoming_add_channel(struct gw_incoming *in, struct gw_channel *ch,
 				   struct gw_error *err);
+/*
+ * A post-copy in GW_MIG_POSTCOPY_PAUSED goes on over ch, a new connection
+ * from the source (gw_precopy_resume): the engine takes ch (*ch cleared)
+ * and runs the resume handshake, which sends the source the pages still
+ * missing here; if it fails, the post-copy stays paused for another try.
+ * From any thread; -EINVAL in any other status.
+ */
+GW_API int gw_incoming_recover(struct gw_incoming *in, struct gw_channel *ch,
+			       struct gw_error *err);
 GW_API void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out);
 /* New parameters: only lazy_max_bandwidth takes effect (at once, during
  * a lazy restore); the others were read at the start. -EINVAL if a

@@ -29,10 +29,15 @@ enum gw_mig_status {
 	/* Guest paused at the switchover, nothing of the final state sent:
 	 * waiting for gw_precopy_continue() (QEMU's pause-before-switchover). */
 	GW_MIG_PRE_SWITCHOVER,
-	/* Post-copy broke (the source died, the link broke, a page failed its
-	 * check): the destination's vCPUs are paused for good, part of its
-	 * RAM is missing, and recovery is not built: the guest is lost. */
+	/* Post-copy broke (the link broke, the source died, a page failed
+	 * its check): the destination's vCPUs wait for the pages they touch,
+	 * the source keeps its paused copy and the pages still owed, until a
+	 * new connection resumes it (gw_precopy_resume, gw_incoming_recover;
+	 * QEMU's migrate-recover and migrate resume=true). If the source is
+	 * gone, the guest is lost. */
 	GW_MIG_POSTCOPY_PAUSED,
+	/* A new connection of a paused post-copy, in its resume handshake. */
+	GW_MIG_POSTCOPY_RECOVER,
 };
 
 /* "setup", "active", ... as QEMU spells them; "unknown" for anything else. */

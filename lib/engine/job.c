@@ -34,15 +34,15 @@ const char *gw_mig_status_name(enum gw_mig_status s)
 		return "pre-switchover";
 	case GW_MIG_POSTCOPY_PAUSED:
 		return "postcopy-paused";
+	case GW_MIG_POSTCOPY_RECOVER:
+		return "postcopy-recover";
 	}
 	return "unknown";
 }
 
 bool gw_mig_status_is_final(enum gw_mig_status s)
 {
-	/* Post-copy cannot be recovered here: its pause is an end too. */
-	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED ||
-	       s == GW_MIG_POSTCOPY_PAUSED;
+	return s == GW_MIG_COMPLETED || s == GW_MIG_FAILED || s == GW_MIG_CANCELLED;
 }
 
 static void notify(struct gw_job *j, enum gw_mig_status s)
@@ -59,7 +59,7 @@ static void publish(struct gw_job *j, enum gw_mig_status outcome, int ret,
 	pthread_mutex_lock(&j->lock);
 	j->status = outcome;
 	j->end_ns = gw_now_ns();
-	if (outcome == GW_MIG_FAILED || outcome == GW_MIG_POSTCOPY_PAUSED) {
+	if (outcome == GW_MIG_FAILED) {
 		j->error_code = ret < 0 ? ret : -EIO;
 		snprintf(j->error, sizeof(j->error), "%s",
 			 err->msg[0] ? err->msg : gw_strerror(j->error_code));
@@ -118,7 +118,7 @@ int gw_job_start(struct gw_job *j, const struct gw_job_ops *ops, void *engine, c
 	return 0;
 }
 
-void gw_job_set_status(struct gw_job *j, enum gw_mig_status s)
+void gw_job_set_status_error(struct gw_job *j, enum gw_mig_status s, const char *why)
 {
 	bool cancelling;
 
@@ -126,9 +126,16 @@ void gw_job_set_status(struct gw_job *j, enum gw_mig_status s)
 	cancelling = j->status == GW_MIG_CANCELLING;
 	if (!cancelling)
 		j->status = s;
+	if (!cancelling && why)
+		snprintf(j->error, sizeof(j->error), "%s", why);
 	pthread_mutex_unlock(&j->lock);
 	if (!cancelling)
 		notify(j, s);
+}
+
+void gw_job_set_status(struct gw_job *j, enum gw_mig_status s)
+{
+	gw_job_set_status_error(j, s, NULL);
 }
 
 bool gw_job_cancel(struct gw_job *j)

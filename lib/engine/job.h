@@ -68,6 +68,8 @@ int gw_job_start(struct gw_job *j, const struct gw_job_ops *ops, void *engine, c
 
 /* A non-final status, with its callback; a pending cancel keeps CANCELLING. */
 void gw_job_set_status(struct gw_job *j, enum gw_mig_status s);
+/* The same with the error that explains it (postcopy-paused: why). */
+void gw_job_set_status_error(struct gw_job *j, enum gw_mig_status s, const char *why);
 
 /* From any thread: false, and nothing changes, if the job is over or committed. */
 bool gw_job_cancel(struct gw_job *j);

@@ -157,6 +157,12 @@ void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
 	/* One snapshot: the status and the fields that explain it together. */
 	pthread_mutex_lock(&p->job.lock);
 	*out = p->stats;
+	/* Post-copy's answers, as they leave (atomic: the serving thread's). */
+	uint64_t pages = __atomic_load_n(&p->pc_served.pages, __ATOMIC_RELAXED);
+	out->postcopy_requests = pages;
+	out->normal += pages;
+	out->normal_bytes += pages * GW_PAGE_SIZE;
+	out->transferred += __atomic_load_n(&p->pc_served.bytes, __ATOMIC_RELAXED);
 	out->status = gw_job_status_locked(&p->job, &out->total_time_ms, &out->error_code,
 					   out->error, sizeof(out->error));
 	pthread_mutex_unlock(&p->job.lock);

@@ -40,7 +40,7 @@ static int take(const struct gw_migration *m, uint64_t *const *stale,
 
 int gw_postcopy_serve(struct gw_migration *m, struct gw_cancel *c, struct gw_writer *w,
 		      uint64_t *const *stale, int idle_timeout_ms, struct gw_pc_serve_stats *stats,
-		      struct gw_error *err)
+		      bool *dest_failed, struct gw_error *err)
 {
 	uint64_t owed = count_stale(m, stale);
 
@@ -51,12 +51,16 @@ int gw_postcopy_serve(struct gw_migration *m, struct gw_cancel *c, struct gw_wri
 
 		if (ret < 0)
 			return ret;
-		if (r.status == GW_REPORT_FAILED)
+		if (r.status == GW_REPORT_FAILED) {
+			*dest_failed = true;
 			return gw_error_set(err, r.code, "the destination failed: %s", r.msg);
+		}
 		if (r.status != GW_REPORT_REQUEST)
 			return gw_error_set(err, -EBADMSG,
 					    "post-copy: the destination sent %s where only page requests belong",
 					    gw_report_name(r.status));
+		uint64_t before = gw_writer_offset(w);
+
 		ret = gw_page_request_check(&r.req, m->ram, m->nr_ram, err);
 		if (ret == 0)
 			ret = take(m, stale, &r.req, err);
@@ -68,8 +72,10 @@ int gw_postcopy_serve(struct gw_migration *m, struct gw_cancel *c, struct gw_wri
 			return ret;
 		owed -= r.req.count;
 		if (stats) {
-			stats->requests++;
-			stats->pages += r.req.count;
+			__atomic_add_fetch(&stats->requests, 1, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&stats->pages, r.req.count, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&stats->bytes, gw_writer_offset(w) - before,
+					   __ATOMIC_RELAXED);
 		}
 	}
 	return 0;

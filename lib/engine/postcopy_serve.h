@@ -13,6 +13,7 @@
 #ifndef GW_LIB_ENGINE_POSTCOPY_SERVE_H
 #define GW_LIB_ENGINE_POSTCOPY_SERVE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <godwit/error.h>
@@ -22,9 +23,11 @@
 struct gw_migration;
 struct gw_writer;
 
+/* Added to atomically as answers leave: any thread may read them so. */
 struct gw_pc_serve_stats {
 	uint64_t requests; /* REQUEST messages answered */
 	uint64_t pages;    /* pages sent */
+	uint64_t bytes;    /* stream bytes of the answers */
 };
 
 /*
@@ -32,12 +35,13 @@ struct gw_pc_serve_stats {
  * m (set = the destination lacks the page), cleared as pages leave; w
  * writes c's stream fd. Waits at most idle_timeout_ms for each request;
  * a cancel of c ends any wait (-ECANCELED). A FAILED report fails with
- * the destination's reason; a closed connection with -EPIPE; a request
- * out of range or outside the set with -EBADMSG, before anything of it
- * is sent. stats (may be NULL; the calling thread's) count the answers.
+ * the destination's reason (and *dest_failed set: its guest will not go
+ * on); a closed connection with -EPIPE; a request out of range or outside
+ * the set with -EBADMSG, before anything of it is sent. stats (may be
+ * NULL) count the answers.
  */
 int gw_postcopy_serve(struct gw_migration *m, struct gw_cancel *c, struct gw_writer *w,
 		      uint64_t *const *stale, int idle_timeout_ms, struct gw_pc_serve_stats *stats,
-		      struct gw_error *err);
+		      bool *dest_failed, struct gw_error *err);
 
 #endif

@@ -61,7 +61,7 @@
 #include "lib/internal.h"
 #include "lib/engine/job.h"
 #include "lib/engine/outgoing.h"
-#include "lib/engine/postcopy_serve.h"
+#include "lib/engine/postcopy_source.h"
 #include "lib/format/postcopy.h"
 #include "lib/ram/populated.h"
 #include "lib/ram/ram_batch.h"
@@ -548,6 +548,10 @@ static int iterate(struct precopy *p, struct gw_error *err)
 		if (ret == 0 && fits(p, &pp)) {
 			if (settled(p, &pp))
 				return 0;
+		} else if (ret == 0 && pp.postcopy && pp.postcopy_after_passes &&
+			   p->pass >= pp.postcopy_after_passes) {
+			/* Pre-copy does not converge: post-copy ends it. */
+			return 1;
 		} else if (ret == 0) {
 			ret = converge(p, &pp, err);
 		}
@@ -648,16 +652,14 @@ static int switchover(struct precopy *p, struct gw_error *err)
 /*
  * Post-copy's switch (docs/format.md, "Post-copy"): pause, sync, and send
  * the set of pages the destination lacks instead of the pages, then the
- * device state and EOF; READY and GO as at a switchover; then serve the
- * destination's requests until every page of the set has left, and wait
- * for its RUNNING, which says the last page is in. From GO on the guest
- * is the destination's: any failure leaves this copy paused (conclude).
+ * device state and EOF; from there the post-copy phase
+ * (postcopy_source.h) takes the channel: READY and GO, the pages asked
+ * for, RUNNING. From GO on the guest is the destination's: any failure
+ * leaves this copy paused (conclude).
  */
 static int postcopy_switchover(struct precopy *p, struct gw_error *err)
 {
-	const struct gw_report go = {GW_REPORT_GO, 0, ""};
 	struct gw_migration *m = p->m;
-	struct gw_pc_serve_stats st = {0};
 	struct gw_precopy_params pp;
 	int ret;
 
@@ -673,63 +675,18 @@ static int postcopy_switchover(struct precopy *p, struct gw_error *err)
 	if (ret == 0)
 		ret = gw_sink_flush(p->sink, err);
 	if (ret == 0)
-		ret = gw_postcopy_put(p->w, m, p->dirty, 0, err);
+		ret = gw_postcopy_put(p->w, m->ram, m->nr_ram, p->dirty, 0, err);
 	if (ret == 0)
 		ret = gw_save_devices(m, p->w, err);
 	if (ret == 0)
 		ret = gw_save_finish(m, p->w, err);
 	if (ret == 0)
 		ret = gw_sink_finish(p->sink, err);
-	if (ret == 0)
-		ret = gw_outgoing_expect(&p->h, &p->ho, pp.ready_timeout_ms, GW_REPORT_READY,
-					 "the destination's READY (x-godwit-ready-timeout)", err);
-	if (ret == 0 && !gw_job_commit(&p->h.job))
-		ret = cancelled(err);
-	if (ret == 0)
-		ret = gw_report_send(&p->h.job.cancel, (int)pp.confirm_timeout_ms, &go, err);
+	publish_transferred(p);
 	if (ret < 0)
 		return gw_error_prefix(err, ret, "post-copy switch: ");
-	p->ho.handed_over = true;
-	/* The guest runs there from now: the blackout ended. */
-	gw_outgoing_downtime(&p->h, p->pause_ns, 0);
-	gw_job_set_status(&p->h.job, GW_MIG_POSTCOPY_ACTIVE);
-	gw_writer_set_deadline(p->w, 0);
-	ret = gw_postcopy_serve(m, &p->h.job.cancel, p->w, p->dirty, (int)pp.confirm_timeout_ms,
-				&st, err);
-	pthread_mutex_lock(&p->h.job.lock);
-	p->h.stats.postcopy_requests = st.pages;
-	p->h.stats.normal += st.pages;
-	p->h.stats.normal_bytes += st.pages * PAGE;
-	pthread_mutex_unlock(&p->h.job.lock);
-	publish_transferred(p);
-	if (ret == 0)
-		ret = gw_outgoing_expect(&p->h, &p->ho, pp.confirm_timeout_ms, GW_REPORT_RUNNING,
-					 "the destination's RUNNING once every page is in", err);
-	p->ho.confirmed = ret == 0;
-	if (ret < 0)
-		return gw_error_prefix(err, ret,
-				       "post-copy: the guest runs at the destination with pages missing, and this copy stays paused (recovery is not built): ");
-	return 0;
-}
-
-int gw_precopy_start_postcopy(struct gw_precopy *h, struct gw_error *err)
-{
-	enum gw_mig_status s;
-	bool on;
-
-	pthread_mutex_lock(&h->job.lock);
-	on = h->params.postcopy;
-	s = gw_job_status_locked(&h->job, NULL, NULL, NULL, 0);
-	pthread_mutex_unlock(&h->job.lock);
-	if (!on)
-		return gw_error_set(err, -EINVAL,
-				    "post-copy is not enabled: set the postcopy-ram capability on both sides before the migration starts");
-	if (s != GW_MIG_SETUP && s != GW_MIG_ACTIVE)
-		return gw_error_set(err, -EINVAL,
-				    "post-copy can only start while the pre-copy rounds run (status %s)",
-				    gw_mig_status_name(s));
-	__atomic_store_n(&h->postcopy_requested, true, __ATOMIC_RELEASE);
-	return 0;
+	struct gw_pc_source s = {&p->h, m, &p->ch, &p->ho, p->dirty, p->pause_ns};
+	return gw_postcopy_source_run(&s, &pp, err);
 }
 
 /*

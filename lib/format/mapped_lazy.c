@@ -144,7 +144,7 @@ int gw_mapped_lazy_start(struct gw_migration *m, int fd, const struct gw_mapped_
 
 int gw_mapped_lazy_wait(struct gw_mapped_lazy *lz, int cancel_efd, struct gw_error *err)
 {
-	int ret = gw_page_server_wait(lz->ps, cancel_efd, err);
+	int ret = gw_page_server_wait(lz->ps, cancel_efd, -1, err);
 
 	return ret < 0 ? gw_error_prefix(err, ret, "restoring a mapped-ram file lazily: ") : 0;
 }

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* XXH3_state_t on the stack. */
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
 #include <godwit/stream.h>
 
 #include "lib/bitmap.h"
@@ -36,8 +40,8 @@ uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, cons
 	return gw_postcopy_len(count);
 }
 
-int gw_postcopy_put(struct gw_writer *w, const struct gw_migration *m, uint64_t *const *bits,
-		    uint64_t piece_bits, struct gw_error *err)
+int gw_postcopy_put(struct gw_writer *w, const struct gw_ram_block *ram, uint32_t nr,
+		    uint64_t *const *bits, uint64_t piece_bits, struct gw_error *err)
 {
 	uint64_t piece = piece_bits ? piece_bits : GW_POSTCOPY_BITS_MAX;
 	unsigned char *buf;
@@ -50,8 +54,8 @@ int gw_postcopy_put(struct gw_writer *w, const struct gw_migration *m, uint64_t 
 	buf = malloc(gw_postcopy_len(piece));
 	if (!buf)
 		return gw_error_set(err, -ENOMEM, "post-copy: out of memory for the bitmap");
-	for (uint32_t i = 0; ret == 0 && i < m->nr_ram; i++) {
-		uint64_t pages = m->ram[i].size / PAGE;
+	for (uint32_t i = 0; ret == 0 && i < nr; i++) {
+		uint64_t pages = ram[i].size / PAGE;
 
 		for (uint64_t first = 0; ret == 0 && first < pages; first += piece) {
 			uint64_t count = pages - first < piece ? pages - first : piece;
@@ -62,6 +66,27 @@ int gw_postcopy_put(struct gw_writer *w, const struct gw_migration *m, uint64_t 
 	}
 	free(buf);
 	return ret < 0 ? gw_error_prefix(err, ret, "post-copy: the stale-page bitmap: ") : 0;
+}
+
+uint64_t gw_postcopy_fingerprint(const struct gw_ram_block *ram, uint32_t nr,
+				 const uint64_t *const *bits)
+{
+	XXH3_state_t st;
+
+	XXH3_64bits_reset(&st);
+	for (uint32_t i = 0; i < nr; i++) {
+		uint64_t pages = ram[i].size / PAGE;
+		unsigned char le[8];
+
+		gw_le64(le, pages);
+		XXH3_64bits_update(&st, le, sizeof(le));
+		/* Word by word in little-endian, as the records carry them. */
+		for (uint64_t k = 0; k < gw_bitmap_words(pages); k++) {
+			gw_le64(le, bits[i][k]);
+			XXH3_64bits_update(&st, le, sizeof(le));
+		}
+	}
+	return XXH3_64bits_digest(&st);
 }
 
 static int bad(struct gw_error *err, uint64_t offset, const char *what, unsigned long long a,

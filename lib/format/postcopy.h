@@ -40,12 +40,24 @@ uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, cons
 			    unsigned char *buf);
 
 /*
- * The POSTCOPY records of m's stale set (bits: one bitmap per RAM block of
- * m, in CONFIG's order, which is m's), in pieces of piece_bits (a multiple
- * of 64; 0 = GW_POSTCOPY_BITS_MAX). The caller flushes w.
+ * The POSTCOPY records of a set of pages (bits: one bitmap per block of
+ * ram, which are the nr blocks in CONFIG's order), in pieces of piece_bits
+ * (a multiple of 64; 0 = GW_POSTCOPY_BITS_MAX). The caller flushes w. The
+ * source sends its stale set so at the switch; a destination recovering
+ * from a broken post-copy sends the pages it still lacks so.
  */
-int gw_postcopy_put(struct gw_writer *w, const struct gw_migration *m, uint64_t *const *bits,
-		    uint64_t piece_bits, struct gw_error *err);
+int gw_postcopy_put(struct gw_writer *w, const struct gw_ram_block *ram, uint32_t nr,
+		    uint64_t *const *bits, uint64_t piece_bits, struct gw_error *err);
+
+/*
+ * What names one post-copy on both sides (docs/format.md, "Post-copy
+ * recovery"): a hash of the stale set the switch sent, block by block in
+ * CONFIG's order (ram, nr, bits as for gw_postcopy_put). A connection
+ * that resumes a post-copy must carry the same, so a source cannot feed
+ * another migration's destination.
+ */
+uint64_t gw_postcopy_fingerprint(const struct gw_ram_block *ram, uint32_t nr,
+				 const uint64_t *const *bits);
 
 /*
  * The destination's side: the records must cover every block of CONFIG,

@@ -512,16 +512,20 @@ static void *background_thread(void *opaque)
 	return NULL;
 }
 
-int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, struct gw_error *err)
+int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, int wake_efd,
+			struct gw_error *err)
 {
-	struct pollfd p[2] = {{.fd = ps->done_efd, .events = POLLIN},
-			      {.fd = cancel_efd, .events = POLLIN}};
+	struct pollfd p[3] = {{.fd = ps->done_efd, .events = POLLIN},
+			      {.fd = cancel_efd, .events = POLLIN},
+			      {.fd = wake_efd, .events = POLLIN}};
 	int ret = 0;
 
-	while (poll(p, 2, -1) < 0)
+	while (poll(p, 3, -1) < 0)
 		if (errno != EINTR)
 			return gw_error_set(err, -errno, "page server: poll: %s",
 					    gw_strerror(errno));
+	if (!p[0].revents && !p[1].revents && p[2].revents)
+		return 1;
 	pthread_mutex_lock(&ps->lock);
 	if (ps->failed) {
 		*err = ps->error;

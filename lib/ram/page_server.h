@@ -119,10 +119,13 @@ int gw_page_server_start(const struct gw_ps_block *blocks, uint32_t n,
 
 /*
  * Wait until every page the source has is in: 0; the first failure
- * (-errno, err says which page); or -ECANCELED as soon as cancel_efd
- * (an eventfd, -1 for none) is readable.
+ * (-errno, err says which page); -ECANCELED as soon as cancel_efd (an
+ * eventfd, -1 for none) is readable; or 1 when wake_efd (likewise) is
+ * and neither of the others: the caller's own news (the page source
+ * broke), read by the caller.
  */
-int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, struct gw_error *err);
+int gw_page_server_wait(struct gw_page_server *ps, int cancel_efd, int wake_efd,
+			struct gw_error *err);
 
 /* A new rate for the background (bytes per second, 0 = no limit), from
  * any thread: it applies within PACE_MAX_SLEEP_MS (50 ms). */

@@ -5,9 +5,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <godwit/io.h>
 
+#include "lib/bitmap.h"
 #include "lib/internal.h"
 #include "lib/ram/postcopy_fetch.h"
 #include "lib/transport/return_path.h"
@@ -19,10 +22,14 @@ struct gw_postcopy_fetch {
 	int send_timeout_ms;
 	struct gw_pf_block *blocks;
 	uint32_t nr;
-	pthread_mutex_t lock; /* one exchange at a time; the three below */
-	struct gw_reader *r;
+	int break_efd;
+	pthread_mutex_t lock;  /* one exchange at a time; everything below */
+	pthread_cond_t mended; /* a resume or an abort */
+	struct gw_reader *r;   /* NULL while broken */
 	struct gw_pages pages;
-	int failed; /* the first failure's code: every later read fails */
+	uint64_t **received; /* per block: pages received whole */
+	bool broken;
+	int failed; /* aborted: every exchange fails with error */
 	struct gw_error error;
 	uint64_t requested; /* atomic */
 };
@@ -87,6 +94,32 @@ static int read_answer(struct gw_postcopy_fetch *f, const struct gw_pf_block *b,
 	return ret;
 }
 
+/* One request and its answer over the connection. */
+static int exchange(struct gw_postcopy_fetch *f, const struct gw_pf_block *b, uint64_t first,
+		    uint32_t k, unsigned char *dst, struct gw_error *err)
+{
+	struct gw_report rq = {.status = GW_REPORT_REQUEST, .req = {b->stream_id, k, first}};
+	int ret = gw_report_send(f->c, f->send_timeout_ms, &rq, err);
+
+	if (ret < 0)
+		return ret;
+	__atomic_add_fetch(&f->requested, k, __ATOMIC_RELAXED);
+	return read_answer(f, b, first, k, dst, err);
+}
+
+/* The connection is out of step or gone: drop it and tell the owner. */
+static void break_connection(struct gw_postcopy_fetch *f, const struct gw_error *why)
+{
+	uint64_t one = 1;
+
+	f->broken = true;
+	f->error = *why;
+	gw_reader_free(f->r);
+	f->r = NULL;
+	while (write(f->break_efd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+}
+
 static int fetch_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, void *dst,
 		      struct gw_error *err)
 {
@@ -95,30 +128,32 @@ static int fetch_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, 
 	int ret = 0;
 
 	pthread_mutex_lock(&f->lock);
-	if (f->failed) {
-		*err = f->error;
-		pthread_mutex_unlock(&f->lock);
-		return f->failed;
-	}
-	for (uint64_t done = 0; ret == 0 && done < n;) {
+	for (uint64_t done = 0; done < n;) {
 		uint32_t k = n - done > GW_PAGES_MAX ? GW_PAGES_MAX : (uint32_t)(n - done);
-		struct gw_report rq = {.status = GW_REPORT_REQUEST,
-				       .req = {b->stream_id, k, first + done}};
 
-		ret = gw_report_send(f->c, f->send_timeout_ms, &rq, err);
-		if (ret == 0) {
-			__atomic_add_fetch(&f->requested, k, __ATOMIC_RELAXED);
-			ret = read_answer(f, b, first + done, k, (unsigned char *)dst + done * PAGE,
-					  err);
+		if (f->failed) {
+			*err = f->error;
+			ret = f->failed;
+			break;
 		}
+		if (f->broken) {
+			pthread_cond_wait(&f->mended, &f->lock);
+			continue;
+		}
+		ret = exchange(f, b, first + done, k, (unsigned char *)dst + done * PAGE, err);
+		if (ret == -ECANCELED)
+			break;
+		if (ret < 0) {
+			gw_error_prefix(err, ret,
+					"post-copy: fetching %u pages from 0x%llx of RAM block '%s' from the source: ",
+					k, (unsigned long long)((first + done) * PAGE), b->name);
+			break_connection(f, err);
+			ret = 0;
+			continue;
+		}
+		for (uint64_t p = first + done; p < first + done + k; p++)
+			f->received[block][p / 64] |= 1ull << (p % 64);
 		done += k;
-	}
-	if (ret < 0) {
-		gw_error_prefix(err, ret,
-				"post-copy: fetching %llu pages from 0x%llx of RAM block '%s' from the source: ",
-				(unsigned long long)n, (unsigned long long)(first * PAGE), b->name);
-		f->failed = ret;
-		f->error = *err;
 	}
 	pthread_mutex_unlock(&f->lock);
 	return ret;
@@ -139,8 +174,21 @@ int gw_postcopy_fetch_new(struct gw_cancel *c, int send_timeout_ms,
 	f->nr = nr;
 	f->c = c;
 	f->send_timeout_ms = send_timeout_ms;
+	f->break_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_init(&f->lock, NULL);
-	ret = gw_reader_new(c->fd, &f->r, err);
+	pthread_cond_init(&f->mended, NULL);
+	f->received = calloc(nr + 1, sizeof(*f->received));
+	for (uint32_t i = 0; f->received && i < nr; i++)
+		f->received[i] = calloc(gw_bitmap_words(blocks[i].size / PAGE) + 1,
+					sizeof(uint64_t));
+	ret = f->break_efd < 0 ?
+		      gw_error_set(err, -errno, "post-copy: eventfd: %s", gw_strerror(errno)) :
+		      0;
+	for (uint32_t i = 0; ret == 0 && i < nr; i++)
+		if (!f->received || !f->received[i])
+			ret = gw_error_set(err, -ENOMEM, "post-copy: out of memory");
+	if (ret == 0)
+		ret = gw_reader_new(c->fd, &f->r, err);
 	if (ret < 0) {
 		gw_postcopy_fetch_free(f);
 		return ret;
@@ -160,12 +208,72 @@ uint64_t gw_postcopy_fetch_requested(struct gw_postcopy_fetch *f)
 	return __atomic_load_n(&f->requested, __ATOMIC_RELAXED);
 }
 
+int gw_postcopy_fetch_break_fd(struct gw_postcopy_fetch *f)
+{
+	return f->break_efd;
+}
+
+bool gw_postcopy_fetch_broken(struct gw_postcopy_fetch *f, struct gw_error *why)
+{
+	bool broken;
+
+	pthread_mutex_lock(&f->lock);
+	broken = f->broken;
+	if (broken)
+		*why = f->error;
+	pthread_mutex_unlock(&f->lock);
+	return broken;
+}
+
+void gw_postcopy_fetch_needed(struct gw_postcopy_fetch *f, uint64_t *const *needed)
+{
+	pthread_mutex_lock(&f->lock);
+	for (uint32_t i = 0; i < f->nr; i++)
+		for (size_t k = 0; k < gw_bitmap_words(f->blocks[i].size / PAGE); k++)
+			needed[i][k] = f->blocks[i].stale[k] & ~f->received[i][k];
+	pthread_mutex_unlock(&f->lock);
+}
+
+int gw_postcopy_fetch_resume(struct gw_postcopy_fetch *f, struct gw_error *err)
+{
+	struct gw_reader *r;
+	int ret = gw_reader_new(f->c->fd, &r, err);
+
+	if (ret < 0)
+		return ret;
+	gw_reader_bind(r, f->c->efd);
+	pthread_mutex_lock(&f->lock);
+	gw_reader_free(f->r);
+	f->r = r;
+	f->broken = false;
+	pthread_cond_broadcast(&f->mended);
+	pthread_mutex_unlock(&f->lock);
+	return 0;
+}
+
+void gw_postcopy_fetch_abort(struct gw_postcopy_fetch *f, const struct gw_error *why)
+{
+	pthread_mutex_lock(&f->lock);
+	if (!f->failed) {
+		f->failed = why->code < 0 ? why->code : -ECANCELED;
+		f->error = *why;
+	}
+	pthread_cond_broadcast(&f->mended);
+	pthread_mutex_unlock(&f->lock);
+}
+
 void gw_postcopy_fetch_free(struct gw_postcopy_fetch *f)
 {
 	if (!f)
 		return;
 	gw_reader_free(f->r);
+	pthread_cond_destroy(&f->mended);
 	pthread_mutex_destroy(&f->lock);
+	for (uint32_t i = 0; f->received && i < f->nr; i++)
+		free(f->received[i]);
+	free(f->received);
+	if (f->break_efd >= 0)
+		close(f->break_efd);
 	free(f->blocks);
 	free(f);
 }

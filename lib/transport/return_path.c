@@ -29,6 +29,8 @@ const char *gw_report_name(enum gw_report_status s)
 		return "ADOPTED";
 	case GW_REPORT_REQUEST:
 		return "REQUEST";
+	case GW_REPORT_RESUME:
+		return "RESUME";
 	}
 	return "unknown";
 }
@@ -58,10 +60,14 @@ size_t gw_report_encode(const struct gw_report *r, unsigned char *buf)
 		gw_le32(buf + GW_REPORT_HEAD_SIZE, r->req.block);
 		gw_le32(buf + GW_REPORT_HEAD_SIZE + 4, r->req.count);
 		gw_le64(buf + GW_REPORT_HEAD_SIZE + 8, r->req.first);
+	} else if (r->status == GW_REPORT_RESUME) {
+		n = GW_RESUME_SIZE;
+		gw_le64(buf + GW_REPORT_HEAD_SIZE, r->fingerprint);
 	}
 	gw_le32(buf + 20, (uint32_t)n);
 	/* The text goes out printable whatever a callback put in it. */
-	for (size_t i = 0; i < n && r->status != GW_REPORT_REQUEST; i++) {
+	for (size_t i = 0; i < n && r->status != GW_REPORT_REQUEST && r->status != GW_REPORT_RESUME;
+	     i++) {
 		unsigned char ch = (unsigned char)r->msg[i];
 
 		buf[GW_REPORT_HEAD_SIZE + i] = ch >= 0x20 && ch <= 0x7e ? ch : '?';
@@ -86,10 +92,11 @@ static int check_head(const unsigned char *h, uint32_t *msg_len, struct gw_error
 		return gw_error_set(err, -EPROTONOSUPPORT,
 				    "return path: handshake version %u is not supported (this side speaks version %u)",
 				    version, GW_REPORT_VERSION);
-	if (status > GW_REPORT_REQUEST ||
+	if (status > GW_REPORT_RESUME ||
 	    (status == GW_REPORT_FAILED ? code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
 	     status == GW_REPORT_RUNNING ? code != 0 || *msg_len > GW_REPORT_TIME_MAX :
 	     status == GW_REPORT_REQUEST ? code != 0 || *msg_len != GW_PAGE_REQUEST_SIZE :
+	     status == GW_REPORT_RESUME  ? code != 0 || *msg_len != GW_RESUME_SIZE :
 					   code != 0 || *msg_len != 0))
 		return gw_error_set(err, -EBADMSG,
 				    "return path: malformed message (status %u, code %u, %u bytes of text)",
@@ -125,6 +132,12 @@ int gw_report_decode(const unsigned char *buf, size_t len, struct gw_report *r,
 		r->req.block = gw_get_le32(buf + GW_REPORT_HEAD_SIZE);
 		r->req.count = gw_get_le32(buf + GW_REPORT_HEAD_SIZE + 4);
 		r->req.first = gw_get_le64(buf + GW_REPORT_HEAD_SIZE + 8);
+		return 0;
+	}
+	if (r->status == GW_REPORT_RESUME) {
+		r->code = 0;
+		r->msg[0] = '\0';
+		r->fingerprint = gw_get_le64(buf + GW_REPORT_HEAD_SIZE);
 		return 0;
 	}
 	for (uint32_t i = 0; i < n; i++)

@@ -34,6 +34,8 @@ enum gw_report_status {
 	GW_REPORT_ADOPTED = 4, /* destination of a local live update: the memfds
 				  are mapped, send the state */
 	GW_REPORT_REQUEST = 5, /* post-copy destination: send these pages first */
+	GW_REPORT_RESUME = 6,  /* post-copy recovery, both ways: this post-copy (its
+				  fingerprint) goes on over this connection */
 };
 
 /* A REQUEST's body (docs/format.md, "Post-copy"): count pages from page
@@ -54,7 +56,11 @@ struct gw_report {
 	int code;                   /* negative errno when failed, else 0 */
 	char msg[GW_ERROR_MSG_MAX]; /* "" unless failed */
 	struct gw_page_request req; /* REQUEST only */
+	uint64_t fingerprint;       /* RESUME only (gw_postcopy_fingerprint) */
 };
+
+/* A RESUME's body: the fingerprint, 8 bytes little-endian. */
+#define GW_RESUME_SIZE 8u
 
 /* A RUNNING's text, if any: the destination's CLOCK_MONOTONIC time of the
  * resume in decimal nanoseconds. Sent only to a source on the same host

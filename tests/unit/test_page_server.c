@@ -205,7 +205,7 @@ static void test_faults_and_background(enum gw_ps_mode mode)
 		CHECK(pthread_create(&th[i], NULL, touch_all, &t[i]) == 0);
 	for (int i = 0; i < 2; i++)
 		pthread_join(th[i], NULL);
-	CHECK_OK(gw_page_server_wait(ps, -1, &err), &err);
+	CHECK_OK(gw_page_server_wait(ps, -1, -1, &err), &err);
 	gw_page_server_stats(ps, &st);
 	for (uint64_t p = 0; p < PAGES; p++)
 		present += is_present(p);
@@ -252,7 +252,7 @@ static void test_background_alone(enum gw_ps_mode mode)
 
 	source_reset();
 	ps = start(&r, mode, 0, 0);
-	CHECK_OK(gw_page_server_wait(ps, -1, &err), &err);
+	CHECK_OK(gw_page_server_wait(ps, -1, -1, &err), &err);
 	gw_page_server_stats(ps, &st);
 	CHECK(st.faulted == 0 && st.zero == 0 && st.remaining == 0);
 	check_exactly_once();
@@ -311,7 +311,7 @@ static void test_fault_races_background(enum gw_ps_mode mode)
 	check_page(r.host, far);
 	pthread_join(th, NULL);
 	CHECK(o.word == word_of(o.page));
-	CHECK_OK(gw_page_server_wait(ps, -1, &err), &err);
+	CHECK_OK(gw_page_server_wait(ps, -1, -1, &err), &err);
 	gw_page_server_stats(ps, &st);
 	CHECK(st.waited >= 1 && st.faulted >= 1);
 	/* Both faults counted: the far one at once, the other when its run
@@ -346,7 +346,7 @@ static void test_bad_page(enum gw_ps_mode mode, bool far)
 	o.page = src.bad_page;
 	CHECK(pthread_create(&th, NULL, touch_one, &o) == 0);
 	snprintf(where, sizeof(where), "0x%llx", (unsigned long long)(src.bad_page * PAGE));
-	CHECK_ERR(gw_page_server_wait(ps, -1, &err), -EBADMSG, &err, where);
+	CHECK_ERR(gw_page_server_wait(ps, -1, -1, &err), -EBADMSG, &err, where);
 	/* The bytes never reached the memfd: it reads zero there. */
 	CHECK(pread(r.fd, &word, sizeof(word), (off_t)(src.bad_page * PAGE)) == sizeof(word));
 	CHECK(word == 0);
@@ -413,7 +413,7 @@ static void test_valid_outside(enum gw_ps_mode mode)
 				     (unsigned long long)q, (unsigned long long)k,
 				     (unsigned long long)w[k], (unsigned long long)want);
 	}
-	CHECK_OK(gw_page_server_wait(ps, -1, &err), &err);
+	CHECK_OK(gw_page_server_wait(ps, -1, -1, &err), &err);
 	gw_page_server_stats(ps, &st);
 	/* MINOR: a page the memfd holds faults minor and is kept; MISSING:
 	 * it does not fault at all. Holes fault missing either way. */
@@ -439,7 +439,7 @@ static void test_cancel(enum gw_ps_mode mode)
 	source_reset();
 	ps = start(&r, mode, 4096, 1); /* one page a second: far from done */
 	CHECK(write(efd, &one, sizeof(one)) == sizeof(one));
-	CHECK_ERR(gw_page_server_wait(ps, efd, &err), -ECANCELED, &err, "cancelled");
+	CHECK_ERR(gw_page_server_wait(ps, efd, -1, &err), -ECANCELED, &err, "cancelled");
 	gw_page_server_free(ps);
 	close(efd);
 	ram_free(&r);

@@ -3,20 +3,27 @@
  * message of lib/transport/return_path.c): a bitmap split into records
  * arrives bit for bit; every hostile variant of a record or a request
  * is refused with the field it broke, and nothing of a refused record
- * reaches the bitmap.
+ * reaches the bitmap. Post-copy recovery's handshake
+ * (lib/engine/postcopy_resume.c) over a socket pair: the destination's
+ * set replaces what the source owes; another migration's fingerprint,
+ * or a set beyond the switch's, is refused on both sides.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <godwit/io.h>
 #include <godwit/migration.h>
 
 #include "check.h"
+#include "lib/cancel.h"
 #include "lib/crc32c.h"
+#include "lib/engine/postcopy_resume.h"
 #include "lib/format/postcopy.h"
 #include "lib/internal.h"
 #include "lib/transport/return_path.h"
@@ -48,7 +55,7 @@ static void setup(void)
 			want1[p / 64] |= 1ull << (p % 64);
 }
 
-static int accept(struct gw_postcopy_cursor *c, uint64_t len, struct gw_error *err)
+static int accept_rec(struct gw_postcopy_cursor *c, uint64_t len, struct gw_error *err)
 {
 	return gw_postcopy_accept(c, buf, len, ram, 2, got, 4242, err);
 }
@@ -66,13 +73,13 @@ static void test_round_trip(void)
 		  "page 0 of 256");
 	len = gw_postcopy_encode(0, 0, 64, want0, buf);
 	CHECK(len == GW_POSTCOPY_HEAD_SIZE + 8);
-	CHECK_OK(accept(&c, len, &err), &err);
+	CHECK_OK(accept_rec(&c, len, &err), &err);
 	len = gw_postcopy_encode(0, 64, PAGES0 - 64, want0, buf);
-	CHECK_OK(accept(&c, len, &err), &err);
+	CHECK_OK(accept_rec(&c, len, &err), &err);
 	CHECK_ERR(gw_postcopy_complete(&c, ram, 2, &err), -EBADMSG, &err, "'ram-high'");
 	len = gw_postcopy_encode(1, 0, PAGES1, want1, buf);
 	CHECK(len == GW_POSTCOPY_HEAD_SIZE + 3 * 8);
-	CHECK_OK(accept(&c, len, &err), &err);
+	CHECK_OK(accept_rec(&c, len, &err), &err);
 	CHECK_OK(gw_postcopy_complete(&c, ram, 2, &err), &err);
 	CHECK(memcmp(got0, want0, sizeof(got0)) == 0);
 	CHECK(memcmp(got1, want1, sizeof(got1)) == 0);
@@ -128,7 +135,7 @@ static void check_lie(enum lie lie, const char *why)
 		gw_le64(buf + 16, (uint64_t)GW_POSTCOPY_BITS_MAX + 64);
 		break;
 	}
-	CHECK_ERR(accept(&c, len, &err), -EBADMSG, &err, "offset 4242", why);
+	CHECK_ERR(accept_rec(&c, len, &err), -EBADMSG, &err, "offset 4242", why);
 	CHECK(c.block == 0 && c.next == 0);
 	for (size_t i = 0; i < PAGES0 / 64; i++)
 		CHECK(got0[i] == 0);
@@ -152,11 +159,11 @@ static void test_hostile_bitmaps(void)
 	/* A bit for page 130 of a 130-page block. */
 	len = gw_postcopy_encode(1, 0, PAGES1, want1, buf);
 	gw_le64(buf + GW_POSTCOPY_HEAD_SIZE + 16, 1ull << (PAGES1 % 64));
-	CHECK_ERR(accept(&c, len, &err), -EBADMSG, &err, "bits set past the block's last page");
+	CHECK_ERR(accept_rec(&c, len, &err), -EBADMSG, &err, "bits set past the block's last page");
 	/* A block covered twice. */
 	c = (struct gw_postcopy_cursor){2, 0};
 	len = gw_postcopy_encode(1, 0, PAGES1, want1, buf);
-	CHECK_ERR(accept(&c, len, &err), -EBADMSG, &err, "expected block 2");
+	CHECK_ERR(accept_rec(&c, len, &err), -EBADMSG, &err, "expected block 2");
 	printf("ok hostile bitmaps refused\n");
 }
 
@@ -246,7 +253,7 @@ static void test_through_stream(uint64_t piece, unsigned want_records)
 	}
 	CHECK(pipe(fds) == 0);
 	CHECK_OK(gw_writer_new(fds[1], &w, &err), &err);
-	CHECK_OK(gw_postcopy_put(w, m, want, piece, &err), &err);
+	CHECK_OK(gw_postcopy_put(w, m->ram, m->nr_ram, want, piece, &err), &err);
 	CHECK_OK(gw_writer_flush(w, &err), &err);
 	gw_writer_free(w);
 	close(fds[1]);
@@ -266,7 +273,8 @@ static void test_through_stream(uint64_t piece, unsigned want_records)
 	}
 	CHECK(records == want_records);
 	CHECK(memcmp(got0, want0, sizeof(got0)) == 0 && memcmp(got1, want1, sizeof(got1)) == 0);
-	CHECK_ERR(gw_postcopy_put(NULL, m, want, 100, &err), -EINVAL, &err, "multiple of 64");
+	CHECK_ERR(gw_postcopy_put(NULL, m->ram, m->nr_ram, want, 100, &err), -EINVAL, &err,
+		  "multiple of 64");
 	free(payload);
 	gw_reader_free(r);
 	close(fds[0]);
@@ -275,6 +283,90 @@ static void test_through_stream(uint64_t piece, unsigned want_records)
 	gw_migration_free(m);
 	printf("ok through the stream in pieces of %llu bits: %u records\n",
 	       (unsigned long long)(piece ? piece : GW_POSTCOPY_BITS_MAX), records);
+}
+
+/* The source's side, in a thread: orig is the switch's set (want). */
+struct resume_src {
+	int fd;
+	uint64_t fingerprint;
+	uint64_t owed0[PAGES0 / 64], owed1[(PAGES1 + 63) / 64];
+	int ret;
+	struct gw_error err;
+};
+
+static void *resume_source(void *opaque)
+{
+	struct resume_src *r = opaque;
+	uint64_t *const owed[2] = {r->owed0, r->owed1};
+	struct gw_cancel c;
+
+	CHECK_OK(gw_cancel_init(&c, r->fd, &r->err), &r->err);
+	r->ret = gw_pc_resume_source(&c, 10000, r->fingerprint, ram, 2, want, owed, &r->err);
+	gw_cancel_fini(&c);
+	return NULL;
+}
+
+/* One handshake: the destination asks for `needed` with its fingerprint. */
+static void resume_once(uint64_t src_fp, uint64_t dst_fp, uint64_t *const *needed, int want_src,
+			int want_dst, const char *why)
+{
+	struct resume_src r = {.fingerprint = src_fp};
+	struct gw_error err = {0};
+	struct gw_cancel c;
+	pthread_t t;
+	int sv[2];
+
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	memset(r.owed0, 0xff, sizeof(r.owed0));
+	r.fd = sv[1];
+	CHECK(pthread_create(&t, NULL, resume_source, &r) == 0);
+	CHECK_OK(gw_cancel_init(&c, sv[0], &err), &err);
+	int ret = gw_pc_resume_destination(&c, 10000, dst_fp, ram, 2, needed, &err);
+	/* A refused handshake drops the connection: the other side must not
+	 * wait for more. */
+	shutdown(sv[0], SHUT_RDWR);
+	pthread_join(t, NULL);
+	gw_cancel_fini(&c);
+	if (ret != want_dst || r.ret != want_src)
+		FAIL("resume: destination %d (%s), source %d (%s); expected %d and %d", ret,
+		     err.msg, r.ret, r.err.msg, want_dst, want_src);
+	if (why && !strstr(r.err.msg, why) && !strstr(err.msg, why))
+		FAIL("resume: neither \"%s\" nor \"%s\" says \"%s\"", err.msg, r.err.msg, why);
+	/* What the source owes now is the destination's set, or untouched. */
+	if (want_src == 0)
+		CHECK(!memcmp(r.owed0, needed[0], sizeof(r.owed0)) &&
+		      !memcmp(r.owed1, needed[1], sizeof(r.owed1)));
+	else
+		CHECK(r.owed0[0] == ~0ull);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+static void test_resume(void)
+{
+	uint64_t n0[PAGES0 / 64], n1[(PAGES1 + 63) / 64];
+	uint64_t *const needed[2] = {n0, n1};
+	uint64_t fp;
+
+	memset(want0, 0, sizeof(want0));
+	memset(want1, 0, sizeof(want1));
+	want0[1] = 0xf0f0f0f0f0f0f0f0ull;
+	want1[2] = 0x3;
+	fp = gw_postcopy_fingerprint(ram, 2, (const uint64_t *const *)want);
+	/* Part of the set arrived before the cut: the rest is owed. */
+	memcpy(n0, want0, sizeof(n0));
+	memcpy(n1, want1, sizeof(n1));
+	n0[1] &= 0xffff0000ffff0000ull;
+	resume_once(fp, fp, needed, 0, 0, NULL);
+	/* Another migration's destination. */
+	resume_once(fp, fp ^ 1, needed, -EPROTO, -EPROTO, "is another one");
+	/* A page the switch left valid there: sending it could undo a write. */
+	n1[0] = 1;
+	resume_once(fp, fp, needed, -EBADMSG, -EBADMSG, "did not leave at the source");
+	/* The fingerprint covers every bit of the set. */
+	want1[2] = 0x1;
+	CHECK(gw_postcopy_fingerprint(ram, 2, (const uint64_t *const *)want) != fp);
+	printf("ok resume handshake\n");
 }
 
 int main(void)
@@ -286,5 +378,6 @@ int main(void)
 	/* 256 bits in 4 pieces and 130 in 3; or one record a block. */
 	test_through_stream(64, 7);
 	test_through_stream(0, 2);
+	test_resume();
 	return 0;
 }

@@ -46,6 +46,7 @@ struct source {
 	void *extra[STREAM_ID]; /* the blocks before it */
 	bool serve;             /* answer with gw_postcopy_serve() */
 	int serve_ret;
+	bool dest_failed;
 	struct gw_pc_serve_stats stats;
 	uint32_t reads[PAGES]; /* times each page was sent */
 	struct gw_error error; /* why it stopped */
@@ -145,7 +146,8 @@ static void *source_thread(void *opaque)
 		uint64_t *const bits[STREAM_ID + 1] = {&none[0], &none[1], &none[2], owed};
 
 		memcpy(owed, stale, sizeof(owed));
-		s->serve_ret = gw_postcopy_serve(m, &c, w, bits, 60000, &s->stats, &s->error);
+		s->serve_ret = gw_postcopy_serve(m, &c, w, bits, 60000, &s->stats, &s->dest_failed,
+						 &s->error);
 	}
 	for (; !s->serve;) {
 		struct gw_report r;
@@ -187,7 +189,7 @@ struct dest {
  * set hold what pre-copy sent, the set's are holes. */
 static void dest_start(struct dest *d, enum gw_ps_mode mode, int fd)
 {
-	const struct gw_pf_block pf = {"ram-test", STREAM_ID, PAGES * PAGE};
+	const struct gw_pf_block pf = {"ram-test", STREAM_ID, PAGES * PAGE, stale};
 	const struct gw_ps_params params = {.mode = mode, .rate = 4ull << 20, .run_pages = 16};
 	struct gw_page_source src;
 	struct gw_error err = {0};
@@ -218,6 +220,10 @@ static void dest_start(struct dest *d, enum gw_ps_mode mode, int fd)
 
 static void dest_end(struct dest *d)
 {
+	struct gw_error why = {0};
+
+	gw_error_set(&why, -ECANCELED, "the test is over");
+	gw_postcopy_fetch_abort(d->f, &why);
 	gw_page_server_free(d->ps);
 	gw_postcopy_fetch_free(d->f);
 	gw_cancel_fini(&d->c);
@@ -286,7 +292,7 @@ static void test_fetch(enum gw_ps_mode mode, bool serve)
 		CHECK(pthread_create(&th[i], NULL, touch_all, d.host) == 0);
 	for (int i = 0; i < 2; i++)
 		pthread_join(th[i], NULL);
-	CHECK_OK(gw_page_server_wait(d.ps, -1, &err), &err);
+	CHECK_OK(gw_page_server_wait(d.ps, -1, -1, &err), &err);
 	gw_page_server_stats(d.ps, &st);
 	for (uint64_t p = 0; p < PAGES; p++) {
 		nr_stale += is_stale(p);
@@ -338,9 +344,21 @@ static void test_lie(enum gw_ps_mode mode, enum lie lie, uint64_t page, int code
 	setup_source(&s, lie, page, sv[1]);
 	CHECK(pthread_create(&src_th, NULL, source_thread, &s) == 0);
 	dest_start(&d, mode, sv[0]);
-	CHECK_ERR(gw_page_server_wait(d.ps, -1, &err), code, &err, "post-copy: fetching", why);
+	/* The fetch breaks the connection and waits for another. */
+	CHECK(gw_page_server_wait(d.ps, -1, gw_postcopy_fetch_break_fd(d.f), &err) == 1);
+	struct gw_error broke = {0};
+	CHECK(gw_postcopy_fetch_broken(d.f, &broke));
+	CHECK_ERR((err = broke).code, code, &err, "post-copy: fetching", why);
 	gw_page_server_stats(d.ps, &st);
 	CHECK(st.remaining > 0);
+	/* What a resume would ask for: part of the set, the page that lied included. */
+	uint64_t needed[PAGES / 64];
+	uint64_t *const nb[1] = {needed};
+	gw_postcopy_fetch_needed(d.f, nb);
+	for (uint64_t w = 0; w < PAGES / 64; w++)
+		CHECK((needed[w] & ~stale[w]) == 0);
+	if (page < PAGES)
+		CHECK(needed[page / 64] >> (page % 64) & 1);
 	/* The page that lied is not mapped: with the server stopped, the
 	 * memfd reads as zeros there, never as the bytes that failed. */
 	dest_end(&d);
@@ -399,7 +417,9 @@ static void test_serve_refuses(enum dest_lie what, int code, const char *why)
 	gw_cancel_fini(&c);
 	CHECK_OK(gw_cancel_init(&c, sv[1], &err), &err);
 	CHECK_OK(gw_writer_new(sv[1], &w, &err), &err);
-	CHECK_ERR(gw_postcopy_serve(m, &c, w, bits, 10000, &st, &err), code, &err, why);
+	bool failed = false;
+	CHECK_ERR(gw_postcopy_serve(m, &c, w, bits, 10000, &st, &failed, &err), code, &err, why);
+	CHECK(failed == (what == SENDS_FAILED));
 	before = what == ASKS_TWICE ? 1 : 0;
 	CHECK(st.pages == before && st.requests == before);
 	gw_writer_free(w);

@@ -1114,10 +1114,10 @@ static void test_bad_start(void)
 	CHECK_ERR(gw_precopy_start(m, &ch, 2, &params, NULL, &p, &err), -EINVAL, &err,
 		  "multifd channels are for a live migration over sockets");
 	params.auto_converge = false;
-	params.reserved[2] = 1;
+	params.reserved[1] = 1;
 	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,
-		  "reserved word 2 is 0x1, must be 0");
-	params.reserved[2] = 0;
+		  "reserved word 1 is 0x1, must be 0");
+	params.reserved[1] = 0;
 	/* stderr is no socket: post-copy needs one. */
 	params.postcopy = true;
 	CHECK_ERR(gw_precopy_start(m, &ch, 1, &params, NULL, &p, &err), -EINVAL, &err,

@@ -70,12 +70,20 @@ struct vm_migration {
 	bool to_file;     /* the latest outgoing migration went into a regular file */
 	pthread_t connect_thread;
 	bool connect_thread_live;
+	/* migrate with resume=true: a thread connects and hands the channel
+	 * to the paused post-copy (resume_uri is its) */
+	pthread_t resume_thread;
+	bool resume_thread_live;
+	char *resume_uri;
+	int resume_passed_fd;
 	struct gw_precopy *out;
 	struct gw_precopy_stats last; /* kept after the engine is freed */
 	bool have_last;
 
-	/* incoming */
+	/* incoming; recover: the listener is migrate-recover's, and its
+	 * connection resumes the paused post-copy */
 	struct gw_listener *listener;
+	bool recover;
 	struct gw_incoming *in;
 	struct gw_incoming_stats in_last;
 	char dest_hash[33];
@@ -243,12 +251,15 @@ static void emit_status(struct vm_migration *mig, enum gw_mig_status s)
 /* An outgoing migration reached its end (the engine has ended its
  * channel and its outcome is final): collect the engine and decide what
  * the guest does next. */
+static void join_resume_thread(struct vm_migration *mig);
+
 static void finish_outgoing(struct vm_migration *mig)
 {
 	if (mig->connect_thread_live) {
 		pthread_join(mig->connect_thread, NULL);
 		mig->connect_thread_live = false;
 	}
+	join_resume_thread(mig);
 	pthread_mutex_lock(&mig->lock);
 	struct gw_precopy *out = mig->out;
 	mig->out = NULL;
@@ -352,6 +363,7 @@ static void stand_in_returned(struct vm_migration *mig, enum gw_mig_status s, bo
 }
 
 static void close_listener(struct vm_migration *mig);
+static void on_incoming_connection(void *opaque, uint32_t events);
 
 static void finish_incoming(struct vm_migration *mig)
 {
@@ -854,6 +866,103 @@ int migration_continue(struct vmm *vm, char *errmsg, size_t errlen)
 	return outgoing_call(vm, gw_precopy_continue, errmsg, errlen);
 }
 
+/* Connect to migrate-recover's listener and hand the connection to the
+ * paused post-copy; a failure leaves it paused, for another try. */
+static void *resume_thread(void *opaque)
+{
+	struct vm_migration *mig = opaque;
+	struct gw_error err = {0};
+	struct gw_channel ch;
+	int ret = gw_channel_connect_cancellable(mig->resume_uri, mig->cancel_efd, &ch, &err);
+	/* The channel holds its own dup of a passed fd now. */
+	if (mig->resume_passed_fd >= 0) {
+		close(mig->resume_passed_fd);
+		mig->resume_passed_fd = -1;
+	}
+	if (!ret) {
+		pthread_mutex_lock(&mig->lock);
+		ret = mig->out ? gw_precopy_resume(mig->out, &ch, &err) : -EINVAL;
+		pthread_mutex_unlock(&mig->lock);
+		if (ret)
+			gw_channel_close(&ch, NULL);
+	}
+	if (ret)
+		fprintf(stderr, "godwit-vmm: migrate resume to %s: %s\n", mig->resume_uri,
+			err.msg[0] ? err.msg : "the migration ended");
+	return NULL;
+}
+
+static void join_resume_thread(struct vm_migration *mig)
+{
+	if (!mig->resume_thread_live)
+		return;
+	pthread_join(mig->resume_thread, NULL);
+	mig->resume_thread_live = false;
+	free(mig->resume_uri);
+	mig->resume_uri = NULL;
+}
+
+int migration_resume(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	struct gw_precopy_stats st;
+	pthread_mutex_lock(&mig->lock);
+	bool paused = mig->role == ROLE_OUTGOING && mig->out;
+	if (paused) {
+		gw_precopy_stats(mig->out, &st);
+		paused = st.status == GW_MIG_POSTCOPY_PAUSED;
+	}
+	pthread_mutex_unlock(&mig->lock);
+	if (!paused) {
+		if (passed_fd >= 0)
+			close(passed_fd);
+		snprintf(errmsg, errlen,
+			 "resume=true continues a post-copy in postcopy-paused, and there is none");
+		return -EINVAL;
+	}
+	/* The last try is over (it connected or failed): one at a time. */
+	join_resume_thread(mig);
+	mig->resume_uri = strdup(uri);
+	mig->resume_passed_fd = passed_fd;
+	if (!mig->resume_uri || pthread_create(&mig->resume_thread, NULL, resume_thread, mig)) {
+		free(mig->resume_uri);
+		mig->resume_uri = NULL;
+		if (passed_fd >= 0)
+			close(passed_fd);
+		mig->resume_passed_fd = -1;
+		snprintf(errmsg, errlen, "cannot start the resume thread");
+		return -ENOMEM;
+	}
+	mig->resume_thread_live = true;
+	return 0;
+}
+
+int migration_recover(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
+{
+	struct vm_migration *mig = vm->mig;
+	struct gw_incoming_stats st;
+	struct gw_error err = {0};
+	if (!mig->in || (gw_incoming_stats(mig->in, &st), st.status != GW_MIG_POSTCOPY_PAUSED)) {
+		snprintf(errmsg, errlen,
+			 "Migrate recover can only be run when postcopy is paused.");
+		return -EINVAL;
+	}
+	/* The listener of the migration's start (or of an earlier try)
+	 * makes way: the new one may be on the same address. */
+	close_listener(mig);
+	int ret = gw_channel_listen(uri, &mig->listener, &err);
+	if (ret) {
+		snprintf(errmsg, errlen, "migrate-recover %.160s: %.300s", uri, err.msg);
+		return ret;
+	}
+	mig->recover = true;
+	int fd = gw_listener_fd(mig->listener);
+	if (fd >= 0)
+		return loop_add_fd(vm->loop, fd, EPOLLIN, on_incoming_connection, mig);
+	on_incoming_connection(mig, 0);
+	return 0;
+}
+
 /* ---- incoming ------------------------------------------------------- */
 
 /* The engine takes the channel (and ends it, and its command). */
@@ -914,11 +1023,24 @@ static void on_incoming_connection(void *opaque, uint32_t events)
 {
 	struct vm_migration *mig = opaque;
 	struct gw_error err = {0};
-	struct gw_channel ch;
+	struct gw_channel ch = {.fd = -1};
 	(void)events;
 	int ret = gw_listener_accept(mig->listener, &ch, &err);
 	if (ret == -EAGAIN)
 		return;
+	if (mig->recover) {
+		/* migrate-recover listens for one connection. */
+		mig->recover = false;
+		close_listener(mig);
+		if (!ret && mig->in)
+			ret = gw_incoming_recover(mig->in, &ch, &err);
+		if (ret) {
+			fprintf(stderr, "godwit-vmm: migrate-recover: %s\n", err.msg);
+			if (ch.fd >= 0)
+				gw_channel_close(&ch, NULL);
+		}
+		return;
+	}
 	if (!ret && mig->in) {
 		on_channel(mig, &ch);
 		return;
@@ -1301,6 +1423,7 @@ void migration_destroy(struct vmm *vm)
 	pthread_mutex_unlock(&mig->lock);
 	if (mig->connect_thread_live)
 		pthread_join(mig->connect_thread, NULL);
+	join_resume_thread(mig);
 	if (mig->out)
 		gw_precopy_free(mig->out);
 	if (mig->in)

@@ -40,6 +40,11 @@ void migration_cancel(struct vmm *vm);
 int migration_continue(struct vmm *vm, char *errmsg, size_t errlen);
 /* migrate-start-postcopy: switch at the next round boundary. */
 int migration_start_postcopy(struct vmm *vm, char *errmsg, size_t errlen);
+/* Post-copy recovery: the source connects to uri to resume (QEMU's
+ * migrate with resume=true); the destination listens on uri for it
+ * (migrate-recover). Both only in postcopy-paused. */
+int migration_resume(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen);
+int migration_recover(struct vmm *vm, const char *uri, char *errmsg, size_t errlen);
 /* migrate-incoming on a VMM started with --incoming defer; passed_fd as
  * for migration_start(), closed before it returns. */
 int migration_incoming(struct vmm *vm, const char *uri, int passed_fd, char *errmsg, size_t errlen);

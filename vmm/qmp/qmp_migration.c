@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static int fail_with(struct qmp_error *err, const char *msg)
 {
@@ -97,15 +98,13 @@ static int channels_uri(json_t *channels, char *out, size_t cap, char *msg, size
 	return 0;
 }
 
-/* QEMU's resume continues a post-copy migration whose connection broke
- * (postcopy-paused). godwit has no such recovery: a postcopy-paused guest
- * is lost; false is what libvirt sends and is accepted. */
+/* The destination's side of a resume is migrate-recover, as in QEMU. */
 static int refuse_resume(json_t *args, struct qmp_error *err)
 {
 	if (!json_is_true(json_object_get(args, "resume")))
 		return 0;
 	return qmp_fail(err, QMP_ERR_GENERIC,
-			"resume of a paused migration is not supported: post-copy recovery is not built, and a postcopy-paused guest is lost; start a new migration with resume false");
+			"migrate-incoming does not resume: migrate-recover listens for a paused post-copy's source");
 }
 
 static const struct qmp_arg cmd_migrate_args[] = {
@@ -120,8 +119,6 @@ static const struct qmp_arg cmd_migrate_args[] = {
 static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
 	(void)ret;
-	if (refuse_resume(args, err))
-		return -1;
 	json_t *channels = json_object_get(args, "channels");
 	const char *given = json_string_value(json_object_get(args, "uri"));
 	if (!given == !channels)
@@ -133,11 +130,32 @@ static int cmd_migrate(struct vmm *vm, json_t *args, json_t **ret, struct qmp_er
 	if (channels)
 		given = from_channels;
 	int passed;
-	if (qmp_fds_resolve(vm->qmp, given, true, uri, sizeof(uri), &passed, msg, sizeof(msg)) ||
-	    migration_start(vm, uri, passed, json_is_true(json_object_get(args, "blk")), msg,
-			    sizeof(msg)))
+	if (qmp_fds_resolve(vm->qmp, given, true, uri, sizeof(uri), &passed, msg, sizeof(msg)))
+		return fail_with(err, msg);
+	/* resume: a paused post-copy goes on over a new connection. */
+	if (json_is_true(json_object_get(args, "resume")) ?
+		    migration_resume(vm, uri, passed, msg, sizeof(msg)) :
+		    migration_start(vm, uri, passed, json_is_true(json_object_get(args, "blk")),
+				    msg, sizeof(msg)))
 		return fail_with(err, msg);
 	return 0;
+}
+
+static const struct qmp_arg cmd_migrate_recover_args[] = {{"uri", QMP_ARG_STR, true}};
+
+static int cmd_migrate_recover(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
+{
+	(void)ret;
+	char msg[GW_ERROR_MSG_MAX], uri[4096];
+	int passed;
+	if (qmp_fds_resolve(vm->qmp, json_string_value(json_object_get(args, "uri")), false, uri,
+			    sizeof(uri), &passed, msg, sizeof(msg)))
+		return fail_with(err, msg);
+	int r = migration_recover(vm, uri, msg, sizeof(msg));
+	/* The listener holds its own dup of a passed fd, or failed. */
+	if (passed >= 0)
+		close(passed);
+	return r ? fail_with(err, msg) : 0;
 }
 
 static int cmd_migrate_cancel(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
@@ -313,6 +331,9 @@ static json_t *outgoing_info(const struct migration_info *mi)
 	}
 	if (mi->status == GW_MIG_FAILED)
 		json_object_set_new(r, "error-desc", json_string(mi->error));
+	/* Why the post-copy paused, while it waits for a resume. */
+	if (mi->status == GW_MIG_POSTCOPY_PAUSED)
+		json_object_set_new(r, "error-desc", json_string(st->error));
 	return r;
 }
 
@@ -345,8 +366,9 @@ static json_t *incoming_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-held", json_true());
 	/* Post-copy: QEMU's postcopy-requests, and its blocktime as the
 	 * page server's fault latency. */
-	if (!mi->lazy && (st->postcopy_requests || mi->status == GW_MIG_POSTCOPY_ACTIVE ||
-			  mi->status == GW_MIG_POSTCOPY_PAUSED)) {
+	if (!mi->lazy &&
+	    (st->postcopy_requests || mi->status == GW_MIG_POSTCOPY_ACTIVE ||
+	     mi->status == GW_MIG_POSTCOPY_PAUSED || mi->status == GW_MIG_POSTCOPY_RECOVER)) {
 		/* libvirt reads ram's transferred, remaining and total
 		 * whenever ram is there. */
 		json_object_set_new(r, "ram",
@@ -358,7 +380,7 @@ static json_t *incoming_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-postcopy", page_server_json(st));
 	}
 	if (mi->status == GW_MIG_POSTCOPY_PAUSED)
-		json_object_set_new(r, "error-desc", json_string(mi->error));
+		json_object_set_new(r, "error-desc", json_string(st->error));
 	if (mi->lazy) {
 		/* By vCPU: the faults its thread took (KVM's for it included). */
 		json_t *vcpus = json_array();
@@ -440,6 +462,9 @@ static const struct qmp_arg cmd_set_parameters_args[] = {
 	{"multifd-channels", QMP_ARG_INT, false},
 	{"max-postcopy-bandwidth", QMP_ARG_INT, false},
 	{"x-godwit-lazy-fill", QMP_ARG_STR, false},
+	/* with postcopy-ram: switch by itself after this many passes that
+	 * did not fit the downtime limit (0: only migrate-start-postcopy) */
+	{"x-godwit-postcopy-after-passes", QMP_ARG_INT, false},
 	{"mode", QMP_ARG_STR, false},
 	{"cpr-exec-command", QMP_ARG_ARRAY, false},
 };
@@ -465,6 +490,13 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 					"Parameter 'x-godwit-lazy-fill' does not accept value '%s' (continue or copy)",
 					fill);
 		cur.lazy_copy = !strcmp(fill, "copy");
+	}
+	if ((v = json_object_get(args, "x-godwit-postcopy-after-passes"))) {
+		json_int_t n = json_integer_value(v);
+		if (n < 0 || n > 1000000)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter 'x-godwit-postcopy-after-passes' expects an integer in the range of 0 to 1000000");
+		p.postcopy_after_passes = (uint64_t)n;
 	}
 	if ((v = json_object_get(args, "downtime-limit"))) {
 		json_int_t n = json_integer_value(v);
@@ -600,7 +632,7 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 	struct migration_settings cur;
 	migration_get_settings(vm, &cur);
 	const struct gw_precopy_params *p = &cur.precopy;
-	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I}",
+	return qmp_return(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:I}",
 				    "downtime-limit", (json_int_t)p->downtime_limit_ms,
 				    "max-bandwidth", (json_int_t)p->max_bandwidth,
 				    "cpu-throttle-initial", (json_int_t)p->throttle_initial,
@@ -612,7 +644,9 @@ static int cmd_query_parameters(struct vmm *vm, json_t *args, json_t **ret, stru
 				    (json_int_t)p->confirm_timeout_ms, "x-godwit-go-timeout",
 				    (json_int_t)cur.go_timeout_ms, "x-godwit-exec-grace",
 				    (json_int_t)p->exec_grace_ms, "direct-io", (int)p->direct_io,
-				    "multifd-channels", (json_int_t)p->multifd_channels),
+				    "multifd-channels", (json_int_t)p->multifd_channels,
+				    "x-godwit-postcopy-after-passes",
+				    (json_int_t)p->postcopy_after_passes),
 			  ret, err) ?
 		       -1 :
 	       add_dest_parameters(&cur, *ret) ? -1 :
@@ -717,6 +751,7 @@ static const struct qmp_command migration_commands[] = {
 	{"migrate-incoming", cmd_migrate_incoming, QMP_ARGS(cmd_migrate_incoming_args)},
 	{"migrate-continue", cmd_migrate_continue, QMP_ARGS(cmd_migrate_continue_args)},
 	{"migrate-start-postcopy", cmd_migrate_start_postcopy},
+	{"migrate-recover", cmd_migrate_recover, QMP_ARGS(cmd_migrate_recover_args)},
 	{"query-migrate", cmd_query_migrate},
 	{"migrate-set-parameters", cmd_set_parameters, QMP_ARGS(cmd_set_parameters_args)},
 	{"query-migrate-parameters", cmd_query_parameters},
