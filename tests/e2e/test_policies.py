@@ -1,7 +1,8 @@
 """Migration policies as managers run them (docs/qmp.md, "Managers"):
 KubeVirt's and Nova's progress timeout on ram.remaining, downtime stepped
 up while the migration runs, auto-converge, a bandwidth changed on the
-way, and a `stop` that lets a migration converge. Each step is checked
+way, a `stop` that lets a migration converge, and post-copy as the last
+step. Each step is checked
 for the effect the manager counts on, at the engine's next pass, by
 states and orderings only (the machine is shared: no durations)."""
 import re
@@ -151,6 +152,48 @@ class Policies(gwtest.unittest.TestCase):
                 dst.wait_passes(2)
                 self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
                 self.assertEqual(dst.qmp.cmd("query-status")["status"], "running")
+                assert_passes_consecutive(self, src, r)
+
+    def test_postcopy_as_the_last_step(self):
+        """KubeVirt's allowPostCopy and Nova's
+        live_migration_permit_post_copy: once raising the downtime and
+        throttling did not make it converge, the manager switches to
+        post-copy, which ends the migration whatever the guest dirties:
+        the guest runs at the destination at once, its pages follow."""
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        with small_dirtier() as src:
+            src.wait_passes(1)
+            with destination(src, uri) as dst:
+                pc = {"capability": "postcopy-ram", "state": True}
+                dst.qmp.cmd("migrate-set-capabilities", capabilities=[pc])
+                src.qmp.cmd("migrate-set-capabilities", capabilities=[
+                    {"capability": "events", "state": True},
+                    {"capability": "auto-converge", "state": True}, pc])
+                src.qmp.cmd("migrate-set-parameters", {
+                    "max-bandwidth": 2 * MIB, "downtime-limit": 1,
+                    "cpu-throttle-initial": 20, "cpu-throttle-increment": 10,
+                    "max-cpu-throttle": 30})
+                src.qmp.cmd("migrate", uri=uri)
+                mgr = Manager(src)
+                mgr.stalled(2)
+                set_downtime(self, src, 5)
+                mgr.assert_active(mgr.after_passes(2))
+                wait_until(lambda: mgr.poll().get("cpu-throttle-percentage") == 30, 120,
+                           "the throttle at max-cpu-throttle")
+                mgr.stalled(2)
+                src.qmp.cmd("migrate-start-postcopy")
+                r = wait_migration(src, timeout=120)
+                self.assertEqual(r["status"], "completed", r)
+                d = wait_migration(dst, timeout=120)
+                self.assertEqual(d["status"], "completed", d)
+                statuses = [e["data"]["status"] for e in src.qmp.events
+                            if e["event"] == "MIGRATION"]
+                self.assertEqual(statuses[-2:], ["postcopy-active", "completed"], statuses)
+                self.assertGreater(r["ram"]["postcopy-requests"], 0, r)
+                self.assertEqual(src.qmp.cmd("query-status")["status"], "postmigrate")
+                self.assertEqual(dst.qmp.cmd("query-status")["status"], "running")
+                dst.wait_passes(2)
+                self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
                 assert_passes_consecutive(self, src, r)
 
     def test_bandwidth_lowered_then_raised(self):
