@@ -35,14 +35,13 @@
 #include "lib/internal.h"
 #include "lib/engine/cpr_hello.h"
 #include "lib/engine/job.h"
-#include "lib/engine/postcopy_resume.h"
+#include "lib/engine/postcopy_dest.h"
 #include "lib/format/cpr.h"
 #include "lib/format/mapped.h"
 #include "lib/format/mapped_lazy.h"
 #include "lib/format/mapped_load.h"
 #include "lib/format/postcopy.h"
 #include "lib/ram/page_server.h"
-#include "lib/ram/postcopy_fetch.h"
 #include "lib/ram/multifd_rx.h"
 #include "lib/transport/fd_pass.h"
 #include "lib/transport/return_path.h"
@@ -87,20 +86,7 @@ struct gw_incoming {
 	 * guest runs, the page server fetching it (under the job's lock, as
 	 * lazy). */
 	struct gw_load_postcopy pc;
-	struct gw_postcopy_fetch *fetch;
-	struct gw_page_server *ps;
-	/* Post-copy recovery: the blocks and the switch's set in CONFIG's
-	 * order (as the resume handshake speaks of them), the set's
-	 * fingerprint, the pages still needed by block (ours, and the same
-	 * bitmaps in CONFIG's order); and, under the job's lock, the
-	 * connection gw_incoming_recover() hands in, with the eventfd that
-	 * says so (recover_open while the guest runs on fetched pages). */
-	struct gw_ram_block *pc_ram;
-	uint64_t **pc_needed, **pc_needed_cfg;
-	uint64_t pc_fingerprint;
-	bool recover_open, recover_pending;
-	int recover_efd;
-	struct gw_channel recover_ch;
+	struct gw_pc_dest *pcd;
 };
 
 /*
@@ -175,9 +161,8 @@ static void postcopy_figures(struct gw_incoming *in, struct gw_incoming_stats *s
 {
 	struct gw_ps_stats ps;
 
-	gw_page_server_stats(in->ps, &ps);
+	gw_pc_dest_stats(in->pcd, &ps, &st->postcopy_requests);
 	ps_figures(&ps, st);
-	st->postcopy_requests = gw_postcopy_fetch_requested(in->fetch);
 }
 
 /* Stop serving RAM (a lazy restore's or post-copy's); its figures stay in
@@ -185,30 +170,20 @@ static void postcopy_figures(struct gw_incoming *in, struct gw_incoming_stats *s
 static void end_lazy(struct gw_incoming *in)
 {
 	struct gw_mapped_lazy *lz = in->lazy;
-	struct gw_page_server *ps = in->ps;
-	struct gw_postcopy_fetch *f = in->fetch;
+	struct gw_pc_dest *pcd = in->pcd;
 
 	pthread_mutex_lock(&in->job.lock);
 	if (lz) {
 		lazy_figures(lz, &in->stats);
 		in->nr_threads = gw_mapped_lazy_thread_stats(lz, in->threads);
 	}
-	if (ps)
+	if (pcd)
 		postcopy_figures(in, &in->stats);
 	in->lazy = NULL;
-	in->ps = NULL;
-	in->fetch = NULL;
+	in->pcd = NULL;
 	pthread_mutex_unlock(&in->job.lock);
-	/* The page server's threads may wait for a resume that will not come. */
-	if (f) {
-		struct gw_error why = {0};
-
-		gw_error_set(&why, -ECANCELED, "post-copy ended");
-		gw_postcopy_fetch_abort(f, &why);
-	}
 	gw_mapped_lazy_free(lz);
-	gw_page_server_free(ps);
-	gw_postcopy_fetch_free(f);
+	gw_pc_dest_free(pcd);
 }
 
 struct lazy_pause {
@@ -312,182 +287,16 @@ static int discard_stale(struct gw_incoming *in, struct gw_error *err)
  * the source, the rest mapped as it is. */
 static int start_postcopy(struct gw_incoming *in, struct gw_error *err)
 {
-	struct gw_migration *m = in->m;
-	const struct gw_ps_params pp = {.mode = GW_PS_MINOR, .rate = in->params.lazy_max_bandwidth};
-	struct gw_ps_block *blocks = calloc(m->nr_ram + 1, sizeof(*blocks));
-	struct gw_pf_block *pf = calloc(m->nr_ram + 1, sizeof(*pf));
-	struct gw_postcopy_fetch *f = NULL;
-	struct gw_page_server *ps = NULL;
-	struct gw_page_source src;
-	int ret;
+	const struct gw_pc_dest_params p = {.rate = in->params.lazy_max_bandwidth,
+					    .timeout_ms = (int)in->params.go_timeout_ms};
+	struct gw_pc_dest *pcd = NULL;
+	int ret = gw_pc_dest_start(in->m, &in->job, &in->ch, in->pc.stale, in->pc.stream_id, &p,
+				   &pcd, err);
 
-	if (!blocks || !pf) {
-		free(blocks);
-		free(pf);
-		return gw_error_set(err, -ENOMEM, "post-copy: out of memory");
-	}
-	for (uint32_t i = 0; i < m->nr_ram; i++) {
-		const struct gw_ram_block *b = &m->ram[i];
-
-		blocks[i] = (struct gw_ps_block){b->name,      b->host,         b->size, b->fd,
-						 b->fd_offset, in->pc.stale[i], true};
-		pf[i] = (struct gw_pf_block){b->name, in->pc.stream_id[i], b->size,
-					     in->pc.stale[i]};
-	}
-	ret = gw_postcopy_fetch_new(&in->job.cancel, REPORT_SEND_TIMEOUT_MS, pf, m->nr_ram, &f,
-				    err);
-	if (ret == 0) {
-		src = gw_postcopy_fetch_source(f);
-		ret = gw_page_server_start(blocks, m->nr_ram, &pp, &src, &ps, err);
-	}
-	free(blocks);
-	free(pf);
-	if (ret < 0) {
-		gw_postcopy_fetch_free(f);
-		return gw_error_prefix(err, ret, "post-copy: ");
-	}
 	pthread_mutex_lock(&in->job.lock);
-	in->fetch = f;
-	in->ps = ps;
+	in->pcd = pcd;
 	pthread_mutex_unlock(&in->job.lock);
-	return 0;
-}
-
-/* postcopy-paused (again), with why and what the operator can do. */
-static void paused_because(struct gw_incoming *in, const struct gw_error *why)
-{
-	char msg[GW_ERROR_MSG_MAX];
-	struct gw_ps_stats st;
-
-	gw_page_server_stats(in->ps, &st);
-	snprintf(msg, sizeof(msg),
-		 "%.300s; the guest's vCPUs wait for the %llu pages still at the source: migrate-recover here and migrate with resume=true there go on; if the source is gone, the guest is lost",
-		 why->msg, (unsigned long long)st.remaining);
-	gw_job_set_status_error(&in->job, GW_MIG_POSTCOPY_PAUSED, msg);
-}
-
-/* The connection gw_incoming_recover() handed in, or a stop. */
-static int wait_for_connection(struct gw_incoming *in, struct gw_channel *ch, struct gw_error *err)
-{
-	struct pollfd p[2] = {{.fd = in->job.cancel.efd, .events = POLLIN},
-			      {.fd = in->recover_efd, .events = POLLIN}};
-	uint64_t n;
-
-	for (;;) {
-		/* No limit: the operator decides when to retry. */
-		if (poll(p, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			return gw_error_set(err, -errno, "poll: %s", gw_strerror(errno));
-		}
-		if (p[0].revents)
-			return gw_error_set(err, -ECANCELED, "stopped in postcopy-paused");
-		if (read(in->recover_efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-			return gw_error_set(err, -errno, "eventfd: %s", gw_strerror(errno));
-		pthread_mutex_lock(&in->job.lock);
-		bool got = in->recover_pending;
-		*ch = in->recover_ch;
-		in->recover_pending = false;
-		pthread_mutex_unlock(&in->job.lock);
-		if (got)
-			return 0;
-	}
-}
-
-/*
- * The connection to the source broke: postcopy-paused until a new one
- * passes the resume handshake (postcopy_resume.h) and becomes the
- * engine's channel, or a stop. Meanwhile a vCPU that touches a missing
- * page waits for it in the kernel (it cannot be paused there); the
- * others run on.
- */
-static int recover(struct gw_incoming *in, struct gw_error *err)
-{
-	struct gw_error why = {0};
-	uint64_t n;
-
-	if (read(gw_postcopy_fetch_break_fd(in->fetch), &n, sizeof(n)) < 0 && errno != EAGAIN)
-		return gw_error_set(err, -errno, "eventfd: %s", gw_strerror(errno));
-	if (!gw_postcopy_fetch_broken(in->fetch, &why))
-		return 0;
-	paused_because(in, &why);
-	/* The source may not know yet: the old connection is over. */
-	gw_cancel_shutdown(&in->job.cancel);
-	for (;;) {
-		struct gw_channel ch;
-		struct gw_error e = {0};
-		int ret = wait_for_connection(in, &ch, err);
-
-		if (ret < 0)
-			return ret;
-		gw_job_set_status(&in->job, GW_MIG_POSTCOPY_RECOVER);
-		struct gw_cancel c = in->job.cancel;
-
-		c.fd = ch.fd;
-		c.is_socket = true;
-		gw_postcopy_fetch_needed(in->fetch, in->pc_needed);
-		ret = gw_pc_resume_destination(&c, (int)in->params.go_timeout_ms,
-					       in->pc_fingerprint, in->pc_ram, in->m->nr_ram,
-					       in->pc_needed_cfg, &e);
-		if (ret == -ECANCELED) {
-			gw_channel_close(&ch, NULL);
-			return gw_error_set(err, ret, "stopped during post-copy recovery");
-		}
-		if (ret < 0) {
-			gw_channel_close(&ch, NULL);
-			paused_because(in, &e);
-			continue;
-		}
-		pthread_mutex_lock(&in->job.lock);
-		struct gw_channel old = in->ch;
-		in->ch = ch;
-		in->job.cancel.fd = ch.fd;
-		in->job.cancel.is_socket = true;
-		pthread_mutex_unlock(&in->job.lock);
-		gw_channel_abort(&old);
-		gw_channel_close(&old, NULL);
-		ret = gw_postcopy_fetch_resume(in->fetch, err);
-		if (ret < 0)
-			return ret;
-		gw_job_set_status(&in->job, GW_MIG_POSTCOPY_ACTIVE);
-		return 0;
-	}
-}
-
-/* The recovery's view of the set: CONFIG's order, the switch's fingerprint. */
-static int prepare_recovery(struct gw_incoming *in, struct gw_error *err)
-{
-	struct gw_migration *m = in->m;
-	const uint64_t **cfg_stale = calloc(m->nr_ram + 1, sizeof(*cfg_stale));
-
-	in->pc_ram = calloc(m->nr_ram + 1, sizeof(*in->pc_ram));
-	in->pc_needed = calloc(m->nr_ram + 1, sizeof(*in->pc_needed));
-	in->pc_needed_cfg = calloc(m->nr_ram + 1, sizeof(*in->pc_needed_cfg));
-	in->recover_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (!cfg_stale || !in->pc_ram || !in->pc_needed || !in->pc_needed_cfg ||
-	    in->recover_efd < 0) {
-		free(cfg_stale);
-		return gw_error_set(err, -ENOMEM, "post-copy: out of memory");
-	}
-	for (uint32_t i = 0; i < m->nr_ram; i++) {
-		uint32_t id = in->pc.stream_id[i];
-
-		in->pc_needed[i] = calloc(gw_bitmap_words(m->ram[i].size / GW_PAGE_SIZE) + 1,
-					  sizeof(uint64_t));
-		if (!in->pc_needed[i]) {
-			free(cfg_stale);
-			return gw_error_set(err, -ENOMEM, "post-copy: out of memory");
-		}
-		in->pc_ram[id] = m->ram[i];
-		in->pc_needed_cfg[id] = in->pc_needed[i];
-		cfg_stale[id] = in->pc.stale[i];
-	}
-	in->pc_fingerprint = gw_postcopy_fingerprint(in->pc_ram, m->nr_ram, cfg_stale);
-	free(cfg_stale);
-	pthread_mutex_lock(&in->job.lock);
-	in->recover_open = true;
-	pthread_mutex_unlock(&in->job.lock);
-	return 0;
+	return ret;
 }
 
 /* The guest runs; its stale pages arrive, over new connections too if
@@ -498,17 +307,7 @@ static int serve_postcopy(struct gw_incoming *in, struct gw_error *err)
 	struct gw_error perr = {0};
 	int ret;
 
-	gw_job_set_status(&in->job, GW_MIG_POSTCOPY_ACTIVE);
-	do
-		ret = gw_page_server_wait(in->ps, in->job.cancel.efd,
-					  gw_postcopy_fetch_break_fd(in->fetch), err);
-	while (ret == 1 && (ret = recover(in, err)) == 0);
-	pthread_mutex_lock(&in->job.lock);
-	in->recover_open = false;
-	if (in->recover_pending)
-		gw_channel_close(&in->recover_ch, NULL);
-	in->recover_pending = false;
-	pthread_mutex_unlock(&in->job.lock);
+	ret = gw_pc_dest_run(in->pcd, err);
 	if (ret < 0 && pause_for_good(in, &perr) < 0) {
 		struct gw_error first = *err;
 
@@ -677,8 +476,6 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	if (ret == 0 && !in->lazy && !gw_job_commit(&in->job))
 		ret = gw_error_set(err, -ECANCELED, "cancelled on the destination");
 	if (ret == 0 && in->pc.active)
-		ret = prepare_recovery(in, err);
-	if (ret == 0 && in->pc.active)
 		ret = start_postcopy(in, err);
 	if (ret < 0)
 		end_lazy(in);
@@ -695,7 +492,7 @@ static int receive(struct gw_incoming *in, struct gw_error *err)
 	if (in->lazy) {
 		in->lazy_resumed = ret == 0;
 		ret = ret == 0 ? serve_lazily(in, err) : (end_lazy(in), ret);
-	} else if (in->ps) {
+	} else if (in->pcd) {
 		in->lazy_resumed = ret == 0;
 		ret = ret == 0 ? serve_postcopy(in, err) : (end_lazy(in), ret);
 	}
@@ -788,13 +585,6 @@ static void free_incoming(struct gw_incoming *in)
 	for (uint32_t i = 0; in->pc.stale && i < in->m->nr_ram; i++)
 		free(in->pc.stale[i]);
 	free(in->pc.stale);
-	for (uint32_t i = 0; in->pc_needed && i < in->m->nr_ram; i++)
-		free(in->pc_needed[i]);
-	free(in->pc_needed);
-	free(in->pc_needed_cfg);
-	free(in->pc_ram);
-	if (in->recover_efd >= 0)
-		close(in->recover_efd);
 	free(in);
 }
 
@@ -821,7 +611,6 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 	if (!in)
 		return gw_error_set(err, -ENOMEM, "incoming migration: out of memory");
 	in->m = m;
-	in->recover_efd = -1;
 	in->ch = *ch;
 	in->return_path = ch->bidirectional;
 	if (params)
@@ -889,7 +678,7 @@ void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out)
 	*out = in->stats;
 	if (in->lazy)
 		lazy_figures(in->lazy, out);
-	if (in->ps)
+	if (in->pcd)
 		postcopy_figures(in, out);
 	out->status = gw_job_status_locked(&in->job, &out->total_time_ms, NULL, out->error,
 					   sizeof(out->error));
@@ -938,23 +727,14 @@ unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_threa
 
 int gw_incoming_recover(struct gw_incoming *in, struct gw_channel *ch, struct gw_error *err)
 {
-	uint64_t one = 1;
-	int ret = 0;
+	int ret;
 
 	pthread_mutex_lock(&in->job.lock);
-	if (in->job.status != GW_MIG_POSTCOPY_PAUSED || !in->recover_open)
-		ret = gw_error_set(err, -EINVAL,
+	ret = in->pcd ?
+		      gw_pc_dest_recover(in->pcd, ch, err) :
+		      gw_error_set(err, -EINVAL,
 				   "only a post-copy in postcopy-paused can be recovered (status %s)",
 				   gw_mig_status_name(in->job.status));
-	else if (in->recover_pending)
-		ret = gw_error_set(err, -EBUSY, "a recovery is already under way");
-	else if (write(in->recover_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		ret = gw_error_set(err, -errno, "eventfd: %s", gw_strerror(errno));
-	if (ret == 0) {
-		in->recover_ch = *ch;
-		in->recover_pending = true;
-		*ch = (struct gw_channel){.fd = -1};
-	}
 	pthread_mutex_unlock(&in->job.lock);
 	return ret;
 }
