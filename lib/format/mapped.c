@@ -263,17 +263,16 @@ static int read_part(int fd, uint64_t off, uint64_t len, void *buf, const char *
 	return 0;
 }
 
-int gw_mapped_read_meta(int fd, const struct gw_mapped_block *b, uint64_t **bitmap,
-			uint64_t **hashes, struct gw_error *err)
+int gw_mapped_read_bitmap(int fd, const struct gw_mapped_block *b, uint64_t **bitmap,
+			  struct gw_error *err)
 {
 	uint64_t pages = b->size / PAGE, words = gw_mapped_bitmap_bytes(b->size) / 8, count = 0;
-	uint64_t raw_len = words * 8 > 8 * b->nr_present ? words * 8 : 8 * b->nr_present;
-	unsigned char *raw = malloc(raw_len ? raw_len : 1);
-	uint64_t *bm = calloc(words ? words : 1, 8), *hs = malloc(8 * b->nr_present + 8);
+	unsigned char *raw = malloc(words ? words * 8 : 1);
+	uint64_t *bm = calloc(words ? words : 1, 8);
 	uint32_t crc;
 	int ret = 0;
 
-	if (!raw || !bm || !hs)
+	if (!raw || !bm)
 		ret = gw_error_set(err, -ENOMEM,
 				   "mapped-ram file: out of memory for RAM block '%s'", b->name);
 	if (ret == 0)
@@ -296,23 +295,73 @@ int gw_mapped_read_meta(int fd, const struct gw_mapped_block *b, uint64_t **bitm
 				   "mapped-ram file, RAM block '%s': the bitmap has %llu pages, the header says %llu",
 				   b->name, (unsigned long long)count,
 				   (unsigned long long)b->nr_present);
-	if (ret == 0)
-		ret = read_part(fd, b->hashes_offset, 8 * b->nr_present, raw, "the hash table",
-				b->name, err);
-	if (ret == 0 && (crc = gw_crc32c(0, raw, 8 * b->nr_present)) != b->hashes_crc)
+	free(raw);
+	if (ret < 0) {
+		free(bm);
+		return ret;
+	}
+	*bitmap = bm;
+	return 0;
+}
+
+/* Entries [first, first + n) of the hash table, decoded into hs. */
+static int read_hashes(int fd, const struct gw_mapped_block *b, uint64_t first, uint64_t n,
+		       uint64_t *hs, uint32_t *crc, struct gw_error *err)
+{
+	unsigned char *raw = (unsigned char *)hs;
+	int ret = read_part(fd, b->hashes_offset + 8 * first, 8 * n, raw, "the hash table", b->name,
+			    err);
+
+	if (ret == 0 && crc)
+		*crc = gw_crc32c(0, raw, 8 * n);
+	/* In place: each word is read before it is written. */
+	for (uint64_t k = 0; ret == 0 && k < n; k++)
+		hs[k] = gw_get_le64(raw + 8 * k);
+	return ret;
+}
+
+int gw_mapped_read_hashes(int fd, const struct gw_mapped_block *b, uint64_t **hashes,
+			  struct gw_error *err)
+{
+	uint64_t *hs = malloc(8 * b->nr_present + 8);
+	uint32_t crc = 0;
+	int ret = hs ? read_hashes(fd, b, 0, b->nr_present, hs, &crc, err) :
+		       gw_error_set(err, -ENOMEM,
+				    "mapped-ram file: out of memory for RAM block '%s'", b->name);
+
+	if (ret == 0 && crc != b->hashes_crc)
 		ret = gw_error_set(err, -EBADMSG,
 				   "mapped-ram file, RAM block '%s': the hash table at 0x%llx is corrupted (CRC32C 0x%08x, computed 0x%08x)",
 				   b->name, (unsigned long long)b->hashes_offset, b->hashes_crc,
 				   crc);
-	for (uint64_t k = 0; ret == 0 && k < b->nr_present; k++)
-		hs[k] = gw_get_le64(raw + 8 * k);
-	free(raw);
 	if (ret < 0) {
-		free(bm);
 		free(hs);
 		return ret;
 	}
-	*bitmap = bm;
 	*hashes = hs;
 	return 0;
+}
+
+int gw_mapped_read_hash_slice(int fd, const struct gw_mapped_block *b, uint64_t first, uint64_t n,
+			      uint64_t *hashes, struct gw_error *err)
+{
+	if (first > b->nr_present || n > b->nr_present - first)
+		return gw_error_set(err, -EINVAL,
+				    "mapped-ram file, RAM block '%s': hashes %llu..%llu of %llu",
+				    b->name, (unsigned long long)first,
+				    (unsigned long long)(first + n),
+				    (unsigned long long)b->nr_present);
+	return read_hashes(fd, b, first, n, hashes, NULL, err);
+}
+
+int gw_mapped_read_meta(int fd, const struct gw_mapped_block *b, uint64_t **bitmap,
+			uint64_t **hashes, struct gw_error *err)
+{
+	int ret = gw_mapped_read_bitmap(fd, b, bitmap, err);
+
+	if (ret == 0 && (ret = gw_mapped_read_hashes(fd, b, hashes, err)) < 0) {
+		free(*bitmap);
+		*bitmap = NULL;
+	}
+	return ret;
 }

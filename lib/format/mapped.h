@@ -72,5 +72,19 @@ int gw_mapped_decode(const unsigned char *buf, uint32_t len, uint64_t file_bytes
  */
 int gw_mapped_read_meta(int fd, const struct gw_mapped_block *b, uint64_t **bitmap,
 			uint64_t **hashes, struct gw_error *err);
+/* Its two halves: the bitmap, checked as above; the hash table, checked
+ * against its CRC. */
+int gw_mapped_read_bitmap(int fd, const struct gw_mapped_block *b, uint64_t **bitmap,
+			  struct gw_error *err);
+int gw_mapped_read_hashes(int fd, const struct gw_mapped_block *b, uint64_t **hashes,
+			  struct gw_error *err);
+/*
+ * Entries [first, first + n) of the hash table into hashes (n words), for
+ * a reader that checks pages before it has read the whole table: no CRC
+ * covers a slice, so a damaged entry shows as its page failing the
+ * check, and the table's CRC is still to be checked by the caller.
+ */
+int gw_mapped_read_hash_slice(int fd, const struct gw_mapped_block *b, uint64_t first, uint64_t n,
+			      uint64_t *hashes, struct gw_error *err);
 
 #endif

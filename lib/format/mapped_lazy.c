@@ -9,6 +9,12 @@
  * A page's hash is found by its rank among the present pages of its
  * block; a prefix count per 64-page bitmap word makes that one popcount
  * for a fault anywhere in the block.
+ *
+ * The hash tables (8 bytes a page: 8 MiB for 4 GiB) are not read before
+ * the guest runs, which would make the time to running grow with the
+ * guest: until gw_mapped_lazy_wait() has read a block's table whole and
+ * checked its CRC, each read takes the slice of the table its pages need
+ * from the file with them.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,11 +41,27 @@ struct gw_mapped_lazy {
 	struct gw_mapped_hdr *h;
 	uint32_t map[GW_MAX_RAM_BLOCKS]; /* header block -> index in m->ram */
 	uint64_t *bitmap[GW_MAX_RAM_BLOCKS];
-	uint64_t *hashes[GW_MAX_RAM_BLOCKS];
-	uint64_t *rank[GW_MAX_RAM_BLOCKS]; /* present pages before each bitmap word */
-	uint64_t *received;                /* atomic, may be NULL */
+	uint64_t *hashes[GW_MAX_RAM_BLOCKS]; /* atomic: NULL until read whole */
+	uint64_t *rank[GW_MAX_RAM_BLOCKS];   /* present pages before each bitmap word */
+	uint64_t *received;                  /* atomic, may be NULL */
 	struct gw_page_server *ps;
 };
+
+/* A run's pages checked against the slice of the hash table they need. */
+static int read_with_slice(struct gw_mapped_lazy *lz, uint32_t e, uint64_t first, uint64_t n,
+			   uint64_t rank, void *dst, struct gw_error *err)
+{
+	uint64_t *slice = malloc(8 * n);
+	int ret = slice ? gw_mapped_read_hash_slice(lz->fd, &lz->h->blocks[e], rank, n, slice,
+						    err) :
+			  gw_error_set(err, -ENOMEM, "lazy restore: out of memory");
+
+	if (ret == 0)
+		ret = gw_mapped_read_pages(lz->pfd, &lz->h->blocks[e], slice, first, n, 0, dst,
+					   err);
+	free(slice);
+	return ret;
+}
 
 static int read_from_file(void *opaque, uint32_t e, uint64_t first, uint64_t n, void *dst,
 			  struct gw_error *err)
@@ -48,8 +70,10 @@ static int read_from_file(void *opaque, uint32_t e, uint64_t first, uint64_t n, 
 	const uint64_t *bm = lz->bitmap[e];
 	uint64_t below = first % 64 ? bm[first / 64] & ((1ull << (first % 64)) - 1) : 0;
 	uint64_t rank = lz->rank[e][first / 64] + (uint64_t)__builtin_popcountll(below);
-	int ret = gw_mapped_read_pages(lz->pfd, &lz->h->blocks[e], lz->hashes[e], first, n, rank,
-				       dst, err);
+	const uint64_t *hashes = __atomic_load_n(&lz->hashes[e], __ATOMIC_ACQUIRE);
+	int ret = hashes ? gw_mapped_read_pages(lz->pfd, &lz->h->blocks[e], hashes, first, n, rank,
+						dst, err) :
+			   read_with_slice(lz, e, first, n, rank, dst, err);
 
 	if (ret == 0 && lz->received)
 		__atomic_add_fetch(lz->received, n * PAGE, __ATOMIC_RELAXED);
@@ -64,7 +88,7 @@ static int prepare_block(struct gw_mapped_lazy *lz, uint32_t e, struct gw_ps_blo
 	const struct gw_mapped_block *mb = &lz->h->blocks[e];
 	struct gw_ram_block *b = &lz->m->ram[lz->map[e]];
 	uint64_t words = gw_mapped_bitmap_bytes(mb->size) / 8, sum = 0;
-	int ret = gw_mapped_read_meta(lz->fd, mb, &lz->bitmap[e], &lz->hashes[e], err);
+	int ret = gw_mapped_read_bitmap(lz->fd, mb, &lz->bitmap[e], err);
 
 	if (ret < 0)
 		return ret;
@@ -81,7 +105,8 @@ static int prepare_block(struct gw_mapped_lazy *lz, uint32_t e, struct gw_ps_blo
 		sum += (uint64_t)__builtin_popcountll(lz->bitmap[e][w]);
 	}
 	/* Whatever the memfd holds goes: the server fills holes only. */
-	ret = gw_land_zero(b, 0, b->size, err);
+	if (gw_land_has_data(b))
+		ret = gw_land_zero(b, 0, b->size, err);
 	*out = (struct gw_ps_block){b->name, b->host, b->size, b->fd, b->fd_offset, lz->bitmap[e]};
 	return ret;
 }
@@ -144,7 +169,18 @@ int gw_mapped_lazy_start(struct gw_migration *m, int fd, const struct gw_mapped_
 
 int gw_mapped_lazy_wait(struct gw_mapped_lazy *lz, int cancel_efd, struct gw_error *err)
 {
-	int ret = gw_page_server_wait(lz->ps, cancel_efd, -1, err);
+	int ret = 0;
+
+	/* The guest runs: now the tables, whole and checked. */
+	for (uint32_t e = 0; ret == 0 && e < lz->h->nr_blocks; e++) {
+		uint64_t *hs;
+
+		ret = gw_mapped_read_hashes(lz->fd, &lz->h->blocks[e], &hs, err);
+		if (ret == 0)
+			__atomic_store_n(&lz->hashes[e], hs, __ATOMIC_RELEASE);
+	}
+	if (ret == 0)
+		ret = gw_page_server_wait(lz->ps, cancel_efd, -1, err);
 
 	return ret < 0 ? gw_error_prefix(err, ret, "restoring a mapped-ram file lazily: ") : 0;
 }

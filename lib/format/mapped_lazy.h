@@ -39,8 +39,10 @@ int gw_mapped_lazy_start(struct gw_migration *m, int fd, const struct gw_mapped_
 			 struct gw_cancel *c, uint64_t *received, struct gw_mapped_lazy **out,
 			 struct gw_error *err);
 
-/* Until every page is in (0), a page fails (-errno, err names the page,
- * block and file offset), or cancel_efd is readable (-ECANCELED). */
+/* Read and check the hash tables (a damaged one fails it, as a page
+ * would), then wait until every page is in (0), a page fails (-errno,
+ * err names the page, block and file offset), or cancel_efd is readable
+ * (-ECANCELED). */
 int gw_mapped_lazy_wait(struct gw_mapped_lazy *lz, int cancel_efd, struct gw_error *err);
 
 void gw_mapped_lazy_set_rate(struct gw_mapped_lazy *lz, uint64_t rate);

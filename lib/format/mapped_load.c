@@ -75,18 +75,6 @@ static int add_run(struct mload *l, const struct run *r, struct gw_error *err)
 	return 0;
 }
 
-/* Does any page of block b hold data now? (A fresh memfd holds none.) */
-static bool has_data(const struct gw_ram_block *b)
-{
-	if (b->fd < 0)
-		return true;
-	off_t at = lseek(b->fd, (off_t)b->fd_offset, SEEK_DATA);
-	/* ENXIO: no data from there on. Any other error: assume data. */
-	if (at < 0)
-		return errno != ENXIO;
-	return (uint64_t)at < b->fd_offset + b->size;
-}
-
 /* Bitmap and hashes of header block e, checked; its runs, listed; the
  * pages it lacks, zeroed. */
 static int prepare_block(struct mload *l, uint32_t e, struct gw_error *err)
@@ -94,7 +82,7 @@ static int prepare_block(struct mload *l, uint32_t e, struct gw_error *err)
 	const struct gw_mapped_block *mb = &l->h->blocks[e];
 	struct gw_ram_block *b = &l->m->ram[l->map[e]];
 	uint64_t pages = mb->size / PAGE, p = 0, rank = 0;
-	bool dirty = has_data(b);
+	bool dirty = gw_land_has_data(b);
 	int ret = gw_mapped_read_meta(l->fd, mb, &l->bitmap[e], &l->hashes[e], err);
 
 	/* Runs of present pages, cut at RUN_MAX; the gaps, zeroed. */

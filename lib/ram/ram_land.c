@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <godwit/stream.h>
 
@@ -98,4 +99,15 @@ int gw_land_settle(struct gw_migration *m, uint32_t block, struct gw_torn *torn,
 		run_len = GW_PAGE_SIZE;
 	}
 	return run_len ? gw_land_zero(b, run_off, run_len, err) : 0;
+}
+
+bool gw_land_has_data(const struct gw_ram_block *b)
+{
+	if (b->fd < 0)
+		return true;
+	off_t at = lseek(b->fd, (off_t)b->fd_offset, SEEK_DATA);
+	/* ENXIO: no data from there on. Any other error: assume data. */
+	if (at < 0)
+		return errno != ENXIO;
+	return (uint64_t)at < b->fd_offset + b->size;
 }

@@ -15,4 +15,8 @@ int gw_land_settle(struct gw_migration *m, uint32_t block, struct gw_torn *torn,
 /* Make [off, off+len) of b read as zeroes, freeing memory where it can. */
 int gw_land_zero(struct gw_ram_block *b, uint64_t off, uint64_t len, struct gw_error *err);
 
+/* Does any page of b hold data now? A fresh memfd holds none, and
+ * zeroing it would walk its whole range for nothing. */
+bool gw_land_has_data(const struct gw_ram_block *b);
+
 #endif

@@ -196,6 +196,20 @@ class LazyRestore(unittest.TestCase):
         with lazy_restorer(self.src, path, rate=HELD) as dst:
             self.failed_for_good(dst, "corrupted", f"page at {page * 4096:#x}")
 
+    def test_corrupted_hash_table(self):
+        """The hash table is read whole once the guest runs (not before:
+        8 bytes a page would make the time to running grow with the
+        guest); until then each read takes its own slice. A damaged
+        table then fails the restore, the guest stopped for good."""
+        path = self.copy("bad-table.gwm")
+        b = header(path)[1][0]
+        flip(path, b["hashes_offset"] + 8 * (b["nr_present"] - 1) + 3)
+        with lazy_restorer(self.src, path, rate=HELD) as dst:
+            d = assert_destination_refused(self, dst, "hash table", "corrupted", "ram-low")
+            self.assertIn("lazily", d["error-desc"])
+            self.assertFalse(dst.guest()["check-failed"], "the guest saw a bad page")
+            self.assertIsNone(dst.proc.poll(), "the destination exited")
+
     def test_file_truncated_mid_restore(self):
         """The file is cut inside the data the background has yet to read."""
         path = self.copy("cut.gwm")
