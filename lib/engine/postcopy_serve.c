@@ -6,6 +6,7 @@
 #include <godwit/io.h>
 
 #include "lib/bitmap.h"
+#include "lib/clock.h"
 #include "lib/format/postcopy.h"
 #include "lib/engine/postcopy_serve.h"
 #include "lib/internal.h"
@@ -61,6 +62,8 @@ int gw_postcopy_serve(struct gw_migration *m, struct gw_cancel *c, struct gw_wri
 					    gw_report_name(r.status));
 		uint64_t before = gw_writer_offset(w);
 
+		/* A destination that stops reading breaks the connection too. */
+		gw_writer_set_deadline(w, gw_now_ns() + (uint64_t)idle_timeout_ms * 1000000);
 		ret = gw_page_request_check(&r.req, m->ram, m->nr_ram, err);
 		if (ret == 0)
 			ret = take(m, stale, &r.req, err);

@@ -33,7 +33,8 @@ struct gw_pc_serve_stats {
 /*
  * Serve until the set is empty: 0. stale has one bitmap per RAM block of
  * m (set = the destination lacks the page), cleared as pages leave; w
- * writes c's stream fd. Waits at most idle_timeout_ms for each request;
+ * writes c's stream fd. Waits at most idle_timeout_ms for each request,
+ * and for its answer to leave (-ETIMEDOUT);
  * a cancel of c ends any wait (-ECANCELED). A FAILED report fails with
  * the destination's reason (and *dest_failed set: its guest will not go
  * on); a closed connection with -EPIPE; a request out of range or outside
