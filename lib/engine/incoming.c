@@ -177,8 +177,10 @@ static void end_lazy(struct gw_incoming *in)
 		lazy_figures(lz, &in->stats);
 		in->nr_threads = gw_mapped_lazy_thread_stats(lz, in->threads);
 	}
-	if (pcd)
+	if (pcd) {
 		postcopy_figures(in, &in->stats);
+		in->nr_threads = gw_pc_dest_thread_stats(pcd, in->threads);
+	}
 	in->lazy = NULL;
 	in->pcd = NULL;
 	pthread_mutex_unlock(&in->job.lock);
@@ -709,9 +711,12 @@ unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_threa
 	unsigned n;
 
 	pthread_mutex_lock(&in->job.lock);
-	n = in->lazy ? gw_mapped_lazy_thread_stats(in->lazy, t) : in->nr_threads;
-	if (!in->lazy)
-		memcpy(t, in->threads, n * sizeof(t[0]));
+	if (in->lazy)
+		n = gw_mapped_lazy_thread_stats(in->lazy, t);
+	else if (in->pcd)
+		n = gw_pc_dest_thread_stats(in->pcd, t);
+	else
+		memcpy(t, in->threads, (n = in->nr_threads) * sizeof(t[0]));
 	pthread_mutex_unlock(&in->job.lock);
 	if (n > max)
 		n = max;
@@ -721,6 +726,7 @@ unsigned gw_incoming_fault_threads(struct gw_incoming *in, struct gw_fault_threa
 			.faults = t[i].faults,
 			.fault_mean_us = t[i].faults ? us_of(t[i].fault_ns / t[i].faults) : 0,
 			.fault_max_us = us_of(t[i].fault_max_ns),
+			.fault_total_us = t[i].fault_ns / 1000,
 		};
 	return n;
 }

@@ -267,6 +267,12 @@ void gw_pc_dest_stats(struct gw_pc_dest *d, struct gw_ps_stats *ps, uint64_t *re
 	*requested = gw_postcopy_fetch_requested(d->fetch);
 }
 
+unsigned gw_pc_dest_thread_stats(struct gw_pc_dest *d,
+				 struct gw_ps_thread_stats out[GW_PS_THREADS_MAX])
+{
+	return gw_page_server_thread_stats(d->ps, out);
+}
+
 void gw_pc_dest_free(struct gw_pc_dest *d)
 {
 	if (!d)

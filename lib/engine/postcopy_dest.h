@@ -55,6 +55,10 @@ int gw_pc_dest_recover(struct gw_pc_dest *d, struct gw_channel *ch, struct gw_er
 /* The page server's figures and the pages asked for so far. Any thread. */
 void gw_pc_dest_stats(struct gw_pc_dest *d, struct gw_ps_stats *ps, uint64_t *requested);
 
+/* The faults by thread, as gw_page_server_thread_stats(). Any thread. */
+unsigned gw_pc_dest_thread_stats(struct gw_pc_dest *d,
+				 struct gw_ps_thread_stats out[GW_PS_THREADS_MAX]);
+
 /* Let go of the guest's RAM (a page never fetched then reads as zeros:
  * stop the vCPUs first) and free d. NULL is fine. */
 void gw_pc_dest_free(struct gw_pc_dest *d);

@@ -125,6 +125,12 @@ class Postcopy(unittest.TestCase):
                          d["ram"]["postcopy-requests"], d)
         self.assertGreater(pc["pages-faulted"], 0, d)
         self.assertGreater(pc["fault-latency-max-us"], 0, d)
+        # By vCPU, as QEMU's postcopy-vcpu-blocktime: the dirtier's two
+        # vCPUs both waited for pages.
+        self.assertEqual([v["cpu-index"] for v in pc["vcpus"]], [0, 1], d)
+        self.assertTrue(all(v["faults"] > 0 and v["blocked-us"] > 0 for v in pc["vcpus"]), d)
+        self.assertEqual(d["postcopy-vcpu-blocktime"],
+                         [v["blocked-us"] // 1000 for v in pc["vcpus"]], d)
         self.assertIn("postcopy-active", events_of(src))
         self.assertIn("postcopy-active", events_of(dst))
         dst.wait_passes(2)

@@ -1170,19 +1170,20 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	}
 	out->in = mig->in_last;
 	out->lazy = mig->in_lazy;
-	/* The faults of a lazy restore, by vCPU: its threads are the vCPUs'. */
+	/* The faults of a lazy restore or a post-copy, by vCPU: its threads
+	 * are the vCPUs'. */
 	struct gw_fault_thread_stats threads[GW_FAULT_THREADS_MAX];
 	unsigned nr_threads = mig->nr_in_threads;
 	if (mig->in)
 		nr_threads = gw_incoming_fault_threads(mig->in, threads, GW_FAULT_THREADS_MAX);
 	else
 		memcpy(threads, mig->in_threads, nr_threads * sizeof(threads[0]));
-	for (unsigned i = 0; out->lazy && i < vm->vcpus.nr; i++) {
-		out->lazy_vcpus[i] = (struct gw_fault_thread_stats){.tid = vm->vcpus.vcpus[i].tid};
+	for (unsigned i = 0; (out->lazy || mig->cap_postcopy) && i < vm->vcpus.nr; i++) {
+		out->fault_vcpus[i] = (struct gw_fault_thread_stats){.tid = vm->vcpus.vcpus[i].tid};
 		for (unsigned t = 0; t < nr_threads; t++)
 			if (threads[t].tid == vm->vcpus.vcpus[i].tid)
-				out->lazy_vcpus[i] = threads[t];
-		out->nr_lazy_vcpus = i + 1;
+				out->fault_vcpus[i] = threads[t];
+		out->nr_fault_vcpus = i + 1;
 	}
 	if (mig->in)
 		gw_incoming_stats(mig->in, &out->in);

@@ -99,9 +99,10 @@ struct migration_info {
 	struct gw_incoming_stats in;
 	char dest_hash[33]; /* "" unless x-godwit-verify-hash */
 	bool lazy;          /* the incoming one is a lazy restore */
-	/* ... its faults by vCPU (vCPU i's, for i < nr_lazy_vcpus) */
-	struct gw_fault_thread_stats lazy_vcpus[GW_FAULT_THREADS_MAX];
-	unsigned nr_lazy_vcpus;
+	/* a lazy restore's or a post-copy's faults by vCPU (vCPU i's, for
+	 * i < nr_fault_vcpus) */
+	struct gw_fault_thread_stats fault_vcpus[GW_FAULT_THREADS_MAX];
+	unsigned nr_fault_vcpus;
 	/* a background snapshot with x-godwit-verify-hash: RAM at its instant */
 	char snapshot_hash[33];
 	char listening[256]; /* the address still listened on, or "" */

@@ -337,14 +337,27 @@ static json_t *outgoing_info(const struct migration_info *mi)
 	return r;
 }
 
-/* What the page server of a lazy restore or of post-copy did. */
-static json_t *page_server_json(const struct gw_incoming_stats *st)
+/* What the page server of a lazy restore or of post-copy did, and by
+ * vCPU: the faults its thread took (KVM's for it included). */
+static json_t *page_server_json(const struct migration_info *mi)
 {
-	return json_pack("{s:I,s:I,s:I,s:I,s:I}", "pages-faulted", (json_int_t)st->lazy_faulted,
+	const struct gw_incoming_stats *st = &mi->in;
+	json_t *vcpus = json_array();
+	for (unsigned i = 0; i < mi->nr_fault_vcpus; i++) {
+		const struct gw_fault_thread_stats *f = &mi->fault_vcpus[i];
+		json_array_append_new(vcpus,
+				      json_pack("{s:I,s:I,s:I,s:I,s:I}", "cpu-index", (json_int_t)i,
+						"faults", (json_int_t)f->faults,
+						"fault-latency-mean-us",
+						(json_int_t)f->fault_mean_us,
+						"fault-latency-max-us", (json_int_t)f->fault_max_us,
+						"blocked-us", (json_int_t)f->fault_total_us));
+	}
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:o}", "pages-faulted", (json_int_t)st->lazy_faulted,
 			 "background-pages", (json_int_t)st->lazy_background, "remaining-pages",
 			 (json_int_t)st->lazy_remaining, "fault-latency-mean-us",
 			 (json_int_t)st->lazy_fault_mean_us, "fault-latency-max-us",
-			 (json_int_t)st->lazy_fault_max_us);
+			 (json_int_t)st->lazy_fault_max_us, "vcpus", vcpus);
 }
 
 static json_t *incoming_info(const struct migration_info *mi)
@@ -377,26 +390,20 @@ static json_t *incoming_info(const struct migration_info *mi)
 					      (json_int_t)(st->lazy_remaining * 4096), "total",
 					      (json_int_t)mi->ram_total, "postcopy-requests",
 					      (json_int_t)st->postcopy_requests));
-		json_object_set_new(r, "x-godwit-postcopy", page_server_json(st));
+		json_object_set_new(r, "x-godwit-postcopy", page_server_json(mi));
+		/* QEMU's, in ms: how long each vCPU waited for its pages. */
+		json_t *blocktime = json_array();
+		for (unsigned i = 0; i < mi->nr_fault_vcpus; i++)
+			json_array_append_new(blocktime,
+					      json_integer((
+						      json_int_t)(mi->fault_vcpus[i].fault_total_us /
+								  1000)));
+		json_object_set_new(r, "postcopy-vcpu-blocktime", blocktime);
 	}
 	if (mi->status == GW_MIG_POSTCOPY_PAUSED)
 		json_object_set_new(r, "error-desc", json_string(st->error));
-	if (mi->lazy) {
-		/* By vCPU: the faults its thread took (KVM's for it included). */
-		json_t *vcpus = json_array();
-		for (unsigned i = 0; i < mi->nr_lazy_vcpus; i++)
-			json_array_append_new(vcpus,
-					      json_pack("{s:I,s:I,s:I,s:I}", "cpu-index",
-							(json_int_t)i, "faults",
-							(json_int_t)mi->lazy_vcpus[i].faults,
-							"fault-latency-mean-us",
-							(json_int_t)mi->lazy_vcpus[i].fault_mean_us,
-							"fault-latency-max-us",
-							(json_int_t)mi->lazy_vcpus[i].fault_max_us));
-		json_t *lazy = page_server_json(st);
-		json_object_set_new(lazy, "vcpus", vcpus);
-		json_object_set_new(r, "x-godwit-lazy", lazy);
-	}
+	if (mi->lazy)
+		json_object_set_new(r, "x-godwit-lazy", page_server_json(mi));
 	if (st->adopted_bytes) {
 		json_object_set_new(r, "x-godwit-adopted-bytes",
 				    json_integer((json_int_t)st->adopted_bytes));
