@@ -57,12 +57,12 @@ extern "C" {
 #endif
 
 struct gw_precopy_params {
-	uint64_t downtime_limit_ms;  /* switch over when the rest fits; QEMU's default 300 */
-	uint64_t max_bandwidth;      /* bytes per second, 0 = unlimited */
-	bool auto_converge;          /* throttle vCPUs when the guest dirties faster than we send */
-	uint32_t throttle_initial;   /* percent, first throttle step (QEMU: 20) */
-	uint32_t throttle_increment; /* percent added per non-converging round (QEMU: 10) */
-	uint32_t throttle_max;       /* percent ceiling (QEMU: 99) */
+	uint64_t downtime_limit_ms; /* switch over when the rest fits; QEMU's default 300 */
+	uint64_t max_bandwidth;     /* bytes per second, 0 = unlimited */
+	bool auto_converge;         /* throttle vCPUs when the guest dirties faster than we send */
+	uint32_t throttle_initial;  /* percent, first throttle step (QEMU: 20) */
+	uint32_t throttle_increment;/* percent added per non-converging round (QEMU: 10) */
+	uint32_t throttle_max;      /* percent ceiling (QEMU: 99) */
 	/* How long each step of the switchover may take before the source
 	 * gives up and resumes its guest, in ms (0 = the default, 30000): */
 	uint64_t switchover_timeout_ms; /* pause until EOF is written */
@@ -132,21 +132,21 @@ GW_API void gw_precopy_params_default(struct gw_precopy_params *p);
 /* What query-migrate reports; fields named after QEMU's. */
 struct gw_precopy_stats {
 	enum gw_mig_status status;
-	uint64_t total_time_ms; /* start until now, or until the end */
+	uint64_t total_time_ms;       /* start until now, or until the end */
 	uint64_t setup_time_ms;
-	uint64_t downtime_ms; /* source pause until destination running (completed only) */
+	uint64_t downtime_ms;         /* source pause until destination running (completed only) */
 	uint64_t expected_downtime_ms;
-	uint64_t transferred;  /* bytes written to the fd */
-	uint64_t remaining;    /* bytes of dirty pages not sent yet */
-	uint64_t live_sent;    /* bytes of progressive sections' records (a disk) */
-	uint64_t live_pending; /* what they said was left at the last round */
-	uint64_t total;        /* bytes of guest RAM */
-	uint64_t duplicate;    /* zero pages sent as a flag */
-	uint64_t normal;       /* pages sent with their data */
+	uint64_t transferred;         /* bytes written to the fd */
+	uint64_t remaining;           /* bytes of dirty pages not sent yet */
+	uint64_t live_sent;           /* bytes of progressive sections' records (a disk) */
+	uint64_t live_pending;        /* what they said was left at the last round */
+	uint64_t total;               /* bytes of guest RAM */
+	uint64_t duplicate;           /* zero pages sent as a flag */
+	uint64_t normal;              /* pages sent with their data */
 	uint64_t normal_bytes;
-	uint64_t dirty_pages_rate; /* pages per second, last round */
-	double mbps; /* megabits per second of the round under way (so far), else the last */
-	uint64_t dirty_sync_count; /* bitmap syncs = rounds */
+	uint64_t dirty_pages_rate;    /* pages per second, last round */
+	double mbps;                  /* megabits per second of the round under way (so far), else the last */
+	uint64_t dirty_sync_count;    /* bitmap syncs = rounds */
 	uint64_t page_size;
 	uint32_t throttle_percent;    /* current auto-converge throttle */
 	char blocked[256];            /* why it does not switch over yet, "" if nothing */
@@ -155,11 +155,11 @@ struct gw_precopy_stats {
 	/* Failed after GO without word from the destination: it may run the
 	 * guest, so the source guest stays paused (docs/format.md). */
 	bool unconfirmed;
-	uint64_t handshake_us; /* GO sent until RUNNING received */
+	uint64_t handshake_us;        /* GO sent until RUNNING received */
 	/* A mapped-ram save that wrote only the pages dirtied since the last
 	 * save into its file (gw_precopy_params.incremental). */
 	bool incremental;
-	uint32_t generation; /* of the mapped-ram file written: 1 = a full save */
+	uint32_t generation;  /* of the mapped-ram file written: 1 = a full save */
 	/* A background snapshot: its write faults (pages a write reached before
 	 * the bulk did: copied, then let go) and the longest any write waited,
 	 * from the fault read to the page writable again. downtime_ms is the
@@ -204,10 +204,9 @@ struct gw_precopy;
  * Fails at once (-EINVAL) if m lacks vm ops or dirty ops; the channels
  * are then still the caller's.
  */
-GW_API int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels,
-			    unsigned nr_channels, const struct gw_precopy_params *params,
-			    const struct gw_precopy_callbacks *cb, struct gw_precopy **out,
-			    struct gw_error *err);
+GW_API int gw_precopy_start(struct gw_migration *m, struct gw_channel *channels, unsigned nr_channels,
+		     const struct gw_precopy_params *params, const struct gw_precopy_callbacks *cb,
+		     struct gw_precopy **out, struct gw_error *err);
 /* New limits take effect at the next round (max-bandwidth at once);
  * background_snapshot, mode and pause_before_switchover stay as started. */
 /* -EINVAL if a reserved word is set. */
@@ -247,8 +246,8 @@ GW_API void gw_precopy_free(struct gw_precopy *p);
 struct gw_incoming_stats {
 	enum gw_mig_status status;
 	uint64_t total_time_ms;
-	uint64_t received;   /* bytes read from the fd */
-	uint64_t go_wait_us; /* READY sent until GO arrived: what the handshake cost */
+	uint64_t received;       /* bytes read from the fd */
+	uint64_t go_wait_us;     /* READY sent until GO arrived: what the handshake cost */
 	char error[GW_ERROR_MSG_MAX];
 	/* Completed without resuming: the stream was a background snapshot
 	 * (GW_HDRF_SNAPSHOT) read from a socket or pipe, of a guest that runs
@@ -342,9 +341,9 @@ struct gw_incoming;
  * reporting FAILED, until the source hangs up or gw_incoming_free().
  */
 GW_API int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
-			     const struct gw_incoming_params *params,
-			     const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
-			     struct gw_error *err);
+		      const struct gw_incoming_params *params,
+		      const struct gw_incoming_callbacks *cb, struct gw_incoming **out,
+		      struct gw_error *err);
 /*
  * A further connection of the migration (params.multifd): a multifd
  * channel, read by a thread of its own from now on. It becomes the
@@ -362,7 +361,8 @@ GW_API int gw_incoming_add_channel(struct gw_incoming *in, struct gw_channel *ch
  * missing here; if it fails, the post-copy stays paused for another try.
  * From any thread; -EINVAL in any other status.
  */
-GW_API int gw_incoming_recover(struct gw_incoming *in, struct gw_channel *ch, struct gw_error *err);
+GW_API int gw_incoming_recover(struct gw_incoming *in, struct gw_channel *ch,
+			       struct gw_error *err);
 GW_API void gw_incoming_stats(struct gw_incoming *in, struct gw_incoming_stats *out);
 /* New parameters: only lazy_max_bandwidth takes effect (at once, during
  * a lazy restore); the others were read at the start. -EINVAL if a
