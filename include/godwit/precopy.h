@@ -96,8 +96,8 @@ struct gw_precopy_params {
 	 * before the destination may take over (QEMU: pause-before-switchover). */
 	bool pause_before_switchover;
 	/* Post-copy may be started (QEMU: postcopy-ram, on both sides):
-	 * gw_precopy_start_postcopy() then switches at the next round
-	 * boundary (docs/format.md, "Post-copy"). A live migration over one
+	 * gw_precopy_start_postcopy() then switches after the batch under
+	 * way (docs/format.md, "Post-copy"). A live migration over one
 	 * socket only. */
 	bool postcopy;
 	/* With postcopy: switch to post-copy by itself once this many passes
@@ -216,7 +216,8 @@ GW_API void gw_precopy_stats(struct gw_precopy *p, struct gw_precopy_stats *out)
 /* Let a migration stopped in GW_MIG_PRE_SWITCHOVER go on to its final
  * pass. -EINVAL, and nothing changes, in any other status. */
 GW_API int gw_precopy_continue(struct gw_precopy *p, struct gw_error *err);
-/* Switch to post-copy at the next round boundary: the guest is paused
+/* Switch to post-copy after the batch of pages under way (the round
+ * stops there; what it has not sent is fetched): the guest is paused
  * here, the destination runs it and fetches the pages it lacks; from
  * then on neither side alone holds the whole guest. -EINVAL, and nothing
  * changes, without the postcopy parameter or past the pre-copy rounds. */

@@ -268,13 +268,23 @@ static uint32_t batch_pages(struct precopy *p, bool final)
 }
 
 /* Send and clear the dirty pages of one block. */
+/* True once post-copy was asked for (gw_precopy_start_postcopy). */
+static bool postcopy_asked(struct precopy *p)
+{
+	return __atomic_load_n(&p->h.postcopy_requested, __ATOMIC_ACQUIRE);
+}
+
 static int send_block(struct precopy *p, uint32_t block, bool final, struct gw_error *err)
 {
 	struct gw_ram_batch batch;
 	struct gw_ram_walk walk;
 
 	gw_ram_walk_init(&walk, &p->m->ram[block], block, p->dirty[block]);
-	while (gw_ram_walk_next(&walk, batch_pages(p, final), &batch)) {
+	/* Post-copy asked for: the round stops here, not at its end; the
+	 * pages it has not sent stay in the set (the walk clears a page's
+	 * bit only as it takes it), so they are the destination's to fetch. */
+	while (!(!final && postcopy_asked(p)) &&
+	       gw_ram_walk_next(&walk, batch_pages(p, final), &batch)) {
 		int ret = send_batch(p, &batch, final, err);
 
 		if (ret < 0)
@@ -524,12 +534,6 @@ static int send_live(struct precopy *p, struct gw_error *err)
 	p->h.stats.live_sent += total;
 	pthread_mutex_unlock(&p->h.job.lock);
 	return 0;
-}
-
-/* 1 once post-copy was asked for: checked at each round boundary. */
-static bool postcopy_asked(struct precopy *p)
-{
-	return __atomic_load_n(&p->h.postcopy_requested, __ATOMIC_ACQUIRE);
 }
 
 /* 0: switch over; 1: switch to post-copy. */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* XXH3_state_t on the stack. */
 #define XXH_STATIC_LINKING_ONLY
@@ -14,7 +15,6 @@
 #include "lib/bitmap.h"
 #include "lib/format/postcopy.h"
 #include "lib/internal.h"
-#include "lib/ram/ram_land.h"
 #include "lib/transport/return_path.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
@@ -203,14 +203,16 @@ int gw_postcopy_discard(struct gw_ram_block *b, const uint64_t *bits, struct gw_
 
 	if (b->fd < 0)
 		return gw_error_set(err, -EINVAL,
-				    "post-copy: RAM block '%s' has no memfd to drop its stale pages from",
+				    "post-copy: RAM block '%s' has no memfd for the page server to fill",
 				    b->name);
 	for (uint64_t p = gw_bitmap_next_set(bits, pages, 0); p < pages;) {
 		uint64_t e = gw_bitmap_next_clear(bits, pages, p);
-		int ret = gw_land_zero(b, p * PAGE, (e - p) * PAGE, err);
 
-		if (ret < 0)
-			return ret;
+		if (madvise(b->host + p * PAGE, (e - p) * PAGE, MADV_DONTNEED) < 0)
+			return gw_error_set(err, -errno,
+					    "post-copy: unmapping the stale pages at 0x%llx of RAM block '%s': %s",
+					    (unsigned long long)(p * PAGE), b->name,
+					    gw_strerror(errno));
 		p = gw_bitmap_next_set(bits, pages, e);
 	}
 	return 0;

@@ -100,9 +100,15 @@ int gw_postcopy_answer(struct gw_migration *m, struct gw_writer *w,
 		       const struct gw_page_request *rq, struct gw_error *err);
 
 /*
- * The destination at the switch: drop the stale pages (bits: one per page
- * of b, set = stale) from b's memfd, so that they are holes the page
- * server fills and no stale byte can be mapped. -EINVAL if b has no fd.
+ * The destination at the switch, its guest paused: unmap the stale pages
+ * (bits: one per page of b, set = stale) from b's guest mapping, so that
+ * the guest's next touch of one faults (a minor fault on the memfd page
+ * still cached) and the page server writes the source's copy over it
+ * before it maps it: no stale byte can be seen. The pages themselves
+ * stay in the memfd, where the fill overwrites them: dropping them too
+ * (a hole punched) took 2.5 to 4 times longer on this project's machine
+ * (100 MiB: 24-46 ms against 9-13 ms), all of it while the guest waits.
+ * -EINVAL if b has no fd (the page server needs one).
  */
 int gw_postcopy_discard(struct gw_ram_block *b, const uint64_t *bits, struct gw_error *err);
 

@@ -64,9 +64,10 @@ struct gw_ps_block {
 	int fd;              /* the memfd (MINOR needs it) */
 	uint64_t fd_offset;
 	/* One bit per page the source has (borrowed until free); the others
-	 * are zeros. The memfd must hold no data at those pages (punch them
-	 * first): pages are filled, never overwritten, and a page already in
-	 * the page cache would be mapped as it is. */
+	 * are zeros. None of those pages may be mapped in the guest mapping
+	 * (else the guest reads it without a fault): unmapped (MINOR, which
+	 * writes the source's copy over whatever the memfd holds there), or
+	 * a hole in the memfd (MISSING: UFFDIO_COPY fills holes only). */
 	const uint64_t *present;
 	/*
 	 * False: the memfd range holds no data at all, every page outside

@@ -210,6 +210,12 @@ static void dest_start(struct dest *d, enum gw_ps_mode mode, int fd)
 				  .size = PAGES * PAGE,
 				  .fd = d->fd};
 	CHECK_OK(gw_postcopy_discard(&rb, stale, &err), &err);
+	/* MISSING fills holes only (page_server.h): the stale pages go from
+	 * the memfd too. MINOR writes over them, as post-copy does. */
+	for (uint64_t p = 0; mode == GW_PS_MISSING && p < PAGES; p++)
+		if (is_stale(p))
+			CHECK(fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					(off_t)(p * PAGE), PAGE) == 0);
 	CHECK(madvise(d->host, PAGES * PAGE, MADV_DONTNEED) == 0);
 	CHECK_OK(gw_cancel_init(&d->c, fd, &err), &err);
 	CHECK_OK(gw_postcopy_fetch_new(&d->c, 10000, &pf, 1, &d->f, &err), &err);
