@@ -475,6 +475,9 @@ class Chain:
         postcopy-vcpu-blocktime, godwit's faults x their mean latency."""
         res["postcopy_requests"] = (info.get("ram") or {}).get("postcopy-requests")
         d = dst.qmp.cmd("query-migrate")
+        # All of it: each VMM's own timings of the switch (godwit's
+        # x-godwit-go-wait-us, ...) are there for whoever asks why.
+        res["dst_query_migrate"] = d
         pc = d.get("x-godwit-postcopy")
         if pc:
             res["godwit_postcopy"] = pc

@@ -326,8 +326,11 @@ def summary(res):
         return f"{res['status'].upper()}: {res.get('error', '')}"
     down = f", downtime {res['downtime_ms']:.0f} ms" if "downtime_ms" in res else ""
     if "vcpu_blocked_ms" in res:
-        down += (f", post-copy: {res['postcopy_requests']} pages asked for, vCPUs "
-                 f"blocked {res['vcpu_blocked_ms']:.1f} ms")
+        # godwit's postcopy-requests count its background pulls too.
+        pc = res.get("godwit_postcopy")
+        faults = pc["pages-faulted"] if pc else res.get("postcopy_requests")
+        down += (f", post-copy: {faults} pages faulted, vCPU blocked "
+                 f"{res['vcpu_blocked_ms']:.1f} ms")
     return (f"total {res['total_ms']:.0f} ms{down}, {res['transferred'] / MIB:.0f} MiB, "
             f"{res['rounds']} rounds")
 
