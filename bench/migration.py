@@ -70,6 +70,23 @@ class Variant:
     vmm: str                           # "godwit" or "qemu"
     max_bandwidth: int | None = UNLIMITED  # bytes/s; None: the VMM's default
     multifd: int = 0                   # channels; 0: one stream
+    # Capability postcopy-ram on both sides and migrate-start-postcopy
+    # once the first pass is over (libvirt's --postcopy-after-precopy).
+    postcopy: bool = False
+    # bytes/s of godwit's background fetch after the switch (its
+    # destination's max-postcopy-bandwidth), so that the guest's faults
+    # bring most pages and the fault path is what gets measured; 0: no
+    # limit. QEMU's parameter of that name limits its source's stream,
+    # requested pages included, so it has no variant with it.
+    postcopy_fetch_rate: int = 0
+
+    @property
+    def downtime_limit_ms(self):
+        # Post-copy variants: 1 ms, which pre-copy cannot meet, so that it
+        # never switches over by itself before migrate-start-postcopy (at
+        # 300 ms both VMMs finish the 100 MiB guest in pre-copy within
+        # 2-3 rounds, before a poll sees the first pass end).
+        return 1 if self.postcopy else DOWNTIME_LIMIT_MS
 
 
 @dataclass(frozen=True)
@@ -283,18 +300,25 @@ class Chain:
 
     def _hop(self, src, dst, dst_caps, variant, host, paused, auto_converge, timeout, sample,
              res):
-        caps = ["events"] + (["multifd"] if variant.multifd else [])
+        caps = ["events"] + (["multifd"] if variant.multifd else []) \
+            + (["postcopy-ram"] if variant.postcopy else [])
+        # QEMU times its vCPUs' waits for pages only when asked to; godwit's
+        # destination always reports its fault latency.
+        dst_only = ["postcopy-blocktime"] if variant.postcopy and self.vmm == "qemu" else []
         params = {"multifd-channels": variant.multifd} if variant.multifd else {}
-        src_params = dict(params, **{"downtime-limit": DOWNTIME_LIMIT_MS})
+        dst_params = dict(params)
+        if variant.postcopy_fetch_rate:
+            dst_params["max-postcopy-bandwidth"] = variant.postcopy_fetch_rate
+        src_params = dict(params, **{"downtime-limit": variant.downtime_limit_ms})
         bw = variant.max_bandwidth
         if bw is None:
             bw = self.default_bandwidth
         if bw is not None:
             src_params["max-bandwidth"] = bw
         try:
-            self._set_caps(dst, caps, dst_caps)
-            if params:
-                dst.qmp.cmd("migrate-set-parameters", params)
+            self._set_caps(dst, caps + dst_only, dst_caps)
+            if dst_params:
+                dst.qmp.cmd("migrate-set-parameters", dst_params)
             self._set_caps(src, caps + (["auto-converge"] if auto_converge else []),
                            self.caps)
             src.qmp.cmd("migrate-set-parameters", src_params)
@@ -318,6 +342,7 @@ class Chain:
         samples = []
         deadline = time.monotonic() + timeout
         cancelled = None  # why, once migrate-cancel was sent
+        switched = None   # time.time() when migrate-start-postcopy was sent
         while True:
             info = src.qmp.cmd("query-migrate")
             if not isinstance(info, dict):
@@ -329,7 +354,19 @@ class Chain:
             status = info.get("status")
             if status in FINAL:
                 break
+            if (variant.postcopy and switched is None and status == "active"
+                    and ram.get("dirty-sync-count", 0) >= 2):
+                # The first pass is over (each VMM counts its end as a
+                # sync of the dirty bitmap).
+                switched = time.time()
+                src.qmp.cmd("migrate-start-postcopy")
             now = time.monotonic()
+            if switched and now > deadline:
+                # No cancel after the switch: neither side holds the whole
+                # guest, so the run fails (and the chain starts afresh).
+                raise VmmError(f"{src.qmp.who}: post-copy did not finish in {timeout:.0f} s "
+                               f"(source '{status}', destination "
+                               f"{self._dst_state(dst)}): {dst.log_tail()}")
             if cancelled is None and now > deadline:
                 cancelled = (f"did not converge in {timeout:.0f} s ({status}): "
                              f"{ram.get('dirty-sync-count', '?')} rounds, "
@@ -358,6 +395,18 @@ class Chain:
 
         src_done = _event(src.qmp, "MIGRATION", lambda e: _status(e) == "completed",
                           timeout=10)
+        if variant.postcopy:
+            switch_ev = src.qmp.find_event("MIGRATION", lambda e: _status(e) == "postcopy-active")
+            if not switch_ev:
+                # Pre-copy finished first: a figure, but not of post-copy.
+                res["status"] = "failed"
+                res["error"] = ("the migration completed in pre-copy: no 'postcopy-active' "
+                                f"on the source (migrate-start-postcopy "
+                                f"{'sent' if switched else 'never sent'})")
+                res["broken"] = True
+                return False
+            res["postcopy_start_ms"] = (switched - t0) * 1e3
+            res["postcopy_active_ms"] = (event_time(switch_ev) - t0) * 1e3
         if paused:
             # The guest was not running: it does not resume anywhere.
             dst_ev = _event(dst.qmp, "MIGRATION", lambda e: _status(e) in FINAL,
@@ -381,6 +430,18 @@ class Chain:
             res["downtime_ms"] = (event_time(dst_ev) - event_time(stop_ev)) * 1e3
             res["stop_at_ms"] = (event_time(stop_ev) - t0) * 1e3
         t_end = max(event_time(dst_ev), event_time(src_done) if src_done else time.time())
+        if variant.postcopy:
+            # The guest is whole on the destination only once its last page
+            # is in, which its own 'completed' says.
+            dst_done = _event(dst.qmp, "MIGRATION", lambda e: _status(e) in FINAL, timeout=60)
+            if not dst_done or _status(dst_done) != "completed":
+                res["status"] = "failed"
+                res["error"] = (f"the post-copy destination did not complete "
+                                f"({self._dst_state(dst)}): {dst.log_tail()}")
+                res["broken"] = True
+                return False
+            t_end = max(t_end, event_time(dst_done))
+            self._postcopy_figures(src, dst, info, res)
         res["total_ms"] = (t_end - t0) * 1e3
         cpu1 = {"src": src.cpu(), "dst": dst.cpu()}
         for side in ("src", "dst"):
@@ -396,6 +457,35 @@ class Chain:
         res["vmm_total_ms"] = info.get("total-time")
         res["guest_passes_during"] = src.passes() - passes0
         return self._verify(src, dst, res)
+
+    @staticmethod
+    def _dst_state(dst):
+        """The destination's status and error, for a failure's reason."""
+        try:
+            d = dst.qmp.cmd("query-migrate")
+        except VmmError as e:
+            return f"query-migrate failed: {e}"
+        return f"'{d.get('status')}'" + (f": {d['error-desc']}" if d.get("error-desc") else "")
+
+    def _postcopy_figures(self, src, dst, info, res):
+        """What each VMM says about the pages its guest waited for: the
+        source's ram.postcopy-requests (both), godwit's x-godwit-postcopy
+        and QEMU's postcopy-blocktime (destinations). vcpu_blocked_ms is
+        the time the guest's vCPUs spent waiting for pages, summed: QEMU's
+        postcopy-vcpu-blocktime, godwit's faults x their mean latency."""
+        res["postcopy_requests"] = (info.get("ram") or {}).get("postcopy-requests")
+        d = dst.qmp.cmd("query-migrate")
+        # All of it: each VMM's own timings of the switch (godwit's
+        # x-godwit-go-wait-us, ...) are there for whoever asks why.
+        res["dst_query_migrate"] = d
+        pc = d.get("x-godwit-postcopy")
+        if pc:
+            res["godwit_postcopy"] = pc
+            res["vcpu_blocked_ms"] = pc["pages-faulted"] * pc["fault-latency-mean-us"] / 1e3
+        if "postcopy-blocktime" in d:
+            res["postcopy_blocktime_ms"] = d["postcopy-blocktime"]
+            res["postcopy_vcpu_blocktime_ms"] = d.get("postcopy-vcpu-blocktime")
+            res["vcpu_blocked_ms"] = sum(d.get("postcopy-vcpu-blocktime") or [])
 
     def _verify(self, src, dst, res):
         dst.qmp.cmd("stop")

@@ -25,12 +25,15 @@ VARIANT_MULTIFD = {"godwit-multifd2": 2, "qemu-multifd2": 2, "godwit-multifd4": 
                    "qemu-multifd4": 4}
 COLOR = {"godwit": "#1b7837", "godwit-multifd2": "#7fbf7b", "godwit-multifd4": "#a6dba0",
          "qemu": "#762a83", "qemu-multifd2": "#c2a5cf", "qemu-multifd4": "#e7d4e8",
-         "qemu-default-bw": "#e08214"}
+         "qemu-default-bw": "#e08214", "godwit-postcopy": "#00441b", "qemu-postcopy": "#40004b",
+         "godwit-postcopy-fetch4m": "#5aae61"}
 VARIANT_LABEL = {
     "godwit": "godwit", "qemu": "QEMU",
     "qemu-default-bw": "QEMU, default max-bandwidth",
     "godwit-multifd2": "godwit, 2 channels", "qemu-multifd2": "QEMU, multifd 2 channels",
     "godwit-multifd4": "godwit, 4 channels", "qemu-multifd4": "QEMU, multifd 4 channels",
+    "godwit-postcopy": "godwit, post-copy", "qemu-postcopy": "QEMU, post-copy",
+    "godwit-postcopy-fetch4m": "godwit, post-copy, fetch 4 MiB/s",
 }
 WORKLOAD_TEXT = {
     "idle": "rewrites a 64-page (256 KiB) working set and never touches the rest of its RAM",
@@ -928,6 +931,8 @@ def multifd_section(paths):
                 "|---|---|---|---|---|---|"]
         for scen, rows in group(runs).items():
             for v, row in rows.items():
+                if row.runs[0].get("postcopy"):
+                    continue  # they have their own section
                 t, d = row.s("total_ms"), row.s("downtime_ms")
                 if not t:
                     out.append(f"| {scen} | {VARIANT_LABEL.get(v, v)} | "
@@ -942,6 +947,109 @@ def multifd_section(paths):
                            f"{'–' if same else ratio(d, bd)} |")
         out.append("")
     return out
+
+
+def postcopy_section(paths):
+    """Post-copy (bench/run.py --postcopy): blackout, total time and the
+    guest's waits for pages, against pre-copy and multifd of the same run,
+    and issue 14's goals checked against the medians."""
+    out = []
+    for path in paths:
+        recs = records(path)
+        runs = [r for r in recs if r.get("type") == "run"]
+        if not any(r.get("postcopy") for r in runs):
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+        end = next((r for r in recs if r.get("type") == "end"), {})
+        if not out:
+            with open(os.path.join(HERE, "postcopy.md")) as f:
+                out += [f.read().rstrip(), ""]
+        out += [run_source(path, machine), "",
+                f"Load average (1 min) at the start {machine.get('loadavg_start', 0):.2f}, at "
+                f"the end {end.get('loadavg_end', 0):.2f}.", "",
+                "| scenario | variant | runs ok | auto-converge | total ms | vs pre-copy | "
+                "blackout ms | vs QEMU pre-copy | VMM's downtime ms | switch ms | pages faulted | "
+                "vCPU blocked ms | fault latency mean / max µs |",
+                "|" + "---|" * 13]
+        groups = group(runs)
+        goals, failed = [], []
+        for scen, rows in groups.items():
+            qemu_pre = rows.get("qemu").s("downtime_ms") if rows.get("qemu") else None
+            for v, row in rows.items():
+                label = VARIANT_LABEL.get(v, v)
+                if row.bad:
+                    failed.append((scen, label, row))
+                if not row.ok:
+                    out.append(f"| {scen} | {label} | 0/{len(row.runs)} | | "
+                               f"{cell(row.status() or 'no figure', 160)} |" + " |" * 8)
+                    continue
+                pre = rows.get("godwit" if v.startswith("godwit") else "qemu")
+                t, d = row.s("total_ms"), row.s("downtime_ms")
+                vs_pre = "–" if pre is row or not pre else ratio(t, pre.s("total_ms"))
+                ac = "on" if row.runs[0].get("auto_converge") else "off"
+                out.append(f"| {scen} | {label} | {len(row.ok)}/{len(row.runs)} | {ac} | "
+                           f"{fmt(t)} | {vs_pre} | {fmt(d, 1)} | {ratio(d, qemu_pre)} | "
+                           f"{fmt(row.s('vmm_downtime_ms'))} | {fmt(switch_wait(row))} | "
+                           f"{faulted(row)} | "
+                           f"{fmt(row.s('vcpu_blocked_ms'), 1)} | {latency(row)} |")
+            g, gp = rows.get("godwit"), rows.get("godwit-postcopy")
+            if gp and gp.ok:
+                d, t = gp.s("downtime_ms"), gp.s("total_ms")
+                goals.append(
+                    f"| {scen} | {fmt(d, 1)} {'✓' if d[0] <= 5 else '✗'} | "
+                    f"{ratio(d, qemu_pre)}{verdict(d, qemu_pre, 0.2)} | "
+                    f"{ratio(t, g.s('total_ms') if g else None)}"
+                    f"{verdict(t, g.s('total_ms') if g and g.ok else None, 1.5)} |")
+        out.append("")
+        if goals:
+            out += ["Issue 14's goals for godwit's post-copy (medians; ✓ met, ✗ not met):", "",
+                    "| scenario | blackout ≤ 5 ms | ≤ 0.2× QEMU's pre-copy blackout | "
+                    "total ≤ 1.5× godwit's pre-copy |", "|---|---|---|---|", *goals, ""]
+        if failed:
+            out += ["Runs without a figure:", ""]
+            for scen, label, row in failed:
+                out += [f"- `{scen}`, {label}: " + "; ".join(
+                    f"**{WORD.get(st, st)}**, run{'s' if len(reps) > 1 else ''} "
+                    f"{', '.join(map(str, reps))} of {len(row.runs)}: {cell(err, 1000)}"
+                    for st, err, reps in row.reasons())]
+            out.append("")
+    return out
+
+
+def switch_wait(row):
+    """migrate-start-postcopy sent -> the source's STOP: how long the
+    source took to begin the switch."""
+    return stats([r["stop_at_ms"] - r["postcopy_start_ms"] for r in row.ok
+                  if r.get("postcopy_start_ms") is not None])
+
+
+def faulted(row):
+    """Pages the guest faulted on: godwit's pages-faulted; QEMU's source's
+    postcopy-requests (godwit's counts its background pulls as well)."""
+    st = row.s("postcopy_requests") if row.runs[0]["vmm"] == "qemu" else stats(
+        [r["godwit_postcopy"]["pages-faulted"] for r in row.ok if r.get("godwit_postcopy")])
+    return fmt(st)
+
+
+def latency(row):
+    """godwit measures each fault; QEMU only the vCPU's blocked time, so
+    its mean is that over the pages asked for (≈: one wait may cover more
+    than one request)."""
+    if row.runs[0]["vmm"] == "qemu":
+        st = stats([r["vcpu_blocked_ms"] * 1e3 / r["postcopy_requests"] for r in row.ok
+                    if r.get("postcopy_requests")])
+        return f"≈ {fmt(st)} / –" if st else "–"
+    pcs = [r["godwit_postcopy"] for r in row.ok if r.get("godwit_postcopy")]
+    if not pcs:
+        return "–"
+    return (f"{fmt(stats([p['fault-latency-mean-us'] for p in pcs]))} / "
+            f"{fmt(stats([p['fault-latency-max-us'] for p in pcs]))}")
+
+
+def verdict(a, b, limit):
+    if not a or not b or not b[0]:
+        return ""
+    return " ✓" if a[0] / b[0] <= limit else " ✗"
 
 
 def lazy_section(paths):
@@ -1050,6 +1158,7 @@ def write(results_path, docs, extra=()):
     out += disk_section([results_path, *extra])
     out += diskio_section([results_path, *extra])
     out += multifd_section(list(extra))
+    out += postcopy_section(list(extra))
     out += lazy_section(list(extra))
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
@@ -1066,7 +1175,7 @@ def compare(old_path, new_path):
     The machines, or their load, may differ: compare ratios (godwit/QEMU
     of each run) before absolute figures."""
     old, new = group(load(old_path)[2]), group(load(new_path)[2])
-    print(f"| scenario | variant | total ms old → new | downtime ms old → new |")
+    print("| scenario | variant | total ms old → new | downtime ms old → new |")
     print("|---|---|---|---|")
     for scen, rows in new.items():
         for v, row in rows.items():

@@ -4,6 +4,7 @@ limits, in one command.
 
     bench/run.py [--quick] [--build build-release] [--reps N] [--only TEXT]
                  [--refuse VARIANT:COMMAND ...]
+    bench/run.py --postcopy [--reps N] [--docs DIR]   issue 14's rows only
     bench/run.py --selftest [--build DIR]
 
 measures the machine's limits (bench/src/), migrates the same boot-sector
@@ -88,7 +89,12 @@ VARIANTS = {v.name: v for v in (
     Variant("qemu-multifd2", "qemu", multifd=2),
     Variant("godwit-multifd4", "godwit", multifd=4),
     Variant("qemu-multifd4", "qemu", multifd=4),
+    Variant("godwit-postcopy", "godwit", postcopy=True),
+    Variant("qemu-postcopy", "qemu", postcopy=True),
+    Variant("godwit-postcopy-fetch4m", "godwit", postcopy=True, postcopy_fetch_rate=4 * MIB),
 )}
+# Post-copy needs a guest that runs on the destination: not the paused one.
+POSTCOPY = [v for v in VARIANTS if VARIANTS[v].postcopy]
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,27 @@ class Row:
     @property
     def auto_converge(self):
         # 1 Gbit/s carries ~0.12 GB/s; the guest dirties ~1 GB/s: without
-        # throttling neither VMM could ever finish, on either side.
-        return self.workload == "dirtying" and self.link == "1gbit-1ms"
+        # throttling neither VMM could ever finish pre-copy, on either
+        # side. Post-copy finishes whatever the guest dirties.
+        return (self.workload == "dirtying" and self.link == "1gbit-1ms"
+                and not VARIANTS[self.variant].postcopy)
+
+
+def plan_postcopy():
+    """Issue 14's comparison: the dirtying guests, pre-copy against
+    post-copy against multifd, both VMMs, loopback and the 1 Gbit/s link.
+    The fetch-limited post-copy (godwit only) times the fault path: on
+    loopback only, since on the 1 Gbit/s link its ~25,000 faults would
+    each wait a 1 ms round trip at least."""
+    rows = []
+    for mem in (1024, 4096):
+        for link in ("local", "1gbit-1ms"):
+            rows += [Row(mem, "dirtying", link, v) for v in
+                     ("godwit", "qemu", "godwit-postcopy", "qemu-postcopy",
+                      "godwit-multifd2", "qemu-multifd2")]
+        rows.append(Row(mem, "dirtying", "local", "godwit-postcopy-fetch4m"))
+    return rows, ("post-copy only (bench/run.py --postcopy): the 1 and 4 GiB dirtying guests, "
+                  "loopback and the 1 Gbit/s link, pre-copy, post-copy and multifd 2")
 
 
 def plan(quick):
@@ -119,21 +144,26 @@ def plan(quick):
         for wl, variants in (("idle", ["godwit", "qemu"]),
                              ("dirtying", ["godwit", "qemu", "godwit-multifd2",
                                            "qemu-multifd2", "godwit-multifd4",
-                                           "qemu-multifd4"]),
+                                           "qemu-multifd4", "godwit-postcopy",
+                                           "qemu-postcopy"]),
                              ("paused", ["godwit", "qemu", "qemu-default-bw"])):
             rows += [Row(1024, wl, "local", v) for v in variants]
         rows += [Row(1024, "dirtying", "1gbit-1ms", v) for v in ("godwit", "qemu")]
-        note = ("QUICK mode: 1 GiB guests only; local link: idle, dirtying (+ multifd), "
+        note = ("QUICK mode: 1 GiB guests only; local link: idle, dirtying (+ multifd, "
+                "post-copy), "
                 "paused (+ QEMU's default bandwidth); 1 Gbit/s link: dirtying only; "
                 "3 runs each. `make bench` runs everything: 1 and 4 GiB, all three "
                 "links, 5 runs.")
         return rows, note
     for mem in (1024, 4096):
         for wl in WORKLOADS:
-            rows += [Row(mem, wl, "local", v) for v in VARIANTS]
+            postcopy = POSTCOPY if wl == "dirtying" else []
+            rows += [Row(mem, wl, "local", v) for v in VARIANTS
+                     if v not in POSTCOPY or v in postcopy]
             for link in ("1gbit-1ms", "10gbit-0.2ms"):
                 rows += [Row(mem, wl, link, v) for v in
-                         ("godwit", "qemu", "godwit-multifd2", "qemu-multifd2")]
+                         ("godwit", "qemu", "godwit-multifd2", "qemu-multifd2",
+                          *(v for v in postcopy if not VARIANTS[v].postcopy_fetch_rate))]
     return rows, "Full mode: every scenario, 5 runs each."
 
 
@@ -256,7 +286,9 @@ def run_rows(rows, reps, tools, hosts, results, timeout, log, refuse=None, obser
                     base = {"type": "run", "rep": rep, "scenario": row.scenario,
                             **asdict(row), "vmm": vmm, "auto_converge": row.auto_converge,
                             "max_bandwidth": variant.max_bandwidth,
-                            "multifd": variant.multifd, "end": end}
+                            "multifd": variant.multifd, "postcopy": variant.postcopy,
+                            "postcopy_fetch_rate": variant.postcopy_fetch_rate,
+                            "downtime_limit_ms": variant.downtime_limit_ms, "end": end}
                     why = skip.get((row.variant, row.auto_converge)) or done.get(row)
                     if why:
                         if rep == 0:
@@ -294,6 +326,12 @@ def summary(res):
     if res["status"] != "ok":
         return f"{res['status'].upper()}: {res.get('error', '')}"
     down = f", downtime {res['downtime_ms']:.0f} ms" if "downtime_ms" in res else ""
+    if "vcpu_blocked_ms" in res:
+        # godwit's postcopy-requests count its background pulls too.
+        pc = res.get("godwit_postcopy")
+        faults = pc["pages-faulted"] if pc else res.get("postcopy_requests")
+        down += (f", post-copy: {faults} pages faulted, vCPU blocked "
+                 f"{res['vcpu_blocked_ms']:.1f} ms")
     return (f"total {res['total_ms']:.0f} ms{down}, {res['transferred'] / MIB:.0f} MiB, "
             f"{res['rounds']} rounds")
 
@@ -326,6 +364,9 @@ def main():
     ap.add_argument("--live-snapshots", action="store_true",
                     help="only the background-snapshot rows (with the stopped saves and "
                          "QEMU's background-snapshot of the same guests) and the limits")
+    ap.add_argument("--postcopy", action="store_true",
+                    help="only issue 14's rows: the dirtying guests, pre-copy against "
+                         "post-copy against multifd, with the limits")
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--refuse", action="append", metavar="VARIANT:COMMAND",
@@ -351,7 +392,7 @@ def main():
 
     build_dir = os.path.abspath(args.build)
     reps = args.reps or (3 if args.quick else 5)
-    rows, note = plan(args.quick)
+    rows, note = plan_postcopy() if args.postcopy else plan(args.quick)
     if args.no_links:
         rows = [r for r in rows if r.link == "local"]
     snap_rows = [] if args.no_snapshots else snapshot.plan(args.quick)
@@ -362,6 +403,8 @@ def main():
     if args.live_snapshots:
         rows, note = [], "background snapshots only (bench/run.py --live-snapshots)"
         snap_rows, update_rows = snapshot.plan_live(args.quick), []
+    if args.postcopy:
+        snap_rows, update_rows = [], []
     if args.updates:
         rows, snap_rows, note = [], [], "local live update only (bench/run.py --updates)"
     if args.only:
@@ -377,6 +420,7 @@ def main():
     progs = limits.build(build_dir)
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     results = Results(os.path.join(args.results, stamp + ("-quick" if args.quick else "")
+                                   + ("-postcopy" if args.postcopy else "")
                                    + ".jsonl"))
     machine = describe_machine(tools)
     machine.update(command=os.environ.get("GW_BENCH_COMMAND") or " ".join(sys.argv),
