@@ -63,14 +63,16 @@ static int read_with_slice(struct gw_mapped_lazy *lz, uint32_t e, uint64_t first
 	return ret;
 }
 
-static int read_from_file(void *opaque, uint32_t e, uint64_t first, uint64_t n, void *dst,
-			  struct gw_error *err)
+static int read_from_file(void *opaque, uint32_t e, uint64_t first, uint64_t n, bool urgent,
+			  void *dst, struct gw_error *err)
 {
 	struct gw_mapped_lazy *lz = opaque;
 	const uint64_t *bm = lz->bitmap[e];
 	uint64_t below = first % 64 ? bm[first / 64] & ((1ull << (first % 64)) - 1) : 0;
 	uint64_t rank = lz->rank[e][first / 64] + (uint64_t)__builtin_popcountll(below);
 	const uint64_t *hashes = __atomic_load_n(&lz->hashes[e], __ATOMIC_ACQUIRE);
+
+	(void)urgent; /* a file serves every read at once */
 	int ret = hashes ? gw_mapped_read_pages(lz->pfd, &lz->h->blocks[e], hashes, first, n, rank,
 						dst, err) :
 			   read_with_slice(lz, e, first, n, rank, dst, err);

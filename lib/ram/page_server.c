@@ -288,7 +288,9 @@ static int fill(struct gw_page_server *ps, uint32_t bi, uint64_t first, uint64_t
 					   b->b.name, (unsigned long long)(first * PAGE),
 					   gw_strerror(errno));
 	} else if (!zero) {
-		ret = ps->src.read(ps->src.opaque, bi, first, n, buf, err);
+		/* The fault thread fills through page_buf, the background
+		 * through run_buf: a fault's read goes first at the source. */
+		ret = ps->src.read(ps->src.opaque, bi, first, n, buf == ps->page_buf, buf, err);
 		if (ret == 0 && minor)
 			ret = put_in_cache(b, first, n, buf, err);
 	}

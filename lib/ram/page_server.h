@@ -50,10 +50,11 @@ struct gw_page_source {
 	/*
 	 * Write pages [first, first + n) of block `block` (its index in the
 	 * server's blocks), all of which the source has, into dst, checked.
+	 * urgent: for a fault (something waits on it), else the background's.
 	 * 0, or -errno with what failed (block, page, where from) in err.
 	 */
-	int (*read)(void *opaque, uint32_t block, uint64_t first, uint64_t n, void *dst,
-		    struct gw_error *err);
+	int (*read)(void *opaque, uint32_t block, uint64_t first, uint64_t n, bool urgent,
+		    void *dst, struct gw_error *err);
 	void *opaque;
 };
 

@@ -16,6 +16,8 @@
 #include "lib/transport/return_path.h"
 
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
+/* The background's piece: 512 KiB, 4 ms at 1 Gbit/s. */
+#define BG_PIECE 128u
 
 struct gw_postcopy_fetch {
 	struct gw_cancel *c;
@@ -23,8 +25,10 @@ struct gw_postcopy_fetch {
 	struct gw_pf_block *blocks;
 	uint32_t nr;
 	int break_efd;
+	unsigned urgent;       /* atomic: faults waiting for an exchange */
 	pthread_mutex_t lock;  /* one exchange at a time; everything below */
 	pthread_cond_t mended; /* a resume or an abort */
+	pthread_cond_t turn;   /* the faults that waited have had theirs */
 	struct gw_reader *r;   /* NULL while broken */
 	struct gw_pages pages;
 	uint64_t **received; /* per block: pages received whole */
@@ -120,16 +124,26 @@ static void break_connection(struct gw_postcopy_fetch *f, const struct gw_error 
 		;
 }
 
-static int fetch_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, void *dst,
-		      struct gw_error *err)
+/*
+ * One exchange at a time, and a fault's first: the source answers in
+ * order, so a fault asked for behind a background run waits for the whole
+ * run to cross the link (2 MiB: 17 ms at 1 Gbit/s). The background asks
+ * in pieces of BG_PIECE pages and, between two, lets every fault that
+ * waits go first; a fault waits for at most the piece under way.
+ */
+static int fetch_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, bool urgent,
+		      void *dst, struct gw_error *err)
 {
 	struct gw_postcopy_fetch *f = opaque;
 	const struct gw_pf_block *b = &f->blocks[block];
+	uint64_t piece = urgent ? GW_PAGES_MAX : BG_PIECE;
 	int ret = 0;
 
+	if (urgent)
+		__atomic_add_fetch(&f->urgent, 1, __ATOMIC_ACQ_REL);
 	pthread_mutex_lock(&f->lock);
 	for (uint64_t done = 0; done < n;) {
-		uint32_t k = n - done > GW_PAGES_MAX ? GW_PAGES_MAX : (uint32_t)(n - done);
+		uint32_t k = (uint32_t)(n - done > piece ? piece : n - done);
 
 		if (f->failed) {
 			*err = f->error;
@@ -138,6 +152,10 @@ static int fetch_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, 
 		}
 		if (f->broken) {
 			pthread_cond_wait(&f->mended, &f->lock);
+			continue;
+		}
+		if (!urgent && __atomic_load_n(&f->urgent, __ATOMIC_ACQUIRE)) {
+			pthread_cond_wait(&f->turn, &f->lock);
 			continue;
 		}
 		ret = exchange(f, b, first + done, k, (unsigned char *)dst + done * PAGE, err);
@@ -155,6 +173,8 @@ static int fetch_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, 
 			f->received[block][p / 64] |= 1ull << (p % 64);
 		done += k;
 	}
+	if (urgent && __atomic_sub_fetch(&f->urgent, 1, __ATOMIC_ACQ_REL) == 0)
+		pthread_cond_broadcast(&f->turn);
 	pthread_mutex_unlock(&f->lock);
 	return ret;
 }
@@ -177,6 +197,7 @@ int gw_postcopy_fetch_new(struct gw_cancel *c, int send_timeout_ms,
 	f->break_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_init(&f->lock, NULL);
 	pthread_cond_init(&f->mended, NULL);
+	pthread_cond_init(&f->turn, NULL);
 	f->received = calloc(nr + 1, sizeof(*f->received));
 	for (uint32_t i = 0; f->received && i < nr; i++)
 		f->received[i] = calloc(gw_bitmap_words(blocks[i].size / PAGE) + 1,
@@ -259,6 +280,7 @@ void gw_postcopy_fetch_abort(struct gw_postcopy_fetch *f, const struct gw_error 
 		f->error = *why;
 	}
 	pthread_cond_broadcast(&f->mended);
+	pthread_cond_broadcast(&f->turn);
 	pthread_mutex_unlock(&f->lock);
 }
 
@@ -268,6 +290,7 @@ void gw_postcopy_fetch_free(struct gw_postcopy_fetch *f)
 		return;
 	gw_reader_free(f->r);
 	pthread_cond_destroy(&f->mended);
+	pthread_cond_destroy(&f->turn);
 	pthread_mutex_destroy(&f->lock);
 	for (uint32_t i = 0; f->received && i < f->nr; i++)
 		free(f->received[i]);

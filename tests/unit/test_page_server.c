@@ -26,13 +26,13 @@
 #define WAIT_MAX_NS (60ull * 1000000000ull)
 
 struct source {
-	uint32_t reads[PAGES];   /* atomic: times each page was read */
+	uint32_t reads[PAGES]; /* atomic: times each page was read */
 	uint64_t present[PAGES / 64];
-	uint64_t bad_page;       /* a page whose read fails after writing garbage; or PAGES */
+	uint64_t bad_page; /* a page whose read fails after writing garbage; or PAGES */
 	/* race test: the first background run waits until a fault waits on
 	 * it and another fault was served */
 	bool gate;
-	uint64_t gate_first;     /* atomic: its first page + 1, once known */
+	uint64_t gate_first;       /* atomic: its first page + 1, once known */
 	struct gw_page_server *ps; /* atomic: for the gate */
 };
 
@@ -57,11 +57,13 @@ static bool is_present(uint64_t p)
 	return src.present[p / 64] >> (p % 64) & 1;
 }
 
-static int src_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, void *dst,
-		    struct gw_error *err)
+static int src_read(void *opaque, uint32_t block, uint64_t first, uint64_t n, bool urgent,
+		    void *dst, struct gw_error *err)
 {
 	(void)opaque;
 	CHECK(block == 0);
+	/* A fault asks for its one page; the background for runs. */
+	CHECK(!urgent || n == 1);
 	if (src.gate && n > 1 && !__atomic_load_n(&src.gate_first, __ATOMIC_ACQUIRE)) {
 		struct gw_page_server *ps;
 		struct gw_ps_stats st = {0};
