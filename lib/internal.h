@@ -259,6 +259,11 @@ struct gw_multifd_rx;
  * index in CONFIG. */
 struct gw_load_postcopy {
 	uint64_t **stale;
+	/* The EARLY set (docs/format.md, "Post-copy"), and what to do once it
+	 * is whole (unmap it, tell the source), with the stream in hand. */
+	uint64_t **early;
+	int (*early_done)(void *opaque, struct gw_error *err);
+	void *opaque;
 	uint32_t stream_id[GW_MAX_RAM_BLOCKS];
 	bool active;
 };

@@ -100,8 +100,11 @@ enum gw_record_type {
  * channel (i + o / GW_MULTIFD_CHUNK) % channels, always the same one. */
 #define GW_MULTIFD_CHUNK        (2u << 20)
 
-/* Post-copy. A POSTCOPY record: u32 block, u32 flags (0), u64 first page
- * (a multiple of 64), u64 count of bits, then the bits in u64 words. */
+/* Post-copy. A POSTCOPY record: u32 block, u32 flags, u64 first page
+ * (a multiple of 64), u64 count of bits, then the bits in u64 words.
+ * Flags 0: the switch's stale set; GW_POSTCOPY_EARLY: the pages stale
+ * already, sent before the pause so the destination unmaps them then. */
+#define GW_POSTCOPY_EARLY      0x1u
 #define GW_POSTCOPY_HEAD_SIZE  24u
 #define GW_POSTCOPY_BITS_MAX   (8u << 20) /* 1 MiB of bitmap: 32 GiB of RAM a record */
 #define GW_POSTCOPY_MAX        (GW_POSTCOPY_HEAD_SIZE + GW_POSTCOPY_BITS_MAX / 8ull)

@@ -86,6 +86,7 @@ struct gw_incoming {
 	 * guest runs, the page server fetching it (under the job's lock, as
 	 * lazy). */
 	struct gw_load_postcopy pc;
+	bool early_unmapped; /* the EARLY set was whole, and is unmapped */
 	struct gw_pc_dest *pcd;
 };
 
@@ -271,14 +272,42 @@ static int serve_lazily(struct gw_incoming *in, struct gw_error *err)
 }
 
 /*
+ * Post-copy, the EARLY set whole (the source's guest still runs): unmap
+ * those pages now, outside the blackout, and tell the source, which
+ * waits for it before it pauses.
+ */
+static int early_done(void *opaque, struct gw_error *err)
+{
+	const struct gw_report discarded = {GW_REPORT_DISCARDED, 0, ""};
+	struct gw_incoming *in = opaque;
+
+	for (uint32_t i = 0; i < in->m->nr_ram; i++) {
+		int ret = gw_postcopy_discard(&in->m->ram[i], in->pc.early[i], err);
+
+		if (ret < 0)
+			return ret;
+	}
+	in->early_unmapped = true;
+	if (!in->return_path)
+		return gw_error_set(err, -EPROTO,
+				    "post-copy over a channel that cannot answer (not a socket)");
+	return gw_report_send(&in->job.cancel, (int)in->params.go_timeout_ms, &discarded, err);
+}
+
+/*
  * Post-copy, before READY: the pages the source named are stale here;
- * drop them, so that only the page server can fill them.
+ * unmap them, so that only the page server can fill them: those the
+ * EARLY set did not unmap already.
  */
 static int discard_stale(struct gw_incoming *in, struct gw_error *err)
 {
 	for (uint32_t i = 0; i < in->m->nr_ram; i++) {
-		int ret = gw_postcopy_discard(&in->m->ram[i], in->pc.stale[i], err);
+		uint64_t *rest = in->pc.early[i];
+		int ret;
 
+		for (size_t w = 0; w < gw_bitmap_words(in->m->ram[i].size / GW_PAGE_SIZE); w++)
+			rest[w] = in->pc.stale[i][w] & ~(in->early_unmapped ? rest[w] : 0);
+		ret = gw_postcopy_discard(&in->m->ram[i], rest, err);
 		if (ret < 0)
 			return ret;
 	}
@@ -587,6 +616,9 @@ static void free_incoming(struct gw_incoming *in)
 	for (uint32_t i = 0; in->pc.stale && i < in->m->nr_ram; i++)
 		free(in->pc.stale[i]);
 	free(in->pc.stale);
+	for (uint32_t i = 0; in->pc.early && i < in->m->nr_ram; i++)
+		free(in->pc.early[i]);
+	free(in->pc.early);
 	free(in);
 }
 
@@ -646,12 +678,17 @@ int gw_incoming_start(struct gw_migration *m, struct gw_channel *ch,
 static int alloc_stale(struct gw_incoming *in, struct gw_error *err)
 {
 	in->pc.stale = calloc(in->m->nr_ram + 1, sizeof(*in->pc.stale));
-	if (!in->pc.stale)
+	in->pc.early = calloc(in->m->nr_ram + 1, sizeof(*in->pc.early));
+	if (!in->pc.stale || !in->pc.early)
 		return gw_error_set(err, -ENOMEM, "incoming migration: out of memory");
+	in->pc.early_done = early_done;
+	in->pc.opaque = in;
 	for (uint32_t i = 0; i < in->m->nr_ram; i++) {
-		in->pc.stale[i] = calloc(gw_bitmap_words(in->m->ram[i].size / GW_PAGE_SIZE) + 1,
-					 sizeof(uint64_t));
-		if (!in->pc.stale[i])
+		size_t words = gw_bitmap_words(in->m->ram[i].size / GW_PAGE_SIZE) + 1;
+
+		in->pc.stale[i] = calloc(words, sizeof(uint64_t));
+		in->pc.early[i] = calloc(words, sizeof(uint64_t));
+		if (!in->pc.stale[i] || !in->pc.early[i])
 			return gw_error_set(err, -ENOMEM,
 					    "incoming migration: out of memory for the post-copy bitmaps");
 	}

@@ -91,7 +91,7 @@ static int read_set(struct gw_cancel *c, int timeout_ms, const struct gw_ram_blo
 		if (ret == 0)
 			ret = gw_record_read_payload(r, &h, &buf, &cap, err);
 		if (ret == 0)
-			ret = gw_postcopy_accept(&cur, buf, h.length, ram, nr, into, h.offset, err);
+			ret = gw_postcopy_accept(&cur, buf, h.length, ram, nr, into, 0, h.offset, err);
 	}
 	/* It waits for GO: anything more is out of step. */
 	if (ret == 0 && gw_reader_buffered(r))
@@ -169,7 +169,7 @@ int gw_pc_resume_destination(struct gw_cancel *c, int timeout_ms, uint64_t finge
 	if (ret == 0) {
 		gw_writer_bind(w, c->efd);
 		gw_writer_set_deadline(w, gw_now_ns() + (uint64_t)timeout_ms * 1000000);
-		ret = gw_postcopy_put(w, ram, nr, needed, 0, err);
+		ret = gw_postcopy_put(w, ram, nr, needed, 0, 0, err);
 	}
 	if (ret == 0)
 		ret = gw_writer_flush(w, err);

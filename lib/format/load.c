@@ -53,8 +53,8 @@ struct load {
 	 * order, for the records' checks, and how far they got. */
 	struct gw_load_postcopy *pc;
 	struct gw_ram_block *pc_ram;
-	uint64_t **pc_bits;
-	struct gw_postcopy_cursor pc_cursor;
+	uint64_t **pc_bits, **pc_early_bits; /* in CONFIG's order */
+	struct gw_postcopy_cursor pc_cursor, pc_early_cursor;
 };
 
 static int read_payload(struct load *l, const struct gw_rec_hdr *h, struct gw_error *err)
@@ -340,17 +340,30 @@ static int load_postcopy(struct load *l, const struct gw_rec_hdr *h, struct gw_e
 	if (!pc->active) {
 		l->pc_ram = calloc(l->cfg.nr_ram + 1, sizeof(*l->pc_ram));
 		l->pc_bits = calloc(l->cfg.nr_ram + 1, sizeof(*l->pc_bits));
-		if (!l->pc_ram || !l->pc_bits)
+		l->pc_early_bits = calloc(l->cfg.nr_ram + 1, sizeof(*l->pc_early_bits));
+		if (!l->pc_ram || !l->pc_bits || !l->pc_early_bits)
 			return gw_error_set(err, -ENOMEM, "post-copy: out of memory");
 		for (uint32_t id = 0; id < l->cfg.nr_ram; id++) {
 			l->pc_ram[id] = l->m->ram[l->ram_map[id]];
 			l->pc_bits[id] = pc->stale[l->ram_map[id]];
+			l->pc_early_bits[id] = pc->early[l->ram_map[id]];
 			pc->stream_id[l->ram_map[id]] = id;
 		}
 		pc->active = true;
 	}
-	return gw_postcopy_accept(&l->pc_cursor, l->buf, h->length, l->pc_ram, l->cfg.nr_ram,
-				  l->pc_bits, h->offset, err);
+	/* The EARLY set comes whole before the stale set begins. */
+	bool early = h->length >= GW_POSTCOPY_HEAD_SIZE &&
+		     gw_get_le32(l->buf + 4) == GW_POSTCOPY_EARLY && l->pc_cursor.block == 0 &&
+		     l->pc_cursor.next == 0;
+	if (!early)
+		return gw_postcopy_accept(&l->pc_cursor, l->buf, h->length, l->pc_ram,
+					  l->cfg.nr_ram, l->pc_bits, 0, h->offset, err);
+	ret = gw_postcopy_accept(&l->pc_early_cursor, l->buf, h->length, l->pc_ram, l->cfg.nr_ram,
+				 l->pc_early_bits, GW_POSTCOPY_EARLY, h->offset, err);
+	if (ret == 0 &&
+	    gw_postcopy_complete(&l->pc_early_cursor, l->pc_ram, l->cfg.nr_ram, NULL) == 0)
+		ret = pc->early_done(pc->opaque, err);
+	return ret;
 }
 
 /*
@@ -553,6 +566,7 @@ static int load_stream(struct gw_migration *m, struct gw_reader *r, uint32_t *hd
 	free(l.pages);
 	free(l.pc_ram);
 	free(l.pc_bits);
+	free(l.pc_early_bits);
 	if (out) {
 		out->adopted = l.adopted;
 		out->pause_ns = l.pause_ns;

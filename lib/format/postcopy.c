@@ -20,12 +20,12 @@
 #define PAGE ((uint64_t)GW_PAGE_SIZE)
 
 uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, const uint64_t *bits,
-			    unsigned char *buf)
+			    uint32_t flags, unsigned char *buf)
 {
 	uint64_t words = (count + 63) / 64;
 
 	gw_le32(buf, block);
-	gw_le32(buf + 4, 0);
+	gw_le32(buf + 4, flags);
 	gw_le64(buf + 8, first);
 	gw_le64(buf + 16, count);
 	for (uint64_t i = 0; i < words; i++) {
@@ -41,7 +41,8 @@ uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, cons
 }
 
 int gw_postcopy_put(struct gw_writer *w, const struct gw_ram_block *ram, uint32_t nr,
-		    uint64_t *const *bits, uint64_t piece_bits, struct gw_error *err)
+		    uint64_t *const *bits, uint64_t piece_bits, uint32_t flags,
+		    struct gw_error *err)
 {
 	uint64_t piece = piece_bits ? piece_bits : GW_POSTCOPY_BITS_MAX;
 	unsigned char *buf;
@@ -59,7 +60,7 @@ int gw_postcopy_put(struct gw_writer *w, const struct gw_ram_block *ram, uint32_
 
 		for (uint64_t first = 0; ret == 0 && first < pages; first += piece) {
 			uint64_t count = pages - first < piece ? pages - first : piece;
-			uint64_t len = gw_postcopy_encode(i, first, count, bits[i], buf);
+			uint64_t len = gw_postcopy_encode(i, first, count, bits[i], flags, buf);
 
 			ret = gw_record_write(w, GW_REC_POSTCOPY, 0, buf, len, err);
 		}
@@ -98,7 +99,7 @@ static int bad(struct gw_error *err, uint64_t offset, const char *what, unsigned
 
 int gw_postcopy_accept(struct gw_postcopy_cursor *c, const unsigned char *p, uint64_t len,
 		       const struct gw_ram_block *ram, uint32_t nr, uint64_t *const *bits,
-		       uint64_t offset, struct gw_error *err)
+		       uint32_t want_flags, uint64_t offset, struct gw_error *err)
 {
 	uint32_t block, flags;
 	uint64_t first, count, pages, words;
@@ -110,8 +111,10 @@ int gw_postcopy_accept(struct gw_postcopy_cursor *c, const unsigned char *p, uin
 	flags = gw_get_le32(p + 4);
 	first = gw_get_le64(p + 8);
 	count = gw_get_le64(p + 16);
-	if (flags)
-		return bad(err, offset, "unknown flags (flags, known)", flags, 0);
+	if (flags != want_flags)
+		return bad(err, offset,
+			   "flags not those of the set it belongs to (flags, expected)", flags,
+			   want_flags);
 	if (block >= nr)
 		return bad(err, offset, "block index past CONFIG's blocks (index, blocks)", block,
 			   nr);

@@ -37,7 +37,7 @@ static inline uint64_t gw_postcopy_len(uint64_t count)
  * length. The caller keeps count <= GW_POSTCOPY_BITS_MAX.
  */
 uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, const uint64_t *bits,
-			    unsigned char *buf);
+			    uint32_t flags, unsigned char *buf);
 
 /*
  * The POSTCOPY records of a set of pages (bits: one bitmap per block of
@@ -47,7 +47,8 @@ uint64_t gw_postcopy_encode(uint32_t block, uint64_t first, uint64_t count, cons
  * from a broken post-copy sends the pages it still lacks so.
  */
 int gw_postcopy_put(struct gw_writer *w, const struct gw_ram_block *ram, uint32_t nr,
-		    uint64_t *const *bits, uint64_t piece_bits, struct gw_error *err);
+		    uint64_t *const *bits, uint64_t piece_bits, uint32_t flags,
+		    struct gw_error *err);
 
 /*
  * What names one post-copy on both sides (docs/format.md, "Post-copy
@@ -71,12 +72,13 @@ struct gw_postcopy_cursor {
 /*
  * Check one POSTCOPY payload (its CRC already checked) against the nr
  * blocks of CONFIG and the cursor, and copy its bits into bits[block]
- * (one bitmap per block, sized for it). offset names the record in
- * messages. -EBADMSG for anything out of range or out of order.
+ * (one bitmap per block, sized for it). Its flags must be want_flags
+ * (the set the caller reads). offset names the record in messages.
+ * -EBADMSG for anything out of range or out of order.
  */
 int gw_postcopy_accept(struct gw_postcopy_cursor *c, const unsigned char *p, uint64_t len,
 		       const struct gw_ram_block *ram, uint32_t nr, uint64_t *const *bits,
-		       uint64_t offset, struct gw_error *err);
+		       uint32_t want_flags, uint64_t offset, struct gw_error *err);
 
 /* Every block covered: 0, or -EBADMSG naming the first one that is not. */
 int gw_postcopy_complete(const struct gw_postcopy_cursor *c, const struct gw_ram_block *ram,

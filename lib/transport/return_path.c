@@ -31,6 +31,8 @@ const char *gw_report_name(enum gw_report_status s)
 		return "REQUEST";
 	case GW_REPORT_RESUME:
 		return "RESUME";
+	case GW_REPORT_DISCARDED:
+		return "DISCARDED";
 	}
 	return "unknown";
 }
@@ -92,7 +94,7 @@ static int check_head(const unsigned char *h, uint32_t *msg_len, struct gw_error
 		return gw_error_set(err, -EPROTONOSUPPORT,
 				    "return path: handshake version %u is not supported (this side speaks version %u)",
 				    version, GW_REPORT_VERSION);
-	if (status > GW_REPORT_RESUME ||
+	if (status > GW_REPORT_DISCARDED ||
 	    (status == GW_REPORT_FAILED ? code == 0 || code > 4095 || *msg_len > GW_REPORT_MSG_MAX :
 	     status == GW_REPORT_RUNNING ? code != 0 || *msg_len > GW_REPORT_TIME_MAX :
 	     status == GW_REPORT_REQUEST ? code != 0 || *msg_len != GW_PAGE_REQUEST_SIZE :

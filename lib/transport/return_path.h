@@ -28,14 +28,16 @@
 enum gw_report_status {
 	GW_REPORT_RUNNING =
 		0, /* destination: the guest runs (after GO, or at EOF without handshake) */
-	GW_REPORT_FAILED = 1,  /* destination: the guest will never run: msg says why */
-	GW_REPORT_READY = 2,   /* destination: loaded and checked, waiting for GO */
-	GW_REPORT_GO = 3,      /* source: the guest is the destination's to run */
-	GW_REPORT_ADOPTED = 4, /* destination of a local live update: the memfds
+	GW_REPORT_FAILED = 1,    /* destination: the guest will never run: msg says why */
+	GW_REPORT_READY = 2,     /* destination: loaded and checked, waiting for GO */
+	GW_REPORT_GO = 3,        /* source: the guest is the destination's to run */
+	GW_REPORT_ADOPTED = 4,   /* destination of a local live update: the memfds
 				  are mapped, send the state */
-	GW_REPORT_REQUEST = 5, /* post-copy destination: send these pages first */
-	GW_REPORT_RESUME = 6,  /* post-copy recovery, both ways: this post-copy (its
+	GW_REPORT_REQUEST = 5,   /* post-copy destination: send these pages first */
+	GW_REPORT_RESUME = 6,    /* post-copy recovery, both ways: this post-copy (its
 				  fingerprint) goes on over this connection */
+	GW_REPORT_DISCARDED = 7, /* post-copy destination: the EARLY set is unmapped,
+				    the source may pause its guest */
 };
 
 /* A REQUEST's body (docs/format.md, "Post-copy"): count pages from page

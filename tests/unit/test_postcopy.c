@@ -57,7 +57,7 @@ static void setup(void)
 
 static int accept_rec(struct gw_postcopy_cursor *c, uint64_t len, struct gw_error *err)
 {
-	return gw_postcopy_accept(c, buf, len, ram, 2, got, 4242, err);
+	return gw_postcopy_accept(c, buf, len, ram, 2, got, 0, 4242, err);
 }
 
 /* Block 0 in pieces of 64 and 192 bits, block 1 whole: every bit lands. */
@@ -71,13 +71,13 @@ static void test_round_trip(void)
 	memset(got1, 0, sizeof(got1));
 	CHECK_ERR(gw_postcopy_complete(&c, ram, 2, &err), -EBADMSG, &err, "'ram-low'",
 		  "page 0 of 256");
-	len = gw_postcopy_encode(0, 0, 64, want0, buf);
+	len = gw_postcopy_encode(0, 0, 64, want0, 0, buf);
 	CHECK(len == GW_POSTCOPY_HEAD_SIZE + 8);
 	CHECK_OK(accept_rec(&c, len, &err), &err);
-	len = gw_postcopy_encode(0, 64, PAGES0 - 64, want0, buf);
+	len = gw_postcopy_encode(0, 64, PAGES0 - 64, want0, 0, buf);
 	CHECK_OK(accept_rec(&c, len, &err), &err);
 	CHECK_ERR(gw_postcopy_complete(&c, ram, 2, &err), -EBADMSG, &err, "'ram-high'");
-	len = gw_postcopy_encode(1, 0, PAGES1, want1, buf);
+	len = gw_postcopy_encode(1, 0, PAGES1, want1, 0, buf);
 	CHECK(len == GW_POSTCOPY_HEAD_SIZE + 3 * 8);
 	CHECK_OK(accept_rec(&c, len, &err), &err);
 	CHECK_OK(gw_postcopy_complete(&c, ram, 2, &err), &err);
@@ -103,7 +103,7 @@ static void check_lie(enum lie lie, const char *why)
 {
 	struct gw_postcopy_cursor c = {0};
 	struct gw_error err = {0};
-	uint64_t len = gw_postcopy_encode(0, 0, PAGES0, want0, buf);
+	uint64_t len = gw_postcopy_encode(0, 0, PAGES0, want0, 0, buf);
 
 	memset(got0, 0, sizeof(got0));
 	switch (lie) {
@@ -117,7 +117,7 @@ static void check_lie(enum lie lie, const char *why)
 		gw_le32(buf, 2);
 		break;
 	case LIE_ORDER: /* block 1 before block 0 */
-		len = gw_postcopy_encode(1, 0, PAGES1, want1, buf);
+		len = gw_postcopy_encode(1, 0, PAGES1, want1, 0, buf);
 		break;
 	case LIE_ZERO:
 		gw_le64(buf + 16, 0);
@@ -126,7 +126,7 @@ static void check_lie(enum lie lie, const char *why)
 		gw_le64(buf + 16, PAGES0 + 64);
 		break;
 	case LIE_MID_WORD: /* 100 bits that do not end the block */
-		len = gw_postcopy_encode(0, 0, 100, want0, buf);
+		len = gw_postcopy_encode(0, 0, 100, want0, 0, buf);
 		break;
 	case LIE_LENGTH:
 		len -= 8;
@@ -148,7 +148,7 @@ static void test_hostile_bitmaps(void)
 	uint64_t len;
 
 	check_lie(LIE_SHORT, "shorter than its head");
-	check_lie(LIE_FLAGS, "unknown flags");
+	check_lie(LIE_FLAGS, "flags not those of the set it belongs to");
 	check_lie(LIE_BLOCK, "block index past CONFIG's blocks");
 	check_lie(LIE_ORDER, "expected block 0 page 0");
 	check_lie(LIE_ZERO, "bit count out of range");
@@ -157,12 +157,12 @@ static void test_hostile_bitmaps(void)
 	check_lie(LIE_LENGTH, "length does not match");
 	check_lie(LIE_TOO_MANY, "bit count out of range");
 	/* A bit for page 130 of a 130-page block. */
-	len = gw_postcopy_encode(1, 0, PAGES1, want1, buf);
+	len = gw_postcopy_encode(1, 0, PAGES1, want1, 0, buf);
 	gw_le64(buf + GW_POSTCOPY_HEAD_SIZE + 16, 1ull << (PAGES1 % 64));
 	CHECK_ERR(accept_rec(&c, len, &err), -EBADMSG, &err, "bits set past the block's last page");
 	/* A block covered twice. */
 	c = (struct gw_postcopy_cursor){2, 0};
-	len = gw_postcopy_encode(1, 0, PAGES1, want1, buf);
+	len = gw_postcopy_encode(1, 0, PAGES1, want1, 0, buf);
 	CHECK_ERR(accept_rec(&c, len, &err), -EBADMSG, &err, "expected block 2");
 	printf("ok hostile bitmaps refused\n");
 }
@@ -253,7 +253,7 @@ static void test_through_stream(uint64_t piece, unsigned want_records)
 	}
 	CHECK(pipe(fds) == 0);
 	CHECK_OK(gw_writer_new(fds[1], &w, &err), &err);
-	CHECK_OK(gw_postcopy_put(w, m->ram, m->nr_ram, want, piece, &err), &err);
+	CHECK_OK(gw_postcopy_put(w, m->ram, m->nr_ram, want, piece, 0, &err), &err);
 	CHECK_OK(gw_writer_flush(w, &err), &err);
 	gw_writer_free(w);
 	close(fds[1]);
@@ -267,13 +267,13 @@ static void test_through_stream(uint64_t piece, unsigned want_records)
 		CHECK(h.type == GW_REC_POSTCOPY && h.flags == 0);
 		CHECK_OK(gw_record_read_payload(r, &h, &payload, &cap, &err), &err);
 		CHECK_OK(gw_record_check_crc(&h, gw_crc32c(0, payload, h.length), &err), &err);
-		CHECK_OK(gw_postcopy_accept(&c, payload, h.length, ram, 2, got, h.offset, &err),
+		CHECK_OK(gw_postcopy_accept(&c, payload, h.length, ram, 2, got, 0, h.offset, &err),
 			 &err);
 		records++;
 	}
 	CHECK(records == want_records);
 	CHECK(memcmp(got0, want0, sizeof(got0)) == 0 && memcmp(got1, want1, sizeof(got1)) == 0);
-	CHECK_ERR(gw_postcopy_put(NULL, m->ram, m->nr_ram, want, 100, &err), -EINVAL, &err,
+	CHECK_ERR(gw_postcopy_put(NULL, m->ram, m->nr_ram, want, 100, 0, &err), -EINVAL, &err,
 		  "multiple of 64");
 	free(payload);
 	gw_reader_free(r);
