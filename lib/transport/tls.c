@@ -35,9 +35,15 @@
  * keep the system calls few without holding much. */
 #define PUMP_BUF (256 << 10)
 
-/* The pair's buffer: a stream writer's largest writev (a batch of
- * pages) fits, so the writer is not woken per record. */
-#define PAIR_SNDBUF (4 << 20)
+/*
+ * The pair's buffer: a queue the source cannot see, since its writes
+ * count as sent once they are in it. In trial runs (bench/tls.py) the
+ * default (about 200 KiB) made the writer wait for the tx thread every
+ * few records, and a dirtying guest's migration took three times as
+ * long; 4 MiB hid enough from the switchover's estimate that draining it
+ * doubled the downtime. 1 MiB had neither.
+ */
+#define PAIR_SNDBUF (1 << 20)
 
 struct gw_tls_creds {
 	atomic_uint refs;
@@ -522,7 +528,7 @@ int gw_tls_wrap(struct gw_channel *ch, struct gw_tls_creds *c, const struct gw_t
 	if (flags < 0 || fcntl(ch->fd, F_SETFL, flags | O_NONBLOCK) < 0)
 		return gw_error_set(err, -errno, "TLS on %s: fcntl: %s", ch->desc,
 				    gw_strerror(errno));
-	gnutls_session_t s;
+	gnutls_session_t s = NULL;
 	int ret = session_new(&s, c, p, ch->fd, err);
 	if (ret)
 		return ret;
