@@ -368,7 +368,13 @@ struct pump {
 	int net;   /* the TCP socket, non-blocking */
 	int local; /* our end of the pair, blocking */
 	atomic_uint threads;
+	uint64_t drain_deadline; /* tx: the library's end is gone; send until then */
 };
+
+/* What the library wrote before it closed its end still goes to the peer
+ * (a stream's last bytes), if the peer takes it within this long; a peer
+ * that reads nothing more cannot hold the thread and the socket. */
+#define DRAIN_MS 30000
 
 static void pump_put(struct pump *pm)
 {
@@ -382,17 +388,41 @@ static void pump_put(struct pump *pm)
 }
 
 /*
- * Wait for events on the socket. false once the library's end of the
+ * rx: wait for the peer's records. false once the library's end of the
  * pair is gone (closed, or shut down by a cancel): nobody is left to
- * read or write what this thread carries.
+ * read what the peer sends.
  */
-static bool pump_wait(struct pump *pm, short events)
+static bool wait_to_receive(struct pump *pm)
 {
-	struct pollfd p[2] = {{.fd = pm->net, .events = events}, {.fd = pm->local}};
+	struct pollfd p[2] = {{.fd = pm->net, .events = POLLIN}, {.fd = pm->local}};
 	while (poll(p, 2, -1) < 0)
 		if (errno != EINTR)
 			return false;
 	return !(p[1].revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
+/* Room on the socket for what tx holds: false once the socket failed,
+ * or the drain after the library's end went away timed out. */
+static bool wait_to_send(struct pump *pm)
+{
+	struct pollfd p[2] = {{.fd = pm->net, .events = POLLOUT}, {.fd = pm->local}};
+	for (;;) {
+		int timeout = -1, nfds = 2;
+		if (pm->drain_deadline) {
+			uint64_t now = gw_now_ns();
+			if (now >= pm->drain_deadline)
+				return false;
+			timeout = (int)((pm->drain_deadline - now + 999999) / 1000000);
+			nfds = 1;
+		}
+		int n = poll(p, (nfds_t)nfds, timeout);
+		if (n < 0 && errno != EINTR)
+			return false;
+		if (n > 0 && p[0].revents)
+			return true;
+		if (n > 0 && nfds == 2 && (p[1].revents & (POLLHUP | POLLERR | POLLNVAL)))
+			pm->drain_deadline = gw_now_ns() + (uint64_t)DRAIN_MS * 1000000;
+	}
 }
 
 static bool send_record_data(struct pump *pm, const char *buf, size_t n)
@@ -404,7 +434,7 @@ static bool send_record_data(struct pump *pm, const char *buf, size_t n)
 			n -= (size_t)k;
 		} else if (k != GNUTLS_E_AGAIN && k != GNUTLS_E_INTERRUPTED) {
 			return false;
-		} else if (!pump_wait(pm, POLLOUT)) {
+		} else if (!wait_to_send(pm)) {
 			return false;
 		}
 	}
@@ -415,7 +445,7 @@ static void *pump_tx(void *opaque)
 {
 	struct pump *pm = opaque;
 	char *buf = malloc(PUMP_BUF);
-	ssize_t n = 0;
+	ssize_t n = -1;
 	pthread_setname_np(pthread_self(), "gw-tls-tx");
 	while (buf && (n = read(pm->local, buf, PUMP_BUF)) != 0) {
 		if (n < 0 && errno == EINTR)
@@ -426,7 +456,7 @@ static void *pump_tx(void *opaque)
 	free(buf);
 	/* The end of our stream: close_notify, so the peer's reader tells a
 	 * finished stream from a cut connection; the rest is best effort. */
-	if (n == 0 && gnutls_bye(pm->s, GNUTLS_SHUT_WR) == GNUTLS_E_AGAIN && pump_wait(pm, POLLOUT))
+	if (n == 0 && gnutls_bye(pm->s, GNUTLS_SHUT_WR) == GNUTLS_E_AGAIN && wait_to_send(pm))
 		gnutls_bye(pm->s, GNUTLS_SHUT_WR);
 	shutdown(pm->net, n == 0 ? SHUT_WR : SHUT_RDWR);
 	pump_put(pm);
@@ -456,7 +486,7 @@ static void *pump_rx(void *opaque)
 		ssize_t n = gnutls_record_recv(pm->s, buf, PUMP_BUF);
 		if (n > 0 && write_local(pm, buf, (size_t)n))
 			continue;
-		if ((n == GNUTLS_E_AGAIN && pump_wait(pm, POLLIN)) || n == GNUTLS_E_INTERRUPTED)
+		if ((n == GNUTLS_E_AGAIN && wait_to_receive(pm)) || n == GNUTLS_E_INTERRUPTED)
 			continue;
 		break;
 	}
