@@ -45,64 +45,12 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 import limits  # noqa: E402
+from lazy import Vmm, passes  # noqa: E402
 from netns import Hosts  # noqa: E402
-from qmp import Qmp  # noqa: E402
 
 MIB = 1 << 20
 LINK = ("10gbit-0.2ms", 10e9, 0.2)
 WORKLOADS = {"written": "end=1024M", "dirtying": "end=101M"}
-
-
-class Vmm:
-    """One godwit-vmm, in a network namespace or not."""
-
-    def __init__(self, build, d, name, append, ns=None, incoming=False):
-        self.sock = os.path.join(d, name + ".sock")
-        self.log = open(os.path.join(d, name + ".log"), "w")
-        argv = [os.path.join(build, "vmm", "godwit-vmm"), "--memory", "1024M", "--vcpus", "2",
-                "--kernel", os.path.join(build, "guests", "dirtier.elf"), "--append", append,
-                "--serial", "file:" + os.path.join(d, name + ".serial"),
-                "--qmp", "unix:" + self.sock] + (["--incoming", "defer"] if incoming else [])
-        if ns:
-            argv = ["ip", "netns", "exec", ns] + argv
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.qmp = Qmp(self.sock)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.kill()
-                    raise RuntimeError(f"{name}: godwit-vmm did not come up")
-                time.sleep(0.01)
-
-    def cmd(self, name, **args):
-        return self.qmp.cmd(name, **args)
-
-    def wait_passes(self, n, timeout=60):
-        deadline = time.monotonic() + timeout
-        while min(v["pass"] for v in self.cmd("x-godwit-query-guest")["vcpus"]) < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the guest did not make its passes")
-            time.sleep(0.02)
-
-    def wait_migration(self, timeout=600):
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.cmd("query-migrate")
-            if r.get("status") in ("completed", "failed", "cancelled"):
-                return r
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"migration still {r.get('status')} after {timeout} s")
-            time.sleep(0.02)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
 
 
 def tls_creds(vm, endpoint, d):
@@ -117,13 +65,17 @@ def one_migration(build, d, pki, workload, variant, hosts):
     ns = hosts.ns if hosts else (None, None)
     host = hosts.addr[1] if hosts else "127.0.0.1"
     port = limits_port()
-    src = Vmm(build, d, "src", append, ns[0])
+    src = Vmm(build, d, "src", 1024, ["--append", append], ns[0])
     dst = None
     try:
-        src.wait_passes(1)
+        deadline = time.monotonic() + 60
+        while passes(src) < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the source guest made no pass")
+            time.sleep(0.02)
         if workload == "written":
             src.cmd("stop")
-        dst = Vmm(build, d, "dst", append, ns[1], incoming=True)
+        dst = Vmm(build, d, "dst", 1024, ["--incoming", "defer"], ns[1])
         if variant == "tls":
             tls_creds(src, "client", pki.endpoint_dir(f"src{port}"))
             # The test certificate names localhost and 127.0.0.1.

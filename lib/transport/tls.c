@@ -145,28 +145,6 @@ static bool is_ip_address(const char *host)
 	return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
-/* Wait for what GnuTLS needs of fd; 0, -ETIMEDOUT, -ECANCELED or -errno. */
-static int wait_io(gnutls_session_t s, int fd, int cancel_fd, uint64_t deadline_ns)
-{
-	struct pollfd p[2] = {
-		{.fd = fd, .events = gnutls_record_get_direction(s) ? POLLOUT : POLLIN},
-		{.fd = cancel_fd, .events = POLLIN},
-	};
-	for (;;) {
-		uint64_t now = gw_now_ns();
-		if (now >= deadline_ns)
-			return -ETIMEDOUT;
-		int n = poll(p, cancel_fd >= 0 ? 2 : 1,
-			     (int)((deadline_ns - now + 999999) / 1000000));
-		if (n < 0 && errno != EINTR)
-			return -errno;
-		if (n > 0 && p[1].revents)
-			return -ECANCELED;
-		if (n > 0)
-			return 0;
-	}
-}
-
 /*
  * Tell the peer why we refuse it, so its side can say so too: the alert
  * closest to what the verification found. Best effort: the socket is
@@ -300,7 +278,9 @@ static int session_new(gnutls_session_t *out, struct gw_tls_creds *c, const stru
 static int handshake_wait(gnutls_session_t s, const struct gw_tls_params *p, bool server,
 			  uint64_t deadline, const char *desc, struct gw_error *err)
 {
-	int w = wait_io(s, gnutls_transport_get_int(s), p->cancel_fd, deadline);
+	int w = gw_wait_fd(gnutls_transport_get_int(s),
+			   gnutls_record_get_direction(s) ? POLLOUT : POLLIN, p->cancel_fd,
+			   deadline);
 	if (w == -ECANCELED)
 		return gw_error_set(err, w, "TLS handshake with %s: cancelled", desc);
 	if (w == -ETIMEDOUT)
