@@ -7,7 +7,7 @@
 #   make fuzz    run the stream and load fuzzers (clang, libFuzzer; FUZZ_SECONDS=60 each)
 
 DEPS := meson ninja-build pkg-config gcc libc6-dev python3 libjansson-dev \
-        libxxhash-dev liburing-dev clang-format
+        libxxhash-dev liburing-dev libgnutls28-dev gnutls-bin clang-format
 BUILD := build-release
 TESTBUILD := build
 

@@ -52,15 +52,18 @@ VARIANTS = ("full", "lazy", "fill-continue", "fill-copy")
 
 
 class Vmm:
-    """One godwit-vmm with a QMP socket in its own directory."""
+    """One godwit-vmm with a QMP socket in its own directory, in network
+    namespace ns if given (bench/tls.py)."""
 
-    def __init__(self, build, d, name, memory_mib, extra):
+    def __init__(self, build, d, name, memory_mib, extra, ns=None):
         self.sock = os.path.join(d, name + ".sock")
         self.log = open(os.path.join(d, name + ".log"), "w")
         argv = [os.path.join(build, "vmm", "godwit-vmm"), "--memory", f"{memory_mib}M",
                 "--vcpus", "2", "--kernel", os.path.join(build, "guests", "dirtier.elf"),
                 "--serial", "file:" + os.path.join(d, name + ".serial"),
                 "--qmp", "unix:" + self.sock] + extra
+        if ns:
+            argv = ["ip", "netns", "exec", ns] + argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -1097,6 +1097,75 @@ def lazy_section(paths):
     return out
 
 
+def tls_section(paths):
+    """TLS (bench/tls.py): the same migrations with and without TLS in
+    one run, over loopback and the shaped link, against the machine's
+    AES-GCM and plaintext TCP throughput."""
+    out = []
+    for path in paths:
+        recs = records(path)
+        rows = [r for r in recs if r.get("type") == "tls"]
+        if not rows:
+            continue
+        machine = next((r for r in recs if r.get("type") == "machine"), {})
+        lim = {r["name"]: r for r in recs if r.get("type") == "tls-limit"}
+        if not out:
+            out += ["## TLS", "",
+                    "The same migration without and with TLS (`tls-creds` on both sides, "
+                    "mutual X.509 authentication, TLS 1.3 with AES-256-GCM, GnuTLS's default), "
+                    "alternating in one run; median (min–max). *written*: a 1 GiB guest that "
+                    "wrote all its RAM once, stopped: one pass of 1 GiB of real pages, bound "
+                    "by the channel (*MiB/s*: ram.transferred over total-time). *dirtying*: "
+                    "the 1 GiB guest rewriting 101 MiB while it migrates. *downtime*: the "
+                    "source's `x-godwit-downtime-us`. The record layer is GnuTLS's in user "
+                    "space behind a socket pair (docs/architecture.md, \"TLS\"): "
+                    + ("this kernel offers kernel TLS, but no row used it."
+                       if machine.get("ktls") else
+                       "this kernel has no kernel TLS, so there is no kTLS row.")
+                    + " The machine has 2 cores that the guest's vCPUs, both VMMs and the "
+                    "record layer's threads share; other work ran on it too.", ""]
+        out += [run_source(path, machine), ""]
+        parts = []
+        for name, label in (("aes-128-gcm", "AES-128-GCM"), ("aes-256-gcm", "AES-256-GCM")):
+            if name in lim:
+                parts.append(f"{label} {lim[name]['bytes_s'] / 1e9:.2f} GB/s")
+        for name, label in (("local-tcp-1", "loopback TCP, one stream"),
+                            ("10gbit-0.2ms-tcp-1", "TCP across the 10 Gbit/s link")):
+            if name in lim:
+                parts.append(f"{label} {lim[name]['gbps']:.2f} GB/s")
+        if parts:
+            out += ["Limits measured in the same run (AES-GCM: `openssl speed -evp`, one core, "
+                    "16 KiB records, the TLS record size): " + "; ".join(parts) + ".", ""]
+        if "aes-256-gcm" in lim:
+            per_gib = (1 << 30) / lim["aes-256-gcm"]["bytes_s"]
+            out += [f"At the AES-256-GCM rate above, a GiB costs {per_gib:.2f} s of one core to "
+                    f"encrypt and as much to decrypt; the record layer adds a copy through its "
+                    f"socket pair on each side and a thread hand-off per 256 KiB. On a host "
+                    f"whose two cores already run both VMMs, that CPU time is what TLS adds "
+                    f"(compare *TLS / plain* with the link's share of it: a slower link hides "
+                    f"more of the work).", ""]
+        out += ["| link | guest | total ms, plain | total ms, TLS | TLS / plain | MiB/s, plain "
+                "| MiB/s, TLS | downtime ms, plain | downtime ms, TLS |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for link in dict.fromkeys(r["link"] for r in rows):
+            for workload in dict.fromkeys(r["workload"] for r in rows if r["link"] == link):
+                def pick(variant, key):
+                    return stats([r.get(key) for r in rows if r["link"] == link and
+                                  r["workload"] == workload and r["variant"] == variant and
+                                  r.get("ok")])
+                failed = [r for r in rows if r["link"] == link and r["workload"] == workload
+                          and not r.get("ok")]
+                tp, tt = pick("plain", "total_ms"), pick("tls", "total_ms")
+                out.append(f"| {link} | {workload} | {fmt(tp)} | {fmt(tt)} | {ratio(tt, tp)} | "
+                           f"{fmt(pick('plain', 'mib_s'))} | {fmt(pick('tls', 'mib_s'))} | "
+                           f"{fmt(pick('plain', 'downtime_ms'), 1)} | "
+                           f"{fmt(pick('tls', 'downtime_ms'), 1)} |"
+                           + (f" {len(failed)} failed: {cell(failed[0].get('error'), 120)}"
+                              if failed else ""))
+        out.append("")
+    return out
+
+
 def write(results_path, docs, extra=()):
     machine, limit_recs, runs, end = load(results_path)
     lv = limit_values(limit_recs)
@@ -1160,6 +1229,7 @@ def write(results_path, docs, extra=()):
     out += multifd_section(list(extra))
     out += postcopy_section(list(extra))
     out += lazy_section(list(extra))
+    out += tls_section(list(extra))
     out += ["## Scenarios", ""]
     for scen, rows in groups.items():
         out += scenario_section(scen, rows, lv, progress.get(scen))

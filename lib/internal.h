@@ -82,6 +82,13 @@ const char *gw_strerror(int code);
 void gw_reader_count_into(struct gw_reader *r, uint64_t *counter);
 
 /*
+ * io.c: wait until fd has one of events, or until cancel_fd (-1: none)
+ * is readable, or deadline_ns on the monotonic clock (0: none) passes.
+ * 0, -ECANCELED, -ETIMEDOUT or -errno of poll().
+ */
+int gw_wait_fd(int fd, short events, int cancel_fd, uint64_t deadline_ns);
+
+/*
  * io.c, for the engines: bind an object to a cancel eventfd, so that no
  * wait of it outlasts a cancel (-ECANCELED) or, for a writer, a deadline
  * on the monotonic clock (-ETIMEDOUT; 0 removes it). See struct io_wait.

@@ -35,6 +35,11 @@ enum {
 	OPT_TIMEOUT = 1u << 12,
 	OPT_TIMEOUT_SUSPEND = 1u << 13,
 	OPT_DEST_SOCKET = 1u << 14, /* migrate: the destination's QMP socket */
+	OPT_TLS = 1u << 15,         /* migrate: over TLS (tls-creds, set or given) */
+	OPT_TLS_CREDS = 1u << 16,   /* migrate: the tls-creds-x509 object to use */
+	OPT_TLS_HOSTNAME = 1u << 17,
+	OPT_POSTCOPY = 1u << 18,       /* migrate: capability postcopy-ram */
+	OPT_POSTCOPY_AFTER = 1u << 19, /* migrate: switch after the first pass */
 };
 
 /* What `migrate` sets before it starts, and how it follows. */
@@ -43,6 +48,8 @@ struct migrate_policy {
 	uint64_t downtime_ms;   /* --downtime */
 	uint64_t timeout_s;     /* --timeout: then suspend the guest */
 	const char *dest_socket;
+	const char *tls_creds;    /* --tls-creds ID */
+	const char *tls_hostname; /* --tls-hostname NAME */
 };
 
 struct opts {

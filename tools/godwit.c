@@ -187,7 +187,8 @@ static const struct command commands[] = {
 	 NULL, run_events, NULL},
 	{"migrate", " [--wait] [OPTION...] URI", 1, 1,
 	 OPT_WAIT | OPT_BANDWIDTH | OPT_DOWNTIME | OPT_AUTO_CONVERGE | OPT_PARALLEL | OPT_TIMEOUT |
-		 OPT_TIMEOUT_SUSPEND | OPT_DEST_SOCKET,
+		 OPT_TIMEOUT_SUSPEND | OPT_DEST_SOCKET | OPT_TLS | OPT_TLS_CREDS |
+		 OPT_TLS_HOSTNAME | OPT_POSTCOPY | OPT_POSTCOPY_AFTER,
 	 "migrate the guest to URI",
 	 "Start migrating the guest to URI (QMP migrate): tcp:HOST:PORT, unix:PATH,\n"
 	 "fd:N, exec:COMMAND or file:PATH, as seen from godwit-vmm. The destination\n"
@@ -224,11 +225,26 @@ static const struct command commands[] = {
 	 "                       gets the guest suspended (QMP stop), so that nothing\n"
 	 "                       is dirtied and it completes (virsh's default action)\n"
 	 "  --timeout-suspend    that action, said explicitly (needs --timeout)\n"
-	 "  --dest-socket PATH   the destination's QMP socket: --parallel turns\n"
-	 "                       multifd on there, and after --timeout suspended the\n"
-	 "                       guest it is resumed there once the migration has\n"
-	 "                       completed. Without it such a guest arrives paused\n"
-	 "                       (QEMU's rule for a guest stopped on the source).\n"
+	 "  --postcopy           allow the switch to post-copy (capability\n"
+	 "                       postcopy-ram; the destination needs it too:\n"
+	 "                       --dest-socket sets it). 'godwit\n"
+	 "                       migrate-start-postcopy' switches\n"
+	 "  --postcopy-after-precopy\n"
+	 "                       with --wait: switch to post-copy once the first\n"
+	 "                       pre-copy pass has ended (implies --postcopy)\n"
+	 "  --tls                over TLS with the credentials the VMM has\n"
+	 "                       (parameter tls-creds, set with --tls-creds or\n"
+	 "                       'migrate-set tls-creds=ID'); refused if it has none.\n"
+	 "                       The destination needs its own, set before it listens\n"
+	 "  --tls-creds ID       the tls-creds-x509 object to use (implies --tls)\n"
+	 "  --tls-hostname NAME  the name the destination's certificate must carry\n"
+	 "                       (default: the tcp: URI's host; implies --tls)\n"
+	 "  --dest-socket PATH   the destination's QMP socket: --parallel and\n"
+	 "                       --postcopy turn their capability on there, and a\n"
+	 "                       guest --timeout suspended is resumed there once the\n"
+	 "                       migration has completed. Without it such a guest\n"
+	 "                       arrives paused (QEMU's rule for a guest stopped on\n"
+	 "                       the source).\n"
 	 "A migration that does not complete leaves the guest running here: a\n"
 	 "guest suspended by --timeout is resumed.\n"
 	 "\n"
@@ -238,6 +254,12 @@ static const struct command commands[] = {
 	 "Cancel the outgoing migration (QMP migrate-cancel). The guest goes on\n"
 	 "running here. Returns at once; 'godwit migrate-status' shows when the\n"
 	 "migration has ended (status cancelled).\n",
+	 NULL, run_plain, NULL},
+	{"migrate-start-postcopy", "", 0, 0, 0, "switch the migration to post-copy",
+	 "Switch the outgoing migration to post-copy (QMP migrate-start-postcopy,\n"
+	 "virsh's migrate-postcopy): at the end of the current round the guest\n"
+	 "runs on at the destination, which asks for the pages it has not got yet.\n"
+	 "Needs the capability postcopy-ram on both sides (migrate --postcopy).\n",
 	 NULL, run_plain, NULL},
 	{"migrate-status", "", 0, 0, 0, "show the state of the migration",
 	 "Print the state of the current or last migration (QMP query-migrate):\n"
@@ -388,6 +410,11 @@ static const struct {
 	{OPT_TIMEOUT, "--timeout"},
 	{OPT_TIMEOUT_SUSPEND, "--timeout-suspend"},
 	{OPT_DEST_SOCKET, "--dest-socket"},
+	{OPT_TLS, "--tls"},
+	{OPT_TLS_CREDS, "--tls-creds"},
+	{OPT_TLS_HOSTNAME, "--tls-hostname"},
+	{OPT_POSTCOPY, "--postcopy"},
+	{OPT_POSTCOPY_AFTER, "--postcopy-after-precopy"},
 };
 
 static void global_help(FILE *f)
@@ -494,6 +521,11 @@ int main(int argc, char **argv)
 		{"timeout", required_argument, NULL, 'T'},
 		{"timeout-suspend", no_argument, NULL, 'S'},
 		{"dest-socket", required_argument, NULL, 'E'},
+		{"tls", no_argument, NULL, 'L'},
+		{"tls-creds", required_argument, NULL, 'C'},
+		{"tls-hostname", required_argument, NULL, 'H'},
+		{"postcopy", no_argument, NULL, 'P'},
+		{"postcopy-after-precopy", no_argument, NULL, 'a'},
 		{0},
 	};
 	/* clang-format on */
@@ -583,6 +615,23 @@ int main(int argc, char **argv)
 			o.policy.dest_socket = optarg;
 			o.given |= OPT_DEST_SOCKET;
 			break;
+		case 'L':
+			o.given |= OPT_TLS;
+			break;
+		case 'C':
+			o.policy.tls_creds = optarg;
+			o.given |= OPT_TLS_CREDS;
+			break;
+		case 'H':
+			o.policy.tls_hostname = optarg;
+			o.given |= OPT_TLS_HOSTNAME;
+			break;
+		case 'P':
+			o.given |= OPT_POSTCOPY;
+			break;
+		case 'a':
+			o.given |= OPT_POSTCOPY_AFTER;
+			break;
 		default:
 			if (optopt == 's')
 				return usage_error("option --socket needs a PATH");
@@ -590,6 +639,9 @@ int main(int argc, char **argv)
 				return usage_error("option %s needs a number", argv[optind - 1]);
 			if (optopt == 'E')
 				return usage_error("option --dest-socket needs a PATH");
+			if (optopt == 'C' || optopt == 'H')
+				return usage_error("option %s needs a%s", argv[optind - 1],
+						   optopt == 'C' ? "n object ID" : " host NAME");
 			if (optopt == 't' || optopt == 'x')
 				return usage_error("option --%s needs a path",
 						   optopt == 't' ? "to" : "exec");

@@ -84,12 +84,37 @@ static int suspend_for_timeout(struct qmp_client *c, const struct opts *o, struc
 	return 0;
 }
 
+/* --tls and the options that imply it. */
+#define OPTS_TLS (OPT_TLS | OPT_TLS_CREDS | OPT_TLS_HOSTNAME)
+#define OPTS_POSTCOPY (OPT_POSTCOPY | OPT_POSTCOPY_AFTER)
+
+/*
+ * virsh's --postcopy-after-precopy: once the first pass has ended (the
+ * second sync of the dirty bitmap), every page has gone once and the
+ * destination holds a valid copy of most of them; from then on pre-copy
+ * only re-sends, which post-copy does on demand instead.
+ */
+static bool first_pass_over(json_t *info)
+{
+	const char *status = json_string_value(json_object_get(info, "status"));
+	json_t *syncs = json_object_get(json_object_get(info, "ram"), "dirty-sync-count");
+	return status && !strcmp(status, "active") && json_integer_value(syncs) >= 2;
+}
+
+static int start_postcopy(struct qmp_client *c, struct progress *p)
+{
+	progress_end(p);
+	fprintf(stderr, "godwit: --postcopy-after-precopy: the first pass is over, "
+			"switching to post-copy\n");
+	return execute(c, "migrate-start-postcopy", NULL);
+}
+
 /* Poll query-migrate until the status is final; *final gets that reply,
  * *suspended says whether --timeout paused the guest. */
 static int follow(struct qmp_client *c, const struct opts *o, json_t **final, bool *suspended)
 {
 	struct progress p;
-	bool cancelled = false, timed_out = false;
+	bool cancelled = false, timed_out = false, switched = false;
 	uint64_t deadline = now_ms() + o->policy.timeout_s * 1000;
 	progress_init(&p, o->tty);
 	catch_sigint();
@@ -114,7 +139,14 @@ static int follow(struct qmp_client *c, const struct opts *o, json_t **final, bo
 		}
 		if (!o->json)
 			progress_update(&p, info);
+		bool switch_now = (o->given & OPT_POSTCOPY_AFTER) && !switched && !cancelled &&
+				  first_pass_over(info);
 		json_decref(info);
+		if (switch_now) {
+			if (start_postcopy(c, &p) < 0)
+				return command_failed(c);
+			switched = true;
+		}
 		if (interrupted && !cancelled) {
 			progress_end(&p);
 			fprintf(stderr, "godwit: interrupted: cancelling the migration "
@@ -134,11 +166,44 @@ static int follow(struct qmp_client *c, const struct opts *o, json_t **final, bo
 	}
 }
 
+/* The capabilities --parallel and --postcopy turn on, on either side. */
+static void add_destination_caps(json_t *caps, const struct opts *o)
+{
+	if (o->given & OPT_PARALLEL)
+		json_array_append_new(caps,
+				      json_pack("{s:s,s:b}", "capability", "multifd", "state", 1));
+	if (o->given & OPTS_POSTCOPY)
+		json_array_append_new(caps, json_pack("{s:s,s:b}", "capability", "postcopy-ram",
+						      "state", 1));
+}
+
+/*
+ * --tls: virsh's means "with the credentials configured", and so does
+ * ours: those the VMM has (parameter tls-creds). Without any, the
+ * migration would go in the clear: refuse instead.
+ */
+static int check_tls(struct qmp_client *c)
+{
+	json_t *params;
+	if (qmp_client_execute(c, "query-migrate-parameters", NULL, &params) < 0)
+		return -1;
+	const char *creds = json_string_value(json_object_get(params, "tls-creds"));
+	bool none = !creds || !*creds;
+	json_decref(params);
+	if (none)
+		fprintf(stderr,
+			"godwit: --tls: the VMM has no TLS credentials (parameter tls-creds is "
+			"empty): create a tls-creds-x509 object (QMP object-add) and give its id "
+			"with --tls-creds ID\n");
+	return none ? 1 : 0;
+}
+
 /*
  * virsh migrate's options, as the QMP libvirt sends before migrate.
  * Parameters first: the VMM checks all of them before it applies any, so
  * a wrong value changes nothing. Like migrate-set and migrate-cap, what is
- * set stays set for later migrations.
+ * set stays set for later migrations. 0, -1 when a command failed, 1 when
+ * --tls finds no credentials (said here).
  */
 static int apply_policy(struct qmp_client *c, const struct opts *o)
 {
@@ -152,12 +217,14 @@ static int apply_policy(struct qmp_client *c, const struct opts *o)
 				    json_integer((json_int_t)o->policy.downtime_ms));
 	if (o->given & OPT_PARALLEL)
 		json_object_set_new(params, "multifd-channels", json_integer(o->parallel));
+	if (o->given & OPT_TLS_CREDS)
+		json_object_set_new(params, "tls-creds", json_string(o->policy.tls_creds));
+	if (o->given & OPT_TLS_HOSTNAME)
+		json_object_set_new(params, "tls-hostname", json_string(o->policy.tls_hostname));
 	if (o->given & OPT_AUTO_CONVERGE)
 		json_array_append_new(caps, json_pack("{s:s,s:b}", "capability", "auto-converge",
 						      "state", 1));
-	if (o->given & OPT_PARALLEL)
-		json_array_append_new(caps,
-				      json_pack("{s:s,s:b}", "capability", "multifd", "state", 1));
+	add_destination_caps(caps, o);
 	if (json_object_size(params))
 		ret = execute(c, "migrate-set-parameters", json_incref(params));
 	if (ret == 0 && json_array_size(caps))
@@ -165,18 +232,21 @@ static int apply_policy(struct qmp_client *c, const struct opts *o)
 			      json_pack("{s:O}", "capabilities", caps));
 	json_decref(params);
 	json_decref(caps);
-	return ret;
+	return ret == 0 && (o->given & OPTS_TLS) ? check_tls(c) : ret;
 }
 
-/* --dest-socket with --parallel: the destination reads multifd channels
- * only with the capability on (it takes their count from the stream). */
+/* --dest-socket: the capabilities both sides need (the destination reads
+ * multifd channels, or serves post-copy's page requests, only with them
+ * on; it takes the channels' count from the stream). */
 static int prepare_destination(struct qmp_client *dst, const struct opts *o)
 {
-	if (!(o->given & OPT_PARALLEL))
+	json_t *caps = json_array();
+	add_destination_caps(caps, o);
+	if (!json_array_size(caps)) {
+		json_decref(caps);
 		return 0;
-	return execute(dst, "migrate-set-capabilities",
-		       json_pack("{s:[{s:s,s:b}]}", "capabilities", "capability", "multifd",
-				 "state", 1));
+	}
+	return execute(dst, "migrate-set-capabilities", json_pack("{s:o}", "capabilities", caps));
 }
 
 static struct qmp_client *open_destination(const struct opts *o)
@@ -246,8 +316,11 @@ static int start_and_follow(struct qmp_client *c, struct qmp_client *dst, const 
 	json_t *ret;
 	if (dst && prepare_destination(dst, o) < 0)
 		return command_failed(dst);
-	if (apply_policy(c, o) < 0)
+	int applied = apply_policy(c, o);
+	if (applied < 0)
 		return command_failed(c);
+	if (applied > 0)
+		return EXIT_FAILURE;
 	if (qmp_client_execute(c, "migrate", json_pack("{s:s}", "uri", uri), &ret) < 0)
 		return command_failed(c);
 	if (!(o->given & OPT_WAIT)) {
@@ -291,6 +364,9 @@ int check_migrate(const struct opts *o)
 		why = "--timeout-suspend needs --timeout";
 	else if ((o->given & OPT_TIMEOUT) && !(o->given & OPT_WAIT))
 		why = "--timeout needs --wait: only a command that follows the migration acts on it";
+	else if ((o->given & OPT_POSTCOPY_AFTER) && !(o->given & OPT_WAIT))
+		why = "--postcopy-after-precopy needs --wait: only a command that follows the "
+		      "migration sees its first pass end";
 	if (why)
 		fprintf(stderr, "godwit: migrate: %s\n", why);
 	return why ? -1 : 0;

@@ -39,6 +39,7 @@ struct vmm {
 	unsigned nr_drives;
 	struct cpu_sections cpu_state; /* vCPU and VM state as a migration moves it */
 	struct qmp_server *qmp;
+	struct vmm_objects *objects; /* object-add's (vmm/objects.h) */
 
 	/*
 	 * Who wants the vCPUs stopped. They run only when nobody does; the

@@ -10,6 +10,7 @@
 #include "vmm/sched_slice.h"
 #include "vmm/migration/cpr_exec.h"
 #include "vmm/migration/migration.h"
+#include "vmm/objects.h"
 #include "vmm/qmp/qmp.h"
 
 #include <errno.h>
@@ -410,11 +411,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	int ret = build_machine(&vm, &o, serial_fd, err, sizeof(err));
+	if (!ret && !(vm.objects = objects_new()))
+		ret = -ENOMEM;
 	if (!ret && o.qmp)
 		ret = qmp_server_start(&vm, vm.loop, &o.qmp_addr, &vm.qmp, err, sizeof(err));
 	if (!ret && vm.qmp)
 		ret = qmp_machine_register(vm.qmp) || qmp_migration_register(vm.qmp) ||
-				      qmp_fds_register(vm.qmp) || qmp_discovery_register(vm.qmp) ?
+				      qmp_objects_register(vm.qmp) || qmp_fds_register(vm.qmp) ||
+				      qmp_discovery_register(vm.qmp) ?
 			      -EINVAL :
 			      0;
 	if (!ret && serial_input)
@@ -467,6 +471,7 @@ int main(int argc, char **argv)
 	if (pthread_create(&watchdog, NULL, shutdown_watchdog, NULL) == 0)
 		pthread_detach(watchdog);
 	migration_destroy(&vm);
+	objects_free(vm.objects);
 	pthread_mutex_lock(&vm.run_lock);
 	vm.shut_down = true;
 	pthread_mutex_unlock(&vm.run_lock);

@@ -91,7 +91,8 @@ static int read_set(struct gw_cancel *c, int timeout_ms, const struct gw_ram_blo
 		if (ret == 0)
 			ret = gw_record_read_payload(r, &h, &buf, &cap, err);
 		if (ret == 0)
-			ret = gw_postcopy_accept(&cur, buf, h.length, ram, nr, into, 0, h.offset, err);
+			ret = gw_postcopy_accept(&cur, buf, h.length, ram, nr, into, 0, h.offset,
+						 err);
 	}
 	/* It waits for GO: anything more is out of step. */
 	if (ret == 0 && gw_reader_buffered(r))

@@ -153,25 +153,24 @@ static int wait_init(struct io_wait *wt, int fd, const char *who, struct gw_erro
 	return 0;
 }
 
-/* Wait until fd is ready after EAGAIN: 0, -ECANCELED, -ETIMEDOUT or -errno. */
-static int wait_fd(const struct io_wait *wt, int fd, short events)
+int gw_wait_fd(int fd, short events, int cancel_fd, uint64_t deadline_ns)
 {
 	struct pollfd p[2] = {
 		{.fd = fd, .events = events},
-		{.fd = wt->cancel_fd, .events = POLLIN},
+		{.fd = cancel_fd, .events = POLLIN},
 	};
 
 	for (;;) {
 		int timeout = -1, n;
 
-		if (wt->deadline_ns) {
+		if (deadline_ns) {
 			uint64_t now = gw_now_ns();
 
-			if (now >= wt->deadline_ns)
+			if (now >= deadline_ns)
 				return -ETIMEDOUT;
-			timeout = (int)((wt->deadline_ns - now + 999999) / 1000000);
+			timeout = (int)((deadline_ns - now + 999999) / 1000000);
 		}
-		n = poll(p, wt->cancel_fd >= 0 ? 2 : 1, timeout);
+		n = poll(p, cancel_fd >= 0 ? 2 : 1, timeout);
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		if (n > 0 && p[1].revents)
@@ -179,6 +178,12 @@ static int wait_fd(const struct io_wait *wt, int fd, short events)
 		if (n > 0)
 			return 0;
 	}
+}
+
+/* Wait until fd is ready after EAGAIN: 0, -ECANCELED, -ETIMEDOUT or -errno. */
+static int wait_fd(const struct io_wait *wt, int fd, short events)
+{
+	return gw_wait_fd(fd, events, wt->cancel_fd, wt->deadline_ns);
 }
 
 /* Bound objects never block in the call itself (struct io_wait). */

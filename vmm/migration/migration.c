@@ -5,6 +5,7 @@
 #include "vmm/machine.h"
 #include "vmm/migration/cpr_exec.h"
 #include "vmm/migration/migratable.h"
+#include "vmm/migration/mig_tls.h"
 #include "vmm/qmp/qmp.h"
 #include "vmm/vmm.h"
 
@@ -46,14 +47,16 @@ struct vm_migration {
 	struct gw_fault_thread_stats in_threads[GW_FAULT_THREADS_MAX];
 	unsigned nr_in_threads;
 	bool cap_events, cap_auto_converge, cap_verify_hash, cap_mapped_ram, cap_incremental;
-	bool cap_background;       /* background-snapshot */
-	bool cap_block;            /* block: copy the disks that are not shared */
-	bool cap_multifd;          /* pages over more connections (tcp:, unix:) */
-	bool cap_pause;            /* pause-before-switchover */
-	char **exec_cmd;           /* cpr-exec-command, NULL-terminated; or NULL */
-	enum role role;            /* what runs now */
-	enum role shown;           /* what query-migrate reports: the latest migration */
-	enum gw_mig_status status; /* VMM-level status, final word on the outcome */
+	bool cap_background;         /* background-snapshot */
+	bool cap_block;              /* block: copy the disks that are not shared */
+	bool cap_multifd;            /* pages over more connections (tcp:, unix:) */
+	bool cap_pause;              /* pause-before-switchover */
+	struct mig_tls_settings tls; /* tls-creds, tls-hostname, tls-authz */
+	bool shown_tls;              /* the latest migration runs over TLS */
+	char **exec_cmd;             /* cpr-exec-command, NULL-terminated; or NULL */
+	enum role role;              /* what runs now */
+	enum role shown;             /* what query-migrate reports: the latest migration */
+	enum gw_mig_status status;   /* VMM-level status, final word on the outcome */
 	char error[GW_ERROR_MSG_MAX];
 	bool cancel;
 	bool destroying; /* the main loop has stopped: nobody reads statuses */
@@ -70,8 +73,9 @@ struct vm_migration {
 	bool to_file;     /* the latest outgoing migration went into a regular file */
 	pthread_t connect_thread;
 	bool connect_thread_live;
-	/* migrate with resume=true: a thread connects and hands the channel
-	 * to the paused post-copy (resume_uri is its) */
+	struct mig_tls out_tls; /* the connect thread's, until it is joined */
+	/* migrate with resume=true: a thread connects (with out_tls) and
+	 * hands the channel to the paused post-copy (resume_uri is its) */
 	pthread_t resume_thread;
 	bool resume_thread_live;
 	char *resume_uri;
@@ -84,6 +88,8 @@ struct vm_migration {
 	 * connection resumes the paused post-copy */
 	struct gw_listener *listener;
 	bool recover;
+	struct mig_tls in_tls;             /* the listener's, while it listens */
+	struct mig_tls_acceptor *acceptor; /* its handshakes, with TLS */
 	struct gw_incoming *in;
 	struct gw_incoming_stats in_last;
 	char dest_hash[33];
@@ -260,6 +266,7 @@ static void finish_outgoing(struct vm_migration *mig)
 		mig->connect_thread_live = false;
 	}
 	join_resume_thread(mig);
+	mig_tls_release(&mig->out_tls);
 	pthread_mutex_lock(&mig->lock);
 	struct gw_precopy *out = mig->out;
 	mig->out = NULL;
@@ -364,12 +371,14 @@ static void stand_in_returned(struct vm_migration *mig, enum gw_mig_status s, bo
 
 static void close_listener(struct vm_migration *mig);
 static void on_incoming_connection(void *opaque, uint32_t events);
+static void on_tls_accepted(void *opaque, struct gw_channel *ch, int ret, const char *msg);
 
 static void finish_incoming(struct vm_migration *mig)
 {
 	struct gw_incoming *in = mig->in;
 	mig->in = NULL;
 	close_listener(mig);
+	mig_tls_release(&mig->in_tls);
 	if (in) {
 		struct gw_incoming_stats st;
 		struct gw_fault_thread_stats threads[GW_FAULT_THREADS_MAX];
@@ -532,6 +541,17 @@ static int open_stand_in(struct vm_migration *mig, struct gw_channel *ch, struct
 	return ret;
 }
 
+/* A connection to the destination, through TLS when tls-creds is set. */
+static int connect_one(struct vm_migration *mig, struct gw_channel *ch, struct gw_error *err)
+{
+	int ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, ch, err);
+	if (!ret && (ret = mig_tls_client(&mig->out_tls, ch, mig->cancel_efd, err)) != 0) {
+		gw_channel_abort(ch);
+		gw_channel_close(ch, NULL);
+	}
+	return ret;
+}
+
 /* multifd: the channels, once the main stream is connected (the
  * destination takes the first connection for it). */
 static int connect_channels(struct vm_migration *mig, struct gw_channel *ch, unsigned n,
@@ -540,7 +560,7 @@ static int connect_channels(struct vm_migration *mig, struct gw_channel *ch, uns
 	int ret = 0;
 	unsigned i;
 	for (i = 0; i < n && !ret; i++) {
-		ret = gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &ch[i], err);
+		ret = connect_one(mig, &ch[i], err);
 		if (ret && ret != -ECANCELED)
 			gw_error_prefix(err, ret, "multifd channel %u: ", i);
 	}
@@ -555,11 +575,9 @@ static void *connect_thread(void *opaque)
 	struct gw_error err = {0};
 	struct gw_channel chs[1 + GW_MULTIFD_MAX_CHANNELS];
 	unsigned nr = 1;
-	int ret = mig->update_path ?
-			  open_for_update(mig, &chs[0], &err) :
-		  mig->out_mode == GW_MODE_CPR_EXEC ?
-			  open_stand_in(mig, &chs[0], &err) :
-			  gw_channel_connect_cancellable(mig->uri, mig->cancel_efd, &chs[0], &err);
+	int ret = mig->update_path                  ? open_for_update(mig, &chs[0], &err) :
+		  mig->out_mode == GW_MODE_CPR_EXEC ? open_stand_in(mig, &chs[0], &err) :
+						      connect_one(mig, &chs[0], &err);
 	if (!ret && mig->out_multifd) {
 		ret = connect_channels(mig, chs + 1, mig->params.multifd_channels, &err);
 		if (ret)
@@ -646,6 +664,11 @@ static int check_mode(struct vm_migration *mig, const char *uri, char *errmsg, s
 	}
 	if (mode == GW_MODE_NORMAL)
 		return 0;
+	if (mig->tls.creds[0]) {
+		snprintf(errmsg, errlen,
+			 "a local live update hands the guest's memory over a unix socket on this host: set tls-creds to \"\" for it");
+		return -EINVAL;
+	}
 	if (mig->cap_background || mig->cap_mapped_ram) {
 		snprintf(errmsg, errlen,
 			 "a local live update (mode %s) hands RAM over: turn background-snapshot and mapped-ram off",
@@ -788,6 +811,9 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 		ret = check_multifd(mig, uri, errmsg, errlen);
 	if (!ret)
 		ret = check_drives(mig, uri, block, errmsg, errlen);
+	if (!ret)
+		ret = mig_tls_resolve(mig->vm, &mig->tls, uri, false, &mig->out_tls, errmsg,
+				      errlen);
 	if (ret)
 		return ret;
 	for (unsigned i = 0; i < vm->nr_drives; i++)
@@ -806,6 +832,7 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 	/* Into a mapped-ram file, multifd-channels are its writers. */
 	mig->out_multifd = mig->cap_multifd && !mig->cap_mapped_ram;
 	mig->out_mode = mig->params.mode;
+	mig->shown_tls = mig->out_tls.creds != NULL;
 	/* The previous migration's cancel is over: reset the counter. */
 	uint64_t count;
 	while (read(mig->cancel_efd, &count, sizeof(count)) > 0)
@@ -814,6 +841,7 @@ static int start_outgoing(struct vm_migration *mig, const char *uri, int passed_
 	if (!mig->uri || pthread_create(&mig->connect_thread, NULL, connect_thread, mig)) {
 		mig->role = ROLE_NONE;
 		mig->passed_fd = -1; /* the caller closes it */
+		mig_tls_release(&mig->out_tls);
 		snprintf(errmsg, errlen, "cannot start the migration thread");
 		return -ENOMEM;
 	}
@@ -878,6 +906,13 @@ static void *resume_thread(void *opaque)
 	if (mig->resume_passed_fd >= 0) {
 		close(mig->resume_passed_fd);
 		mig->resume_passed_fd = -1;
+	}
+	/* With the migration's TLS credentials, as its first connection. */
+	if (!ret && (ret = mig_tls_client(&mig->out_tls, &ch, mig->cancel_efd, &err)) != 0) {
+		gw_channel_abort(&ch);
+		gw_channel_close(&ch, NULL);
+		fprintf(stderr, "godwit-vmm: migrate resume to %s: %s\n", mig->resume_uri, err.msg);
+		return NULL;
 	}
 	if (!ret) {
 		pthread_mutex_lock(&mig->lock);
@@ -950,8 +985,17 @@ int migration_recover(struct vmm *vm, const char *uri, char *errmsg, size_t errl
 	/* The listener of the migration's start (or of an earlier try)
 	 * makes way: the new one may be on the same address. */
 	close_listener(mig);
-	int ret = gw_channel_listen(uri, &mig->listener, &err);
+	/* With the migration's TLS credentials, as its first connection. */
+	int ret = mig->in_tls.creds ? mig_tls_acceptor_new(vm->loop, &mig->in_tls, on_tls_accepted,
+							   mig, &mig->acceptor) :
+				      0;
 	if (ret) {
+		snprintf(errmsg, errlen, "TLS: %s", strerror(-ret));
+		return ret;
+	}
+	ret = gw_channel_listen(uri, &mig->listener, &err);
+	if (ret) {
+		close_listener(mig);
 		snprintf(errmsg, errlen, "migrate-recover %.160s: %.300s", uri, err.msg);
 		return ret;
 	}
@@ -999,6 +1043,8 @@ static int start_incoming(struct vm_migration *mig, struct gw_channel *ch, char 
 
 static void close_listener(struct vm_migration *mig)
 {
+	mig_tls_acceptor_free(mig->acceptor);
+	mig->acceptor = NULL;
 	if (!mig->listener)
 		return;
 	if (gw_listener_fd(mig->listener) >= 0)
@@ -1019,6 +1065,72 @@ static void on_channel(struct vm_migration *mig, struct gw_channel *ch)
 	}
 }
 
+/* A connection, accepted (and through its TLS handshake), or the reason
+ * there is none (ret < 0, msg). */
+static void take_channel(struct vm_migration *mig, struct gw_channel *ch, int ret, const char *msg)
+{
+	if (mig->recover) {
+		/* migrate-recover listens for one connection; the post-copy
+		 * stays paused if it is not the one. */
+		struct gw_error err = {0};
+		mig->recover = false;
+		close_listener(mig);
+		if (ret) {
+			fprintf(stderr, "godwit-vmm: migrate-recover: %s\n", msg);
+			return;
+		}
+		ret = mig->in ? gw_incoming_recover(mig->in, ch, &err) :
+				gw_error_set(&err, -EINVAL, "the incoming migration is over");
+		if (ret) {
+			fprintf(stderr, "godwit-vmm: migrate-recover: %s\n", err.msg);
+			gw_channel_close(ch, NULL);
+		}
+		return;
+	}
+	if (!ret && mig->in) {
+		on_channel(mig, ch);
+		return;
+	}
+	/* A socket listener stays until the migration ends (finish_incoming()):
+	 * multifd channels follow the main stream on it, and a source that
+	 * sends with multifd to a destination without it gets that reason
+	 * back, not a connection refused. */
+	if (ret || !mig->listener || gw_listener_fd(mig->listener) < 0)
+		close_listener(mig);
+	char why[GW_ERROR_MSG_MAX];
+	snprintf(why, sizeof(why), "%s", ret ? msg : "");
+	if (ret || start_incoming(mig, ch, why, sizeof(why))) {
+		close_listener(mig);
+		pthread_mutex_lock(&mig->lock);
+		mig->status = GW_MIG_FAILED;
+		snprintf(mig->error, sizeof(mig->error), "%s", why);
+		pthread_mutex_unlock(&mig->lock);
+		fprintf(stderr, "godwit-vmm: incoming migration: %s\n", why);
+		emit_status(mig, GW_MIG_FAILED);
+	}
+}
+
+/* With TLS: a handshake is over. A refused first connection fails the
+ * incoming migration, as a failed accept does (both sides then say why);
+ * a refused later one is a multifd channel the engine goes without, and
+ * its source fails on its own side of the same handshake. */
+static void on_tls_accepted(void *opaque, struct gw_channel *ch, int ret, const char *msg)
+{
+	struct vm_migration *mig = opaque;
+	if (!mig->in && mig->status != GW_MIG_SETUP) {
+		if (!ret) {
+			gw_channel_abort(ch);
+			gw_channel_close(ch, NULL);
+		}
+		return;
+	}
+	if (ret && mig->in && !mig->recover) {
+		fprintf(stderr, "godwit-vmm: incoming migration: %s\n", msg);
+		return;
+	}
+	take_channel(mig, ch, ret, msg);
+}
+
 static void on_incoming_connection(void *opaque, uint32_t events)
 {
 	struct vm_migration *mig = opaque;
@@ -1028,49 +1140,32 @@ static void on_incoming_connection(void *opaque, uint32_t events)
 	int ret = gw_listener_accept(mig->listener, &ch, &err);
 	if (ret == -EAGAIN)
 		return;
-	if (mig->recover) {
-		/* migrate-recover listens for one connection. */
-		mig->recover = false;
-		close_listener(mig);
-		if (!ret && mig->in)
-			ret = gw_incoming_recover(mig->in, &ch, &err);
-		if (ret) {
-			fprintf(stderr, "godwit-vmm: migrate-recover: %s\n", err.msg);
-			if (ch.fd >= 0)
-				gw_channel_close(&ch, NULL);
-		}
-		return;
-	}
-	if (!ret && mig->in) {
-		on_channel(mig, &ch);
-		return;
-	}
-	/* A socket listener stays until the migration ends (finish_incoming()):
-	 * multifd channels follow the main stream on it, and a source that
-	 * sends with multifd to a destination without it gets that reason
-	 * back, not a connection refused. */
-	if (ret || gw_listener_fd(mig->listener) < 0)
-		close_listener(mig);
-	char msg[GW_ERROR_MSG_MAX];
-	if (ret)
-		snprintf(msg, sizeof(msg), "%s", err.msg);
-	if (ret || start_incoming(mig, &ch, msg, sizeof(msg))) {
-		close_listener(mig);
-		pthread_mutex_lock(&mig->lock);
-		mig->status = GW_MIG_FAILED;
-		snprintf(mig->error, sizeof(mig->error), "%s", msg);
-		pthread_mutex_unlock(&mig->lock);
-		fprintf(stderr, "godwit-vmm: incoming migration: %s\n", msg);
-		emit_status(mig, GW_MIG_FAILED);
-	}
+	if (!ret && mig->acceptor)
+		mig_tls_accept(mig->acceptor, &ch);
+	else
+		take_channel(mig, &ch, ret, err.msg);
 }
 
 int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errlen)
 {
 	struct vm_migration *mig = vm->mig;
 	struct gw_error err = {0};
-	int ret = gw_channel_listen(uri, &mig->listener, &err);
+	mig_tls_release(&mig->in_tls);
+	int ret = mig_tls_resolve(vm, &mig->tls, uri, true, &mig->in_tls, errmsg, errlen);
+	if (ret)
+		return ret;
+	if (mig->in_tls.creds &&
+	    (ret = mig_tls_acceptor_new(vm->loop, &mig->in_tls, on_tls_accepted, mig,
+					&mig->acceptor)) != 0) {
+		snprintf(errmsg, errlen, "TLS: %s", strerror(-ret));
+		mig_tls_release(&mig->in_tls);
+		return ret;
+	}
+	ret = gw_channel_listen(uri, &mig->listener, &err);
 	if (ret) {
+		mig_tls_acceptor_free(mig->acceptor);
+		mig->acceptor = NULL;
+		mig_tls_release(&mig->in_tls);
 		/* Precisions bound the output so a long URI cannot push the
 		 * library's reason out of the message. */
 		snprintf(errmsg, errlen, "--incoming %.160s: %.300s", uri, err.msg);
@@ -1078,6 +1173,7 @@ int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errle
 	}
 	mig->role = mig->shown = ROLE_INCOMING;
 	mig->status = GW_MIG_SETUP;
+	mig->shown_tls = mig->in_tls.creds != NULL;
 	vmm_set_incoming(vm, true);
 	int fd = gw_listener_fd(mig->listener);
 	if (fd >= 0)
@@ -1159,6 +1255,7 @@ void migration_query(struct vmm *vm, struct migration_info *out)
 	out->status = mig->status;
 	snprintf(out->error, sizeof(out->error), "%s", mig->error);
 	out->auto_converge = mig->cap_auto_converge;
+	out->tls = mig->shown_tls;
 	out->background = mig->out_background;
 	out->mode = mig->out_mode;
 	if (mig->out) {
@@ -1233,6 +1330,7 @@ void migration_get_settings(struct vmm *vm, struct migration_settings *out)
 		.lazy_restore = mig->cap_lazy,
 		.pause_before_switchover = mig->cap_pause,
 		.postcopy = mig->cap_postcopy,
+		.tls = mig->tls,
 	};
 	pthread_mutex_unlock(&mig->lock);
 }
@@ -1246,6 +1344,8 @@ void migration_set_params(struct vmm *vm, const struct migration_settings *s)
 	mig->go_timeout_ms = s->go_timeout_ms;
 	mig->postcopy_bandwidth = s->postcopy_bandwidth;
 	mig->lazy_copy = s->lazy_copy;
+	/* A migration under way keeps what it resolved at its start. */
+	mig->tls = s->tls;
 	/* A lazy restore under way takes its new rate at once. */
 	if (mig->in) {
 		const struct gw_incoming_params in = {.lazy_max_bandwidth = s->postcopy_bandwidth};
@@ -1429,8 +1529,11 @@ void migration_destroy(struct vmm *vm)
 		gw_precopy_free(mig->out);
 	if (mig->in)
 		gw_incoming_free(mig->in);
+	mig_tls_acceptor_free(mig->acceptor);
 	if (mig->listener)
 		gw_listener_free(mig->listener);
+	mig_tls_release(&mig->in_tls);
+	mig_tls_release(&mig->out_tls);
 	/* A stand-in that did not get the guest goes with this VMM. */
 	if (mig->stand_in.pidfd >= 0 && !vm->ram_handed_over)
 		cpr_stand_in_end(&mig->stand_in);

@@ -12,6 +12,8 @@
 #ifndef GW_VMM_MIGRATION_H
 #define GW_VMM_MIGRATION_H
 
+#include "vmm/migration/mig_tls.h"
+
 #include <godwit/error.h>
 #include <godwit/precopy.h>
 #include <stdbool.h>
@@ -64,6 +66,8 @@ struct migration_settings {
 	bool lazy_restore; /* destination: run before RAM is in (x-godwit-lazy-restore) */
 	bool pause_before_switchover; /* stop, guest paused, until migrate-continue */
 	bool postcopy; /* both sides: migrate-start-postcopy may switch (postcopy-ram) */
+	/* tls-creds, tls-hostname, tls-authz: checked when a migration starts */
+	struct mig_tls_settings tls;
 };
 
 void migration_get_settings(struct vmm *vm, struct migration_settings *out);
@@ -90,6 +94,7 @@ struct migration_info {
 	enum gw_mig_status status;
 	char error[GW_ERROR_MSG_MAX];
 	bool auto_converge;
+	bool tls;        /* its connections go through TLS */
 	bool background; /* the outgoing one is a background snapshot */
 	uint64_t mode;   /* ... and its GW_MODE_* */
 	/* outgoing: the engine's figures, while it runs and after */

@@ -156,6 +156,8 @@ int qmp_fds_resolve(struct qmp_server *s, const char *uri, bool writing, char *o
 int qmp_discovery_register(struct qmp_server *s);
 /* Machine commands (qmp_machine.c). */
 int qmp_machine_register(struct qmp_server *s);
+/* object-add, object-del (vmm/qmp/qmp_objects.c). */
+int qmp_objects_register(struct qmp_server *s);
 /* QEMU's migration commands (vmm/qmp/qmp_migration.c). */
 int qmp_migration_register(struct qmp_server *s);
 

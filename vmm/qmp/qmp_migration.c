@@ -267,6 +267,14 @@ static const char *mode_name(uint64_t mode)
 	return mode < ARRAY_SIZE(mode_names) ? mode_names[mode] : "unknown";
 }
 
+/* Which record layer carried the migration: GnuTLS's, in user space
+ * (lib/transport/tls.c says why not the kernel's). */
+static void add_tls(const struct migration_info *mi, json_t *r)
+{
+	if (mi->tls)
+		json_object_set_new(r, "x-godwit-tls", json_string("gnutls"));
+}
+
 static json_t *outgoing_info(const struct migration_info *mi)
 {
 	const struct gw_precopy_stats *st = &mi->out;
@@ -301,6 +309,7 @@ static json_t *outgoing_info(const struct migration_info *mi)
 				    json_integer((json_int_t)st->handshake_us));
 	if (st->unconfirmed)
 		json_object_set_new(r, "x-godwit-unconfirmed", json_true());
+	add_tls(mi, r);
 	if (st->generation) {
 		json_object_set_new(r, "x-godwit-incremental", json_boolean(st->incremental));
 		json_object_set_new(r, "x-godwit-generation", json_integer(st->generation));
@@ -377,6 +386,7 @@ static json_t *incoming_info(const struct migration_info *mi)
 		json_object_set_new(r, "x-godwit-listening", json_string(mi->listening));
 	if (st->held)
 		json_object_set_new(r, "x-godwit-held", json_true());
+	add_tls(mi, r);
 	/* Post-copy: QEMU's postcopy-requests, and its blocktime as the
 	 * page server's fault latency. */
 	if (!mi->lazy &&
@@ -474,7 +484,38 @@ static const struct qmp_arg cmd_set_parameters_args[] = {
 	{"x-godwit-postcopy-after-passes", QMP_ARG_INT, false},
 	{"mode", QMP_ARG_STR, false},
 	{"cpr-exec-command", QMP_ARG_ARRAY, false},
+	{"tls-creds", QMP_ARG_STR, false},
+	{"tls-hostname", QMP_ARG_STR, false},
+	{"tls-authz", QMP_ARG_STR, false},
 };
+
+/* The TLS parameters: ids and a name, checked when a migration starts
+ * (as QEMU does: libvirt sets them before it creates the objects). */
+static int set_tls_parameters(json_t *args, struct mig_tls_settings *t, struct qmp_error *err)
+{
+	struct {
+		const char *name;
+		char *field;
+		size_t size;
+	} str[] = {
+		{"tls-creds", t->creds, sizeof(t->creds)},
+		{"tls-hostname", t->hostname, sizeof(t->hostname)},
+		{"tls-authz", t->authz, sizeof(t->authz)},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(str); i++) {
+		const char *v = json_string_value(json_object_get(args, str[i].name));
+		if (v && strlen(v) >= str[i].size)
+			return qmp_fail(err, QMP_ERR_GENERIC,
+					"Parameter '%s' is longer than %zu bytes", str[i].name,
+					str[i].size - 1);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(str); i++) {
+		const char *v = json_string_value(json_object_get(args, str[i].name));
+		if (v)
+			snprintf(str[i].field, str[i].size, "%s", v);
+	}
+	return 0;
+}
 
 static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct qmp_error *err)
 {
@@ -484,6 +525,8 @@ static int cmd_set_parameters(struct vmm *vm, json_t *args, json_t **ret, struct
 	struct gw_precopy_params p = cur.precopy;
 	uint64_t go_timeout = cur.go_timeout_ms;
 	json_t *v;
+	if (set_tls_parameters(args, &cur.tls, err))
+		return -1;
 	if ((v = json_object_get(args, "max-postcopy-bandwidth"))) {
 		if (json_integer_value(v) < 0)
 			return qmp_fail(err, QMP_ERR_GENERIC,
@@ -630,6 +673,11 @@ static int add_dest_parameters(const struct migration_settings *s, json_t *r)
 			    json_integer((json_int_t)s->postcopy_bandwidth));
 	json_object_set_new(r, "x-godwit-lazy-fill",
 			    json_string(s->lazy_copy ? "copy" : "continue"));
+	/* Always there, "" when unset: libvirt takes a missing tls-creds
+	 * for a VMM without TLS. */
+	json_object_set_new(r, "tls-creds", json_string(s->tls.creds));
+	json_object_set_new(r, "tls-hostname", json_string(s->tls.hostname));
+	json_object_set_new(r, "tls-authz", json_string(s->tls.authz));
 	return 0;
 }
 
