@@ -15,7 +15,9 @@ tls-hostname; a client without a certificate; a client the authz does
 not name) fails both sides with the reason, the source guest running
 and checking itself, the destination never running what it has; a
 migrate-cancel while the handshake waits for a server that never
-speaks ends it; TLS on a URI without a connection is refused.
+speaks ends it; TLS on a URI without a connection is refused; a
+post-copy whose connection is cut resumes over a new TLS connection (the
+recovery's handshake inside it), and ends with the source's RAM.
 """
 import os
 import shutil
@@ -158,6 +160,46 @@ class Tls(unittest.TestCase):
 
     def test_mutual_authentication(self):
         self.hop()
+
+    def test_postcopy_recovered_over_tls(self):
+        from test_postcopy import Link, SLOW_LINK
+        with dirtier() as src:
+            src.wait_passes(1)
+            port = free_port()
+            add_creds(src, "client", self.dir())
+            with tls_destination(src, f"tcp:127.0.0.1:{port}", self.dir(server="server")) as dst:
+                link = Link(port)
+                self.addCleanup(link.cut)
+                pc = [{"capability": "postcopy-ram", "state": True}]
+                for vm in (src, dst):
+                    vm.qmp.cmd("migrate-set-capabilities", capabilities=pc)
+                src.qmp.cmd("migrate-set-capabilities",
+                            capabilities=[{"capability": "events", "state": True}])
+                dst.qmp.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 1 << 20})
+                src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": SLOW_LINK,
+                                                          "tls-hostname": "localhost"})
+                src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{link.port}")
+                gwtest.wait_until(lambda: src.qmp.cmd("query-migrate").get("ram", {})
+                                  .get("dirty-sync-count", 0) >= 2, 60, "a second round")
+                src.qmp.cmd("stop")
+                src.qmp.cmd("migrate-start-postcopy")
+                wait_migration(dst, statuses=("postcopy-active",), timeout=120)
+                link.cut()
+                for vm in (src, dst):
+                    r = wait_migration(vm, statuses=("postcopy-paused",), timeout=60)
+                dst.qmp.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
+                uri = f"tcp:127.0.0.1:{free_port()}"
+                dst.qmp.cmd("migrate-recover", uri=uri)
+                src.qmp.cmd("migrate", uri=uri, resume=True)
+                r = wait_migration(src, timeout=120)
+                self.assertEqual(r["status"], "completed", r)
+                d = wait_migration(dst, timeout=120)
+                self.assertEqual(d["status"], "completed", d)
+                self.assertEqual(d["x-godwit-tls"], "gnutls", d)
+                self.assertEqual(dst.ram_hash(), src.ram_hash())
+                dst.qmp.cmd("cont")
+                dst.wait_passes(2)
+                self.assertFalse(dst.guest()["check-failed"], dst.serial_text())
 
     def test_multifd_two_channels(self):
         self.hop(channels=2)
