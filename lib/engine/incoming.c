@@ -86,7 +86,6 @@ struct gw_incoming {
 	 * guest runs, the page server fetching it (under the job's lock, as
 	 * lazy). */
 	struct gw_load_postcopy pc;
-	bool early_unmapped; /* the EARLY set was whole, and is unmapped */
 	struct gw_pc_dest *pcd;
 };
 
@@ -212,11 +211,12 @@ static void *pause_thread(void *opaque)
  * page that will never come cannot park: KVM retries the page without
  * looking at signals (its get_user_pages is not interruptible), so it
  * only moves on once the page server lets go of the range. Letting go
- * first would let it run on with a page of zeros; so the pause is asked
+ * first would let it run on with a page that is not the source's (zeros,
+ * or post-copy's stale copy); so the pause is asked
  * for first, in a thread (its kick reaches the vCPUs at once), and the
  * server lets go once the pause returned, or after PAUSE_KICK_MS if it
  * has not (a vCPU held by a missing page): kicked by then, the vCPU gets
- * its page (zeros) in KVM, whose pending signal check stops it before it
+ * that page in KVM, whose pending signal check stops it before it
  * enters the guest again, so the guest never reads the page. A machine so
  * loaded that the pause thread has not even kicked within PAUSE_KICK_MS
  * would let that vCPU run on briefly: the only timing this relies on.
@@ -287,7 +287,6 @@ static int early_done(void *opaque, struct gw_error *err)
 		if (ret < 0)
 			return ret;
 	}
-	in->early_unmapped = true;
 	if (!in->return_path)
 		return gw_error_set(err, -EPROTO,
 				    "post-copy over a channel that cannot answer (not a socket)");
@@ -296,18 +295,15 @@ static int early_done(void *opaque, struct gw_error *err)
 
 /*
  * Post-copy, before READY: the pages the source named are stale here;
- * unmap them, so that only the page server can fill them: those the
- * EARLY set did not unmap already.
+ * unmap them, so that only the page server can fill them. All of them,
+ * the EARLY set's too: whatever touched one since would have mapped it
+ * again, and a range unmapped already costs next to nothing.
  */
 static int discard_stale(struct gw_incoming *in, struct gw_error *err)
 {
 	for (uint32_t i = 0; i < in->m->nr_ram; i++) {
-		uint64_t *rest = in->pc.early[i];
-		int ret;
+		int ret = gw_postcopy_discard(&in->m->ram[i], in->pc.stale[i], err);
 
-		for (size_t w = 0; w < gw_bitmap_words(in->m->ram[i].size / GW_PAGE_SIZE); w++)
-			rest[w] = in->pc.stale[i][w] & ~(in->early_unmapped ? rest[w] : 0);
-		ret = gw_postcopy_discard(&in->m->ram[i], rest, err);
 		if (ret < 0)
 			return ret;
 	}

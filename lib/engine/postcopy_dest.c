@@ -111,7 +111,9 @@ static int recover(struct gw_pc_dest *d, struct gw_error *err)
 		gw_postcopy_fetch_needed(d->fetch, d->needed);
 		ret = gw_pc_resume_destination(&c, d->timeout_ms, d->fingerprint, d->cfg_ram,
 					       d->m->nr_ram, d->needed_cfg, &e);
-		if (ret == -ECANCELED) {
+		/* Only this side's stop ends the recovery: any failure of the
+		 * attempt, whatever its code, leaves the post-copy paused. */
+		if (ret < 0 && gw_cancel_requested(&d->job->cancel)) {
 			gw_channel_close(&ch, NULL);
 			return gw_error_set(err, ret, "stopped during post-copy recovery");
 		}
@@ -247,6 +249,10 @@ int gw_pc_dest_recover(struct gw_pc_dest *d, struct gw_channel *ch, struct gw_er
 {
 	uint64_t one = 1;
 
+	if (!ch->bidirectional)
+		return gw_error_set(err, -EINVAL,
+				    "post-copy resumes over a connection that answers (tcp:, unix:, a socket fd:), not %s",
+				    ch->desc);
 	if (d->job->status != GW_MIG_POSTCOPY_PAUSED || !d->recover_open)
 		return gw_error_set(err, -EINVAL,
 				    "only a post-copy in postcopy-paused can be recovered (status %s)",

@@ -59,8 +59,8 @@ void gw_pc_dest_stats(struct gw_pc_dest *d, struct gw_ps_stats *ps, uint64_t *re
 unsigned gw_pc_dest_thread_stats(struct gw_pc_dest *d,
 				 struct gw_ps_thread_stats out[GW_PS_THREADS_MAX]);
 
-/* Let go of the guest's RAM (a page never fetched then reads as zeros:
- * stop the vCPUs first) and free d. NULL is fine. */
+/* Let go of the guest's RAM (a page never fetched then reads as its
+ * stale copy, or zeros: stop the vCPUs first) and free d. NULL is fine. */
 void gw_pc_dest_free(struct gw_pc_dest *d);
 
 #endif

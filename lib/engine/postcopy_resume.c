@@ -11,6 +11,7 @@
 
 #include "lib/bitmap.h"
 #include "lib/clock.h"
+#include "lib/crc32c.h"
 #include "lib/engine/postcopy_resume.h"
 #include "lib/format/postcopy.h"
 #include "lib/internal.h"
@@ -36,8 +37,10 @@ static int expect(struct gw_cancel *c, int timeout_ms, enum gw_report_status wan
 
 	if (ret < 0)
 		return ret;
+	/* Its code is the peer's: ours says only that the peer refused (a
+	 * peer's ECANCELED must not pass for a stop of this side). */
 	if (r->status == GW_REPORT_FAILED)
-		return gw_error_set(err, r->code, "the peer refused the resume: %s", r->msg);
+		return gw_error_set(err, -ECONNREFUSED, "the peer refused the resume: %s", r->msg);
 	if (r->status != want)
 		return gw_error_set(err, -EPROTO, "%s where %s belongs", gw_report_name(r->status),
 				    what);
@@ -90,6 +93,8 @@ static int read_set(struct gw_cancel *c, int timeout_ms, const struct gw_ram_blo
 					   (unsigned long long)h.offset);
 		if (ret == 0)
 			ret = gw_record_read_payload(r, &h, &buf, &cap, err);
+		if (ret == 0)
+			ret = gw_record_check_crc(&h, gw_crc32c(0, buf, h.length), err);
 		if (ret == 0)
 			ret = gw_postcopy_accept(&cur, buf, h.length, ram, nr, into, 0, h.offset,
 						 err);

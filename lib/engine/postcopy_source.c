@@ -115,7 +115,9 @@ static int recover(struct run *r, struct gw_error *err)
 		c.is_socket = true;
 		ret = gw_pc_resume_source(&c, (int)r->pp->ready_timeout_ms, r->fingerprint,
 					  s->m->ram, s->m->nr_ram, r->orig, s->stale, &e);
-		if (ret == -ECANCELED) {
+		/* Only this side's stop ends the recovery: any failure of the
+		 * attempt, whatever its code, leaves the post-copy paused. */
+		if (ret < 0 && gw_cancel_requested(&j->cancel)) {
 			gw_channel_close(&ch, NULL);
 			return gw_error_set(err, ret, "stopped during post-copy recovery");
 		}
@@ -166,6 +168,11 @@ static int run_phase(struct run *r, struct gw_error *err)
 			break;
 	}
 	s->ho->confirmed = ret == 0;
+	/* Even a destination that said FAILED ran the guest since GO: this
+	 * copy is out of date and must stay paused (conclude resumes a
+	 * source only when the destination never took the guest). */
+	if (ret < 0)
+		s->ho->dest_failed = false;
 	if (ret < 0)
 		return gw_error_prefix(err, ret,
 				       "post-copy: the guest runs at the destination with pages missing, and this copy stays paused: ");
@@ -240,6 +247,10 @@ int gw_precopy_resume(struct gw_precopy *h, struct gw_channel *ch, struct gw_err
 	uint64_t one = 1;
 	int ret = 0;
 
+	if (!ch->bidirectional)
+		return gw_error_set(err, -EINVAL,
+				    "post-copy resumes over a connection that answers (tcp:, unix:, a socket fd:), not %s",
+				    ch->desc);
 	pthread_mutex_lock(&h->job.lock);
 	if (h->job.status != GW_MIG_POSTCOPY_PAUSED || !h->resume_open)
 		ret = gw_error_set(err, -EINVAL,

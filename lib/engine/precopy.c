@@ -267,13 +267,13 @@ static uint32_t batch_pages(struct precopy *p, bool final)
 	return burst >= GW_PAGES_MAX ? GW_PAGES_MAX : burst ? (uint32_t)burst : 1;
 }
 
-/* Send and clear the dirty pages of one block. */
 /* True once post-copy was asked for (gw_precopy_start_postcopy). */
 static bool postcopy_asked(struct precopy *p)
 {
 	return __atomic_load_n(&p->h.postcopy_requested, __ATOMIC_ACQUIRE);
 }
 
+/* Send and clear the dirty pages of one block. */
 static int send_block(struct precopy *p, uint32_t block, bool final, struct gw_error *err)
 {
 	struct gw_ram_batch batch;

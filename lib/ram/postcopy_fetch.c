@@ -2,6 +2,7 @@
  * The post-copy page source (postcopy_fetch.h).
  */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +71,14 @@ static int read_answer(struct gw_postcopy_fetch *f, const struct gw_pf_block *b,
 	struct gw_pages *p = &f->pages;
 	struct gw_rec_hdr h;
 	uint32_t crc;
-	int ret = gw_record_read_header(f->r, &h, err);
+	/* A link gone silent sends no error: a source that does not start
+	 * its answer in time breaks the connection (the recovery's turn). */
+	int ready = gw_reader_buffered(f->r) ? 1 : gw_cancel_poll(f->c, POLLIN, f->send_timeout_ms);
+	int ret = ready > 0  ? gw_record_read_header(f->r, &h, err) :
+		  ready == 0 ? gw_error_set(err, -ETIMEDOUT,
+					    "no answer from the source within %d ms",
+					    f->send_timeout_ms) :
+			       gw_error_set(err, ready, "poll: %s", gw_strerror(ready));
 
 	if (ret == 0 && h.type == GW_REC_RAM_PAGES)
 		ret = gw_pages_read_desc(f->r, &h, p, &crc, err);

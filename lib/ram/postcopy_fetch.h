@@ -44,7 +44,8 @@ struct gw_postcopy_fetch;
  * Fetch over c's stream fd (a socket: requests go out on it too); a
  * cancel of c ends any wait. blocks (nr of them) are copied, their names
  * and sets borrowed until free. A request that cannot leave within
- * send_timeout_ms breaks the connection.
+ * send_timeout_ms, or whose answer does not begin within it, breaks the
+ * connection.
  */
 int gw_postcopy_fetch_new(struct gw_cancel *c, int send_timeout_ms,
 			  const struct gw_pf_block *blocks, uint32_t nr,

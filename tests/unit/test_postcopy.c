@@ -359,10 +359,11 @@ static void test_resume(void)
 	n0[1] &= 0xffff0000ffff0000ull;
 	resume_once(fp, fp, needed, 0, 0, NULL);
 	/* Another migration's destination. */
-	resume_once(fp, fp ^ 1, needed, -EPROTO, -EPROTO, "is another one");
+	/* The side that refuses says why; the other learns it was refused. */
+	resume_once(fp, fp ^ 1, needed, -ECONNREFUSED, -EPROTO, "is another one");
 	/* A page the switch left valid there: sending it could undo a write. */
 	n1[0] = 1;
-	resume_once(fp, fp, needed, -EBADMSG, -EBADMSG, "did not leave at the source");
+	resume_once(fp, fp, needed, -EBADMSG, -ECONNREFUSED, "did not leave at the source");
 	/* The fingerprint covers every bit of the set. */
 	want1[2] = 0x1;
 	CHECK(gw_postcopy_fingerprint(ram, 2, (const uint64_t *const *)want) != fp);

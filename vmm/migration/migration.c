@@ -78,6 +78,7 @@ struct vm_migration {
 	 * hands the channel to the paused post-copy (resume_uri is its) */
 	pthread_t resume_thread;
 	bool resume_thread_live;
+	bool resume_thread_done; /* atomic: it returned, a join is immediate */
 	char *resume_uri;
 	int resume_passed_fd;
 	struct gw_precopy *out;
@@ -258,6 +259,7 @@ static void emit_status(struct vm_migration *mig, enum gw_mig_status s)
  * channel and its outcome is final): collect the engine and decide what
  * the guest does next. */
 static void join_resume_thread(struct vm_migration *mig);
+static void signal_cancel(struct vm_migration *mig);
 
 static void finish_outgoing(struct vm_migration *mig)
 {
@@ -265,6 +267,9 @@ static void finish_outgoing(struct vm_migration *mig)
 		pthread_join(mig->connect_thread, NULL);
 		mig->connect_thread_live = false;
 	}
+	/* A resume still connecting goes too: the post-copy it was for is over. */
+	if (mig->resume_thread_live && !__atomic_load_n(&mig->resume_thread_done, __ATOMIC_ACQUIRE))
+		signal_cancel(mig);
 	join_resume_thread(mig);
 	mig_tls_release(&mig->out_tls);
 	pthread_mutex_lock(&mig->lock);
@@ -377,6 +382,7 @@ static void finish_incoming(struct vm_migration *mig)
 {
 	struct gw_incoming *in = mig->in;
 	mig->in = NULL;
+	mig->recover = false;
 	close_listener(mig);
 	mig_tls_release(&mig->in_tls);
 	if (in) {
@@ -912,6 +918,7 @@ static void *resume_thread(void *opaque)
 		gw_channel_abort(&ch);
 		gw_channel_close(&ch, NULL);
 		fprintf(stderr, "godwit-vmm: migrate resume to %s: %s\n", mig->resume_uri, err.msg);
+		__atomic_store_n(&mig->resume_thread_done, true, __ATOMIC_RELEASE);
 		return NULL;
 	}
 	if (!ret) {
@@ -924,6 +931,7 @@ static void *resume_thread(void *opaque)
 	if (ret)
 		fprintf(stderr, "godwit-vmm: migrate resume to %s: %s\n", mig->resume_uri,
 			err.msg[0] ? err.msg : "the migration ended");
+	__atomic_store_n(&mig->resume_thread_done, true, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -955,8 +963,18 @@ int migration_resume(struct vmm *vm, const char *uri, int passed_fd, char *errms
 			 "resume=true continues a post-copy in postcopy-paused, and there is none");
 		return -EINVAL;
 	}
-	/* The last try is over (it connected or failed): one at a time. */
+	/* One try at a time; the main loop never waits for one to connect. */
+	if (mig->resume_thread_live &&
+	    !__atomic_load_n(&mig->resume_thread_done, __ATOMIC_ACQUIRE)) {
+		if (passed_fd >= 0)
+			close(passed_fd);
+		snprintf(errmsg, errlen,
+			 "an earlier resume (to %.200s) is still connecting: try again once it has failed",
+			 mig->resume_uri);
+		return -EBUSY;
+	}
 	join_resume_thread(mig);
+	mig->resume_thread_done = false;
 	mig->resume_uri = strdup(uri);
 	mig->resume_passed_fd = passed_fd;
 	if (!mig->resume_uri || pthread_create(&mig->resume_thread, NULL, resume_thread, mig)) {
@@ -1150,6 +1168,7 @@ int migration_listen(struct vmm *vm, const char *uri, char *errmsg, size_t errle
 {
 	struct vm_migration *mig = vm->mig;
 	struct gw_error err = {0};
+	mig->recover = false;
 	mig_tls_release(&mig->in_tls);
 	int ret = mig_tls_resolve(vm, &mig->tls, uri, true, &mig->in_tls, errmsg, errlen);
 	if (ret)
