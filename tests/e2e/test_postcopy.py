@@ -95,11 +95,25 @@ def postcopy_pair(test, fetch_rate=0, link=False, stop_first=False):
     return src, dst
 
 
+def resume(src, uri):
+    """migrate resume=true, as a manager retries it while an earlier try
+    (to a wrong address, say) still connects."""
+    def attempt():
+        try:
+            src.qmp.cmd("migrate", uri=uri, resume=True)
+            return True
+        except gwtest.QmpError as e:
+            if "still connecting" not in str(e):
+                raise
+            return None
+    wait_until(attempt, 60, "an earlier resume to end")
+
+
 def recover(test, src, dst):
     """QEMU's recovery: the destination listens, the source resumes."""
     uri = f"tcp:127.0.0.1:{free_port()}"
     dst.qmp.cmd("migrate-recover", uri=uri)
-    src.qmp.cmd("migrate", uri=uri, resume=True)
+    resume(src, uri)
 
 
 def events_of(vm):

@@ -81,6 +81,27 @@ class Fifo(unittest.TestCase):
                 os.close(reader)
 
 
+def descendant_runs(pid, argv):
+    """Does a process with this argv run below pid (its child, grandchild...)?"""
+    want = "\0".join(argv) + "\0"
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline") as f:
+                if f.read() != want:
+                    continue
+            p = int(d)
+            while p > 1:
+                with open(f"/proc/{p}/stat") as f:
+                    p = int(f.read().rsplit(")", 1)[1].split()[1])
+                if p == pid:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 class LingeringCommand(unittest.TestCase):
     CMD = "exec:cat >/dev/null; sleep 600"
 
@@ -106,7 +127,9 @@ class LingeringCommand(unittest.TestCase):
         with dirtier(memory="32M", append="end=8M") as src:
             src.qmp.cmd("migrate-set-parameters", max_bandwidth=0)
             src.qmp.cmd("migrate", uri=self.CMD)
-            wait_until(lambda: src.qmp.cmd("query-migrate")["status"] == "device", 20,
+            # The whole stream has left once the command's cat has seen its
+            # end and its sleep runs ("device" alone may come before).
+            wait_until(lambda: descendant_runs(src.proc.pid, ["sleep", "600"]), 20,
                        "the stream to be written")
             src.qmp.cmd("migrate-cancel")
             # The cancel ends the wait at once (the grace is 10 s), but the
