@@ -8,8 +8,9 @@
  * against its hash before the page server can map it.
  *
  * One exchange at a time: the fault thread and the background thread of
- * the page server take turns, so a fault waits at most for one
- * background run already asked for. Anything but the answer asked for (a
+ * the page server take turns, the background asking in pieces and
+ * letting a waiting fault go first between two, so a fault waits at most
+ * for one piece already asked for. Anything but the answer asked for (a
  * record of another type or block, other pages, a page that fails its
  * hash, a stream that ends) breaks the connection: nothing more from it
  * can be trusted. The fetch then pauses (post-copy recovery,
