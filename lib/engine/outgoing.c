@@ -133,6 +133,7 @@ int gw_outgoing_launch(struct gw_precopy *h, struct gw_migration *m, const struc
 	for (uint32_t i = 0; i < m->nr_ram; i++)
 		h->stats.total += m->ram[i].size;
 	h->stats.page_size = GW_PAGE_SIZE;
+	h->resume.efd = -1; /* shut: only a post-copy phase opens it */
 	ret = gw_job_start(&h->job, ops, engine, name, ch->fd, GW_MIG_SETUP, cb ? cb->status : NULL,
 			   cb ? cb->opaque : NULL, err);
 	if (ret < 0) {

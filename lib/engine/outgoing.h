@@ -15,6 +15,7 @@
 #include <godwit/precopy.h>
 
 #include "lib/engine/job.h"
+#include "lib/engine/postcopy_handoff.h"
 #include "lib/engine/postcopy_serve.h"
 #include "lib/ram/ram_sink.h"
 #include "lib/transport/return_path.h"
@@ -31,13 +32,10 @@ struct gw_precopy {
 	int continue_efd;
 	bool postcopy_requested; /* atomic: gw_precopy_start_postcopy() */
 	/* Post-copy (postcopy_source.c): the answers so far (atomic), and
-	 * while its phase runs, an eventfd that gw_precopy_resume() makes
-	 * readable when it hands in a connection. */
+	 * while its phase runs, where gw_precopy_resume() hands in a
+	 * connection. */
 	struct gw_pc_serve_stats pc_served;
-	bool resume_open;
-	int resume_efd;
-	bool resume_pending;
-	struct gw_channel resume_ch;
+	struct gw_pc_handoff resume;
 };
 
 /*

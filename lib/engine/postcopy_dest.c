@@ -2,16 +2,15 @@
  * The destination's post-copy phase (postcopy_dest.h).
  */
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "lib/bitmap.h"
 #include "lib/engine/postcopy_dest.h"
+#include "lib/engine/postcopy_handoff.h"
 #include "lib/engine/postcopy_resume.h"
 #include "lib/format/postcopy.h"
 #include "lib/internal.h"
@@ -30,10 +29,7 @@ struct gw_pc_dest {
 	struct gw_ram_block *cfg_ram;
 	uint64_t **needed, **needed_cfg;
 	uint64_t fingerprint;
-	int recover_efd; /* readable when gw_pc_dest_recover() handed in... */
-	/* ... recover_ch (under the job's lock; recover_open while run) */
-	bool recover_open, recover_pending;
-	struct gw_channel recover_ch;
+	struct gw_pc_handoff handoff; /* gw_pc_dest_recover()'s, while run */
 };
 
 /* postcopy-paused (again), with why and what the operator can do. */
@@ -47,34 +43,6 @@ static void paused_because(struct gw_pc_dest *d, const struct gw_error *why)
 		 "%.300s; the guest's vCPUs wait for the %llu pages still at the source: migrate-recover here and migrate with resume=true there go on; if the source is gone, the guest is lost",
 		 why->msg, (unsigned long long)st.remaining);
 	gw_job_set_status_error(d->job, GW_MIG_POSTCOPY_PAUSED, msg);
-}
-
-/* The connection gw_pc_dest_recover() handed in, or a stop. */
-static int wait_for_connection(struct gw_pc_dest *d, struct gw_channel *ch, struct gw_error *err)
-{
-	struct pollfd p[2] = {{.fd = d->job->cancel.efd, .events = POLLIN},
-			      {.fd = d->recover_efd, .events = POLLIN}};
-	uint64_t n;
-
-	for (;;) {
-		/* No limit: the operator decides when to retry. */
-		if (poll(p, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			return gw_error_set(err, -errno, "poll: %s", gw_strerror(errno));
-		}
-		if (p[0].revents)
-			return gw_error_set(err, -ECANCELED, "stopped in postcopy-paused");
-		if (read(d->recover_efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-			return gw_error_set(err, -errno, "eventfd: %s", gw_strerror(errno));
-		pthread_mutex_lock(&d->job->lock);
-		bool got = d->recover_pending;
-		*ch = d->recover_ch;
-		d->recover_pending = false;
-		pthread_mutex_unlock(&d->job->lock);
-		if (got)
-			return 0;
-	}
 }
 
 /*
@@ -99,7 +67,7 @@ static int recover(struct gw_pc_dest *d, struct gw_error *err)
 	for (;;) {
 		struct gw_channel ch;
 		struct gw_error e = {0};
-		int ret = wait_for_connection(d, &ch, err);
+		int ret = gw_pc_handoff_take(&d->handoff, d->job, &ch, err);
 
 		if (ret < 0)
 			return ret;
@@ -149,8 +117,7 @@ static int prepare_recovery(struct gw_pc_dest *d, uint64_t *const *stale, const 
 	d->cfg_ram = calloc(m->nr_ram + 1, sizeof(*d->cfg_ram));
 	d->needed = calloc(m->nr_ram + 1, sizeof(*d->needed));
 	d->needed_cfg = calloc(m->nr_ram + 1, sizeof(*d->needed_cfg));
-	d->recover_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (!cfg_stale || !d->cfg_ram || !d->needed || !d->needed_cfg || d->recover_efd < 0)
+	if (!cfg_stale || !d->cfg_ram || !d->needed || !d->needed_cfg)
 		ret = gw_error_set(err, -ENOMEM, "post-copy: out of memory");
 	for (uint32_t i = 0; ret == 0 && i < m->nr_ram; i++) {
 		uint32_t id = stream_id[i];
@@ -215,7 +182,7 @@ int gw_pc_dest_start(struct gw_migration *m, struct gw_job *job, struct gw_chann
 				 .job = job,
 				 .ch = ch,
 				 .timeout_ms = p->timeout_ms,
-				 .recover_efd = -1};
+				 .handoff = {.efd = -1}};
 	ret = prepare_recovery(d, stale, stream_id, err);
 	if (ret == 0)
 		ret = start_serving(d, stale, stream_id, p->rate, err);
@@ -223,9 +190,11 @@ int gw_pc_dest_start(struct gw_migration *m, struct gw_job *job, struct gw_chann
 		gw_pc_dest_free(d);
 		return gw_error_prefix(err, ret, "post-copy: ");
 	}
-	pthread_mutex_lock(&job->lock);
-	d->recover_open = true;
-	pthread_mutex_unlock(&job->lock);
+	ret = gw_pc_handoff_open(&d->handoff, job, err);
+	if (ret < 0) {
+		gw_pc_dest_free(d);
+		return ret;
+	}
 	*out = d;
 	return 0;
 }
@@ -239,32 +208,13 @@ int gw_pc_dest_run(struct gw_pc_dest *d, struct gw_error *err)
 		ret = gw_page_server_wait(d->ps, d->job->cancel.efd,
 					  gw_postcopy_fetch_break_fd(d->fetch), err);
 	while (ret == 1 && (ret = recover(d, err)) == 0);
-	pthread_mutex_lock(&d->job->lock);
-	d->recover_open = false;
-	pthread_mutex_unlock(&d->job->lock);
+	gw_pc_handoff_shut(&d->handoff, d->job);
 	return ret;
 }
 
 int gw_pc_dest_recover(struct gw_pc_dest *d, struct gw_channel *ch, struct gw_error *err)
 {
-	uint64_t one = 1;
-
-	if (!ch->bidirectional)
-		return gw_error_set(err, -EINVAL,
-				    "post-copy resumes over a connection that answers (tcp:, unix:, a socket fd:), not %s",
-				    ch->desc);
-	if (d->job->status != GW_MIG_POSTCOPY_PAUSED || !d->recover_open)
-		return gw_error_set(err, -EINVAL,
-				    "only a post-copy in postcopy-paused can be recovered (status %s)",
-				    gw_mig_status_name(d->job->status));
-	if (d->recover_pending)
-		return gw_error_set(err, -EBUSY, "a recovery is already under way");
-	if (write(d->recover_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		return gw_error_set(err, -errno, "eventfd: %s", gw_strerror(errno));
-	d->recover_ch = *ch;
-	d->recover_pending = true;
-	*ch = (struct gw_channel){.fd = -1};
-	return 0;
+	return gw_pc_handoff_give(&d->handoff, d->job, ch, err);
 }
 
 void gw_pc_dest_stats(struct gw_pc_dest *d, struct gw_ps_stats *ps, uint64_t *requested)
@@ -292,14 +242,11 @@ void gw_pc_dest_free(struct gw_pc_dest *d)
 	}
 	gw_page_server_free(d->ps);
 	gw_postcopy_fetch_free(d->fetch);
-	if (d->recover_pending)
-		gw_channel_close(&d->recover_ch, NULL);
+	gw_pc_handoff_shut(&d->handoff, d->job);
 	for (uint32_t i = 0; d->needed && i < d->m->nr_ram; i++)
 		free(d->needed[i]);
 	free(d->needed);
 	free(d->needed_cfg);
 	free(d->cfg_ram);
-	if (d->recover_efd >= 0)
-		close(d->recover_efd);
 	free(d);
 }

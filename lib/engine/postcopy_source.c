@@ -2,11 +2,8 @@
  * The source's post-copy phase (postcopy_source.h).
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <godwit/io.h>
 
@@ -59,35 +56,6 @@ static void pause_with(struct gw_pc_source *s, const struct gw_error *why)
 	gw_job_set_status_error(&s->h->job, GW_MIG_POSTCOPY_PAUSED, why->msg);
 }
 
-/* The connection a gw_precopy_resume() handed in, or a stop. */
-static int wait_for_connection(struct gw_pc_source *s, struct gw_channel *ch, struct gw_error *err)
-{
-	struct gw_precopy *h = s->h;
-	struct pollfd p[2] = {{.fd = h->job.cancel.efd, .events = POLLIN},
-			      {.fd = h->resume_efd, .events = POLLIN}};
-	uint64_t n;
-
-	for (;;) {
-		/* No limit: whoever runs the two sides decides when to retry. */
-		if (poll(p, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			return gw_error_set(err, -errno, "poll: %s", gw_strerror(errno));
-		}
-		if (p[0].revents)
-			return cancelled(err);
-		if (read(h->resume_efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-			return gw_error_set(err, -errno, "eventfd: %s", gw_strerror(errno));
-		pthread_mutex_lock(&h->job.lock);
-		bool got = h->resume_pending;
-		*ch = h->resume_ch;
-		h->resume_pending = false;
-		pthread_mutex_unlock(&h->job.lock);
-		if (got)
-			return 0;
-	}
-}
-
 /*
  * The connection broke: paused until a new one passes the resume
  * handshake (then it is the engine's channel) or a stop.
@@ -103,7 +71,7 @@ static int recover(struct run *r, struct gw_error *err)
 	for (;;) {
 		struct gw_channel ch;
 		struct gw_error e = {0};
-		int ret = wait_for_connection(s, &ch, err);
+		int ret = gw_pc_handoff_take(&s->h->resume, j, &ch, err);
 
 		if (ret < 0)
 			return gw_error_prefix(err, ret, "in postcopy-paused: ");
@@ -184,11 +152,8 @@ int gw_postcopy_source_run(struct gw_pc_source *s, const struct gw_precopy_param
 {
 	struct gw_migration *m = s->m;
 	struct run r = {.s = s, .pp = pp};
-	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), ret = 0;
+	int ret = 0;
 
-	if (efd < 0)
-		return gw_error_set(err, -errno, "post-copy: cannot create an eventfd: %s",
-				    gw_strerror(errno));
 	r.orig = calloc(m->nr_ram + 1, sizeof(*r.orig));
 	for (uint32_t i = 0; r.orig && i < m->nr_ram; i++) {
 		size_t bytes = gw_bitmap_words(m->ram[i].size / PAGE) * sizeof(uint64_t);
@@ -203,19 +168,11 @@ int gw_postcopy_source_run(struct gw_pc_source *s, const struct gw_precopy_param
 	if (ret == 0) {
 		r.fingerprint = gw_postcopy_fingerprint(m->ram, m->nr_ram,
 							(const uint64_t *const *)r.orig);
-		pthread_mutex_lock(&s->h->job.lock);
-		s->h->resume_efd = efd;
-		s->h->resume_open = true;
-		pthread_mutex_unlock(&s->h->job.lock);
-		ret = run_phase(&r, err);
-		pthread_mutex_lock(&s->h->job.lock);
-		s->h->resume_open = false;
-		if (s->h->resume_pending)
-			gw_channel_close(&s->h->resume_ch, NULL);
-		s->h->resume_pending = false;
-		pthread_mutex_unlock(&s->h->job.lock);
+		ret = gw_pc_handoff_open(&s->h->resume, &s->h->job, err);
+		if (ret == 0)
+			ret = run_phase(&r, err);
+		gw_pc_handoff_shut(&s->h->resume, &s->h->job);
 	}
-	close(efd);
 	for (uint32_t i = 0; r.orig && i < m->nr_ram; i++)
 		free(r.orig[i]);
 	free(r.orig);
@@ -244,27 +201,8 @@ int gw_precopy_start_postcopy(struct gw_precopy *h, struct gw_error *err)
 
 int gw_precopy_resume(struct gw_precopy *h, struct gw_channel *ch, struct gw_error *err)
 {
-	uint64_t one = 1;
-	int ret = 0;
-
-	if (!ch->bidirectional)
-		return gw_error_set(err, -EINVAL,
-				    "post-copy resumes over a connection that answers (tcp:, unix:, a socket fd:), not %s",
-				    ch->desc);
 	pthread_mutex_lock(&h->job.lock);
-	if (h->job.status != GW_MIG_POSTCOPY_PAUSED || !h->resume_open)
-		ret = gw_error_set(err, -EINVAL,
-				   "only a post-copy in postcopy-paused can resume (status %s)",
-				   gw_mig_status_name(h->job.status));
-	else if (h->resume_pending)
-		ret = gw_error_set(err, -EBUSY, "a resume is already under way");
-	else if (write(h->resume_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		ret = gw_error_set(err, -errno, "eventfd: %s", gw_strerror(errno));
-	if (ret == 0) {
-		h->resume_ch = *ch;
-		h->resume_pending = true;
-		*ch = (struct gw_channel){.fd = -1};
-	}
+	int ret = gw_pc_handoff_give(&h->resume, &h->job, ch, err);
 	pthread_mutex_unlock(&h->job.lock);
 	return ret;
 }
